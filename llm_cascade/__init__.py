@@ -1,0 +1,82 @@
+"""llm-cascade: answer LLM requests at the lowest price that still matches the best single model.
+
+    from llm_cascade import Router, Tier, unanimous
+
+    router = Router([Tier(["openai:gpt-4o-mini", "anthropic:claude-3-haiku"], unanimous()),
+                     Tier(["openai:gpt-4o"])], normalizer="choice")
+    result = await router.route("Which planet is largest? A) Mars B) Jupiter ...")
+
+Only light modules are imported here; provider SDKs load when a backend that needs them is built.
+"""
+
+from .agreement import (
+    Decision,
+    Rule,
+    TierVotes,
+    always,
+    confidence,
+    quorum,
+    unanimous,
+    vote_share,
+)
+from .backends import Backend, FakeBackend, register_provider, resolve
+from .errors import (
+    AllTiersFailed,
+    BadRequestError,
+    BudgetExceeded,
+    ConfigError,
+    LLMCascadeError,
+    MissingDependencyError,
+    ProviderError,
+    RateLimited,
+    RequestTimeout,
+    RetryableError,
+)
+from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
+from .router import Router, Tier
+from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllTiersFailed",
+    "Backend",
+    "BadRequestError",
+    "BudgetExceeded",
+    "Call",
+    "ChoiceLetter",
+    "Completion",
+    "ConfigError",
+    "Decision",
+    "ExactText",
+    "FakeBackend",
+    "JsonField",
+    "LLMCascadeError",
+    "LabelSet",
+    "Message",
+    "MissingDependencyError",
+    "Normalizer",
+    "Number",
+    "ProviderError",
+    "RateLimited",
+    "Regex",
+    "Request",
+    "RequestTimeout",
+    "RetryableError",
+    "RouteResult",
+    "Router",
+    "Rule",
+    "Tier",
+    "TierVotes",
+    "Usage",
+    "Vote",
+    "YesNo",
+    "__version__",
+    "always",
+    "confidence",
+    "quorum",
+    "register_provider",
+    "resolve",
+    "unanimous",
+    "vote_share",
+]

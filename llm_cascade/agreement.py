@@ -1,0 +1,231 @@
+"""Agreement rules: given what a tier's members answered, accept an answer or escalate.
+
+A rule sees :class:`TierVotes` (one normalised answer and one confidence per member that was asked; ``None`` answers
+are "no answer" and support nothing) and returns a :class:`Decision`. Rules are small frozen objects and compose:
+
+    unanimous() & confidence(0.9)     # agree AND every supporter is confident
+    quorum(2) | confidence(0.99)      # two agree, OR one is almost sure
+
+Tie-break (documented, and shared with the simulator): the majority answer is the one with most votes; among tied
+answers, the one given by the member listed *first* in the tier wins. List the member you trust most first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+from .types import Vote
+
+
+@dataclass(frozen=True, slots=True)
+class TierVotes:
+    """The normalised answers (and confidences) of one tier's members, in tier order."""
+
+    models: tuple[str, ...]
+    answers: tuple[str | None, ...]
+    confidences: tuple[float | None, ...]
+
+    def tally(self) -> tuple[Vote, ...]:
+        """Votes per distinct answer, most votes first, ties in order of first appearance."""
+        order: dict[str, list[str]] = {}
+        for model, answer in zip(self.models, self.answers, strict=True):
+            if answer is not None:
+                order.setdefault(answer, []).append(model)
+        # sorted() is stable, so equal counts keep first-appearance order: that is the tie-break.
+        ranked = sorted(order.items(), key=lambda kv: -len(kv[1]))
+        return tuple(Vote(a, tuple(ms)) for a, ms in ranked)
+
+    def majority(self) -> tuple[str | None, int]:
+        """The majority answer and its vote count (None, 0 when nobody answered)."""
+        counts: dict[str, int] = {}
+        best: str | None = None
+        best_n = 0
+        for answer in self.answers:
+            if answer is None:
+                continue
+            n = counts.get(answer, 0) + 1
+            counts[answer] = n
+            if n > best_n:
+                best, best_n = answer, n
+        return best, best_n
+
+    def support_confidence(self, answer: str) -> float:
+        """Mean confidence of the members that gave ``answer``; a member with unknown confidence counts as 0."""
+        vals = [c or 0.0 for a, c in zip(self.answers, self.confidences, strict=True) if a == answer]
+        return sum(vals) / len(vals) if vals else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A rule's verdict: ``accepted`` answers are returned; otherwise the router escalates."""
+
+    accepted: bool
+    answer: str | None
+    support: float
+
+
+class Rule:
+    """Base class of agreement rules. Subclasses implement :meth:`decide`."""
+
+    #: True when the rule reads confidences, so the router asks backends for log-probabilities.
+    needs_confidence: bool = False
+
+    def decide(self, votes: TierVotes) -> Decision:
+        raise NotImplementedError
+
+    def __call__(self, votes: TierVotes) -> Decision:
+        return self.decide(votes)
+
+    def __and__(self, other: Rule) -> Rule:
+        return All((self, other))
+
+    def __or__(self, other: Rule) -> Rule:
+        return AnyOf((self, other))
+
+
+def _majority_decision(votes: TierVotes, accepted: bool) -> Decision:
+    answer, n = votes.majority()
+    total = len(votes.answers)
+    return Decision(accepted and answer is not None, answer, n / total if total else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Unanimous(Rule):
+    """Every member gave the same (non-empty) answer. A lone member is unanimous with itself."""
+
+    def decide(self, votes: TierVotes) -> Decision:
+        answer, n = votes.majority()
+        return _majority_decision(votes, answer is not None and n == len(votes.answers))
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum(Rule):
+    """At least ``k`` members gave the majority answer."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError("quorum.k", f"must be an integer >= 1, got {self.k!r}")
+
+    def decide(self, votes: TierVotes) -> Decision:
+        _, n = votes.majority()
+        return _majority_decision(votes, n >= self.k)
+
+
+@dataclass(frozen=True, slots=True)
+class VoteShare(Rule):
+    """The majority answer has at least ``threshold`` of the tier's votes (members without an answer count)."""
+
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("vote_share.threshold", f"must be in (0, 1], got {self.threshold!r}")
+
+    def decide(self, votes: TierVotes) -> Decision:
+        _, n = votes.majority()
+        total = len(votes.answers)
+        return _majority_decision(votes, total > 0 and n / total >= self.threshold - 1e-12)
+
+
+@dataclass(frozen=True, slots=True)
+class Confidence(Rule):
+    """The members behind the majority answer are, on average, at least ``threshold`` confident.
+
+    ``kind="prob"`` takes a probability in [0, 1]; ``kind="logprob"`` a log-probability (<= 0), compared after exp.
+    Meant for single-model tiers (the classic confidence cascade), but works on any tier.
+    """
+
+    threshold: float
+    kind: Literal["prob", "logprob"] = "prob"
+    needs_confidence = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("prob", "logprob"):
+            raise ConfigError("confidence.kind", f"must be 'prob' or 'logprob', got {self.kind!r}")
+        if self.kind == "prob" and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError("confidence.threshold", f"a probability must be in [0, 1], got {self.threshold!r}")
+        if self.kind == "logprob" and self.threshold > 0.0:
+            raise ConfigError("confidence.threshold", f"a log-probability must be <= 0, got {self.threshold!r}")
+
+    @property
+    def probability(self) -> float:
+        return math.exp(self.threshold) if self.kind == "logprob" else self.threshold
+
+    def decide(self, votes: TierVotes) -> Decision:
+        answer, _ = votes.majority()
+        if answer is None:
+            return Decision(False, None, 0.0)
+        conf = votes.support_confidence(answer)
+        return Decision(conf >= self.probability - 1e-12, answer, conf)
+
+
+@dataclass(frozen=True, slots=True)
+class Always(Rule):
+    """Accept the majority answer whatever it is (what the last tier does)."""
+
+    def decide(self, votes: TierVotes) -> Decision:
+        return _majority_decision(votes, True)
+
+
+@dataclass(frozen=True, slots=True)
+class All(Rule):
+    """Every sub-rule accepts (``a & b``)."""
+
+    rules: tuple[Rule, ...]
+
+    @property
+    def needs_confidence(self) -> bool:  # type: ignore[override]
+        return any(r.needs_confidence for r in self.rules)
+
+    def decide(self, votes: TierVotes) -> Decision:
+        first = self.rules[0].decide(votes)
+        accepted = first.accepted and all(r.decide(votes).accepted for r in self.rules[1:])
+        return Decision(accepted, first.answer, first.support)
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf(Rule):
+    """At least one sub-rule accepts (``a | b``)."""
+
+    rules: tuple[Rule, ...]
+
+    @property
+    def needs_confidence(self) -> bool:  # type: ignore[override]
+        return any(r.needs_confidence for r in self.rules)
+
+    def decide(self, votes: TierVotes) -> Decision:
+        decisions = [r.decide(votes) for r in self.rules]
+        for d in decisions:
+            if d.accepted:
+                return d
+        return decisions[0]
+
+
+def unanimous() -> Rule:
+    """All members agree."""
+    return Unanimous()
+
+
+def quorum(k: int) -> Rule:
+    """At least ``k`` members agree."""
+    return Quorum(k)
+
+
+def vote_share(threshold: float) -> Rule:
+    """The majority holds at least ``threshold`` of the votes."""
+    return VoteShare(threshold)
+
+
+def confidence(threshold: float, kind: Literal["prob", "logprob"] = "prob") -> Rule:
+    """The majority's supporters are confident enough (probability or log-probability)."""
+    return Confidence(threshold, kind)
+
+
+def always() -> Rule:
+    """Accept the majority answer unconditionally."""
+    return Always()

@@ -1,0 +1,37 @@
+"""`llm-cascade ...`: a thin command-line layer over the library (typer + rich, the `cli` extra).
+
+Each command imports what it needs inside its body, so `llm-cascade --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import MissingDependencyError
+
+
+def _app() -> Any:
+    try:
+        import typer
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError("typer", "cli") from None
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help="Agreement-based LLM cascades.")
+
+    @app.command()
+    def version() -> None:
+        """Print the installed version."""
+        from . import __version__
+
+        print(__version__)
+
+    # Command groups register themselves here, one module each.
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _app()()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

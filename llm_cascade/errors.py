@@ -1,0 +1,135 @@
+"""Every error the library raises on purpose derives from :class:`LLMCascadeError`.
+
+    LLMCascadeError
+    ├── ConfigError                 bad configuration, raised at construction; names the field
+    │   └── UnknownProviderError    "provider:model" with an unknown provider (with a did-you-mean)
+    ├── MissingDependencyError      an optional extra is not installed (with the pip command)
+    ├── PriceError                  a price table entry is invalid, or a price is unknown in strict mode
+    ├── LedgerError                 the spend ledger cannot be opened or written
+    ├── BudgetExceeded              the next tier would break a budget and the policy is "raise"
+    ├── RoutingError                a request could not be answered by any tier
+    │   └── AllTiersFailed          every call of every tier failed
+    ├── RequestTimeout              the whole request ran past its deadline
+    └── ProviderError               one call to one model failed (what the retry layer looks at)
+        ├── RetryableError          429, 5xx, timeouts, connection errors: worth another attempt
+        │   ├── RateLimited         429, with the provider's Retry-After when it sent one
+        │   └── ProviderTimeout     the call ran past its deadline
+        ├── BadRequestError         400/401/403/404/422: the request itself is wrong, never retried
+        │   ├── ContextLengthError  the prompt does not fit the model
+        │   └── ContentFilterError  the provider refused the content
+        ├── MalformedResponseError  the provider's answer could not be read
+        └── CircuitOpenError        the model failed too often recently and is cooling down
+
+A backend turns its SDK's exceptions into :class:`ProviderError` subclasses, so the one retry layer and the router
+never need to know which SDK is underneath.
+"""
+
+from __future__ import annotations
+
+
+class LLMCascadeError(Exception):
+    """Root of every error raised by llm-cascade."""
+
+
+class ConfigError(LLMCascadeError, ValueError):
+    """Invalid configuration. Raised when the object is built, never later; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class UnknownProviderError(ConfigError):
+    """A backend name whose provider is not registered."""
+
+
+class MissingDependencyError(LLMCascadeError, ImportError):
+    """An optional dependency is missing; the message says which extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed: pip install 'llm-cascade[{extra}]'")
+
+
+class PriceError(LLMCascadeError, ValueError):
+    """Invalid price table entry, or an unknown price when strict pricing is on."""
+
+
+class LedgerError(LLMCascadeError):
+    """The ledger cannot be opened or written."""
+
+
+class BudgetExceeded(LLMCascadeError):
+    """Escalating would exceed a budget and the budget's policy is to raise."""
+
+    def __init__(self, message: str, *, spent: object = None, limit: object = None) -> None:
+        self.spent = spent
+        self.limit = limit
+        super().__init__(message)
+
+
+class RoutingError(LLMCascadeError):
+    """No tier produced an answer."""
+
+
+class AllTiersFailed(RoutingError):
+    """Every call of every tier failed; ``calls`` holds them for inspection."""
+
+    def __init__(self, message: str, calls: tuple[object, ...] = ()) -> None:
+        self.calls = calls
+        super().__init__(message)
+
+
+class RequestTimeout(LLMCascadeError, TimeoutError):
+    """The whole routed request ran past its deadline."""
+
+
+class ProviderError(LLMCascadeError):
+    """One call to one model failed.
+
+    ``status`` is the HTTP status when there was one. ``billed_usage`` is set when the provider reported tokens for a
+    failed call, so the ledger can still price it.
+    """
+
+    def __init__(self, message: str, *, model: str = "", status: int | None = None) -> None:
+        self.model = model
+        self.status = status
+        super().__init__(message)
+
+
+class RetryableError(ProviderError):
+    """A transient failure: another attempt may succeed."""
+
+
+class RateLimited(RetryableError):
+    """HTTP 429. ``retry_after`` is the provider's hint in seconds, when given."""
+
+    def __init__(
+        self, message: str, *, model: str = "", status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, model=model, status=status)
+
+
+class ProviderTimeout(RetryableError, TimeoutError):
+    """The call ran past its deadline."""
+
+
+class BadRequestError(ProviderError):
+    """The request is wrong for this model (4xx other than 429); retrying cannot help."""
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt exceeds the model's context window."""
+
+
+class ContentFilterError(BadRequestError):
+    """The provider refused the prompt or the answer."""
+
+
+class MalformedResponseError(ProviderError):
+    """The provider answered, but not in a shape we can read."""
+
+
+class CircuitOpenError(ProviderError):
+    """The model is in cool-down after repeated failures; calls fail fast without touching the network."""

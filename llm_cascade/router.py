@@ -1,0 +1,412 @@
+"""Router and Tier: the escalation loop.
+
+A request goes to tier 0; the tier's members are called concurrently, their texts normalised, and the tier's rule
+decides. Accepted: return. Otherwise escalate to the next tier. The last tier always answers (majority vote, tie to
+the first-listed member), marked ``accepted=False`` when its own rule would not have accepted.
+
+Every call made, answered, failed, timed out or cancelled, becomes a :class:`~llm_cascade.types.Call`; each member
+coroutine records its own Call in a ``finally`` block, so even a request cancelled half-way reports (and the ledger
+stores) every call it started.
+
+The router is itself a backend (``complete()``), so a cascade can be a member of another cascade or sit behind the
+proxy server like any model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from .agreement import Rule, TierVotes, Unanimous
+from .backends.base import Backend, resolve
+from .errors import AllTiersFailed, BudgetExceeded, ConfigError, RequestTimeout
+from .normalize import Normalizer, as_normalizer
+from .types import Call, Completion, Outcome, Request, RouteResult, Usage
+
+OnError = Literal["ignore", "escalate"]
+
+
+class Pricer(Protocol):
+    """What the router needs from a price table."""
+
+    def cost(self, model: str, usage: Usage) -> Decimal | None: ...
+
+
+class SpendSink(Protocol):
+    """What the router needs from a ledger: store every call of a request, whatever its outcome."""
+
+    def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None: ...
+
+
+class Guard(Protocol):
+    """What the router needs from budgets: may it escalate to ``tier`` after spending ``spent`` on this request?
+
+    Returns None to allow, or a reason to stop. ``policy`` says what a stop means: return the best answer so far
+    ("best_so_far") or raise :class:`BudgetExceeded` ("raise").
+    """
+
+    policy: Literal["best_so_far", "raise"]
+
+    def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
+
+
+class UsageEstimator(Protocol):
+    """Estimates billed tokens for a call the provider did not report usage for (failed, cancelled)."""
+
+    def __call__(self, request: Request, text: str | None) -> Usage: ...
+
+
+class Tier:
+    """A group of models asked together, and the rule that decides whether their answers are good enough.
+
+    ``on_error="ignore"`` lets the rule decide over the members that answered (a failed member is "no answer",
+    which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
+    deadline in seconds: members still running then are cancelled and recorded as timed out.
+    """
+
+    __slots__ = ("members", "name", "normalizer", "on_error", "rule", "timeout")
+
+    def __init__(
+        self,
+        members: Sequence[str | Backend],
+        rule: Rule | None = None,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        on_error: OnError = "ignore",
+        normalizer: Normalizer | str | None = None,
+    ) -> None:
+        if isinstance(members, str) or not isinstance(members, Sequence):
+            raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
+        if not members:
+            raise ConfigError("Tier.members", "a tier needs at least one member")
+        self.members: tuple[Backend, ...] = tuple(resolve(m) for m in members)
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ConfigError("Tier.members", f"duplicate member names {names}: each member must be distinct")
+        if rule is not None and not isinstance(rule, Rule):
+            raise ConfigError("Tier.rule", f"must be an agreement rule, got {type(rule).__name__}")
+        self.rule: Rule = rule if rule is not None else Unanimous()
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
+            raise ConfigError("Tier.timeout", f"must be a positive number of seconds, got {timeout!r}")
+        self.timeout = timeout
+        if on_error not in ("ignore", "escalate"):
+            raise ConfigError("Tier.on_error", f"must be 'ignore' or 'escalate', got {on_error!r}")
+        self.on_error: OnError = on_error
+        self.normalizer: Normalizer | None = (
+            None if normalizer is None else as_normalizer(normalizer, "Tier.normalizer")
+        )
+        self.name = name or "+".join(names)
+
+    def __repr__(self) -> str:
+        return f"Tier({[m.name for m in self.members]!r}, rule={self.rule!r})"
+
+
+_ids = itertools.count()
+_PREFIX = f"{os.getpid():x}-{time.time_ns() & 0xFFFFFFFF:x}"
+
+
+def _new_request_id() -> str:
+    return f"{_PREFIX}-{next(_ids)}"
+
+
+@dataclass(slots=True)
+class _Deadline:
+    """Set when a tier's deadline cancels its stragglers, so they are recorded as timed out, not cancelled."""
+
+    expired: bool = False
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """One member's result inside a tier, before it becomes a Call."""
+
+    text: str | None
+    answer: str | None
+    confidence: float | None
+
+
+class Router:
+    """An agreement-based cascade of tiers, cheapest first.
+
+    ``tiers`` is a list of :class:`Tier` (or plain lists of members, which get the unanimous rule). ``normalizer``
+    maps raw text to comparable answers (a tier may override it). ``prices``, ``ledger`` and ``budget`` are optional:
+    without a price table costs are unknown (None), without a ledger nothing is stored. ``timeout`` is the whole
+    request's deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier | Sequence[str | Backend]],
+        *,
+        normalizer: Normalizer | str | None = "exact",
+        prices: Pricer | None = None,
+        ledger: SpendSink | None = None,
+        budget: Guard | None = None,
+        estimator: UsageEstimator | None = None,
+        timeout: float | None = None,
+        name: str = "cascade",
+    ) -> None:
+        if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
+            raise ConfigError("Router.tiers", f"must be a list of tiers, got {tiers!r}")
+        if not tiers:
+            raise ConfigError("Router.tiers", "a router needs at least one tier")
+        built: list[Tier] = []
+        for i, t in enumerate(tiers):
+            try:
+                built.append(t if isinstance(t, Tier) else Tier(t))
+            except ConfigError as exc:
+                raise type(exc)(f"tiers[{i}].{exc.field.removeprefix('Tier.')}", exc.problem) from None
+        for i, t in enumerate(built):
+            if t.rule.needs_confidence:
+                blind = [m.name for m in t.members if not getattr(m, "supports_logprobs", False)]
+                if blind:
+                    raise ConfigError(
+                        f"tiers[{i}].rule",
+                        f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
+                    )
+        self.tiers: tuple[Tier, ...] = tuple(built)
+        self.normalizer: Normalizer = as_normalizer(normalizer, "Router.normalizer")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
+            raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
+        self.timeout = timeout
+        self.prices = prices
+        self.ledger = ledger
+        self.budget = budget
+        self.estimator = estimator
+        self.name = f"router:{name}"
+        self.supports_logprobs = False
+
+    # -- public API -------------------------------------------------------------------------------------------------
+
+    async def route(self, request: Request | str, **tags: str) -> RouteResult:
+        """Answer ``request`` with the cheapest tier whose rule accepts. ``tags`` go to the ledger and budgets."""
+        if isinstance(request, str):
+            request = Request.from_prompt(request)
+        if tags:
+            request = Request(
+                request.messages,
+                request.max_tokens,
+                request.temperature,
+                request.logprobs,
+                {**request.metadata, **tags},
+                request.request_id,
+            )
+        if not request.request_id:
+            request = Request(
+                request.messages,
+                request.max_tokens,
+                request.temperature,
+                request.logprobs,
+                request.metadata,
+                _new_request_id(),
+            )
+        calls: list[Call] = []
+        try:
+            if self.timeout is None:
+                return await self._route(request, calls)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await self._route(request, calls)
+            except TimeoutError:
+                raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
+        finally:
+            if self.ledger is not None and calls:
+                self.ledger.record(request.request_id, calls, dict(request.metadata))
+
+    async def complete(self, request: Request) -> Completion:
+        """Backend protocol: the cascade's answer as a Completion, with the usage of every call it made."""
+        result = await self.route(request)
+        return Completion(
+            text=result.text or "",
+            model=self.name,
+            usage=result.usage,
+            latency_s=result.latency_s,
+            finish_reason="stop",
+            raw=result,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    async def _route(self, request: Request, calls: list[Call]) -> RouteResult:
+        start = time.perf_counter()
+        last = len(self.tiers) - 1
+        best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
+        for k, tier in enumerate(self.tiers):
+            if k and self.budget is not None:
+                reason = self.budget.check(request, k, [m.name for m in tier.members], self._spent(calls))
+                if reason is not None:
+                    if self.budget.policy == "raise" or best is None:
+                        raise BudgetExceeded(reason)
+                    bk, bvotes, banswer, btext = best
+                    return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
+            votes, texts, failed = await self._run_tier(k, tier, request, calls)
+            answer, _ = votes.majority()
+            text = texts.get(answer) if answer is not None else None
+            if answer is not None and (best is None or k > best[0]):
+                best = (k, votes, answer, text)
+            if failed and tier.on_error == "escalate" and k < last:
+                continue
+            decision = tier.rule.decide(votes)
+            if decision.accepted:
+                return self._result(
+                    request,
+                    k,
+                    votes,
+                    decision.answer,
+                    texts.get(decision.answer or ""),
+                    True,
+                    calls,
+                    start,
+                    "agreed",
+                )
+            if k == last:
+                if best is None:
+                    raise AllTiersFailed(f"request {request.request_id}: no tier produced an answer", tuple(calls))
+                bk, bvotes, banswer, btext = best
+                return self._result(request, bk, bvotes, banswer, btext, False, calls, start, "last tier majority")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_tier(
+        self, k: int, tier: Tier, request: Request, calls: list[Call]
+    ) -> tuple[TierVotes, dict[str, str], bool]:
+        """Call every member concurrently; returns the votes, one raw text per answer, and whether any failed."""
+        req = request.with_logprobs() if tier.rule.needs_confidence else request
+        normalizer = tier.normalizer or self.normalizer
+        members = tier.members
+        deadline = _Deadline()
+        if len(members) == 1 and tier.timeout is None:
+            outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
+        else:
+            tasks = [asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in members]
+            try:
+                if tier.timeout is None:
+                    outcomes = list(await asyncio.gather(*tasks))
+                else:
+                    done, pending = await asyncio.wait(tasks, timeout=tier.timeout)
+                    deadline.expired = bool(pending)
+                    for t in pending:
+                        t.cancel()
+                    if pending:
+                        await asyncio.wait(pending)
+                    outcomes = [
+                        t.result() if t in done and not t.cancelled() else _Outcome(None, None, None) for t in tasks
+                    ]
+            finally:
+                for t in tasks:
+                    if not t.done():
+                        t.cancel()
+        texts: dict[str, str] = {}
+        failed = False
+        for o in outcomes:
+            if o.text is None:
+                failed = True
+            elif o.answer is not None and o.answer not in texts:
+                texts[o.answer] = o.text
+        votes = TierVotes(
+            tuple(m.name for m in members),
+            tuple(o.answer for o in outcomes),
+            tuple(o.confidence for o in outcomes),
+        )
+        return votes, texts, failed
+
+    async def _call(
+        self,
+        backend: Backend,
+        k: int,
+        request: Request,
+        normalizer: Normalizer,
+        calls: list[Call],
+        deadline: _Deadline,
+    ) -> _Outcome:
+        """One member call. Always appends exactly one Call to ``calls``, even when cancelled."""
+        start = time.perf_counter()
+        outcome: Outcome = "cancelled"
+        error: str | None = None
+        completion: Completion | None = None
+        try:
+            completion = await backend.complete(request)
+            outcome = "ok"
+        except asyncio.CancelledError:
+            # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
+            outcome = "timeout" if deadline.expired else "cancelled"
+            raise
+        except Exception as exc:  # a provider failure is data: the rule decides over the rest
+            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            calls.append(self._to_call(backend, k, request, normalizer, completion, outcome, error, start))
+        call = calls[-1]
+        return _Outcome(call.text, call.answer, call.confidence)
+
+    def _to_call(
+        self,
+        backend: Backend,
+        k: int,
+        request: Request,
+        normalizer: Normalizer,
+        completion: Completion | None,
+        outcome: Outcome,
+        error: str | None,
+        start: float,
+    ) -> Call:
+        if completion is None:
+            usage = self.estimator(request, None) if self.estimator is not None else Usage()
+            cost = self.prices.cost(backend.name, usage) if self.prices is not None else None
+            return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
+        answer = normalizer(completion.text)
+        conf = completion.confidence
+        if conf is None and completion.logprob is not None:
+            conf = math.exp(completion.logprob)
+        cost = self.prices.cost(backend.name, completion.usage) if self.prices is not None else None
+        return Call(
+            backend.name,
+            k,
+            outcome,
+            completion.usage,
+            completion.latency_s or time.perf_counter() - start,
+            completion.text,
+            answer,
+            conf,
+            cost,
+            None,
+            completion.finish_reason,
+        )
+
+    def _spent(self, calls: Sequence[Call]) -> Decimal:
+        return sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
+
+    def _result(
+        self,
+        request: Request,
+        k: int,
+        votes: TierVotes,
+        answer: str | None,
+        text: str | None,
+        accepted: bool,
+        calls: list[Call],
+        start: float,
+        reason: str,
+    ) -> RouteResult:
+        return RouteResult(
+            answer=answer,
+            text=text,
+            tier=k,
+            tier_name=self.tiers[k].name,
+            accepted=accepted,
+            votes=votes.tally(),
+            calls=tuple(calls),
+            latency_s=time.perf_counter() - start,
+            request_id=request.request_id,
+            reason=reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"Router({self.name!r}, tiers={list(self.tiers)!r})"

@@ -1,0 +1,189 @@
+"""The values that flow through a cascade.
+
+All of them are frozen dataclasses with slots: cheap to build on the hot path (the router creates a handful per
+request), safe to share between concurrent tasks, and easy to log or serialise.
+
+    Request  --(Backend.complete)-->  Completion  --(Router)-->  Call  -->  RouteResult
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+Outcome = Literal["ok", "error", "cancelled", "timeout", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the application asks: chat messages plus generation settings.
+
+    ``logprobs`` is set by the router (not by the user) when a tier's rule needs token confidence, so backends only
+    pay for log-probabilities when somebody reads them. ``metadata`` travels untouched to the ledger (tags such as
+    user or app).
+    """
+
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float | None = 0.0
+    logprobs: bool = False
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+
+    @classmethod
+    def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
+        """Build a single-turn request from a prompt string."""
+        msgs: list[Message] = []
+        if system:
+            msgs.append(Message("system", system))
+        msgs.append(Message("user", prompt))
+        return cls(messages=tuple(msgs), **kwargs)
+
+    @property
+    def prompt(self) -> str:
+        """The last user message: what recorded-answer lookups and caches key on."""
+        for m in reversed(self.messages):
+            if m.role == "user":
+                return m.content
+        return ""
+
+    def with_logprobs(self) -> Request:
+        """A copy that asks for token log-probabilities."""
+        if self.logprobs:
+            return self
+        return Request(self.messages, self.max_tokens, self.temperature, True, self.metadata, self.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Billed tokens of one call. ``cached_tokens`` is a *part* of ``input_tokens``, never added on top.
+
+    ``estimated`` is True when the counts come from a local tokenizer rather than from the provider.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.estimated or other.estimated,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one backend really returned for one request.
+
+    ``confidence`` is a probability in [0, 1] for the answer when the backend can tell one (the exp of the answer
+    token's log-probability, or a classifier's max softmax); ``logprob`` is the raw log-probability when known.
+    ``probs`` is a classifier's full label distribution, kept for margin/entropy metrics.
+    """
+
+    text: str
+    model: str
+    usage: Usage = Usage()
+    latency_s: float = 0.0
+    finish_reason: str | None = None
+    logprob: float | None = None
+    confidence: float | None = None
+    probs: Mapping[str, float] | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempt to call one model inside a routed request, successful or not: what the ledger stores.
+
+    ``answer`` is the normalised answer (None = no answer). ``cost_usd`` is None when the price is unknown, never a
+    silent zero.
+    """
+
+    model: str
+    tier: int
+    outcome: Outcome
+    usage: Usage = Usage()
+    latency_s: float = 0.0
+    text: str | None = None
+    answer: str | None = None
+    confidence: float | None = None
+    cost_usd: Decimal | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One answer and the members that gave it, in the order of the tier."""
+
+    answer: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteResult:
+    """The outcome of one routed request.
+
+    ``tier`` is the index of the tier that answered; ``accepted`` is False when the answer was *forced* (the last
+    tier's majority vote without agreement, or a budget stop that returned the best answer so far).
+    """
+
+    answer: str | None
+    text: str | None
+    tier: int
+    tier_name: str
+    accepted: bool
+    votes: tuple[Vote, ...]
+    calls: tuple[Call, ...]
+    latency_s: float
+    request_id: str = ""
+    reason: str = ""
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Total price of every call made, or None when any billed call has an unknown price."""
+        total = Decimal(0)
+        for c in self.calls:
+            if c.cost_usd is None:
+                if c.usage.total_tokens or c.outcome == "ok":
+                    return None
+                continue
+            total += c.cost_usd
+        return total
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for c in self.calls:
+            total = total + c.usage
+        return total
+
+    @property
+    def escalations(self) -> int:
+        return self.tier
+
+    def models_for(self, tier: int) -> Sequence[str]:
+        return [c.model for c in self.calls if c.tier == tier]
