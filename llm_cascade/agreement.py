@@ -41,13 +41,12 @@ class TierVotes:
     def majority(self) -> tuple[str | None, int]:
         """The majority answer and its vote count (None, 0 when nobody answered)."""
         counts: dict[str, int] = {}
+        for answer in self.answers:
+            if answer is not None:
+                counts[answer] = counts.get(answer, 0) + 1
         best: str | None = None
         best_n = 0
-        for answer in self.answers:
-            if answer is None:
-                continue
-            n = counts.get(answer, 0) + 1
-            counts[answer] = n
+        for answer, n in counts.items():  # insertion order = first appearance, so ties keep the first-listed
             if n > best_n:
                 best, best_n = answer, n
         return best, best_n
