@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -28,6 +28,7 @@ from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
 from .errors import AllTiersFailed, BudgetExceeded, ConfigError, RequestTimeout
 from .normalize import Normalizer, as_normalizer
+from .retry import attempt_log
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage
 
 OnError = Literal["ignore", "escalate"]
@@ -326,23 +327,38 @@ class Router:
         calls: list[Call],
         deadline: _Deadline,
     ) -> _Outcome:
-        """One member call. Always appends exactly one Call to ``calls``, even when cancelled."""
+        """One member call. Always appends one Call to ``calls``, even when cancelled, after one Call per attempt
+        that the retry layer made and retried (see :mod:`llm_cascade.retry`)."""
         start = time.perf_counter()
         outcome: Outcome = "cancelled"
         error: str | None = None
         completion: Completion | None = None
-        try:
-            completion = await backend.complete(request)
-            outcome = "ok"
-        except asyncio.CancelledError:
-            # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
-            outcome = "timeout" if deadline.expired else "cancelled"
-            raise
-        except Exception as exc:  # a provider failure is data: the rule decides over the rest
-            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            calls.append(self._to_call(backend, k, request, normalizer, completion, outcome, error, start))
+        with attempt_log() as retried:
+            try:
+                completion = await backend.complete(request)
+                outcome = "ok"
+            except asyncio.CancelledError:
+                # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
+                outcome = "timeout" if deadline.expired else "cancelled"
+                raise
+            except Exception as exc:  # a provider failure is data: the rule decides over the rest
+                outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                for a in retried:
+                    failed = self._to_call(
+                        backend,
+                        k,
+                        request,
+                        normalizer,
+                        None,
+                        "timeout" if isinstance(a.error, TimeoutError) else "error",
+                        f"{type(a.error).__name__}: {a.error}",
+                        start,
+                    )
+                    calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
+                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start)
+                calls.append(replace(call, attempt=len(retried) + 1) if retried else call)
         call = calls[-1]
         return _Outcome(call.text, call.answer, call.confidence)
 

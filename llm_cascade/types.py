@@ -115,7 +115,8 @@ class Call:
     """One attempt to call one model inside a routed request, successful or not: what the ledger stores.
 
     ``answer`` is the normalised answer (None = no answer). ``cost_usd`` is None when the price is unknown, never a
-    silent zero.
+    silent zero. ``attempt`` numbers the retry-layer attempts of one member call (1 = first try): a retried failure
+    is its own Call, so the ledger sees every attempt and only the last one can carry the answer.
     """
 
     model: str
@@ -129,6 +130,7 @@ class Call:
     cost_usd: Decimal | None = None
     error: str | None = None
     finish_reason: str | None = None
+    attempt: int = 1
 
     @property
     def ok(self) -> bool:
