@@ -25,6 +25,9 @@ def _app() -> Any:
         print(__version__)
 
     # Command groups register themselves here, one module each.
+    from .server_cli import register as register_serve
+
+    register_serve(app)
     return app
 
 

@@ -1,0 +1,552 @@
+"""One configuration file for cascades, providers, prices, the ledger, budgets and the proxy server.
+
+The same file serves Python and the proxy: ``build_router(load_config("cascade.toml"), "mmlu")`` is the Router that
+``llm-cascade serve --config cascade.toml`` puts behind the ``mmlu`` model. TOML is always read (``tomllib``); YAML
+when PyYAML is installed. Every string value may use ``${VAR}`` or ``${VAR:-default}``, read from the environment
+(or from the ``env`` mapping given to :func:`load_config`), so a base URL on a free port or a per-machine database
+URL need not be written into the file.
+
+Secrets never live in the file: a provider names the environment variable holding its key (``api_key_env``), a
+server key is an environment variable name or a SHA-256 digest of the key.
+
+    [providers.recorded]                      # members "recorded:<model>" use this provider
+    type = "openai"                           # the backend adapter (default: the section name)
+    base_url = "${RECORDED_BASE_URL}/v1"
+    api_key_env = "RECORDED_API_KEY"
+
+    [cascades.mmlu]
+    normalizer = "choice"                     # or {labels = [...]}, {choice = "E"}, {regex = "..."}, {json = "key"}
+    [[cascades.mmlu.tiers]]
+    members = ["recorded:gpt-4o-mini", "recorded:llama3.1-8b"]
+    rule = "unanimous"                        # or {quorum = 2}, {vote_share = 0.6}, {confidence = 0.9}, {all = [...]}
+    timeout = 10
+    [[cascades.mmlu.tiers]]
+    members = ["recorded:gpt-4o"]
+
+Any invalid value raises :class:`~llm_cascade.errors.ConfigError` naming its path (``cascades.mmlu.tiers[0].rule``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from .errors import ConfigError, MissingDependencyError
+
+try:
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+except ImportError:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError("pydantic", "server") from None
+
+from .agreement import Rule, always, confidence, quorum, unanimous, vote_share
+from .backends.base import Backend, resolve, split_name
+from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
+
+if TYPE_CHECKING:
+    from .router import Guard, Pricer, Router, SpendSink
+
+__all__ = [
+    "CascadeConfig",
+    "Components",
+    "Config",
+    "KeyConfig",
+    "MemberConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "TierConfig",
+    "build_components",
+    "build_router",
+    "build_routers",
+    "load_config",
+    "parse_config",
+    "parse_normalizer",
+    "parse_rule",
+]
+
+RuleSpec = str | dict[str, Any]
+NormalizerSpec = str | dict[str, Any]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- rules and normalizers -------------------------------------------------------------------------------------------
+
+_NAMED_RULES = {"unanimous": unanimous, "always": always, "majority": always}
+
+
+def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
+    """Build an agreement rule from its config form: "unanimous", {quorum: 2}, {all: [...]} ..."""
+    if isinstance(spec, str):
+        factory = _NAMED_RULES.get(spec)
+        if factory is None:
+            raise ConfigError(field, f"unknown rule {spec!r}; known: {', '.join(sorted(_NAMED_RULES))} or a table")
+        return factory()
+    if not isinstance(spec, dict):
+        raise ConfigError(field, f"must be a rule name or a table, got {type(spec).__name__}")
+    for combinator in ("all", "any"):
+        if combinator in spec:
+            if len(spec) != 1 or not isinstance(spec[combinator], list) or not spec[combinator]:
+                raise ConfigError(field, f"{{{combinator} = [...]}} takes a non-empty list of rules and nothing else")
+            rules = [parse_rule(s, f"{field}.{combinator}[{i}]") for i, s in enumerate(spec[combinator])]
+            out = rules[0]
+            for r in rules[1:]:
+                out = (out & r) if combinator == "all" else (out | r)
+            return out
+    kind = spec.get("kind", "prob")
+    extra = set(spec) - {"quorum", "vote_share", "confidence", "kind"}
+    names = [k for k in ("quorum", "vote_share", "confidence") if k in spec]
+    if extra or len(names) != 1 or ("kind" in spec and names != ["confidence"]):
+        raise ConfigError(field, f"expected one of quorum / vote_share / confidence (+ kind), got keys {sorted(spec)}")
+    value = spec[names[0]]
+    try:
+        if names[0] == "quorum":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{field}.quorum", f"must be an integer, got {value!r}")
+            return quorum(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{field}.{names[0]}", f"must be a number, got {value!r}")
+        if names[0] == "vote_share":
+            return vote_share(float(value))
+        return confidence(float(value), kind)
+    except ConfigError as exc:
+        if exc.field.startswith(field):
+            raise
+        raise ConfigError(f"{field}.{names[0]}", exc.problem) from None
+
+
+def parse_normalizer(spec: NormalizerSpec, field: str = "normalizer") -> Normalizer:
+    """Build a normalizer from its config form: a name, {labels, synonyms}, {choice}, {regex, upper}, {json, then}."""
+    if isinstance(spec, str):
+        return as_normalizer(spec, field)
+    if not isinstance(spec, dict):
+        raise ConfigError(field, f"must be a normalizer name or a table, got {type(spec).__name__}")
+    keys = set(spec)
+    if "labels" in spec and keys <= {"labels", "synonyms"}:
+        labels, synonyms = spec["labels"], spec.get("synonyms", {})
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"{field}.labels", "must be a list of strings")
+        if not isinstance(synonyms, dict):
+            raise ConfigError(f"{field}.synonyms", "must be a table of synonym -> label")
+        return LabelSet(labels, synonyms)
+    if "choice" in spec and keys == {"choice"}:
+        return ChoiceLetter(str(spec["choice"]))
+    if "regex" in spec and keys <= {"regex", "upper"}:
+        return Regex(str(spec["regex"]), bool(spec.get("upper", False)))
+    if "json" in spec and keys <= {"json", "then"}:
+        then = parse_normalizer(spec["then"], f"{field}.then") if "then" in spec else None
+        return JsonField(str(spec["json"]), then)
+    raise ConfigError(
+        field, f"expected a name ({', '.join(sorted(NAMED))}) or one of {{labels}}, {{choice}}, {{regex}}, {{json}}"
+    )
+
+
+def _check(parse: Any, value: Any, base: str) -> Any:
+    """Run a parser inside a pydantic validator: its ConfigError becomes a ValueError pydantic places at the field."""
+    try:
+        parse(value, base)
+    except ConfigError as exc:
+        sub = exc.field.removeprefix(base).lstrip(".")
+        raise ValueError(f"{sub}: {exc.problem}" if sub else exc.problem) from None
+    return value
+
+
+# -- the schema ------------------------------------------------------------------------------------------------------
+
+
+def _env_var_name(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise ValueError("must be the NAME of an environment variable (the key itself never goes in the file)")
+    return v
+
+
+class ProviderConfig(_Model):
+    """A named provider: which backend adapter, where it lives, and the NAME of the variable holding its key."""
+
+    type: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return _env_var_name(v)
+
+
+class MemberConfig(_Model):
+    """One tier member given as a table; a plain "provider:model" string is the short form."""
+
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return _check(lambda x, _: split_name(x), v, "backend")  # type: ignore[no-any-return]
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return _env_var_name(v)
+
+
+class TierConfig(_Model):
+    """One tier: its members, the rule that accepts their answer, and how it treats time and failures."""
+
+    members: Annotated[list[MemberConfig], Field(min_length=1)]
+    name: str | None = None
+    rule: Any = "unanimous"
+    normalizer: Any = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    on_error: Literal["ignore", "escalate"] = "ignore"
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _members(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"model": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, v: Any) -> Any:
+        return _check(parse_rule, v, "rule")
+
+    @field_validator("normalizer")
+    @classmethod
+    def _normalizer(cls, v: Any) -> Any:
+        return v if v is None else _check(parse_normalizer, v, "normalizer")
+
+
+class CascadeConfig(_Model):
+    """A cascade: tiers cheapest first, the default normalizer, the whole request's deadline."""
+
+    tiers: Annotated[list[TierConfig], Field(min_length=1)]
+    normalizer: Any = "exact"
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    description: str = ""
+
+    @field_validator("normalizer")
+    @classmethod
+    def _normalizer(cls, v: Any) -> Any:
+        return _check(parse_normalizer, v, "normalizer")
+
+
+class PricesConfig(_Model):
+    """The price table: the shipped one ("default"), a file in the same format, plus inline entries.
+
+    An inline entry has the shipped format too (``input``/``output`` USD per 1M tokens, ``source``, ``as_of`` ...), so
+    a price without its source is refused here as in the table.
+    """
+
+    path: str = "default"
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    strict: bool = False
+    fallback: Literal["litellm"] | None = "litellm"
+
+
+class LedgerConfig(_Model):
+    """Where spend is stored: any SQLAlchemy URL; several processes share one PostgreSQL database."""
+
+    url: str
+
+
+class KeyConfig(_Model):
+    """A bearer key the proxy accepts, given as the NAME of the variable holding it or as its SHA-256 hex digest.
+
+    ``tags`` go with every request made with the key (to the ledger and budgets); ``name`` is added as tag ``key``.
+    """
+
+    name: str
+    env: str | None = None
+    sha256: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if (self.env is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of env (a variable name) or sha256 (the key's hex digest)")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+            raise ValueError("sha256 must be 64 hex digits")
+        if self.env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env):
+            raise ValueError("env must be the NAME of an environment variable (never the key itself)")
+        return self
+
+    def digest(self) -> str:
+        """The SHA-256 hex digest of the key (reads the environment for ``env`` keys)."""
+        if self.sha256 is not None:
+            return self.sha256.lower()
+        assert self.env is not None
+        value = os.environ.get(self.env)
+        if not value:
+            raise ConfigError(f"server.keys.{self.name}.env", f"environment variable {self.env} is not set")
+        return hash_key(value)
+
+
+class ServerConfig(_Model):
+    """Proxy settings: listen address, request body limit, bearer keys (none = no authentication)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    max_body_bytes: Annotated[int, Field(gt=0)] = 1_000_000
+    keys: list[KeyConfig] = Field(default_factory=list)
+    budget_status: Literal[402, 429] = 402
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, v: list[KeyConfig]) -> list[KeyConfig]:
+        names = [k.name for k in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"key names must be distinct, got {names}")
+        return v
+
+
+class Config(_Model):
+    """The whole file."""
+
+    cascades: Annotated[dict[str, CascadeConfig], Field(min_length=1)]
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    prices: PricesConfig | None = None
+    ledger: LedgerConfig | None = None
+    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _ledger_url(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v
+
+
+def hash_key(key: str) -> str:
+    """The digest to write in ``server.keys[].sha256`` (``llm-cascade`` never needs the key itself in a file)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(path or "<root>", f"environment variable {name} is not set (write ${{{name}:-default}})")
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed mapping (after ``${VAR}`` interpolation); raise ConfigError on the first problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("<root>", f"expected a table at the top level, got {type(data).__name__}")
+    data = _interpolate(dict(data), os.environ if env is None else env, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(_loc(tuple(first["loc"])), msg + more) from None
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML (or, with PyYAML, YAML) configuration file.
+
+    ``env`` replaces ``os.environ`` for ``${VAR}`` interpolation (e.g. a test server's base URL). A relative
+    ``prices.path`` is read relative to the file.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {p}: {exc.strerror or exc}") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise MissingDependencyError("pyyaml", "server") from None
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{p} is not valid YAML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
+    if data is None:
+        data = {}
+    cfg = parse_config(data, env=env)
+    if cfg.prices is not None and cfg.prices.path != "default" and not Path(cfg.prices.path).is_absolute():
+        prices = cfg.prices.model_copy(update={"path": str(p.parent / cfg.prices.path)})
+        cfg = cfg.model_copy(update={"prices": prices})
+    return cfg
+
+
+# -- building --------------------------------------------------------------------------------------------------------
+
+
+class Components:
+    """The pieces every cascade of one file shares: prices, ledger and budgets (each may be None)."""
+
+    def __init__(self, prices: Pricer | None = None, ledger: SpendSink | None = None, budget: Guard | None = None):
+        self.prices = prices
+        self.ledger = ledger
+        self.budget = budget
+
+    def close(self) -> None:
+        """Close the ledger's connections, when it has any."""
+        close = getattr(self.ledger, "close", None)
+        if callable(close):
+            close()
+
+
+def build_components(cfg: Config) -> Components:
+    """Build the price table, ledger and budgets named in the file (their modules are imported only when used)."""
+    prices = _build_prices(cfg.prices) if cfg.prices is not None else None
+    ledger = _build_ledger(cfg.ledger) if cfg.ledger is not None else None
+    budget = _build_budget(cfg.budgets, ledger) if cfg.budgets else None
+    return Components(prices, ledger, budget)
+
+
+def _build_prices(pc: PricesConfig) -> Pricer:
+    from .errors import PriceError
+    from .pricing import PriceTable
+
+    try:
+        if pc.path == "default":
+            table = PriceTable.default(strict=pc.strict, fallback=pc.fallback)
+        else:
+            table = PriceTable.load(pc.path, strict=pc.strict, fallback=pc.fallback)
+    except PriceError as exc:
+        raise ConfigError("prices.path", str(exc)) from None
+    for name, entry in pc.overrides.items():
+        try:
+            table.add(name, entry)
+        except PriceError as exc:
+            raise ConfigError(f"prices.overrides.{name}", str(exc)) from None
+    return table
+
+
+def _build_ledger(lc: LedgerConfig) -> SpendSink:
+    raise ConfigError("ledger", "the ledger is not available yet")
+
+
+def _build_budget(specs: list[dict[str, Any]], ledger: SpendSink | None) -> Guard:
+    raise ConfigError("budgets", "budgets are not available yet")
+
+
+def _member(spec: MemberConfig, cfg: Config, field: str) -> Backend:
+    provider, model = split_name(spec.model)
+    prov = cfg.providers.get(provider)
+    kind = provider
+    options: dict[str, Any] = {}
+    base_url, key_env = spec.base_url, spec.api_key_env
+    if prov is not None:
+        kind = prov.type or provider
+        options.update(prov.options)
+        base_url = base_url or prov.base_url
+        key_env = key_env or prov.api_key_env
+    options.update(spec.options)
+    if base_url is not None:
+        options["base_url"] = base_url
+    if key_env is not None:
+        key = os.environ.get(key_env)
+        if not key:
+            raise ConfigError(f"{field}.api_key_env", f"environment variable {key_env} is not set")
+        options["api_key"] = key
+    try:
+        return resolve(f"{kind}:{model}", **options)
+    except ConfigError as exc:
+        raise ConfigError(f"{field}.{exc.field}" if exc.field != "backend" else field, exc.problem) from None
+    except TypeError as exc:
+        raise ConfigError(field, f"the {kind!r} backend rejected its options: {exc}") from None
+
+
+def build_router(cfg: Config, cascade: str, *, components: Components | None = None, **overrides: Any) -> Router:
+    """The Router for one cascade of the file. Pass ``components`` to share one ledger between several routers."""
+    from .router import Router, Tier
+
+    try:
+        cc = cfg.cascades[cascade]
+    except KeyError:
+        raise ConfigError(
+            "cascades", f"no cascade {cascade!r}; configured: {', '.join(sorted(cfg.cascades))}"
+        ) from None
+    comp = components if components is not None else build_components(cfg)
+    tiers: list[Tier] = []
+    for i, tc in enumerate(cc.tiers):
+        field = f"cascades.{cascade}.tiers[{i}]"
+        members = [_member(m, cfg, f"{field}.members[{j}]") for j, m in enumerate(tc.members)]
+        try:
+            tiers.append(
+                Tier(
+                    members,
+                    parse_rule(tc.rule, f"{field}.rule"),
+                    name=tc.name,
+                    timeout=tc.timeout,
+                    on_error=tc.on_error,
+                    normalizer=None
+                    if tc.normalizer is None
+                    else parse_normalizer(tc.normalizer, f"{field}.normalizer"),
+                )
+            )
+        except ConfigError as exc:
+            if exc.field.startswith("cascades."):
+                raise
+            raise ConfigError(f"{field}.{exc.field.removeprefix('Tier.')}", exc.problem) from None
+    kwargs: dict[str, Any] = {
+        "normalizer": parse_normalizer(cc.normalizer, f"cascades.{cascade}.normalizer"),
+        "prices": comp.prices,
+        "ledger": comp.ledger,
+        "budget": comp.budget,
+        "timeout": cc.timeout,
+        "name": cascade,
+    }
+    kwargs.update(overrides)
+    try:
+        return Router(tiers, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"cascades.{cascade}.{exc.field.removeprefix('Router.')}", exc.problem) from None
+
+
+def build_routers(cfg: Config, components: Components | None = None) -> dict[str, Router]:
+    """One Router per cascade, all sharing one set of prices, ledger and budgets."""
+    comp = components if components is not None else build_components(cfg)
+    return {name: build_router(cfg, name, components=comp) for name in cfg.cascades}

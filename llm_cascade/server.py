@@ -1,0 +1,385 @@
+"""An OpenAI-compatible proxy: any application reaches a cascade by changing its ``base_url``.
+
+    llm-cascade serve --config cascade.toml --port 8000
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")
+    client.chat.completions.create(model="mmlu", messages=[...])     # model = a cascade's name
+
+Endpoints: ``POST /v1/chat/completions`` (``stream=true`` too), ``GET /v1/models`` (one model per cascade),
+``GET /v1/spend`` (from the ledger), ``GET /health``. Each answer says who answered and what it cost, in the body
+(``llm_cascade: {tier, tier_name, models, accepted, cost_usd, calls}``) and in ``x-llm-cascade-tier``,
+``x-llm-cascade-models`` and ``x-llm-cascade-cost-usd`` headers. ``usage`` is the sum over every call the cascade made.
+
+Errors are OpenAI-shaped JSON (``{"error": {"message", "type", "param", "code"}}``), never a traceback:
+
+    400 malformed JSON / unsupported content     401 missing or unknown key (when keys are configured)
+    404 unknown model or path                    413 body larger than ``server.max_body_bytes``
+    422 well-formed JSON that is not a valid chat request (no messages, wrong types)
+    402 a budget stops the request (``server.budget_status = 429`` if clients expect a rate limit instead);
+        sent with ``x-should-retry: false`` so the OpenAI SDKs do not retry it
+    502 every call of every tier failed          504 the request ran past the cascade's deadline
+
+The cascade is decided before the first byte is sent, so a streamed answer carries the same headers and a failed
+one still gets a proper status code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from .config import Components, Config, build_components, build_routers, hash_key
+from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
+from .server_schema import ChatRequest, InputError, parse_chat
+from .types import RouteResult
+
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request as HTTPRequest
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError("starlette", "server") from None
+
+if TYPE_CHECKING:
+    from .router import Router
+
+__all__ = ["ProxyState", "create_app", "error_response", "serve"]
+
+log = logging.getLogger("llm_cascade.server")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An error in the shape the OpenAI SDKs parse into their typed exceptions."""
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _refuse(exc: InputError) -> JSONResponse:
+    return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+
+
+class ProxyState:
+    """What the app holds: one Router per cascade, the shared components, and the key digests (never the keys)."""
+
+    def __init__(self, config: Config, routers: Mapping[str, Router], components: Components) -> None:
+        self.config = config
+        self.routers = dict(routers)
+        self.components = components
+        self.keys: dict[str, tuple[str, dict[str, str]]] = {
+            k.digest(): (k.name, {**k.tags, "key": k.name}) for k in config.server.keys
+        }
+        self.started = int(time.time())
+
+    def authenticate(self, request: HTTPRequest) -> dict[str, str]:
+        """The tags of the caller's key; raises a 401 when keys are configured and the caller has no valid one."""
+        if not self.keys:
+            return {}
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        found = self.keys.get(hash_key(token.strip())) if scheme.lower() == "bearer" and token.strip() else None
+        if found is None:
+            msg = "missing bearer key" if not header else "unknown key"
+            raise InputError(
+                401, f"{msg}: send Authorization: Bearer <key>", type="authentication_error", code="invalid_api_key"
+            )
+        return dict(found[1])
+
+
+def _state(request: HTTPRequest) -> ProxyState:
+    state: ProxyState = request.app.state.proxy
+    return state
+
+
+async def _read_body(request: HTTPRequest, limit: int) -> bytes:
+    too_big = InputError(413, f"request body larger than {limit} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cost_number(cost: Decimal | None) -> float | None:
+    return None if cost is None else float(cost)
+
+
+def _describe(result: RouteResult) -> dict[str, Any]:
+    """The ``llm_cascade`` block: who answered, whether the tier agreed, and what every call cost."""
+    supporters = next((list(v.models) for v in result.votes if v.answer == result.answer), [])
+    return {
+        "tier": result.tier,
+        "tier_name": result.tier_name,
+        "models": supporters,
+        "tier_models": list(dict.fromkeys(c.model for c in result.calls if c.tier == result.tier)),
+        "accepted": result.accepted,
+        "answer": result.answer,
+        "reason": result.reason,
+        "cost_usd": _cost_number(result.cost_usd),
+        "latency_ms": round(result.latency_s * 1000, 3),
+        "calls": [
+            {
+                "model": c.model,
+                "tier": c.tier,
+                "outcome": c.outcome,
+                "answer": c.answer,
+                "input_tokens": c.usage.input_tokens,
+                "output_tokens": c.usage.output_tokens,
+                "cost_usd": _cost_number(c.cost_usd),
+                "latency_ms": round(c.latency_s * 1000, 3),
+                "error": c.error,
+            }
+            for c in result.calls
+        ],
+    }
+
+
+def _headers(result: RouteResult, info: Mapping[str, Any]) -> dict[str, str]:
+    cost = result.cost_usd
+    return {
+        "x-llm-cascade-tier": str(result.tier),
+        "x-llm-cascade-tier-name": result.tier_name,
+        "x-llm-cascade-models": ",".join(info["models"]),
+        "x-llm-cascade-accepted": "true" if result.accepted else "false",
+        "x-llm-cascade-cost-usd": "unknown" if cost is None else format(cost, "f"),
+        "x-request-id": result.request_id,
+    }
+
+
+def _usage(result: RouteResult) -> dict[str, Any]:
+    u = result.usage
+    return {
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
+    """Turn what the router raised into a typed error response (the traceback stays in the server log)."""
+    no_retry = {"x-should-retry": "false"}
+    if isinstance(exc, BudgetExceeded):
+        return error_response(
+            state.config.server.budget_status,
+            str(exc),
+            type="insufficient_quota",
+            code="budget_exceeded",
+            headers=no_retry,
+        )
+    if isinstance(exc, AllTiersFailed):
+        errors = sorted({str(getattr(c, "error", "")) for c in exc.calls if getattr(c, "error", None)})
+        detail = "; ".join(errors[:3])
+        return error_response(
+            502, f"{exc} ({detail})" if detail else str(exc), type="upstream_error", code="all_tiers_failed"
+        )
+    if isinstance(exc, RequestTimeout | TimeoutError):
+        return error_response(504, str(exc) or "request timed out", type="timeout_error", code="request_timeout")
+    if isinstance(exc, LLMCascadeError):
+        log.warning("request failed: %s: %s", type(exc).__name__, exc)
+        return error_response(502, f"{type(exc).__name__}: {exc}", type="upstream_error", code="cascade_error")
+    log.exception("unexpected error while routing")
+    return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
+
+
+async def chat_completions(request: HTTPRequest) -> Response:
+    state = _state(request)
+    try:
+        tags = state.authenticate(request)
+        body = await _read_body(request, state.config.server.max_body_bytes)
+        chat = parse_chat(body, state.routers.keys())
+        routed = chat.to_request()
+    except InputError as bad:
+        return _refuse(bad)
+    if chat.user and "user" not in tags:
+        tags["user"] = chat.user
+    try:
+        result = await state.routers[chat.model].route(routed, **tags)
+    except Exception as exc:
+        return _route_error(exc, state)
+    info = _describe(result)
+    headers = _headers(result, info)
+    completion_id = f"chatcmpl-{result.request_id}"
+    created = int(time.time())
+    text = result.text or ""
+    if chat.stream:
+        return StreamingResponse(
+            _chunks(chat, completion_id, created, text, result, info),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
+    body_out = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(result),
+        "llm_cascade": info,
+    }
+    return JSONResponse(body_out, headers=headers)
+
+
+async def _chunks(
+    chat: ChatRequest, cid: str, created: int, text: str, result: RouteResult, info: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """The decided answer as OpenAI ``chat.completion.chunk`` events, then ``[DONE]``."""
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model}
+        chunk["choices"] = choices
+        chunk.update(extra)
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def delta(d: dict[str, Any], finish: Literal["stop"] | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
+
+    yield event(delta({"role": "assistant", "content": ""}))
+    for i in range(0, len(text), 512):
+        yield event(delta({"content": text[i : i + 512]}))
+    yield event(delta({}, "stop"), llm_cascade=info)
+    if chat.include_usage:
+        yield event([], usage=_usage(result))
+    yield b"data: [DONE]\n\n"
+
+
+async def list_models(request: HTTPRequest) -> Response:
+    state = _state(request)
+    try:
+        state.authenticate(request)
+    except InputError as bad:
+        return _refuse(bad)
+    data = [
+        {"id": name, "object": "model", "created": state.started, "owned_by": "llm-cascade"} for name in state.routers
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: HTTPRequest) -> Response:
+    state = _state(request)
+    try:
+        state.authenticate(request)
+    except InputError as bad:
+        return _refuse(bad)
+    name = request.path_params["model"]
+    if name not in state.routers:
+        return error_response(404, f"no cascade named {name!r}", code="model_not_found", param="model")
+    return JSONResponse({"id": name, "object": "model", "created": state.started, "owned_by": "llm-cascade"})
+
+
+async def health(request: HTTPRequest) -> Response:
+    state = _state(request)
+    return JSONResponse({"status": "ok", "cascades": sorted(state.routers)})
+
+
+async def spend(request: HTTPRequest) -> Response:
+    """Spend so far, from the ledger. With keys configured, a caller sees only the spend of its own key."""
+    state = _state(request)
+    try:
+        tags = state.authenticate(request)
+    except InputError as bad:
+        return _refuse(bad)
+    ledger = state.components.ledger
+    if ledger is None:
+        return error_response(404, "no ledger is configured (set ledger.url)", code="no_ledger")
+    return JSONResponse(_spend_report(ledger, {"key": tags["key"]} if "key" in tags else {}))
+
+
+def _spend_report(ledger: object, tags: Mapping[str, str]) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+    return error_response(status, exc.detail if isinstance(exc, HTTPException) else "error", code=code)
+
+
+async def _server_error(request: HTTPRequest, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
+
+
+def create_app(
+    config: Config,
+    *,
+    routers: Mapping[str, Router] | None = None,
+    components: Components | None = None,
+) -> Starlette:
+    """The ASGI app for ``config``. Pass ``routers`` to serve Routers built in Python under the same rules."""
+    comp = components if components is not None else build_components(config)
+    built = dict(routers) if routers is not None else build_routers(config, comp)
+    state = ProxyState(config, built, comp)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if components is None:
+                comp.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/spend", spend, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.proxy = state
+    return app
+
+
+def serve(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> None:
+    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``)."""
+    try:
+        import uvicorn
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError("uvicorn", "server") from None
+    app = create_app(config)
+    uvicorn.run(
+        app,
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
+        log_level=log_level,
+        access_log=access_log,
+    )

@@ -1,0 +1,134 @@
+"""The chat request the proxy accepts, validated into a :class:`~llm_cascade.types.Request` or a typed error.
+
+Unknown OpenAI parameters (``top_p``, ``seed``, ``tools`` ...) are accepted and ignored, so unmodified clients work;
+what the cascade cannot honour is refused with 400 rather than silently answered wrongly (``n > 1``, image parts,
+tool messages).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .types import Message, Request, Role
+
+
+class InputError(Exception):
+    """A request the proxy refuses, with the HTTP status and OpenAI error fields to answer with."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type
+        super().__init__(message)
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[_Part] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of an OpenAI chat-completions request the proxy reads; the rest is ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def to_request(self) -> Request:
+        msgs: list[Message] = []
+        for i, m in enumerate(self.messages):
+            if m.role in ("tool", "function"):
+                raise InputError(400, "tool messages are not supported by a cascade", param=f"messages[{i}].role")
+            content = m.content
+            if isinstance(content, list):
+                texts: list[str] = []
+                for j, part in enumerate(content):
+                    if part.type != "text" or part.text is None:
+                        raise InputError(
+                            400,
+                            f"content part type {part.type!r} is not supported (text only)",
+                            param=f"messages[{i}].content[{j}]",
+                        )
+                    texts.append(part.text)
+                content = "\n".join(texts)
+            role: Role = "user" if m.role == "user" else "assistant" if m.role == "assistant" else "system"
+            msgs.append(Message(role, content or ""))
+        kwargs: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens}
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        return Request(tuple(msgs), **kwargs)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
+    """Parse and validate a request body: 400 not JSON, 422 not a chat request, 404 unknown model, 400 n > 1."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InputError(422, "request body must be a JSON object", code="invalid_request")
+    try:
+        chat = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _where(tuple(first["loc"]))
+        raise InputError(422, f"{where}: {first['msg']}", code="invalid_request", param=where or None) from None
+    if chat.model not in models:
+        known = ", ".join(sorted(models))
+        raise InputError(
+            404,
+            f"model {chat.model!r} is not a configured cascade (known: {known})",
+            code="model_not_found",
+            param="model",
+        )
+    if chat.n is not None and chat.n > 1:
+        raise InputError(400, "n > 1 is not supported: a cascade decides one answer", param="n")
+    return chat
