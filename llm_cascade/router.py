@@ -15,6 +15,7 @@ proxy server like any model.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import math
 import os
@@ -58,6 +59,12 @@ class Guard(Protocol):
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
 
 
+class Hardener(Protocol):
+    """What the router needs from a resilience policy (:class:`llm_cascade.limits.Resilience`): wrap one member."""
+
+    def wrap(self, backend: Backend) -> Backend: ...
+
+
 class UsageEstimator(Protocol):
     """Estimates billed tokens for a call the provider did not report usage for (failed, cancelled)."""
 
@@ -69,10 +76,11 @@ class Tier:
 
     ``on_error="ignore"`` lets the rule decide over the members that answered (a failed member is "no answer",
     which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
-    deadline in seconds: members still running then are cancelled and recorded as timed out.
+    deadline in seconds: members still running then are cancelled and recorded as timed out. ``resilience`` wraps
+    every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.limits.Resilience`).
     """
 
-    __slots__ = ("members", "name", "normalizer", "on_error", "rule", "timeout")
+    __slots__ = ("members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
 
     def __init__(
         self,
@@ -83,6 +91,7 @@ class Tier:
         timeout: float | None = None,
         on_error: OnError = "ignore",
         normalizer: Normalizer | str | None = None,
+        resilience: Hardener | None = None,
     ) -> None:
         if isinstance(members, str) or not isinstance(members, Sequence):
             raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
@@ -105,6 +114,18 @@ class Tier:
             None if normalizer is None else as_normalizer(normalizer, "Tier.normalizer")
         )
         self.name = name or "+".join(names)
+        if resilience is not None and not callable(getattr(resilience, "wrap", None)):
+            raise ConfigError("Tier.resilience", f"must have a wrap(backend) method, got {type(resilience).__name__}")
+        self.resilience = resilience
+        if resilience is not None:
+            self.members = tuple(resilience.wrap(m) for m in self.members)
+
+    def with_resilience(self, resilience: Hardener) -> Tier:
+        """A copy of this tier whose members are wrapped by ``resilience`` (this tier is left as it is)."""
+        tier = copy.copy(self)
+        tier.resilience = resilience
+        tier.members = tuple(resilience.wrap(m) for m in self.members)
+        return tier
 
     def __repr__(self) -> str:
         return f"Tier({[m.name for m in self.members]!r}, rule={self.rule!r})"
@@ -140,7 +161,7 @@ class Router:
     ``tiers`` is a list of :class:`Tier` (or plain lists of members, which get the unanimous rule). ``normalizer``
     maps raw text to comparable answers (a tier may override it). ``prices``, ``ledger`` and ``budget`` are optional:
     without a price table costs are unknown (None), without a ledger nothing is stored. ``timeout`` is the whole
-    request's deadline in seconds.
+    request's deadline in seconds. ``resilience`` wraps the members of every tier that has none of its own.
     """
 
     def __init__(
@@ -154,6 +175,7 @@ class Router:
         estimator: UsageEstimator | None = None,
         timeout: float | None = None,
         name: str = "cascade",
+        resilience: Hardener | None = None,
     ) -> None:
         if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
             raise ConfigError("Router.tiers", f"must be a list of tiers, got {tiers!r}")
@@ -165,6 +187,10 @@ class Router:
                 built.append(t if isinstance(t, Tier) else Tier(t))
             except ConfigError as exc:
                 raise type(exc)(f"tiers[{i}].{exc.field.removeprefix('Tier.')}", exc.problem) from None
+        if resilience is not None:
+            if not callable(getattr(resilience, "wrap", None)):
+                raise ConfigError("Router.resilience", f"must have a wrap(backend) method, got {resilience!r}")
+            built = [t if t.resilience is not None else t.with_resilience(resilience) for t in built]
         for i, t in enumerate(built):
             if t.rule.needs_confidence:
                 blind = [m.name for m in t.members if not getattr(m, "supports_logprobs", False)]
