@@ -327,9 +327,11 @@ class Router:
                         t.result() if t in done and not t.cancelled() else _Outcome(None, None, None) for t in tasks
                     ]
             finally:
-                for t in tasks:
-                    if not t.done():
-                        t.cancel()
+                unfinished = [t for t in tasks if not t.done()]
+                for t in unfinished:
+                    t.cancel()
+                if unfinished:  # a cancelled request: let each member record its Call before the ledger write
+                    await asyncio.wait(unfinished)
         texts: dict[str, str] = {}
         failed = False
         for o in outcomes:
