@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# A throwaway PostgreSQL server (fixture `pg_url`), started only by tests that ask for it.
+pytest_plugins = ["pg_server"]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("LLM_CASCADE_DATA", REPO.parent / "shared" / "data"))
 

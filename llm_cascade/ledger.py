@@ -1,0 +1,376 @@
+"""The spend ledger: one row per call, whatever its outcome, in SQLite by default or any SQLAlchemy database.
+
+The router hands every routed request's calls to :meth:`Ledger.record` in a ``finally`` block: successes, errors,
+timeouts and cancellations alike. ``record`` is synchronous and short (one transaction per request); if the database
+refuses a write, the rows stay queued in memory and are retried on the next ``record``, and :meth:`Ledger.flush` /
+:meth:`Ledger.close` raise :class:`LedgerError` if they still cannot be written, so nothing is dropped silently.
+
+Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pusd`` as integer pico-dollars
+(1e-12 USD) so that sums in SQL (budgets, reports) stay exact on SQLite too, which has no decimal type.
+
+The default file is an embedded SQLite database in WAL mode (readers never block the writer). A URL such as
+``postgresql+psycopg://user@host/db`` selects SQLAlchemy, for several processes sharing one budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, LedgerError, MissingDependencyError
+from .types import Call
+
+PICO = Decimal("1e12")
+_URL = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.\-]*:|^[A-Za-z]+\+[A-Za-z0-9_]+|^(postgres(ql)?|mysql|mariadb|sqlite|mssql|oracle)/"
+)
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COLUMNS = (
+    "ts, request_id, seq, tier, model, outcome, input_tokens, output_tokens, cached_tokens, estimated, "
+    "cost_usd, cost_pusd, latency_s, error, tags"
+)
+_NAMES = [c.strip() for c in _COLUMNS.split(",")]
+
+
+def default_path() -> Path:
+    """``$LLM_CASCADE_LEDGER``, else ``~/.local/share/llm-cascade/ledger.sqlite3``."""
+    env = os.environ.get("LLM_CASCADE_LEDGER")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "llm-cascade" / "ledger.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One stored call."""
+
+    ts: float
+    request_id: str
+    seq: int
+    tier: int
+    model: str
+    outcome: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    estimated: bool
+    cost_usd: Decimal | None
+    latency_s: float
+    error: str | None
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Aggregate over a selection of rows. ``cost_usd`` sums priced calls; ``unpriced`` counts the others."""
+
+    cost_usd: Decimal
+    calls: int
+    requests: int
+    unpriced: int
+
+
+def _schema(table: str, id_column: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table} ({id_column}, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, tier INTEGER NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, "
+        "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+        "estimated INTEGER NOT NULL, cost_usd TEXT, cost_pusd BIGINT, latency_s DOUBLE PRECISION NOT NULL, "
+        "error TEXT, tags TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
+        f"CREATE INDEX IF NOT EXISTS {table}_request ON {table} (request_id)",
+    ]
+
+
+class _SQLite:
+    """Stdlib sqlite3: one connection shared under a lock (sqlite serialises writers anyway)."""
+
+    placeholder = "?"
+
+    def __init__(self, path: str, table: str) -> None:
+        if path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            if path != ":memory:":
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            for stmt in _schema(table, "id INTEGER PRIMARY KEY AUTOINCREMENT"):
+                self.conn.execute(stmt)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
+        self.lock = threading.Lock()
+
+    def tag_clause(self, key: str) -> tuple[str, str]:
+        return "json_extract(tags, ?) = ?", "$." + json.dumps(key)
+
+    def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.lock:
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.executemany(sql, rows)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return list(self.conn.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+class _SQLAlchemy:
+    """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str, table: str) -> None:
+        try:
+            import sqlalchemy as sa
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+        except ImportError:
+            raise MissingDependencyError("sqlalchemy", "ledger") from None
+        try:
+            parsed = make_url(url)
+            parsed.get_dialect()
+        except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+            raise ConfigError("Ledger.url", f"not a usable database URL {_redact(url)!r}: {exc}") from None
+        except ImportError as exc:
+            raise MissingDependencyError(str(exc.name or exc), "ledger") from None
+        self.dialect = parsed.get_backend_name()
+        try:
+            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+            ident = "id BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "id INTEGER PRIMARY KEY"
+            with self.engine.begin() as conn:
+                for stmt in _schema(table, ident):
+                    conn.exec_driver_sql(stmt)
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
+        self.placeholder = "%s" if self.dialect == "postgresql" else "?"
+
+    def tag_clause(self, key: str) -> tuple[str, str]:
+        if self.dialect == "postgresql":
+            return f"(tags::jsonb ->> {self.placeholder}) = {self.placeholder}", key
+        return f"json_extract(tags, {self.placeholder}) = {self.placeholder}", "$." + json.dumps(key)
+
+    def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+def to_pusd(cost: Decimal | None) -> int | None:
+    """Integer pico-dollars (rounded half-even below 1e-12 USD)."""
+    return None if cost is None else int((cost * PICO).to_integral_value(ROUND_HALF_EVEN))
+
+
+class Ledger:
+    """Spend ledger: the router's :class:`~llm_cascade.router.SpendSink`, plus queries for budgets and reports.
+
+    ``url``: None for the default SQLite file, a path, ``sqlite:///path``, ``:memory:``, or any SQLAlchemy URL.
+    ``clock`` stamps rows (seconds since the epoch); tests inject one to fill past periods.
+    """
+
+    def __init__(
+        self,
+        url: str | Path | None = None,
+        *,
+        table: str = "llm_cascade_calls",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(table, str) or not _TABLE.match(table):
+            raise ConfigError("Ledger.table", f"must be a plain SQL identifier, got {table!r}")
+        self.table = table
+        self.clock = clock
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_lock = threading.Lock()
+        self.url = str(url) if url is not None else str(default_path())
+        self._store: _SQLite | _SQLAlchemy
+        if url is None or isinstance(url, Path):
+            self._store = _SQLite(self.url, table)
+        elif not isinstance(url, str) or not url.strip():
+            raise ConfigError("Ledger.url", f"must be a path or a database URL, got {url!r}")
+        elif url == ":memory:" or not _URL.match(url) or _DRIVE.match(url):
+            self._store = _SQLite(url, table)
+        elif url.startswith("sqlite:"):
+            m = re.fullmatch(r"sqlite:///(.+)", url)
+            if m is None:
+                raise ConfigError("Ledger.url", f"expected sqlite:///path/to/file.db, got {url!r}")
+            self._store = _SQLite(m.group(1), table)
+        else:
+            if "://" not in url:
+                raise ConfigError("Ledger.url", f"malformed database URL {_redact(url)!r}: expected 'dialect://...'")
+            self._store = _SQLAlchemy(url, table)
+        ph = self._store.placeholder
+        self._insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join([ph] * len(_NAMES))})"
+
+    # -- writing ----------------------------------------------------------------------------------------------------
+
+    def record(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Store one row per call of a request. Never raises for a database failure: rows wait for the next write."""
+        now = self.clock()
+        tags = json.dumps(dict(metadata), sort_keys=True, default=str)
+        rows = [
+            (
+                now,
+                request_id,
+                i,
+                c.tier,
+                c.model,
+                c.outcome,
+                c.usage.input_tokens,
+                c.usage.output_tokens,
+                c.usage.cached_tokens,
+                int(c.usage.estimated),
+                None if c.cost_usd is None else str(c.cost_usd),
+                to_pusd(c.cost_usd),
+                float(c.latency_s),
+                c.error,
+                tags,
+            )
+            for i, c in enumerate(calls)
+        ]
+        with self._pending_lock:
+            self._pending.extend(rows)
+            try:
+                self._drain()
+            except LedgerError:
+                return
+
+    def _drain(self) -> None:
+        if not self._pending:
+            return
+        batch = list(self._pending)
+        try:
+            self._store.write(self._insert, batch)
+        except Exception as exc:
+            raise LedgerError(f"cannot write {len(batch)} ledger row(s) to {_redact(self.url)}: {exc}") from exc
+        del self._pending[: len(batch)]
+
+    @property
+    def pending(self) -> int:
+        """Rows accepted but not yet written (non-zero only after a database failure)."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write every queued row now; LedgerError if the database still refuses them."""
+        with self._pending_lock:
+            self._drain()
+
+    def close(self) -> None:
+        """Flush, then release the connection."""
+        try:
+            self.flush()
+        finally:
+            self._store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+
+    def _where(
+        self, since: float | None, until: float | None, tags: Mapping[str, str] | None, request_id: str | None = None
+    ) -> tuple[str, list[Any]]:
+        ph = self._store.placeholder
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append(f"ts >= {ph}")
+            params.append(float(since))
+        if until is not None:
+            clauses.append(f"ts < {ph}")
+            params.append(float(until))
+        if request_id is not None:
+            clauses.append(f"request_id = {ph}")
+            params.append(request_id)
+        for key, value in (tags or {}).items():
+            clause, path = self._store.tag_clause(key)
+            clauses.append(clause)
+            params.extend([path, str(value)])
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def totals(
+        self, *, since: float | None = None, until: float | None = None, tags: Mapping[str, str] | None = None
+    ) -> Totals:
+        """Exact spend, calls, requests and unpriced calls among rows with ``since <= ts < until`` and these tags."""
+        where, params = self._where(since, until, tags)
+        sql = (
+            f"SELECT COALESCE(SUM(cost_pusd), 0), COUNT(*), COUNT(DISTINCT request_id), "
+            f"SUM(CASE WHEN cost_pusd IS NULL THEN 1 ELSE 0 END) FROM {self.table}{where}"
+        )
+        pusd, calls, requests, unpriced = self._store.query(sql, params)[0]
+        return Totals(Decimal(int(pusd)) / PICO, int(calls), int(requests), int(unpriced or 0))
+
+    def spend(
+        self, *, since: float | None = None, until: float | None = None, tags: Mapping[str, str] | None = None
+    ) -> Decimal:
+        """Exact priced spend (USD) of the selected rows."""
+        return self.totals(since=since, until=until, tags=tags).cost_usd
+
+    def rows(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> list[LedgerRow]:
+        """The selected rows, oldest first."""
+        where, params = self._where(since, until, tags, request_id)
+        sql = f"SELECT {_COLUMNS} FROM {self.table}{where} ORDER BY ts, request_id, seq"
+        return [_row(r) for r in self._store.query(sql, params)]
+
+    def count(self) -> int:
+        return self.totals().calls
+
+    def __repr__(self) -> str:
+        return f"Ledger({_redact(self.url)!r})"
+
+
+def _row(r: Sequence[Any]) -> LedgerRow:
+    return LedgerRow(
+        ts=float(r[0]),
+        request_id=str(r[1]),
+        seq=int(r[2]),
+        tier=int(r[3]),
+        model=str(r[4]),
+        outcome=str(r[5]),
+        input_tokens=int(r[6]),
+        output_tokens=int(r[7]),
+        cached_tokens=int(r[8]),
+        estimated=bool(r[9]),
+        cost_usd=None if r[10] is None else Decimal(r[10]),
+        latency_s=float(r[12]),
+        error=r[13],
+        tags=json.loads(r[14]),
+    )

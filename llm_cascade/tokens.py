@@ -1,0 +1,181 @@
+"""Token counts: the provider's usage first; a local tiktoken estimate when there is none.
+
+A failed or cancelled call, or a stream that ended without a usage block, still cost something; the estimate keeps
+those calls in the ledger and the budget instead of silently at zero (they are marked ``estimated=True``).
+
+tiktoken downloads its encoding files on first use, which a fresh, offline machine cannot do. litellm ships the
+same files inside its package (``litellm/litellm_core_utils/tokenizers``, under tiktoken's cache names), so we locate
+that folder *without importing litellm* (``importlib.util.find_spec``) and point ``TIKTOKEN_CACHE_DIR`` at it while
+the encoding loads. Nothing is ever fetched at run time: a missing file is a MissingDependencyError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MissingDependencyError
+from .types import Message, Request, Usage
+
+_BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+ENCODINGS = ("o200k_base", "cl100k_base", "p50k_base", "r50k_base")
+DEFAULT_ENCODING = "o200k_base"
+# OpenAI's chat format: each message costs its content and role plus 3 framing tokens; the reply is primed with 3.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_REPLY = 3
+
+_loaded: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def bundled_tokenizer_dir() -> Path | None:
+    """The folder where litellm ships tiktoken's encoding files, or None when litellm is not installed."""
+    try:
+        spec = importlib.util.find_spec("litellm")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "litellm_core_utils" / "tokenizers"
+        if path.is_dir():
+            return path
+    return None
+
+
+def cache_name(encoding: str) -> str:
+    """tiktoken's cache file name for an encoding: the SHA-1 of its download URL."""
+    return hashlib.sha1(_BLOB.format(encoding).encode()).hexdigest()
+
+
+def _cache_dirs() -> list[Path]:
+    dirs = [Path(os.environ[v]) for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)]
+    if not dirs:
+        dirs.append(Path(tempfile.gettempdir()) / "data-gym-cache")
+    bundled = bundled_tokenizer_dir()
+    if bundled is not None:
+        dirs.append(bundled)
+    return dirs
+
+
+def encoding_file(encoding: str) -> Path | None:
+    """Where an encoding's file already lies on this machine (the user's tiktoken cache, then litellm's copy)."""
+    for d in _cache_dirs():
+        path = d / cache_name(encoding)
+        if path.is_file():
+            return path
+    return None
+
+
+def get_encoding(name: str = DEFAULT_ENCODING) -> Any:
+    """A tiktoken Encoding, loaded from files already on disk; never downloads."""
+    enc = _loaded.get(name)
+    if enc is not None:
+        return enc
+    if name not in ENCODINGS:
+        raise ConfigError("encoding", f"unknown tiktoken encoding {name!r}; known: {', '.join(ENCODINGS)}")
+    try:
+        import tiktoken
+    except ImportError:
+        raise MissingDependencyError("tiktoken", "tokens") from None
+    with _lock:
+        enc = _loaded.get(name)
+        if enc is not None:
+            return enc
+        path = encoding_file(name)
+        if path is None:
+            raise MissingDependencyError(f"the {name} encoding file (litellm ships it)", "litellm")
+        previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(path.parent)
+        try:
+            enc = tiktoken.get_encoding(name)
+        finally:
+            if previous is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = previous
+        _loaded[name] = enc
+        return enc
+
+
+def encoding_for_model(model: str) -> str:
+    """The encoding an OpenAI model uses; other models get cl100k_base, a close estimate for most modern LLMs."""
+    from .pricing import candidates
+
+    try:
+        from tiktoken.model import encoding_name_for_model
+    except ImportError:
+        raise MissingDependencyError("tiktoken", "tokens") from None
+    for name in candidates(model):
+        try:
+            found: str = encoding_name_for_model(name)
+        except KeyError:
+            continue
+        return found if found in ENCODINGS else "cl100k_base"
+    return "cl100k_base"
+
+
+def count_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
+    """Tokens in a piece of text (special-token markers in it are counted as plain text)."""
+    if not text:
+        return 0
+    return len(get_encoding(encoding).encode(text, disallowed_special=()))
+
+
+def count_messages(messages: Iterable[Message], encoding: str = DEFAULT_ENCODING) -> int:
+    """Prompt tokens of a chat request, with the chat format's framing tokens."""
+    enc = get_encoding(encoding)
+    n = TOKENS_PER_REPLY
+    for m in messages:
+        n += TOKENS_PER_MESSAGE + len(enc.encode(m.role, disallowed_special=()))
+        n += len(enc.encode(m.content, disallowed_special=()))
+    return n
+
+
+class TokenEstimator:
+    """The router's :class:`~llm_cascade.router.UsageEstimator`: tiktoken counts for calls without provider usage.
+
+    ``encoding`` (or ``model``, to pick its encoding) is fixed at construction because the router's hook does not
+    name the model. ``expected_output`` is charged when a call produced no text (failed, cancelled): 0 by default,
+    since providers do not bill output that was never generated. Construction fails early (MissingDependencyError)
+    when tiktoken or the encoding file is missing, never during a request.
+    """
+
+    def __init__(self, encoding: str | None = None, *, model: str | None = None, expected_output: int = 0) -> None:
+        if encoding is not None and model is not None:
+            raise ConfigError("TokenEstimator", "give encoding or model, not both")
+        if isinstance(expected_output, bool) or not isinstance(expected_output, int) or expected_output < 0:
+            raise ConfigError("TokenEstimator.expected_output", f"must be an int >= 0, got {expected_output!r}")
+        self.encoding = encoding or (encoding_for_model(model) if model else DEFAULT_ENCODING)
+        if self.encoding not in ENCODINGS:
+            raise ConfigError("TokenEstimator.encoding", f"unknown encoding {self.encoding!r}")
+        if encoding_file(self.encoding) is None and self.encoding not in _loaded:
+            raise MissingDependencyError(f"the {self.encoding} encoding file (litellm ships it)", "litellm")
+        self.expected_output = expected_output
+
+    def __call__(self, request: Request, text: str | None) -> Usage:
+        prompt = count_messages(request.messages, self.encoding)
+        out = count_tokens(text, self.encoding) if text else self.expected_output
+        return Usage(prompt, out, 0, estimated=True)
+
+    def prompt_tokens(self, request: Request) -> int:
+        return count_messages(request.messages, self.encoding)
+
+
+def usage_or_estimate(usage: Usage | None, request: Request, text: str | None, estimator: TokenEstimator) -> Usage:
+    """Provider usage when it reported any tokens, the estimate otherwise (a stream that ended without usage)."""
+    if usage is not None and (usage.input_tokens or usage.output_tokens):
+        return usage
+    return estimator(request, text)
+
+
+def rough_tokens(text: str) -> int:
+    """Four characters per token: only for display when no tokenizer is installed."""
+    return math.ceil(len(text) / 4)

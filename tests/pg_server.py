@@ -1,0 +1,75 @@
+"""A throwaway PostgreSQL server for the test session (a pytest plugin loaded by conftest).
+
+Uses the server binaries of Debian's ``postgresql`` package (``make postgres`` installs it): initdb into a temporary
+folder, start on a free port bound to 127.0.0.1, stop and delete at the end. PostgreSQL refuses to run as root, so
+under root the server runs as the ``postgres`` user that the package creates. Skips with the reason when no server
+binaries are installed or the server cannot start.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh PostgreSQL server owned by this test session."""
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (run `make postgres` to install Debian's postgresql)")
+    prefix: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="llmc-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base, ignore_errors=True)
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, log = base / "data", base / "server.log"
+    port = _free_port()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120, check=False)
+
+    init = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    if init.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=50"
+    start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", opts, "start")
+    if start.returncode != 0:
+        detail = log.read_text()[-800:] if log.exists() else start.stderr
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {detail.strip()}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
