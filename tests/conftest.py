@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from llm_cascade.testing import Answer, RecordedServer
 
 # A throwaway PostgreSQL server (fixture `pg_url`), started only by tests that ask for it.
 pytest_plugins = ["pg_server"]
@@ -20,3 +23,31 @@ def data_dir() -> Path:
     if not (DATA_DIR / "rational").is_dir():
         pytest.skip(f"recorded data not found at {DATA_DIR} (set LLM_CASCADE_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mmlu_file(data_dir: Path) -> Path:
+    return data_dir / "rational" / "mmlu_train.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def recorded_server(mmlu_file: Path) -> Iterator[RecordedServer]:
+    """The local OpenAI/Anthropic-compatible server answering from rational MMLU (one per session, in a thread).
+
+    Tests that change its faults must undo them; call ``reset()`` to restart its request counts.
+    """
+    with RecordedServer(mmlu_file) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def script_server() -> Iterator[RecordedServer]:
+    """The same server with scripted answers only (needs no data): "echo-b" always says "B", "cached" says "C" with
+    40 of its 50 prompt tokens from the cache, "by-prompt" answers "2+2?" with "4"."""
+    script = {
+        "echo-b": "B",
+        "cached": Answer("C", tokens_in=50, tokens_out=2, cached_tokens=40, logprob=-0.1),
+        "by-prompt": {"2+2?": "4"},
+    }
+    with RecordedServer(script=script) as server:
+        yield server

@@ -1,0 +1,165 @@
+"""What the SDK adapters (openai, anthropic, litellm) share: option checks, and SDK exceptions -> the
+:class:`~llm_cascade.errors.ProviderError` tree.
+
+The OpenAI, Anthropic and LiteLLM SDKs raise look-alike hierarchies (LiteLLM's even subclass OpenAI's), so the
+mapping reads what they have in common: the class names in the MRO, ``status_code``, the response headers and the
+error body. Nothing here imports an SDK. Every message passes through :func:`scrub` so an API key echoed back by a
+proxy can never reach a log or a ledger row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import (
+    BadRequestError,
+    ConfigError,
+    ContentFilterError,
+    ContextLengthError,
+    MalformedResponseError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    RetryableError,
+)
+
+_CONTEXT_HINTS = ("context_length", "context length", "context window", "prompt is too long", "too many tokens")
+_FILTER_HINTS = ("content_filter", "content filter", "content_policy", "content policy", "content management policy")
+# Statuses the providers themselves document as transient, besides 429 and 5xx.
+_RETRYABLE_4XX = frozenset({408, 409})
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every secret replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None when absent."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _headers(exc: BaseException) -> Mapping[str, str] | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        headers = getattr(exc, "litellm_response_headers", None)
+    return headers if isinstance(headers, Mapping) or hasattr(headers, "get") else None
+
+
+def _body_text(exc: BaseException) -> str:
+    parts = [str(getattr(exc, "message", "") or exc)]
+    for attr in ("code", "type"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str):
+            parts.append(value)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        with contextlib.suppress(TypeError, ValueError):
+            parts.append(json.dumps(body))
+    return " ".join(parts).lower()
+
+
+def is_sdk_error(exc: BaseException) -> bool:
+    """Exceptions a provider call can raise that are about the provider, not a bug in the caller."""
+    module = type(exc).__module__.split(".")[0]
+    return module in (
+        "openai",
+        "anthropic",
+        "litellm",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "json",
+        "pydantic",
+        "pydantic_core",
+    )
+
+
+def map_error(exc: BaseException, model: str, secrets: Iterable[str | None] = ()) -> ProviderError:
+    """The :class:`ProviderError` for an SDK exception raised while calling ``model``."""
+    names = _names(exc)
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    message = scrub(f"{model}: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}", secrets)
+    if "APITimeoutError" in names or "Timeout" in names or "TimeoutException" in names or "ReadTimeout" in names:
+        return ProviderTimeout(message, model=model, status=status)
+    if "ContextWindowExceededError" in names:
+        return ContextLengthError(message, model=model, status=status or 400)
+    if "ContentPolicyViolationError" in names:
+        return ContentFilterError(message, model=model, status=status or 400)
+    if "APIConnectionError" in names and status in (None, 500):
+        return RetryableError(message, model=model, status=None)
+    if "APIResponseValidationError" in names or (isinstance(exc, ValueError) and status is None):
+        return MalformedResponseError(message, model=model, status=status)
+    if status is None:
+        if "NetworkError" in names or "TransportError" in names or "RemoteProtocolError" in names:
+            return RetryableError(message, model=model)
+        return ProviderError(message, model=model)
+    if status == 429:
+        return RateLimited(message, model=model, status=429, retry_after=retry_after(_headers(exc)))
+    if status >= 500 or status in _RETRYABLE_4XX:
+        return RetryableError(message, model=model, status=status)
+    if 400 <= status < 500:
+        text = _body_text(exc)
+        if any(h in text for h in _CONTEXT_HINTS):
+            return ContextLengthError(message, model=model, status=status)
+        if any(h in text for h in _FILTER_HINTS):
+            return ContentFilterError(message, model=model, status=status)
+        return BadRequestError(message, model=model, status=status)
+    return ProviderError(message, model=model, status=status)
+
+
+def content_text(value: Any) -> str:
+    """Message content as text: a string, None (empty), or a list of text parts."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(getattr(p, "text", "")) for p in value)
+    raise MalformedResponseError(f"unexpected message content of type {type(value).__name__}")
+
+
+def check_options(owner: str, model: str, timeout: float, api_key: str | None, api_key_env: str | None) -> None:
+    """Reject bad adapter options at construction, naming the field."""
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{owner}.model", f"must be a non-empty model name, got {model!r}")
+    if not isinstance(timeout, int | float) or not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigError(f"{owner}.timeout", f"must be a positive number of seconds, got {timeout!r}")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{owner}.api_key", "must be a string")
+    if api_key_env is not None and not isinstance(api_key_env, str):
+        raise ConfigError(f"{owner}.api_key_env", f"must be an environment variable name, got {api_key_env!r}")
