@@ -255,9 +255,11 @@ class PricesConfig(_Model):
 
 
 class LedgerConfig(_Model):
-    """Where spend is stored: any SQLAlchemy URL; several processes share one PostgreSQL database."""
+    """Where spend is stored: "default" (the per-user SQLite file, or $LLM_CASCADE_LEDGER), a path, ``sqlite:///path``
+    or any SQLAlchemy URL; several processes share one PostgreSQL database (``postgresql+psycopg://...``)."""
 
     url: str
+    table: str = "llm_cascade_calls"
 
 
 class KeyConfig(_Model):
@@ -465,7 +467,15 @@ def _build_prices(pc: PricesConfig) -> Pricer:
 
 
 def _build_ledger(lc: LedgerConfig) -> SpendSink:
-    raise ConfigError("ledger", "the ledger is not available yet")
+    from .errors import LedgerError
+    from .ledger import Ledger
+
+    try:
+        return Ledger(None if lc.url == "default" else lc.url, table=lc.table)
+    except ConfigError as exc:
+        raise ConfigError(f"ledger.{exc.field.removeprefix('Ledger.')}", exc.problem) from None
+    except LedgerError as exc:
+        raise ConfigError("ledger.url", str(exc)) from None
 
 
 def _build_budget(specs: list[dict[str, Any]], ledger: SpendSink | None) -> Guard:
@@ -484,13 +494,12 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> Backend:
         base_url = base_url or prov.base_url
         key_env = key_env or prov.api_key_env
     options.update(spec.options)
+    if kind != provider:
+        options.setdefault("name", spec.model)  # calls and the ledger say "recorded:gpt-4o", as the file does
     if base_url is not None:
         options["base_url"] = base_url
     if key_env is not None:
-        key = os.environ.get(key_env)
-        if not key:
-            raise ConfigError(f"{field}.api_key_env", f"environment variable {key_env} is not set")
-        options["api_key"] = key
+        options["api_key_env"] = key_env  # the backend reads the variable itself: the key never enters the config
     try:
         return resolve(f"{kind}:{model}", **options)
     except ConfigError as exc:

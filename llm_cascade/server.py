@@ -24,6 +24,7 @@ one still gets a proper status code.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -298,20 +299,42 @@ async def health(request: HTTPRequest) -> Response:
 
 
 async def spend(request: HTTPRequest) -> Response:
-    """Spend so far, from the ledger. With keys configured, a caller sees only the spend of its own key."""
+    """Spend from the ledger: ``?since=&until=`` (epoch seconds), ``?tag.team=a`` filters by tag.
+
+    With keys configured, a caller sees only the spend made with its own key.
+    """
     state = _state(request)
     try:
         tags = state.authenticate(request)
     except InputError as bad:
         return _refuse(bad)
     ledger = state.components.ledger
-    if ledger is None:
+    totals = getattr(ledger, "totals", None)
+    if totals is None:
         return error_response(404, "no ledger is configured (set ledger.url)", code="no_ledger")
-    return JSONResponse(_spend_report(ledger, {"key": tags["key"]} if "key" in tags else {}))
-
-
-def _spend_report(ledger: object, tags: Mapping[str, str]) -> dict[str, Any]:
-    raise NotImplementedError
+    query = request.query_params
+    try:
+        since = float(query["since"]) if "since" in query else None
+        until = float(query["until"]) if "until" in query else None
+    except ValueError:
+        return error_response(400, "since and until are seconds since the epoch", code="invalid_query")
+    wanted = {k.removeprefix("tag."): v for k, v in query.items() if k.startswith("tag.")}
+    if "key" in tags:
+        wanted["key"] = tags["key"]  # a key sees only its own spend
+    t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
+    return JSONResponse(
+        {
+            "object": "spend",
+            "cost_usd": float(t.cost_usd),
+            "cost_usd_exact": format(t.cost_usd, "f"),
+            "calls": t.calls,
+            "requests": t.requests,
+            "unpriced_calls": t.unpriced,
+            "since": since,
+            "until": until,
+            "tags": wanted,
+        }
+    )
 
 
 async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
