@@ -107,6 +107,8 @@ _NUM_RE = re.compile(_NUM)
 _HASH_RE = re.compile(r"####\s*(" + _NUM + ")")
 _ANSWER_IS_RE = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*[:\-]?\s*\**\s*(" + _NUM + ")", re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\boxed\{\s*(" + _NUM + r")")
+# The ``answer`` field of a JSON block too malformed to parse (unescaped quotes or newlines in a "reasoning" field).
+_ANSWER_FIELD_RE = re.compile(r'"answer"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\n]+)')
 
 
 def _canonical_number(raw: str) -> str | None:
@@ -127,8 +129,15 @@ class Number:
 
     Looks, in order, for a JSON ``answer`` field, ``#### 42``, ``\\boxed{42}``, "the answer is 42", and otherwise the
     last number in the text. Commas, currency signs, percent signs and units are dropped; fractions and decimals are
-    reduced ("3/4" -> "0.75", "42.0" -> "42"), so equal values compare equal.
+    reduced ("3/4" -> "0.75", "42.0" -> "42"), so equal values compare equal. A JSON block too malformed to parse
+    still gives its ``"answer": ...`` field.
+
+    ``strict=True`` accepts only an explicitly marked final answer (a JSON ``answer`` field, ``#### 42``,
+    ``\\boxed{42}``), never a guess from "answer: 42" prose or the last number: for prompts that prescribe the answer's
+    format, where anything else is a format failure (this reproduces ZeroEval's GSM8K scores).
     """
+
+    strict: bool = False
 
     def __call__(self, text: str) -> str | None:
         if not text:
@@ -139,10 +148,16 @@ class Number:
                 value = value.strip().strip('"')
                 m = _NUM_RE.search(value)
                 return _canonical_number(m.group(0)) if m else None
-        for rx in (_HASH_RE, _BOXED_RE, _ANSWER_IS_RE):
+            field_match = _ANSWER_FIELD_RE.search(text)
+            if field_match:
+                m = _NUM_RE.search(field_match.group(1))
+                return _canonical_number(m.group(0)) if m else None
+        for rx in (_HASH_RE, _BOXED_RE) if self.strict else (_HASH_RE, _BOXED_RE, _ANSWER_IS_RE):
             found = rx.findall(text)
             if found:
                 return _canonical_number(found[-1])
+        if self.strict:
+            return None
         found = _NUM_RE.findall(text)
         return _canonical_number(found[-1]) if found else None
 
