@@ -1,0 +1,203 @@
+"""Budgets over recorded data: escalation stops exactly where the recorded costs say it should."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_cascade import BudgetExceeded, FakeBackend, Request, Router, Tier, Usage
+from llm_cascade.budget import Budget, Limit, period_start
+from llm_cascade.errors import ConfigError
+from llm_cascade.ledger import Ledger
+from llm_cascade.pricing import PriceTable
+from llm_cascade.types import Call, Completion
+
+CHEAP = ("llama3.1-8b", "gpt-4o-mini")
+TOP = "gpt-4o"
+
+
+class Recorded:
+    """A backend that answers with what a model really said, billed with the tokens it really used."""
+
+    supports_logprobs = False
+
+    def __init__(self, model: str, rows: dict[str, dict[str, Any]]) -> None:
+        self.name = f"fake:{model}"
+        self.model = model
+        self.rows = rows
+        self.calls = 0
+
+    async def complete(self, request: Request) -> Completion:
+        self.calls += 1
+        rec = self.rows[request.prompt]["models"][self.model]
+        return Completion(rec["answer"], self.model, Usage(rec["tokens_in"], rec["tokens_out"]), 0.0, "stop")
+
+
+def load(data_dir: Path, n: int) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    with gzip.open(data_dir / "rational" / "mmlu_train.jsonl.gz", "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["user_prompt"]] = r
+            if len(rows) == n:
+                break
+    return rows
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("limit", ["0.004", "0.0123"])
+async def test_budget_stops_escalation_where_recorded_costs_say(data_dir: Path, tmp_path: Path, limit: str) -> None:
+    rows = load(data_dir, 120)
+    ledger = Ledger(tmp_path / "l.db")
+
+    def replay(request: Request, model: str) -> Usage:
+        rec = rows[request.prompt]["models"][model.removeprefix("fake:")]
+        return Usage(rec["tokens_in"], rec["tokens_out"])
+
+    budget = Budget(
+        Limit(limit, per="day", tags={"app": "mmlu"}), ledger=ledger, prices=PriceTable.default(), usage=replay
+    )
+    router = Router(
+        [Tier([Recorded(m, rows) for m in CHEAP]), Tier([Recorded(TOP, rows)])],
+        normalizer="choice",
+        prices=PriceTable.default(),
+        ledger=ledger,
+        budget=budget,
+    )
+    # What the recorded costs say, computed from cost_usd alone (floats, as recorded), row by row.
+    spent, expected = 0.0, []
+    for r in rows.values():
+        m = r["models"]
+        cheap = sum(m[x]["cost_usd"] for x in CHEAP)
+        agree = m[CHEAP[0]]["answer"] == m[CHEAP[1]]["answer"]
+        if agree:
+            expected.append("agreed")
+            spent += cheap
+        elif spent + cheap + m[TOP]["cost_usd"] > float(limit) + 1e-12:
+            expected.append("stopped")
+            spent += cheap
+        else:
+            expected.append("escalated")
+            spent += cheap + m[TOP]["cost_usd"]
+    assert "stopped" in expected and "escalated" in expected, "the limit must fall inside the run to test anything"
+
+    got = []
+    for prompt, r in rows.items():
+        result = await router.route(prompt, app="mmlu")
+        if result.tier == 1:
+            got.append("escalated")
+        elif result.accepted:
+            got.append("agreed")
+        else:
+            got.append("stopped")
+            assert result.reason.startswith("budget") and result.answer is not None
+            assert result.answer == r["models"][CHEAP[0]]["answer"]  # best so far: tier 0's majority (tie: first)
+    assert got == expected
+    assert float(ledger.spend()) == pytest.approx(spent, abs=1e-9)
+    # Only escalations are gated: tier 0 always runs, so the day's total may pass the limit, never by a tier-1 call.
+    top_rows = [r for r in ledger.rows() if r.tier == 1]
+    assert len(top_rows) == expected.count("escalated")
+    assert ledger.spend(tags={"app": "other"}) == 0
+
+
+async def test_raise_policy_raises_and_still_records_the_calls_made(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    price = {"input": 1, "output": 1, "source": "t", "as_of": "2026-01-01"}
+    prices = PriceTable({"a": price, "b": price}, fallback=None)
+    budget = Budget(Limit("0.00003", per="request"), prices=prices, policy="raise", output_tokens=5, ledger=ledger)
+    tier0 = Tier([FakeBackend("a", "B", usage=Usage(10, 1)), FakeBackend("b", "C", usage=Usage(10, 1))])
+    top = FakeBackend("top", "D")
+    router = Router([tier0, Tier([top])], prices=prices, ledger=ledger, budget=budget)
+    with pytest.raises(BudgetExceeded, match="unknown price"):
+        await router.route("q")
+    prices.add("top", price)
+    with pytest.raises(BudgetExceeded, match=r"0.000022 on this request"):
+        await router.route("q")
+    assert top.calls == 0
+    assert [r.model for r in ledger.rows()] == ["fake:a", "fake:b"] * 2
+    budget.limits = (Limit("0.0001", per="request"),)
+    assert (await router.route("q")).tier == 1
+    assert top.calls == 1
+
+
+def test_period_limits_count_only_their_period_and_tags(tmp_path: Path) -> None:
+    now = [1_767_225_600.0 + 3600 * 30]  # 2026-01-02 06:00 UTC
+    ledger = Ledger(tmp_path / "l.db", clock=lambda: now[0])
+    prices = PriceTable({"m": {"input": 1, "output": 1, "source": "t", "as_of": "2026-01-01"}}, fallback=None)
+    budget = Budget(
+        [Limit(1, per="day", tags={"app": "chat"}), Limit(3, per="total")],
+        ledger=ledger,
+        prices=prices,
+        usage=lambda r, m: Usage(500_000, 0),  # 0.5 USD per call
+        clock=lambda: now[0],
+    )
+    req = Request.from_prompt("q", metadata={"app": "chat"})
+    assert budget.check(req, 1, ["m"], Decimal(0)) is None
+    now[0] -= 86400  # yesterday
+    ledger.record("old", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {"app": "chat"})
+    now[0] += 86400
+    assert budget.check(req, 1, ["m"], Decimal(0)) is None  # yesterday's spend is not today's
+    ledger.record("r", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "other"})
+    assert budget.check(req, 1, ["m"], Decimal(0)) is None  # another app's spend is not chat's
+    assert budget.check(req, 1, ["m"], Decimal("0.51")) is not None
+    ledger.record("r2", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "chat"})
+    assert "per day" in (budget.check(req, 1, ["m"], Decimal("0.01")) or "")
+    assert budget.remaining({"app": "chat"}) == {
+        "1 USD per day (app=chat)": Decimal("0.5"),
+        "3 USD per total (all)": Decimal("1.1"),
+    }
+    other = Request.from_prompt("q", metadata={"app": "batch"})
+    assert budget.check(other, 1, ["m"], Decimal("0.5")) is None
+    assert "per total" in (budget.check(other, 1, ["m"], Decimal("1.2")) or "")
+
+
+def test_default_estimate_uses_prompt_tokens_and_max_tokens() -> None:
+    prices = PriceTable.default(fallback=None)
+    budget = Budget(Limit(1, per="request"), prices=prices)
+    short = Request.from_prompt("Which planet is largest?", max_tokens=10)
+    long = Request.from_prompt("Which planet is largest?", max_tokens=1000)
+    a, b = budget.estimate(short, ["openai:gpt-4o"]), budget.estimate(long, ["openai:gpt-4o"])
+    assert a is not None and b is not None
+    assert b - a == Decimal(990) * Decimal(10) / 1_000_000
+    longer_prompt = Request.from_prompt("Which planet is largest? " * 50, max_tokens=10)
+    c = budget.estimate(longer_prompt, ["openai:gpt-4o"])
+    assert c is not None and c > a
+    assert budget.estimate(short, ["openai:gpt-4o", "no-such-model"]) is None
+
+
+def test_period_start_is_utc_calendar() -> None:
+    t = 1_767_571_200.0 + 13 * 3600 + 17  # 2026-01-05 (a Monday) 13:00:17 UTC
+    assert period_start("day", t) == 1_767_571_200.0
+    assert period_start("hour", t) == 1_767_571_200.0 + 13 * 3600
+    assert period_start("week", t + 86400 * 3) == 1_767_571_200.0
+    assert period_start("month", t) == 1_767_225_600.0
+    assert period_start("total", t) is None
+    assert time.gmtime(period_start("month", t) or 0).tm_mday == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"limits": []}, "Budget.limits"),
+        ({"limits": Limit(1)}, "Budget.ledger"),
+        ({"limits": Limit(1, per="request"), "policy": "stop"}, "Budget.policy"),
+        ({"limits": Limit(1, per="request"), "output_tokens": -1}, "Budget.output_tokens"),
+    ],
+)
+def test_bad_budget_config(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Budget(**kwargs)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(("args", "field"), [(("-1",), "Limit.usd"), (("x",), "Limit.usd"), ((1, "year"), "Limit.per")])
+def test_bad_limit(args: tuple[Any, ...], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Limit(*args)
+    assert err.value.field == field
