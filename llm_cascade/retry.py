@@ -197,7 +197,7 @@ class Retrying:
         if policy.attempts == 1 and policy.attempt_timeout is None:
             return await self.inner.complete(request)
         started = self._clock()
-        attempt_started = started
+        attempt_started = time.perf_counter()  # latency is measured, not injected: the ledger stores real time
 
         def pause(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome is not None else None
@@ -222,11 +222,11 @@ class Retrying:
             log = _ATTEMPTS.get()
             exc = rs.outcome.exception() if rs.outcome is not None else None
             if log is not None and exc is not None:
-                log.append(FailedAttempt(self.name, rs.attempt_number, exc, self._clock() - attempt_started))
+                log.append(FailedAttempt(self.name, rs.attempt_number, exc, time.perf_counter() - attempt_started))
 
         async def attempt() -> Completion:
             nonlocal attempt_started
-            attempt_started = self._clock()
+            attempt_started = time.perf_counter()
             return await self._attempt(request)
 
         retrying = AsyncRetrying(
