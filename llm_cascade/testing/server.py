@@ -465,7 +465,9 @@ def _make_server(app: RecordedAnswerApp, host: str, port: int) -> tuple[Any, soc
         import uvicorn
     except ImportError as exc:  # pragma: no cover
         raise MissingDependencyError("uvicorn", "server") from exc
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets that say so; without it every response
+    # (headers and body are two writes) waits 40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(
