@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import tempfile
 import threading
@@ -174,8 +173,3 @@ def usage_or_estimate(usage: Usage | None, request: Request, text: str | None, e
     if usage is not None and (usage.input_tokens or usage.output_tokens):
         return usage
     return estimator(request, text)
-
-
-def rough_tokens(text: str) -> int:
-    """Four characters per token: only for display when no tokenizer is installed."""
-    return math.ceil(len(text) / 4)
