@@ -28,6 +28,9 @@ def _app() -> Any:
     from .server_cli import register as register_serve
 
     register_serve(app)
+    from .evals.cli import register as register_evals
+
+    register_evals(app)
     return app
 
 

@@ -207,7 +207,8 @@ class RunMatrix:
 
     def unpriced(self) -> list[str]:
         """Models with at least one example of unknown cost."""
-        bad: list[bool] = np.isnan(self.cost).any(axis=0).tolist()
+        bad = np.isnan(self.cost).any(axis=0).tolist()
+        assert isinstance(bad, list)
         return [m for m, b in zip(self.models, bad, strict=True) if b]
 
     def rows(self, idx: Sequence[int] | npt.NDArray[np.intp]) -> RunMatrix:

@@ -243,7 +243,8 @@ class Simulator:
     def _accept(self, rule: Rule, st: TierStats) -> BoolArray:
         k = len(st.members)
         if isinstance(rule, Unanimous):
-            return st.has_answer & (st.votes == k)
+            full: BoolArray = st.votes == k
+            return st.has_answer & full
         if isinstance(rule, Quorum):
             return st.has_answer & (st.votes >= rule.k)
         if isinstance(rule, VoteShare):
