@@ -33,6 +33,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -262,6 +263,23 @@ class LedgerConfig(_Model):
     table: str = "llm_cascade_calls"
 
 
+class LimitConfig(_Model):
+    """At most ``usd`` per period for requests carrying every one of ``tags`` (e.g. ``{key = "team-a"}``)."""
+
+    usd: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    per: Literal["request", "hour", "day", "week", "month", "total"] = "day"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class BudgetsConfig(_Model):
+    """Spending limits checked before each escalation; ``policy`` says what a stop does (see :mod:`.budget`)."""
+
+    limits: Annotated[list[LimitConfig], Field(min_length=1)]
+    policy: Literal["best_so_far", "raise"] = "best_so_far"
+    unknown_price: Literal["refuse", "allow"] = "refuse"
+    output_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
 class KeyConfig(_Model):
     """A bearer key the proxy accepts, given as the NAME of the variable holding it or as its SHA-256 hex digest.
 
@@ -319,7 +337,7 @@ class Config(_Model):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     prices: PricesConfig | None = None
     ledger: LedgerConfig | None = None
-    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    budgets: BudgetsConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("prices", mode="before")
@@ -443,7 +461,7 @@ def build_components(cfg: Config) -> Components:
     """Build the price table, ledger and budgets named in the file (their modules are imported only when used)."""
     prices = _build_prices(cfg.prices) if cfg.prices is not None else None
     ledger = _build_ledger(cfg.ledger) if cfg.ledger is not None else None
-    budget = _build_budget(cfg.budgets, ledger) if cfg.budgets else None
+    budget = _build_budget(cfg.budgets, ledger, prices) if cfg.budgets is not None else None
     return Components(prices, ledger, budget)
 
 
@@ -478,8 +496,24 @@ def _build_ledger(lc: LedgerConfig) -> SpendSink:
         raise ConfigError("ledger.url", str(exc)) from None
 
 
-def _build_budget(specs: list[dict[str, Any]], ledger: SpendSink | None) -> Guard:
-    raise ConfigError("budgets", "budgets are not available yet")
+def _build_budget(bc: BudgetsConfig, ledger: SpendSink | None, prices: Pricer | None) -> Guard:
+    from .budget import Budget, Limit
+    from .ledger import Ledger
+    from .pricing import PriceTable
+
+    if any(lim.per != "request" for lim in bc.limits) and not isinstance(ledger, Ledger):
+        raise ConfigError("budgets.limits", "a per-period limit needs a ledger (set ledger.url)")
+    try:
+        return Budget(
+            [Limit(lim.usd, lim.per, lim.tags) for lim in bc.limits],
+            ledger=ledger if isinstance(ledger, Ledger) else None,
+            prices=prices if isinstance(prices, PriceTable) else None,
+            policy=bc.policy,
+            output_tokens=bc.output_tokens,
+            unknown_price=bc.unknown_price,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"budgets.{exc.field.removeprefix('Budget.').removeprefix('Limit.')}", exc.problem) from None
 
 
 def _member(spec: MemberConfig, cfg: Config, field: str) -> Backend:

@@ -29,13 +29,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import Components, Config, build_components, build_routers, hash_key
 from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
 from .server_schema import ChatRequest, InputError, parse_chat
-from .types import RouteResult
+from .types import Request, RouteResult
 
 try:
     from starlette.applications import Starlette
@@ -201,6 +202,20 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
     return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
 
 
+async def _budget_refuses(state: ProxyState, router: Router, request: Request) -> JSONResponse | None:
+    """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
+
+    The router checks budgets only before an escalation (tier 0 always runs); here tier 0 gets the same check
+    (spent in the period + the tier's estimated cost > limit?). The ledger query runs off the event loop.
+    """
+    budget = state.components.budget
+    if budget is None:
+        return None
+    models = [m.name for m in router.tiers[0].members]
+    reason = await asyncio.to_thread(budget.check, request, 0, models, Decimal(0))
+    return None if reason is None else _route_error(BudgetExceeded(reason), state)
+
+
 async def chat_completions(request: HTTPRequest) -> Response:
     state = _state(request)
     try:
@@ -212,8 +227,13 @@ async def chat_completions(request: HTTPRequest) -> Response:
         return _refuse(bad)
     if chat.user and "user" not in tags:
         tags["user"] = chat.user
+    router = state.routers[chat.model]
+    routed = replace(routed, metadata={**routed.metadata, **tags})
+    refused = await _budget_refuses(state, router, routed)
+    if refused is not None:
+        return refused
     try:
-        result = await state.routers[chat.model].route(routed, **tags)
+        result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
     info = _describe(result)
