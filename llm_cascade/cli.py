@@ -31,6 +31,9 @@ def _app() -> Any:
     from .evals.cli import register as register_evals
 
     register_evals(app)
+    from .spend import register as register_spend
+
+    register_spend(app)
     return app
 
 

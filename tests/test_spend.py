@@ -1,0 +1,135 @@
+"""Spend reports over a ledger filled by routing recorded MMLU answers; the spend and price CLI commands."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from llm_cascade import Request, Router, Tier, Usage
+from llm_cascade.cli import _app
+from llm_cascade.errors import ConfigError
+from llm_cascade.ledger import Ledger
+from llm_cascade.pricing import PriceTable
+from llm_cascade.spend import spend_report
+from llm_cascade.types import Call, Completion
+
+CHEAP = ("llama3.1-8b", "gpt-4o-mini")
+TOP = "gpt-4o"
+DAY = 86400.0
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+class Recorded:
+    supports_logprobs = False
+
+    def __init__(self, model: str, rows: dict[str, dict[str, Any]]) -> None:
+        self.name = f"fake:{model}"
+        self.model = model
+        self.rows = rows
+
+    async def complete(self, request: Request) -> Completion:
+        rec = self.rows[request.prompt]["models"][self.model]
+        return Completion(rec["answer"], self.model, Usage(rec["tokens_in"], rec["tokens_out"]), 0.0, "stop")
+
+
+@pytest.fixture
+async def filled(data_dir: Path, tmp_path: Path) -> tuple[Ledger, dict[str, dict[str, Any]]]:
+    """Route every recorded MMLU question through a two-tier cascade, over three days and two apps."""
+    rows: dict[str, dict[str, Any]] = {}
+    with gzip.open(data_dir / "rational" / "mmlu_train.jsonl.gz", "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["user_prompt"]] = r
+    clock = [T0]
+    ledger = Ledger(tmp_path / "spend.db", clock=lambda: clock[0])
+    router = Router(
+        [Tier([Recorded(m, rows) for m in CHEAP]), Tier([Recorded(TOP, rows)])],
+        normalizer="choice",
+        prices=PriceTable.default(),
+        ledger=ledger,
+    )
+    for i, prompt in enumerate(rows):
+        clock[0] = T0 + (i % 3) * DAY
+        await router.route(prompt, app="mmlu" if i % 2 else "quiz")
+    return ledger, rows
+
+
+@pytest.mark.data
+def test_report_by_model_tier_tag_and_day(filled: tuple[Ledger, dict[str, dict[str, Any]]]) -> None:
+    ledger, rows = filled
+    recorded = [r["models"] for r in rows.values()]
+    cheap_cost = sum(Decimal(repr(m[x]["cost_usd"])) for m in recorded for x in CHEAP)
+    by_model = spend_report(ledger, by="model")
+    lines = {x.key: x for x in by_model.lines}
+    assert set(lines) == {"fake:llama3.1-8b", "fake:gpt-4o-mini", "fake:gpt-4o"}
+    assert lines["fake:gpt-4o-mini"].requests == len(rows)
+    assert abs(lines["fake:llama3.1-8b"].cost_usd + lines["fake:gpt-4o-mini"].cost_usd - cheap_cost) < Decimal("1e-9")
+    assert by_model.total.cost_usd == ledger.spend()
+    assert by_model.total.requests == len(rows)
+    escalated = lines["fake:gpt-4o"].requests
+    assert 0 < escalated < len(rows)
+    by_tier = {x.key: x for x in spend_report(ledger, by="tier").lines}
+    assert by_tier["1"].calls == escalated and by_tier["0"].calls == 2 * len(rows)
+    by_tag = {x.key: x.requests for x in spend_report(ledger, by="tag:app").lines}
+    assert by_tag == {"mmlu": len(rows) // 2, "quiz": len(rows) - len(rows) // 2}
+    by_day = {x.key: x.requests for x in spend_report(ledger, by="day").lines}
+    assert list(by_day) == ["2026-01-01", "2026-01-02", "2026-01-03"] and sum(by_day.values()) == len(rows)
+    assert spend_report(ledger, since=T0 + DAY, until=T0 + 2 * DAY).total.requests == by_day["2026-01-02"]
+    assert spend_report(ledger, tags={"app": "quiz"}).total.requests == by_tag["quiz"]
+
+    # Always gpt-4o: the recorded gpt-4o cost of every question. Requests that never reached it are estimated.
+    b = by_model.baseline
+    assert b is not None and b.cost_usd is not None and b.saving_usd is not None
+    truth = sum(Decimal(repr(m[TOP]["cost_usd"])) for m in recorded)
+    assert b.models == ("fake:gpt-4o",) and b.estimated_requests == len(rows) - escalated
+    assert abs(b.cost_usd - truth) / truth < Decimal("0.05")
+    assert b.saving_usd == b.cost_usd - by_model.total.cost_usd and b.saving_usd > 0
+
+    md = by_model.to_markdown()
+    assert "| fake:gpt-4o |" in md and "saving" in md
+    doc = json.loads(json.dumps(by_model.to_json()))
+    assert doc["total"]["requests"] == len(rows) and doc["always_top_tier"]["saving_usd"] > 0
+
+
+def test_baseline_is_exact_when_every_request_reached_the_top_and_unknown_without_a_price(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    c = Decimal("0.001")
+    ledger.record(
+        "r1", [Call("a", 0, "ok", Usage(10, 1), cost_usd=c), Call("t", 1, "ok", Usage(10, 1), cost_usd=c * 9)], {}
+    )
+    ledger.record("r2", [Call("t", 1, "ok", Usage(10, 1), cost_usd=c * 8)], {})
+    report = spend_report(ledger, prices=PriceTable({}, fallback=None))
+    assert report.baseline is not None
+    assert (report.baseline.cost_usd, report.baseline.saving_usd) == (c * 17, Decimal(0) - c)
+    ledger.record("r3", [Call("a", 0, "ok", Usage(10, 1), cost_usd=c)], {})
+    unknown = spend_report(ledger, prices=PriceTable({}, fallback=None)).baseline
+    assert unknown is not None and unknown.cost_usd is None
+    assert "unknown" in spend_report(ledger, prices=PriceTable({}, fallback=None)).to_markdown()
+    with pytest.raises(ConfigError, match="tag:NAME"):
+        spend_report(ledger, by="colour")
+
+
+def test_cli_spend_and_price(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    ledger = Ledger(db)
+    ledger.record("r1", [Call("openai:gpt-4o", 0, "ok", Usage(128, 1), cost_usd=Decimal("0.00033"))], {"app": "x"})
+    ledger.close()
+    runner = CliRunner()
+    out = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "json", "--by", "tag:app"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output.strip().splitlines()[-1])
+    assert doc["lines"][0]["key"] == "x" and doc["total"]["cost_usd"] == pytest.approx(0.00033)
+    table = runner.invoke(_app(), ["spend", "--db", str(db)])
+    assert table.exit_code == 0 and "openai:gpt-4o" in table.output
+    price = runner.invoke(_app(), ["price", "openai:gpt-4o-mini", "--tokens-in", "1000", "--tokens-out", "100"])
+    assert price.exit_code == 0, price.output
+    last = json.loads(price.output.strip().splitlines()[-1])
+    assert last == {"model": "openai:gpt-4o-mini", "cost_usd": pytest.approx(0.00021)}
+    unknown = runner.invoke(_app(), ["price", "no-such-model", "--tokens-in", "5"])
+    assert json.loads(unknown.output.strip().splitlines()[-1])["cost_usd"] is None
