@@ -5,7 +5,9 @@
 
 The API has no token log-probabilities, so a confidence rule cannot sit on this backend (the router refuses it at
 construction). System messages become the ``system`` parameter; ``max_tokens`` is required by the API and defaults
-to 1024 when the request sets none. SDK retries are off; the client is built on the first call.
+to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
+``Request.temperature`` is not sent; ``extra_body={"temperature": 0}`` sends it to a model that still accepts it.
+SDK retries are off; the client is built on the first call.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class AnthropicBackend:
         timeout: float = 60.0,
         max_tokens: int = 1024,
         default_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
         check_options("AnthropicBackend", model, timeout, api_key, api_key_env)
@@ -58,6 +61,7 @@ class AnthropicBackend:
         self.timeout = float(timeout)
         self.max_tokens = max_tokens
         self.default_headers = dict(default_headers or {})
+        self.extra_body = dict(extra_body or {})
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._client: Any = None
@@ -85,6 +89,12 @@ class AnthropicBackend:
             self._loop = loop
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the next call opens new ones). Call it before the event loop ends."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
     async def complete(self, request: Request) -> Completion:
         client = self._get_client()
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
@@ -95,8 +105,8 @@ class AnthropicBackend:
         }
         if system:
             kwargs["system"] = system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
         start = time.perf_counter()
         try:
             response = await client.messages.create(**kwargs)

@@ -113,6 +113,12 @@ class OpenAIBackend:
             self._loop = loop
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the next call opens new ones). Call it before the event loop ends."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
     async def complete(self, request: Request) -> Completion:
         client = self._get_client()
         kwargs: dict[str, Any] = {

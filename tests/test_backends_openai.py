@@ -1,0 +1,201 @@
+"""OpenAIBackend over real HTTP with the real openai SDK, against the local recorded-answer server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_cascade import Request, Router, Tier, resolve, unanimous
+from llm_cascade.backends._sdk import retry_after, scrub
+from llm_cascade.backends.openai import OpenAIBackend
+from llm_cascade.errors import (
+    BadRequestError,
+    ConfigError,
+    ContentFilterError,
+    ContextLengthError,
+    MalformedResponseError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    RetryableError,
+)
+from llm_cascade.testing import RecordedServer
+
+
+@pytest.fixture(scope="module")
+def rows(mmlu_file: Path) -> list[dict[str, Any]]:
+    with gzip.open(mmlu_file, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Callable[..., OpenAIBackend]]:
+    """Builds backends on a server and closes their connections before the test's event loop ends."""
+    made: list[OpenAIBackend] = []
+
+    def make(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> OpenAIBackend:
+        made.append(OpenAIBackend(model, base_url=server.base_url, api_key="sk-test-not-a-real-key", **kw))
+        return made[-1]
+
+    yield make
+    for b in made:
+        await b.aclose()
+
+
+async def test_recorded_answer_usage_and_logprob(
+    recorded_server: RecordedServer, rows: list[dict[str, Any]], backend: Callable[..., OpenAIBackend]
+) -> None:
+    backends = {m: backend(recorded_server, m) for m in ("gpt-4o-mini", "llama3.1-405b", "qwen2.5-72b-instruct")}
+    for row in rows[:12:3]:
+        for model, b in backends.items():
+            rec = row["models"][model]
+            c = await b.complete(Request.from_prompt(row["user_prompt"], logprobs=True))
+            assert c.text == rec["answer"]
+            assert (c.usage.input_tokens, c.usage.output_tokens) == (rec["tokens_in"], rec["tokens_out"])
+            assert c.logprob == pytest.approx(rec["conf_raw"])
+            assert c.confidence == pytest.approx(math.exp(rec["conf_raw"]))
+            assert c.finish_reason == "stop" and c.latency_s > 0 and c.model == model
+
+
+async def test_no_logprobs_unless_asked(
+    recorded_server: RecordedServer, rows: list[dict[str, Any]], backend: Callable[..., OpenAIBackend]
+) -> None:
+    c = await backend(recorded_server).complete(Request.from_prompt(rows[0]["user_prompt"]))
+    assert c.logprob is None and c.confidence is None
+
+
+async def test_cached_tokens_are_part_of_input(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    c = await backend(script_server, "cached").complete(Request.from_prompt("anything", logprobs=True))
+    assert (c.usage.input_tokens, c.usage.output_tokens, c.usage.cached_tokens) == (50, 2, 40)
+    assert c.logprob == pytest.approx(-0.1)
+
+
+async def test_one_request_per_call_no_sdk_retries(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    b = backend(script_server, "echo-b", default_headers={"x-fault": "500"})
+    before = script_server.counts["echo-b"]
+    with pytest.raises(RetryableError):
+        await b.complete(Request.from_prompt("q"))
+    assert script_server.counts["echo-b"] == before + 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        ("429:retry_after=2.5", RateLimited, 429),
+        ("429_no_retry_after", RateLimited, 429),
+        ("500", RetryableError, 500),
+        ("503", RetryableError, 503),
+        ("reset", RetryableError, None),
+        ("context_length", ContextLengthError, 400),
+        ("content_filter", ContentFilterError, 400),
+        ("malformed_json", MalformedResponseError, None),
+    ],
+)
+async def test_faults_map_to_typed_errors(
+    script_server: RecordedServer,
+    fault: str,
+    error: type[ProviderError],
+    status: int | None,
+    backend: Callable[..., OpenAIBackend],
+) -> None:
+    b = backend(script_server, "echo-b", default_headers={"x-fault": fault})
+    with pytest.raises(error) as info:
+        await b.complete(Request.from_prompt("q"))
+    assert info.value.status == status and info.value.model == "openai:echo-b"
+    if fault.startswith("429"):
+        assert isinstance(info.value, RateLimited)
+        assert info.value.retry_after == (2.5 if "retry_after=" in fault else None)
+    if error in (ContextLengthError, ContentFilterError):
+        assert isinstance(info.value, BadRequestError) and not isinstance(info.value, RetryableError)
+
+
+async def test_hang_is_a_provider_timeout(script_server: RecordedServer, backend: Callable[..., OpenAIBackend]) -> None:
+    b = backend(script_server, "echo-b", default_headers={"x-fault": "hang"}, timeout=0.2)
+    with pytest.raises(ProviderTimeout):
+        await b.complete(Request.from_prompt("q"))
+
+
+async def test_empty_and_truncated_answers_are_completions(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    empty = await backend(script_server, "echo-b", default_headers={"x-fault": "empty"}).complete(
+        Request.from_prompt("q")
+    )
+    assert empty.text == "" and empty.finish_reason == "stop"
+    cut = await backend(script_server, "echo-b", default_headers={"x-fault": "length"}).complete(
+        Request.from_prompt("q")
+    )
+    assert cut.finish_reason == "length"
+
+
+async def test_api_key_never_shown(script_server: RecordedServer) -> None:
+    secret = "sk-live-SECRET-0123456789"
+    b = OpenAIBackend("echo-b", base_url=script_server.base_url, api_key=secret, default_headers={"x-fault": "500"})
+    assert secret not in repr(b) and secret not in b.name
+    with pytest.raises(RetryableError) as info:
+        await b.complete(Request.from_prompt("q"))
+    await b.aclose()
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    assert scrub(f"bad key {secret}", [secret]) == "bad key ***"
+
+
+async def test_missing_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    b = OpenAIBackend("gpt-4o-mini", api_key_env="NO_SUCH_KEY_VAR")
+    with pytest.raises(ConfigError, match=r"\$NO_SUCH_KEY_VAR"):
+        await b.complete(Request.from_prompt("q"))
+
+
+def test_bad_options_fail_at_construction() -> None:
+    with pytest.raises(ConfigError, match="OpenAIBackend.timeout"):
+        OpenAIBackend("gpt-4o-mini", timeout=0)
+    with pytest.raises(ConfigError, match="OpenAIBackend.model"):
+        OpenAIBackend("")
+
+
+def test_retry_after_header_forms() -> None:
+    assert retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0) == 10.0
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
+async def test_registry_and_router_over_http(recorded_server: RecordedServer, rows: list[dict[str, Any]]) -> None:
+    opts = {"base_url": recorded_server.base_url, "api_key": "unused"}
+    cheap = [resolve(f"openai:{m}", **opts) for m in ("gpt-4o-mini", "llama3.1-70b")]
+    assert isinstance(cheap[0], OpenAIBackend) and cheap[0].name == "openai:gpt-4o-mini"
+    router = Router([Tier(cheap, unanimous()), Tier([resolve("openai:llama3.1-405b", **opts)])], normalizer="choice")
+    for row in rows[:10]:
+        result = await router.route(row["user_prompt"])
+        m = row["models"]
+        agree = m["gpt-4o-mini"]["answer"] == m["llama3.1-70b"]["answer"]
+        assert result.tier == (0 if agree else 1)
+        assert result.answer == (m["gpt-4o-mini"]["answer"] if agree else m["llama3.1-405b"]["answer"])
+        assert sum(c.usage.input_tokens for c in result.calls) == sum(
+            m[c.model.removeprefix("openai:")]["tokens_in"] for c in result.calls
+        )
+    for tier in router.tiers:
+        for member in tier.members:
+            await member.aclose()  # type: ignore[attr-defined]
+
+
+def test_importing_adapters_does_not_import_sdks() -> None:
+    code = (
+        "import sys, llm_cascade.backends.openai, llm_cascade.backends.anthropic, llm_cascade.backends.litellm, "
+        "llm_cascade.testing; bad = [m for m in ('openai', 'anthropic', 'litellm', 'uvicorn') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
