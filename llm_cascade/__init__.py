@@ -20,6 +20,7 @@ from .agreement import (
     vote_share,
 )
 from .backends import Backend, FakeBackend, register_provider, resolve
+from .budget import Budget, Limit
 from .errors import (
     AllTiersFailed,
     BadRequestError,
@@ -32,7 +33,9 @@ from .errors import (
     RequestTimeout,
     RetryableError,
 )
+from .ledger import Ledger
 from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
+from .pricing import PriceTable
 from .router import Router, Tier
 from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
 
@@ -42,6 +45,7 @@ __all__ = [
     "AllTiersFailed",
     "Backend",
     "BadRequestError",
+    "Budget",
     "BudgetExceeded",
     "Call",
     "ChoiceLetter",
@@ -53,10 +57,13 @@ __all__ = [
     "JsonField",
     "LLMCascadeError",
     "LabelSet",
+    "Ledger",
+    "Limit",
     "Message",
     "MissingDependencyError",
     "Normalizer",
     "Number",
+    "PriceTable",
     "ProviderError",
     "RateLimited",
     "Regex",

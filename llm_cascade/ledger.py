@@ -17,17 +17,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
 from .types import Call
+
+if TYPE_CHECKING:
+    import sqlite3
 
 PICO = Decimal("1e12")
 _URL = re.compile(
@@ -99,6 +101,9 @@ class _SQLite:
     placeholder = "?"
 
     def __init__(self, path: str, table: str) -> None:
+        import sqlite3
+
+        self.conn: sqlite3.Connection
         if path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:

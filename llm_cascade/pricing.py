@@ -21,7 +21,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +174,7 @@ class PriceTable:
     @classmethod
     def default(cls, **options: Any) -> PriceTable:
         """The table shipped inside the package."""
-        text = resources.files("llm_cascade").joinpath("data/prices.json").read_text(encoding="utf-8")
-        return cls.from_json(text, origin="llm_cascade/data/prices.json", **options)
+        return cls.load(Path(__file__).with_name("data") / "prices.json", **options)
 
     def add(self, name: str, entry: PriceEntry | Mapping[str, Any]) -> None:
         """Add or replace one model's price (e.g. a local model priced per hour of compute)."""
