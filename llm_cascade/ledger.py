@@ -15,6 +15,7 @@ The default file is an embedded SQLite database in WAL mode (readers never block
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 PICO = Decimal("1e12")
+_log = logging.getLogger("llm_cascade.ledger")
 _URL = re.compile(
     r"^[A-Za-z][A-Za-z0-9+.\-]*:|^[A-Za-z]+\+[A-Za-z0-9_]+|^(postgres(ql)?|mysql|mariadb|sqlite|mssql|oracle)/"
 )
@@ -265,8 +267,8 @@ class Ledger:
             self._pending.extend(rows)
             try:
                 self._drain()
-            except LedgerError:
-                return
+            except LedgerError as exc:
+                _log.warning("%s; %d row(s) kept in memory for the next write", exc, len(self._pending))
 
     def _drain(self) -> None:
         if not self._pending:
