@@ -301,3 +301,18 @@ def test_the_example_builds_against_any_recorded_server_url() -> None:
     assert names == [["recorded:llama3.1-8b", "recorded:gpt-4o-mini"], ["recorded:gpt-4o"]]
     assert router.tiers[0].members[0].base_url == "http://127.0.0.1:1/v1"  # type: ignore[attr-defined]
     assert router.prices is not None and router.prices.cost("recorded:gpt-4o", Usage(1000, 10)) is not None
+
+
+def test_budgets_are_validated_and_built(tmp_path: Path) -> None:
+    limit = '[budgets]\nlimits = [{usd = "-1", per = "day"}]\n'
+    with pytest.raises(ConfigError) as info:
+        cfg_of(SIMPLE + limit)
+    assert info.value.field == "budgets.limits[0].usd"
+    with pytest.raises(ConfigError) as info:
+        build_components(cfg_of(SIMPLE + limit.replace('"-1"', '"5"')))
+    assert info.value.field == "budgets.limits" and "ledger" in info.value.problem
+    text = SIMPLE + limit.replace('"-1"', '"5"') + f'policy = "raise"\n[ledger]\nurl = "{tmp_path / "s.db"}"\n'
+    comp = build_components(cfg_of(text))
+    assert comp.budget is not None and comp.budget.policy == "raise"
+    assert build_router(cfg_of(text), "qa", components=comp).budget is comp.budget
+    comp.close()
