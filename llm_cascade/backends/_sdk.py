@@ -71,6 +71,16 @@ def _names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+def _chain(exc: BaseException, depth: int = 8) -> list[BaseException]:
+    """``exc`` and what caused it: wrappers such as LiteLLM's keep the original error only there."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(out) < depth:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
 def _headers(exc: BaseException) -> Mapping[str, str] | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
@@ -116,6 +126,8 @@ def map_error(exc: BaseException, model: str, secrets: Iterable[str | None] = ()
     message = scrub(f"{model}: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}", secrets)
     if "APITimeoutError" in names or "Timeout" in names or "TimeoutException" in names or "ReadTimeout" in names:
         return ProviderTimeout(message, model=model, status=status)
+    if any(isinstance(cause, json.JSONDecodeError) for cause in _chain(exc)):  # LiteLLM calls it a 500
+        return MalformedResponseError(message, model=model)
     if "ContextWindowExceededError" in names:
         return ContextLengthError(message, model=model, status=status or 400)
     if "ContentPolicyViolationError" in names:

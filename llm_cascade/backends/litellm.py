@@ -30,6 +30,7 @@ def import_litellm() -> Any:
     except ImportError as exc:  # pragma: no cover
         raise MissingDependencyError("litellm", "litellm") from exc
     litellm.telemetry = False
+    litellm.suppress_debug_info = True  # else every mapped error prints a "Give Feedback" banner to stdout
     return litellm
 
 
