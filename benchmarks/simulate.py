@@ -27,7 +27,9 @@ from llm_cascade.evals.simulate import Simulator
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    default_data = os.environ.get("LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    default_data = os.environ.get(
+        "LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    )
     parser.add_argument("--data", default=default_data)
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -65,7 +67,9 @@ def main() -> int:
             break
     elapsed = time.perf_counter() - warm
     rate = done / elapsed
-    print(f"{done} configurations on {matrix.n} examples x {len(names)} models in {elapsed:.2f}s (cold caches included)")
+    print(
+        f"{done} configurations on {matrix.n} examples x {len(names)} models in {elapsed:.2f}s (cold caches included)"
+    )
     print(json.dumps({"configs_per_second": round(rate), "examples": matrix.n, "models": len(names), "configs": done}))
     return 0
 

@@ -21,7 +21,9 @@ from llm_cascade.evals.report import evaluate, to_markdown
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = os.environ.get("LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    default_data = os.environ.get(
+        "LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    )
     parser.add_argument("--data", default=default_data)
     parser.add_argument("--out", default="build/eval")
     parser.add_argument("--seed", type=int, default=0)

@@ -34,13 +34,16 @@ class Target:
 
     Default: accuracy >= the best single model's (on calibration), cheapest first. ``min_accuracy`` sets an absolute
     floor instead; ``budget_usd`` switches to "most accurate within this mean cost per request".
-    ``confidence`` is the share of bootstrap resamples in which the accuracy floor must hold (0 turns the guard off).
+    ``confidence`` is the share of bootstrap resamples in which the accuracy floor must hold (0 turns the guard off);
+    in each resample the cascade must get at least ``min_gain`` more examples right than the best single model (a
+    paired bootstrap alone is blind when a cascade differs from that model on a handful of examples only).
     """
 
     min_accuracy: float | None = None
     budget_usd: float | None = None
     confidence: float = 0.8
     margin: float = 0.0
+    min_gain: int = 1
     bootstrap: int = 400
     seed: int = 0
 
@@ -194,9 +197,12 @@ def _choose(
     for p in ok[:400]:
         if idx is None:
             return p, True
+        if floor_model is not None and p[2] == CascadeConfig((TierSpec((floor_model,)),)):
+            return p, True
         correct, _ = correct_and_cost(sim, p[2])
         if ref is not None:
-            gap = (correct[idx].mean(axis=1) - ref[idx].mean(axis=1)) >= -target.margin - 1e-12
+            wins = correct[idx].sum(axis=1) - ref[idx].sum(axis=1)
+            gap = wins >= max(target.min_gain, 0) - target.margin * n - 1e-9
         else:
             gap = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12
         if gap.mean() >= target.confidence:

@@ -1,27 +1,31 @@
-"""`llm-cascade calibrate` and `llm-cascade split`: the eval harness on the command line (rich progress bars)."""
+"""`llm-cascade calibrate` and `llm-cascade split`: the eval harness on the command line (rich progress bars).
+
+Imported only by :mod:`llm_cascade.cli` when the CLI runs, so typer at module level costs `import llm_cascade` nothing.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 
 def register(app: Any) -> None:
     """Add the eval commands to the typer app."""
-    import typer
 
-    @app.command()
+    @app.command()  # type: ignore[untyped-decorator]
     def calibrate(
-        cal_file: Path = typer.Argument(..., help="recorded runs to calibrate on (JSONL, .gz ok; rational files as is)"),
-        test: Path = typer.Option(..., "--test", help="recorded runs to report on (held out)"),
-        json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON here"),
-        plot: Path | None = typer.Option(None, "--plot", help="write a PNG of the cost-accuracy frontier here"),
-        markdown: Path | None = typer.Option(None, "--markdown", help="write the markdown table here"),
-        budget: float | None = typer.Option(None, help="mean $ per request to stay within (instead of accuracy)"),
-        min_accuracy: float | None = typer.Option(None, help="accuracy floor (default: the best single model's)"),
-        confidence: float = typer.Option(0.8, help="share of bootstrap resamples the floor must hold in (0 = off)"),
-        models: str | None = typer.Option(None, help="comma-separated models to consider (default: all recorded)"),
+        cal_file: Annotated[Path, typer.Argument(help="recorded runs to calibrate on (JSONL or .jsonl.gz)")],
+        test: Annotated[Path, typer.Option("--test", help="recorded runs to report on (held out)")],
+        json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON here")] = None,
+        plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG of the frontier here")] = None,
+        markdown: Annotated[Path | None, typer.Option("--markdown", help="write the markdown table here")] = None,
+        budget: Annotated[float | None, typer.Option(help="mean $ per request to stay within")] = None,
+        min_accuracy: Annotated[float | None, typer.Option(help="accuracy floor (default: best single's)")] = None,
+        confidence: Annotated[float, typer.Option(help="bootstrap share the floor must hold in (0 = off)")] = 0.8,
+        models: Annotated[str | None, typer.Option(help="comma-separated models to consider (default: all)")] = None,
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model."""
         from rich.console import Console
@@ -68,13 +72,13 @@ def register(app: Any) -> None:
 
             console.print(f"plot: {plot_frontier(report, plot)}")
 
-    @app.command()
+    @app.command()  # type: ignore[untyped-decorator]
     def split(
-        file: Path = typer.Argument(..., help="recorded runs to split"),
-        out_a: Path = typer.Argument(..., help="first part (e.g. calibration)"),
-        out_b: Path = typer.Argument(..., help="second part (e.g. test)"),
-        fraction: float = typer.Option(0.5, help="share of examples in the first part"),
-        seed: int = typer.Option(0, help="random seed"),
+        file: Annotated[Path, typer.Argument(help="recorded runs to split")],
+        out_a: Annotated[Path, typer.Argument(help="first part (e.g. calibration)")],
+        out_b: Annotated[Path, typer.Argument(help="second part (e.g. test)")],
+        fraction: Annotated[float, typer.Option(help="share of examples in the first part")] = 0.5,
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
     ) -> None:
         """Split a recorded-run file into two parts, seeded (both written in the recorded-run format)."""
         from .records import load_records, save_records, split_records
