@@ -156,10 +156,14 @@ def _describe(result: RouteResult) -> dict[str, Any]:
 
 def _headers(result: RouteResult, info: Mapping[str, Any]) -> dict[str, str]:
     cost = result.cost_usd
+
+    def latin1(value: str) -> str:  # header values are latin-1; a model or tier name need not be
+        return value.encode("latin-1", "replace").decode("latin-1")
+
     return {
         "x-llm-cascade-tier": str(result.tier),
-        "x-llm-cascade-tier-name": result.tier_name,
-        "x-llm-cascade-models": ",".join(info["models"]),
+        "x-llm-cascade-tier-name": latin1(result.tier_name),
+        "x-llm-cascade-models": latin1(",".join(info["models"])),
         "x-llm-cascade-accepted": "true" if result.accepted else "false",
         "x-llm-cascade-cost-usd": "unknown" if cost is None else format(cost, "f"),
         "x-request-id": result.request_id,
@@ -229,10 +233,10 @@ async def chat_completions(request: HTTPRequest) -> Response:
         tags["user"] = chat.user
     router = state.routers[chat.model]
     routed = replace(routed, metadata={**routed.metadata, **tags})
-    refused = await _budget_refuses(state, router, routed)
-    if refused is not None:
-        return refused
     try:
+        refused = await _budget_refuses(state, router, routed)
+        if refused is not None:
+            return refused
         result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
