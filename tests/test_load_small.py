@@ -1,0 +1,52 @@
+"""A small run of benchmarks/load.py in the test suite: faults injected at ~5% per model, every request answered or
+a typed error, every call a ledger row (SQLite), no leaked task."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+
+from llm_cascade.testing import RecordedServer
+
+LOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
+
+
+def _load_module() -> object:
+    spec = importlib.util.spec_from_file_location("llm_cascade_bench_load", LOAD)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+async def test_small_load_under_faults_loses_nothing(tmp_path: Path) -> None:
+    load = _load_module()
+    n = 300
+    prompts = load.write_prompts(tmp_path / "prompts.jsonl.gz", n)  # type: ignore[attr-defined]
+    with RecordedServer(tmp_path / "prompts.jsonl.gz", faults=load.FAULTS, seed=1) as server:  # type: ignore[attr-defined]
+        report = await load.run_load(  # type: ignore[attr-defined]
+            server.base_url,
+            prompts,
+            concurrency=100,
+            ledger_path=tmp_path / "ledger.sqlite3",
+            server_requests=lambda: sum(server.counts.values()),
+        )
+        injected = sum(server.injected.values())
+    assert report["untyped"] == 0, report["untyped_kinds"]
+    assert report["answered"] + report["typed_errors"] == n
+    assert report["typed_error_kinds"] == {"AllTiersFailed": n // 100}  # the questions the server does not know
+    assert report["lost_rows"] == 0
+    assert report["ledger_rows"] == report["rows_handed"] == report["server_requests"]
+    assert report["leaked_tasks"] == 0
+    unknown = n // 100
+    # every injected fault is exactly one error row, and so is each 404 of the unknown questions (5 models)
+    assert injected > 0 and report["row_outcomes"]["error"] == injected + unknown * 5
+    assert report["answered_by_tier"]["1"] > 0  # disagreements and faults escalated
