@@ -312,10 +312,15 @@ class Router:
         if len(members) == 1 and tier.timeout is None:
             outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
         else:
-            tasks = [asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in members]
+            inline = tier.timeout is None
+            others = members[1:] if inline else members
+            tasks = [asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in others]
             try:
-                if tier.timeout is None:
-                    outcomes = list(await asyncio.gather(*tasks))
+                if inline:
+                    # The first member runs in this task, the others in their own: one task and one event-loop cycle
+                    # fewer than gather(), which is most of the router's own cost per request.
+                    outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
+                    outcomes += [await t for t in tasks]
                 else:
                     done, pending = await asyncio.wait(tasks, timeout=tier.timeout)
                     deadline.expired = bool(pending)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from llm_cascade import Request, Router, Tier, resolve, unanimous
-from llm_cascade.backends._sdk import retry_after, scrub
+from llm_cascade.backends._sdk import retry_after, safe_cause, scrub
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.errors import (
     BadRequestError,
@@ -199,3 +199,11 @@ def test_importing_adapters_does_not_import_sdks() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_echoed_key_is_not_chained_into_tracebacks() -> None:
+    secret = "sk-echoed-0123456789"
+    with_key = ValueError(f"proxy says: bad key {secret}")
+    assert safe_cause(with_key, [secret]) is None
+    clean = ValueError("bad key")
+    assert safe_cause(clean, [secret]) is clean

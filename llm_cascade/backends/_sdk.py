@@ -118,6 +118,17 @@ def is_sdk_error(exc: BaseException) -> bool:
     )
 
 
+def safe_cause(exc: BaseException, secrets: Iterable[str | None]) -> BaseException | None:
+    """``exc`` to chain as the mapped error's ``__cause__``, or None when any link of its chain shows a secret
+    (a proxy that echoes the key back): a printed traceback shows every chained message."""
+    keys = [s for s in secrets if s and len(s) >= 4]
+    for link in _chain(exc):
+        text = f"{link!s} {link!r} {getattr(link, 'body', '')!s}"
+        if any(k in text for k in keys):
+            return None
+    return exc
+
+
 def map_error(exc: BaseException, model: str, secrets: Iterable[str | None] = ()) -> ProviderError:
     """The :class:`ProviderError` for an SDK exception raised while calling ``model``."""
     names = _names(exc)

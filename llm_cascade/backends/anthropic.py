@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import check_options, is_sdk_error, map_error
+from ._sdk import check_options, is_sdk_error, map_error, safe_cause
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -112,7 +112,8 @@ class AnthropicBackend:
             response = await client.messages.create(**kwargs)
         except Exception as exc:
             if is_sdk_error(exc):
-                raise map_error(exc, self.name, (self._api_key, os.environ.get(self._api_key_env))) from exc
+                secrets = (self._api_key, os.environ.get(self._api_key_env))
+                raise map_error(exc, self.name, secrets) from safe_cause(exc, secrets)
             raise
         latency = time.perf_counter() - start
         try:

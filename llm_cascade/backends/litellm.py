@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request
-from ._sdk import check_options, content_text, is_sdk_error, map_error
+from ._sdk import check_options, content_text, is_sdk_error, map_error, safe_cause
 from .openai import first_token_logprob, openai_usage
 
 
@@ -93,7 +93,7 @@ class LiteLLMBackend:
             response = await self._litellm.acompletion(**kwargs)
         except Exception as exc:
             if is_sdk_error(exc):
-                raise map_error(exc, self.name, (key,)) from exc
+                raise map_error(exc, self.name, (key,)) from safe_cause(exc, (key,))
             raise
         latency = time.perf_counter() - start
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import check_options, content_text, is_sdk_error, map_error
+from ._sdk import check_options, content_text, is_sdk_error, map_error, safe_cause
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -138,7 +138,8 @@ class OpenAIBackend:
             response = await client.chat.completions.create(**kwargs)
         except Exception as exc:
             if is_sdk_error(exc):
-                raise map_error(exc, self.name, (self._api_key, os.environ.get(self._api_key_env))) from exc
+                secrets = (self._api_key, os.environ.get(self._api_key_env))
+                raise map_error(exc, self.name, secrets) from safe_cause(exc, secrets)
             raise
         latency = time.perf_counter() - start
         try:

@@ -1,0 +1,183 @@
+"""What the router costs on top of the models it calls.
+
+(a) The router's own cost per request, with FakeBackend members that answer at once (so what is timed is the router:
+    request building, task fan-out, normalisation, the rule, the RouteResult), in three shapes: one member, a
+    two-member tier that agrees, and a two-tier escalation (two members disagree, a third answers).
+(b) The latency added over a direct ``AsyncOpenAI`` call against the local recorded-answer server (in its own
+    process), by our Router with one OpenAIBackend member, and by ``litellm.Router`` with one deployment, measured in
+    the same run, interleaved call by call so machine noise hits all three alike.
+
+    python benchmarks/overhead.py [--n 3000] [--http-n 1500]
+
+The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, and the added latency
+figures (p50 of each client minus p50 of the direct call, in microseconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from llm_cascade import FakeBackend, Router, Tier, unanimous
+from llm_cascade.backends.openai import OpenAIBackend
+
+PROMPT = "Which letter comes second? A) a B) b C) c D) d"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def time_calls(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 200) -> list[float]:
+    """Per-call wall time in microseconds, one call at a time."""
+    for _ in range(warmup):
+        await fn()
+    out: list[float] = []
+    gc.collect()
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await fn()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+async def router_cost(n: int) -> dict[str, list[float]]:
+    shapes = {
+        "single": Router([Tier([FakeBackend("a", "B")])], normalizer="choice"),
+        "agree": Router([Tier([FakeBackend("a", "B"), FakeBackend("b", "B")], unanimous())], normalizer="choice"),
+        "escalate": Router(
+            [
+                Tier([FakeBackend("a", "B"), FakeBackend("b", "C")], unanimous()),
+                Tier([FakeBackend("c", "B")]),
+            ],
+            normalizer="choice",
+        ),
+    }
+    out: dict[str, list[float]] = {}
+    for name, router in shapes.items():
+        result = await router.route(PROMPT)
+        assert result.answer == "B" and result.tier == (1 if name == "escalate" else 0)
+        out[name] = await time_calls(lambda r=router: r.route(PROMPT), n)  # type: ignore[misc]
+    return out
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "llm_cascade.testing.server", "--default", "B", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[-1]
+    return proc, url
+
+
+async def added_latency(base_url: str, n: int) -> dict[str, list[float]]:
+    from openai import AsyncOpenAI
+
+    from llm_cascade.backends.litellm import import_litellm
+
+    litellm = import_litellm()
+    messages = [{"role": "user", "content": PROMPT}]
+    direct = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    backend = OpenAIBackend("m", base_url=base_url, api_key="unused", timeout=30)
+    ours = Router([Tier([backend])], normalizer="choice")
+    theirs = litellm.Router(
+        model_list=[{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": base_url, "api_key": "x"}}],
+        num_retries=0,
+    )
+
+    async def call_direct() -> Any:
+        return await direct.chat.completions.create(model="m", messages=messages, temperature=0.0)  # type: ignore[arg-type]
+
+    async def call_ours() -> Any:
+        return await ours.route(PROMPT)
+
+    async def call_litellm() -> Any:
+        return await theirs.acompletion(model="m", messages=messages, temperature=0.0)
+
+    clients: dict[str, Callable[[], Awaitable[Any]]] = {
+        "direct": call_direct,
+        "router": call_ours,
+        "litellm": call_litellm,
+    }
+    assert (await call_ours()).answer == "B"
+    assert (await call_litellm()).choices[0].message.content == "B"
+    out: dict[str, list[float]] = {k: [] for k in clients}
+    for _ in range(200):
+        for fn in clients.values():
+            await fn()
+    gc.collect()
+    rng = random.Random(0)
+    order = list(clients)
+    for _ in range(n):
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter_ns()
+            await clients[name]()
+            out[name].append((time.perf_counter_ns() - t0) / 1000)
+    await direct.close()
+    await backend.aclose()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=3000, help="routed requests per router shape")
+    parser.add_argument("--http-n", type=int, default=1500, help="HTTP calls per client")
+    args = parser.parse_args(argv)
+
+    cost = asyncio.run(router_cost(args.n))
+    print(f"(a) router's own cost per request, FakeBackend members, {args.n} requests each")
+    print(f"    {'shape':<34}{'p50 µs':>9}{'p99 µs':>9}")
+    labels = {"single": "1 member", "agree": "2 members agreeing", "escalate": "2 disagreeing -> tier 2 (3 calls)"}
+    for name, values in cost.items():
+        print(f"    {labels[name]:<34}{pct(values, 0.5):>9.1f}{pct(values, 0.99):>9.1f}")
+
+    proc, url = start_server()
+    try:
+        lat = asyncio.run(added_latency(url + "/v1", args.http_n))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    p50 = {k: statistics.median(v) for k, v in lat.items()}
+    p99 = {k: pct(v, 0.99) for k, v in lat.items()}
+    ours_added = p50["router"] - p50["direct"]
+    theirs_added = p50["litellm"] - p50["direct"]
+    print(f"(b) latency over HTTP to the local server, {args.http_n} calls each, interleaved")
+    print(f"    {'client':<34}{'p50 µs':>9}{'p99 µs':>9}{'added p50 µs':>14}")
+    names = {"direct": "AsyncOpenAI direct", "router": "llm_cascade Router (1 member)", "litellm": "litellm.Router"}
+    for k in lat:
+        print(f"    {names[k]:<34}{p50[k]:>9.0f}{p99[k]:>9.0f}{p50[k] - p50['direct']:>14.0f}")
+    ratio = theirs_added / ours_added if ours_added > 0 else float("inf")
+    print(f"    litellm.Router adds {ratio:.1f}x the latency our Router adds" if ours_added > 0 else "")
+    summary = {
+        "overhead_us_p50": round(pct(cost["agree"], 0.5), 1),
+        "overhead_us_p99": round(pct(cost["agree"], 0.99), 1),
+        "single_us_p50": round(pct(cost["single"], 0.5), 1),
+        "escalation_us_p50": round(pct(cost["escalate"], 0.5), 1),
+        "escalation_us_p99": round(pct(cost["escalate"], 0.99), 1),
+        "direct_us_p50": round(p50["direct"]),
+        "router_added_us_p50": round(ours_added),
+        "litellm_added_us_p50": round(theirs_added),
+        "added_latency_ratio": round(ratio, 1) if ratio != float("inf") else None,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
