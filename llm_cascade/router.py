@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import itertools
 import math
 import os
@@ -23,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
@@ -39,6 +40,12 @@ class Pricer(Protocol):
     """What the router needs from a price table."""
 
     def cost(self, model: str, usage: Usage) -> Decimal | None: ...
+
+
+class TimedPricer(Protocol):
+    """A price table that also prices local compute time (PriceTable does): used for calls that report compute_s."""
+
+    def cost(self, model: str, usage: Usage, seconds: float | None = None) -> Decimal | None: ...
 
 
 class SpendSink(Protocol):
@@ -205,6 +212,7 @@ class Router:
             raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
         self.prices = prices
+        self._timed_prices = prices is not None and "seconds" in inspect.signature(prices.cost).parameters
         self.ledger = ledger
         self.budget = budget
         self.estimator = estimator
@@ -414,7 +422,7 @@ class Router:
         conf = completion.confidence
         if conf is None and completion.logprob is not None:
             conf = math.exp(completion.logprob)
-        cost = self.prices.cost(backend.name, completion.usage) if self.prices is not None else None
+        cost = self._cost(backend.name, completion.usage, completion.compute_s)
         return Call(
             backend.name,
             k,
@@ -428,6 +436,14 @@ class Router:
             None,
             completion.finish_reason,
         )
+
+    def _cost(self, model: str, usage: Usage, seconds: float | None) -> Decimal | None:
+        """Price one call; a local model's compute seconds go to price tables that take them."""
+        if self.prices is None:
+            return None
+        if seconds is not None and self._timed_prices:
+            return cast(TimedPricer, self.prices).cost(model, usage, seconds)
+        return self.prices.cost(model, usage)
 
     def _spent(self, calls: Sequence[Call]) -> Decimal:
         return sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))

@@ -108,6 +108,8 @@ class Completion:
     confidence: float | None = None
     probs: Mapping[str, float] | None = None
     raw: Any = field(default=None, repr=False, compare=False)
+    # Seconds of local compute this call used (its share of a batch), for models priced per hour; None for API calls.
+    compute_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,26 @@ async def test_compute_is_priced_per_hour(tiny_model: Path) -> None:
     unpriced.close()
 
 
+async def test_router_prices_local_compute_on_the_dollar_axis(tiny_model: Path) -> None:
+    from llm_cascade.pricing import PriceTable
+
+    hf = HFClassifierBackend(str(tiny_model), price_per_hour=7.2, label_map=LABEL_MAP)
+    table = PriceTable(fallback=None)
+    table.add(hf.name, hf.price_entry(as_of="2026-01-01"))
+    router = Router([Tier([hf])], normalizer=LabelSet(["negative", "neutral", "positive"]), prices=table)
+    results = await asyncio.gather(*(router.route(t) for t in TEXTS))
+    for r in results:
+        (call,) = r.calls
+        assert call.cost_usd is not None and call.cost_usd > 0
+        assert r.cost_usd == call.cost_usd
+    total = sum((r.cost_usd or Decimal(0) for r in results), Decimal(0))
+    expected = Decimal(repr(hf.batcher.stats.compute_s)) * Decimal("7.2") / 3600
+    assert abs(total - expected) < Decimal("1e-12")
+    with pytest.raises(ConfigError):
+        HFClassifierBackend(str(tiny_model)).price_entry()
+    hf.close()
+
+
 async def test_as_a_confidence_tier_in_a_router(tiny_model: Path) -> None:
     labels = LabelSet(["negative", "neutral", "positive"])
     hf = resolve(f"hf:{tiny_model}", label_map=LABEL_MAP)

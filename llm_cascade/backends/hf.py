@@ -17,16 +17,20 @@ torch and transformers are imported only when a backend is built (``pip install 
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..batching import MicroBatcher
 from ..errors import ConfigError, MissingDependencyError
 from ..types import Completion, Request, Usage
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 Metric = Literal["max_prob", "margin", "entropy"]
 METRICS: tuple[Metric, ...] = ("max_prob", "margin", "entropy")
@@ -195,6 +199,18 @@ class HFClassifierBackend:
             return None
         return Decimal(repr(compute_s)) * self.price_per_hour / Decimal(3600)
 
+    def price_entry(self, source: str = "price_per_hour option", as_of: str | None = None) -> PriceEntry:
+        """This model's entry for a :class:`~llm_cascade.pricing.PriceTable`: its compute seconds at ``price_per_hour``.
+
+        ``table.add(backend.name, backend.price_entry())`` lets a Router price local calls on the same dollar axis as
+        API calls (the router passes each call's ``compute_s`` to the table).
+        """
+        from ..pricing import PriceEntry
+
+        if self.price_per_hour is None:
+            raise ConfigError("hf.price_per_hour", "no price_per_hour was given, so there is no price entry")
+        return PriceEntry.local(self.price_per_hour, source=source, as_of=as_of or datetime.date.today().isoformat())
+
     def classify(self, texts: Sequence[str], batch_size: int = 64) -> list[Classification]:
         """Classify many texts synchronously in fixed batches (calibration and offline evaluation, not the router)."""
         out: list[Classification] = []
@@ -221,6 +237,7 @@ class HFClassifierBackend:
             confidence=conf,
             probs=result.probs,
             raw=result,
+            compute_s=share,
         )
 
     def close(self) -> None:
