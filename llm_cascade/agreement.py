@@ -115,6 +115,10 @@ class Quorum(Rule):
         return _majority_decision(votes, n >= self.k)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, slots=True)
 class VoteShare(Rule):
     """The majority answer has at least ``threshold`` of the tier's votes (members without an answer count)."""
@@ -122,7 +126,7 @@ class VoteShare(Rule):
     threshold: float
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
+        if not _is_number(self.threshold) or not 0.0 < self.threshold <= 1.0:
             raise ConfigError("vote_share.threshold", f"must be in (0, 1], got {self.threshold!r}")
 
     def decide(self, votes: TierVotes) -> Decision:
@@ -144,8 +148,10 @@ class Confidence(Rule):
     needs_confidence = True
 
     def __post_init__(self) -> None:
-        if self.kind not in ("prob", "logprob"):
+        if not isinstance(self.kind, str) or self.kind not in ("prob", "logprob"):
             raise ConfigError("confidence.kind", f"must be 'prob' or 'logprob', got {self.kind!r}")
+        if not _is_number(self.threshold) or math.isnan(self.threshold):
+            raise ConfigError("confidence.threshold", f"must be a number, got {self.threshold!r}")
         if self.kind == "prob" and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError("confidence.threshold", f"a probability must be in [0, 1], got {self.threshold!r}")
         if self.kind == "logprob" and self.threshold > 0.0:

@@ -73,7 +73,7 @@ class ChoiceLetter:
     _regexes: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if len(self.last) != 1 or not "B" <= self.last.upper() <= "J":
+        if not isinstance(self.last, str) or len(self.last) != 1 or not "B" <= self.last.upper() <= "J":
             raise ConfigError("ChoiceLetter.last", f"must be a letter from B to J, got {self.last!r}")
         last = self.last.upper()
         object.__setattr__(self, "last", last)
@@ -197,11 +197,19 @@ class LabelSet:
     _rx: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __init__(self, labels: Iterable[str], synonyms: Mapping[str, str] | None = None) -> None:
+        if isinstance(labels, str) or not isinstance(labels, Iterable):
+            raise ConfigError("LabelSet.labels", f"must be a list of strings, got {labels!r}")
         labels_t = tuple(labels)
         if not labels_t:
             raise ConfigError("LabelSet.labels", "needs at least one label")
+        if not all(isinstance(lab, str) and lab.strip() for lab in labels_t):
+            raise ConfigError("LabelSet.labels", f"every label must be a non-empty string, got {labels_t!r}")
+        if synonyms is not None and not isinstance(synonyms, Mapping):
+            raise ConfigError("LabelSet.synonyms", f"must be a mapping of synonym -> label, got {synonyms!r}")
         syn = dict(synonyms or {})
         for k, v in syn.items():
+            if not isinstance(k, str) or not k.strip():
+                raise ConfigError("LabelSet.synonyms", f"every synonym must be a non-empty string, got {k!r}")
             if v not in labels_t:
                 raise ConfigError("LabelSet.synonyms", f"{k!r} maps to {v!r}, which is not a label")
         lookup = {lab.casefold(): lab for lab in labels_t}
@@ -254,6 +262,8 @@ class Regex:
     _rx: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str):
+            raise ConfigError("Regex.pattern", f"must be a string, got {type(self.pattern).__name__}")
         try:
             object.__setattr__(self, "_rx", re.compile(self.pattern))
         except re.error as exc:

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, cast
 
 from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
-from .errors import AllTiersFailed, BudgetExceeded, ConfigError, RequestTimeout
+from .errors import AllTiersFailed, BudgetExceeded, ConfigError, MalformedResponseError, RequestTimeout
 from .normalize import Normalizer, as_normalizer
 from .retry import attempt_log
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage
@@ -160,6 +160,26 @@ class _Outcome:
     text: str | None
     answer: str | None
     confidence: float | None
+
+
+def _checked(completion: Completion, model: str) -> Completion:
+    """A backend's return value, if it is a readable Completion; else the call fails with MalformedResponseError."""
+    if not isinstance(completion, Completion) or not isinstance(completion.text, str):
+        raise MalformedResponseError(f"{model}: returned {type(completion).__name__}, not a Completion", model=model)
+    if not isinstance(completion.usage, Usage):
+        raise MalformedResponseError(f"{model}: usage is {type(completion.usage).__name__}, not Usage", model=model)
+    return completion
+
+
+def _probability(confidence: float | None, logprob: float | None) -> float | None:
+    """The answer's probability, or None when the backend gave none or an impossible one (NaN, > 1, logprob > 0)."""
+    if confidence is None and logprob is not None:
+        if not isinstance(logprob, int | float) or not logprob <= 0:
+            return None
+        confidence = math.exp(logprob)
+    if confidence is None or not isinstance(confidence, int | float) or not 0.0 <= confidence <= 1.0:
+        return None
+    return float(confidence)
 
 
 class Router:
@@ -376,7 +396,7 @@ class Router:
         completion: Completion | None = None
         with attempt_log() as retried:
             try:
-                completion = await backend.complete(request)
+                completion = _checked(await backend.complete(request), backend.name)
                 outcome = "ok"
             except asyncio.CancelledError:
                 # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
@@ -418,10 +438,13 @@ class Router:
             usage = self.estimator(request, None) if self.estimator is not None else Usage()
             cost = self.prices.cost(backend.name, usage) if self.prices is not None else None
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
-        answer = normalizer(completion.text)
-        conf = completion.confidence
-        if conf is None and completion.logprob is not None:
-            conf = math.exp(completion.logprob)
+        try:
+            answer = normalizer(completion.text)
+        except Exception as exc:  # a normalizer that chokes on odd text: no answer, and the row says why
+            answer, error = None, f"normalizer failed: {type(exc).__name__}: {exc}"
+        if answer is not None and not isinstance(answer, str):
+            answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
+        conf = _probability(completion.confidence, completion.logprob)
         cost = self._cost(backend.name, completion.usage, completion.compute_s)
         return Call(
             backend.name,
@@ -433,7 +456,7 @@ class Router:
             answer,
             conf,
             cost,
-            None,
+            error,
             completion.finish_reason,
         )
 
