@@ -25,6 +25,7 @@ from .errors import (
     AllTiersFailed,
     BadRequestError,
     BudgetExceeded,
+    CircuitOpenError,
     ConfigError,
     LLMCascadeError,
     MissingDependencyError,
@@ -34,8 +35,10 @@ from .errors import (
     RetryableError,
 )
 from .ledger import Ledger
+from .limits import CircuitBreaker, RateLimit, Resilience, harden
 from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
 from .pricing import PriceTable
+from .retry import Retrying, RetryPolicy
 from .router import Router, Tier
 from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
 
@@ -49,6 +52,8 @@ __all__ = [
     "BudgetExceeded",
     "Call",
     "ChoiceLetter",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "Completion",
     "ConfigError",
     "Decision",
@@ -65,11 +70,15 @@ __all__ = [
     "Number",
     "PriceTable",
     "ProviderError",
+    "RateLimit",
     "RateLimited",
     "Regex",
     "Request",
     "RequestTimeout",
+    "Resilience",
+    "RetryPolicy",
     "RetryableError",
+    "Retrying",
     "RouteResult",
     "Router",
     "Rule",
@@ -81,6 +90,7 @@ __all__ = [
     "__version__",
     "always",
     "confidence",
+    "harden",
     "quorum",
     "register_provider",
     "resolve",

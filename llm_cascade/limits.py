@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from asyncio_throttle.throttler import Throttler
 
 from .errors import BadRequestError, CircuitOpenError, ConfigError, ProviderError
-from .retry import Clock, Retrying, RetryPolicy, Sleep
+from .retry import Clock, Retrying, RetryPolicy, Sleep, aclose_inner
 from .types import Completion, Request
 
 if TYPE_CHECKING:
@@ -183,6 +183,9 @@ class Throttled:
     async def complete(self, request: Request) -> Completion:
         return await self.limit.run(self.inner, request)
 
+    async def aclose(self) -> None:
+        await aclose_inner(self.inner)
+
     def __repr__(self) -> str:
         return f"Throttled({self.inner!r}, {self.limit.limit!r})"
 
@@ -273,6 +276,9 @@ class CircuitBroken:
             raise
         self.breaker.record(None, probe)
         return completion
+
+    async def aclose(self) -> None:
+        await aclose_inner(self.inner)
 
     def __repr__(self) -> str:
         return f"CircuitBroken({self.inner!r}, {self.breaker!r})"

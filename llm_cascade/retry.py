@@ -240,5 +240,16 @@ class Retrying:
         result: Completion = await retrying(attempt)
         return result
 
+    async def aclose(self) -> None:
+        """Close the wrapped backend's client, if it has one."""
+        await aclose_inner(self.inner)
+
     def __repr__(self) -> str:
         return f"Retrying({self.inner!r}, attempts={self.policy.attempts})"
+
+
+async def aclose_inner(backend: object) -> None:
+    """Wrappers pass ``aclose()`` through to the backend they wrap (SDK clients hold connection pools)."""
+    close = getattr(backend, "aclose", None)
+    if close is not None:
+        await close()
