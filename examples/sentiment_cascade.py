@@ -1,0 +1,270 @@
+"""A mixed cascade: [MiniLM 2-layer] -> [MiniLM 6-layer] -> [an LLM behind an OpenAI-compatible server].
+
+The classic model cascade with local classifiers in front of an LLM, all on one dollar axis: the local tiers are
+priced by compute seconds x ``--usd-per-hour`` (their share of each batched forward pass), the LLM by its tokens.
+
+1. Build the classifiers first: ``make models`` (``scripts/build_sentiment_models.py``) writes two fine-tuned
+   checkpoints and the tweet split (train / calibration / test) into ``artifacts/sentiment``.
+2. Every tier answers the calibration split; the eval harness (:mod:`llm_cascade.evals`) chooses the confidence
+   thresholds on those recorded answers: ``calibrate`` for the 2->6-layer cascade (cheapest configuration at least
+   as accurate as the 6-layer model), and the simulator over a threshold grid for the full three-tier chain.
+3. The chosen cascades run live, through the Router, on the held-out test tweets (concurrently, so the local tiers'
+   micro-batching is exercised); the last line printed is JSON.
+
+The LLM tier. By default it is SIMULATED: a local scripted server (:class:`llm_cascade.testing.server.RecordedServer`)
+answers each tweet's gold label, replaced by a wrong label with probability ``1 - --sim-llm-accuracy``, priced like
+gpt-4o-mini. It says so in its output (``llm_tier``). The real local LLM shipped on PyPI (SmolLM2-135M-Instruct via
+llama.cpp) labels these tweets worse than a majority-class guess, so it would only make a third tier worse; point
+``--llm-base-url`` / ``--llm-model`` at any real OpenAI-compatible server to use a real model instead.
+
+    python examples/sentiment_cascade.py [--models artifacts/sentiment] [--test-size 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_cascade.agreement import Confidence
+from llm_cascade.backends.hf import HFClassifierBackend
+from llm_cascade.backends.openai import OpenAIBackend
+from llm_cascade.evals.calibrate import Target, calibrate
+from llm_cascade.evals.records import ModelRun, Record, RunMatrix
+from llm_cascade.evals.simulate import CascadeConfig, Simulator, TierSpec
+from llm_cascade.normalize import LabelSet
+from llm_cascade.pricing import PriceTable
+from llm_cascade.router import Router, Tier
+from llm_cascade.types import Message, Request, RouteResult
+
+LABELS = ("negative", "neutral", "positive")
+SYSTEM = "Label the sentiment of the tweet as negative, neutral or positive. Reply with the label only."
+GRID = tuple(round(x, 3) for x in np.arange(0.34, 1.0, 0.01))
+
+
+def read_split(folder: Path, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return rows[:limit] if limit else rows
+
+
+def request_for(text: str) -> Request:
+    """Instructions in the system turn, the bare tweet as the user turn: what every tier (and the classifiers) read."""
+    return Request((Message("system", SYSTEM), Message("user", text)), max_tokens=3, temperature=0.0)
+
+
+def classifier_runs(backend: HFClassifierBackend, rows: Sequence[dict[str, Any]]) -> list[ModelRun]:
+    out = backend.classify([r["text"] for r in rows], batch_size=64)
+    return [
+        ModelRun(
+            answer=c.label,
+            correct=c.label == r["label"],
+            tokens_in=c.input_tokens,
+            cost_usd=float(backend.cost(c.compute_s) or 0),
+            confidence=c.scores.max_prob,
+        )
+        for c, r in zip(out, rows, strict=True)
+    ]
+
+
+async def llm_runs(
+    llm: OpenAIBackend, rows: Sequence[dict[str, Any]], prices: PriceTable, labels: LabelSet
+) -> list[ModelRun]:
+    sem = asyncio.Semaphore(32)
+
+    async def one(r: dict[str, Any]) -> ModelRun:
+        async with sem:
+            c = await llm.complete(request_for(r["text"]))
+        answer = labels(c.text)
+        cost = prices.cost(llm.name, c.usage)
+        return ModelRun(
+            answer=answer,
+            text=c.text,
+            correct=answer == r["label"],
+            tokens_in=c.usage.input_tokens,
+            tokens_out=c.usage.output_tokens,
+            cost_usd=None if cost is None else float(cost),
+        )
+
+    return list(await asyncio.gather(*(one(r) for r in rows)))
+
+
+def records(rows: Sequence[dict[str, Any]], runs: dict[str, list[ModelRun]]) -> list[Record]:
+    return [Record(r["id"], r["text"], {m: runs[m][i] for m in runs}, gold=r["label"]) for i, r in enumerate(rows)]
+
+
+def choose_chain(matrix: RunMatrix, chain: Sequence[str]) -> tuple[CascadeConfig, float, float]:
+    """Thresholds of a fixed chain of single-model tiers: the cheapest grid point at least as accurate as the best
+    single model of the chain on the calibration split (the most accurate one if none is)."""
+    sim = Simulator(matrix)
+    floor = max(sim.score(CascadeConfig((TierSpec((m,)),)))[0] for m in chain)
+    best: tuple[float, float, CascadeConfig] | None = None
+    fallback: tuple[float, float, CascadeConfig] | None = None
+    coarse = GRID[::2]
+    for t1 in coarse:
+        for t2 in coarse:
+            cfg = CascadeConfig(
+                (TierSpec((chain[0],), Confidence(t1)), TierSpec((chain[1],), Confidence(t2)), TierSpec((chain[2],)))
+            )
+            acc, cost = sim.score(cfg)
+            if acc >= floor - 1e-12 and (best is None or cost < best[1]):
+                best = (acc, cost, cfg)
+            if fallback is None or (acc, -cost) > (fallback[0], -fallback[1]):
+                fallback = (acc, cost, cfg)
+    assert fallback is not None
+    acc, cost, cfg = best or fallback
+    return cfg, acc, cost
+
+
+async def run_live(router: Router, rows: Sequence[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """Route every row through the live Router, ``concurrency`` at a time; accuracy, escalation, reach and cost."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(r: dict[str, Any]) -> RouteResult:
+        async with sem:
+            return await router.route(request_for(r["text"]))
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(r) for r in rows))
+    wall = time.perf_counter() - start
+    n = len(results)
+    tiers = np.array([len({c.tier for c in res.calls}) for res in results])
+    costs = [res.cost_usd for res in results]
+    known = None if any(c is None for c in costs) else sum((c for c in costs if c is not None), Decimal(0)) / n
+    called: dict[str, int] = {}
+    for res in results:
+        for m in {c.model for c in res.calls}:
+            called[m] = called.get(m, 0) + 1
+    return {
+        "accuracy": round(sum(res.answer == r["label"] for res, r in zip(results, rows, strict=True)) / n, 4),
+        "escalation_rate": round(float((tiers > 1).mean()), 4),
+        "reach": [round(float((tiers > k).mean()), 4) for k in range(len(router.tiers))],
+        "share_calling": {m: round(c / n, 4) for m, c in sorted(called.items())},
+        "cost_per_request_usd": None if known is None else float(known),
+        "requests_per_s": round(n / wall, 1),
+    }
+
+
+def router_for(cfg: CascadeConfig, backends: dict[str, Any], prices: PriceTable, labels: LabelSet) -> Router:
+    tiers = [Tier([backends[m] for m in t.models], t.rule, name=f"tier{k}") for k, t in enumerate(cfg.tiers)]
+    return Router(tiers, normalizer=labels, prices=prices)
+
+
+async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=Path("artifacts/sentiment"))
+    p.add_argument("--test-size", type=int, default=4000)
+    p.add_argument("--calibration-size", type=int, default=3000)
+    p.add_argument("--usd-per-hour", default="0.10", help="price of the machine running the classifiers (USD/hour)")
+    p.add_argument("--llm-base-url", default=None, help="a real OpenAI-compatible server (default: simulated LLM)")
+    p.add_argument("--llm-model", default="sim-gpt-4o-mini")
+    p.add_argument("--llm-price-as", default="gpt-4o-mini", help="price table entry used for the LLM tier")
+    p.add_argument("--sim-llm-accuracy", type=float, default=0.85)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=64)
+    args = p.parse_args(argv)
+
+    folder: Path = args.models
+    if not (folder / "minilm-6l" / "config.json").exists():
+        sys.exit(f"no classifiers in {folder}: run `make models` first")
+    calib = read_split(folder, "calibration", args.calibration_size)
+    test = read_split(folder, "test", args.test_size)
+    labels = LabelSet(LABELS)
+
+    small = HFClassifierBackend(str(folder / "minilm-2l"), price_per_hour=args.usd_per_hour, name="minilm-2l")
+    large = HFClassifierBackend(str(folder / "minilm-6l"), price_per_hour=args.usd_per_hour, name="minilm-6l")
+    prices = PriceTable.default()
+    for b in (small, large):
+        prices.add(b.name, b.price_entry(source="--usd-per-hour (assumed machine price)"))
+
+    server = None
+    if args.llm_base_url is None:
+        from llm_cascade.testing.answers import Answer
+        from llm_cascade.testing.server import RecordedServer
+
+        rng = random.Random(args.seed)
+        script: dict[str, Answer] = {}
+        for r in [*calib, *test]:
+            label = r["label"]
+            if rng.random() >= args.sim_llm_accuracy:
+                label = rng.choice([lab for lab in LABELS if lab != label])
+            script[r["text"]] = Answer(label.capitalize() + ".")
+        server = RecordedServer(script={args.llm_model: script}).start()
+        base_url = server.base_url
+        llm_desc = (
+            f"SIMULATED: a scripted local server answering the gold label with {1 - args.sim_llm_accuracy:.0%} "
+            f"label noise, priced as {args.llm_price_as}; not a real model"
+        )
+    else:
+        base_url = args.llm_base_url
+        llm_desc = f"real: {args.llm_model} at {base_url}, priced as {args.llm_price_as}"
+    llm = OpenAIBackend(args.llm_model, base_url=base_url, api_key="unused", name="llm")
+    price = prices.lookup(args.llm_price_as)
+    if price is None:
+        sys.exit(f"no price for {args.llm_price_as!r} in the price table")
+    prices.add(llm.name, dataclasses.replace(price, aliases=()))
+    backends = {"minilm-2l": small, "minilm-6l": large, "llm": llm}
+
+    try:
+        print(f"calibrating on {len(calib)} tweets; LLM tier: {llm_desc}", file=sys.stderr)
+        runs = {
+            "minilm-2l": classifier_runs(small, calib),
+            "minilm-6l": classifier_runs(large, calib),
+            "llm": await llm_runs(llm, calib, prices, labels),
+        }
+        matrix = RunMatrix.from_records(records(calib, runs))
+        two = calibrate(
+            matrix, Target(), models=["minilm-2l", "minilm-6l"], max_members=1, max_tiers=2, thresholds=GRID
+        )
+        three, three_acc, _ = choose_chain(matrix, ["minilm-2l", "minilm-6l", "llm"])
+        print(f"2->6 chosen: {two.config.describe()} (calibration accuracy {two.accuracy:.4f})", file=sys.stderr)
+        print(f"2->6->LLM chosen: {three.describe()} (calibration accuracy {three_acc:.4f})", file=sys.stderr)
+
+        print(f"evaluating on {len(test)} held-out tweets", file=sys.stderr)
+        single = {}
+        for b in (small, large):
+            out = b.classify([r["text"] for r in test], batch_size=64)
+            single[b.name] = round(sum(c.label == r["label"] for c, r in zip(out, test, strict=True)) / len(test), 4)
+        llm_test = await llm_runs(llm, test, prices, labels)
+        single["llm"] = round(sum(bool(r.correct) for r in llm_test) / len(test), 4)
+        live3 = await run_live(router_for(three, backends, prices, labels), test, args.concurrency)
+        live2 = await run_live(router_for(two.config, backends, prices, labels), test, args.concurrency)
+    finally:
+        if server is not None:
+            server.stop()
+        small.close()
+        large.close()
+
+    two_tier = {
+        "config": two.config.describe(),
+        "accuracy": live2["accuracy"],
+        "share_to_6_layer": live2["share_calling"].get("minilm-6l", 0.0),
+        "cost_per_request_usd": live2["cost_per_request_usd"],
+        "goal_met": live2["accuracy"] >= single["minilm-6l"] and live2["share_calling"].get("minilm-6l", 0.0) <= 0.60,
+    }
+    print(json.dumps({"two_tier": two_tier, "three_tier": live3}, indent=2), file=sys.stderr)
+    return {
+        "test_size": len(test),
+        "llm_tier": llm_desc,
+        "single": single,
+        "cascade": three.describe(),
+        "cascade_accuracy": live3["accuracy"],
+        "escalation_rate": live3["escalation_rate"],
+        "reach": live3["reach"],
+        "share_calling": live3["share_calling"],
+        "cost_per_request_usd": live3["cost_per_request_usd"],
+        "two_tier": two_tier,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main())))
