@@ -435,7 +435,10 @@ class Router:
         start: float,
     ) -> Call:
         if completion is None:
-            usage = self.estimator(request, None) if self.estimator is not None else Usage()
+            # A provider that answered with an error billed nothing; one cut off mid-call (deadline, cancellation)
+            # may have processed the prompt, so its input tokens are estimated and flagged as such.
+            billed = outcome in ("timeout", "cancelled") and self.estimator is not None
+            usage = self.estimator(request, None) if billed and self.estimator is not None else Usage()
             cost = self.prices.cost(backend.name, usage) if self.prices is not None else None
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_cascade import FakeBackend, RateLimited, Request, Router, Tier, Usage
+from llm_cascade import FakeBackend, RateLimited, Request, Router, Tier, Usage, quorum
 from llm_cascade import tokens as tk
 from llm_cascade.errors import ConfigError, MissingDependencyError
 from llm_cascade.pricing import PriceTable
@@ -65,7 +65,7 @@ def test_estimate_matches_openai_recorded_prompt_tokens_up_to_the_hidden_system_
     assert 0 < next(iter(offsets)) < 100
 
 
-async def test_router_prices_failed_calls_with_the_estimate() -> None:
+async def test_router_bills_errors_nothing_and_estimates_calls_cut_off() -> None:
     prices = PriceTable({"m": {"input": "1", "output": "1", "source": "t", "as_of": "2026-01-01"}}, fallback=None)
     est = tk.TokenEstimator()
     router = Router(
@@ -73,9 +73,18 @@ async def test_router_prices_failed_calls_with_the_estimate() -> None:
     )
     result = await router.route("Which planet is the largest?")
     failed = next(c for c in result.calls if c.outcome == "error")
-    assert failed.usage.estimated and failed.usage.output_tokens == 0
-    assert failed.usage.input_tokens == est.prompt_tokens(Request.from_prompt("Which planet is the largest?"))
-    assert failed.cost_usd == Decimal(failed.usage.input_tokens) / 1_000_000
+    assert failed.usage == Usage() and failed.cost_usd == 0  # the provider refused: nothing was billed
+
+    slow = Router(
+        [Tier([FakeBackend("m", "B", delay=3600), FakeBackend("ok", "B")], quorum(1), timeout=0.05)],
+        prices=prices,
+        estimator=est,
+    )
+    result = await slow.route("Which planet is the largest?")
+    cut = next(c for c in result.calls if c.outcome == "timeout")
+    assert cut.usage.estimated and cut.usage.output_tokens == 0
+    assert cut.usage.input_tokens == est.prompt_tokens(Request.from_prompt("Which planet is the largest?"))
+    assert cut.cost_usd == Decimal(cut.usage.input_tokens) / 1_000_000
 
 
 def test_provider_usage_comes_first() -> None:
