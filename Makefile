@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[hf]'
 	touch $@
 
+# The main job: a live cascade over the recorded MMLU answers (through the local OpenAI-compatible server), then
+# calibration on one half of MMLU and MedMCQA and a report on the other half, with plots under build/eval.
 demo: $(VENV)/.installed
 	$(PY) examples/mmlu_cascade.py
+	$(PY) examples/eval_demo.py --out build/eval
 
 test: $(VENV)/.installed postgres llamacpp
 	$(PY) -m pytest
