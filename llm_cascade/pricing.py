@@ -14,7 +14,6 @@ the JSON file in the installed package: litellm itself is never imported and not
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import threading
@@ -24,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from ._packages import package_path
 from .errors import PriceError
 from .types import Usage
 
@@ -237,17 +237,8 @@ class PriceTable:
 
 def litellm_map_path() -> Path | None:
     """Where the installed litellm keeps its bundled cost map, found without importing litellm."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / _LITELLM_MAP
-        if path.is_file():
-            return path
-    return None
+    path = package_path("litellm", _LITELLM_MAP)
+    return path if path is not None and path.is_file() else None
 
 
 def read_litellm_map(path: Path | None = None) -> dict[str, PriceEntry | None]:

@@ -12,7 +12,6 @@ the encoding loads. Nothing is ever fetched at run time: a missing file is a Mis
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ._packages import package_path
 from .errors import ConfigError, MissingDependencyError
 from .types import Message, Request, Usage
 
@@ -36,17 +36,8 @@ _lock = threading.Lock()
 
 def bundled_tokenizer_dir() -> Path | None:
     """The folder where litellm ships tiktoken's encoding files, or None when litellm is not installed."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "litellm_core_utils" / "tokenizers"
-        if path.is_dir():
-            return path
-    return None
+    path = package_path("litellm", "litellm_core_utils", "tokenizers")
+    return path if path is not None and path.is_dir() else None
 
 
 def cache_name(encoding: str) -> str:
