@@ -28,9 +28,11 @@ Any invalid value raises :class:`~llm_cascade.errors.ConfigError` naming its pat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
+import time
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -46,18 +48,33 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from .agreement import Rule, always, confidence, quorum, unanimous, vote_share
 from .backends.base import Backend, resolve, split_name
+from .config_resilience import (
+    BreakerConfig,
+    Hardening,
+    ProviderResilience,
+    RateLimitConfig,
+    ResilienceConfig,
+    RetryConfig,
+    check_limit_keys,
+    retry_table,
+)
 from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
 
 if TYPE_CHECKING:
+    from .retry import Clock, Sleep
     from .router import Guard, Pricer, Router, SpendSink
 
 __all__ = [
+    "BreakerConfig",
     "CascadeConfig",
     "Components",
     "Config",
     "KeyConfig",
     "MemberConfig",
     "ProviderConfig",
+    "RateLimitConfig",
+    "ResilienceConfig",
+    "RetryConfig",
     "ServerConfig",
     "TierConfig",
     "build_components",
@@ -167,8 +184,10 @@ def _env_var_name(v: str | None) -> str | None:
     return v
 
 
-class ProviderConfig(_Model):
-    """A named provider: which backend adapter, where it lives, and the NAME of the variable holding its key."""
+class ProviderConfig(ProviderResilience):
+    """A named provider: which backend adapter, where it lives, the NAME of the variable holding its key, and its
+    quota (``limit``, shared by every tier that uses the provider), retry fields and breaker (see
+    :mod:`.config_resilience`)."""
 
     type: str | None = None
     base_url: str | None = None
@@ -209,6 +228,12 @@ class TierConfig(_Model):
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     on_error: Literal["ignore", "escalate"] = "ignore"
+    retry: RetryConfig | None = None
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _retry(cls, v: Any) -> Any:
+        return retry_table(v)
 
     @field_validator("members", mode="before")
     @classmethod
@@ -338,6 +363,7 @@ class Config(_Model):
     prices: PricesConfig | None = None
     ledger: LedgerConfig | None = None
     budgets: BudgetsConfig | None = None
+    resilience: ResilienceConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("prices", mode="before")
@@ -396,13 +422,15 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
         raise ConfigError("<root>", f"expected a table at the top level, got {type(data).__name__}")
     data = _interpolate(dict(data), os.environ if env is None else env, "")
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
         msg = str(first["msg"]).removeprefix("Value error, ")
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(_loc(tuple(first["loc"])), msg + more) from None
+    check_limit_keys(cfg.resilience, cfg.providers)
+    return cfg
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -443,12 +471,21 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
 
 
 class Components:
-    """The pieces every cascade of one file shares: prices, ledger and budgets (each may be None)."""
+    """The pieces every cascade of one file shares: prices, ledger and budgets (each may be None), and the rate
+    limits and circuit breakers of :class:`~llm_cascade.config_resilience.Hardening` (one quota per provider across
+    all cascades)."""
 
-    def __init__(self, prices: Pricer | None = None, ledger: SpendSink | None = None, budget: Guard | None = None):
+    def __init__(
+        self,
+        prices: Pricer | None = None,
+        ledger: SpendSink | None = None,
+        budget: Guard | None = None,
+        hardening: Hardening | None = None,
+    ):
         self.prices = prices
         self.ledger = ledger
         self.budget = budget
+        self.hardening = hardening
 
     def close(self) -> None:
         """Close the ledger's connections, when it has any."""
@@ -457,12 +494,15 @@ class Components:
             close()
 
 
-def build_components(cfg: Config) -> Components:
-    """Build the price table, ledger and budgets named in the file (their modules are imported only when used)."""
+def build_components(cfg: Config, *, sleep: Sleep | None = None, clock: Clock | None = None) -> Components:
+    """Build the price table, ledger, budgets, limits and breakers named in the file (their modules are imported only
+    when used). ``sleep`` and ``clock`` replace ``asyncio.sleep`` and ``time.monotonic`` in retries, throttles and
+    breakers: tests pass fakes so that back-offs and cool-downs take no time."""
     prices = _build_prices(cfg.prices) if cfg.prices is not None else None
     ledger = _build_ledger(cfg.ledger) if cfg.ledger is not None else None
     budget = _build_budget(cfg.budgets, ledger, prices) if cfg.budgets is not None else None
-    return Components(prices, ledger, budget)
+    hardening = Hardening(cfg.resilience, cfg.providers, sleep=sleep or asyncio.sleep, clock=clock or time.monotonic)
+    return Components(prices, ledger, budget, hardening)
 
 
 def _build_prices(pc: PricesConfig) -> Pricer:
@@ -516,7 +556,7 @@ def _build_budget(bc: BudgetsConfig, ledger: SpendSink | None, prices: Pricer | 
         raise ConfigError(f"budgets.{exc.field.removeprefix('Budget.').removeprefix('Limit.')}", exc.problem) from None
 
 
-def _member(spec: MemberConfig, cfg: Config, field: str) -> Backend:
+def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
     provider, model = split_name(spec.model)
     prov = cfg.providers.get(provider)
     kind = provider
@@ -535,7 +575,7 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> Backend:
     if key_env is not None:
         options["api_key_env"] = key_env  # the backend reads the variable itself: the key never enters the config
     try:
-        return resolve(f"{kind}:{model}", **options)
+        return provider, resolve(f"{kind}:{model}", **options)
     except ConfigError as exc:
         raise ConfigError(f"{field}.{exc.field}" if exc.field != "backend" else field, exc.problem) from None
     except TypeError as exc:
@@ -553,10 +593,15 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
             "cascades", f"no cascade {cascade!r}; configured: {', '.join(sorted(cfg.cascades))}"
         ) from None
     comp = components if components is not None else build_components(cfg)
+    if comp.hardening is None:
+        comp.hardening = Hardening(cfg.resilience, cfg.providers)
     tiers: list[Tier] = []
     for i, tc in enumerate(cc.tiers):
         field = f"cascades.{cascade}.tiers[{i}]"
-        members = [_member(m, cfg, f"{field}.members[{j}]") for j, m in enumerate(tc.members)]
+        members: list[Backend] = []
+        for j, m in enumerate(tc.members):
+            provider, backend = _member(m, cfg, f"{field}.members[{j}]")
+            members.append(comp.hardening.wrap(backend, provider, tc.retry, f"{field}.retry"))
         try:
             tiers.append(
                 Tier(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llm_cascade import ConfigError, FakeBackend, Request, Usage, register_provider
+from llm_cascade import AllTiersFailed, ConfigError, FakeBackend, Request, Router, Usage, register_provider
 from llm_cascade.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
 from llm_cascade.config import (
     build_components,
@@ -21,7 +23,11 @@ from llm_cascade.config import (
     parse_normalizer,
     parse_rule,
 )
+from llm_cascade.limits import CircuitBroken, Throttled
 from llm_cascade.normalize import ChoiceLetter, JsonField, LabelSet, Number, Regex
+from llm_cascade.retry import Retrying, RetryPolicy
+from llm_cascade.testing import FaultSpec, RecordedServer
+from llm_cascade.types import Completion
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cascade.toml"
@@ -38,6 +44,13 @@ members = [{model = "fake:big", options = {script = "C"}}]
 
 def cfg_of(text: str, **env: str) -> Any:
     return parse_config(tomllib.loads(text), env=env)
+
+
+def innermost(backend: Any) -> Any:
+    """The backend inside the resilience wrappers."""
+    while hasattr(backend, "inner"):
+        backend = backend.inner
+    return backend
 
 
 async def test_a_file_builds_a_router_that_routes(tmp_path: Path) -> None:
@@ -299,7 +312,7 @@ def test_the_example_builds_against_any_recorded_server_url() -> None:
     router = build_router(cfg, "mmlu")
     names = [[m.name for m in t.members] for t in router.tiers]
     assert names == [["recorded:llama3.1-8b", "recorded:gpt-4o-mini"], ["recorded:gpt-4o"]]
-    assert router.tiers[0].members[0].base_url == "http://127.0.0.1:1/v1"  # type: ignore[attr-defined]
+    assert innermost(router.tiers[0].members[0]).base_url == "http://127.0.0.1:1/v1"
     assert router.prices is not None and router.prices.cost("recorded:gpt-4o", Usage(1000, 10)) is not None
 
 
@@ -316,3 +329,218 @@ def test_budgets_are_validated_and_built(tmp_path: Path) -> None:
     assert comp.budget is not None and comp.budget.policy == "raise"
     assert build_router(cfg_of(text), "qa", components=comp).budget is comp.budget
     comp.close()
+
+
+# -- resilience: retries, limits and breakers from the file ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flaky() -> Iterator[RecordedServer]:
+    """A recorded-answer server of its own (every model says "B"), so its faults never leak into other tests."""
+    with RecordedServer(default="B") as server:
+        yield server
+
+
+def resilient(server: RecordedServer, extra: str = "", tier: str = "") -> str:
+    return f"""
+    [providers.rec]
+    type = "openai"
+    base_url = "{server.base_url}"
+    {extra}
+    [cascades.x]
+    normalizer = "choice"
+    [[cascades.x.tiers]]
+    members = ["rec:m1"]
+    {tier}
+    [cascades.y]
+    normalizer = "choice"
+    [[cascades.y.tiers]]
+    members = ["rec:m1"]
+    """
+
+
+async def close(*routers: Router) -> None:
+    """Close the SDK clients of every member inside the test's own event loop."""
+    for router in routers:
+        for tier in router.tiers:
+            for member in tier.members:
+                await member.aclose()  # type: ignore[attr-defined]
+
+
+class Sleeps:
+    """An injected sleep: records each pause and returns at once."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+async def test_a_configured_retry_answers_through_a_429(flaky: RecordedServer) -> None:
+    flaky.set_fault("m1", FaultSpec("429", times=1, retry_after=7))
+    try:
+        sleeps = Sleeps()
+        text = resilient(flaky, "retry = {attempts = 3}")
+        cfg = cfg_of(text)
+        router = build_router(cfg, "x", components=build_components(cfg, sleep=sleeps))
+        before = flaky.counts["m1"]
+        result = await router.route("q")
+        assert result.answer == "B"
+        assert [(c.outcome, c.attempt) for c in result.calls] == [("error", 1), ("ok", 2)]
+        assert flaky.counts["m1"] == before + 2
+        assert sleeps.pauses == [7.0]  # the server's Retry-After, not the back-off
+
+        flaky.set_fault("m1", FaultSpec("429", times=1, retry_after=7))
+        plain = build_router(cfg_of(resilient(flaky)), "x")  # no retry configured: the 429 is the member's answer
+        with pytest.raises(AllTiersFailed):
+            await plain.route("q")
+        assert flaky.counts["m1"] == before + 3
+        await close(router, plain)
+    finally:
+        flaky.set_fault("m1", None)
+
+
+async def test_a_tier_can_turn_retries_off_and_layers_merge_field_by_field(flaky: RecordedServer) -> None:
+    text = "[resilience]\nretry = {attempts = 4, max_delay = inf, jitter = 0}\n" + resilient(
+        flaky, "retry = {initial = 0.1}", "retry = false"
+    )
+    cfg = cfg_of(text)
+    comp = build_components(cfg)
+    x, y = build_router(cfg, "x", components=comp), build_router(cfg, "y", components=comp)
+    (x_member,) = x.tiers[0].members
+    (y_member,) = y.tiers[0].members
+    assert not isinstance(x_member, Retrying)  # retry = false: one attempt, no wrapper
+    assert isinstance(y_member, Retrying)
+    assert y_member.policy == RetryPolicy(attempts=4, initial=0.1, jitter=0, max_delay=None)
+    flaky.set_fault("m1", FaultSpec("503", times=1))
+    try:
+        with pytest.raises(AllTiersFailed):
+            await x.route("q")
+        await close(x, y)
+    finally:
+        flaky.set_fault("m1", None)
+
+
+async def test_a_provider_limit_is_one_quota_for_every_cascade() -> None:
+    in_flight, peak = [0], [0]
+
+    class Slow:
+        supports_logprobs = False
+
+        def __init__(self, model: str, **_: Any) -> None:
+            self.name = f"capped:{model}"
+
+        async def complete(self, request: Request) -> Completion:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            for _ in range(5):
+                await asyncio.sleep(0)
+            in_flight[0] -= 1
+            return Completion("B", self.name)
+
+    register_provider("capped", Slow)
+    text = """
+    [providers.capped]
+    limit = {concurrency = 2}
+    [cascades.a]
+    normalizer = "choice"
+    tiers = [{members = ["capped:m1", "capped:m2"]}]
+    [cascades.b]
+    normalizer = "choice"
+    tiers = [{members = ["capped:m3"]}]
+    """
+    cfg = cfg_of(text)
+    routers = build_routers(cfg, build_components(cfg))
+    members = [m for r in routers.values() for m in r.tiers[0].members]
+    assert all(isinstance(m, Throttled) for m in members)
+    assert len({id(m.limit) for m in members if isinstance(m, Throttled)}) == 1  # one shared ProviderLimit
+    results = await asyncio.gather(*(routers["ab"[i % 2]].route(f"q{i}") for i in range(12)))
+    assert all(r.answer == "B" for r in results)
+    assert peak[0] == 2
+    uncapped = cfg_of(text.replace("limit = {concurrency = 2}", ""))
+    peak[0] = 0
+    routers = build_routers(uncapped, build_components(uncapped))
+    await asyncio.gather(*(routers["ab"[i % 2]].route(f"q{i}") for i in range(12)))
+    assert peak[0] > 2  # the cap, not the test, bounded the first run
+
+
+async def test_a_breaker_opens_for_a_model_in_every_cascade_and_costs_no_request(flaky: RecordedServer) -> None:
+    now = [1000.0]
+    text = "[resilience]\nbreaker = {failures = 2, cooldown = 30}\n" + resilient(flaky)
+    cfg = cfg_of(text)
+    comp = build_components(cfg, clock=lambda: now[0])
+    x, y = build_router(cfg, "x", components=comp), build_router(cfg, "y", components=comp)
+    flaky.set_fault("m1", "503")
+    try:
+        before = flaky.counts["m1"]
+        for router in (x, y, x):
+            with pytest.raises(AllTiersFailed) as info:
+                await router.route("q")
+        assert flaky.counts["m1"] == before + 2  # the third call failed fast, in cascade x, opened by x and y
+        assert "CircuitOpenError" in (info.value.calls[-1].error or "")
+        flaky.set_fault("m1", None)
+        now[0] += 31  # the cool-down passes: one probe goes through and closes the circuit
+        assert (await y.route("q")).answer == "B"
+        assert flaky.counts["m1"] == before + 3
+        await close(x, y)
+    finally:
+        flaky.set_fault("m1", None)
+    off = cfg_of(text.replace('type = "openai"', 'type = "openai"\nbreaker = false'))
+    (member,) = build_router(off, "x").tiers[0].members
+    assert not isinstance(member, CircuitBroken)
+
+
+def test_the_example_retries_and_caps_its_provider() -> None:
+    env = {"RECORDED_BASE_URL": "http://127.0.0.1:1/v1", "LLM_CASCADE_LEDGER_URL": ":memory:"}
+    router = build_router(load_config(EXAMPLE, env=env), "mmlu")
+    for tier in router.tiers:
+        for m in tier.members:
+            assert isinstance(m, Retrying) and isinstance(m.inner, Throttled)
+    cheap, strong = (t.members[0] for t in router.tiers)
+    assert isinstance(cheap, Retrying) and isinstance(strong, Retrying)
+    assert strong.policy.attempts > cheap.policy.attempts  # the last tier has no fallback: it tries harder
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "words"),
+    [
+        ("[resilience]\nretry = {attempts = 0}", "resilience.retry.attempts", "greater than or equal to 1"),
+        ("[resilience]\nretry = {attempts = true}", "resilience.retry.attempts", "number"),
+        ("[resilience]\nretry = {jitter = 2}", "resilience.retry.jitter", "less than or equal to 1"),
+        ("[resilience]\nretry = {multiplier = 0.5}", "resilience.retry.multiplier", "greater than or equal to 1"),
+        ("[resilience]\nretry = {max_delay = -1}", "resilience.retry.max_delay", "greater than 0"),
+        ("[resilience]\nretry = {tries = 3}", "resilience.retry.tries", "not permitted"),
+        ("[resilience]\nbreaker = {cooldown = -1}", "resilience.breaker.cooldown", "greater than 0"),
+        ("[resilience]\nbreaker = {failures = 0}", "resilience.breaker.failures", "greater than or equal to 1"),
+        ('[resilience.limits."*"]\nconcurrency = 0', "resilience.limits.*.concurrency", "greater than or equal to 1"),
+        ('[resilience.limits.""]\nrate = 5', "resilience.limits", "empty key"),
+        ("[providers.p]\nlimit = {rate = 1.5}", "providers.p.limit.rate", "integer"),
+        ("[providers.p]\nlimit = {period = 0}", "providers.p.limit.period", "greater than 0"),
+        ('[providers.p]\nretry = {attempt_timeout = "soon"}', "providers.p.retry.attempt_timeout", "number"),
+        (
+            "[providers.p]\nlimit = {rate = 5}\n[resilience.limits.p]\nrate = 9",
+            "providers.p.limit",
+            "one place",
+        ),
+    ],
+)
+def test_bad_resilience_values_name_the_field(section: str, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg_of(section + "\n" + SIMPLE)
+    assert info.value.field == field
+    assert words in info.value.problem
+
+
+def test_a_bad_tier_retry_names_the_tier() -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg_of('[cascades.x]\ntiers = [{members = ["fake:a"], retry = {attempts = 1.5}}]')
+    assert info.value.field == "cascades.x.tiers[0].retry.attempts"
+
+
+def test_retry_values_from_the_environment_are_validated_too() -> None:
+    text = '[resilience]\nretry = {attempts = "${RETRIES}"}\n' + SIMPLE
+    assert cfg_of(text, RETRIES="5").resilience.retry.attempts == 5  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as info:
+        cfg_of(text, RETRIES="many")
+    assert info.value.field == "resilience.retry.attempts"
