@@ -13,7 +13,8 @@
     └── ProviderError               one call to one model failed (what the retry layer looks at)
         ├── RetryableError          429, 5xx, timeouts, connection errors: worth another attempt
         │   ├── RateLimited         429, with the provider's Retry-After when it sent one
-        │   └── ProviderTimeout     the call ran past its deadline
+        │   ├── ProviderTimeout     the call ran past its deadline, or a stream stalled between chunks
+        │   └── StreamError         a stream broke off before its finish_reason (dropped connection, early end)
         ├── BadRequestError         400/401/403/404/422: the request itself is wrong, never retried
         │   ├── ContextLengthError  the prompt does not fit the model
         │   └── ContentFilterError  the provider refused the content
@@ -113,6 +114,10 @@ class RateLimited(RetryableError):
 
 class ProviderTimeout(RetryableError, TimeoutError):
     """The call ran past its deadline."""
+
+
+class StreamError(RetryableError):
+    """A streamed answer ended before the provider said it was finished: the partial text is never an answer."""
 
 
 class BadRequestError(ProviderError):

@@ -186,3 +186,17 @@ def check_options(owner: str, model: str, timeout: float, api_key: str | None, a
         raise ConfigError(f"{owner}.api_key", "must be a string")
     if api_key_env is not None and not isinstance(api_key_env, str):
         raise ConfigError(f"{owner}.api_key_env", f"must be an environment variable name, got {api_key_env!r}")
+
+
+def check_stream_options(owner: str, stream: bool, idle_timeout: float | None) -> None:
+    """Reject bad streaming options at construction, naming the field."""
+    if not isinstance(stream, bool):
+        raise ConfigError(f"{owner}.stream", f"must be True or False, got {stream!r}")
+    if idle_timeout is not None and (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, int | float)
+        or not (idle_timeout > 0 and math.isfinite(idle_timeout))
+    ):
+        raise ConfigError(
+            f"{owner}.stream_idle_timeout", f"must be None or a positive number of seconds, got {idle_timeout!r}"
+        )

@@ -6,10 +6,16 @@
 LiteLLM is imported on the first call only (it takes seconds), with ``LITELLM_LOCAL_MODEL_COST_MAP=True`` set first so
 that importing it never fetches its price map from the internet. Its retries (``num_retries``) and the underlying
 SDK's (``max_retries``) are both 0: :mod:`llm_cascade.retry` is the one retry layer.
+
+``stream=True`` streams through ``acompletion(stream=True, stream_options={"include_usage": True})`` and assembles
+the chunks with the same rules as the OpenAI backend (:mod:`llm_cascade.backends._stream`). LiteLLM itself already
+fails a stream that ends before its finish_reason and wraps a mid-stream failure as ``MidStreamFallbackError``; both
+become a retryable :class:`~llm_cascade.errors.StreamError` here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -18,7 +24,8 @@ from typing import Any
 
 from ..errors import ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request
-from ._sdk import check_options, content_text, is_sdk_error, map_error, safe_cause
+from ._sdk import check_options, check_stream_options, content_text, is_sdk_error, map_error, safe_cause
+from ._stream import StreamedAnswer, StreamUsage, read_stream
 from .openai import first_token_logprob, openai_usage
 
 
@@ -34,9 +41,20 @@ def import_litellm() -> Any:
     return litellm
 
 
+def provider_sent_usage(stream: Any) -> bool:
+    """Whether the provider itself sent a usage chunk. LiteLLM fills in usage with its own token count when the
+    provider sent none, which must not pass for billed usage; its stream keeps the upstream chunks in ``chunks``.
+    A stream without that list is taken at its word."""
+    chunks = getattr(stream, "chunks", None)
+    if not isinstance(chunks, list):
+        return True
+    return any(getattr(c, "usage", None) is not None for c in chunks)
+
+
 class LiteLLMBackend:
     """One LiteLLM model string (``"provider/model"``). ``api_key`` / ``api_key_env`` are optional: LiteLLM finds the
-    usual provider variables itself. ``extra`` is passed to every ``acompletion`` call."""
+    usual provider variables itself. ``extra`` is passed to every ``acompletion`` call. ``stream`` and
+    ``stream_idle_timeout`` work as in :class:`~llm_cascade.backends.openai.OpenAIBackend`."""
 
     supports_logprobs = True
 
@@ -50,13 +68,19 @@ class LiteLLMBackend:
         timeout: float = 60.0,
         extra: Mapping[str, Any] | None = None,
         name: str | None = None,
+        stream: bool = False,
+        stream_idle_timeout: float | None = 30.0,
     ) -> None:
         check_options("LiteLLMBackend", model, timeout, api_key, api_key_env)
+        check_stream_options("LiteLLMBackend", stream, stream_idle_timeout)
         self.model = model
         self.name = name or f"litellm:{model}"
         self.api_base = api_base
         self.timeout = float(timeout)
         self.extra = dict(extra or {})
+        self.stream = stream
+        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
+        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._litellm: Any = None
@@ -88,13 +112,36 @@ class LiteLLMBackend:
             kwargs["temperature"] = request.temperature
         if request.logprobs:
             kwargs["logprobs"] = True
+        if self.stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
         start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.timeout
+
+        def map_exc(exc: BaseException) -> ProviderError:
+            mapped = map_error(exc, self.name, (key,))
+            mapped.__cause__ = safe_cause(exc, (key,))
+            return mapped
+
         try:
             response = await self._litellm.acompletion(**kwargs)
         except Exception as exc:
             if is_sdk_error(exc):
-                raise map_error(exc, self.name, (key,)) from safe_cause(exc, (key,))
+                mapped = map_exc(exc)
+                raise mapped from mapped.__cause__
             raise
+        if self.stream:
+            answer = await read_stream(
+                response,
+                model=self.name,
+                want_logprob=request.logprobs,
+                idle_timeout=self.stream_idle_timeout,
+                deadline=deadline,
+                map_exc=map_exc,
+            )
+            if not provider_sent_usage(response):
+                answer.usage = None
+            return self._streamed(answer, request, time.perf_counter() - start)
         latency = time.perf_counter() - start
         try:
             return self._parse(response, request, latency)
@@ -102,6 +149,21 @@ class LiteLLMBackend:
             raise
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise MalformedResponseError(f"{self.name}: unreadable response: {exc}", model=self.name) from exc
+
+    def _streamed(self, answer: StreamedAnswer, request: Request, latency: float) -> Completion:
+        if answer.finish_reason == "content_filter" and not answer.text:
+            raise ContentFilterError(f"{self.name}: the answer was withheld by the content filter", model=self.name)
+        provided = openai_usage(answer.usage) if answer.usage is not None else None
+        return Completion(
+            text=answer.text,
+            model=self.model,
+            usage=self._stream_usage(provided, request, answer.text),
+            latency_s=latency,
+            finish_reason=answer.finish_reason,
+            logprob=answer.logprob,
+            confidence=math.exp(answer.logprob) if answer.logprob is not None else None,
+            raw=answer.last,
+        )
 
     def _parse(self, response: Any, request: Request, latency: float) -> Completion:
         choices = getattr(response, "choices", None)
@@ -129,4 +191,5 @@ class LiteLLMBackend:
 
     def __repr__(self) -> str:
         where = f", api_base={self.api_base!r}" if self.api_base else ""
-        return f"LiteLLMBackend({self.model!r}{where})"
+        streams = ", stream=True" if self.stream else ""
+        return f"LiteLLMBackend({self.model!r}{where}{streams})"

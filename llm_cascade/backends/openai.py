@@ -6,6 +6,10 @@
 
 The SDK's own retries are off (``max_retries=0``): retrying is the job of :mod:`llm_cascade.retry`, and two retry
 layers multiply waits. The client is built on the first call, in the running event loop, never at import.
+
+``stream=True`` asks for a server-sent-event stream (with ``stream_options.include_usage``) and assembles it into one
+Completion; a stall between chunks fails after ``stream_idle_timeout`` seconds, and a stream cut before its
+finish_reason is a retryable :class:`~llm_cascade.errors.StreamError` (rules in :mod:`llm_cascade.backends._stream`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import check_options, content_text, is_sdk_error, map_error, safe_cause
+from ._sdk import check_options, check_stream_options, content_text, is_sdk_error, map_error, safe_cause
+from ._stream import StreamedAnswer, StreamUsage, read_stream
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -56,7 +61,8 @@ class OpenAIBackend:
 
     ``api_key`` wins over the ``api_key_env`` variable (read at the first call, so it may be set after construction).
     ``extra_body`` is merged into every request (provider-specific parameters). The key never appears in ``repr``,
-    logs or errors.
+    logs or errors. ``timeout`` bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off)
+    also bounds each wait for the next chunk, so a stalled stream fails fast without a short whole-call timeout.
     """
 
     supports_logprobs = True
@@ -73,8 +79,11 @@ class OpenAIBackend:
         default_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         name: str | None = None,
+        stream: bool = False,
+        stream_idle_timeout: float | None = 30.0,
     ) -> None:
         check_options("OpenAIBackend", model, timeout, api_key, api_key_env)
+        check_stream_options("OpenAIBackend", stream, stream_idle_timeout)
         self.model = model
         self.name = name or f"openai:{model}"
         self.base_url = base_url
@@ -82,6 +91,9 @@ class OpenAIBackend:
         self.organization = organization
         self.default_headers = dict(default_headers or {})
         self.extra_body = dict(extra_body or {})
+        self.stream = stream
+        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
+        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._client: Any = None
@@ -133,14 +145,28 @@ class OpenAIBackend:
             kwargs["logprobs"] = True
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
+        if self.stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
         start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
             response = await client.chat.completions.create(**kwargs)
         except Exception as exc:
             if is_sdk_error(exc):
-                secrets = (self._api_key, os.environ.get(self._api_key_env))
-                raise map_error(exc, self.name, secrets) from safe_cause(exc, secrets)
+                mapped = self._map(exc)
+                raise mapped from mapped.__cause__
             raise
+        if self.stream:
+            answer = await read_stream(
+                response,
+                model=self.name,
+                want_logprob=request.logprobs,
+                idle_timeout=self.stream_idle_timeout,
+                deadline=deadline,
+                map_exc=self._map,
+            )
+            return self._streamed(answer, request, time.perf_counter() - start)
         latency = time.perf_counter() - start
         try:
             return self._parse(response, request, latency)
@@ -148,6 +174,28 @@ class OpenAIBackend:
             raise
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise MalformedResponseError(f"{self.name}: unreadable response: {exc}", model=self.name) from exc
+
+    def _map(self, exc: BaseException) -> ProviderError:
+        """The library's error for an SDK exception, chained to it unless its chain shows the key."""
+        secrets = (self._api_key, os.environ.get(self._api_key_env))
+        mapped = map_error(exc, self.name, secrets)
+        mapped.__cause__ = safe_cause(exc, secrets)
+        return mapped
+
+    def _streamed(self, answer: StreamedAnswer, request: Request, latency: float) -> Completion:
+        if answer.finish_reason == "content_filter" and not answer.text:
+            raise ContentFilterError(f"{self.name}: the answer was withheld by the content filter", model=self.name)
+        provided = openai_usage(answer.usage) if answer.usage is not None else None
+        return Completion(
+            text=answer.text,
+            model=self.model,
+            usage=self._stream_usage(provided, request, answer.text),
+            latency_s=latency,
+            finish_reason=answer.finish_reason,
+            logprob=answer.logprob,
+            confidence=math.exp(answer.logprob) if answer.logprob is not None else None,
+            raw=answer.last,
+        )
 
     def _parse(self, response: Any, request: Request, latency: float) -> Completion:
         if not isinstance(getattr(response, "choices", None), list) or not response.choices:
@@ -173,4 +221,5 @@ class OpenAIBackend:
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
-        return f"OpenAIBackend({self.model!r}{where})"
+        streams = ", stream=True" if self.stream else ""
+        return f"OpenAIBackend({self.model!r}{where}{streams})"

@@ -10,6 +10,7 @@ name                   what the client sees
 =====================  ===========================================================================================
 ``429``                HTTP 429 with ``Retry-After: <retry_after>`` (seconds)
 ``429_no_retry_after`` HTTP 429 without Retry-After
+``401``                HTTP 401, code ``invalid_api_key`` (Anthropic: ``authentication_error``)
 ``500`` / ``503``      HTTP 500 / 503 with a provider-shaped error body
 ``reset``              the TCP connection is reset before any header is sent
 ``hang``               the request is read and never answered (until the client gives up, or ``delay_s``)
@@ -19,13 +20,17 @@ name                   what the client sees
 ``malformed_json``     HTTP 200 with a truncated JSON body
 ``empty``              HTTP 200, an answer with empty content
 ``length``             HTTP 200, the answer cut short with finish_reason ``length`` (Anthropic: ``max_tokens``)
-``stream_cut``         streaming only: the connection drops after ``after_chunks`` chunks
+``stream_cut``         streaming only: the connection drops (TCP reset) after ``after_chunks`` chunks
+``stream_truncated``   streaming only: the body ends cleanly after ``after_chunks`` chunks: no finish, no [DONE]
 ``stream_stall``       streaming only: chunks stop after ``after_chunks`` and the stream stays open ``delay_s``
 ``stream_malformed``   streaming only: chunk number ``after_chunks`` is not JSON
 ``stream_no_done``     streaming only: the stream ends cleanly but without ``data: [DONE]``
+``stream_no_usage``    streaming only: ``stream_options.include_usage`` is ignored (no usage chunk)
 =====================  ===========================================================================================
 
-Streaming faults do not fire on non-streaming requests (and are not counted there).
+Streaming faults do not fire on non-streaming requests (and are not counted there). A stream is a role chunk, one
+chunk per word, a chunk with the finish_reason, then the usage chunk when asked for; a negative ``after_chunks``
+counts from the end (``stream_cut:after_chunks=-1`` drops the connection just before the usage chunk).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from ..errors import ConfigError
 class Fault(StrEnum):
     RATE_LIMIT = "429"
     RATE_LIMIT_NO_RETRY_AFTER = "429_no_retry_after"
+    AUTH = "401"
     SERVER_ERROR = "500"
     UNAVAILABLE = "503"
     RESET = "reset"
@@ -53,9 +59,11 @@ class Fault(StrEnum):
     EMPTY = "empty"
     LENGTH = "length"
     STREAM_CUT = "stream_cut"
+    STREAM_TRUNCATED = "stream_truncated"
     STREAM_STALL = "stream_stall"
     STREAM_MALFORMED = "stream_malformed"
     STREAM_NO_DONE = "stream_no_done"
+    STREAM_NO_USAGE = "stream_no_usage"
 
     @property
     def streaming_only(self) -> bool:
@@ -90,8 +98,8 @@ class FaultSpec:
             raise ConfigError("FaultSpec.retry_after", f"must be None or >= 0 seconds, got {self.retry_after!r}")
         if self.delay_s is not None and self.delay_s < 0:
             raise ConfigError("FaultSpec.delay_s", f"must be >= 0 seconds, got {self.delay_s!r}")
-        if self.after_chunks < 0:
-            raise ConfigError("FaultSpec.after_chunks", f"must be >= 0, got {self.after_chunks!r}")
+        if isinstance(self.after_chunks, bool) or not isinstance(self.after_chunks, int):
+            raise ConfigError("FaultSpec.after_chunks", f"must be an integer, got {self.after_chunks!r}")
 
     @property
     def kind(self) -> Fault:

@@ -49,6 +49,7 @@ _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")
 _ERRORS: dict[Fault, tuple[int, str, str | None, str, str]] = {
     Fault.RATE_LIMIT: (429, "requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached"),
     Fault.RATE_LIMIT_NO_RETRY_AFTER: (429, "requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached"),
+    Fault.AUTH: (401, "invalid_request_error", "invalid_api_key", "authentication_error", "Incorrect API key provided"),
     Fault.SERVER_ERROR: (500, "server_error", None, "api_error", "The server had an error processing your request"),
     Fault.UNAVAILABLE: (503, "server_error", "service_unavailable", "overloaded_error", "The engine is overloaded"),
     Fault.CONTEXT_LENGTH: (
@@ -156,13 +157,16 @@ class RecordedAnswerApp:
             lp = [wire.logprobs_content(tok, logprob if i == 0 else 0.0, top)[0]] if logprob is not None else None
             chunks.append(wire.openai_chunk(rid, body["model"], {"content": tok}, None, lp))
         chunks.append(wire.openai_chunk(rid, body["model"], {}, finish))
-        if isinstance(opts, dict) and opts.get("include_usage"):
+        no_usage = fault is not None and fault.kind == Fault.STREAM_NO_USAGE
+        if isinstance(opts, dict) and opts.get("include_usage") and not no_usage:
             chunks.append(wire.openai_chunk(rid, body["model"], None, usage=usage))
         await self._stream(chunks, fault, receive, send)
 
     async def _stream(self, chunks: list[bytes], fault: FaultSpec | None, receive: Receive, send: Send) -> None:
         kind = fault.kind if fault is not None else None
         cut = fault.after_chunks if fault is not None else len(chunks)
+        if cut < 0:
+            cut = max(0, len(chunks) + cut)
         if kind == Fault.STREAM_MALFORMED and cut < len(chunks):
             chunks[cut] = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
@@ -175,8 +179,10 @@ class RecordedAnswerApp:
                 await self._idle(receive, fault.delay)
                 await _abort(send)
                 return
+            if i == cut and kind == Fault.STREAM_TRUNCATED:
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        tail = b"" if kind == Fault.STREAM_NO_DONE else wire.SSE_DONE
+        tail = b"" if kind in (Fault.STREAM_NO_DONE, Fault.STREAM_TRUNCATED) else wire.SSE_DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # -- Anthropic --------------------------------------------------------------------------------------------------

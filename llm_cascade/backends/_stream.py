@@ -1,0 +1,187 @@
+"""Reading a streamed chat completion (OpenAI's chunk shape, which LiteLLM re-emits) into one :class:`Completion`.
+
+The router votes on whole answers, so a stream is consumed inside the backend; what streaming buys here is a stall
+detector (no chunk for ``idle_timeout`` seconds fails the call long before a whole-call timeout would) and servers
+that only stream. The rules that keep a broken stream from passing as an answer:
+
+- the answer is complete only once a ``finish_reason`` arrived. A stream that ends (cleanly or by a dropped
+  connection) before one is a :class:`~llm_cascade.errors.StreamError`, retryable, never a success;
+- ``data: [DONE]`` is not required: after a ``finish_reason`` the text is whole, and a server that forgets the
+  terminator (or drops the connection right after the finish) still answered. The SDKs do not even report it;
+- a gap between chunks longer than ``idle_timeout`` is a :class:`~llm_cascade.errors.ProviderTimeout` (a stall), as is
+  running past the whole-call ``deadline``; a chunk that is not JSON is a
+  :class:`~llm_cascade.errors.MalformedResponseError` (mapped by the caller from the SDK's decode error);
+- usage comes from the provider's usage chunk (``stream_options.include_usage``) when it sends one; otherwise the
+  caller estimates it with tiktoken and marks it ``estimated=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    BadRequestError,
+    MalformedResponseError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    RetryableError,
+    StreamError,
+)
+from ..tokens import TokenEstimator
+from ..types import Request, Usage
+from ._sdk import _chain, content_text, is_sdk_error
+
+
+@dataclass(slots=True)
+class StreamedAnswer:
+    """What a finished stream said: the assembled text, its finish reason, the first answer token's log-probability
+    (when asked), the provider's raw usage block (None when it sent none) and the number of chunks read."""
+
+    text: str
+    finish_reason: str | None
+    logprob: float | None
+    usage: Any
+    chunks: int
+    last: Any = field(default=None, repr=False)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _first_answer_logprob(tokens: Any) -> tuple[bool, float | None]:
+    """(found, logprob) for the first non-whitespace token among ``tokens``."""
+    for tok in tokens or ():
+        token = _get(tok, "token")
+        if isinstance(token, str) and token.strip():
+            value = _get(tok, "logprob")
+            return True, float(value) if isinstance(value, int | float) else None
+    return False, None
+
+
+async def close_quietly(stream: Any) -> None:
+    """Release a stream's connection (``aclose`` or ``close``, sync or async); errors while closing are moot."""
+    for attr in ("aclose", "close"):
+        closer = getattr(stream, attr, None)
+        if closer is None:
+            continue
+        with contextlib.suppress(Exception):
+            result = closer()
+            if inspect.isawaitable(result):
+                await result
+        return
+
+
+def as_stream_error(mapped: ProviderError, model: str, chunks: int) -> ProviderError:
+    """An error raised while reading an open stream: a dropped connection or a provider that broke off becomes a
+    :class:`StreamError`; timeouts, rate limits, misuse and malformed chunks keep their own type."""
+    if isinstance(mapped, ProviderTimeout | RateLimited | BadRequestError | MalformedResponseError | StreamError):
+        return mapped
+    if isinstance(mapped, RetryableError) or type(mapped) is ProviderError:
+        return StreamError(f"{mapped} (stream cut after {chunks} chunks)", model=model, status=mapped.status)
+    return mapped
+
+
+async def read_stream(
+    stream: Any,
+    *,
+    model: str,
+    want_logprob: bool,
+    idle_timeout: float | None,
+    deadline: float | None,
+    map_exc: Callable[[BaseException], ProviderError],
+) -> StreamedAnswer:
+    """Consume ``stream`` (an async iterator of chunks) and assemble the answer; always closes it.
+
+    ``deadline`` is an event-loop time for the whole call; ``map_exc`` turns an SDK exception into the library's
+    error (the caller owns secret scrubbing and exception chaining through it).
+    """
+    loop = asyncio.get_running_loop()
+    parts: list[str] = []
+    finish: str | None = None
+    usage: Any = None
+    logprob: float | None = None
+    found = not want_logprob
+    n = 0
+    last: Any = None
+    it = stream.__aiter__()
+    try:
+        while True:
+            now = loop.time()
+            budget = idle_timeout
+            whole = False
+            if deadline is not None and (budget is None or deadline - now < budget):
+                budget, whole = max(0.0, deadline - now), True
+            try:
+                async with asyncio.timeout(budget):
+                    chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                what = "ran past the whole-call timeout" if whole else f"stalled: no chunk for {idle_timeout:g} s"
+                raise ProviderTimeout(f"{model}: the stream {what} after {n} chunks", model=model) from None
+            except Exception as exc:
+                if finish is not None and _is_disconnect(exc):
+                    break  # the answer was complete: only the trailing usage chunk or [DONE] was lost
+                if not is_sdk_error(exc):
+                    raise
+                mapped = map_exc(exc)
+                raise as_stream_error(mapped, model, n) from mapped.__cause__
+            n += 1
+            last = chunk
+            chunk_usage = _get(chunk, "usage")
+            if chunk_usage is not None:
+                usage = chunk_usage
+            choices = _get(chunk, "choices")
+            if not choices:
+                continue
+            choice = choices[0]
+            delta = _get(choice, "delta")
+            if delta is not None:
+                text = content_text(_get(delta, "content"))
+                if text:
+                    parts.append(text)
+            if not found:
+                lp = _get(choice, "logprobs")
+                if lp is not None:
+                    found, logprob = _first_answer_logprob(_get(lp, "content"))
+            reason = _get(choice, "finish_reason")
+            if reason:
+                finish = str(reason)
+    finally:
+        await close_quietly(stream)
+    if finish is None:
+        raise StreamError(f"{model}: the stream ended after {n} chunks without a finish_reason", model=model)
+    return StreamedAnswer("".join(parts), finish, logprob, usage, n, last)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    names = {cls.__name__ for link in _chain(exc) for cls in type(link).__mro__}
+    return bool(
+        names
+        & {"APIConnectionError", "ReadError", "RemoteProtocolError", "ConnectionResetError", "MidStreamFallbackError"}
+    ) and not (names & {"APITimeoutError", "Timeout", "ReadTimeout", "JSONDecodeError"})
+
+
+class StreamUsage:
+    """Usage of a streamed call: the provider's usage chunk when it sent one, else a tiktoken estimate of the prompt
+    and the assembled text, marked ``estimated=True``. The tokenizer loads on the first stream without usage."""
+
+    __slots__ = ("_estimator", "model")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._estimator: TokenEstimator | None = None
+
+    def __call__(self, provided: Usage | None, request: Request, text: str) -> Usage:
+        if provided is not None and (provided.input_tokens or provided.output_tokens):
+            return provided
+        if self._estimator is None:
+            self._estimator = TokenEstimator(model=self.model)
+        return self._estimator(request, text)
