@@ -10,17 +10,22 @@ Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pus
 
 The default file is an embedded SQLite database in WAL mode (readers never block the writer). A URL such as
 ``postgresql+psycopg://user@host/db`` selects SQLAlchemy, for several processes sharing one budget.
+
+Each row also keeps the retry-layer ``attempt`` of the call (1 = first try; see :mod:`llm_cascade.retry`) and the
+provider's ``finish_reason``. A table written by an older version lacks those columns: opening it adds them (old rows
+read as attempt 1, finish reason unknown), so a ledger file survives an upgrade and older readers still work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -41,8 +46,10 @@ _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COLUMNS = (
     "ts, request_id, seq, tier, model, outcome, input_tokens, output_tokens, cached_tokens, estimated, "
-    "cost_usd, cost_pusd, latency_s, error, tags"
+    "cost_usd, cost_pusd, latency_s, error, tags, attempt, finish_reason"
 )
+# Columns added after the first release, with their declarations: a table without them gets them when opened.
+_ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 
 
@@ -73,6 +80,8 @@ class LedgerRow:
     latency_s: float
     error: str | None
     tags: dict[str, str]
+    attempt: int = 1
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +100,26 @@ def _schema(table: str, id_column: str) -> list[str]:
         "seq INTEGER NOT NULL, tier INTEGER NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, "
         "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
         "estimated INTEGER NOT NULL, cost_usd TEXT, cost_pusd BIGINT, latency_s DOUBLE PRECISION NOT NULL, "
-        "error TEXT, tags TEXT NOT NULL)",
+        "error TEXT, tags TEXT NOT NULL, " + ", ".join(f"{name} {decl}" for name, decl in _ADDED) + ")",
         f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
         f"CREATE INDEX IF NOT EXISTS {table}_request ON {table} (request_id)",
     ]
+
+
+def _create(table: str, id_column: str, execute: Callable[[str], object], columns: Callable[[], Iterable[str]]) -> None:
+    """Create the table, or add the columns an older one lacks. The caller holds a lock for the whole of it (several
+    processes opening one database at once would otherwise race on the catalogue, even with ``IF NOT EXISTS``)."""
+    for stmt in _schema(table, id_column):
+        execute(stmt)
+    have = {c.lower() for c in columns()}
+    for name, decl in _ADDED:
+        if name not in have:
+            execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+
+
+def _lock_key(table: str) -> int:
+    """A PostgreSQL advisory-lock key for one ledger table (a signed 64-bit integer)."""
+    return int.from_bytes(hashlib.sha256(f"llm_cascade:{table}".encode()).digest()[:8], "big", signed=True)
 
 
 class _SQLite:
@@ -113,11 +138,19 @@ class _SQLite:
             if path != ":memory:":
                 self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            for stmt in _schema(table, "id INTEGER PRIMARY KEY AUTOINCREMENT"):
-                self.conn.execute(stmt)
+            self.conn.execute("BEGIN IMMEDIATE")  # the write lock first: other processes wait, then see our schema
+            try:
+                _create(table, "id INTEGER PRIMARY KEY AUTOINCREMENT", self.conn.execute, self._columns(table))
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
         self.lock = threading.Lock()
+
+    def _columns(self, table: str) -> Callable[[], list[str]]:
+        return lambda: [d[0] for d in self.conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
 
     def tag_clause(self, key: str) -> tuple[str, str]:
         return "json_extract(tags, ?) = ?", "$." + json.dumps(key)
@@ -165,8 +198,10 @@ class _SQLAlchemy:
             self.engine = sa.create_engine(parsed, pool_pre_ping=True)
             ident = "id BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "id INTEGER PRIMARY KEY"
             with self.engine.begin() as conn:
-                for stmt in _schema(table, ident):
-                    conn.exec_driver_sql(stmt)
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key(table),))
+                select = f"SELECT * FROM {table} WHERE 1 = 0"
+                _create(table, ident, conn.exec_driver_sql, lambda: conn.exec_driver_sql(select).keys())
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
         self.placeholder = "%s" if self.dialect == "postgresql" else "?"
@@ -260,6 +295,8 @@ class Ledger:
                 float(c.latency_s),
                 c.error,
                 tags,
+                c.attempt,
+                c.finish_reason,
             )
             for i, c in enumerate(calls)
         ]
@@ -380,4 +417,6 @@ def _row(r: Sequence[Any]) -> LedgerRow:
         latency_s=float(r[12]),
         error=r[13],
         tags=json.loads(r[14]),
+        attempt=int(r[15]),
+        finish_reason=r[16],
     )

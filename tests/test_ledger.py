@@ -102,6 +102,7 @@ async def test_2000_concurrent_requests_write_exactly_one_row_per_call(ledger_ur
                 c.usage.output_tokens,
                 c.usage.cached_tokens,
             )
+            assert (row.attempt, row.finish_reason) == (c.attempt, c.finish_reason)
     assert ledger.spend() == sum((c.cost_usd for c in made if c.cost_usd is not None), Decimal(0))
     u3 = {f"req-{i}" for i in range(2000) if i % 7 == 3}
     assert ledger.spend(tags={"user": "u3", "app": "load"}) == sum(
@@ -203,3 +204,101 @@ def test_rows_wait_in_memory_when_the_database_refuses_them(tmp_path: Path) -> N
     ledger.record("r2", [Call("x", 0, "error", error="boom")], {})
     assert ledger.pending == 0
     assert [r.request_id for r in ledger.rows()] == ["r1", "r2"]
+
+
+# -- attempts and finish reasons; tables written by an older version ------------------------------------------------
+
+OLD_SCHEMA = (
+    "CREATE TABLE {table} (id {ident}, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL, "
+    "seq INTEGER NOT NULL, tier INTEGER NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, "
+    "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+    "estimated INTEGER NOT NULL, cost_usd TEXT, cost_pusd BIGINT, latency_s DOUBLE PRECISION NOT NULL, "
+    "error TEXT, tags TEXT NOT NULL)"
+)
+
+
+def old_table(url: str) -> str:
+    """A table in the layout of the first release (no attempt, no finish_reason) holding one row; its name."""
+    import sqlalchemy as sa
+
+    table = f"old_{uuid.uuid4().hex[:12]}"
+    pg = url.startswith("postgresql")
+    engine = sa.create_engine(url if pg else f"sqlite:///{url}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            OLD_SCHEMA.format(table=table, ident="BIGSERIAL PRIMARY KEY" if pg else "INTEGER PRIMARY KEY")
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (ts, request_id, seq, tier, model, outcome, input_tokens, output_tokens, "
+            "cached_tokens, estimated, cost_usd, cost_pusd, latency_s, error, tags) "
+            "VALUES (1.0, 'old', 0, 0, 'm', 'ok', 3, 1, 0, 0, '0.5', 500000000000, 0.1, NULL, '{}')"
+        )
+    engine.dispose()
+    return table
+
+
+async def test_retried_attempts_and_finish_reasons_are_stored(ledger_url: str) -> None:
+    from llm_cascade.retry import Retrying, RetryPolicy
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    flaky = FakeBackend("cheap-a", [RateLimited("busy", retry_after=3.0), RateLimited("busy"), "B"])
+    ledger = fresh(ledger_url)
+    router = Router(
+        [Tier([Retrying(flaky, RetryPolicy(attempts=3), sleep=no_wait), FakeBackend("cheap-b", "B")])],
+        normalizer="choice",
+        prices=PRICES,
+        ledger=ledger,
+    )
+    result = await router.route("q")
+    rows = sorted(ledger.rows(), key=lambda r: r.seq)
+    assert [(r.model, r.attempt, r.outcome, r.finish_reason) for r in rows] == [
+        (c.model, c.attempt, c.outcome, c.finish_reason) for c in result.calls
+    ]
+    mine = [(r.attempt, r.outcome, r.finish_reason) for r in rows if r.model == "fake:cheap-a"]
+    assert mine == [(1, "error", None), (2, "error", None), (3, "ok", "stop")]
+    ledger.record("r2", [Call("x", 0, "ok", Usage(1, 9), finish_reason="length")], {})
+    assert [r.finish_reason for r in ledger.rows(request_id="r2")] == ["length"]
+    ledger.close()
+
+
+def test_an_older_table_gains_the_new_columns_and_keeps_its_rows(ledger_url: str) -> None:
+    table = old_table(ledger_url)
+    ledger = Ledger(ledger_url, table=table)
+    (old,) = ledger.rows()
+    assert (old.request_id, old.cost_usd, old.attempt, old.finish_reason) == ("old", Decimal("0.5"), 1, None)
+    ledger.record("new", [Call("m", 0, "ok", Usage(1, 1), finish_reason="length", attempt=2)], {})
+    ledger.close()
+    again = Ledger(ledger_url, table=table)  # opening an upgraded table changes nothing
+    assert [(r.request_id, r.attempt, r.finish_reason) for r in again.rows()] == [
+        ("old", 1, None),
+        ("new", 2, "length"),
+    ]
+    again.close()
+
+
+def test_several_processes_may_upgrade_one_table_at_once(ledger_url: str) -> None:
+    import threading
+
+    table = old_table(ledger_url)
+    barrier = threading.Barrier(4)
+    opened: list[Ledger] = []
+    failed: list[BaseException] = []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            opened.append(Ledger(ledger_url, table=table))
+        except BaseException as exc:  # reported by the assertion below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == [] and len(opened) == 4
+    assert [r.attempt for r in opened[0].rows()] == [1]
+    for ledger in opened:
+        ledger.close()
