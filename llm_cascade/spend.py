@@ -6,6 +6,9 @@ reach it, that is its recorded top-tier cost. For the others it is estimated: ea
 request's prompt tokens (the largest input count among its calls) and the mean output tokens that model produced in
 the selection (the request's own output when the model has no calls there). The report says how many requests were
 estimated; an unknown price makes the baseline unknown rather than wrong.
+
+Retries are shown apart: ``retries`` counts the calls that were a retry-layer attempt after the first (``attempt > 1``,
+successful or not) and ``retry_cost_usd`` what they cost, i.e. what retrying added on top of one attempt per member.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from .types import Usage
 
 @dataclass(frozen=True, slots=True)
 class SpendLine:
-    """One group of the report. ``cost_usd`` sums priced calls; ``unpriced`` counts calls whose price is unknown."""
+    """One group of the report. ``cost_usd`` sums priced calls; ``unpriced`` counts calls whose price is unknown;
+    ``retries`` and ``retry_cost_usd`` are the calls that were a second or later attempt, and their priced cost."""
 
     key: str
     requests: int
@@ -36,6 +40,8 @@ class SpendLine:
     tokens_out: int
     cost_usd: Decimal
     unpriced: int
+    retries: int = 0
+    retry_cost_usd: Decimal = Decimal(0)
 
     @property
     def cost_per_request(self) -> Decimal | None:
@@ -53,6 +59,8 @@ class SpendLine:
             "cost_usd": float(self.cost_usd),
             "cost_per_request_usd": None if per is None else float(per),
             "unpriced_calls": self.unpriced,
+            "retries": self.retries,
+            "retry_cost_usd": float(self.retry_cost_usd),
         }
 
 
@@ -108,9 +116,10 @@ class SpendReport:
             str(line.tokens_out),
             cost,
             "-" if per is None else f"{per:.8f}",
+            str(line.retries) + (f" ({line.retry_cost_usd:.6f} USD)" if line.retry_cost_usd else ""),
         ]
 
-    HEADERS = ("{by}", "requests", "calls", "errors", "tokens in", "tokens out", "cost USD", "USD / request")
+    HEADERS = ("{by}", "requests", "calls", "errors", "tokens in", "tokens out", "cost USD", "USD / request", "retries")
 
     def _summary(self) -> str:
         b = self.baseline
@@ -159,6 +168,7 @@ def _key_fn(by: str) -> Callable[[LedgerRow], str]:
 
 
 def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
+    retried = [r for r in rows if r.attempt > 1]
     return SpendLine(
         key=key,
         requests=len({r.request_id for r in rows}),
@@ -168,6 +178,8 @@ def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
         tokens_out=sum(r.output_tokens for r in rows),
         cost_usd=sum((r.cost_usd for r in rows if r.cost_usd is not None), Decimal(0)),
         unpriced=sum(1 for r in rows if r.cost_usd is None and (r.input_tokens or r.output_tokens)),
+        retries=len(retried),
+        retry_cost_usd=sum((r.cost_usd for r in retried if r.cost_usd is not None), Decimal(0)),
     )
 
 

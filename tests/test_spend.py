@@ -133,3 +133,47 @@ def test_cli_spend_and_price(tmp_path: Path) -> None:
     assert last == {"model": "openai:gpt-4o-mini", "cost_usd": pytest.approx(0.00021)}
     unknown = runner.invoke(_app(), ["price", "no-such-model", "--tokens-in", "5"])
     assert json.loads(unknown.output.strip().splitlines()[-1])["cost_usd"] is None
+
+
+def test_retried_attempts_and_their_cost_per_model(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    billed, answer, other = Decimal("0.002"), Decimal("0.003"), Decimal("0.0007")
+    ledger.record(
+        "r1",
+        [
+            Call("a", 0, "error", error="RateLimited: busy"),
+            Call("a", 0, "error", Usage(10, 5), cost_usd=billed, error="MalformedResponseError", attempt=2),
+            Call("a", 0, "ok", Usage(10, 1), cost_usd=answer, attempt=3),
+            Call("b", 0, "ok", Usage(10, 1), cost_usd=other),
+        ],
+        {},
+    )
+    ledger.record("r2", [Call("a", 0, "ok", Usage(10, 1), cost_usd=answer)], {})
+    report = spend_report(ledger, prices=PriceTable({}, fallback=None))
+    lines = {x.key: x for x in report.lines}
+    assert (lines["a"].retries, lines["a"].retry_cost_usd) == (2, billed + answer)
+    assert (lines["b"].retries, lines["b"].retry_cost_usd) == (0, 0)
+    assert (report.total.retries, report.total.retry_cost_usd) == (2, billed + answer)
+    assert lines["a"].errors == 2 and lines["a"].calls == 4
+    doc = report.to_json()
+    assert doc["lines"][0]["retries"] == 2 and doc["lines"][0]["retry_cost_usd"] == pytest.approx(0.005)
+    md = report.to_markdown()
+    assert "| retries |" in md and "| 2 (0.005000 USD) |" in md
+
+
+async def test_retries_made_by_the_router_reach_the_report(tmp_path: Path) -> None:
+    from llm_cascade import FakeBackend, RateLimited
+    from llm_cascade.retry import Retrying, RetryPolicy
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    ledger = Ledger(tmp_path / "l.db")
+    flaky = FakeBackend("a", [RateLimited("busy"), "B", RateLimited("busy"), RateLimited("busy"), "B", "B"])
+    router = Router(
+        [Tier([Retrying(flaky, RetryPolicy(attempts=3), sleep=no_wait)])], normalizer="choice", ledger=ledger
+    )
+    for _ in range(3):
+        assert (await router.route("q")).answer == "B"
+    line = spend_report(ledger, prices=PriceTable({}, fallback=None)).total
+    assert (line.requests, line.calls, line.errors, line.retries) == (3, 6, 3, 3)
