@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llm_cascade import Request, resolve
+from llm_cascade import Request, Usage, resolve
 from llm_cascade.backends.litellm import LiteLLMBackend
 from llm_cascade.errors import (
+    BadRequestError,
     ConfigError,
     ContentFilterError,
     ContextLengthError,
@@ -23,8 +24,10 @@ from llm_cascade.errors import (
     ProviderTimeout,
     RateLimited,
     RetryableError,
+    StreamError,
 )
 from llm_cascade.testing import RecordedServer
+from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
 
 
 def backend(server: RecordedServer, model: str, **kw: object) -> LiteLLMBackend:
@@ -91,3 +94,71 @@ def test_import_never_fetches_the_price_map() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert "model cost map fetch" not in out.stderr
+
+
+# -- streaming: acompletion(stream=True) through litellm's stream wrapper -----------------------------------------
+
+
+async def test_stream_recorded_answer_usage_and_logprob(recorded_server: RecordedServer, mmlu_file: Path) -> None:
+    with gzip.open(mmlu_file, "rt") as fh:
+        row = json.loads(next(fh))
+    rec = row["models"]["gpt-4o-mini"]
+    b = backend(recorded_server, "gpt-4o-mini", stream=True)
+    c = await b.complete(Request.from_prompt(row["user_prompt"], logprobs=True))
+    assert c.text == rec["answer"] and c.finish_reason == "stop"
+    assert (c.usage.input_tokens, c.usage.output_tokens, c.usage.estimated) == (
+        rec["tokens_in"],
+        rec["tokens_out"],
+        False,
+    )
+    assert c.logprob == pytest.approx(rec["conf_raw"])
+    assert (await b.complete(Request.from_prompt(row["user_prompt"]))).logprob is None
+
+
+async def test_stream_without_usage_chunk_is_our_estimate_not_litellms(script_server: RecordedServer) -> None:
+    """LiteLLM fills in usage with its own count when the provider sent none; that is an estimate, flagged so."""
+    b = backend(script_server, "cached", stream=True, extra={"extra_headers": {"x-fault": "stream_no_usage"}})
+    request = Request.from_prompt("How many tokens is this prompt?")
+    c = await b.complete(request)
+    enc = encoding_for_model("openai/cached")
+    assert c.text == "C"
+    assert c.usage == Usage(count_messages(request.messages, enc), count_tokens("C", enc), 0, estimated=True)
+    provided = await backend(script_server, "cached", stream=True).complete(request)
+    assert provided.usage == Usage(50, 2, 40)
+
+
+async def test_stream_missing_done_after_finish_is_complete(script_server: RecordedServer) -> None:
+    b = backend(script_server, "cached", stream=True, extra={"extra_headers": {"x-fault": "stream_no_done"}})
+    c = await b.complete(Request.from_prompt("q"))
+    assert c.text == "C" and c.finish_reason == "stop" and c.usage == Usage(50, 2, 40)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("stream_cut:after_chunks=2", StreamError),
+        ("stream_truncated:after_chunks=2", StreamError),
+        ("stream_malformed:after_chunks=2", MalformedResponseError),
+        ("stream_stall:after_chunks=1", ProviderTimeout),
+        ("401", BadRequestError),
+        ("500", RetryableError),
+    ],
+)
+async def test_stream_faults_map_to_typed_errors(
+    script_server: RecordedServer, fault: str, error: type[ProviderError]
+) -> None:
+    extra = {"extra_headers": {"x-fault": fault}}
+    b = backend(script_server, "echo-b", stream=True, stream_idle_timeout=0.2, timeout=30, extra=extra)
+    before = script_server.counts["echo-b"]
+    with pytest.raises(error) as info:
+        await b.complete(Request.from_prompt("q"))
+    assert type(info.value) is error and info.value.model == "litellm:openai/echo-b"
+    assert script_server.counts["echo-b"] == before + 1
+    assert "sk-litellm-test-key" not in str(info.value)
+
+
+def test_bad_stream_options_fail_at_construction() -> None:
+    with pytest.raises(ConfigError, match="LiteLLMBackend.stream_idle_timeout"):
+        LiteLLMBackend("openai/gpt-4o-mini", stream=True, stream_idle_timeout=0)
+    with pytest.raises(ConfigError, match="LiteLLMBackend.stream:"):
+        LiteLLMBackend("openai/gpt-4o-mini", stream=1)  # type: ignore[arg-type]

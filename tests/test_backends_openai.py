@@ -7,13 +7,14 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llm_cascade import Request, Router, Tier, resolve, unanimous
+from llm_cascade import Request, Router, Tier, Usage, resolve, unanimous
 from llm_cascade.backends._sdk import retry_after, safe_cause, scrub
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.errors import (
@@ -26,8 +27,10 @@ from llm_cascade.errors import (
     ProviderTimeout,
     RateLimited,
     RetryableError,
+    StreamError,
 )
 from llm_cascade.testing import RecordedServer
+from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +210,121 @@ def test_an_echoed_key_is_not_chained_into_tracebacks() -> None:
     assert safe_cause(with_key, [secret]) is None
     clean = ValueError("bad key")
     assert safe_cause(clean, [secret]) is clean
+
+
+# -- streaming ----------------------------------------------------------------------------------------------------
+
+
+async def test_stream_assembles_the_recorded_answer_usage_and_logprob(
+    recorded_server: RecordedServer, rows: list[dict[str, Any]], backend: Callable[..., OpenAIBackend]
+) -> None:
+    streamed = backend(recorded_server, "gpt-4o-mini", stream=True)
+    plain = backend(recorded_server, "gpt-4o-mini")
+    for row in rows[:12:3]:
+        rec = row["models"]["gpt-4o-mini"]
+        request = Request.from_prompt(row["user_prompt"], logprobs=True)
+        c = await streamed.complete(request)
+        assert c.text == rec["answer"] and c.finish_reason == "stop"
+        assert (c.usage.input_tokens, c.usage.output_tokens, c.usage.estimated) == (
+            rec["tokens_in"],
+            rec["tokens_out"],
+            False,
+        )
+        assert c.logprob == pytest.approx(rec["conf_raw"])
+        assert c.confidence == pytest.approx(math.exp(rec["conf_raw"]))
+        same = await plain.complete(request)
+        assert (same.text, same.usage, same.logprob) == (c.text, c.usage, c.logprob)
+
+
+async def test_stream_no_logprobs_unless_asked(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    b = backend(script_server, "cached", stream=True)
+    assert (await b.complete(Request.from_prompt("q", logprobs=True))).logprob == pytest.approx(-0.1)
+    c = await b.complete(Request.from_prompt("q"))
+    assert c.logprob is None and c.confidence is None and c.text == "C"
+
+
+async def test_stream_without_a_usage_chunk_gets_a_tiktoken_estimate(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    b = backend(script_server, "cached", stream=True, default_headers={"x-fault": "stream_no_usage"})
+    request = Request.from_prompt("How many tokens is this prompt?", system="Answer with one letter.")
+    c = await b.complete(request)
+    assert c.text == "C" and c.finish_reason == "stop"
+    enc = encoding_for_model("cached")
+    assert c.usage == Usage(count_messages(request.messages, enc), count_tokens("C", enc), 0, estimated=True)
+    with_usage = await backend(script_server, "cached", stream=True).complete(request)
+    assert with_usage.usage == Usage(50, 2, 40)  # the recorded usage chunk wins over any estimate
+
+
+async def test_stream_missing_done_after_finish_reason_is_complete(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    c = await backend(script_server, "cached", stream=True, default_headers={"x-fault": "stream_no_done"}).complete(
+        Request.from_prompt("q")
+    )
+    assert c.text == "C" and c.finish_reason == "stop" and c.usage == Usage(50, 2, 40)
+
+
+async def test_stream_cut_after_finish_reason_keeps_the_answer_and_estimates_usage(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    b = backend(script_server, "cached", stream=True, default_headers={"x-fault": "stream_cut:after_chunks=-1"})
+    c = await b.complete(Request.from_prompt("q"))
+    assert c.text == "C" and c.finish_reason == "stop" and c.usage.estimated
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("stream_cut:after_chunks=2", StreamError),
+        ("stream_cut:after_chunks=0", StreamError),
+        ("stream_truncated:after_chunks=2", StreamError),
+        ("stream_truncated:after_chunks=0", StreamError),
+        ("stream_malformed:after_chunks=2", MalformedResponseError),
+        ("stream_stall:after_chunks=1", ProviderTimeout),
+        ("401", BadRequestError),
+        ("429:retry_after=2", RateLimited),
+        ("500", RetryableError),
+    ],
+)
+async def test_stream_faults_map_to_typed_errors(
+    script_server: RecordedServer, fault: str, error: type[ProviderError], backend: Callable[..., OpenAIBackend]
+) -> None:
+    b = backend(
+        script_server, "echo-b", stream=True, stream_idle_timeout=0.2, default_headers={"x-fault": fault}, timeout=30
+    )
+    before = script_server.counts["echo-b"]
+    with pytest.raises(error) as info:
+        await b.complete(Request.from_prompt("q"))
+    assert type(info.value) is error and info.value.model == "openai:echo-b"
+    assert script_server.counts["echo-b"] == before + 1
+    assert "sk-test-not-a-real-key" not in str(info.value)
+    if error is StreamError:
+        assert isinstance(info.value, RetryableError)
+
+
+async def test_stream_stall_is_cut_at_the_idle_timeout(
+    script_server: RecordedServer, backend: Callable[..., OpenAIBackend]
+) -> None:
+    fault = {"x-fault": "stream_stall:after_chunks=2"}
+    b = backend(script_server, "echo-b", stream=True, stream_idle_timeout=0.2, timeout=60, default_headers=fault)
+    start = time.perf_counter()
+    with pytest.raises(ProviderTimeout, match="stalled"):
+        await b.complete(Request.from_prompt("q"))
+    assert 0.15 < time.perf_counter() - start < 5
+    whole = backend(script_server, "echo-b", stream=True, stream_idle_timeout=None, timeout=0.3, default_headers=fault)
+    start = time.perf_counter()
+    with pytest.raises(ProviderTimeout):
+        await whole.complete(Request.from_prompt("q"))
+    assert 0.25 < time.perf_counter() - start < 5
+
+
+def test_bad_stream_options_fail_at_construction() -> None:
+    with pytest.raises(ConfigError, match="OpenAIBackend.stream:"):
+        OpenAIBackend("gpt-4o-mini", stream="yes")  # type: ignore[arg-type]
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError, match="OpenAIBackend.stream_idle_timeout"):
+            OpenAIBackend("gpt-4o-mini", stream=True, stream_idle_timeout=bad)
+    assert "stream=True" in repr(OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", stream=True))

@@ -13,6 +13,15 @@ Expected outcomes (the README's fault table is this list):
 - a dead provider behind a circuit breaker: fails fast (no HTTP request) once open;
 - nothing answers anywhere: the typed error AllTiersFailed.
 
+Streamed (``OpenAIBackend(stream=True)``):
+
+- stream cut mid-answer (connection reset): StreamError, retried, answered; if it persists the rest of the tier answers;
+- stream that ends cleanly before its finish_reason: StreamError, never an answer, escalation after the retries;
+- stall between chunks: ProviderTimeout at ``stream_idle_timeout`` (not the whole-call timeout), the rest answers;
+- malformed chunk: MalformedResponseError, never retried, escalation;
+- missing [DONE] after finish_reason=stop: a complete answer (provider usage); a connection cut after the finish
+  reason likewise, with tiktoken-estimated usage; a stream without a usage chunk: answered, usage estimated.
+
 Every failed attempt is a ledger row (SQLite) with its error and never carries the answer. Back-offs use an
 injected sleep: only the per-attempt deadlines of the hang/slow scenarios take real (sub-second) time.
 """
@@ -22,13 +31,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from llm_cascade import AllTiersFailed, Router, Tier, quorum
+from llm_cascade import AllTiersFailed, Request, Router, Tier, quorum
 from llm_cascade.ledger import Ledger, LedgerRow
 from llm_cascade.limits import CircuitBreaker, Resilience
 from llm_cascade.retry import RetryPolicy
+from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
 from llm_cascade.types import RouteResult
 
 pytest.importorskip("openai")
@@ -75,10 +86,10 @@ class Scenario:
         self.prefix = prefix
         self.time = FakeTime()
 
-    def model(self, name: str, fault: str | None = None) -> OpenAIBackend:
+    def model(self, name: str, fault: str | None = None, **options: Any) -> OpenAIBackend:
         served = f"{self.prefix}-{name}"
         self.server.set_fault(served, fault)
-        return OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-faults")
+        return OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-faults", **options)
 
     def router(
         self,
@@ -290,10 +301,104 @@ async def test_nothing_answers_anywhere_raises_all_tiers_failed_and_records_ever
     assert sc.ledger.count() == 2 * POLICY.attempts
 
 
-# -- streaming ----------------------------------------------------------------------------------------------------
+# -- streaming: the same scenarios with the answer streamed (stream=True) ------------------------------------------
+# The default answer streams as 11 chunks: role, 8 words, the finish_reason chunk, the usage chunk.
 
 
-def test_stream_faults_need_a_streaming_backend() -> None:
-    if hasattr(OpenAIBackend, "stream"):  # pragma: no cover - turns into real tests once streaming exists
-        pytest.fail("OpenAIBackend streams now: add the stream_cut/stall/malformed/no_done scenarios here")
-    pytest.skip("no llm-cascade backend streams yet: stream_cut, stream_stall, stream_malformed, stream_no_done wait")
+async def test_stream_cut_mid_answer_is_retried_then_answered(sc: Scenario) -> None:
+    router = sc.router([sc.model("a", "stream_cut:after_chunks=4,times=1", stream=True), sc.model("b"), sc.model("c")])
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    assert outcomes(sc.rows("a")) == ["error", "ok"]
+    assert errors(sc.rows("a")) == ["APIConnectionError", None]
+    assert sc.rows("a")[0].error is not None and sc.rows("a")[0].error.startswith("StreamError")
+    assert sc.time.sleeps == [0.25]
+    assert_failed_attempts_never_carry_the_answer(result)
+    cut, ok = sc.rows("a")
+    assert (cut.input_tokens, cut.output_tokens) == (0, 0)  # the partial answer is not billed as the answer
+    assert ok.output_tokens > 0 and not ok.estimated  # the provider's usage chunk
+
+
+async def test_stream_cut_that_persists_fails_the_member_and_the_rest_of_the_tier_answers(sc: Scenario) -> None:
+    router = sc.router([sc.model("a", "stream_cut:after_chunks=4", stream=True), sc.model("b"), sc.model("c")])
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    assert sc.hits("a") == POLICY.attempts
+    assert outcomes(sc.rows("a")) == ["error"] * POLICY.attempts
+    assert all(r.error is not None and r.error.startswith("StreamError") for r in sc.rows("a"))
+    assert_failed_attempts_never_carry_the_answer(result)
+
+
+async def test_stream_that_ends_cleanly_before_its_finish_reason_is_never_an_answer(sc: Scenario) -> None:
+    """No finish_reason and no [DONE], but a clean end of body: the SDK raises nothing, the backend does."""
+    router = sc.router([sc.model("a", "stream_truncated:after_chunks=5", stream=True)])
+    result = await router.route("q")
+    assert result.tier == 1 and result.answer == "42"  # tier 0's only member never answered: escalation
+    assert outcomes(sc.rows("a")) == ["error"] * POLICY.attempts  # retried, every attempt cut
+    assert all(r.error is not None and "without a finish_reason" in r.error for r in sc.rows("a"))
+    assert_failed_attempts_never_carry_the_answer(result)
+
+
+async def test_stream_stall_fails_at_the_idle_timeout_not_the_call_timeout_and_the_rest_answers(sc: Scenario) -> None:
+    policy = RetryPolicy(attempts=2, initial=0)
+    stalled = sc.model("a", "stream_stall:after_chunks=3", stream=True, stream_idle_timeout=0.2, timeout=60)
+    router = sc.router([stalled, sc.model("b"), sc.model("c")], policy=policy)
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    rows = sc.rows("a")
+    assert outcomes(rows) == ["timeout", "timeout"]
+    assert all(r.error is not None and r.error.startswith("ProviderTimeout") and "stalled" in r.error for r in rows)
+    assert all(0.15 < r.latency_s < 2 for r in rows)  # 0.2 s of silence, not the 60 s call timeout
+    assert_failed_attempts_never_carry_the_answer(result)
+
+
+async def test_stream_malformed_chunk_is_not_retried_and_escalates(sc: Scenario) -> None:
+    router = sc.router([sc.model("a", "stream_malformed:after_chunks=3", stream=True)])
+    result = await router.route("q")
+    assert result.tier == 1 and result.answer == "42"
+    assert sc.hits("a") == 1 and sc.time.sleeps == []
+    (row,) = sc.rows("a")
+    assert row.outcome == "error" and row.error is not None and row.error.startswith("MalformedResponseError")
+    assert (row.input_tokens, row.output_tokens) == (0, 0)
+
+
+async def test_stream_missing_done_after_the_finish_reason_is_a_complete_answer(sc: Scenario) -> None:
+    """Decision: [DONE] is not required. Once finish_reason=stop arrived the text is whole; the usage chunk came too."""
+    router = sc.router([sc.model("a", "stream_no_done", stream=True), sc.model("b")])
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    (row,) = sc.rows("a")
+    assert row.outcome == "ok" and row.output_tokens > 0 and not row.estimated
+    assert sc.hits("a") == 1 and sc.time.sleeps == []
+
+
+async def test_stream_cut_after_the_finish_reason_is_answered_with_estimated_usage(sc: Scenario) -> None:
+    """The connection drops before the usage chunk: the answer is complete, its tokens are a tiktoken estimate."""
+    router = sc.router([sc.model("a", "stream_cut:after_chunks=-1", stream=True), sc.model("b")])
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    (row,) = sc.rows("a")
+    served = f"{sc.prefix}-a"
+    assert row.outcome == "ok" and row.estimated
+    assert row.output_tokens == count_tokens(ANSWER, encoding_for_model(served))
+    assert row.input_tokens == count_messages(Request.from_prompt("q").messages, encoding_for_model(served))
+    assert sc.hits("a") == 1
+
+
+async def test_stream_without_a_usage_chunk_is_answered_and_its_tokens_estimated(sc: Scenario) -> None:
+    router = sc.router([sc.model("a", "stream_no_usage", stream=True), sc.model("b")])
+    result = await router.route("q")
+    assert_answered_by_tier0(result)
+    (row,) = sc.rows("a")
+    assert row.outcome == "ok" and row.estimated
+    assert row.output_tokens == count_tokens(ANSWER, encoding_for_model(f"{sc.prefix}-a"))
+
+
+async def test_streamed_answers_nowhere_raise_all_tiers_failed(sc: Scenario) -> None:
+    a = sc.model("a", "stream_cut:after_chunks=2", stream=True)
+    b = sc.model("b", "stream_truncated:after_chunks=2", stream=True)
+    router = sc.router([a, b], top=False)
+    with pytest.raises(AllTiersFailed):
+        await router.route("q")
+    assert len(sc.rows("a")) == len(sc.rows("b")) == POLICY.attempts
+    assert all(r.outcome == "error" and r.error and r.error.startswith("StreamError") for r in sc.ledger.rows())

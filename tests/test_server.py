@@ -146,6 +146,10 @@ def test_error_faults(http: httpx.Client, rows: list[dict[str, Any]], path: str)
     assert r.status_code == 200
     with pytest.raises(ValueError):
         r.json()
+    r = faulted(http, p, "401", path)
+    assert r.status_code == 401
+    error = r.json()["error"]
+    assert error.get("code") == "invalid_api_key" or error.get("type") == "authentication_error"
 
 
 def test_empty_and_length_faults(stream_server: RecordedServer) -> None:
@@ -252,6 +256,26 @@ def test_stream_faults(stream_server: RecordedServer) -> None:
     with httpx.Client(base_url=stream_server.url, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
         sse(http, "stream_stall:after_chunks=1")
     assert stream_server.injected["streamer:stream_cut"] == 1
+
+
+def test_stream_truncated_no_usage_and_counting_from_the_end(stream_server: RecordedServer) -> None:
+    def finishes(data: list[str]) -> list[str]:
+        return [c["choices"][0]["finish_reason"] for c in map(json.loads, data) if c["choices"]]
+
+    usage = {"stream_options": {"include_usage": True}}
+    with httpx.Client(base_url=stream_server.url, timeout=5) as http:
+        full, done = sse(http, **usage)
+        assert done and len(full) == 7  # role, 4 words, finish, usage
+        data, done = sse(http, "stream_truncated:after_chunks=3", **usage)
+        assert len(data) == 3 and not done and "stop" not in finishes(data)  # a clean end, mid-answer
+        data, done = sse(http, "stream_no_usage", **usage)
+        assert done and len(data) == 6 and all("usage" not in json.loads(d) for d in data)
+        assert finishes(data)[-1] == "stop"
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            sse(http, "stream_cut:after_chunks=-1", **usage)  # just before the usage chunk
+    assert stream_server.injected["streamer:stream_truncated"] == 1
+    with pytest.raises(ConfigError, match="after_chunks"):
+        FaultSpec("stream_cut", after_chunks=1.5)  # type: ignore[arg-type]
 
 
 def test_stream_faults_do_not_fire_without_streaming() -> None:
