@@ -29,7 +29,7 @@ injected sleep: only the per-attempt deadlines of the hang/slow scenarios take r
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,13 @@ class Scenario:
         self.ledger = ledger
         self.prefix = prefix
         self.time = FakeTime()
+        self.made: list[OpenAIBackend] = []
 
     def model(self, name: str, fault: str | None = None, **options: Any) -> OpenAIBackend:
         served = f"{self.prefix}-{name}"
         self.server.set_fault(served, fault)
-        return OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-faults", **options)
+        self.made.append(OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-faults", **options))
+        return self.made[-1]
 
     def router(
         self,
@@ -117,8 +119,12 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-def sc(server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest) -> Scenario:
-    return Scenario(server, ledger, f"{request.node.name.removeprefix('test_')[:32]}-{next(_ids)}")
+async def sc(server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest) -> AsyncIterator[Scenario]:
+    """Closes its backends' connections before the test's event loop ends (else they close, noisily, in a later one)."""
+    scenario = Scenario(server, ledger, f"{request.node.name.removeprefix('test_')[:32]}-{next(_ids)}")
+    yield scenario
+    for backend in scenario.made:
+        await backend.aclose()
 
 
 def errors(rows: list[LedgerRow]) -> list[str | None]:
