@@ -6,8 +6,8 @@ Expected outcomes (the README's fault table is this list):
 - transient and recovers (429 with/without Retry-After, 500): retried, answered by the same tier;
 - transient and persists (503, connection reset, hang, slow first byte past the deadline): the member fails after its
   attempts and the rest of the tier answers (quorum 2 of 3);
-- misuse (context length, content filter) and unreadable answers (malformed JSON): never retried, the lone member
-  fails and the request escalates;
+- misuse (context length, content filter, 401 bad key) and unreadable answers (malformed JSON): never retried, the
+  lone member fails and the request escalates;
 - a usable-looking 200 that holds no answer (empty content, finish_reason=length): no vote, escalation;
 - a flapping model: every request answered, each failure costs one retry;
 - a dead provider behind a circuit breaker: fails fast (no HTTP request) once open;
@@ -233,6 +233,7 @@ async def test_slow_first_byte_within_the_deadline_is_a_normal_answer(sc: Scenar
         ("context_length", "ContextLengthError"),
         ("content_filter", "ContentFilterError"),
         ("malformed_json", "MalformedResponseError"),
+        ("401", "BadRequestError"),
     ],
 )
 async def test_misuse_and_malformed_bodies_are_not_retried_and_escalate(sc: Scenario, fault: str, error: str) -> None:
