@@ -58,7 +58,7 @@ def register(app: Any) -> None:
                 )
                 bar.update(task, description="done", completed=1, total=1)
         except RecordError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         md = to_markdown([report])
         print(md)

@@ -84,6 +84,7 @@ class RecordedAnswerApp:
         self.plan = FaultPlan(faults, seed=seed)
         self.latency_scale = latency_scale
         self.counts: Counter[str] = Counter()
+        self.unknown: Counter[str] = Counter()  # 404s: no recorded answer of that model to that prompt
         self._ids = itertools.count(1)
         self._closing: asyncio.Event | None = None
 
@@ -104,9 +105,12 @@ class RecordedAnswerApp:
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "recorded"} for m in self.book.models()]
             await _respond(send, 200, wire.dumps({"object": "list", "data": data}))
         elif method == "GET" and path == "/_stats":
-            await _respond(send, 200, wire.dumps({"counts": self.counts, "injected": self.plan.injected}))
+            await _respond(
+                send, 200, wire.dumps({"counts": self.counts, "injected": self.plan.injected, "unknown": self.unknown})
+            )
         elif method == "POST" and path == "/_reset":
             self.counts.clear()
+            self.unknown.clear()
             self.plan.reset()
             await _respond(send, 200, b"{}")
         elif method == "POST" and path == "/_faults":
@@ -137,6 +141,7 @@ class RecordedAnswerApp:
         answer = self.book.lookup(model, prompt)
         if answer is None:
             what = "model" if not self.book.knows(model) else "prompt"
+            self.unknown[model] += 1
             msg = f"no recorded answer of {model!r} for this {what}"
             await _respond(send, 404, wire.openai_error(msg, "invalid_request_error", "model_not_found"))
             return
@@ -207,6 +212,7 @@ class RecordedAnswerApp:
         answer = self.book.lookup(model, prompt)
         if answer is None:
             what = "model" if not self.book.knows(model) else "prompt"
+            self.unknown[model] += 1
             await _respond(
                 send, 404, wire.anthropic_error("not_found_error", f"no recorded answer of {model!r} for this {what}")
             )
@@ -411,6 +417,11 @@ class RecordedServer:
     @property
     def counts(self) -> Counter[str]:
         return self.app.counts
+
+    @property
+    def unknown(self) -> Counter[str]:
+        """Requests per model answered 404 because nothing was recorded for that prompt (faulted ones excluded)."""
+        return self.app.unknown
 
     @property
     def injected(self) -> Counter[str]:
