@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration", type=int, default=3000, help="tweets held out to calibrate thresholds")
     parser.add_argument("--test", type=int, default=4000, help="tweets held out for the final evaluation")
-    parser.add_argument("--train-size", type=int, default=12000, help="seeded subsample of the train split")
+    parser.add_argument("--train-size", type=int, default=10000, help="seeded subsample of the train split")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--batch-size", type=int, default=32)
