@@ -5,9 +5,10 @@ priced by compute seconds x ``--usd-per-hour`` (their share of each batched forw
 
 1. Build the classifiers first: ``make models`` (``scripts/build_sentiment_models.py``) writes two fine-tuned
    checkpoints and the tweet split (train / calibration / test) into ``artifacts/sentiment``.
-2. Every tier answers the calibration split; the eval harness (:mod:`llm_cascade.evals`) chooses the confidence
-   thresholds on those recorded answers: ``calibrate`` for the 2->6-layer cascade (cheapest configuration at least
-   as accurate as the 6-layer model), and the simulator over a threshold grid for the full three-tier chain.
+2. Every tier answers the calibration split; the eval harness's simulator (:mod:`llm_cascade.evals`) replays those
+   recorded answers over a grid of confidence thresholds and keeps the cheapest chain at least as accurate as its
+   reference model on calibration: the 6-layer model for the 2->6 cascade, the LLM for the three-tier one.
+   (``calibrate``'s free search over the two classifiers is printed too: it may drop a tier altogether.)
 3. The chosen cascades run live, through the Router, on the held-out test tweets (concurrently, so the local tiers'
    micro-batching is exercised); the last line printed is JSON.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import json
 import random
 import sys
@@ -102,24 +104,22 @@ def records(rows: Sequence[dict[str, Any]], runs: dict[str, list[ModelRun]]) -> 
     return [Record(r["id"], r["text"], {m: runs[m][i] for m in runs}, gold=r["label"]) for i, r in enumerate(rows)]
 
 
-def choose_chain(matrix: RunMatrix, chain: Sequence[str]) -> tuple[CascadeConfig, float, float]:
-    """Thresholds of a fixed chain of single-model tiers: the cheapest grid point at least as accurate as the best
-    single model of the chain on the calibration split (the most accurate one if none is)."""
+def choose_chain(matrix: RunMatrix, chain: Sequence[str], floor_model: str) -> tuple[CascadeConfig, float, float]:
+    """Thresholds of a fixed chain of single-model tiers, by the simulator over a grid: the cheapest point at least
+    as accurate as ``floor_model`` alone on the calibration split (the most accurate point if none is)."""
     sim = Simulator(matrix)
-    floor = max(sim.score(CascadeConfig((TierSpec((m,)),)))[0] for m in chain)
+    floor = sim.score(CascadeConfig((TierSpec((floor_model,)),)))[0]
+    grid = GRID if len(chain) == 2 else GRID[::2]
     best: tuple[float, float, CascadeConfig] | None = None
     fallback: tuple[float, float, CascadeConfig] | None = None
-    coarse = GRID[::2]
-    for t1 in coarse:
-        for t2 in coarse:
-            cfg = CascadeConfig(
-                (TierSpec((chain[0],), Confidence(t1)), TierSpec((chain[1],), Confidence(t2)), TierSpec((chain[2],)))
-            )
-            acc, cost = sim.score(cfg)
-            if acc >= floor - 1e-12 and (best is None or cost < best[1]):
-                best = (acc, cost, cfg)
-            if fallback is None or (acc, -cost) > (fallback[0], -fallback[1]):
-                fallback = (acc, cost, cfg)
+    for thresholds in itertools.product(grid, repeat=len(chain) - 1):
+        tiers = [TierSpec((m,), Confidence(t)) for m, t in zip(chain, thresholds, strict=False)]
+        cfg = CascadeConfig((*tiers, TierSpec((chain[-1],))))
+        acc, cost = sim.score(cfg)
+        if acc >= floor - 1e-12 and (best is None or cost < best[1]):
+            best = (acc, cost, cfg)
+        if fallback is None or (acc, -cost) > (fallback[0], -fallback[1]):
+            fallback = (acc, cost, cfg)
     assert fallback is not None
     acc, cost, cfg = best or fallback
     return cfg, acc, cost
@@ -222,11 +222,11 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "llm": await llm_runs(llm, calib, prices, labels),
         }
         matrix = RunMatrix.from_records(records(calib, runs))
-        two = calibrate(
-            matrix, Target(), models=["minilm-2l", "minilm-6l"], max_members=1, max_tiers=2, thresholds=GRID
-        )
-        three, three_acc, _ = choose_chain(matrix, ["minilm-2l", "minilm-6l", "llm"])
-        print(f"2->6 chosen: {two.config.describe()} (calibration accuracy {two.accuracy:.4f})", file=sys.stderr)
+        harness = calibrate(matrix, Target(), models=["minilm-2l", "minilm-6l"], max_members=1, thresholds=GRID)
+        print(f"calibrate() over the two classifiers chose: {harness.config.describe()}", file=sys.stderr)
+        two, two_acc, _ = choose_chain(matrix, ["minilm-2l", "minilm-6l"], floor_model="minilm-6l")
+        three, three_acc, _ = choose_chain(matrix, ["minilm-2l", "minilm-6l", "llm"], floor_model="llm")
+        print(f"2->6 chosen: {two.describe()} (calibration accuracy {two_acc:.4f})", file=sys.stderr)
         print(f"2->6->LLM chosen: {three.describe()} (calibration accuracy {three_acc:.4f})", file=sys.stderr)
 
         print(f"evaluating on {len(test)} held-out tweets", file=sys.stderr)
@@ -237,7 +237,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         llm_test = await llm_runs(llm, test, prices, labels)
         single["llm"] = round(sum(bool(r.correct) for r in llm_test) / len(test), 4)
         live3 = await run_live(router_for(three, backends, prices, labels), test, args.concurrency)
-        live2 = await run_live(router_for(two.config, backends, prices, labels), test, args.concurrency)
+        live2 = await run_live(router_for(two, backends, prices, labels), test, args.concurrency)
     finally:
         if server is not None:
             server.stop()
@@ -245,7 +245,8 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         large.close()
 
     two_tier = {
-        "config": two.config.describe(),
+        "config": two.describe(),
+        "harness_calibrate_choice": harness.config.describe(),
         "accuracy": live2["accuracy"],
         "share_to_6_layer": live2["share_calling"].get("minilm-6l", 0.0),
         "cost_per_request_usd": live2["cost_per_request_usd"],
