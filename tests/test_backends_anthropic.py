@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _backend_helpers import SERVER_FAULTS, closing_factory
 
 from llm_cascade import Request, Router, Tier, confidence, resolve
 from llm_cascade.backends.anthropic import AnthropicBackend
 from llm_cascade.errors import (
     ConfigError,
-    ContentFilterError,
-    ContextLengthError,
-    MalformedResponseError,
     ProviderError,
     ProviderTimeout,
     RateLimited,
@@ -27,17 +25,14 @@ from llm_cascade.testing import RecordedServer
 Make = Callable[..., AnthropicBackend]
 
 
+def _build(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> AnthropicBackend:
+    return AnthropicBackend(model, base_url=server.url, api_key="sk-ant-test-not-real", **kw)
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[Make]:
-    made: list[AnthropicBackend] = []
-
-    def make(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> AnthropicBackend:
-        made.append(AnthropicBackend(model, base_url=server.url, api_key="sk-ant-test-not-real", **kw))
-        return made[-1]
-
-    yield make
-    for b in made:
-        await b.aclose()
+    async for make in closing_factory(_build):
+        yield make
 
 
 async def test_recorded_answer_and_usage(recorded_server: RecordedServer, mmlu_file: Path, backend: Make) -> None:
@@ -59,15 +54,7 @@ async def test_cache_reads_count_inside_input(script_server: RecordedServer, bac
 
 @pytest.mark.parametrize(
     ("fault", "error"),
-    [
-        ("429:retry_after=3", RateLimited),
-        ("500", RetryableError),
-        ("503", RetryableError),
-        ("reset", RetryableError),
-        ("context_length", ContextLengthError),
-        ("content_filter", ContentFilterError),
-        ("malformed_json", MalformedResponseError),
-    ],
+    [("429:retry_after=3", RateLimited), *SERVER_FAULTS],
 )
 async def test_faults_map_to_typed_errors(
     script_server: RecordedServer, backend: Make, fault: str, error: type[ProviderError]

@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _backend_helpers import SERVER_FAULTS
 
 from llm_cascade import Request, Usage, resolve
 from llm_cascade.backends.litellm import LiteLLMBackend
 from llm_cascade.errors import (
     BadRequestError,
     ConfigError,
-    ContentFilterError,
-    ContextLengthError,
     MalformedResponseError,
     ProviderError,
     ProviderTimeout,
@@ -54,16 +53,7 @@ async def test_cached_tokens(script_server: RecordedServer) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "error"),
-    [
-        ("429:retry_after=4", RateLimited),
-        ("500", RetryableError),
-        ("503", RetryableError),
-        ("reset", RetryableError),
-        ("context_length", ContextLengthError),
-        ("content_filter", ContentFilterError),
-        ("malformed_json", MalformedResponseError),
-        ("hang", ProviderTimeout),
-    ],
+    [("429:retry_after=4", RateLimited), *SERVER_FAULTS, ("hang", ProviderTimeout)],
 )
 async def test_faults_map_to_typed_errors(
     script_server: RecordedServer, fault: str, error: type[ProviderError]

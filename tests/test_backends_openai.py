@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _backend_helpers import closing_factory
 
 from llm_cascade import Request, Router, Tier, Usage, resolve, unanimous
 from llm_cascade.backends._sdk import retry_after, safe_cause, scrub
@@ -39,18 +40,15 @@ def rows(mmlu_file: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
+def _build(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> OpenAIBackend:
+    return OpenAIBackend(model, base_url=server.base_url, api_key="sk-test-not-a-real-key", **kw)
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[Callable[..., OpenAIBackend]]:
     """Builds backends on a server and closes their connections before the test's event loop ends."""
-    made: list[OpenAIBackend] = []
-
-    def make(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> OpenAIBackend:
-        made.append(OpenAIBackend(model, base_url=server.base_url, api_key="sk-test-not-a-real-key", **kw))
-        return made[-1]
-
-    yield make
-    for b in made:
-        await b.aclose()
+    async for make in closing_factory(_build):
+        yield make
 
 
 async def test_recorded_answer_usage_and_logprob(

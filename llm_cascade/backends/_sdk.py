@@ -1,5 +1,5 @@
-"""What the SDK adapters (openai, anthropic, litellm) share: option checks, and SDK exceptions -> the
-:class:`~llm_cascade.errors.ProviderError` tree.
+"""What the SDK adapters (openai, anthropic, litellm) share: option checks, SDK exceptions -> the
+:class:`~llm_cascade.errors.ProviderError` tree, and the per-event-loop SDK client.
 
 The OpenAI, Anthropic and LiteLLM SDKs raise look-alike hierarchies (LiteLLM's even subclass OpenAI's), so the
 mapping reads what they have in common: the class names in the MRO, ``status_code``, the response headers and the
@@ -9,13 +9,15 @@ proxy can never reach a log or a ledger row.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import json
 import math
+import os
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from ..errors import (
     BadRequestError,
@@ -33,6 +35,8 @@ _CONTEXT_HINTS = ("context_length", "context length", "context window", "prompt 
 _FILTER_HINTS = ("content_filter", "content filter", "content_policy", "content policy", "content management policy")
 # Statuses the providers themselves document as transient, besides 429 and 5xx.
 _RETRYABLE_4XX = frozenset({408, 409})
+
+T = TypeVar("T")
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -163,6 +167,68 @@ def map_error(exc: BaseException, model: str, secrets: Iterable[str | None] = ()
             return ContentFilterError(message, model=model, status=status)
         return BadRequestError(message, model=model, status=status)
     return ProviderError(message, model=model, status=status)
+
+
+def map_sdk_exception(exc: BaseException, model: str, secrets: Iterable[str | None]) -> ProviderError:
+    """:func:`map_error` with ``__cause__`` set to ``exc`` unless its chain shows a secret; raise the result
+    ``from mapped.__cause__`` so that a traceback never prints the key either."""
+    secrets = tuple(secrets)
+    mapped = map_error(exc, model, secrets)
+    mapped.__cause__ = safe_cause(exc, secrets)
+    return mapped
+
+
+async def sdk_call(call: Callable[[], Awaitable[T]], map_exc: Callable[[BaseException], ProviderError]) -> T:
+    """``await call()``, with an SDK exception raised as the library's error (``map_exc``); a bug in the caller
+    (anything not from an SDK) propagates unchanged."""
+    try:
+        return await call()
+    except Exception as exc:
+        if is_sdk_error(exc):
+            mapped = map_exc(exc)
+            raise mapped from mapped.__cause__
+        raise
+
+
+class LazyClient:
+    """Base for adapters holding an SDK client: it is built on the first call, and again when called from another
+    event loop, because the SDK's HTTP pool is bound to the loop it first ran in (each ``asyncio.run`` and each test
+    has its own). Building it late also keeps the SDK import out of ``import llm_cascade``, and reads the key from
+    the environment at that moment, so the variable may be set after construction.
+
+    Subclasses set ``name``, ``_api_key`` and ``_api_key_env`` and implement :meth:`_new_client`. The key lives only
+    in ``_api_key`` and the client; every mapped error is scrubbed of it (:meth:`_map`).
+    """
+
+    name: str
+    _api_key: str | None
+    _api_key_env: str
+    _client: Any = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_client(self) -> Any:
+        raise NotImplementedError
+
+    def _env_key(self) -> str | None:
+        """``api_key`` if given, else the ``api_key_env`` variable now."""
+        return self._api_key or os.environ.get(self._api_key_env)
+
+    def _get_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = self._new_client()
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the next call opens new ones). Call it before the event loop ends."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    def _map(self, exc: BaseException) -> ProviderError:
+        """The library's error for an SDK exception, with both possible keys (argument and variable) scrubbed."""
+        return map_sdk_exception(exc, self.name, (self._api_key, os.environ.get(self._api_key_env)))
 
 
 def content_text(value: Any) -> str:

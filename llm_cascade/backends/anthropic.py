@@ -12,15 +12,13 @@ SDK retries are off; the client is built on the first call.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import check_options, is_sdk_error, map_error, safe_cause
+from ._sdk import LazyClient, check_options, sdk_call
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -34,7 +32,7 @@ def anthropic_usage(usage: Any) -> Usage:
     return Usage(int(usage.input_tokens or 0) + read + written, int(usage.output_tokens or 0), read)
 
 
-class AnthropicBackend:
+class AnthropicBackend(LazyClient):
     """One Claude model. ``base_url`` points the SDK elsewhere (a proxy, or the local test server)."""
 
     supports_logprobs = False
@@ -64,36 +62,22 @@ class AnthropicBackend:
         self.extra_body = dict(extra_body or {})
         self._api_key = api_key
         self._api_key_env = api_key_env
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _get_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            try:
-                from anthropic import AsyncAnthropic
-            except ImportError as exc:  # pragma: no cover
-                raise MissingDependencyError("anthropic", "anthropic") from exc
-            key = self._api_key or os.environ.get(self._api_key_env)
-            if not key:
-                raise ConfigError(
-                    "AnthropicBackend.api_key", f"no API key: pass api_key=... or set ${self._api_key_env}"
-                )
-            self._client = AsyncAnthropic(
-                api_key=key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=0,
-                default_headers=self.default_headers or None,
-            )
-            self._loop = loop
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (the next call opens new ones). Call it before the event loop ends."""
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            await client.close()
+    def _new_client(self) -> Any:
+        try:
+            from anthropic import AsyncAnthropic
+        except ImportError as exc:  # pragma: no cover
+            raise MissingDependencyError("anthropic", "anthropic") from exc
+        key = self._env_key()
+        if not key:
+            raise ConfigError("AnthropicBackend.api_key", f"no API key: pass api_key=... or set ${self._api_key_env}")
+        return AsyncAnthropic(
+            api_key=key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            default_headers=self.default_headers or None,
+        )
 
     async def complete(self, request: Request) -> Completion:
         client = self._get_client()
@@ -108,13 +92,7 @@ class AnthropicBackend:
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         start = time.perf_counter()
-        try:
-            response = await client.messages.create(**kwargs)
-        except Exception as exc:
-            if is_sdk_error(exc):
-                secrets = (self._api_key, os.environ.get(self._api_key_env))
-                raise map_error(exc, self.name, secrets) from safe_cause(exc, secrets)
-            raise
+        response = await sdk_call(lambda: client.messages.create(**kwargs), self._map)
         latency = time.perf_counter() - start
         try:
             return self._parse(response, latency)

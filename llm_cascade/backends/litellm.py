@@ -16,17 +16,16 @@ become a retryable :class:`~llm_cascade.errors.StreamError` here.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
+from ..errors import MissingDependencyError, ProviderError
 from ..types import Completion, Request
-from ._sdk import check_options, check_stream_options, content_text, is_sdk_error, map_error, safe_cause
-from ._stream import StreamedAnswer, StreamUsage, read_stream
-from .openai import first_token_logprob, openai_usage
+from ._openai_shape import chat_params, completion_from_openai_response, completion_from_stream
+from ._sdk import check_options, check_stream_options, map_sdk_exception, sdk_call
+from ._stream import StreamUsage, read_stream
 
 
 def import_litellm() -> Any:
@@ -96,7 +95,7 @@ class LiteLLMBackend:
         kwargs: dict[str, Any] = {
             **self.extra,
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            **chat_params(request, self.stream),
             "timeout": self.timeout,
             "num_retries": 0,
             "max_retries": 0,
@@ -106,30 +105,13 @@ class LiteLLMBackend:
         key = self._key()
         if key:
             kwargs["api_key"] = key
-        if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.logprobs:
-            kwargs["logprobs"] = True
-        if self.stream:
-            kwargs["stream"] = True
-            kwargs["stream_options"] = {"include_usage": True}
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.timeout
 
         def map_exc(exc: BaseException) -> ProviderError:
-            mapped = map_error(exc, self.name, (key,))
-            mapped.__cause__ = safe_cause(exc, (key,))
-            return mapped
+            return map_sdk_exception(exc, self.name, (key,))
 
-        try:
-            response = await self._litellm.acompletion(**kwargs)
-        except Exception as exc:
-            if is_sdk_error(exc):
-                mapped = map_exc(exc)
-                raise mapped from mapped.__cause__
-            raise
+        response = await sdk_call(lambda: self._litellm.acompletion(**kwargs), map_exc)
         if self.stream:
             answer = await read_stream(
                 response,
@@ -141,53 +123,9 @@ class LiteLLMBackend:
             )
             if not provider_sent_usage(response):
                 answer.usage = None
-            return self._streamed(answer, request, time.perf_counter() - start)
-        latency = time.perf_counter() - start
-        try:
-            return self._parse(response, request, latency)
-        except ProviderError:
-            raise
-        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponseError(f"{self.name}: unreadable response: {exc}", model=self.name) from exc
-
-    def _streamed(self, answer: StreamedAnswer, request: Request, latency: float) -> Completion:
-        if answer.finish_reason == "content_filter" and not answer.text:
-            raise ContentFilterError(f"{self.name}: the answer was withheld by the content filter", model=self.name)
-        provided = openai_usage(answer.usage) if answer.usage is not None else None
-        return Completion(
-            text=answer.text,
-            model=self.model,
-            usage=self._stream_usage(provided, request, answer.text),
-            latency_s=latency,
-            finish_reason=answer.finish_reason,
-            logprob=answer.logprob,
-            confidence=math.exp(answer.logprob) if answer.logprob is not None else None,
-            raw=answer.last,
-        )
-
-    def _parse(self, response: Any, request: Request, latency: float) -> Completion:
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise MalformedResponseError(f"{self.name}: the response has no choices", model=self.name)
-        choice = choices[0]
-        text = content_text(choice.message.content)
-        finish = choice.finish_reason
-        if finish == "content_filter" and not text:
-            raise ContentFilterError(f"{self.name}: the answer was withheld by the content filter", model=self.name)
-        logprob = None
-        lp = getattr(choice, "logprobs", None)
-        if request.logprobs and lp is not None:
-            logprob = first_token_logprob(lp.get("content") if isinstance(lp, dict) else getattr(lp, "content", None))
-        return Completion(
-            text=text,
-            model=self.model,
-            usage=openai_usage(getattr(response, "usage", None)),
-            latency_s=latency,
-            finish_reason=finish,
-            logprob=logprob,
-            confidence=math.exp(logprob) if logprob is not None else None,
-            raw=response,
-        )
+            latency = time.perf_counter() - start
+            return completion_from_stream(self.name, self.model, answer, request, latency, self._stream_usage)
+        return completion_from_openai_response(self.name, self.model, response, request, time.perf_counter() - start)
 
     def __repr__(self) -> str:
         where = f", api_base={self.api_base!r}" if self.api_base else ""

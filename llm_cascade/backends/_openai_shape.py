@@ -1,0 +1,119 @@
+"""OpenAI-shaped chat completions -> :class:`~llm_cascade.types.Completion`, whole or streamed.
+
+The OpenAI backend and the LiteLLM backend (which re-emits every provider in OpenAI's shape) read the same fields the
+same way; keeping that reading here means a fix to, say, cached-token accounting lands in both at once. Fields are read
+from SDK objects or plain dicts alike, since LiteLLM hands back either. Nothing here imports an SDK.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import ContentFilterError, MalformedResponseError, ProviderError
+from ..types import Completion, Request, Usage
+from ._sdk import content_text
+from ._stream import StreamedAnswer, StreamUsage
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def first_token_logprob(content: Any) -> float | None:
+    """The log-probability of the first token that is not whitespace: the answer token of a terse answer.
+
+    Chat models often open with a space or newline token whose log-probability says nothing about the answer.
+    """
+    for tok in content or ():
+        token = _get(tok, "token")
+        if isinstance(token, str) and token.strip():
+            value = _get(tok, "logprob")
+            return float(value) if isinstance(value, int | float) else None
+    return None
+
+
+def openai_usage(usage: Any) -> Usage:
+    """Usage from an OpenAI-shaped ``usage`` block (object or dict), cached prompt tokens included."""
+    if usage is None:
+        return Usage()
+    details = _get(usage, "prompt_tokens_details")
+    cached = _get(details, "cached_tokens") if details is not None else None
+    return Usage(int(_get(usage, "prompt_tokens") or 0), int(_get(usage, "completion_tokens") or 0), int(cached or 0))
+
+
+def chat_params(request: Request, stream: bool) -> dict[str, Any]:
+    """The call arguments OpenAI's ``chat.completions.create`` and LiteLLM's ``acompletion`` name alike; a streamed
+    call asks for the usage chunk, without which its tokens could only be estimated."""
+    params: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    if request.max_tokens is not None:
+        params["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.logprobs:
+        params["logprobs"] = True
+    if stream:
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+    return params
+
+
+def _withheld(name: str, finish: str | None, text: str) -> None:
+    """An empty answer stopped by the provider's filter is a refusal, not an empty answer to vote on."""
+    if finish == "content_filter" and not text:
+        raise ContentFilterError(f"{name}: the answer was withheld by the content filter", model=name)
+
+
+def completion_from_openai_response(
+    name: str, model: str, response: Any, request: Request, latency: float
+) -> Completion:
+    """The Completion for a whole (non-streamed) response of backend ``name``; a response missing the fields an
+    answer needs is a :class:`~llm_cascade.errors.MalformedResponseError`, never an AttributeError."""
+    try:
+        return _parse(name, model, response, request, latency)
+    except ProviderError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise MalformedResponseError(f"{name}: unreadable response: {exc}", model=name) from exc
+
+
+def _parse(name: str, model: str, response: Any, request: Request, latency: float) -> Completion:
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise MalformedResponseError(f"{name}: the response has no choices", model=name)
+    choice = choices[0]
+    text = content_text(choice.message.content)
+    finish = choice.finish_reason
+    _withheld(name, finish, text)
+    logprob = None
+    lp = getattr(choice, "logprobs", None)
+    if request.logprobs and lp is not None:
+        logprob = first_token_logprob(_get(lp, "content"))
+    return Completion(
+        text=text,
+        model=model,
+        usage=openai_usage(getattr(response, "usage", None)),
+        latency_s=latency,
+        finish_reason=finish,
+        logprob=logprob,
+        confidence=math.exp(logprob) if logprob is not None else None,
+        raw=response,
+    )
+
+
+def completion_from_stream(
+    name: str, model: str, answer: StreamedAnswer, request: Request, latency: float, usage: StreamUsage
+) -> Completion:
+    """The Completion for an assembled stream; ``usage`` estimates the tokens when the provider sent no usage."""
+    _withheld(name, answer.finish_reason, answer.text)
+    provided = openai_usage(answer.usage) if answer.usage is not None else None
+    return Completion(
+        text=answer.text,
+        model=model,
+        usage=usage(provided, request, answer.text),
+        latency_s=latency,
+        finish_reason=answer.finish_reason,
+        logprob=answer.logprob,
+        confidence=math.exp(answer.logprob) if answer.logprob is not None else None,
+        raw=answer.last,
+    )
