@@ -1,7 +1,7 @@
 """The provider adapters against a real model behind a real OpenAI-compatible server: SmolLM2-135M-Instruct on
 llama-cpp-python's server, started on 127.0.0.1 by a fixture (``make test`` builds the server; absent, these skip).
 
-Streaming is not tested here: the adapters do not stream yet.
+A stream is compared with the same request unstreamed: same text, same log-probability.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ pytestmark = pytest.mark.slow
 
 ALIAS = "smollm2"
 PROMPT = "What is the capital of France? Answer with one word."
-# llama.cpp's server returns log-probabilities only when top_logprobs is set too (OpenAI needs just logprobs=true).
-LOGPROBS = {"top_logprobs": 1}
 
 
 def _gguf() -> Path | None:
@@ -124,7 +122,7 @@ async def test_openai_adapter_plain_completion_and_usage(llama_url: str) -> None
 
 
 async def test_openai_adapter_logprobs_feed_a_confidence_rule(llama_url: str) -> None:
-    llm = OpenAIBackend(ALIAS, base_url=llama_url, extra_body=LOGPROBS)
+    llm = OpenAIBackend(ALIAS, base_url=llama_url)
     plain = await llm.complete(_request())
     assert plain.logprob is None and plain.confidence is None  # not asked, not paid for
     probe = await llm.complete(_request().with_logprobs())
@@ -144,12 +142,24 @@ async def test_openai_adapter_logprobs_feed_a_confidence_rule(llama_url: str) ->
 
 
 async def test_litellm_adapter_against_the_same_server(llama_url: str) -> None:
-    llm = LiteLLMBackend(f"openai/{ALIAS}", api_base=llama_url, api_key="unused", extra=LOGPROBS)
+    llm = LiteLLMBackend(f"openai/{ALIAS}", api_base=llama_url, api_key="unused")
     reply = await llm.complete(_request().with_logprobs())
     assert "paris" in reply.text.lower()
     assert reply.usage.input_tokens > len(PROMPT.split()) and 1 <= reply.usage.output_tokens <= 8
     assert reply.logprob is not None and reply.logprob <= 0.0
     assert reply.confidence == pytest.approx(math.exp(reply.logprob))
-    direct = await OpenAIBackend(ALIAS, base_url=llama_url, extra_body=LOGPROBS).complete(_request().with_logprobs())
+    direct = await OpenAIBackend(ALIAS, base_url=llama_url).complete(_request().with_logprobs())
     assert reply.usage == direct.usage and reply.text == direct.text
     assert reply.logprob == pytest.approx(direct.logprob, abs=1e-3)
+
+
+async def test_streamed_answer_matches_the_unstreamed_one(llama_url: str) -> None:
+    whole = await OpenAIBackend(ALIAS, base_url=llama_url).complete(_request().with_logprobs())
+    streamed = await OpenAIBackend(ALIAS, base_url=llama_url, stream=True).complete(_request().with_logprobs())
+    assert streamed.text == whole.text and streamed.finish_reason == whole.finish_reason
+    assert streamed.logprob == pytest.approx(whole.logprob, abs=1e-3)
+    assert streamed.usage.output_tokens >= 1
+    if streamed.usage.estimated:  # this server ignores stream_options.include_usage: tiktoken fills in
+        assert streamed.usage.input_tokens > 0
+    else:
+        assert streamed.usage == whole.usage

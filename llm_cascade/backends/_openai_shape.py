@@ -44,7 +44,8 @@ def openai_usage(usage: Any) -> Usage:
 
 def chat_params(request: Request, stream: bool) -> dict[str, Any]:
     """The call arguments OpenAI's ``chat.completions.create`` and LiteLLM's ``acompletion`` name alike; a streamed
-    call asks for the usage chunk, without which its tokens could only be estimated."""
+    call asks for the usage chunk, without which its tokens could only be estimated. Log-probabilities come with
+    ``top_logprobs=1``: OpenAI needs only ``logprobs``, but llama.cpp's server returns none without it."""
     params: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages]}
     if request.max_tokens is not None:
         params["max_tokens"] = request.max_tokens
@@ -52,6 +53,7 @@ def chat_params(request: Request, stream: bool) -> dict[str, Any]:
         params["temperature"] = request.temperature
     if request.logprobs:
         params["logprobs"] = True
+        params["top_logprobs"] = 1
     if stream:
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
