@@ -16,6 +16,7 @@ from .agreement import (
     always,
     confidence,
     quorum,
+    semantic,
     unanimous,
     vote_share,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "quorum",
     "register_provider",
     "resolve",
+    "semantic",
     "unanimous",
     "vote_share",
 ]

@@ -5,6 +5,7 @@ are "no answer" and support nothing) and returns a :class:`Decision`. Rules are 
 
     unanimous() & confidence(0.9)     # agree AND every supporter is confident
     quorum(2) | confidence(0.99)      # two agree, OR one is almost sure
+    semantic(0.5)                     # free-text answers that say nearly the same thing
 
 Tie-break (documented, and shared with the simulator): the majority answer is the one with most votes; among tied
 answers, the one given by the member listed *first* in the tier wins. List the member you trust most first.
@@ -13,6 +14,8 @@ answers, the one given by the member listed *first* in the tier wins. List the m
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -169,6 +172,40 @@ class Confidence(Rule):
         return Decision(conf >= self.probability - 1e-12, answer, conf)
 
 
+def token_jaccard(a: str, b: str) -> float:
+    """Share of distinct words two answers have in common (case-folded): a cheap, dependency-free similarity."""
+    wa, wb = set(re.findall(r"\w+", a.casefold())), set(re.findall(r"\w+", b.casefold()))
+    if not wa and not wb:
+        return 1.0
+    return len(wa & wb) / len(wa | wb)
+
+
+@dataclass(frozen=True, slots=True)
+class Semantic(Rule):
+    """Free-text answers agree when every member's answer is at least ``threshold`` similar to the majority answer.
+
+    Exact comparison is too strict for open answers ("Paris" vs "Paris, France"). ``similarity`` is any
+    ``(str, str) -> [0, 1]`` function: word overlap by default; an embedding cosine (e.g. a local MiniLM) for meaning.
+    The returned answer is the majority answer (ties to the first-listed member), as for every rule.
+    """
+
+    threshold: float
+    similarity: Callable[[str, str], float] = token_jaccard
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.threshold) or not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("semantic.threshold", f"must be in (0, 1], got {self.threshold!r}")
+        if not callable(self.similarity):
+            raise ConfigError("semantic.similarity", f"must be callable (str, str) -> float, got {self.similarity!r}")
+
+    def decide(self, votes: TierVotes) -> Decision:
+        answer, _ = votes.majority()
+        if answer is None:
+            return Decision(False, None, 0.0)
+        close = [a is not None and self.similarity(answer, a) >= self.threshold for a in votes.answers]
+        return Decision(all(close), answer, sum(close) / len(close))
+
+
 @dataclass(frozen=True, slots=True)
 class Always(Rule):
     """Accept the majority answer whatever it is (what the last tier does)."""
@@ -234,3 +271,8 @@ def confidence(threshold: float, kind: Literal["prob", "logprob"] = "prob") -> R
 def always() -> Rule:
     """Accept the majority answer unconditionally."""
     return Always()
+
+
+def semantic(threshold: float, similarity: Callable[[str, str], float] = token_jaccard) -> Rule:
+    """Every member's free-text answer is similar enough to the majority answer."""
+    return Semantic(threshold, similarity)

@@ -18,7 +18,7 @@ server key is an environment variable name or a SHA-256 digest of the key.
     normalizer = "choice"                     # or {labels = [...]}, {choice = "E"}, {regex = "..."}, {json = "key"}
     [[cascades.mmlu.tiers]]
     members = ["recorded:gpt-4o-mini", "recorded:llama3.1-8b"]
-    rule = "unanimous"                        # or {quorum = 2}, {vote_share = 0.6}, {confidence = 0.9}, {all = [...]}
+    rule = "unanimous"  # or {quorum = 2}, {vote_share = 0.6}, {confidence = 0.9}, {semantic = 0.5}, {all = [...]}
     timeout = 10
     [[cascades.mmlu.tiers]]
     members = ["recorded:gpt-4o"]
@@ -46,7 +46,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("pydantic", "server") from None
 
-from .agreement import Rule, always, confidence, quorum, unanimous, vote_share
+from .agreement import Rule, always, confidence, quorum, semantic, unanimous, vote_share
 from .backends.base import Backend, resolve, split_name
 from .config_resilience import (
     BreakerConfig,
@@ -118,10 +118,12 @@ def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
                 out = (out & r) if combinator == "all" else (out | r)
             return out
     kind = spec.get("kind", "prob")
-    extra = set(spec) - {"quorum", "vote_share", "confidence", "kind"}
-    names = [k for k in ("quorum", "vote_share", "confidence") if k in spec]
+    extra = set(spec) - {"quorum", "vote_share", "confidence", "semantic", "kind"}
+    names = [k for k in ("quorum", "vote_share", "confidence", "semantic") if k in spec]
     if extra or len(names) != 1 or ("kind" in spec and names != ["confidence"]):
-        raise ConfigError(field, f"expected one of quorum / vote_share / confidence (+ kind), got keys {sorted(spec)}")
+        raise ConfigError(
+            field, f"expected one of quorum / vote_share / confidence (+ kind) / semantic, got keys {sorted(spec)}"
+        )
     value = spec[names[0]]
     try:
         if names[0] == "quorum":
@@ -132,6 +134,8 @@ def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
             raise ConfigError(f"{field}.{names[0]}", f"must be a number, got {value!r}")
         if names[0] == "vote_share":
             return vote_share(float(value))
+        if names[0] == "semantic":
+            return semantic(float(value))
         return confidence(float(value), kind)
     except ConfigError as exc:
         if exc.field.startswith(field):

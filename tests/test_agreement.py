@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llm_cascade import ConfigError, TierVotes, always, confidence, quorum, unanimous, vote_share
+from llm_cascade import ConfigError, TierVotes, always, confidence, quorum, semantic, unanimous, vote_share
 
 
 def votes(*answers: str | None, conf: tuple[float | None, ...] | None = None) -> TierVotes:
@@ -65,3 +65,16 @@ def test_tie_break_first_listed_member_wins() -> None:
     assert always()(v).answer == "B"
     assert [x.answer for x in v.tally()] == ["B", "A"]
     assert always()(votes("C", "A", "A")).answer == "A"
+
+
+def test_semantic_free_text() -> None:
+    assert semantic(0.5)(votes("paris", "paris france", "paris")).accepted
+    d = semantic(0.5)(votes("paris", "lyon", "paris"))
+    assert not d.accepted and d.answer == "paris" and d.support == 2 / 3
+    assert not semantic(0.5)(votes("paris", None)).accepted
+    same_length = semantic(0.99, similarity=lambda a, b: float(len(a) == len(b)))
+    assert same_length(votes("paris", "lyons")).accepted
+    with pytest.raises(ConfigError, match="semantic.threshold"):
+        semantic(0)
+    with pytest.raises(ConfigError, match="semantic.similarity"):
+        semantic(0.5, similarity="jaccard")  # type: ignore[arg-type]
