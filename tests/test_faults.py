@@ -45,24 +45,13 @@ from llm_cascade.types import RouteResult
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
+from _fakes import FakeTime
+
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.testing import RecordedServer
 
 ANSWER = "After careful work, the final answer is 42"
 POLICY = RetryPolicy(attempts=3, initial=0.25, multiplier=2, jitter=0, max_delay=30)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(float(seconds))
-        self.now += float(seconds)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 
 import pytest
+from _fakes import FakeTime, Sink
 
 from llm_cascade import FakeBackend, Router, Tier, quorum
 from llm_cascade.errors import BadRequestError, CircuitOpenError, ConfigError, RetryableError
@@ -21,30 +21,9 @@ from llm_cascade.limits import (
     harden,
 )
 from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.types import Call, Completion, Request
+from llm_cascade.types import Completion, Request
 
 REQ = Request.from_prompt("q")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(float(seconds))
-        self.now += float(seconds)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.rows: list[Call] = []
-
-    def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None:
-        self.rows.extend(calls)
 
 
 class Gate:

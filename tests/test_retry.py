@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
+from _fakes import FakeTime, Sink
 
 from llm_cascade import FakeBackend, Router, Tier, quorum
 from llm_cascade.errors import (
@@ -20,30 +20,7 @@ from llm_cascade.errors import (
     RetryableError,
 )
 from llm_cascade.retry import Retrying, RetryPolicy, attempt_log
-from llm_cascade.types import Call, Request
-
-
-class FakeTime:
-    """A clock that only moves when somebody sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(float(seconds))
-        self.now += float(seconds)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.rows: list[Call] = []
-
-    def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None:
-        self.rows.extend(calls)
+from llm_cascade.types import Request
 
 
 def retrying(script: object, policy: RetryPolicy | None = None, t: FakeTime | None = None) -> Retrying:

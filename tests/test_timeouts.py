@@ -4,25 +4,15 @@ cancelled or timed-out request still writes a ledger row for every call it start
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
+from _fakes import Sink
 
 from llm_cascade import FakeBackend, RequestTimeout, Router, Tier, quorum
 from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.types import Call, Completion, Request
+from llm_cascade.types import Completion, Request
 
 FOREVER = 3600.0
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.rows: list[Call] = []
-        self.requests = 0
-
-    def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None:
-        self.requests += 1
-        self.rows.extend(calls)
 
 
 class Never:
