@@ -55,8 +55,8 @@ from .config_resilience import (
     RateLimitConfig,
     ResilienceConfig,
     RetryConfig,
+    RetryField,
     check_limit_keys,
-    retry_table,
 )
 from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
 
@@ -232,12 +232,7 @@ class TierConfig(_Model):
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     on_error: Literal["ignore", "escalate"] = "ignore"
-    retry: RetryConfig | None = None
-
-    @field_validator("retry", mode="before")
-    @classmethod
-    def _retry(cls, v: Any) -> Any:
-        return retry_table(v)
+    retry: RetryField = None
 
     @field_validator("members", mode="before")
     @classmethod

@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .errors import ConfigError
 
@@ -127,22 +127,17 @@ def _breaker_table(v: Any) -> Any:
     return {"enabled": v} if isinstance(v, bool) else v
 
 
+# ``retry = false`` / ``breaker = false`` shorthands, accepted wherever a retry or breaker table is.
+RetryField = Annotated[RetryConfig | None, BeforeValidator(retry_table)]
+BreakerField = Annotated[BreakerConfig | None, BeforeValidator(_breaker_table)]
+
+
 class ResilienceConfig(_Model):
     """The ``[resilience]`` section: defaults for every member, and shared limits by key."""
 
-    retry: RetryConfig | None = None
-    breaker: BreakerConfig | None = None
+    retry: RetryField = None
+    breaker: BreakerField = None
     limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
-
-    @field_validator("retry", mode="before")
-    @classmethod
-    def _retry(cls, v: Any) -> Any:
-        return retry_table(v)
-
-    @field_validator("breaker", mode="before")
-    @classmethod
-    def _breaker(cls, v: Any) -> Any:
-        return _breaker_table(v)
 
     @field_validator("limits")
     @classmethod
@@ -156,18 +151,8 @@ class ProviderResilience(_Model):
     """The base of a provider section: its quota (shared by every tier that uses it), retry fields, breaker."""
 
     limit: RateLimitConfig | None = None
-    retry: RetryConfig | None = None
-    breaker: BreakerConfig | None = None
-
-    @field_validator("retry", mode="before")
-    @classmethod
-    def _retry(cls, v: Any) -> Any:
-        return retry_table(v)
-
-    @field_validator("breaker", mode="before")
-    @classmethod
-    def _breaker(cls, v: Any) -> Any:
-        return _breaker_table(v)
+    retry: RetryField = None
+    breaker: BreakerField = None
 
 
 def check_limit_keys(resilience: ResilienceConfig | None, providers: Mapping[str, ProviderResilience]) -> None:

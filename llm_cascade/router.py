@@ -227,6 +227,8 @@ class Router:
                         f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
                     )
         self.tiers: tuple[Tier, ...] = tuple(built)
+        # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
+        self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self.normalizer: Normalizer = as_normalizer(normalizer, "Router.normalizer")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
@@ -471,6 +473,9 @@ class Router:
             return cast(TimedPricer, self.prices).cost(model, usage, seconds)
         return self.prices.cost(model, usage)
 
+    def _call_order(self, call: Call) -> tuple[int, int, int]:
+        return call.tier, self._position.get((call.tier, call.model), 0), call.attempt
+
     def _spent(self, calls: Sequence[Call]) -> Decimal:
         return sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
 
@@ -493,7 +498,7 @@ class Router:
             tier_name=self.tiers[k].name,
             accepted=accepted,
             votes=votes.tally(),
-            calls=tuple(calls),
+            calls=tuple(sorted(calls, key=self._call_order)),
             latency_s=time.perf_counter() - start,
             request_id=request.request_id,
             reason=reason,

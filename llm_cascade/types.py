@@ -153,6 +153,7 @@ class RouteResult:
 
     ``tier`` is the index of the tier that answered; ``accepted`` is False when the answer was *forced* (the last
     tier's majority vote without agreement, or a budget stop that returned the best answer so far).
+    ``calls`` lists every call in tier order, then member order, then attempt, whatever order they finished in.
     """
 
     answer: str | None

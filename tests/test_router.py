@@ -226,3 +226,12 @@ def test_import_is_light() -> None:
     code = f"import sys, llm_cascade; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+async def test_calls_are_listed_in_tier_and_member_order() -> None:
+    slow_first = Tier([FakeBackend("a", "B", delay=0.02), FakeBackend("b", "C")])
+    router = Router([slow_first, Tier([FakeBackend("top", "D")])], normalizer="choice", ledger=RecordingSink())
+    result = await router.route("q")
+    assert [c.model for c in result.calls] == ["fake:a", "fake:b", "fake:top"]
+    finished = [c.model for _, c in router.ledger.rows]  # type: ignore[union-attr]
+    assert finished[:2] == ["fake:b", "fake:a"]  # the ledger keeps the order calls ended in
