@@ -10,7 +10,9 @@ MiniLM encoder with a fresh classification head (throughput does not depend on t
 
     python benchmarks/hf_batching.py [--requests 512] [--rounds 3]
 
-The last line printed is JSON with ``speedup`` (batched requests/s over unbatched requests/s).
+The last line printed is JSON with ``speedup`` (batched requests/s over unbatched requests/s), and, for reference,
+``bare_model_speedup``: the same two batch sizes through the bare model (no router, no worker thread), which bounds
+what batching can give on this hardware.
 """
 
 from __future__ import annotations
@@ -74,6 +76,22 @@ async def one_round(backend: HFClassifierBackend, texts: list[str], concurrency:
     return len(texts) / (time.perf_counter() - start), latencies
 
 
+def raw_ceiling(model: str, texts: list[str], batch: int) -> float:
+    """Texts/s of the bare model (tokenizer + forward pass, no router, no threads) at a fixed batch size: what this
+    hardware allows at best, so the measured speedup can be read against the speedup the model itself permits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    net = AutoModelForSequenceClassification.from_pretrained(model).eval()
+    with torch.inference_mode():
+        net(**tok(texts[:batch], padding=True, truncation=True, max_length=128, return_tensors="pt"))  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            net(**tok(texts[i : i + batch], padding=True, truncation=True, max_length=128, return_tensors="pt"))
+    return len(texts) / (time.perf_counter() - start)
+
+
 async def main() -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
@@ -102,6 +120,13 @@ async def main() -> dict[str, object]:
     sizes = batched.batcher.stats.sizes
     import torch
 
+    raw = {b: raw_ceiling(model, texts, b) for b in (1, args.concurrency)}
+    print(
+        f"bare model: batch 1 {raw[1]:.1f}, batch {args.concurrency} {raw[args.concurrency]:.1f} texts/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
     result: dict[str, object] = {
         "model": model,
         "device": batched.device,
@@ -114,6 +139,8 @@ async def main() -> dict[str, object]:
         "mean_batch_size": round(sum(sizes) / len(sizes), 1) if sizes else 0.0,
         "p50_latency_ms": {k: round(1000 * statistics.median(v), 1) for k, v in lat.items()},
         "speedup": round(statistics.median(rps["batched"]) / statistics.median(rps["unbatched"]), 2),
+        "bare_model_texts_per_s": {f"batch_{b}": round(v, 1) for b, v in raw.items()},
+        "bare_model_speedup": round(raw[args.concurrency] / raw[1], 2),
     }
     for b in arms.values():
         b.close()
