@@ -124,6 +124,15 @@ class RecordedAnswerApp:
 
     # -- OpenAI -----------------------------------------------------------------------------------------------------
 
+    def _lookup(self, model: str, prompt: str) -> tuple[Answer | None, str]:
+        """The recorded answer, or None and the reason; a miss is counted in ``unknown`` (the load checks read it)."""
+        answer = self.book.lookup(model, prompt)
+        if answer is not None:
+            return answer, ""
+        self.unknown[model] += 1
+        what = "model" if not self.book.knows(model) else "prompt"
+        return None, f"no recorded answer of {model!r} for this {what}"
+
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _json_body(receive)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -138,12 +147,9 @@ class RecordedAnswerApp:
         if fault is not None and not await self._before_answer(fault, "openai", receive, send):
             return
         prompt = _last_user_text(body.get("messages"))
-        answer = self.book.lookup(model, prompt)
+        answer, missing = self._lookup(model, prompt)
         if answer is None:
-            what = "model" if not self.book.knows(model) else "prompt"
-            self.unknown[model] += 1
-            msg = f"no recorded answer of {model!r} for this {what}"
-            await _respond(send, 404, wire.openai_error(msg, "invalid_request_error", "model_not_found"))
+            await _respond(send, 404, wire.openai_error(missing, "invalid_request_error", "model_not_found"))
             return
         await self._latency(answer)
         text, finish = _shape(answer.text, fault)
@@ -209,13 +215,9 @@ class RecordedAnswerApp:
         if fault is not None and not await self._before_answer(fault, "anthropic", receive, send):
             return
         prompt = _last_user_text(body.get("messages"))
-        answer = self.book.lookup(model, prompt)
+        answer, missing = self._lookup(model, prompt)
         if answer is None:
-            what = "model" if not self.book.knows(model) else "prompt"
-            self.unknown[model] += 1
-            await _respond(
-                send, 404, wire.anthropic_error("not_found_error", f"no recorded answer of {model!r} for this {what}")
-            )
+            await _respond(send, 404, wire.anthropic_error("not_found_error", missing))
             return
         await self._latency(answer)
         text, finish = _shape(answer.text, fault)
