@@ -76,19 +76,24 @@ async def one_round(backend: HFClassifierBackend, texts: list[str], concurrency:
     return len(texts) / (time.perf_counter() - start), latencies
 
 
-def raw_ceiling(model: str, texts: list[str], batch: int) -> float:
+def raw_ceiling(model: str, texts: list[str], batch: int, device: str, dtype: object) -> float:
     """Texts/s of the bare model (tokenizer + forward pass, no router, no threads) at a fixed batch size: what this
     hardware allows at best, so the measured speedup can be read against the speedup the model itself permits."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    net = AutoModelForSequenceClassification.from_pretrained(model).eval()
+    net = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype).to(device).eval()
+
+    def run(chunk: list[str]) -> None:
+        enc = tok(chunk, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        net(**{k: v.to(device) for k, v in enc.items()}).logits.cpu()  # .cpu() waits for a GPU to finish
+
     with torch.inference_mode():
-        net(**tok(texts[:batch], padding=True, truncation=True, max_length=128, return_tensors="pt"))  # warm-up
+        run(texts[:batch])  # warm-up
         start = time.perf_counter()
         for i in range(0, len(texts), batch):
-            net(**tok(texts[i : i + batch], padding=True, truncation=True, max_length=128, return_tensors="pt"))
+            run(texts[i : i + batch])
     return len(texts) / (time.perf_counter() - start)
 
 
@@ -99,12 +104,15 @@ async def main() -> dict[str, object]:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--dtype", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, bfloat16, float16")
     args = p.parse_args()
 
     model = args.model or default_model()
     texts = tweets(args.requests)
-    batched = HFClassifierBackend(model, max_batch_size=args.concurrency, max_wait_ms=args.max_wait_ms)
-    single = HFClassifierBackend(model, max_batch_size=1)
+    batched = HFClassifierBackend(
+        model, max_batch_size=args.concurrency, max_wait_ms=args.max_wait_ms, dtype=args.dtype
+    )
+    single = HFClassifierBackend(model, max_batch_size=1, dtype=args.dtype)
     arms = {"unbatched": single, "batched": batched}
     for b in arms.values():  # warm-up: first calls allocate and tune kernels
         await one_round(b, texts[: args.concurrency], args.concurrency)
@@ -120,7 +128,7 @@ async def main() -> dict[str, object]:
     sizes = batched.batcher.stats.sizes
     import torch
 
-    raw = {b: raw_ceiling(model, texts, b) for b in (1, args.concurrency)}
+    raw = {b: raw_ceiling(model, texts, b, batched.device, batched.dtype) for b in (1, args.concurrency)}
     print(
         f"bare model: batch 1 {raw[1]:.1f}, batch {args.concurrency} {raw[args.concurrency]:.1f} texts/s",
         file=sys.stderr,
@@ -130,6 +138,7 @@ async def main() -> dict[str, object]:
     result: dict[str, object] = {
         "model": model,
         "device": batched.device,
+        "dtype": str(batched.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "concurrency": args.concurrency,
         "requests_per_round": args.requests,

@@ -88,6 +88,24 @@ def test_cpu_is_chosen_without_a_gpu() -> None:
         assert device == "cpu" and dtype == torch.float32
 
 
+def test_bfloat16_on_cpu_keeps_the_labels(tiny_model: Path) -> None:
+    """The opt-in CPU half precision: weights really are bfloat16, and the answers match float32's."""
+    import torch
+
+    full = HFClassifierBackend(str(tiny_model), device="cpu")
+    half = HFClassifierBackend(str(tiny_model), device="cpu", dtype="bfloat16")
+    try:
+        assert half.dtype == torch.bfloat16 and next(half._net.parameters()).dtype == torch.bfloat16
+        assert full.dtype == torch.float32
+        a, b = full.classify(TEXTS), half.classify(TEXTS)
+        assert [c.label for c in a] == [c.label for c in b]
+        for x, y in zip(a, b, strict=True):
+            assert x.probs == pytest.approx(y.probs, abs=0.03)  # bfloat16 keeps ~3 significant digits
+    finally:
+        full.close()
+        half.close()
+
+
 async def test_completion_has_label_probs_confidence_and_usage(backend: HFClassifierBackend, tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -193,6 +211,7 @@ async def test_as_a_confidence_tier_in_a_router(tiny_model: Path) -> None:
         ({"price_per_hour": -1}, "hf.price_per_hour"),
         ({"price_per_hour": "cheap"}, "hf.price_per_hour"),
         ({"device": "tpu"}, "hf.device"),
+        ({"dtype": "int4"}, "hf.dtype"),
         ({"max_length": 0}, "hf.max_length"),
         ({"chunk_size": 0}, "hf.chunk_size"),
         ({"max_batch_size": 0}, "MicroBatcher.max_batch_size"),
