@@ -27,6 +27,11 @@ never need to know which SDK is underneath.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import Usage
+
 
 class LLMCascadeError(Exception):
     """Root of every error raised by llm-cascade."""
@@ -88,13 +93,17 @@ class RequestTimeout(LLMCascadeError, TimeoutError):
 class ProviderError(LLMCascadeError):
     """One call to one model failed.
 
-    ``status`` is the HTTP status when there was one. ``billed_usage`` is set when the provider reported tokens for a
-    failed call, so the ledger can still price it.
+    ``status`` is the HTTP status when there was one. ``billed_usage`` is set when the call was billed although it
+    failed (a stream cut after the model had generated text), so the ledger can still price it; it is the provider's
+    usage when it reported some, else an estimate marked ``estimated=True``.
     """
 
-    def __init__(self, message: str, *, model: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, model: str = "", status: int | None = None, billed_usage: Usage | None = None
+    ) -> None:
         self.model = model
         self.status = status
+        self.billed_usage = billed_usage
         super().__init__(message)
 
 
@@ -106,10 +115,16 @@ class RateLimited(RetryableError):
     """HTTP 429. ``retry_after`` is the provider's hint in seconds, when given."""
 
     def __init__(
-        self, message: str, *, model: str = "", status: int | None = 429, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        model: str = "",
+        status: int | None = 429,
+        retry_after: float | None = None,
+        billed_usage: Usage | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(message, model=model, status=status)
+        super().__init__(message, model=model, status=status, billed_usage=billed_usage)
 
 
 class ProviderTimeout(RetryableError, TimeoutError):

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, cast
 
 from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
-from .errors import AllTiersFailed, BudgetExceeded, ConfigError, MalformedResponseError, RequestTimeout
+from .errors import AllTiersFailed, BudgetExceeded, ConfigError, MalformedResponseError, ProviderError, RequestTimeout
 from .normalize import Normalizer, as_normalizer
 from .retry import attempt_log
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage
@@ -169,6 +169,12 @@ def _checked(completion: Completion, model: str) -> Completion:
     if not isinstance(completion.usage, Usage):
         raise MalformedResponseError(f"{model}: usage is {type(completion.usage).__name__}, not Usage", model=model)
     return completion
+
+
+def _billed(exc: BaseException) -> Usage | None:
+    """What a failed call still billed, when its error says (a stream cut mid-answer)."""
+    usage = exc.billed_usage if isinstance(exc, ProviderError) else None
+    return usage if isinstance(usage, Usage) else None
 
 
 def _probability(confidence: float | None, logprob: float | None) -> float | None:
@@ -396,6 +402,7 @@ class Router:
         outcome: Outcome = "cancelled"
         error: str | None = None
         completion: Completion | None = None
+        billed: Usage | None = None
         with attempt_log() as retried:
             try:
                 completion = _checked(await backend.complete(request), backend.name)
@@ -407,6 +414,7 @@ class Router:
             except Exception as exc:  # a provider failure is data: the rule decides over the rest
                 outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
                 error = f"{type(exc).__name__}: {exc}"
+                billed = _billed(exc)
             finally:
                 for a in retried:
                     failed = self._to_call(
@@ -418,9 +426,10 @@ class Router:
                         "timeout" if isinstance(a.error, TimeoutError) else "error",
                         f"{type(a.error).__name__}: {a.error}",
                         start,
+                        _billed(a.error),
                     )
                     calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
-                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start)
+                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed)
                 calls.append(replace(call, attempt=len(retried) + 1) if retried else call)
         call = calls[-1]
         return _Outcome(call.text, call.answer, call.confidence)
@@ -435,13 +444,19 @@ class Router:
         outcome: Outcome,
         error: str | None,
         start: float,
+        billed: Usage | None = None,
     ) -> Call:
         if completion is None:
-            # A provider that answered with an error billed nothing; one cut off mid-call (deadline, cancellation)
-            # may have processed the prompt, so its input tokens are estimated and flagged as such.
-            billed = outcome in ("timeout", "cancelled") and self.estimator is not None
-            usage = self.estimator(request, None) if billed and self.estimator is not None else Usage()
-            cost = self.prices.cost(backend.name, usage) if self.prices is not None else None
+            # A provider that answered with an error billed nothing, unless the error says what it billed (a stream
+            # cut mid-answer); one cut off mid-call (deadline, cancellation) may have processed the prompt, so its
+            # input tokens are estimated and flagged as such.
+            if billed is not None:
+                usage = billed
+            elif outcome in ("timeout", "cancelled") and self.estimator is not None:
+                usage = self.estimator(request, None)
+            else:
+                usage = Usage()
+            cost = self._cost(backend.name, usage, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
         try:
             answer = normalizer(completion.text)

@@ -8,12 +8,14 @@ from SDK objects or plain dicts alike, since LiteLLM hands back either. Nothing 
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import ContentFilterError, MalformedResponseError, ProviderError
 from ..types import Completion, Request, Usage
 from ._sdk import content_text
-from ._stream import StreamedAnswer, StreamUsage
+from ._stream import StreamedAnswer, StreamUsage, read_stream
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -119,3 +121,46 @@ def completion_from_stream(
         confidence=math.exp(answer.logprob) if answer.logprob is not None else None,
         raw=answer.last,
     )
+
+
+class Streaming(Protocol):
+    """What :func:`stream_completion` reads from the backend whose stream it is."""
+
+    name: str
+    model: str
+    stream_idle_timeout: float | None
+
+
+async def stream_completion(
+    backend: Streaming,
+    response: Any,
+    request: Request,
+    usage: StreamUsage,
+    *,
+    start: float,
+    deadline: float | None,
+    map_exc: Callable[[BaseException], ProviderError],
+    trusted_usage: Callable[[Any], bool] | None = None,
+) -> Completion:
+    """Read an open stream of ``backend`` into its Completion (``start`` is the call's ``perf_counter``).
+
+    ``trusted_usage(response)`` says whether a usage block in the stream came from the provider (LiteLLM makes one up
+    when it did not); an untrusted one is replaced by our estimate, for the answer and for a cut stream's bill alike.
+    """
+
+    def trusted(raw: Any) -> Usage | None:
+        return None if raw is None or (trusted_usage is not None and not trusted_usage(response)) else openai_usage(raw)
+
+    answer = await read_stream(
+        response,
+        model=backend.name,
+        want_logprob=request.logprobs,
+        idle_timeout=backend.stream_idle_timeout,
+        deadline=deadline,
+        map_exc=map_exc,
+        bill=lambda raw, text: usage(trusted(raw), request, text),
+    )
+    if trusted(answer.usage) is None:
+        answer.usage = None
+    latency = time.perf_counter() - start
+    return completion_from_stream(backend.name, backend.model, answer, request, latency, usage)

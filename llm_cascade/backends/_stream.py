@@ -12,7 +12,10 @@ that only stream. The rules that keep a broken stream from passing as an answer:
   running past the whole-call ``deadline``; a chunk that is not JSON is a
   :class:`~llm_cascade.errors.MalformedResponseError` (mapped by the caller from the SDK's decode error);
 - usage comes from the provider's usage chunk (``stream_options.include_usage``) when it sends one; otherwise the
-  caller estimates it with tiktoken and marks it ``estimated=True``.
+  caller estimates it with tiktoken and marks it ``estimated=True``;
+- a stream cut (StreamError, ProviderTimeout) after the model produced text was billed by the provider all the same:
+  the error carries ``billed_usage`` (the usage the stream reported, else the estimate of the prompt and the partial
+  text) so the ledger prices it. A cut before any text leaves it None: nothing was generated.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from ..errors import (
     BadRequestError,
     MalformedResponseError,
+    MissingDependencyError,
     ProviderError,
     ProviderTimeout,
     RateLimited,
@@ -88,6 +92,19 @@ def as_stream_error(mapped: ProviderError, model: str, chunks: int) -> ProviderE
     return mapped
 
 
+Biller = Callable[[Any, str], Usage]
+"""(the provider's raw usage block or None, the text received) -> the usage to bill for a stream cut mid-answer."""
+
+
+def bill_cut(exc: ProviderError, bill: Biller | None, usage: Any, parts: list[str]) -> ProviderError:
+    """Attach ``billed_usage`` to a stream cut after the model generated text (or reported tokens). A tokenizer that
+    cannot load leaves it unset: the provider's error matters more than its price."""
+    if bill is not None and isinstance(exc, StreamError | ProviderTimeout) and (parts or usage is not None):
+        with contextlib.suppress(MissingDependencyError):
+            exc.billed_usage = bill(usage, "".join(parts))
+    return exc
+
+
 async def read_stream(
     stream: Any,
     *,
@@ -96,11 +113,13 @@ async def read_stream(
     idle_timeout: float | None,
     deadline: float | None,
     map_exc: Callable[[BaseException], ProviderError],
+    bill: Biller | None = None,
 ) -> StreamedAnswer:
     """Consume ``stream`` (an async iterator of chunks) and assemble the answer; always closes it.
 
     ``deadline`` is an event-loop time for the whole call; ``map_exc`` turns an SDK exception into the library's
-    error (the caller owns secret scrubbing and exception chaining through it).
+    error (the caller owns secret scrubbing and exception chaining through it); ``bill`` prices a cut stream's partial
+    answer (see :func:`bill_cut`).
     """
     loop = asyncio.get_running_loop()
     parts: list[str] = []
@@ -125,14 +144,15 @@ async def read_stream(
                 break
             except TimeoutError:
                 what = "ran past the whole-call timeout" if whole else f"stalled: no chunk for {idle_timeout:g} s"
-                raise ProviderTimeout(f"{model}: the stream {what} after {n} chunks", model=model) from None
+                stalled = ProviderTimeout(f"{model}: the stream {what} after {n} chunks", model=model)
+                raise bill_cut(stalled, bill, usage, parts) from None
             except Exception as exc:
                 if finish is not None and _is_disconnect(exc):
                     break  # the answer was complete: only the trailing usage chunk or [DONE] was lost
                 if not is_sdk_error(exc):
                     raise
                 mapped = map_exc(exc)
-                raise as_stream_error(mapped, model, n) from mapped.__cause__
+                raise bill_cut(as_stream_error(mapped, model, n), bill, usage, parts) from mapped.__cause__
             n += 1
             last = chunk
             chunk_usage = _get(chunk, "usage")
@@ -157,7 +177,8 @@ async def read_stream(
     finally:
         await close_quietly(stream)
     if finish is None:
-        raise StreamError(f"{model}: the stream ended after {n} chunks without a finish_reason", model=model)
+        ended = StreamError(f"{model}: the stream ended after {n} chunks without a finish_reason", model=model)
+        raise bill_cut(ended, bill, usage, parts)
     return StreamedAnswer("".join(parts), finish, logprob, usage, n, last)
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from ..errors import MissingDependencyError, ProviderError
 from ..types import Completion, Request
-from ._openai_shape import chat_params, completion_from_openai_response, completion_from_stream
+from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
 from ._sdk import check_options, check_stream_options, map_sdk_exception, sdk_call
-from ._stream import StreamUsage, read_stream
+from ._stream import StreamUsage
 
 
 def import_litellm() -> Any:
@@ -113,18 +113,16 @@ class LiteLLMBackend:
 
         response = await sdk_call(lambda: self._litellm.acompletion(**kwargs), map_exc)
         if self.stream:
-            answer = await read_stream(
+            return await stream_completion(
+                self,
                 response,
-                model=self.name,
-                want_logprob=request.logprobs,
-                idle_timeout=self.stream_idle_timeout,
+                request,
+                self._stream_usage,
+                start=start,
                 deadline=deadline,
                 map_exc=map_exc,
+                trusted_usage=provider_sent_usage,
             )
-            if not provider_sent_usage(response):
-                answer.usage = None
-            latency = time.perf_counter() - start
-            return completion_from_stream(self.name, self.model, answer, request, latency, self._stream_usage)
         return completion_from_openai_response(self.name, self.model, response, request, time.perf_counter() - start)
 
     def __repr__(self) -> str:

@@ -21,11 +21,11 @@ from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
 from ..types import Completion, Request
-from ._openai_shape import chat_params, completion_from_openai_response, completion_from_stream
+from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
 from ._openai_shape import first_token_logprob as first_token_logprob  # re-exported: its former home
 from ._openai_shape import openai_usage as openai_usage
 from ._sdk import LazyClient, check_options, check_stream_options, sdk_call
-from ._stream import StreamUsage, read_stream
+from ._stream import StreamUsage
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -103,16 +103,9 @@ class OpenAIBackend(LazyClient):
         deadline = asyncio.get_running_loop().time() + self.timeout
         response = await sdk_call(lambda: client.chat.completions.create(**kwargs), self._map)
         if self.stream:
-            answer = await read_stream(
-                response,
-                model=self.name,
-                want_logprob=request.logprobs,
-                idle_timeout=self.stream_idle_timeout,
-                deadline=deadline,
-                map_exc=self._map,
+            return await stream_completion(
+                self, response, request, self._stream_usage, start=start, deadline=deadline, map_exc=self._map
             )
-            latency = time.perf_counter() - start
-            return completion_from_stream(self.name, self.model, answer, request, latency, self._stream_usage)
         return completion_from_openai_response(self.name, self.model, response, request, time.perf_counter() - start)
 
     def __repr__(self) -> str:
