@@ -489,6 +489,9 @@ def _make_server(app: RecordedAnswerApp, host: str, port: int) -> tuple[Any, soc
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listening now, not when uvicorn's loop gets to it, so a client told the port (the printed URL) can connect at
+    # once: its connection waits in the backlog instead of being refused.
+    sock.listen(4096)
     config = uvicorn.Config(
         app,
         lifespan="off",
