@@ -1,13 +1,15 @@
-"""Reading a streamed chat completion (OpenAI's chunk shape, which LiteLLM re-emits) into one :class:`Completion`.
+"""Reading a streamed answer into one :class:`Completion`: the loop is shared, the chunk shape pluggable (OpenAI's,
+which LiteLLM re-emits, by default; Anthropic's events through :class:`StreamState` and a handler of their own).
 
 The router votes on whole answers, so a stream is consumed inside the backend; what streaming buys here is a stall
 detector (no chunk for ``idle_timeout`` seconds fails the call long before a whole-call timeout would) and servers
 that only stream. The rules that keep a broken stream from passing as an answer:
 
-- the answer is complete only once a ``finish_reason`` arrived. A stream that ends (cleanly or by a dropped
-  connection) before one is a :class:`~llm_cascade.errors.StreamError`, retryable, never a success;
-- ``data: [DONE]`` is not required: after a ``finish_reason`` the text is whole, and a server that forgets the
-  terminator (or drops the connection right after the finish) still answered. The SDKs do not even report it;
+- the answer is complete only once a ``finish_reason`` arrived (Anthropic: the ``stop_reason`` of ``message_delta``).
+  A stream that ends (cleanly or by a dropped connection) before one is a :class:`~llm_cascade.errors.StreamError`,
+  retryable, never a success;
+- ``data: [DONE]`` (Anthropic: ``message_stop``) is not required: after a ``finish_reason`` the text is whole, and a
+  server that forgets the terminator (or drops the connection right after the finish) still answered;
 - a gap between chunks longer than ``idle_timeout`` is a :class:`~llm_cascade.errors.ProviderTimeout` (a stall), as is
   running past the whole-call ``deadline``; a chunk that is not JSON is a
   :class:`~llm_cascade.errors.MalformedResponseError` (mapped by the caller from the SDK's decode error);
@@ -15,7 +17,7 @@ that only stream. The rules that keep a broken stream from passing as an answer:
   caller estimates it with tiktoken and marks it ``estimated=True``;
 - a stream cut (StreamError, ProviderTimeout) after the model produced text was billed by the provider all the same:
   the error carries ``billed_usage`` (the usage the stream reported, else the estimate of the prompt and the partial
-  text) so the ledger prices it. A cut before any text leaves it None: nothing was generated.
+  text) so the ledger prices it. A cut before any text or usage leaves it None: nothing was generated.
 """
 
 from __future__ import annotations
@@ -105,6 +107,46 @@ def bill_cut(exc: ProviderError, bill: Biller | None, usage: Any, parts: list[st
     return exc
 
 
+@dataclass(slots=True)
+class StreamState:
+    """What a stream has said so far, kept by :func:`read_stream` and updated by its chunk handler: the text parts,
+    the finish reason (the answer is whole once it is set), the provider's raw usage block and, while ``found`` is
+    False, the first answer token's log-probability still being looked for."""
+
+    parts: list[str] = field(default_factory=list)
+    finish: str | None = None
+    usage: Any = None
+    logprob: float | None = None
+    found: bool = True
+
+
+ChunkHandler = Callable[[StreamState, Any], None]
+"""Reads one chunk of a provider's stream into the :class:`StreamState`: the only provider-shaped part of reading."""
+
+
+def read_openai_chunk(state: StreamState, chunk: Any) -> None:
+    """An OpenAI-shaped ``chat.completion.chunk`` (object or dict): delta text, log-probabilities, finish, usage."""
+    chunk_usage = _get(chunk, "usage")
+    if chunk_usage is not None:
+        state.usage = chunk_usage
+    choices = _get(chunk, "choices")
+    if not choices:
+        return
+    choice = choices[0]
+    delta = _get(choice, "delta")
+    if delta is not None:
+        text = content_text(_get(delta, "content"))
+        if text:
+            state.parts.append(text)
+    if not state.found:
+        lp = _get(choice, "logprobs")
+        if lp is not None:
+            state.found, state.logprob = _first_answer_logprob(_get(lp, "content"))
+    reason = _get(choice, "finish_reason")
+    if reason:
+        state.finish = str(reason)
+
+
 async def read_stream(
     stream: Any,
     *,
@@ -114,19 +156,16 @@ async def read_stream(
     deadline: float | None,
     map_exc: Callable[[BaseException], ProviderError],
     bill: Biller | None = None,
+    on_chunk: ChunkHandler = read_openai_chunk,
 ) -> StreamedAnswer:
     """Consume ``stream`` (an async iterator of chunks) and assemble the answer; always closes it.
 
     ``deadline`` is an event-loop time for the whole call; ``map_exc`` turns an SDK exception into the library's
     error (the caller owns secret scrubbing and exception chaining through it); ``bill`` prices a cut stream's partial
-    answer (see :func:`bill_cut`).
+    answer (see :func:`bill_cut`); ``on_chunk`` reads one chunk (OpenAI's shape unless told otherwise).
     """
     loop = asyncio.get_running_loop()
-    parts: list[str] = []
-    finish: str | None = None
-    usage: Any = None
-    logprob: float | None = None
-    found = not want_logprob
+    state = StreamState(found=not want_logprob)
     n = 0
     last: Any = None
     it = stream.__aiter__()
@@ -145,41 +184,23 @@ async def read_stream(
             except TimeoutError:
                 what = "ran past the whole-call timeout" if whole else f"stalled: no chunk for {idle_timeout:g} s"
                 stalled = ProviderTimeout(f"{model}: the stream {what} after {n} chunks", model=model)
-                raise bill_cut(stalled, bill, usage, parts) from None
+                raise bill_cut(stalled, bill, state.usage, state.parts) from None
             except Exception as exc:
-                if finish is not None and _is_disconnect(exc):
+                if state.finish is not None and _is_disconnect(exc):
                     break  # the answer was complete: only the trailing usage chunk or [DONE] was lost
                 if not is_sdk_error(exc):
                     raise
                 mapped = map_exc(exc)
-                raise bill_cut(as_stream_error(mapped, model, n), bill, usage, parts) from mapped.__cause__
+                raise bill_cut(as_stream_error(mapped, model, n), bill, state.usage, state.parts) from mapped.__cause__
             n += 1
             last = chunk
-            chunk_usage = _get(chunk, "usage")
-            if chunk_usage is not None:
-                usage = chunk_usage
-            choices = _get(chunk, "choices")
-            if not choices:
-                continue
-            choice = choices[0]
-            delta = _get(choice, "delta")
-            if delta is not None:
-                text = content_text(_get(delta, "content"))
-                if text:
-                    parts.append(text)
-            if not found:
-                lp = _get(choice, "logprobs")
-                if lp is not None:
-                    found, logprob = _first_answer_logprob(_get(lp, "content"))
-            reason = _get(choice, "finish_reason")
-            if reason:
-                finish = str(reason)
+            on_chunk(state, chunk)
     finally:
         await close_quietly(stream)
-    if finish is None:
+    if state.finish is None:
         ended = StreamError(f"{model}: the stream ended after {n} chunks without a finish_reason", model=model)
-        raise bill_cut(ended, bill, usage, parts)
-    return StreamedAnswer("".join(parts), finish, logprob, usage, n, last)
+        raise bill_cut(ended, bill, state.usage, state.parts)
+    return StreamedAnswer("".join(state.parts), state.finish, state.logprob, state.usage, n, last)
 
 
 def _is_disconnect(exc: BaseException) -> bool:

@@ -8,17 +8,27 @@ construction). System messages become the ``system`` parameter; ``max_tokens`` i
 to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
 ``Request.temperature`` is not sent; ``extra_body={"temperature": 0}`` sends it to a model that still accepts it.
 SDK retries are off; the client is built on the first call.
+
+``stream=True`` reads the raw event stream of ``messages.create(stream=True)`` with the same rules as the OpenAI
+backend (:mod:`llm_cascade.backends._stream`): the ``stop_reason`` of ``message_delta`` completes the answer,
+``message_stop`` is not required, a stall between events fails after ``stream_idle_timeout`` seconds, and a stream
+that ends or is cut before its stop_reason is a retryable :class:`~llm_cascade.errors.StreamError`. Usage is the
+provider's: input tokens from ``message_start``, output tokens from ``message_delta``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import LazyClient, check_options, sdk_call
+from ._sdk import LazyClient, check_options, check_stream_options, sdk_call
+from ._stream import StreamState, StreamUsage, read_stream
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -32,8 +42,56 @@ def anthropic_usage(usage: Any) -> Usage:
     return Usage(int(usage.input_tokens or 0) + read + written, int(usage.output_tokens or 0), read)
 
 
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedUsage:
+    """Usage as a stream reports it: ``message_start`` carries the input tokens (its output count is a placeholder),
+    each ``message_delta`` the cumulative counts it names. ``final`` once a message_delta arrived."""
+
+    fields: SimpleNamespace
+    final: bool
+
+    def merged(self, usage: Any, final: bool) -> StreamedUsage:
+        new = {k: getattr(usage, k, None) for k in _USAGE_FIELDS}
+        return StreamedUsage(
+            SimpleNamespace(**{k: getattr(self.fields, k) if new[k] is None else new[k] for k in _USAGE_FIELDS}), final
+        )
+
+    @property
+    def usage(self) -> Usage:
+        return anthropic_usage(self.fields)
+
+
+_NO_USAGE = StreamedUsage(SimpleNamespace(**dict.fromkeys(_USAGE_FIELDS)), final=False)
+
+
+def read_anthropic_event(state: StreamState, event: Any) -> None:
+    """One event of Messages' raw stream: text deltas build the answer, ``message_delta`` brings the stop_reason
+    and the output tokens; ``message_start`` the input tokens. Other events (block start/stop, thinking, tool input,
+    ``message_stop``) carry nothing this library reads."""
+    kind = getattr(event, "type", None)
+    delta = getattr(event, "delta", None)
+    if kind == "content_block_delta":
+        text = getattr(delta, "text", None)
+        if getattr(delta, "type", None) == "text_delta" and isinstance(text, str) and text:
+            state.parts.append(text)
+    elif kind == "message_start":
+        usage = getattr(getattr(event, "message", None), "usage", None)
+        if usage is not None:
+            state.usage = _NO_USAGE.merged(usage, final=False)
+    elif kind == "message_delta":
+        state.usage = (state.usage or _NO_USAGE).merged(getattr(event, "usage", None), final=True)
+        reason = getattr(delta, "stop_reason", None)
+        if reason:
+            state.finish = str(reason)
+
+
 class AnthropicBackend(LazyClient):
-    """One Claude model. ``base_url`` points the SDK elsewhere (a proxy, or the local test server)."""
+    """One Claude model. ``base_url`` points the SDK elsewhere (a proxy, or the local test server). ``timeout``
+    bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off) also bounds each wait for the
+    next event, as in :class:`~llm_cascade.backends.openai.OpenAIBackend`."""
 
     supports_logprobs = False
 
@@ -49,8 +107,11 @@ class AnthropicBackend(LazyClient):
         default_headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         name: str | None = None,
+        stream: bool = False,
+        stream_idle_timeout: float | None = 30.0,
     ) -> None:
         check_options("AnthropicBackend", model, timeout, api_key, api_key_env)
+        check_stream_options("AnthropicBackend", stream, stream_idle_timeout)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError("AnthropicBackend.max_tokens", f"must be a positive integer, got {max_tokens!r}")
         self.model = model
@@ -60,6 +121,9 @@ class AnthropicBackend(LazyClient):
         self.max_tokens = max_tokens
         self.default_headers = dict(default_headers or {})
         self.extra_body = dict(extra_body or {})
+        self.stream = stream
+        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
+        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
 
@@ -91,8 +155,13 @@ class AnthropicBackend(LazyClient):
             kwargs["system"] = system
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
+        if self.stream:
+            kwargs["stream"] = True
         start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.timeout
         response = await sdk_call(lambda: client.messages.create(**kwargs), self._map)
+        if self.stream:
+            return await self._read(response, request, start, deadline)
         latency = time.perf_counter() - start
         try:
             return self._parse(response, latency)
@@ -106,18 +175,48 @@ class AnthropicBackend(LazyClient):
         if not isinstance(blocks, list):
             raise MalformedResponseError(f"{self.name}: the response has no content list", model=self.name)
         text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text")
-        stop = response.stop_reason
+        return self._completion(text, response.stop_reason, anthropic_usage(response.usage), latency, response)
+
+    async def _read(self, stream: Any, request: Request, start: float, deadline: float) -> Completion:
+        """Assemble a raw event stream. A cut stream is billed at the provider's input tokens (once message_start
+        told them) and the estimated output of the partial text, unless message_delta already gave the output."""
+
+        def bill(raw: StreamedUsage | None, text: str) -> Usage:
+            if raw is not None and raw.final:
+                return raw.usage
+            estimate = self._stream_usage(None, request, text)
+            if raw is None:
+                return estimate
+            given = raw.usage
+            return Usage(given.input_tokens, estimate.output_tokens, given.cached_tokens, estimated=True)
+
+        answer = await read_stream(
+            stream,
+            model=self.name,
+            want_logprob=False,
+            idle_timeout=self.stream_idle_timeout,
+            deadline=deadline,
+            map_exc=self._map,
+            bill=bill,
+            on_chunk=read_anthropic_event,
+        )
+        usage = answer.usage.usage if isinstance(answer.usage, StreamedUsage) else None
+        usage = self._stream_usage(usage, request, answer.text)
+        return self._completion(answer.text, answer.finish_reason, usage, time.perf_counter() - start, answer.last)
+
+    def _completion(self, text: str, stop: Any, usage: Usage, latency: float, raw: Any) -> Completion:
         if stop == "refusal" and not text:
             raise ContentFilterError(f"{self.name}: the model refused to answer", model=self.name)
         return Completion(
             text=text,
             model=self.model,
-            usage=anthropic_usage(response.usage),
+            usage=usage,
             latency_s=latency,
             finish_reason=_STOP.get(stop, stop) if isinstance(stop, str) else None,
-            raw=response,
+            raw=raw,
         )
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
-        return f"AnthropicBackend({self.model!r}{where})"
+        streams = ", stream=True" if self.stream else ""
+        return f"AnthropicBackend({self.model!r}{where}{streams})"

@@ -31,6 +31,12 @@ name                   what the client sees
 Streaming faults do not fire on non-streaming requests (and are not counted there). A stream is a role chunk, one
 chunk per word, a chunk with the finish_reason, then the usage chunk when asked for; a negative ``after_chunks``
 counts from the end (``stream_cut:after_chunks=-1`` drops the connection just before the usage chunk).
+
+Anthropic's ``/v1/messages`` streams take the same faults, counted in events: ``message_start``,
+``content_block_start``, ``ping``, one ``content_block_delta`` per word, ``content_block_stop``, ``message_delta``
+(the stop_reason and output tokens), and ``message_stop`` in the part of ``[DONE]`` (``stream_no_done`` withholds it;
+``after_chunks=-1`` cuts just before ``message_delta``). Anthropic always reports usage: ``stream_no_usage`` changes
+nothing there.
 """
 
 from __future__ import annotations

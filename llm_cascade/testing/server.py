@@ -9,7 +9,7 @@ transport-level mocks would not see their traffic), the demo runs on it with no 
 
     python -m llm_cascade.testing.server --data ../shared/data/rational --port 8000 --fault "gpt-4o=429:every=2"
 
-Endpoints: ``POST /v1/chat/completions`` (OpenAI, streaming included), ``POST /v1/messages`` (Anthropic),
+Endpoints: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` (Anthropic), both streaming too,
 ``GET /v1/models``; and for a server in another process ``GET /_stats``, ``POST /_reset`` and ``POST /_faults``
 (``{"model": "429:every=2"}``, null removes). Faults are described in :mod:`llm_cascade.testing.faults`.
 
@@ -171,15 +171,19 @@ class RecordedAnswerApp:
         no_usage = fault is not None and fault.kind == Fault.STREAM_NO_USAGE
         if isinstance(opts, dict) and opts.get("include_usage") and not no_usage:
             chunks.append(wire.openai_chunk(rid, body["model"], None, usage=usage))
-        await self._stream(chunks, fault, receive, send)
+        await self._stream(chunks, fault, receive, send, wire.SSE_DONE, wire.OPENAI_BROKEN_CHUNK)
 
-    async def _stream(self, chunks: list[bytes], fault: FaultSpec | None, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, chunks: list[bytes], fault: FaultSpec | None, receive: Receive, send: Send, done: bytes, broken: bytes
+    ) -> None:
+        """Send ``chunks`` as server-sent events, then the terminator ``done``, with the stream fault if any
+        (``broken`` stands in for the malformed chunk)."""
         kind = fault.kind if fault is not None else None
         cut = fault.after_chunks if fault is not None else len(chunks)
         if cut < 0:
             cut = max(0, len(chunks) + cut)
         if kind == Fault.STREAM_MALFORMED and cut < len(chunks):
-            chunks[cut] = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
+            chunks[cut] = broken
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         for i, chunk in enumerate(chunks):
             if i == cut and kind == Fault.STREAM_CUT:
@@ -193,7 +197,7 @@ class RecordedAnswerApp:
             if i == cut and kind == Fault.STREAM_TRUNCATED:
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        tail = b"" if kind in (Fault.STREAM_NO_DONE, Fault.STREAM_TRUNCATED) else wire.SSE_DONE
+        tail = b"" if kind in (Fault.STREAM_NO_DONE, Fault.STREAM_TRUNCATED) else done
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # -- Anthropic --------------------------------------------------------------------------------------------------
@@ -205,13 +209,10 @@ class RecordedAnswerApp:
                 send, 400, wire.anthropic_error("invalid_request_error", "body must be a JSON object with a model")
             )
             return
-        if body.get("stream"):
-            msg = "streaming is not served on /v1/messages by this test server"
-            await _respond(send, 400, wire.anthropic_error("invalid_request_error", msg))
-            return
         model = model_key(body["model"])
         self.counts[model] += 1
-        fault = self.plan.pick(model, False, _header(scope, b"x-fault"))
+        stream = bool(body.get("stream"))
+        fault = self.plan.pick(model, stream, _header(scope, b"x-fault"))
         if fault is not None and not await self._before_answer(fault, "anthropic", receive, send):
             return
         prompt = _last_user_text(body.get("messages"))
@@ -224,6 +225,10 @@ class RecordedAnswerApp:
         tin, tout = usage_of(answer, prompt)
         stop = "max_tokens" if finish == "length" else "end_turn"
         rid = f"msg_{next(self._ids):024d}"
+        if stream:
+            events, done = wire.anthropic_stream(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)
+            await self._stream(events, fault, receive, send, done, wire.ANTHROPIC_BROKEN_EVENT)
+            return
         await _respond(
             send, 200, wire.anthropic_message(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)
         )

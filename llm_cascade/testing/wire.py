@@ -104,33 +104,71 @@ def openai_chunk(
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+OPENAI_BROKEN_CHUNK = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
 
 
 def openai_error(message: str, type_: str | None, code: str | None, param: str | None = None) -> bytes:
     return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
+def _anthropic_body(
+    rid: str, model: str, text: str, tokens_in: int, tokens_out: int, cached: int, stop_reason: str | None
+) -> dict[str, Any]:
+    """Anthropic counts cache reads apart from ``input_tokens``; the recorded total is split the same way."""
+    return {
+        "id": rid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": tokens_in - cached,
+            "output_tokens": tokens_out,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": 0,
+        },
+    }
+
+
 def anthropic_message(
     rid: str, model: str, text: str, tokens_in: int, tokens_out: int, cached: int, stop_reason: str
 ) -> bytes:
-    """Anthropic counts cache reads apart from ``input_tokens``; the recorded total is split the same way."""
-    return dumps(
-        {
-            "id": rid,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}] if text else [],
-            "stop_reason": stop_reason,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": tokens_in - cached,
-                "output_tokens": tokens_out,
-                "cache_read_input_tokens": cached,
-                "cache_creation_input_tokens": 0,
-            },
-        }
-    )
+    return dumps(_anthropic_body(rid, model, text, tokens_in, tokens_out, cached, stop_reason))
+
+
+def anthropic_event(data: dict[str, Any]) -> bytes:
+    """One SSE event of a streamed message: the event name repeats the payload's ``type``, as the API sends it."""
+    return b"event: " + str(data["type"]).encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+
+def anthropic_stream(
+    rid: str, model: str, text: str, tokens_in: int, tokens_out: int, cached: int, stop_reason: str
+) -> tuple[list[bytes], bytes]:
+    """The events of a streamed message, and its closing ``message_stop`` apart (a fault may withhold it).
+
+    ``message_start`` (the message with no content, the input tokens and a placeholder output count of 1), one text
+    block (``content_block_start``, a ``ping``, one ``content_block_delta`` per word, ``content_block_stop``; no block
+    for an empty answer), then ``message_delta`` with the stop_reason and the output tokens.
+    """
+    start = _anthropic_body(rid, model, "", tokens_in, min(1, tokens_out), cached, None)
+    events = [anthropic_event({"type": "message_start", "message": start})]
+    if text:
+        events.append(
+            anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        )
+        events.append(anthropic_event({"type": "ping"}))
+        for tok in split_tokens(text):
+            text_delta = {"type": "text_delta", "text": tok}
+            events.append(anthropic_event({"type": "content_block_delta", "index": 0, "delta": text_delta}))
+        events.append(anthropic_event({"type": "content_block_stop", "index": 0}))
+    stop = {"stop_reason": stop_reason, "stop_sequence": None}
+    events.append(anthropic_event({"type": "message_delta", "delta": stop, "usage": {"output_tokens": tokens_out}}))
+    return events, anthropic_event({"type": "message_stop"})
+
+
+ANTHROPIC_BROKEN_EVENT = b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": \n\n'
 
 
 def anthropic_error(type_: str, message: str) -> bytes:
