@@ -6,7 +6,8 @@
 
 Before tier k (k >= 1) runs, each limit whose tags the request carries is checked:
 
-    spent in the period (from the ledger) + spent by this request so far + estimated cost of tier k  >  limit ?
+    spent in the period (from the ledger) + held by other requests in flight (this process)
+        + spent by this request so far + estimated cost of tier k  >  limit ?
 
 The estimate of tier k is, for each of its models, the price of ``Usage(prompt tokens, expected output tokens)``:
 prompt tokens counted with tiktoken on the request's messages (the model's own encoding for OpenAI models,
@@ -18,15 +19,38 @@ marked ``accepted=False`` with the budget's reason; "raise" raises :class:`Budge
 unknown cannot be proven to fit, so it is refused too (``unknown_price="allow"`` lets it through).
 
 Periods are calendar periods in UTC ("hour", "day", "week" from Monday, "month"), "total" (all time) or "request"
-(this request alone, no ledger needed). Concurrent requests see each other's spend only once they are recorded, so
-in-flight requests may overshoot a period limit by at most their own cost.
+(this request alone, no ledger needed).
+
+Concurrent requests: a tier that is allowed is *held* against the period limits until its calls are in the ledger, so
+fifty requests in flight cannot all pass a check that none of them has been recorded against. The router opens one
+:class:`Hold` per request (:meth:`Budget.hold`); each escalation it allows claims on that hold what the request has
+spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim run
+under one lock (the proxy checks from worker threads), and the lock is held while the ledger is read, so a hold
+cannot be released between a check's reading the ledger and its reading the holds.
+
+When the claim goes: the router writes all of a request's rows in one ledger transaction in the ``finally`` of
+``route()``, and releases the hold in a ``finally`` right after that write, whether the request answered, failed or
+was cancelled. Releasing after the write means that for a moment the spend is counted twice (held and recorded),
+which can only refuse too much; releasing before it would let a check see the spend nowhere. A ledger that cannot
+write keeps the rows in memory (see :mod:`llm_cascade.ledger`), and budgets do not see them until they are written.
+
+Tier 0 is not checked by the router (it always runs), so its spend is invisible in flight unless the request
+escalates (the claim then includes it). The proxy server does check tier 0: it opens the request's hold with
+``with budget.hold():`` and claims tier 0's estimate; ``route()`` in the same task takes that open hold instead of a
+new one, so tier 0 is held once, and its estimate is replaced by what it really cost at the first escalation check.
+
+What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates); and
+other processes. Holds live in this process's memory: several proxy processes sharing one PostgreSQL ledger see each
+other's spend only through recorded rows, so each request in flight elsewhere may overshoot by its own cost.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Literal
@@ -127,6 +151,8 @@ class Budget:
         self.unknown_price = unknown_price
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
+        self._lock = threading.Lock()
+        self._holds: set[Hold] = set()
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
         from .tokens import count_messages, encoding_for_model
@@ -147,39 +173,154 @@ class Budget:
         return total
 
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
-        """None to allow tier ``tier``; otherwise the reason it would break a limit."""
+        """None to allow tier ``tier``; otherwise the reason it would break a limit. Claims nothing (:meth:`hold`)."""
+        return self._admit(request, tier, models, spent, None)
+
+    def hold(self) -> Hold:
+        """The hold for the request about to run: the one opened by an enclosing ``with budget.hold():`` in this
+        context that no request has taken yet (the proxy's tier-0 claim), else a new one. Release it after the
+        request's calls are recorded; the router does."""
+        open_ = _open.get()
+        if open_ is not None and open_.budget is self and not open_.taken:
+            with self._lock:
+                if not open_.taken:
+                    open_.taken = True
+                    return open_
+        return Hold(self)
+
+    def held(self, metadata: Mapping[str, str] | None = None) -> Decimal:
+        """What requests in flight in this process hold (those whose tags include ``metadata``; all when None)."""
+        with self._lock:
+            return sum(
+                (
+                    h.claimed
+                    for h in self._holds
+                    if metadata is None or all(h.metadata.get(k) == v for k, v in metadata.items())
+                ),
+                Decimal(0),
+            )
+
+    def _admit(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold | None
+    ) -> str | None:
         applicable = [x for x in self.limits if x.applies(request.metadata)]
         if not applicable:
             return None
         estimate = self.estimate(request, models)
-        if estimate is None:
-            if self.unknown_price == "allow":
-                return None
+        if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
+        with self._lock:
+            reason = None if estimate is None else self._refusal(applicable, tier, spent, estimate, now, hold)
+            if hold is not None and not hold.released:
+                # The request's claim: what it has spent, plus the tier it may now run. A refused request stops here.
+                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata)
+        return reason
+
+    def _refusal(
+        self,
+        applicable: Sequence[Limit],
+        tier: int,
+        spent: Decimal,
+        estimate: Decimal,
+        now: float,
+        hold: Hold | None,
+    ) -> str | None:
         for limit in applicable:
-            before = Decimal(0)
+            before = held = Decimal(0)
             if limit.per != "request":
                 assert self.ledger is not None
                 before = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
-            if before + spent + estimate > limit.usd:
+                held = self._held_against(limit, hold)
+            if before + held + spent + estimate > limit.usd:
+                in_flight = f" + {held} held by requests in flight" if held else ""
                 return (
-                    f"budget {limit}: spent {before} in this {limit.per} + {spent} on this request"
+                    f"budget {limit}: spent {before} in this {limit.per}{in_flight} + {spent} on this request"
                     f" + {estimate} estimated for tier {tier} > {limit.usd}"
                 )
         return None
 
+    def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
+        return sum((h.claimed for h in self._holds if h is not exclude and limit.applies(h.metadata)), Decimal(0))
+
     def remaining(self, metadata: Mapping[str, str] | None = None) -> dict[str, Decimal]:
-        """What is left of each period limit that applies to ``metadata`` (all limits when None)."""
+        """What is left of each period limit that applies to ``metadata`` (all limits when None), after what is
+        recorded and what requests in flight hold."""
         now = self.clock()
         out: dict[str, Decimal] = {}
         for limit in self.limits:
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
             assert self.ledger is not None
-            used = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
+            with self._lock:
+                used = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
+                used += self._held_against(limit)
             out[str(limit)] = limit.usd - used
         return out
 
     def __repr__(self) -> str:
         return f"Budget({[str(x) for x in self.limits]!r}, policy={self.policy!r})"
+
+
+class Hold:
+    """One request's claim on a budget's period limits while it runs in this process (see the module docstring).
+
+    A :class:`~llm_cascade.router.Guard` itself: ``check`` is :meth:`Budget.check` that also claims, so the budget's
+    other checks count what this request has spent and the tier it was allowed, until :meth:`release`. Used as a
+    context manager it is released on exit, and until then it is the open hold that :meth:`Budget.hold` hands to the
+    first request routed in the same context.
+    """
+
+    __slots__ = ("_token", "budget", "claimed", "metadata", "released", "taken")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.claimed = Decimal(0)
+        self.metadata: Mapping[str, str] = {}
+        self.taken = False
+        self.released = False
+        self._token: Token[Hold | None] | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.budget.policy
+
+    def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
+        """:meth:`Budget.check`, not counting this hold's own claim (``spent`` is the request's own spend), and
+        claiming ``spent`` + the tier's estimate when it allows (``spent`` alone when it refuses)."""
+        return self.budget._admit(request, tier, models, spent, self)
+
+    def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
+        """Called with the budget's lock held."""
+        self.claimed = amount
+        self.metadata = dict(metadata)
+        if amount:
+            self.budget._holds.add(self)
+        else:
+            self.budget._holds.discard(self)
+
+    def release(self) -> None:
+        """Stop counting this request's claim: call it once its calls are in the ledger. Idempotent and final."""
+        with self.budget._lock:
+            self.released = True
+            self.claimed = Decimal(0)
+            self.budget._holds.discard(self)
+
+    def __enter__(self) -> Hold:
+        self._token = _open.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.release()
+        finally:
+            if self._token is not None:
+                _open.reset(self._token)
+                self._token = None
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else f"{self.claimed} USD"
+        return f"Hold({state}, {dict(self.metadata)!r})"
+
+
+_open: ContextVar[Hold | None] = ContextVar("llm_cascade_open_hold", default=None)

@@ -58,12 +58,19 @@ class Guard(Protocol):
     """What the router needs from budgets: may it escalate to ``tier`` after spending ``spent`` on this request?
 
     Returns None to allow, or a reason to stop. ``policy`` says what a stop means: return the best answer so far
-    ("best_so_far") or raise :class:`BudgetExceeded` ("raise").
+    ("best_so_far") or raise :class:`BudgetExceeded` ("raise"). A guard that also has ``hold()`` (Budget does) gets
+    one per request, a :class:`Held` guard whose allowed tiers stay reserved until the request's calls are recorded.
     """
 
     policy: Literal["best_so_far", "raise"]
 
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
+
+
+class Held(Guard, Protocol):
+    """One request's guard (:class:`llm_cascade.budget.Hold`): released once its calls are in the ledger."""
+
+    def release(self) -> None: ...
 
 
 class Hardener(Protocol):
@@ -272,17 +279,24 @@ class Router:
                 _new_request_id(),
             )
         calls: list[Call] = []
+        reserve = getattr(self.budget, "hold", None) if self.budget is not None else None
+        hold: Held | None = reserve() if reserve is not None else None
+        guard = hold if hold is not None else self.budget
         try:
             if self.timeout is None:
-                return await self._route(request, calls)
+                return await self._route(request, calls, guard)
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._route(request, calls)
+                    return await self._route(request, calls, guard)
             except TimeoutError:
                 raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
         finally:
-            if self.ledger is not None and calls:
-                self.ledger.record(request.request_id, calls, dict(request.metadata))
+            try:
+                if self.ledger is not None and calls:
+                    self.ledger.record(request.request_id, calls, dict(request.metadata))
+            finally:
+                if hold is not None:  # after the write: counted twice for a moment, never not at all
+                    hold.release()
 
     async def complete(self, request: Request) -> Completion:
         """Backend protocol: the cascade's answer as a Completion, with the usage of every call it made."""
@@ -298,15 +312,15 @@ class Router:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    async def _route(self, request: Request, calls: list[Call]) -> RouteResult:
+    async def _route(self, request: Request, calls: list[Call], guard: Guard | None) -> RouteResult:
         start = time.perf_counter()
         last = len(self.tiers) - 1
         best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
         for k, tier in enumerate(self.tiers):
-            if k and self.budget is not None:
-                reason = self.budget.check(request, k, [m.name for m in tier.members], self._spent(calls))
+            if k and guard is not None:
+                reason = guard.check(request, k, [m.name for m in tier.members], self._spent(calls))
                 if reason is not None:
-                    if self.budget.policy == "raise" or best is None:
+                    if guard.policy == "raise" or best is None:
                         raise BudgetExceeded(reason)
                     bk, bvotes, banswer, btext = best
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)

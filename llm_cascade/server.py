@@ -29,9 +29,10 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import Components, Config, build_components, build_routers, hash_key
 from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
@@ -48,7 +49,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("starlette", "server") from None
 
 if TYPE_CHECKING:
-    from .router import Router
+    from .router import Guard, Router
 
 __all__ = ["ProxyState", "create_app", "error_response", "serve"]
 
@@ -206,17 +207,27 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
     return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
 
 
-async def _budget_refuses(state: ProxyState, router: Router, request: Request) -> JSONResponse | None:
+def _hold(state: ProxyState) -> AbstractContextManager[Guard | None]:
+    """The request's budget hold (:class:`llm_cascade.budget.Hold`), open around the tier-0 check and ``route()``,
+    which takes it over: tier 0's estimate stays held until the router has recorded the request's calls."""
+    budget = state.components.budget
+    hold = getattr(budget, "hold", None)
+    return cast("AbstractContextManager[Guard]", hold()) if hold is not None else nullcontext(budget)
+
+
+async def _budget_refuses(
+    guard: Guard | None, state: ProxyState, router: Router, request: Request
+) -> JSONResponse | None:
     """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
 
     The router checks budgets only before an escalation (tier 0 always runs); here tier 0 gets the same check
-    (spent in the period + the tier's estimated cost > limit?). The ledger query runs off the event loop.
+    (spent in the period + held in flight + the tier's estimated cost > limit?). The ledger query runs off the
+    event loop.
     """
-    budget = state.components.budget
-    if budget is None:
+    if guard is None:
         return None
     models = [m.name for m in router.tiers[0].members]
-    reason = await asyncio.to_thread(budget.check, request, 0, models, Decimal(0))
+    reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
     return None if reason is None else _route_error(BudgetExceeded(reason), state)
 
 
@@ -234,10 +245,11 @@ async def chat_completions(request: HTTPRequest) -> Response:
     router = state.routers[chat.model]
     routed = replace(routed, metadata={**routed.metadata, **tags})
     try:
-        refused = await _budget_refuses(state, router, routed)
-        if refused is not None:
-            return refused
-        result = await router.route(routed)
+        with _hold(state) as guard:
+            refused = await _budget_refuses(guard, state, router, routed)
+            if refused is not None:
+                return refused
+            result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
     info = _describe(result)
