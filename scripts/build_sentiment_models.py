@@ -12,7 +12,7 @@ Outputs (under ``--out``, default ``artifacts/sentiment``; build artifacts, neve
 - ``metrics.json``: test accuracy and training time of each model (also the last line printed, as JSON).
 
 Training is bounded for a 2-core CPU: one pass over the whole train split (30,233 tweets), about 5 minutes for the
-2-layer model and 16 for the 6-layer one on 2 cores (``--train-size`` takes a seeded subsample, ``--epochs`` more
+2-layer model and 15-16 for the 6-layer one on 2 cores (``--train-size`` takes a seeded subsample, ``--epochs`` more
 passes). ``make models`` runs this once; a model whose checkpoint exists is skipped (``--force`` rebuilds).
 """
 
