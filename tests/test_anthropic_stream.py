@@ -170,6 +170,25 @@ async def test_stream_that_ends_before_its_stop_reason_is_a_stream_error(made: M
     assert billed == Usage(1000, count_tokens(partial(2), encoding), 200, estimated=True)
 
 
+async def test_error_event_mid_stream_is_a_retryable_stream_error_billed_for_the_partial_answer(made: Made) -> None:
+    """Anthropic sends ``event: error`` (overloaded) when it fails after the stream has started."""
+    backend = made.claude("a", "stream_error:after_chunks=5")
+    with pytest.raises(StreamError) as info:
+        await backend.complete(Request.from_prompt(PROMPT))
+    assert "overloaded_error" in str(info.value)
+    encoding = encoding_for_model(backend.model)
+    assert info.value.billed_usage == Usage(1000, count_tokens(partial(2), encoding), 200, estimated=True)
+
+
+async def test_openai_error_chunk_mid_stream_is_a_retryable_stream_error(made: Made) -> None:
+    backend = made.openai("o", "stream_error:after_chunks=3", stream=True)
+    with pytest.raises(StreamError) as info:
+        await backend.complete(Request.from_prompt(PROMPT))
+    assert "server had an error" in str(info.value)
+    billed = info.value.billed_usage
+    assert billed is not None and billed.estimated and billed.output_tokens > 0
+
+
 async def test_cut_before_the_stop_reason_after_the_whole_text_is_still_a_stream_error(made: Made) -> None:
     with pytest.raises(StreamError):
         await made.claude("a", "stream_cut:after_chunks=-1").complete(Request.from_prompt(PROMPT))

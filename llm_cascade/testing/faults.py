@@ -24,6 +24,8 @@ name                   what the client sees
 ``stream_truncated``   streaming only: the body ends cleanly after ``after_chunks`` chunks: no finish, no [DONE]
 ``stream_stall``       streaming only: chunks stop after ``after_chunks`` and the stream stays open ``delay_s``
 ``stream_malformed``   streaming only: chunk number ``after_chunks`` is not JSON
+``stream_error``       streaming only: after ``after_chunks`` chunks the server reports an error inside the stream
+                       (OpenAI: a ``data: {"error": ...}`` chunk; Anthropic: ``event: error``, overloaded) and ends
 ``stream_no_done``     streaming only: the stream ends cleanly but without ``data: [DONE]``
 ``stream_no_usage``    streaming only: ``stream_options.include_usage`` is ignored (no usage chunk)
 =====================  ===========================================================================================
@@ -68,6 +70,7 @@ class Fault(StrEnum):
     STREAM_TRUNCATED = "stream_truncated"
     STREAM_STALL = "stream_stall"
     STREAM_MALFORMED = "stream_malformed"
+    STREAM_ERROR = "stream_error"
     STREAM_NO_DONE = "stream_no_done"
     STREAM_NO_USAGE = "stream_no_usage"
 

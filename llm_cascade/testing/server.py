@@ -171,13 +171,22 @@ class RecordedAnswerApp:
         no_usage = fault is not None and fault.kind == Fault.STREAM_NO_USAGE
         if isinstance(opts, dict) and opts.get("include_usage") and not no_usage:
             chunks.append(wire.openai_chunk(rid, body["model"], None, usage=usage))
-        await self._stream(chunks, fault, receive, send, wire.SSE_DONE, wire.OPENAI_BROKEN_CHUNK)
+        await self._stream(
+            chunks, fault, receive, send, wire.SSE_DONE, wire.OPENAI_BROKEN_CHUNK, wire.OPENAI_ERROR_CHUNK
+        )
 
     async def _stream(
-        self, chunks: list[bytes], fault: FaultSpec | None, receive: Receive, send: Send, done: bytes, broken: bytes
+        self,
+        chunks: list[bytes],
+        fault: FaultSpec | None,
+        receive: Receive,
+        send: Send,
+        done: bytes,
+        broken: bytes,
+        error: bytes,
     ) -> None:
         """Send ``chunks`` as server-sent events, then the terminator ``done``, with the stream fault if any
-        (``broken`` stands in for the malformed chunk)."""
+        (``broken`` stands in for the malformed chunk, ``error`` is the in-stream error report)."""
         kind = fault.kind if fault is not None else None
         cut = fault.after_chunks if fault is not None else len(chunks)
         if cut < 0:
@@ -196,6 +205,9 @@ class RecordedAnswerApp:
                 return
             if i == cut and kind == Fault.STREAM_TRUNCATED:
                 break
+            if i == cut and kind == Fault.STREAM_ERROR:
+                await send({"type": "http.response.body", "body": error, "more_body": False})
+                return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         tail = b"" if kind in (Fault.STREAM_NO_DONE, Fault.STREAM_TRUNCATED) else done
         await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -227,7 +239,9 @@ class RecordedAnswerApp:
         rid = f"msg_{next(self._ids):024d}"
         if stream:
             events, done = wire.anthropic_stream(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)
-            await self._stream(events, fault, receive, send, done, wire.ANTHROPIC_BROKEN_EVENT)
+            await self._stream(
+                events, fault, receive, send, done, wire.ANTHROPIC_BROKEN_EVENT, wire.ANTHROPIC_ERROR_EVENT
+            )
             return
         await _respond(
             send, 200, wire.anthropic_message(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)

@@ -105,6 +105,11 @@ def openai_chunk(
 
 SSE_DONE = b"data: [DONE]\n\n"
 OPENAI_BROKEN_CHUNK = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
+# An error reported inside an open stream, as OpenAI-compatible servers send it when generation fails mid-answer.
+OPENAI_ERROR_CHUNK = (
+    b'data: {"error": {"message": "The server had an error while processing your request.", '
+    b'"type": "server_error", "code": null}}\n\n'
+)
 
 
 def openai_error(message: str, type_: str | None, code: str | None, param: str | None = None) -> bytes:
@@ -169,6 +174,10 @@ def anthropic_stream(
 
 
 ANTHROPIC_BROKEN_EVENT = b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": \n\n'
+# Anthropic's mid-stream error event (the API sends it when it is overloaded after the stream has started).
+ANTHROPIC_ERROR_EVENT = (
+    b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
+)
 
 
 def anthropic_error(type_: str, message: str) -> bytes:
