@@ -13,6 +13,9 @@ priced by compute seconds x ``--usd-per-hour`` (their share of each batched forw
    over the two classifiers is printed too: it may drop a tier altogether.)
 3. The chosen cascades run live, through the Router, on the held-out test tweets (concurrently, so the local tiers'
    micro-batching is exercised); the last line printed is JSON.
+4. The eval harness's own report over the same recorded runs (every single tier, the cascade ``calibrate`` picks over
+   all three, the oracle; local and LLM tiers on one dollar axis) goes to ``--out`` (default ``build/sentiment``):
+   ``sentiment_report.md`` / ``.json`` and ``sentiment_frontier.png``.
 
 The LLM tier. By default it is SIMULATED: a local scripted server (:class:`llm_cascade.testing.server.RecordedServer`)
 answers each tweet's gold label, replaced by a wrong label with probability ``1 - --sim-llm-accuracy``, priced like
@@ -44,7 +47,9 @@ from llm_cascade.agreement import Confidence
 from llm_cascade.backends.hf import METRICS, Classification, HFClassifierBackend, Metric
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.evals.calibrate import Target, calibrate
+from llm_cascade.evals.plot import plot_frontier
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix
+from llm_cascade.evals.report import evaluate, to_markdown
 from llm_cascade.evals.simulate import CascadeConfig, Simulator, TierSpec
 from llm_cascade.normalize import LabelSet
 from llm_cascade.pricing import PriceTable
@@ -189,6 +194,18 @@ async def run_live(router: Router, rows: Sequence[dict[str, Any]], concurrency: 
     }
 
 
+def write_report(cal: RunMatrix, test: RunMatrix, out: Path) -> dict[str, Any]:
+    """The eval harness's own report over the recorded runs (calibrated on ``cal``, scored on ``test``): every
+    single tier, the cascade ``calibrate`` picks, the oracle, local and LLM tiers on one dollar axis; as markdown,
+    JSON and a PNG frontier plot under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluate(cal, test, name="sentiment: calibration -> test")
+    report["plot"] = str(plot_frontier(report, out / "sentiment_frontier.png"))
+    (out / "sentiment_report.md").write_text(to_markdown([report]) + "\n", encoding="utf-8")
+    (out / "sentiment_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
 def router_for(cfg: CascadeConfig, backends: dict[str, Any], prices: PriceTable, labels: LabelSet) -> Router:
     tiers = [Tier([backends[m] for m in t.models], t.rule, name=f"tier{k}") for k, t in enumerate(cfg.tiers)]
     return Router(tiers, normalizer=labels, prices=prices)
@@ -212,6 +229,7 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="2->6 cascade: at most this share of requests may reach the 6-layer model (the issue's goal: 0.60)",
     )
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("build/sentiment"), help="where the harness report and plot go")
     args = p.parse_args(argv)
 
     folder: Path = args.models
@@ -287,12 +305,13 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             small, large = classifier("minilm-2l", metric), classifier("minilm-6l", metric)
         backends = {"minilm-2l": small, "minilm-6l": large, "llm": llm}
         print(f"evaluating on {len(test)} held-out tweets", file=sys.stderr)
-        single = {}
-        for b in (small, large):
-            out = b.classify([r["text"] for r in test], batch_size=64)
-            single[b.name] = round(sum(c.label == r["label"] for c, r in zip(out, test, strict=True)) / len(test), 4)
-        llm_test = await llm_runs(llm, test, prices, labels)
-        single["llm"] = round(sum(bool(r.correct) for r in llm_test) / len(test), 4)
+        test_runs = {
+            b.name: classifier_runs(b, b.classify([r["text"] for r in test], batch_size=64), test, metric)
+            for b in (small, large)
+        }
+        test_runs["llm"] = await llm_runs(llm, test, prices, labels)
+        single = {m: round(sum(bool(r.correct) for r in runs) / len(test), 4) for m, runs in test_runs.items()}
+        report = write_report(matrix, RunMatrix.from_records(records(test, test_runs), matrix.models), args.out)
         live3 = await run_live(router_for(three, backends, prices, labels), test, args.concurrency)
         live2 = await run_live(router_for(two, backends, prices, labels), test, args.concurrency)
     finally:
@@ -324,6 +343,13 @@ async def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "share_calling": live3["share_calling"],
         "cost_per_request_usd": live3["cost_per_request_usd"],
         "two_tier": two_tier,
+        "harness_report": {
+            "path": str(args.out / "sentiment_report.md"),
+            "cascade": report["cascade"]["description"],
+            "cascade_accuracy": round(report["cascade"]["accuracy"], 4),
+            "cost_ratio_vs_best_single": report["cost_ratio"],
+            "oracle_accuracy": round(report["baselines"]["oracle_router"]["accuracy"], 4),
+        },
     }
 
 
