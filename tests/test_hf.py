@@ -212,6 +212,7 @@ async def test_as_a_confidence_tier_in_a_router(tiny_model: Path) -> None:
         ({"price_per_hour": "cheap"}, "hf.price_per_hour"),
         ({"device": "tpu"}, "hf.device"),
         ({"dtype": "int4"}, "hf.dtype"),
+        ({"device": "cpu", "dtype": "float16"}, "hf.dtype"),
         ({"max_length": 0}, "hf.max_length"),
         ({"chunk_size": 0}, "hf.chunk_size"),
         ({"max_batch_size": 0}, "MicroBatcher.max_batch_size"),

@@ -165,6 +165,8 @@ class HFClassifierBackend:
             raise MissingDependencyError(exc.name or "transformers", "hf") from None
         self._torch = torch
         self.device, self.dtype = pick_device(device, dtype)
+        if self.device == "cpu" and dtype == "float16":
+            raise ConfigError("hf.dtype", "float16 runs slowly or not at all on a CPU: use 'bfloat16' or 'float32'")
         # A GPU wants the whole batch in one pass; a CPU gains more from less padding than from wider matrices.
         self.chunk_size: int = chunk_size or (max(1, max_batch_size) if self.device.startswith("cuda") else 16)
         try:
