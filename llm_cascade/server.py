@@ -305,16 +305,18 @@ async def _chunks(
     yield b"data: [DONE]\n\n"
 
 
+def _model_card(state: ProxyState, name: str) -> dict[str, Any]:
+    """One cascade as an OpenAI model object (``/v1/models`` lists them, ``/v1/models/{name}`` returns one)."""
+    return {"id": name, "object": "model", "created": state.started, "owned_by": "llm-cascade"}
+
+
 async def list_models(request: HTTPRequest) -> Response:
     state = _state(request)
     try:
         state.authenticate(request)
     except InputError as bad:
         return _refuse(bad)
-    data = [
-        {"id": name, "object": "model", "created": state.started, "owned_by": "llm-cascade"} for name in state.routers
-    ]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.routers]})
 
 
 async def get_model(request: HTTPRequest) -> Response:
@@ -326,7 +328,7 @@ async def get_model(request: HTTPRequest) -> Response:
     name = request.path_params["model"]
     if name not in state.routers:
         return error_response(404, f"no cascade named {name!r}", code="model_not_found", param="model")
-    return JSONResponse({"id": name, "object": "model", "created": state.started, "owned_by": "llm-cascade"})
+    return JSONResponse(_model_card(state, name))
 
 
 async def health(request: HTTPRequest) -> Response:
