@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_cascade.ledger import Ledger
 from llm_cascade.testing import Answer, RecordedServer
 
 # A throwaway PostgreSQL server (fixture `pg_url`), started only by tests that ask for it.
@@ -51,3 +52,10 @@ def script_server() -> Iterator[RecordedServer]:
     }
     with RecordedServer(script=script) as server:
         yield server
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A fresh SQLite ledger per test."""
+    with Ledger(tmp_path / "ledger.sqlite3") as led:
+        yield led

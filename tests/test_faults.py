@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,12 +58,6 @@ POLICY = RetryPolicy(attempts=3, initial=0.25, multiplier=2, jitter=0, max_delay
 def server() -> Iterator[RecordedServer]:
     with RecordedServer(default=ANSWER) as s:
         yield s
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "ledger.sqlite3") as led:
-        yield led
 
 
 class Scenario:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,12 +53,6 @@ PRICE = {"input": "3", "output": "17", "source": "test price", "as_of": "2025-01
 def server() -> Iterator[RecordedServer]:
     with RecordedServer(default=ANSWER) as s:
         yield s
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "ledger.sqlite3") as led:
-        yield led
 
 
 _ids = itertools.count()
