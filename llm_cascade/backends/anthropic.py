@@ -27,8 +27,9 @@ from typing import Any
 
 from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
 from ..types import Completion, Request, Usage
-from ._sdk import LazyClient, check_options, check_stream_options, sdk_call
-from ._stream import StreamState, StreamUsage, read_stream
+from ._options import AdapterOptions
+from ._sdk import LazyClient, sdk_call
+from ._stream import StreamState, read_stream
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -88,7 +89,7 @@ def read_anthropic_event(state: StreamState, event: Any) -> None:
             state.finish = str(reason)
 
 
-class AnthropicBackend(LazyClient):
+class AnthropicBackend(AdapterOptions, LazyClient):
     """One Claude model. ``base_url`` points the SDK elsewhere (a proxy, or the local test server). ``timeout``
     bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off) also bounds each wait for the
     next event, as in :class:`~llm_cascade.backends.openai.OpenAIBackend`."""
@@ -110,20 +111,23 @@ class AnthropicBackend(LazyClient):
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
     ) -> None:
-        check_options("AnthropicBackend", model, timeout, api_key, api_key_env)
-        check_stream_options("AnthropicBackend", stream, stream_idle_timeout)
+        self._init_options(
+            "AnthropicBackend",
+            "anthropic",
+            model,
+            name=name,
+            timeout=timeout,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            stream=stream,
+            stream_idle_timeout=stream_idle_timeout,
+        )
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError("AnthropicBackend.max_tokens", f"must be a positive integer, got {max_tokens!r}")
-        self.model = model
-        self.name = name or f"anthropic:{model}"
         self.base_url = base_url
-        self.timeout = float(timeout)
         self.max_tokens = max_tokens
         self.default_headers = dict(default_headers or {})
         self.extra_body = dict(extra_body or {})
-        self.stream = stream
-        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
-        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
 

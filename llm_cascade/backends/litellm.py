@@ -24,8 +24,8 @@ from typing import Any
 from ..errors import MissingDependencyError, ProviderError
 from ..types import Completion, Request
 from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
-from ._sdk import check_options, check_stream_options, map_sdk_exception, sdk_call
-from ._stream import StreamUsage
+from ._options import AdapterOptions
+from ._sdk import map_sdk_exception, sdk_call
 
 
 def import_litellm() -> Any:
@@ -50,7 +50,7 @@ def provider_sent_usage(stream: Any) -> bool:
     return any(getattr(c, "usage", None) is not None for c in chunks)
 
 
-class LiteLLMBackend:
+class LiteLLMBackend(AdapterOptions):
     """One LiteLLM model string (``"provider/model"``). ``api_key`` / ``api_key_env`` are optional: LiteLLM finds the
     usual provider variables itself. ``extra`` is passed to every ``acompletion`` call. ``stream`` and
     ``stream_idle_timeout`` work as in :class:`~llm_cascade.backends.openai.OpenAIBackend`."""
@@ -70,16 +70,19 @@ class LiteLLMBackend:
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
     ) -> None:
-        check_options("LiteLLMBackend", model, timeout, api_key, api_key_env)
-        check_stream_options("LiteLLMBackend", stream, stream_idle_timeout)
-        self.model = model
-        self.name = name or f"litellm:{model}"
+        self._init_options(
+            "LiteLLMBackend",
+            "litellm",
+            model,
+            name=name,
+            timeout=timeout,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            stream=stream,
+            stream_idle_timeout=stream_idle_timeout,
+        )
         self.api_base = api_base
-        self.timeout = float(timeout)
         self.extra = dict(extra or {})
-        self.stream = stream
-        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
-        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._litellm: Any = None

@@ -24,14 +24,14 @@ from ..types import Completion, Request
 from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
 from ._openai_shape import first_token_logprob as first_token_logprob  # re-exported: its former home
 from ._openai_shape import openai_usage as openai_usage
-from ._sdk import LazyClient, check_options, check_stream_options, sdk_call
-from ._stream import StreamUsage
+from ._options import AdapterOptions
+from ._sdk import LazyClient, sdk_call
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
 
 
-class OpenAIBackend(LazyClient):
+class OpenAIBackend(AdapterOptions, LazyClient):
     """One model behind an OpenAI-compatible chat completions endpoint.
 
     ``api_key`` wins over the ``api_key_env`` variable (read at the first call, so it may be set after construction).
@@ -57,18 +57,21 @@ class OpenAIBackend(LazyClient):
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
     ) -> None:
-        check_options("OpenAIBackend", model, timeout, api_key, api_key_env)
-        check_stream_options("OpenAIBackend", stream, stream_idle_timeout)
-        self.model = model
-        self.name = name or f"openai:{model}"
+        self._init_options(
+            "OpenAIBackend",
+            "openai",
+            model,
+            name=name,
+            timeout=timeout,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            stream=stream,
+            stream_idle_timeout=stream_idle_timeout,
+        )
         self.base_url = base_url
-        self.timeout = float(timeout)
         self.organization = organization
         self.default_headers = dict(default_headers or {})
         self.extra_body = dict(extra_body or {})
-        self.stream = stream
-        self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
-        self._stream_usage = StreamUsage(model)
         self._api_key = api_key
         self._api_key_env = api_key_env
 
