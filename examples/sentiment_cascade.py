@@ -128,9 +128,13 @@ def choose_chain(
     for thresholds in itertools.product(grid, repeat=len(chain) - 1):
         tiers = [TierSpec((m,), Confidence(t)) for m, t in zip(chain, thresholds, strict=False)]
         cfg = CascadeConfig((*tiers, TierSpec((chain[-1],))))
-        if max_reach_last < 1.0 and sim.run(cfg).reach_rates()[-1] > max_reach_last:
-            continue
-        acc, cost = sim.score(cfg)
+        if max_reach_last < 1.0:  # the full run gives the reach too: no second pass for accuracy and cost
+            res = sim.run(cfg)
+            if res.reach_rates()[-1] > max_reach_last:
+                continue
+            acc, cost = res.accuracy, res.cost_per_request
+        else:
+            acc, cost = sim.score(cfg)
         if acc >= floor - 1e-12 and (best is None or cost < best[1]):
             best = (acc, cost, cfg)
         if fallback is None or (acc, -cost) > (fallback[0], -fallback[1]):
