@@ -1,4 +1,4 @@
-"""`llm-cascade calibrate` and `llm-cascade split`: the eval harness on the command line (rich progress bars).
+"""`llm-cascade calibrate`, `split` and `eval`: the eval harness on the command line (rich progress bars).
 
 Imported only by :mod:`llm_cascade.cli` when the CLI runs, so typer at module level costs `import llm_cascade` nothing.
 """
@@ -87,3 +87,74 @@ def register(app: Any) -> None:
         save_records(a, out_a)
         save_records(b, out_b)
         print(json.dumps({"first": str(out_a), "n_first": len(a), "second": str(out_b), "n_second": len(b)}))
+
+    register_eval(app)
+
+
+def register_eval(app: Any) -> None:
+    """Add `llm-cascade eval TASK.toml --cascade CASCADE.toml [--replay]`."""
+
+    @app.command("eval")  # type: ignore[untyped-decorator]
+    def eval_task(
+        task: Annotated[Path, typer.Argument(help="task spec (evals/tasks/<name>.toml)")],
+        cascade: Annotated[
+            Path | None, typer.Option("--cascade", help="cascade config file (default: the task's `cascade`)")
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option("--name", help="which cascade of the file (default: the task's)")
+        ] = None,
+        replay: Annotated[
+            bool, typer.Option("--replay", help="answer from the task's recorded runs (members 'recorded:<model>')")
+        ] = False,
+        out: Annotated[Path | None, typer.Option("--out", help="report folder (default: build/eval/<task>)")] = None,
+        cache: Annotated[
+            Path | None,
+            typer.Option("--cache", help="SQLite response cache, live mode (default: <out>/responses.sqlite3)"),
+        ] = None,
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="call every model even if answered before")] = False,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N examples only")] = None,
+        concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="requests in flight")] = 32,
+    ) -> None:
+        """Run a cascade over a benchmark task, live or replayed from recorded runs; write the md/json/png report."""
+        import dataclasses
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..errors import ConfigError
+        from .records import RecordError
+        from .runner import run_eval
+        from .summary import to_markdown, write_report
+        from .tasks import load_examples, load_task
+
+        console = Console(stderr=True)
+        try:
+            spec = load_task(task)
+            if limit is not None:
+                spec = dataclasses.replace(spec, limit=limit)
+            cascade_file = cascade or spec.cascade
+            if cascade_file is None:
+                raise ConfigError("--cascade", f"{task.name} names no default cascade: pass --cascade FILE")
+            folder = out or Path("build") / "eval" / spec.name
+            examples = load_examples(spec)
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as bar:
+                job = bar.add_task(f"{spec.name} ({'replay' if replay else 'live'})", total=len(examples))
+                report = run_eval(
+                    spec,
+                    examples,
+                    cascade_file,
+                    name=name,
+                    replay=replay,
+                    cache=None if no_cache else (cache or folder / "responses.sqlite3"),
+                    concurrency=concurrency,
+                    on_done=lambda done: bar.update(job, completed=done),
+                )
+        except (ConfigError, RecordError) as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        paths = write_report(report, folder)
+        print(to_markdown(report))
+        console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+        keys = ("task", "mode", "n", "accuracy", "escalation_rate", "cost_per_request_usd", "calls")
+        print(json.dumps({k: report[k] for k in keys}))

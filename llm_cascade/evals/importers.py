@@ -18,9 +18,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..normalize import ChoiceLetter, ExactText, Normalizer, Number
 from ..types import Usage
@@ -28,8 +29,37 @@ from .records import ModelRun, Record, RecordError
 
 TokenCounter = Callable[[str], int]
 
-_CHOICE_SETS = frozenset({"mmlu", "medmcqa"})
-_ANSWER_ONLY_SETS = frozenset({"gsm8k", "triviaqa", "truthfulqa"})
+
+@dataclass(frozen=True, slots=True)
+class RecordedLayout:
+    """How one benchmark's rational-cascades rows are read: what a task spec (``evals/tasks/*.toml``) says about them.
+
+    ``normalizer`` maps the recorded answer (``answer_field``) to the canonical answer (None keeps the text as is);
+    ``cost_field`` names the recorded price of the answer alone; ``confidence="logprob"`` when ``conf_raw`` is the
+    answer token's log-probability (confidence = exp(conf_raw)), ``"none"`` when it scores something else; ``judged``
+    when the gold is free text judged by an LLM, so the recorded ``correct`` labels are the truth, not equality.
+    """
+
+    normalizer: Normalizer | None = None
+    answer_field: str = "answer"
+    cost_field: str = "cost_usd"
+    confidence: Literal["logprob", "none"] = "none"
+    judged: bool = False
+
+    @classmethod
+    def infer(cls, obj: Mapping[str, Any]) -> RecordedLayout:
+        """The layout a row's own shape implies, for files read without a task spec (``load_records``): choices
+        mean a multiple-choice letter scored by log-probability; an extracted answer means a final number; otherwise
+        free text judged by an LLM. Costs are those of the answer alone where the row records them separately."""
+        choices = obj.get("choices")
+        if isinstance(choices, Sequence) and not isinstance(choices, str) and choices:
+            last = "ABCDEFGHIJ"[min(len(choices), 10) - 1]
+            return cls(ChoiceLetter(last=last), confidence="logprob")
+        models = obj.get("models")
+        first: Mapping[str, Any] = next(iter(models.values()), {}) if isinstance(models, Mapping) else {}
+        if "answer_extracted" in first:
+            return cls(Number(), answer_field="answer_extracted", cost_field="cost_answer_only_usd")
+        return cls(ExactText(), cost_field="cost_answer_only_usd", judged=True)
 
 
 class Pricer(Protocol):
@@ -38,31 +68,20 @@ class Pricer(Protocol):
     def cost(self, model: str, usage: Usage) -> Decimal | None: ...
 
 
-def rational_record(obj: Mapping[str, Any]) -> Record:
-    """One row of the rational-cascades files, converted."""
-    bench = str(obj.get("benchmark", ""))
-    normalizer: Normalizer | None = None
-    if bench in ("triviaqa", "truthfulqa"):
-        normalizer = ExactText()
-    elif bench not in _CHOICE_SETS and bench != "gsm8k":
-        normalizer = None
+def rational_record(obj: Mapping[str, Any], layout: RecordedLayout | None = None) -> Record:
+    """One row of the rational-cascades files, converted as ``layout`` (from the task spec) says; without one, as the
+    row's shape implies (:meth:`RecordedLayout.infer`)."""
+    lay = layout or RecordedLayout.infer(obj)
+    norm = lay.normalizer
     models: dict[str, ModelRun] = {}
     for name, m in obj["models"].items():
         raw = m.get("answer")
         text = None if raw is None else str(raw)
-        if bench == "gsm8k":
-            extracted = m.get("answer_extracted")
-            answer = Number()(str(extracted)) if extracted is not None else None
-        elif normalizer is not None and text is not None:
-            answer = normalizer(text)
-        elif bench in _CHOICE_SETS and text is not None:
-            answer = ChoiceLetter()(text)
-        else:
-            answer = text
-        cost_key = "cost_answer_only_usd" if bench in _ANSWER_ONLY_SETS else "cost_usd"
-        cost = m.get(cost_key, m.get("cost_usd"))
+        value = m.get(lay.answer_field)
+        answer = None if value is None else (norm(str(value)) if norm is not None else str(value))
+        cost = m.get(lay.cost_field, m.get("cost_usd"))
         conf = None
-        if bench in _CHOICE_SETS and m.get("conf_raw") is not None:
+        if lay.confidence == "logprob" and m.get("conf_raw") is not None:
             conf = math.exp(min(0.0, float(m["conf_raw"])))
         models[str(name)] = ModelRun(
             answer=answer,
@@ -75,12 +94,10 @@ def rational_record(obj: Mapping[str, Any]) -> Record:
             confidence=conf,
         )
     gold = obj.get("gold")
-    if bench == "gsm8k" and gold is not None:
-        gold = Number()(str(gold))
-    elif bench in _CHOICE_SETS and gold is not None:
-        gold = str(gold).strip().upper()
-    elif bench in ("triviaqa", "truthfulqa"):
+    if lay.judged:
         gold = None  # free text judged by an LLM: the recorded ``correct`` labels are the truth, not string equality
+    elif gold is not None and norm is not None:
+        gold = norm(str(gold))
     meta = {k: obj[k] for k in ("benchmark", "split", "subject") if obj.get(k) is not None}
     return Record(str(obj["id"]), str(obj["user_prompt"]), models, None if gold is None else str(gold), meta)
 

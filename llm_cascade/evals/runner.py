@@ -1,0 +1,274 @@
+"""Run one cascade over one task spec, live or replayed, and report what it scored: `llm-cascade eval`.
+
+Both modes go through the production Router built from the cascade file (``llm_cascade.config.build_router``), so
+the figures are what that configuration does, not what a model of it predicts:
+
+- **live**: every member is called through its configured backend; completions are kept in a SQLite response cache
+  (:class:`~llm_cascade.evals.live.CachingBackend`), so a rerun costs nothing;
+- **replay**: the task's recorded runs are served by the local recorded-answer server
+  (:class:`~llm_cascade.testing.RecordedServer`) to the members written ``recorded:<model>``, so each model answers
+  what it really answered, with the tokens it was really billed. No key, no network.
+
+The report (JSON, markdown, PNG) gives accuracy with a 95% bootstrap interval, the escalation rate, the share of
+requests each tier answered, $ per request (None when any price is unknown, never 0) and, where the data holds
+recorded runs, every model of the cascade alone on the same questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AllTiersFailed, ConfigError, RequestTimeout
+from ..types import Call, Request, RouteResult
+from .records import Record
+from .tasks import Example, TaskSpec, task_records
+
+if TYPE_CHECKING:
+    from ..router import Router
+
+REPLAY_PROVIDER = "recorded"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the cascade did with one example."""
+
+    id: str
+    answer: str | None
+    correct: bool | None
+    tier: int | None
+    escalated: bool
+    cost_usd: Decimal | None
+    calls: int
+    error: str | None = None
+
+
+def _calls(result: RouteResult | BaseException) -> tuple[Call, ...]:
+    if isinstance(result, RouteResult):
+        return result.calls
+    return tuple(c for c in getattr(result, "calls", ()) if isinstance(c, Call))
+
+
+def _cost(calls: Sequence[Call]) -> Decimal | None:
+    total = Decimal(0)
+    for c in calls:
+        if c.cost_usd is None:
+            return None
+        total += c.cost_usd
+    return total
+
+
+def _judged(record: Record | None, answer: str | None, normalize: Callable[[str], str | None]) -> bool | None:
+    """Free-text answers judged by an LLM: correct when a model that gave this same answer was judged correct."""
+    if record is None or answer is None:
+        return None
+    for run in record.models.values():
+        if run.correct is not None and run.text is not None and normalize(run.text) == answer:
+            return run.correct
+    return None
+
+
+def score(spec: TaskSpec, ex: Example, result: RouteResult | BaseException) -> Outcome:
+    calls = _calls(result)
+    answer = result.answer if isinstance(result, RouteResult) else None
+    if spec.metric == "judged":
+        correct = _judged(ex.record, answer, spec.normalizer())
+    else:
+        correct = None if ex.gold is None else answer == ex.gold
+    return Outcome(
+        id=ex.id,
+        answer=answer,
+        correct=correct,
+        tier=result.tier if isinstance(result, RouteResult) else None,
+        escalated=any(c.tier > 0 for c in calls),
+        cost_usd=_cost(calls),
+        calls=len(calls),
+        error=None if isinstance(result, RouteResult) else f"{type(result).__name__}: {result}",
+    )
+
+
+async def route_examples(
+    router: Router,
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    *,
+    concurrency: int = 32,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Outcome]:
+    """Every example through the router, ``concurrency`` at a time. A request no tier could answer is kept with the
+    calls it billed (the cascade's cost includes them)."""
+    gate = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(ex: Example) -> Outcome:
+        nonlocal done
+        request = Request.from_prompt(ex.prompt, system=spec.system, max_tokens=spec.max_tokens)
+        async with gate:
+            result: RouteResult | BaseException
+            try:
+                result = await router.route(request)
+            except (AllTiersFailed, RequestTimeout) as exc:
+                result = exc
+        done += 1
+        if on_done is not None:
+            on_done(done)
+        return score(spec, ex, result)
+
+    return list(await asyncio.gather(*(one(ex) for ex in examples)))
+
+
+# -- building the router ---------------------------------------------------------------------------------------------
+
+
+def cascade_name(cfg: Any, spec: TaskSpec, name: str | None) -> str:
+    """The cascade to run: ``name``, else the one named like the task, else the file's only cascade."""
+    names = sorted(cfg.cascades)
+    if name is not None:
+        return name
+    if spec.name in cfg.cascades:
+        return spec.name
+    if len(names) == 1:
+        return str(names[0])
+    raise ConfigError("--name", f"the cascade file defines {', '.join(names)}: say which one to run")
+
+
+def member_names(router: Router) -> list[str]:
+    return [m.name for tier in router.tiers for m in tier.members]
+
+
+def check_replayable(router: Router, records: Sequence[Record]) -> None:
+    """Replay answers only ``recorded:<model>`` members whose model has recorded answers: say so before any call."""
+    known = {m for r in records for m in r.models}
+    for name in member_names(router):
+        provider, _, model = name.partition(":")
+        if provider != REPLAY_PROVIDER:
+            raise ConfigError(
+                "cascade", f"member {name!r}: --replay answers only members written '{REPLAY_PROVIDER}:<model>'"
+            )
+        if model.rsplit("/", 1)[-1] not in known:
+            raise ConfigError("cascade", f"member {name!r}: no recorded answers of {model!r} in this task's data")
+
+
+class ResponseCache:
+    """A Router resilience hook that keeps every member's completions in one SQLite file (live mode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.backends: list[Any] = []
+
+    def wrap(self, backend: Any) -> Any:
+        from .live import CachingBackend
+
+        cached = CachingBackend(backend, self.path)
+        self.backends.append(cached)
+        return cached
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
+
+    @property
+    def hits(self) -> int:
+        return sum(b.hits for b in self.backends)
+
+    @property
+    def misses(self) -> int:
+        return sum(b.misses for b in self.backends)
+
+
+@contextlib.contextmanager
+def replay_server(spec: TaskSpec, records: Sequence[Record]) -> Iterator[Any]:
+    """The recorded-answer server for this task: the raw rational files as they are, other formats as a script."""
+    from ..testing import Answer, RecordedServer
+
+    if spec.format == "rational":
+        server = RecordedServer(spec.path)
+    else:
+        script: dict[str, dict[str, Answer]] = {}
+        for r in records:
+            for model, run in r.models.items():
+                text = run.text if run.text is not None else (run.answer or "")
+                conf = run.confidence
+                script.setdefault(model, {})[r.prompt] = Answer(
+                    text,
+                    tokens_in=run.tokens_in or None,  # 0 means "not counted": the server estimates, never bills 0
+                    tokens_out=run.tokens_out or None,
+                    logprob=math.log(conf) if conf is not None and conf > 0 else None,
+                )
+        server = RecordedServer(script=script)
+    with server:
+        yield server
+
+
+async def _aclose(router: Router) -> None:
+    for tier in router.tiers:
+        for member in tier.members:
+            seen: set[int] = set()
+            obj: Any = member
+            while obj is not None and id(obj) not in seen:
+                seen.add(id(obj))
+                close = getattr(obj, "aclose", None)
+                if callable(close):
+                    with contextlib.suppress(Exception):
+                        await close()
+                    break
+                obj = getattr(obj, "inner", None) or getattr(obj, "backend", None)
+
+
+def run_eval(
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    cascade: Path,
+    *,
+    name: str | None = None,
+    replay: bool = False,
+    cache: Path | None = None,
+    concurrency: int = 32,
+    on_done: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the cascade from its file, run it over the examples (live or replayed), return the JSON report."""
+    from ..config import build_router, load_config
+
+    records = task_records(examples) if (replay or spec.recorded) and all(e.record for e in examples) else None
+    if replay and records is None:
+        raise ConfigError("--replay", f"{spec.file.name}: data format {spec.format!r} holds no recorded answers")
+
+    async def go(env: Mapping[str, str] | None) -> tuple[list[Outcome], str, list[str], ResponseCache | None]:
+        cfg = load_config(cascade, env=env)
+        chosen = cascade_name(cfg, spec, name)
+        responses = None if replay or cache is None else ResponseCache(cache)
+        router = build_router(cfg, chosen, resilience=responses) if responses else build_router(cfg, chosen)
+        if replay:
+            assert records is not None
+            check_replayable(router, records)
+        try:
+            outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done)
+        finally:
+            await _aclose(router)
+            if responses is not None:
+                responses.close()
+        return outs, chosen, member_names(router), responses
+
+    if replay:
+        assert records is not None
+        with replay_server(spec, records) as server:
+            env = {**os.environ, "RECORDED_BASE_URL": server.base_url}
+            outcomes, chosen, members, responses = asyncio.run(go(env))
+    else:
+        outcomes, chosen, members, responses = asyncio.run(go(None))
+    from .summary import summarize
+
+    report = summarize(
+        spec, outcomes, members, records, cascade=f"{cascade}#{chosen}", mode="replay" if replay else "live"
+    )
+    if responses is not None:
+        report["response_cache"] = {"path": str(cache), "hits": responses.hits, "misses": responses.misses}
+    return report
