@@ -186,7 +186,9 @@ class ResponseCache:
 
 @contextlib.contextmanager
 def replay_server(spec: TaskSpec, records: Sequence[Record]) -> Iterator[Any]:
-    """The recorded-answer server for this task: the raw rational files as they are, other formats as a script."""
+    """The recorded-answer server for this task: the raw rational files as they are; other formats as a script of
+    the answers their importer extracted (re-extracting from a chain of thought could read another number or date
+    than the recorded one), with the recorded token counts where there are any."""
     from ..testing import Answer, RecordedServer
 
     if spec.format == "rational":
@@ -195,7 +197,7 @@ def replay_server(spec: TaskSpec, records: Sequence[Record]) -> Iterator[Any]:
         script: dict[str, dict[str, Answer]] = {}
         for r in records:
             for model, run in r.models.items():
-                text = run.text if run.text is not None else (run.answer or "")
+                text = run.answer or ""  # what the importer read from the text: the task's normalizer keeps it
                 conf = run.confidence
                 script.setdefault(model, {})[r.prompt] = Answer(
                     text,
@@ -245,7 +247,11 @@ def run_eval(
         cfg = load_config(cascade, env=env)
         chosen = cascade_name(cfg, spec, name)
         responses = None if replay or cache is None else ResponseCache(cache)
-        router = build_router(cfg, chosen, resilience=responses) if responses else build_router(cfg, chosen)
+        # The task reads every answer (its normalizer), so answers are scored the way the task defines them.
+        overrides: dict[str, Any] = {"normalizer": spec.normalizer()}
+        if responses is not None:
+            overrides["resilience"] = responses
+        router = build_router(cfg, chosen, **overrides)
         if replay:
             assert records is not None
             check_replayable(router, records)
