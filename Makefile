@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/mmlu_cascade.py
 	$(PY) examples/eval_demo.py --out build/eval
+	# The benchmark task specs (evals/tasks) replayed through their example cascades (evals/cascades): build/eval/tasks
+	for t in mmlu gsm8k mot_date; do $(VENV)/bin/llm-cascade eval evals/tasks/$$t.toml --replay --out build/eval/tasks/$$t || exit 1; done
 
 test: $(VENV)/.installed postgres llamacpp
 	$(PY) -m pytest

@@ -123,7 +123,7 @@ def register_eval(app: Any) -> None:
 
         from ..errors import ConfigError
         from .records import RecordError
-        from .runner import run_eval
+        from .runner import cascade_models, run_eval
         from .summary import to_markdown, write_report
         from .tasks import load_examples, load_task
 
@@ -136,6 +136,8 @@ def register_eval(app: Any) -> None:
             if cascade_file is None:
                 raise ConfigError("--cascade", f"{task.name} names no default cascade: pass --cascade FILE")
             folder = out or Path("build") / "eval" / spec.name
+            if spec.format == "zeroeval" and spec.models is None:  # 42 models' generations: import the cascade's only
+                spec = dataclasses.replace(spec, models=tuple(cascade_models(cascade_file, spec, name)))
             examples = load_examples(spec)
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             with Progress(*columns, console=console) as bar:

@@ -66,21 +66,28 @@ def _cost(calls: Sequence[Call]) -> Decimal | None:
     return total
 
 
-def _judged(record: Record | None, answer: str | None, normalize: Callable[[str], str | None]) -> bool | None:
-    """Free-text answers judged by an LLM: correct when a model that gave this same answer was judged correct."""
+def _judged(
+    record: Record | None, answer: str | None, calls: Sequence[Call], normalize: Callable[[str], str | None]
+) -> bool | None:
+    """Free-text answers judged by an LLM: the recorded labels of the models that gave this answer in this request
+    (else of any recorded model that gave it) decide; when those labels differ, the answer counts as wrong."""
     if record is None or answer is None:
         return None
-    for run in record.models.values():
-        if run.correct is not None and run.text is not None and normalize(run.text) == answer:
-            return run.correct
-    return None
+    answered = {c.model.partition(":")[2].rsplit("/", 1)[-1] for c in calls if c.answer == answer}
+    same = {
+        model: run.correct
+        for model, run in record.models.items()
+        if run.correct is not None and run.text is not None and normalize(run.text) == answer
+    }
+    labels = [v for m, v in same.items() if m in answered] or list(same.values())
+    return all(labels) if labels else None
 
 
 def score(spec: TaskSpec, ex: Example, result: RouteResult | BaseException) -> Outcome:
     calls = _calls(result)
     answer = result.answer if isinstance(result, RouteResult) else None
     if spec.metric == "judged":
-        correct = _judged(ex.record, answer, spec.normalizer())
+        correct = _judged(ex.record, answer, calls, spec.normalizer())
     else:
         correct = None if ex.gold is None else answer == ex.gold
     return Outcome(
@@ -155,6 +162,15 @@ def check_replayable(router: Router, records: Sequence[Record]) -> None:
             )
         if model.rsplit("/", 1)[-1] not in known:
             raise ConfigError("cascade", f"member {name!r}: no recorded answers of {model!r} in this task's data")
+
+
+def cascade_models(cascade: Path, spec: TaskSpec, name: str | None = None) -> list[str]:
+    """The models a cascade file's members name (building the Router calls nothing), e.g. to import only those."""
+    from ..config import build_router, load_config
+
+    cfg = load_config(cascade, env={**os.environ, "RECORDED_BASE_URL": os.environ.get("RECORDED_BASE_URL", "http://-")})
+    router = build_router(cfg, cascade_name(cfg, spec, name))
+    return list(dict.fromkeys(m.partition(":")[2] or m for m in member_names(router)))
 
 
 class ResponseCache:
