@@ -219,3 +219,30 @@ def test_live_run_goes_through_the_response_cache(data_dir: Path, tmp_path: Path
     assert sum(recorded_server.counts.values()) == served  # nothing new reached the server
     assert second["response_cache"]["hits"] == first["calls"]
     assert (second["accuracy"], second["cost_per_request_usd"]) == (first["accuracy"], first["cost_per_request_usd"])
+
+
+@pytest.mark.data
+def test_judged_free_text_is_scored_by_the_answering_models_labels(data_dir: Path, tmp_path: Path) -> None:
+    """TriviaQA: tier 0 accepts when gpt-4o-mini and llama3.1-70b give the same folded text (scored by their judge
+    labels, wrong when those differ), else gpt-4o answers (scored by its own label)."""
+    from llm_cascade.normalize import ExactText
+
+    task = REPO / "evals" / "tasks" / "triviaqa.toml"
+    code, output = _cli(["eval", str(task), "--replay", "--limit", "60", "--out", str(tmp_path)])
+    assert code == 0, output
+    got = _last_json(output)
+    fold = ExactText()
+    correct = escalated = 0
+    for e in load_examples(dataclasses.replace(load_task(task), limit=60)):
+        assert e.record is not None and e.gold is None  # judged: no string gold
+        cheap = [e.record.models[m] for m in ("gpt-4o-mini", "llama3.1-70b")]
+        answers = {fold(run.text or "") for run in cheap}
+        if len(answers) == 1 and None not in answers:
+            correct += all(bool(run.correct) for run in cheap)
+        else:
+            escalated += 1
+            top = e.record.models["gpt-4o"]
+            assert fold(top.text or "") is not None
+            correct += bool(top.correct)
+    assert got["escalation_rate"] == escalated / 60
+    assert got["accuracy"] == correct / 60
