@@ -98,6 +98,19 @@ def test_rows_are_read_through_datasets_and_rendered(tmp_path: Path, monkeypatch
         load_examples(load_task(bad))
 
 
+def test_a_local_dataset_folder_is_read_with_its_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_CASCADE_DATA", str(tmp_path))
+    (tmp_path / "d").mkdir()
+    rows = [{"id": "1", "q": "first?", "gold": "b"}, {"id": "2", "q": "second?", "gold": "(C)"}]
+    (tmp_path / "d" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    spec_path = tmp_path / "t.toml"
+    text = GOOD.replace('format = "rows"\npath = "x.jsonl"', 'format = "dataset"\npath = "d"\nsplit = "test"')
+    text = text.replace("[answer]", '[prompt]\ntemplate = "{q}"\n[answer]')
+    spec_path.write_text(text.replace('normalizer = "number"', 'normalizer = "choice"\nchoices = 4'), encoding="utf-8")
+    examples = load_examples(load_task(spec_path))
+    assert [(e.id, e.prompt, e.gold) for e in examples] == [("1", "first?", "B"), ("2", "second?", "C")]
+
+
 def test_missing_data_is_an_error_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_CASCADE_DATA", str(tmp_path))
     with pytest.raises(RecordError, match=str(tmp_path / "rational" / "mmlu_train.jsonl.gz")):

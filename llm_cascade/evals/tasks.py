@@ -327,7 +327,7 @@ def load_examples(spec: TaskSpec) -> list[Example]:
             gold = None if raw is None or spec.metric == "judged" else (norm(str(raw)) or str(raw).strip())
         out.append(Example(str(row.get(spec.id_field, i)), spec.render(row), gold, record))
     if not out:
-        raise RecordError(f"{spec.file.name}: the data at {spec.path} holds no examples")
+        raise RecordError(f"{spec.file.name}: the data at {spec.path} holds no examples of split {spec.split!r}")
     return out
 
 
