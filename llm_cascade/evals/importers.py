@@ -1,9 +1,10 @@
 """Turn the published recorded runs in ../shared/data into the recorded-run format.
 
-- rational-cascades (9 models, real per-query cost and tokens): read as is. On GSM8K/TriviaQA/TruthfulQA the recorded
-  ``cost_usd`` includes a second confidence call, so the answer's price is ``cost_answer_only_usd``. ``conf_raw`` is the
-  answer token's log-probability on the multiple-choice sets, so confidence = exp(conf_raw) there; elsewhere it scores
-  a verbalised confidence, not the answer, and is left out.
+- rational-cascades (9 models, real per-query cost and tokens): read as the task spec's :class:`RecordedLayout` says
+  (``evals/tasks/*.toml``), or as the row's shape implies when there is no spec. On GSM8K/TriviaQA/TruthfulQA the
+  recorded ``cost_usd`` includes a second confidence call, so the answer's price is ``cost_answer_only_usd``.
+  ``conf_raw`` is the answer token's log-probability on the multiple-choice sets, so confidence = exp(conf_raw) there;
+  elsewhere it scores a verbalised confidence, not the answer, and is left out.
 - ZeroEval GSM8K (42 models, raw generations, no tokens or prices): answers re-extracted with the library's own
   :class:`~llm_cascade.normalize.Number` (strict), tokens counted and priced by injected callables, so a model without a
   price is recorded with ``cost_usd: null`` (flagged downstream), never 0.

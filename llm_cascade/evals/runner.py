@@ -255,7 +255,7 @@ def run_eval(
     """Build the cascade from its file, run it over the examples (live or replayed), return the JSON report."""
     from ..config import build_router, load_config
 
-    records = task_records(examples) if (replay or spec.recorded) and all(e.record for e in examples) else None
+    records = task_records(examples) if spec.recorded else None
     if replay and records is None:
         raise ConfigError("--replay", f"{spec.file.name}: data format {spec.format!r} holds no recorded answers")
 
