@@ -259,3 +259,39 @@ def test_judged_free_text_is_scored_by_the_answering_models_labels(data_dir: Pat
             correct += bool(top.correct)
     assert got["escalation_rate"] == escalated / 60
     assert got["accuracy"] == correct / 60
+
+
+def test_live_run_of_plain_rows_with_a_system_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task with no recorded answers (like the tweets): live only, answers read and scored with the task's labels."""
+    from llm_cascade.testing import RecordedServer
+
+    monkeypatch.setenv("LLM_CASCADE_DATA", str(tmp_path))
+    rows = [
+        {"id": "t1", "text": "love it", "label": "positive"},
+        {"id": "t2", "text": "meh", "label": "neutral"},
+        {"id": "t3", "text": "awful", "label": "negative"},
+    ]
+    (tmp_path / "tweets.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    (tmp_path / "t.toml").write_text(
+        '[data]\nformat = "rows"\npath = "tweets.jsonl"\n'
+        '[prompt]\ntemplate = "{text}"\nsystem = "Label the sentiment."\nmax_tokens = 3\n'
+        '[answer]\ngold_field = "label"\nlabels = ["negative", "neutral", "positive"]\n',
+        encoding="utf-8",
+    )
+    script = {"labeler": {"love it": "Positive.", "meh": "positive", "awful": "NEGATIVE"}}
+    with RecordedServer(script=script) as server:
+        (tmp_path / "c.toml").write_text(
+            f'[providers.recorded]\ntype = "openai"\nbase_url = "{server.base_url}"\n'
+            '[cascades.t]\n[[cascades.t.tiers]]\nmembers = ["recorded:labeler"]\n',
+            encoding="utf-8",
+        )
+        args = ["eval", str(tmp_path / "t.toml"), "--cascade", str(tmp_path / "c.toml"), "--out", str(tmp_path / "o")]
+        code, output = _cli(args)
+        assert code == 0, output
+        assert server.counts["labeler"] == 3
+        code, output = _cli([*args[:4], "--replay", "--out", str(tmp_path / "o")])
+        assert code == 2 and "no recorded answers" in output
+    report = json.loads((tmp_path / "o" / "eval_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(2 / 3) and report["escalation_rate"] == 0
+    assert report["singles"] == [] and report["cost_per_request_usd"] is None  # "labeler" has no price: unknown
+    assert not (tmp_path / "o" / "eval_frontier.png").exists()
