@@ -95,6 +95,14 @@ class CascadeSpec:
         from ..config import parse_config
 
         lines = [f"# {line}".rstrip() for line in header.splitlines()]
+        if provider == "recorded":  # the local recorded-answer server (llm_cascade.testing.server), as in examples/
+            lines += [
+                "[providers.recorded]",
+                'type = "openai"',
+                'base_url = "${RECORDED_BASE_URL:-http://127.0.0.1:8001/v1}"',
+                'api_key_env = "RECORDED_API_KEY"',
+                "",
+            ]
         lines += [f"[cascades.{_toml_key(name)}]", f"normalizer = {_toml(normalizer)}", ""]
         for k, t in enumerate(self.tiers):
             lines.append(f"[[cascades.{_toml_key(name)}.tiers]]")
@@ -103,7 +111,7 @@ class CascadeSpec:
             lines.append(f"rule = {_toml(t.rule.spec())}")
             lines.append("")
         text = "\n".join(lines)
-        parse_config(tomllib.loads(text))  # what we write must load: fail here, not in the user's server
+        parse_config(tomllib.loads(text), env={})  # what we write must load: fail here, not in the user's server
         return text
 
     @classmethod
