@@ -157,7 +157,8 @@ class Unanimous(Rule):
         return _majority_decision(votes, answer is not None and n == len(votes.answers))
 
     def accept(self, tier: TierArrays) -> BoolArray:
-        return tier.has_answer & (tier.votes == tier.size)
+        full: BoolArray = tier.votes == tier.size
+        return tier.has_answer & full
 
     def spec(self) -> RuleSpec:
         return "unanimous"

@@ -138,9 +138,7 @@ def features(tier: TierArrays) -> FloatArray:
     return out
 
 
-def fit(
-    x: FloatArray, y: BoolArray, *, l2: float = 1.0, iterations: int = 25
-) -> tuple[tuple[float, ...], float]:
+def fit(x: FloatArray, y: BoolArray, *, l2: float = 1.0, iterations: int = 25) -> tuple[tuple[float, ...], float]:
     """L2-regularised logistic regression by Newton's method: (weights, bias). The bias is not penalised.
 
     Small calibration sets (a few hundred examples) and few features: Newton converges in a handful of steps, and

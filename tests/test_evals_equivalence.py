@@ -28,10 +28,7 @@ def _records(rng: np.random.Generator, n: int) -> list[Record]:
         runs = {}
         for j, m in enumerate(MODELS):
             skill = 0.4 + 0.1 * j
-            if rng.random() < 0.08:
-                answer = None
-            else:
-                answer = gold if rng.random() < skill else str(rng.choice(list("abcd")))
+            answer = None if rng.random() < 0.08 else gold if rng.random() < skill else str(rng.choice(list("abcd")))
             conf = float(np.round(rng.random(), int(rng.integers(1, 6)))) if rng.random() > 0.05 else 1.0
             runs[m] = ModelRun(
                 answer,
@@ -110,7 +107,7 @@ def test_router_and_simulator_agree_on_random_cascades(seed: int) -> None:
     matrix = RunMatrix.from_records(records)
     order = list(rng.permutation(MODELS))
     tiers = []
-    for k in range(int(rng.integers(2, 4))):
+    for _k in range(int(rng.integers(2, 4))):
         size = int(rng.integers(1, 4))
         group = tuple(str(m) for m in order[:size])
         order = order[size:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llm_cascade import FakeBackend, Tier
-from llm_cascade.agreement import Majority, Quorum, TierVotes, Unanimous
+from llm_cascade.agreement import Majority, Quorum, TierVotes
 from llm_cascade.config import build_router, load_config, parse_config
 from llm_cascade.errors import ConfigError
 from llm_cascade.evals.calibrate import Target, calibrate
@@ -160,9 +160,10 @@ def test_emit_writes_a_config_that_load_config_and_the_router_accept(tmp_path: P
     save_records(_runs(300, 15, SKILLS), a)
     save_records(_runs(300, 16, SKILLS), b)
     out, emitted = tmp_path / "r.json", tmp_path / "cascade.toml"
+    args = ["calibrate", str(a), "--test", str(b), "--json", str(out), "--emit", str(emitted)]
+    args += ["--confidence", "0.8", "--normalizer", "choice"]
     proc = subprocess.run(
-        [sys.executable, "-m", "llm_cascade.cli", "calibrate", str(a), "--test", str(b), "--json", str(out)]
-        + ["--emit", str(emitted), "--confidence", "0.8", "--normalizer", "choice"],
+        [sys.executable, "-m", "llm_cascade.cli", *args],
         capture_output=True,
         text=True,
     )

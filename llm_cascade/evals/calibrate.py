@@ -260,9 +260,7 @@ def calibrate(
                 progress("three tiers", i + 1, len(cheap))
 
     def spec(p: Point) -> CascadeSpec:
-        return CascadeSpec(
-            tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2])
-        )
+        return CascadeSpec(tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2]))
 
     ref = None if floor_model is None else sim.members((floor_model,))
     chosen, passed, reason = _choose(search, points, target, floor, ref)

@@ -96,7 +96,9 @@ def register(app: Any) -> None:
                 f"\n{chosen.config.describe()}"
             )
             if emit_provider != "recorded":
-                header += f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
+                header += (
+                    f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
+                )
             emit.parent.mkdir(parents=True, exist_ok=True)
             emit.write_text(
                 chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=normalizer, header=header) + "\n",

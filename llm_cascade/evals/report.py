@@ -157,9 +157,7 @@ def evaluate(
             f"(95% CI {100 * delta_ci[0]:+.1f} to {100 * delta_ci[1]:+.1f})"
         )
     if chosen.best_single is not None and chosen.best_single != best.name:
-        flags.append(
-            f"the best single model differs between calibration ({chosen.best_single}) and TEST ({best.name})"
-        )
+        flags.append(f"the best single model differs between calibration ({chosen.best_single}) and TEST ({best.name})")
     report: dict[str, Any] = {
         "name": name,
         "verdict": chosen.verdict,
