@@ -43,7 +43,8 @@ RuleSpec = str | dict[str, Any]
 class TierArrays(Protocol):
     """One tier's facts over many recorded examples (the simulator's per-tier cache), for :meth:`Rule.accept`.
 
-    ``agree[i, j]``: member j gave example i's majority answer; ``conf[i, j]``: member j's confidence, unknown as 0.
+    ``agree[i, j]``: member j gave example i's majority answer; ``conf[i, j]``: member j's confidence, unknown as 0;
+    ``surprise[i, j]``: :func:`llm_cascade.deferral.surprise` of it.
     """
 
     @property
@@ -60,6 +61,8 @@ class TierArrays(Protocol):
     def answered(self) -> BoolArray: ...
     @property
     def conf(self) -> FloatArray: ...
+    @property
+    def surprise(self) -> FloatArray: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,16 @@ scorer, rational cascade tuning) do better by combining them: *who* agreed with 
 supporter was, and *how sure* each dissenter was. :class:`Learned` does exactly that with three features per member,
 in tier order::
 
-    agree_j              1 when member j gave the majority answer
-    agree_j * conf_j     the supporter's confidence (unknown counts as 0, as everywhere)
-    dissent_j * conf_j   confidence of a member that answered something else
+    agree_j                  1 when member j gave the majority answer
+    agree_j * conf_j         the supporter's confidence (unknown counts as 0, as everywhere)
+    dissent_j * conf_j       confidence of a member that answered something else
+    agree_j * surprise_j     surprise_j = -log(max(1 - conf_j, 1e-6)): separates 0.99 from 0.9999, where
+    dissent_j * surprise_j   LLM answer probabilities crowd
 
 ``score = bias + sum(weight_k * feature_k)``, accumulated left to right, and the tier accepts when the score reaches
-``logit(threshold)``: only + and * on floats, so the Router (one request, pure Python, a few microseconds) and the
-simulator (numpy, every example at once) compute bit-identical scores and take identical decisions.
+``logit(threshold)``: only + and * on floats, and ``surprise`` computed by the same Python function on both paths (the
+simulator computes it once per recorded value, not per configuration), so the Router (one request, pure Python, a
+few microseconds) and the simulator (numpy, every example at once) compute bit-identical scores and decisions.
 
 :func:`fit` fits the weights by L2-regularised logistic regression (Newton's method in numpy, no extra dependency);
 :mod:`llm_cascade.evals.calibrate` fits it on calibration folds and picks the threshold.
@@ -29,7 +32,12 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .agreement import BoolArray, FloatArray
 
-FEATURES_PER_MEMBER = 3
+FEATURES_PER_MEMBER = 5
+
+
+def surprise(conf: float) -> float:
+    """``-log(1 - conf)``, capped at 1e-6 of doubt: how sure a member is where probabilities crowd near 1."""
+    return -math.log(max(1.0 - conf, 1e-6))
 
 
 def _finite(x: object) -> bool:
@@ -80,9 +88,12 @@ class Learned(Rule):
             conf = c or 0.0
             agree = 1.0 if a is not None and a == answer else 0.0
             dissent = 1.0 if a is not None and a != answer else 0.0
-            s = s + w[3 * j] * agree
-            s = s + w[3 * j + 1] * (agree * conf)
-            s = s + w[3 * j + 2] * (dissent * conf)
+            u = surprise(conf)
+            s = s + w[5 * j] * agree
+            s = s + w[5 * j + 1] * (agree * conf)
+            s = s + w[5 * j + 2] * (dissent * conf)
+            s = s + w[5 * j + 3] * (agree * u)
+            s = s + w[5 * j + 4] * (dissent * u)
         return s
 
     def decide(self, votes: TierVotes) -> Decision:
@@ -116,24 +127,27 @@ def _scores(weights: tuple[float, ...] | list[float], bias: float, tier: TierArr
 
     agree = tier.agree.astype(np.float64)
     dissent = (tier.answered & ~tier.agree).astype(np.float64)
-    conf = tier.conf
+    conf, u = tier.conf, tier.surprise
     s = np.full(agree.shape[0], float(bias))
     for j in range(agree.shape[1]):
-        s = s + weights[3 * j] * agree[:, j]
-        s = s + weights[3 * j + 1] * (agree[:, j] * conf[:, j])
-        s = s + weights[3 * j + 2] * (dissent[:, j] * conf[:, j])
+        s = s + weights[5 * j] * agree[:, j]
+        s = s + weights[5 * j + 1] * (agree[:, j] * conf[:, j])
+        s = s + weights[5 * j + 2] * (dissent[:, j] * conf[:, j])
+        s = s + weights[5 * j + 3] * (agree[:, j] * u[:, j])
+        s = s + weights[5 * j + 4] * (dissent[:, j] * u[:, j])
     return s
 
 
 def features(tier: TierArrays) -> FloatArray:
-    """The (n, 3 * members) feature matrix of a tier, in the weights' order."""
+    """The (n, 5 * members) feature matrix of a tier, in the weights' order."""
     import numpy as np
 
     agree = tier.agree.astype(np.float64)
     dissent = (tier.answered & ~tier.agree).astype(np.float64)
     cols = []
     for j in range(agree.shape[1]):
-        cols += [agree[:, j], agree[:, j] * tier.conf[:, j], dissent[:, j] * tier.conf[:, j]]
+        c, u = tier.conf[:, j], tier.surprise[:, j]
+        cols += [agree[:, j], agree[:, j] * c, dissent[:, j] * c, agree[:, j] * u, dissent[:, j] * u]
     out: FloatArray = np.stack(cols, axis=1)
     return out
 

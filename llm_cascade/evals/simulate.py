@@ -192,6 +192,7 @@ class TierStats:
     agree: BoolArray  # (n, members): member gave the majority answer
     answered: BoolArray  # (n, members): member gave an answer
     conf: FloatArray  # (n, members): member's confidence, unknown as 0
+    surprise: FloatArray  # (n, members): deferral.surprise(conf), by the very function the Router calls
 
     @property
     def size(self) -> int:
@@ -231,6 +232,7 @@ class Simulator:
         self.m = matrix
         self.need_accuracy = need_accuracy
         self._conf0 = np.nan_to_num(matrix.confidence, nan=0.0)
+        self._surprise: FloatArray | None = None
         self._stats: dict[tuple[int, ...], TierStats] = {}
         self._masks: dict[tuple[tuple[int, ...], Rule], BoolArray] = {}
         self._checked: set[int] = set()
@@ -274,9 +276,18 @@ class Simulator:
         support = np.where(has, (conf * supporters).sum(axis=1) / np.maximum(supporters.sum(axis=1), 1), 0.0)
         correct = self.m.correct[:, cols][rows, pos] & has
         cost = self.m.cost[:, cols].sum(axis=1)
-        st = TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf)
+        surprise = self._surprises()[:, cols]
+        st = TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf, surprise)
         self._stats[members] = st
         return st
+
+    def _surprises(self) -> FloatArray:
+        if self._surprise is None:
+            from ..deferral import surprise
+
+            flat = [surprise(c) for c in self._conf0.ravel().tolist()]
+            self._surprise = np.asarray(flat, dtype=np.float64).reshape(self._conf0.shape)
+        return self._surprise
 
     def mask(self, members: tuple[int, ...], rule: Rule) -> BoolArray:
         key = (members, rule)
