@@ -52,18 +52,29 @@ def test_budget_stays_within_budget_on_calibration_even_when_only_the_cheapest_s
     assert Simulator(m).score(chosen.config)[1] <= budget
 
 
-def test_best_single_alone_is_a_candidate_and_no_last_tier_carries_a_passenger() -> None:
-    """Bug 1: a pair listing the best model first was never less accurate than it; the best alone must compete."""
-    m = RunMatrix.from_records(_runs(300, 1, SKILLS, confident=False))
-    chosen = calibrate(m, Target())
-    assert chosen.config == CascadeSpec((TierSpec(("best",)),))
-    assert chosen.verdict == "best_single"
+def _passenger_runs(n: int, seed: int) -> list[Record]:
+    """The best model says nothing on 10% of examples, so every group listing it first fills those in and looks more
+    accurate than the best alone: 21 such groups crowded the best alone out of the last-tier candidates."""
+    helpers = {f"h{i}": (0.6, 1e-6 * (i + 1)) for i in range(6)}
+    records = _runs(n, seed, {**helpers, "best": (0.85, 1e-4)}, confident=False)
+    for r in records[::10]:
+        r.models["best"] = ModelRun(None, cost_usd=1e-4)
+    return records
+
+
+def test_best_single_alone_is_a_last_tier_candidate() -> None:
+    """Bug 1: only the most accurate groups were last tiers, so the best single alone never was one."""
+    m = RunMatrix.from_records(_passenger_runs(300, 1))
+    chosen = calibrate(m, Target(min_accuracy=0.0, guard_share=0.0), max_tiers=1)
+    assert chosen.config == CascadeSpec((TierSpec(("h0",)),))  # the cheapest single model meets a zero floor
+    chosen = calibrate(m, Target(budget_usd=1.0001e-4), max_tiers=1)
+    assert chosen.config.tiers[-1].models == ("best",)  # the most accurate within the best's own price: no passenger
 
 
 def test_fallback_when_nothing_passes_the_guard_is_the_best_single() -> None:
     """Bug 2: the cheapest in-sample candidate was returned when no candidate passed the bootstrap guard."""
-    m = RunMatrix.from_records(_runs(80, 2, SKILLS))
-    chosen = calibrate(m, Target(guard_share=0.99, min_gain=40))
+    m = RunMatrix.from_records(_passenger_runs(200, 2))
+    chosen = calibrate(m, Target(guard_share=0.99, min_gain=1000))
     assert chosen.config == CascadeSpec((TierSpec(("best",)),)) and chosen.verdict == "best_single"
 
 
