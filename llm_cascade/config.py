@@ -63,6 +63,7 @@ from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Reg
 
 if TYPE_CHECKING:
     from .retry import Clock, Sleep
+    from .spec import CascadeSpec
     from .router import Guard, Pricer, Router, SpendSink
 
 __all__ = [
@@ -279,6 +280,12 @@ class CascadeConfig(_Model):
     @classmethod
     def _normalizer(cls, v: Any) -> Any:
         return _check(parse_normalizer, v, "normalizer")
+
+    def spec(self) -> CascadeSpec:
+        """This section as the one cascade description the simulator and calibration use (``provider:`` dropped)."""
+        from .spec import CascadeSpec
+
+        return CascadeSpec.from_config(self)
 
 
 class PricesConfig(_Model):

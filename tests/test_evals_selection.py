@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from llm_cascade import FakeBackend, Tier
 from llm_cascade.agreement import Majority, Quorum, TierVotes
 from llm_cascade.config import build_router, load_config, parse_config
+from llm_cascade.deferral import Learned, features, fit
 from llm_cascade.errors import ConfigError
 from llm_cascade.evals.calibrate import Target, calibrate
 from llm_cascade.evals.records import ModelRun, Record, RecordError, RunMatrix, save_records
@@ -182,24 +184,35 @@ def test_emit_writes_a_config_that_load_config_and_the_router_accept(tmp_path: P
     report = json.loads(out.read_text())
     assert report["verdict"] in ("cascade", "best_single")
     cfg = load_config(emitted)
-    spec = CascadeSpec.from_config(cfg.cascades["calibrated"])
+    spec = cfg.cascades["calibrated"].spec()
     assert spec == CascadeSpec.from_json(report["cascade"]["config"])
     router = build_router(cfg, "calibrated")
     assert [len(t.members) for t in router.tiers] == [len(t.models) for t in spec.tiers]
 
 
-def test_learned_rule_round_trips_through_toml() -> None:
-    m = RunMatrix.from_records(_runs(400, 3, SKILLS))
-    chosen = calibrate(m, Target())
-    spec = CascadeSpec(
-        (TierSpec(("small", "mid"), calibrate(m, Target()).config.tiers[0].rule), TierSpec(("best",)))
-        if chosen.config.tiers[0].rule.spec() != "unanimous" and len(chosen.config.tiers[0].models) == 2
-        else chosen.config.tiers
-    )
-    import tomllib
-
-    text = spec.to_toml("x")
-    assert CascadeSpec.from_config(parse_config(tomllib.loads(text), env={}).cascades["x"]) == spec
+def test_learned_rule_round_trips_through_toml_bit_for_bit() -> None:
+    m = RunMatrix.from_records(_runs(300, 3, SKILLS))
+    sim = Simulator(m)
+    st = sim.stats(sim.members(("small", "mid")))
+    w, b = fit(features(st)[st.has_answer], st.correct[st.has_answer])
+    spec = CascadeSpec((TierSpec(("small", "mid"), Learned(w, b, 0.83)), TierSpec(("best",))))
+    loaded = parse_config(tomllib.loads(spec.to_toml("x", normalizer="choice")), env={}).cascades["x"]
+    assert loaded.spec() == spec  # every weight exactly: the served rule decides as the simulated one
+    with pytest.raises(ConfigError, match=r"learned.*threshold"):
+        parse_config(
+            {
+                "cascades": {
+                    "c": {
+                        "tiers": [
+                            {
+                                "members": ["fake:a"],
+                                "rule": {"learned": {"weights": [0] * 5, "bias": 0, "threshold": 2}},
+                            }
+                        ]
+                    }
+                }
+            }
+        )
 
 
 def test_majority_is_strict_and_a_tie_is_not_agreement() -> None:
