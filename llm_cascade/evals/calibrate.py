@@ -33,7 +33,7 @@ from .records import BoolArray, FloatArray, RunMatrix
 from .simulate import CascadeSpec, Simulator, TierSpec
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-LEARNED_THRESHOLDS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+LEARNED_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 Progress = Callable[[str, int, int], None]
 Verdict = Literal["cascade", "best_single"]
 
