@@ -9,6 +9,12 @@ are "no answer" and support nothing) and returns a :class:`Decision`. Rules are 
 
 Tie-break (documented, and shared with the simulator): the majority answer is the one with most votes; among tied
 answers, the one given by the member listed *first* in the tier wins. List the member you trust most first.
+
+Each rule owns its four faces, so that the live Router, the vectorised simulator, the config file and the reports
+can never disagree about what a rule means: :meth:`Rule.decide` (one request), :meth:`Rule.accept` (every recorded
+example at once, over a :class:`TierArrays`), :meth:`Rule.spec` (the config form that
+:func:`llm_cascade.config.parse_rule` reads back) and :meth:`Rule.describe` (a short label for reports).
+:meth:`Rule.check` rejects, when the tier is built, a rule that could never accept on it.
 """
 
 from __future__ import annotations
@@ -17,10 +23,46 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import ConfigError
 from .types import Vote
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    BoolArray = npt.NDArray[np.bool_]
+    FloatArray = npt.NDArray[np.float64]
+    IntArray = npt.NDArray[np.int32]
+
+#: A rule's config form: a name ("unanimous") or a one-key table ({"quorum": 2}); what TOML and JSON hold.
+RuleSpec = str | dict[str, Any]
+
+
+class TierArrays(Protocol):
+    """One tier's facts over many recorded examples (the simulator's per-tier cache), for :meth:`Rule.accept`.
+
+    ``agree[i, j]``: member j gave example i's majority answer; ``conf[i, j]``: member j's confidence, unknown as 0;
+    ``surprise[i, j]``: :func:`llm_cascade.deferral.surprise` of it.
+    """
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def votes(self) -> IntArray: ...
+    @property
+    def support(self) -> FloatArray: ...
+    @property
+    def has_answer(self) -> BoolArray: ...
+    @property
+    def agree(self) -> BoolArray: ...
+    @property
+    def answered(self) -> BoolArray: ...
+    @property
+    def conf(self) -> FloatArray: ...
+    @property
+    def surprise(self) -> FloatArray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +120,21 @@ class Rule:
     def decide(self, votes: TierVotes) -> Decision:
         raise NotImplementedError
 
+    def accept(self, tier: TierArrays) -> BoolArray:
+        """Vectorised :meth:`decide` over recorded examples; rules without one are replayed example by example."""
+        raise NotImplementedError
+
+    def spec(self) -> RuleSpec:
+        """The config form of this rule (``rule = ...`` in TOML), which :func:`~llm_cascade.config.parse_rule` reads."""
+        raise ConfigError("rule", f"{type(self).__name__} has no config form")
+
+    def describe(self) -> str:
+        """A short human label for reports."""
+        return repr(self)
+
+    def check(self, size: int) -> None:
+        """Raise :class:`ConfigError` when this rule can never accept on a tier of ``size`` members."""
+
     def __call__(self, votes: TierVotes) -> Decision:
         return self.decide(votes)
 
@@ -102,6 +159,37 @@ class Unanimous(Rule):
         answer, n = votes.majority()
         return _majority_decision(votes, answer is not None and n == len(votes.answers))
 
+    def accept(self, tier: TierArrays) -> BoolArray:
+        full: BoolArray = tier.votes == tier.size
+        return tier.has_answer & full
+
+    def spec(self) -> RuleSpec:
+        return "unanimous"
+
+    def describe(self) -> str:
+        return "unanimous"
+
+
+@dataclass(frozen=True, slots=True)
+class Majority(Rule):
+    """More than half of the tier's members gave the same answer (a tie, 1-1 or 2-2, is not agreement).
+
+    Members without an answer count in the tier's size: on a tier of 3 where one failed, the two others must agree.
+    """
+
+    def decide(self, votes: TierVotes) -> Decision:
+        _, n = votes.majority()
+        return _majority_decision(votes, 2 * n > len(votes.answers))
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        return tier.has_answer & (2 * tier.votes > tier.size)
+
+    def spec(self) -> RuleSpec:
+        return "majority"
+
+    def describe(self) -> str:
+        return "majority"
+
 
 @dataclass(frozen=True, slots=True)
 class Quorum(Rule):
@@ -116,6 +204,19 @@ class Quorum(Rule):
     def decide(self, votes: TierVotes) -> Decision:
         _, n = votes.majority()
         return _majority_decision(votes, n >= self.k)
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        return tier.has_answer & (tier.votes >= self.k)
+
+    def spec(self) -> RuleSpec:
+        return {"quorum": self.k}
+
+    def describe(self) -> str:
+        return f"quorum({self.k})"
+
+    def check(self, size: int) -> None:
+        if self.k > size:
+            raise ConfigError("rule", f"quorum({self.k}) can never accept on a tier of {size} member(s)")
 
 
 def _is_number(value: object) -> bool:
@@ -136,6 +237,15 @@ class VoteShare(Rule):
         _, n = votes.majority()
         total = len(votes.answers)
         return _majority_decision(votes, total > 0 and n / total >= self.threshold - 1e-12)
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        return tier.has_answer & (tier.votes / tier.size >= self.threshold - 1e-12)
+
+    def spec(self) -> RuleSpec:
+        return {"vote_share": self.threshold}
+
+    def describe(self) -> str:
+        return f"vote_share({self.threshold:g})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +281,17 @@ class Confidence(Rule):
         conf = votes.support_confidence(answer)
         return Decision(conf >= self.probability - 1e-12, answer, conf)
 
+    def accept(self, tier: TierArrays) -> BoolArray:
+        return tier.has_answer & (tier.support >= self.probability - 1e-12)
+
+    def spec(self) -> RuleSpec:
+        if self.kind == "logprob":
+            return {"confidence": self.threshold, "kind": "logprob"}
+        return {"confidence": self.threshold}
+
+    def describe(self) -> str:
+        return f"conf>={self.probability:.3g}"
+
 
 def token_jaccard(a: str, b: str) -> float:
     """Share of distinct words two answers have in common (case-folded): a cheap, dependency-free similarity."""
@@ -205,6 +326,14 @@ class Semantic(Rule):
         close = [a is not None and self.similarity(answer, a) >= self.threshold for a in votes.answers]
         return Decision(all(close), answer, sum(close) / len(close))
 
+    def spec(self) -> RuleSpec:
+        if self.similarity is not token_jaccard:
+            raise ConfigError("rule", "a semantic rule with a custom similarity function has no config form")
+        return {"semantic": self.threshold}
+
+    def describe(self) -> str:
+        return f"semantic({self.threshold:g})"
+
 
 @dataclass(frozen=True, slots=True)
 class Always(Rule):
@@ -212,6 +341,15 @@ class Always(Rule):
 
     def decide(self, votes: TierVotes) -> Decision:
         return _majority_decision(votes, True)
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        return tier.has_answer.copy()
+
+    def spec(self) -> RuleSpec:
+        return "always"
+
+    def describe(self) -> str:
+        return "always"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +366,22 @@ class All(Rule):
         first = self.rules[0].decide(votes)
         accepted = first.accepted and all(r.decide(votes).accepted for r in self.rules[1:])
         return Decision(accepted, first.answer, first.support)
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        out = self.rules[0].accept(tier)
+        for r in self.rules[1:]:
+            out = out & r.accept(tier)
+        return out
+
+    def spec(self) -> RuleSpec:
+        return {"all": [r.spec() for r in self.rules]}
+
+    def describe(self) -> str:
+        return " & ".join(r.describe() for r in self.rules)
+
+    def check(self, size: int) -> None:
+        for r in self.rules:
+            r.check(size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +401,37 @@ class AnyOf(Rule):
                 return d
         return decisions[0]
 
+    def accept(self, tier: TierArrays) -> BoolArray:
+        out = self.rules[0].accept(tier)
+        for r in self.rules[1:]:
+            out = out | r.accept(tier)
+        return out
+
+    def spec(self) -> RuleSpec:
+        return {"any": [r.spec() for r in self.rules]}
+
+    def describe(self) -> str:
+        return "(" + " | ".join(r.describe() for r in self.rules) + ")"
+
+    def check(self, size: int) -> None:
+        errors: list[ConfigError] = []
+        for r in self.rules:
+            try:
+                r.check(size)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == len(self.rules):
+            raise errors[0]
+
 
 def unanimous() -> Rule:
     """All members agree."""
     return Unanimous()
+
+
+def majority() -> Rule:
+    """More than half of the members agree (a tie is not agreement)."""
+    return Majority()
 
 
 def quorum(k: int) -> Rule:

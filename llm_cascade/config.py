@@ -18,7 +18,8 @@ server key is an environment variable name or a SHA-256 digest of the key.
     normalizer = "choice"                     # or {labels = [...]}, {choice = "E"}, {regex = "..."}, {json = "key"}
     [[cascades.mmlu.tiers]]
     members = ["recorded:gpt-4o-mini", "recorded:llama3.1-8b"]
-    rule = "unanimous"  # or {quorum = 2}, {vote_share = 0.6}, {confidence = 0.9}, {semantic = 0.5}, {all = [...]}
+    rule = "unanimous"  # or "majority", {quorum = 2}, {vote_share = 0.6}, {confidence = 0.9}, {semantic = 0.5},
+                        # {all = [...]}, {learned = {weights = [...], bias = ..., threshold = ...}} (calibrate --emit)
     timeout = 10
     [[cascades.mmlu.tiers]]
     members = ["recorded:gpt-4o"]
@@ -46,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("pydantic", "server") from None
 
-from .agreement import Rule, always, confidence, quorum, semantic, unanimous, vote_share
+from .agreement import All, AnyOf, Rule, always, confidence, majority, quorum, semantic, unanimous, vote_share
 from .backends.base import Backend, resolve, split_name
 from .config_resilience import (
     BreakerConfig,
@@ -62,6 +63,7 @@ from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Reg
 
 if TYPE_CHECKING:
     from .retry import Clock, Sleep
+    from .spec import CascadeSpec
     from .router import Guard, Pricer, Router, SpendSink
 
 __all__ = [
@@ -96,7 +98,7 @@ class _Model(BaseModel):
 
 # -- rules and normalizers -------------------------------------------------------------------------------------------
 
-_NAMED_RULES = {"unanimous": unanimous, "always": always, "majority": always}
+_NAMED_RULES = {"unanimous": unanimous, "always": always, "majority": majority}
 
 
 def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
@@ -112,11 +114,16 @@ def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
         if combinator in spec:
             if len(spec) != 1 or not isinstance(spec[combinator], list) or not spec[combinator]:
                 raise ConfigError(field, f"{{{combinator} = [...]}} takes a non-empty list of rules and nothing else")
-            rules = [parse_rule(s, f"{field}.{combinator}[{i}]") for i, s in enumerate(spec[combinator])]
-            out = rules[0]
-            for r in rules[1:]:
-                out = (out & r) if combinator == "all" else (out | r)
-            return out
+            rules = tuple(parse_rule(s, f"{field}.{combinator}[{i}]") for i, s in enumerate(spec[combinator]))
+            if len(rules) == 1:
+                return rules[0]
+            return All(rules) if combinator == "all" else AnyOf(rules)
+    if "learned" in spec:
+        from .deferral import parse as parse_learned
+
+        if len(spec) != 1:
+            raise ConfigError(field, f"{{learned = {{...}}}} takes nothing else, got keys {sorted(spec)}")
+        return parse_learned(spec["learned"], f"{field}.learned")
     kind = spec.get("kind", "prob")
     extra = set(spec) - {"quorum", "vote_share", "confidence", "semantic", "kind"}
     names = [k for k in ("quorum", "vote_share", "confidence", "semantic") if k in spec]
@@ -251,6 +258,15 @@ class TierConfig(_Model):
     def _normalizer(cls, v: Any) -> Any:
         return v if v is None else _check(parse_normalizer, v, "normalizer")
 
+    @model_validator(mode="after")
+    def _rule_fits_tier(self) -> TierConfig:
+        # a rule that can never accept on this many members (quorum = 3 on two) is a mistake, not a policy
+        try:
+            parse_rule(self.rule, "rule").check(len(self.members))
+        except ConfigError as exc:
+            raise ValueError(f"rule: {exc.problem}") from None
+        return self
+
 
 class CascadeConfig(_Model):
     """A cascade: tiers cheapest first, the default normalizer, the whole request's deadline."""
@@ -264,6 +280,12 @@ class CascadeConfig(_Model):
     @classmethod
     def _normalizer(cls, v: Any) -> Any:
         return _check(parse_normalizer, v, "normalizer")
+
+    def spec(self) -> CascadeSpec:
+        """This section as the one cascade description the simulator and calibration use (``provider:`` dropped)."""
+        from .spec import CascadeSpec
+
+        return CascadeSpec.from_config(self)
 
 
 class PricesConfig(_Model):

@@ -118,6 +118,10 @@ class Tier:
         if rule is not None and not isinstance(rule, Rule):
             raise ConfigError("Tier.rule", f"must be an agreement rule, got {type(rule).__name__}")
         self.rule: Rule = rule if rule is not None else Unanimous()
+        try:
+            self.rule.check(len(self.members))
+        except ConfigError as exc:
+            raise ConfigError("Tier.rule", exc.problem) from None
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Tier.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout

@@ -5,11 +5,12 @@ Heavy pieces (matplotlib, datasets, SQLite caching) live in their own modules an
 
 from .calibrate import Calibration, Target, calibrate
 from .records import ModelRun, Record, RecordError, RunMatrix, load_records, save_records, split_records
-from .simulate import CascadeConfig, SimResult, Simulator, TierSpec
+from .simulate import CascadeConfig, CascadeSpec, SimResult, Simulator, TierSpec
 
 __all__ = [
     "Calibration",
     "CascadeConfig",
+    "CascadeSpec",
     "ModelRun",
     "Record",
     "RecordError",

@@ -36,7 +36,7 @@ class Point:
 
 def singles(sim: Simulator, models: Sequence[str] | None = None) -> list[Point]:
     out = []
-    for m in models or sim.m.models:
+    for m in sim.m.models if models is None else models:
         acc, cost = sim.score(CascadeConfig((TierSpec((m,)),)))
         out.append(Point(m, acc, cost))
     return out
@@ -95,12 +95,24 @@ def mix_cost_at(accuracy: float, frontier: Sequence[Point]) -> float:
     return float(np.interp(accuracy, xs, ys, left=ys[0]))
 
 
+def confidence_models(cal: RunMatrix, models: Sequence[str] | None = None) -> list[str]:
+    """The models whose recorded runs carry a confidence on every example (what a confidence chain can use)."""
+    names = cal.models if models is None else models
+    return [m for m in names if np.isfinite(cal.confidence[:, cal.index(m)]).all()]
+
+
 def confidence_cascade(
     cal: RunMatrix, target: Target | None = None, models: Sequence[str] | None = None
-) -> Calibration:
-    """Lebovitz-style chain: single-model tiers with confidence thresholds, calibrated like the real thing."""
-    usable = [m for m in (models or cal.models) if np.isfinite(cal.confidence[:, cal.index(m)]).any()]
-    return calibrate(cal, target, models=usable, max_members=1)
+) -> Calibration | None:
+    """Lebovitz-style chain: single-model tiers with confidence thresholds, calibrated like the real thing.
+
+    None when fewer than two models have confidences: a "confidence cascade" of models without confidences would be
+    a plain single model under the wrong label.
+    """
+    usable = confidence_models(cal, models)
+    if len(usable) < 2:
+        return None
+    return calibrate(cal, target, models=usable, max_members=1, learned=False)
 
 
 _SAMPLE = re.compile(r"^(?P<model>.+)#(?P<i>\d+)$")

@@ -1,66 +1,88 @@
-"""Choose a cascade on a calibration file: tier compositions, agreement and confidence rules, thresholds.
+"""Choose a cascade on a calibration file, judged on data the choice never saw.
 
-The search space is every tier of 1-3 models (members listed most-accurate first, since the first-listed member wins
-ties) with a family of rules: a confidence threshold for single models; for groups unanimity, a quorum, the mean
-confidence of the majority's supporters, and their combinations (agreement AND confidence, agreement OR a very
-confident majority). Two-tier cascades are enumerated exhaustively; three-tier ones put a cheap first tier in front of
-every two-tier cascade on the calibration cost-accuracy frontier.
+Search space: every tier of 1-3 models (members listed most-accurate first, since the first-listed member wins ties)
+with a family of rules: confidence thresholds; for groups unanimity, a strict majority, a quorum, the mean confidence
+of the majority's supporters and their combinations; and, for every group, the learned deferral rule
+(:class:`llm_cascade.deferral.Learned`) at a ladder of P(correct) thresholds. Two-tier cascades are enumerated
+exhaustively (every single model, the best one included, is a candidate last tier, so no last tier carries a paid
+passenger); three-tier ones put a cheap first tier in front of every two-tier cascade on the frontier.
 
-Small calibration sets flatter lucky configurations, so a candidate must satisfy the target not only on the
-calibration set but in a share (``confidence``) of paired bootstrap resamples of it: the accuracy gap to the best
-single model must be >= -``margin`` in at least that share. Among those, the cheapest wins.
+Why folds: a few hundred calibration examples flatter the luckiest of a hundred thousand configurations, and a
+learned rule scored on the examples it was fitted on flatters itself. So the calibration set is cut into ``folds``;
+a learned rule is fitted on the other folds and scored on each fold it never saw, and every configuration's
+per-example outcome is stitched from those held-out decisions. A configuration is adopted only when, on those
+held-out outcomes, it is cheaper than the best single model in every fold and not less accurate than it by more than
+``margin`` (in a ``guard_share`` of paired bootstrap resamples, and in every fold up to one example of noise).
+Otherwise the verdict is plainly "use the best single model".
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from ..agreement import All, AnyOf, Confidence, Quorum, Rule, Unanimous
+from ..agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous
+from ..deferral import Learned, features, fit
 from ..errors import ConfigError
 from .records import BoolArray, FloatArray, RunMatrix
-from .simulate import CascadeConfig, Simulator, TierSpec
+from .simulate import CascadeSpec, Simulator, TierSpec
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+LEARNED_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 Progress = Callable[[str, int, int], None]
+Verdict = Literal["cascade", "best_single"]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What calibration optimises.
+    """What calibration optimises, and how sure it must be.
 
-    Default: accuracy >= the best single model's (on calibration), cheapest first. ``min_accuracy`` sets an absolute
-    floor instead; ``budget_usd`` switches to "most accurate within this mean cost per request".
-    ``confidence`` is the share of bootstrap resamples in which the accuracy floor must hold (0 turns the guard off);
-    in each resample the cascade must get at least ``min_gain`` more examples right than the best single model (a
-    paired bootstrap alone is blind when a cascade differs from that model on a handful of examples only).
+    Default: accuracy not below the best single model's (on calibration) minus ``margin``, cheapest first.
+    ``min_accuracy`` sets an absolute floor instead; ``budget_usd`` switches to "most accurate within this mean cost
+    per request" (robustly: within budget in every fold and in a ``guard_share`` of bootstrap resamples).
+    ``guard_share`` is the share of paired bootstrap resamples of the fold-held-out outcomes in which the accuracy
+    condition must hold (0 turns the bootstrap off; ``confidence`` is its former name and still accepted): the
+    cascade must get at least ``min_gain`` more examples right than the best single, less ``margin`` of them. Each
+    fold must also be cheaper, and lose at most ``margin`` of its examples plus ``fold_slack`` (one example of ~60
+    is noise, a pattern of losses is not).
     """
 
     min_accuracy: float | None = None
     budget_usd: float | None = None
-    confidence: float = 0.8
+    guard_share: float = 0.8
     margin: float = 0.0
     min_gain: int = 1
+    fold_slack: int = 1
     bootstrap: int = 400
+    folds: int = 5
     seed: int = 0
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
-        if self.budget_usd is not None and self.budget_usd <= 0:
+        if self.confidence is not None:
+            object.__setattr__(self, "guard_share", self.confidence)
+        if self.budget_usd is not None and not self.budget_usd > 0:
             raise ConfigError("Target.budget_usd", f"must be > 0, got {self.budget_usd!r}")
-        if not 0.0 <= self.confidence < 1.0:
-            raise ConfigError("Target.confidence", f"must be in [0, 1), got {self.confidence!r}")
+        if not 0.0 <= self.guard_share < 1.0:
+            raise ConfigError("Target.guard_share", f"must be in [0, 1), got {self.guard_share!r}")
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise ConfigError("Target.min_accuracy", f"must be in [0, 1], got {self.min_accuracy!r}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ConfigError("Target.margin", f"must be in [0, 1), got {self.margin!r}")
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ConfigError("Target.folds", f"must be an integer >= 2, got {self.folds!r}")
 
 
 @dataclass(slots=True)
 class Calibration:
-    """The chosen configuration and how it was chosen."""
+    """The chosen configuration, its fold-held-out accuracy and cost, and why it was chosen."""
 
-    config: CascadeConfig
+    config: CascadeSpec
     accuracy: float
     cost_per_request: float
     floor: float
@@ -68,36 +90,103 @@ class Calibration:
     evaluated: int
     passed_guard: bool
     excluded: dict[str, str] = field(default_factory=dict)
-    frontier: list[tuple[float, float, CascadeConfig]] = field(default_factory=list)
+    frontier: list[tuple[float, float, CascadeSpec]] = field(default_factory=list)
+    verdict: Verdict = "cascade"
+    reason: str = ""
+    best_single: str | None = None
+    folds: int = 0
 
 
-def _rules(size: int, thresholds: Sequence[float]) -> list[Rule]:
+@dataclass(frozen=True, slots=True)
+class _Learned:
+    """A learned rule before its final fit: its group and threshold (the mask comes from the fold fits)."""
+
+    threshold: float
+
+
+Decider = Rule | _Learned
+Point = tuple[float, float, tuple[tuple[tuple[int, ...], Decider], ...]]  # cost, accuracy, ((members, decider), ...)
+
+
+def _rules(size: int, thresholds: Sequence[float], with_learned: bool = True) -> list[Decider]:
     confs: list[Rule] = [Confidence(t) for t in thresholds]
+    learned: list[Decider] = [_Learned(t) for t in LEARNED_THRESHOLDS] if with_learned else []
     if size == 1:
-        return confs
-    out: list[Rule] = [Unanimous(), *confs]
+        return [*confs, *learned]
+    out: list[Decider] = [Unanimous(), *confs, *learned]
     out += [All((Unanimous(), c)) for c in confs]
     out += [AnyOf((Unanimous(), c)) for c in confs[len(confs) // 2 :]]
     if size >= 3:
-        out.append(Quorum(2))
+        out += [Majority(), Quorum(2)]
         out += [All((Quorum(2), c)) for c in confs]
     return out
 
 
-def correct_and_cost(sim: Simulator, config: CascadeConfig) -> tuple[BoolArray, FloatArray]:
+def correct_and_cost(sim: Simulator, config: CascadeSpec) -> tuple[BoolArray, FloatArray]:
     res = sim.run(config)
     return res.correct, res.cost
 
 
-def _frontier(points: list[tuple[float, float, CascadeConfig]]) -> list[tuple[float, float, CascadeConfig]]:
+def _frontier(points: list[tuple[float, float, CascadeSpec]]) -> list[tuple[float, float, CascadeSpec]]:
     """Configurations not beaten on both cost and accuracy, cheapest first."""
-    out: list[tuple[float, float, CascadeConfig]] = []
+    out: list[tuple[float, float, CascadeSpec]] = []
     best_acc = -1.0
     for cost, acc, cfg in sorted(points, key=lambda p: (p[0], -p[1])):
         if acc > best_acc + 1e-12:
             out.append((cost, acc, cfg))
             best_acc = acc
     return out
+
+
+class _Search:
+    """Per-calibration caches: groups, their held-out learned scores, masks."""
+
+    def __init__(self, sim: Simulator, fold: np.ndarray[tuple[int], np.dtype[np.intp]], k: int) -> None:
+        self.sim = sim
+        self.fold = fold
+        self.k = k
+        self._scores: dict[tuple[int, ...], FloatArray] = {}
+        self._masks: dict[tuple[tuple[int, ...], Decider], BoolArray] = {}
+
+    def held_out_scores(self, g: tuple[int, ...]) -> FloatArray:
+        """Logit of P(correct) for each example, from the learned model fitted on the folds it is not in."""
+        cached = self._scores.get(g)
+        if cached is None:
+            st = self.sim.stats(g)
+            x, y, has = features(st), st.correct, st.has_answer
+            cached = np.full(self.sim.m.n, -np.inf)
+            for f in range(self.k):
+                train = (self.fold != f) & has
+                w, b = fit(x[train], y[train])
+                rows = self.fold == f
+                cached[rows] = x[rows] @ np.asarray(w) + b
+            self._scores[g] = cached
+        return cached
+
+    def mask(self, g: tuple[int, ...], d: Decider) -> BoolArray:
+        if isinstance(d, Rule):
+            return self.sim.mask(g, d)
+        key = (g, d)
+        cached = self._masks.get(key)
+        if cached is None:
+            cut = math.log(d.threshold / (1 - d.threshold))
+            cached = self.sim.stats(g).has_answer & (self.held_out_scores(g) >= cut)
+            self._masks[key] = cached
+        return cached
+
+    def final(self, g: tuple[int, ...], d: Decider) -> Rule:
+        """The rule to serve: a learned one refitted on all calibration examples."""
+        if isinstance(d, Rule):
+            return d
+        st = self.sim.stats(g)
+        w, b = fit(features(st)[st.has_answer], st.correct[st.has_answer])
+        return Learned(w, b, d.threshold)
+
+    def outcome(self, tiers: Sequence[tuple[tuple[int, ...], Decider]]) -> tuple[BoolArray, FloatArray]:
+        names = self.sim.m.models
+        spec = CascadeSpec(tuple(TierSpec(tuple(names[j] for j in g)) for g, _ in tiers))
+        res = self.sim.run(spec, [self.mask(g, d) for g, d in tiers[:-1]])
+        return res.correct, res.cost
 
 
 def calibrate(
@@ -108,22 +197,32 @@ def calibrate(
     max_members: int = 3,
     max_tiers: int = 3,
     thresholds: Sequence[float] = THRESHOLDS,
+    learned: bool = True,
     progress: Progress | None = None,
 ) -> Calibration:
-    """Search cascades on ``matrix`` (the calibration runs) for ``target``."""
+    """Search cascades on ``matrix`` (the calibration runs) for ``target``, judged on fold-held-out outcomes.
+
+    ``learned=False`` leaves the learned deferral rule out (the confidence-chain baseline uses only thresholds).
+    """
     target = target or Target()
-    if not 2 <= max_tiers <= 3:
-        raise ConfigError("max_tiers", f"must be 2 or 3, got {max_tiers!r}")
+    if not 1 <= max_tiers <= 3:
+        raise ConfigError("max_tiers", f"must be 1, 2 or 3, got {max_tiers!r}")
     sim = Simulator(matrix)
-    names = list(models or matrix.models)
+    names = list(matrix.models if models is None else models)
+    for m in names:
+        matrix.index(m)
     excluded = {m: "price unknown" for m in matrix.unpriced() if m in names}
     names = [m for m in names if m not in excluded]
-    if len(names) < 2:
-        raise ConfigError("models", f"need at least two priced models to build a cascade, have {names}")
-    singles = {m: sim.score(CascadeConfig((TierSpec((m,)),))) for m in names}
+    if not names:
+        raise ConfigError("models", f"no priced model to calibrate with (unpriced: {', '.join(excluded)})")
+    k = min(target.folds, matrix.n)
+    fold = np.random.default_rng(target.seed).permutation(matrix.n) % k
+    search = _Search(sim, fold.astype(np.intp), k)
+    singles = {m: sim.score(CascadeSpec((TierSpec((m,)),))) for m in names}
     order = sorted(names, key=lambda m: (-singles[m][0], singles[m][1]))
-    floor_model: str | None = order[0]
-    floor = singles[order[0]][0]
+    best = order[0]
+    floor_model: str | None = best
+    floor = singles[best][0]
     if target.min_accuracy is not None:
         floor, floor_model = target.min_accuracy, None
 
@@ -131,81 +230,112 @@ def calibrate(
         tuple(sorted(g, key=order.index)) for r in range(1, max_members + 1) for g in itertools.combinations(names, r)
     ]
     col = {g: sim.members(g) for g in groups}
-    firsts = [(g, rule) for g in groups for rule in _rules(len(g), thresholds)]
-    cost_of = {g: float(np.nanmean(sim.stats(col[g]).cost)) for g in groups}
+    cost_of = {g: float(np.mean(sim.stats(col[g]).cost)) for g in groups}
     acc_of = {g: float(sim.stats(col[g]).correct.mean()) for g in groups}
-    lasts = sorted(groups, key=lambda g: -acc_of[g])[: max(12, len(names))]
-    points: list[tuple[float, float, CascadeConfig]] = []
-    total = len(firsts) * len(lasts)
-    step = max(1, total // 50)
+    # every single model is a candidate last tier (bug: a pair listing the best model first was always preferred,
+    # so the chosen last tier carried a paid passenger), plus the most accurate groups
+    lasts = list(dict.fromkeys([*[(m,) for m in order], *sorted(groups, key=lambda g: -acc_of[g])[: len(names)]]))
+    points: list[Point] = [(cost_of[g], acc_of[g], ((col[g], Unanimous()),)) for g in lasts]
+    firsts = [(g, d) for g in groups for d in _rules(len(g), thresholds, learned)] if max_tiers >= 2 else []
     evaluated = 0
-    for g in lasts:
-        points.append((cost_of[g], acc_of[g], CascadeConfig((TierSpec(g),))))
-    for i, (g0, rule) in enumerate(firsts):
+    for i, (g0, d) in enumerate(firsts):
+        m0 = search.mask(col[g0], d)
         for g1 in lasts:
             if set(g0) & set(g1) or cost_of[g0] >= cost_of[g1]:
                 continue
-            acc, cost = sim.score_members([col[g0], col[g1]], [rule, Unanimous()])
-            points.append((cost, acc, CascadeConfig((TierSpec(g0, rule), TierSpec(g1)))))
+            acc, cost = sim.score_masks([col[g0], col[g1]], [m0])
+            points.append((cost, acc, ((col[g0], d), (col[g1], Unanimous()))))
             evaluated += 1
-        if progress is not None and i % max(1, step // max(1, len(lasts))) == 0:
-            progress("two tiers", (i + 1) * len(lasts), total)
+        if progress is not None and i % 200 == 0:
+            progress("two tiers", i + 1, len(firsts))
     if max_tiers == 3:
-        suffixes = [p for p in _frontier(points) if len(p[2].tiers) == 2]
-        cheap_firsts = [(g, r) for g, r in firsts if cost_of[g] <= np.median(list(cost_of.values()))]
-        total3 = len(cheap_firsts)
-        for i, (g0, rule) in enumerate(cheap_firsts):
-            for _, _, cfg in suffixes:
-                mid, last = cfg.tiers
-                if set(g0) & set(cfg.models) or cost_of[g0] >= cost_of[mid.models]:
+        suffixes = [p for p in _point_frontier(points) if len(p[2]) == 2]
+        median = float(np.median(list(cost_of.values())))
+        cheap = [(g, d) for g, d in firsts if cost_of[g] <= median]
+        for i, (g0, d) in enumerate(cheap):
+            m0 = search.mask(col[g0], d)
+            for _, _, ((mid, dm), (last, _r)) in suffixes:
+                if set(col[g0]) & (set(mid) | set(last)) or cost_of[g0] >= float(np.mean(sim.stats(mid).cost)):
                     continue
-                acc, cost = sim.score_members(
-                    [col[g0], col[mid.models], col[last.models]], [rule, mid.rule, Unanimous()]
-                )
-                points.append((cost, acc, CascadeConfig((TierSpec(g0, rule), mid, last))))
+                acc, cost = sim.score_masks([col[g0], mid, last], [m0, search.mask(mid, dm)])
+                points.append((cost, acc, ((col[g0], d), (mid, dm), (last, Unanimous()))))
                 evaluated += 1
-            if progress is not None and i % 20 == 0:
-                progress("three tiers", i + 1, total3)
-    frontier = _frontier(points)
-    chosen, passed = _choose(sim, points, target, floor, floor_model)
-    cost, acc, cfg = chosen
-    return Calibration(cfg, acc, cost, floor, floor_model, evaluated, passed, excluded, frontier)
+            if progress is not None and i % 200 == 0:
+                progress("three tiers", i + 1, len(cheap))
+
+    def spec(p: Point) -> CascadeSpec:
+        return CascadeSpec(tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2]))
+
+    ref = None if floor_model is None else sim.members((floor_model,))
+    chosen, passed, reason = _choose(search, points, target, floor, ref)
+    frontier = [(p[0], p[1], spec(p)) for p in _point_frontier(points)]
+    cfg = spec(chosen)
+    single = cfg == CascadeSpec((TierSpec((best,)),))
+    verdict: Verdict = "best_single" if single or not passed else "cascade"
+    if not passed:
+        cfg = CascadeSpec((TierSpec((best,)),))
+        chosen = (singles[best][1], singles[best][0], chosen[2])
+    return Calibration(
+        cfg, chosen[1], chosen[0], floor, floor_model, evaluated, passed, excluded, frontier, verdict, reason, best, k
+    )
+
+
+def _point_frontier(points: list[Point]) -> list[Point]:
+    out: list[Point] = []
+    best_acc = -1.0
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best_acc + 1e-12:
+            out.append(p)
+            best_acc = p[1]
+    return out
 
 
 def _choose(
-    sim: Simulator,
-    points: list[tuple[float, float, CascadeConfig]],
+    search: _Search,
+    points: list[Point],
     target: Target,
     floor: float,
-    floor_model: str | None,
-) -> tuple[tuple[float, float, CascadeConfig], bool]:
-    """Cheapest config meeting the floor robustly (or most accurate within budget); falls back to the best single."""
-    n = sim.m.n
+    ref_members: tuple[int, ...] | None,
+) -> tuple[Point, bool, str]:
+    """The cheapest configuration meeting the target robustly on fold-held-out outcomes, or the reason none did."""
+    n = search.sim.m.n
     rng = np.random.default_rng(target.seed)
-    idx = rng.integers(0, n, size=(target.bootstrap, n)) if target.confidence > 0 else None
-    ref: BoolArray | None = None
-    if floor_model is not None:
-        ref = sim.run(CascadeConfig((TierSpec((floor_model,)),))).correct
+    idx = rng.integers(0, n, size=(target.bootstrap, n)) if target.guard_share > 0 else None
+    folds = [search.fold == f for f in range(search.k)]
     if target.budget_usd is not None:
-        within = [p for p in points if p[0] <= target.budget_usd + 1e-15]
-        if not within:
-            cheapest = min(points, key=lambda p: p[0])
-            return cheapest, False
-        ranked = sorted(within, key=lambda p: (-p[1], p[0]))
-        return ranked[0], True
-    ok = sorted((p for p in points if p[1] >= floor - 1e-12), key=lambda p: (p[0], -p[1]))
+        within = sorted((p for p in points if p[0] <= target.budget_usd + 1e-15), key=lambda p: (-p[1], p[0]))
+        for p in within[:400]:
+            _, cost = search.outcome(p[2])
+            fold_ok = all(cost[f].mean() <= target.budget_usd + 1e-15 for f in folds)
+            boot_ok = idx is None or (cost[idx].mean(axis=1) <= target.budget_usd + 1e-15).mean() >= target.guard_share
+            if fold_ok and boot_ok:
+                return p, True, f"most accurate configuration within ${target.budget_usd:g}/request in every fold"
+        cheapest = min(points, key=lambda p: p[0])
+        return cheapest, False, f"no configuration stays within ${target.budget_usd:g}/request robustly"
+    ref: tuple[BoolArray, FloatArray] | None = None
+    if ref_members is not None:
+        ref = search.outcome(((ref_members, Unanimous()),))
+    ok = sorted((p for p in points if p[1] >= floor - target.margin - 1e-12), key=lambda p: (p[0], -p[1]))
     for p in ok[:400]:
-        if idx is None:
-            return p, True
-        if floor_model is not None and p[2] == CascadeConfig((TierSpec((floor_model,)),)):
-            return p, True
-        correct, _ = correct_and_cost(sim, p[2])
-        if ref is not None:
-            wins = correct[idx].sum(axis=1) - ref[idx].sum(axis=1)
-            gap = wins >= max(target.min_gain, 0) - target.margin * n - 1e-9
-        else:
-            gap = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12
-        if gap.mean() >= target.confidence:
-            return p, True
+        if ref is not None and len(p[2]) == 1 and p[2][0][0] == ref_members:
+            return p, True, "no configuration beat the best single model on cost at non-inferior accuracy"
+        correct, cost = search.outcome(p[2])
+        if ref is None:
+            good = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12 if idx is not None else None
+            if good is None or good.mean() >= target.guard_share:
+                return p, True, f"cheapest configuration with accuracy >= {floor:.3f} robustly"
+            continue
+        r_ok, r_cost = ref
+        allowed = target.margin * n
+        if not all(cost[f].mean() < r_cost[f].mean() for f in folds):
+            continue
+        slack = target.fold_slack
+        if not all(correct[f].sum() - r_ok[f].sum() >= -target.margin * f.sum() - slack - 1e-9 for f in folds):
+            continue
+        if idx is not None:
+            wins = correct[idx].sum(axis=1) - r_ok[idx].sum(axis=1)
+            if (wins >= max(target.min_gain, 0) - allowed - 1e-9).mean() < target.guard_share:
+                continue
+        return p, True, "cheaper than the best single model in every fold at non-inferior held-out accuracy"
     best = max(points, key=lambda p: (p[1], -p[0]))
-    return (ok[0] if ok else best), False
+    return (ok[0] if ok else best), False, "no cascade met the target on held-out folds"

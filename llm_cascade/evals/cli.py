@@ -24,16 +24,40 @@ def register(app: Any) -> None:
         markdown: Annotated[Path | None, typer.Option("--markdown", help="write the markdown table here")] = None,
         budget: Annotated[float | None, typer.Option(help="mean $ per request to stay within")] = None,
         min_accuracy: Annotated[float | None, typer.Option(help="accuracy floor (default: best single's)")] = None,
-        confidence: Annotated[float, typer.Option(help="bootstrap share the floor must hold in (0 = off)")] = 0.8,
+        guard_share: Annotated[
+            float,
+            typer.Option(
+                "--guard-share",
+                "--confidence",
+                help="share of bootstrap resamples of the fold-held-out outcomes in which the accuracy condition "
+                "must hold (0 = off; --confidence is the former name)",
+            ),
+        ] = 0.8,
+        margin: Annotated[
+            float, typer.Option(help="accuracy the cascade may lose to the best single (0.01 = 1 pt)")
+        ] = 0.0,
+        folds: Annotated[int, typer.Option(help="cross-validation folds of the calibration file")] = 5,
         models: Annotated[str | None, typer.Option(help="comma-separated models to consider (default: all)")] = None,
+        emit: Annotated[
+            Path | None, typer.Option("--emit", help="write the chosen cascade as a config file for serve --config")
+        ] = None,
+        emit_name: Annotated[str, typer.Option(help="the cascade's name in the emitted config")] = "calibrated",
+        emit_provider: Annotated[
+            str, typer.Option(help="provider prefix of the emitted members ('<provider>:<model>')")
+        ] = "recorded",
+        normalizer: Annotated[
+            str, typer.Option(help="the emitted cascade's normalizer (e.g. choice, number)")
+        ] = "exact",
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from ..errors import ConfigError
         from .calibrate import Target
+        from .calibrate import calibrate as calibrate_runs
         from .records import RecordError, RunMatrix, load_records
-        from .report import evaluate, to_markdown
+        from .report import check_test_models, evaluate, to_markdown
 
         console = Console(stderr=True)
         try:
@@ -41,25 +65,46 @@ def register(app: Any) -> None:
             test_records = load_records(test)
             cal = RunMatrix.from_records(cal_records)
             test_m = RunMatrix.from_records(test_records, cal.models)
-            target = Target(min_accuracy=min_accuracy, budget_usd=budget, confidence=confidence)
+            names = models.split(",") if models else None
+            check_test_models(cal, test_m, names or cal.models)
+            target = Target(
+                min_accuracy=min_accuracy, budget_usd=budget, guard_share=guard_share, margin=margin, folds=folds
+            )
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
                 task = bar.add_task("calibrating", total=1)
 
                 def progress(stage: str, done: int, total: int) -> None:
                     bar.update(task, description=stage, completed=done, total=max(total, 1))
 
+                chosen = calibrate_runs(cal, target, models=names, progress=progress)
                 report = evaluate(
                     cal,
                     test_m,
                     target,
-                    models=models.split(",") if models else None,
+                    models=names,
                     progress=progress,
                     name=f"{cal_file.name} -> {test.name}",
+                    calibration=chosen,
                 )
                 bar.update(task, description="done", completed=1, total=1)
-        except RecordError as exc:
+        except (RecordError, ConfigError) as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
+        if emit is not None:
+            header = (
+                f"Calibrated by `llm-cascade calibrate {cal_file.name} --test {test.name}`: verdict {report['verdict']}"
+                f"\n{chosen.config.describe()}"
+            )
+            if emit_provider != "recorded":
+                header += (
+                    f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
+                )
+            emit.parent.mkdir(parents=True, exist_ok=True)
+            emit.write_text(
+                chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=normalizer, header=header) + "\n",
+                encoding="utf-8",
+            )
+            report["emitted"] = str(emit)
         md = to_markdown([report])
         print(md)
         if json_out is not None:

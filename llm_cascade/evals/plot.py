@@ -39,7 +39,9 @@ def plot_frontier(report: dict[str, Any], path: str | Path) -> Path:
             marker="*",
             s=220,
             color="tab:red",
-            label="chosen cascade",
+            label="chosen: best single (no cascade met the target)"
+            if report.get("verdict") == "best_single"
+            else "chosen cascade",
             zorder=4,
         )
     base = report["baselines"]

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from . import baselines as bl
-from .calibrate import Progress, Target, calibrate
-from .records import FloatArray, RunMatrix
-from .simulate import CascadeConfig, Simulator, TierSpec
+from .calibrate import Calibration, Progress, Target, calibrate
+from .records import FloatArray, RecordError, RunMatrix
+from .simulate import CascadeSpec, Simulator, TierSpec
 
 
 def _num(x: float) -> float | None:
@@ -51,6 +51,16 @@ def frontier_auc(points: Sequence[tuple[float, float]], lo: float, hi: float) ->
     return float(vals.mean())
 
 
+def check_test_models(cal: RunMatrix, test: RunMatrix, names: Sequence[str]) -> None:
+    """Fail before the search when TEST lacks a model calibration may pick (not after minutes of searching)."""
+    for m in names:
+        cal.index(m)
+        j = test.index(m)
+        missing = int((~test.present[:, j]).sum())
+        if missing:
+            raise RecordError(f"model {m!r} is missing from the TEST runs on {missing} of {test.n} examples")
+
+
 def evaluate(
     cal: RunMatrix,
     test: RunMatrix,
@@ -59,22 +69,30 @@ def evaluate(
     models: Sequence[str] | None = None,
     progress: Progress | None = None,
     name: str = "",
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
-    """Calibrate on ``cal``, report on ``test``; returns the JSON-ready report."""
+    """Calibrate on ``cal`` (unless ``calibration`` is given), report on ``test``; returns the JSON-ready report."""
     target = target or Target()
     flags: list[str] = []
-    unpriced = sorted(set(test.unpriced()) | set(cal.unpriced()))
+    names = list(cal.models if models is None else models)
+    check_test_models(cal, test, names)
+    unpriced = sorted(m for m in set(test.unpriced()) | set(cal.unpriced()) if m in names)
     if unpriced:
         flags.append(f"price unknown for {', '.join(unpriced)}: excluded from the search, cost shown as null")
-    chosen = calibrate(cal, target, models=models, progress=progress)
-    if not chosen.passed_guard:
-        flags.append("no cascade met the target robustly on calibration; the closest configuration is reported")
+    priced_names = [m for m in names if m not in unpriced]
+    chosen = calibration or calibrate(cal, target, models=priced_names, progress=progress)
     sim = Simulator(test)
-    names = list(models or cal.models)
     singles = bl.singles(sim, names)
-    best = bl.best_single([p for p in singles if math.isfinite(p.cost)] or singles)
+    priced_singles = [p for p in singles if math.isfinite(p.cost)]
+    best = bl.best_single(priced_singles or singles)
+    better_unpriced = [p.name for p in singles if not math.isfinite(p.cost) and p.accuracy > best.accuracy]
+    if better_unpriced:
+        flags.append(
+            f"{', '.join(better_unpriced)} {'is' if len(better_unpriced) == 1 else 'are'} more accurate on TEST than "
+            f"the reference {best.name} but unpriced, so left out of the best-single reference"
+        )
     res = sim.run(chosen.config)
-    ref = sim.run(CascadeConfig((TierSpec((best.name,)),)))
+    ref = sim.run(CascadeSpec((TierSpec((best.name,)),)))
     n = test.n
     c_ok, c_cost, r_ok, r_cost = res.correct, res.cost, ref.correct, ref.cost
 
@@ -85,28 +103,34 @@ def evaluate(
 
     if progress is not None:
         progress("baselines", 0, 1)
-    conf = bl.confidence_cascade(cal, target, [m for m in names if m not in unpriced])
-    conf_acc, conf_cost = sim.score(conf.config)
-    orc = bl.oracle(sim, [m for m in names if m not in unpriced])
-    hull = bl.hull(singles)
-    tested_frontier = [sim.score(cfg)[::-1] for _, _, cfg in chosen.frontier]
-    priced = [p.cost for p in singles if math.isfinite(p.cost)]
-    lo, hi = (min(priced), max(priced)) if priced else (float("nan"), float("nan"))
-    base: dict[str, Any] = {
-        "confidence_cascade": {
+    base: dict[str, Any] = {}
+    conf = bl.confidence_cascade(cal, target, priced_names)
+    if conf is None:
+        have = bl.confidence_models(cal, priced_names)
+        base["confidence_cascade"] = {
+            "skipped": f"needs confidences from at least two priced models; these runs have them for "
+            f"{', '.join(have) if have else 'none'}"
+        }
+    else:
+        conf_acc, conf_cost = sim.score(conf.config)
+        base["confidence_cascade"] = {
             "config": conf.config.describe(),
             "accuracy": conf_acc,
             "cost_per_request_usd": _num(conf_cost),
-        },
-        "oracle_router": {"accuracy": orc.accuracy, "cost_per_request_usd": _num(orc.cost)},
-        "single_mix_at_cascade_cost": {
-            "accuracy": _num(bl.mix_accuracy_at(res.cost_per_request, hull)),
-            "cost_per_request_usd": _num(res.cost_per_request),
-        },
-        "single_mix_at_cascade_accuracy": {
-            "accuracy": res.accuracy,
-            "cost_per_request_usd": _num(bl.mix_cost_at(res.accuracy, hull)),
-        },
+        }
+    orc = bl.oracle(sim, priced_names)
+    hull = bl.hull(singles)
+    tested_frontier = [sim.score(cfg)[::-1] for _, _, cfg in chosen.frontier]
+    priced = [p.cost for p in priced_singles]
+    lo, hi = (min(priced), max(priced)) if priced else (float("nan"), float("nan"))
+    base["oracle_router"] = {"accuracy": orc.accuracy, "cost_per_request_usd": _num(orc.cost)}
+    base["single_mix_at_cascade_cost"] = {
+        "accuracy": _num(bl.mix_accuracy_at(res.cost_per_request, hull)),
+        "cost_per_request_usd": _num(res.cost_per_request),
+    }
+    base["single_mix_at_cascade_accuracy"] = {
+        "accuracy": res.accuracy,
+        "cost_per_request_usd": _num(bl.mix_cost_at(res.accuracy, hull)),
     }
     groups = bl.sample_groups(test)
     if groups:
@@ -116,18 +140,45 @@ def evaluate(
     else:
         base["vote_consistency"] = {"skipped": "one sample per model in these runs (needs '<model>#<i>' columns)"}
     cost_ratio = best.cost / res.cost_per_request if res.cost_per_request > 0 else float("nan")
+    delta_ci = bootstrap_ci(lambda i: c_ok[i].mean(axis=1) - r_ok[i].mean(axis=1), n)
+    one_model = len(chosen.config.tiers) == 1 and len(chosen.config.tiers[0].models) == 1
+    # one model against another costs a fixed price ratio per token: a resampled "interval" would be a point that
+    # looks like certainty, so none is given
+    ratio_ci: list[float] | None = None if one_model else bootstrap_ci(ratio, n)
+    delta = res.accuracy - best.accuracy
+    if chosen.verdict == "best_single":
+        flags.append(f"no cascade met the target: use the best single model ({chosen.reason})")
+    if math.isfinite(cost_ratio) and cost_ratio < 1 - 1e-9:
+        flags.append(f"COSTLIER than the best single model on TEST ({best.name}): cost ratio {cost_ratio:.2f}x")
+    if delta < -1e-12:
+        sig = "significantly " if delta_ci[1] < 0 else ""
+        flags.append(
+            f"{sig.upper()}LESS ACCURATE than the best single model on TEST ({best.name}): {100 * delta:+.1f} points "
+            f"(95% CI {100 * delta_ci[0]:+.1f} to {100 * delta_ci[1]:+.1f})"
+        )
+    if chosen.best_single is not None and chosen.best_single != best.name:
+        flags.append(f"the best single model differs between calibration ({chosen.best_single}) and TEST ({best.name})")
     report: dict[str, Any] = {
         "name": name,
+        "verdict": chosen.verdict,
+        "verdict_reason": chosen.reason,
+        "compared": (
+            f"chosen on {chosen.folds}-fold held-out outcomes of the calibration file (learned rules fitted on the "
+            f"other folds); every figure below is measured on the TEST file"
+        ),
         "n_calibration": cal.n,
         "n_test": n,
         "target": {
             "min_accuracy": chosen.floor,
             "floor_model": chosen.floor_model,
             "budget_usd": target.budget_usd,
-            "bootstrap_confidence": target.confidence,
+            "margin": target.margin,
+            "guard_share": target.guard_share,
+            "folds": chosen.folds,
         },
         "best_single": {
             "model": best.name,
+            "calibration_model": chosen.best_single,
             "accuracy": best.accuracy,
             "accuracy_ci": bootstrap_ci(lambda i: r_ok[i].mean(axis=1), n),
             "cost_per_request_usd": _num(best.cost),
@@ -143,15 +194,16 @@ def evaluate(
             "cost_per_1k_requests_usd": _num(res.cost_per_request * 1000),
             "reach_rate_per_tier": res.reach_rates(),
             "accepted_rate": float(res.accepted.mean()),
-            "calibration_accuracy": chosen.accuracy,
-            "calibration_cost_per_request_usd": _num(chosen.cost_per_request),
+            "calibration_heldout_accuracy": chosen.accuracy,
+            "calibration_heldout_cost_per_request_usd": _num(chosen.cost_per_request),
             "configurations_evaluated": chosen.evaluated,
         },
         "cost_ratio": _num(cost_ratio),
-        "cost_ratio_ci": bootstrap_ci(ratio, n),
-        "accuracy_delta": res.accuracy - best.accuracy,
-        "accuracy_delta_ci": bootstrap_ci(lambda i: c_ok[i].mean(axis=1) - r_ok[i].mean(axis=1), n),
+        "cost_ratio_ci": ratio_ci,
+        "accuracy_delta": delta,
+        "accuracy_delta_ci": delta_ci,
         "meets_best_single_accuracy": bool(res.accuracy >= best.accuracy - 1e-12),
+        "costlier_than_best_single": bool(math.isfinite(cost_ratio) and cost_ratio < 1 - 1e-9),
         "frontier_auc": {
             "cascades": _num(frontier_auc(tested_frontier + [(p.cost, p.accuracy) for p in singles], lo, hi)),
             "singles_only": _num(frontier_auc([(p.cost, p.accuracy) for p in singles], lo, hi)),
@@ -180,17 +232,30 @@ def _f3(x: float | None) -> str:
 def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
     """One table row per report (dataset/direction), then the details of each cascade and its flags."""
     lines = [
-        "| run | best single | acc | $/1k req | cascade acc (95% CI) | $/1k req | cost ratio (95% CI) "
+        "| run | verdict | best single (TEST) | acc | $/1k req | chosen acc (95% CI) | $/1k req | cost ratio (95% CI) "
         "| mix acc @ cost | oracle acc / $/1k |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         b, c, base = r["best_single"], r["cascade"], r["baselines"]
         ci = c["accuracy_ci"]
         rci = r["cost_ratio_ci"]
-        ratio = "n/a" if r["cost_ratio"] is None else f"{r['cost_ratio']:.2f}x ({rci[0]:.2f}-{rci[1]:.2f})"
+        if r["cost_ratio"] is None:
+            ratio = "n/a"
+        elif rci is None:
+            ratio = f"{r['cost_ratio']:.2f}x (price ratio)"
+        else:
+            ratio = f"{r['cost_ratio']:.2f}x ({rci[0]:.2f}-{rci[1]:.2f})"
+        warn = []
+        if r.get("costlier_than_best_single"):
+            warn.append("COSTLIER")
+        if not r.get("meets_best_single_accuracy", True):
+            warn.append("LESS ACCURATE")
+        if warn:
+            ratio += " **" + ", ".join(warn) + "**"
+        verdict = "best single" if r["verdict"] == "best_single" else "cascade"
         lines.append(
-            f"| {r['name']} | {b['model']} | {_pct(b['accuracy'])} | {_usd(b['cost_per_request_usd'])} | "
+            f"| {r['name']} | {verdict} | {b['model']} | {_pct(b['accuracy'])} | {_usd(b['cost_per_request_usd'])} | "
             f"{_pct(c['accuracy'])} ({_pct(ci[0])}-{_pct(ci[1])}) | {_usd(c['cost_per_request_usd'])} | {ratio} | "
             f"{_pct(base['single_mix_at_cascade_cost']['accuracy'])} | "
             f"{_pct(base['oracle_router']['accuracy'])} / {_usd(base['oracle_router']['cost_per_request_usd'])} |"
@@ -200,10 +265,16 @@ def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
         c = r["cascade"]
         reach = ", ".join(f"tier {k}: {_pct(v)}" for k, v in enumerate(c["reach_rate_per_tier"]))
         cc = r["baselines"]["confidence_cascade"]
-        lines.append(f"- **{r['name']}**: `{c['description']}`; requests reaching {reach}.")
+        lines.append(f"- **{r['name']}**: `{c['description']}`; requests reaching {reach}. {r['compared']}.")
+        if "skipped" in cc:
+            conf_line = f"Confidence cascade baseline skipped: {cc['skipped']}."
+        else:
+            conf_line = (
+                f"Confidence cascade baseline `{cc['config']}`: {_pct(cc['accuracy'])} at "
+                f"{_usd(cc['cost_per_request_usd'])}/1k."
+            )
         lines.append(
-            f"  Confidence cascade baseline `{cc['config']}`: {_pct(cc['accuracy'])} at "
-            f"{_usd(cc['cost_per_request_usd'])}/1k. Frontier AUC cascades {_f3(r['frontier_auc']['cascades'])} vs "
+            f"  {conf_line} Frontier AUC cascades {_f3(r['frontier_auc']['cascades'])} vs "
             f"singles {_f3(r['frontier_auc']['singles_only'])}."
         )
         for f in r["flags"]:

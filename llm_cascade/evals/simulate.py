@@ -14,128 +14,36 @@ tier that had one is returned. Cost is the sum over every member of every tier v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..agreement import All, Always, AnyOf, Confidence, Quorum, Rule, TierVotes, Unanimous, VoteShare
-from ..backends.base import Backend
-from ..errors import ConfigError
-from ..normalize import Normalizer
-from ..router import Pricer, Router, Tier
+from ..agreement import Rule, TierVotes
+from ..spec import CascadeSpec as CascadeSpec
+from ..spec import TierSpec as TierSpec
 from .records import NO_ANSWER, BoolArray, FloatArray, IntArray, RecordError, RunMatrix
 
-
-@dataclass(frozen=True, slots=True)
-class TierSpec:
-    """A tier by model names (as recorded) and its agreement rule."""
-
-    models: tuple[str, ...]
-    rule: Rule = field(default_factory=Unanimous)
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ConfigError("TierSpec.models", "a tier needs at least one model")
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError("TierSpec.models", f"duplicate models {list(self.models)}")
-
-
-@dataclass(frozen=True, slots=True)
-class CascadeConfig:
-    """A cascade by model names: what calibration searches and what builds a live Router."""
-
-    tiers: tuple[TierSpec, ...]
-
-    def __post_init__(self) -> None:
-        if not self.tiers:
-            raise ConfigError("CascadeConfig.tiers", "a cascade needs at least one tier")
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(m for t in self.tiers for m in t.models)
-
-    def describe(self) -> str:
-        parts = []
-        for k, t in enumerate(self.tiers):
-            rule = "" if k == len(self.tiers) - 1 else f" {describe_rule(t.rule)}"
-            parts.append(f"[{' + '.join(t.models)}{rule}]")
-        return " -> ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tiers": [{"models": list(t.models), "rule": rule_to_json(t.rule)} for t in self.tiers]}
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> CascadeConfig:
-        return cls(tuple(TierSpec(tuple(t["models"]), rule_from_json(t["rule"])) for t in obj["tiers"]))
-
-    def router(
-        self,
-        backend: Callable[[str], Backend],
-        *,
-        normalizer: Normalizer | str | None = "exact",
-        prices: Pricer | None = None,
-    ) -> Router:
-        """The live Router this configuration stands for; ``backend`` maps a recorded model name to a Backend."""
-        tiers = [Tier([backend(m) for m in t.models], t.rule, name=f"tier{k}") for k, t in enumerate(self.tiers)]
-        return Router(tiers, normalizer=normalizer, prices=prices)
+#: The former name of :class:`CascadeSpec` (kept so existing code keeps working).
+CascadeConfig = CascadeSpec
 
 
 def describe_rule(rule: Rule) -> str:
-    if isinstance(rule, Unanimous):
-        return "unanimous"
-    if isinstance(rule, Quorum):
-        return f"quorum({rule.k})"
-    if isinstance(rule, VoteShare):
-        return f"vote_share({rule.threshold:g})"
-    if isinstance(rule, Confidence):
-        return f"conf>={rule.probability:.3g}"
-    if isinstance(rule, Always):
-        return "always"
-    if isinstance(rule, All):
-        return " & ".join(describe_rule(r) for r in rule.rules)
-    if isinstance(rule, AnyOf):
-        return "(" + " | ".join(describe_rule(r) for r in rule.rules) + ")"
-    return repr(rule)
+    """A rule's report label (see :meth:`Rule.describe`)."""
+    return rule.describe()
 
 
 def rule_to_json(rule: Rule) -> Any:
-    if isinstance(rule, Unanimous):
-        return "unanimous"
-    if isinstance(rule, Always):
-        return "always"
-    if isinstance(rule, Quorum):
-        return {"quorum": rule.k}
-    if isinstance(rule, VoteShare):
-        return {"vote_share": rule.threshold}
-    if isinstance(rule, Confidence):
-        return {"confidence": rule.probability}
-    if isinstance(rule, All):
-        return {"all": [rule_to_json(r) for r in rule.rules]}
-    if isinstance(rule, AnyOf):
-        return {"any": [rule_to_json(r) for r in rule.rules]}
-    raise ConfigError("rule", f"cannot serialise {rule!r}")
+    """A rule's config form (see :meth:`Rule.spec`)."""
+    return rule.spec()
 
 
 def rule_from_json(obj: Any) -> Rule:
-    if obj == "unanimous":
-        return Unanimous()
-    if obj == "always":
-        return Always()
-    if isinstance(obj, Mapping) and len(obj) == 1:
-        ((key, value),) = obj.items()
-        if key == "quorum":
-            return Quorum(int(value))
-        if key == "vote_share":
-            return VoteShare(float(value))
-        if key == "confidence":
-            return Confidence(float(value))
-        if key == "all":
-            return All(tuple(rule_from_json(v) for v in value))
-        if key == "any":
-            return AnyOf(tuple(rule_from_json(v) for v in value))
-    raise ConfigError("rule", f"unknown rule {obj!r}")
+    """A rule from its config form (see :func:`llm_cascade.config.parse_rule`)."""
+    from ..config import parse_rule
+
+    return parse_rule(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +58,21 @@ class TierStats:
     correct: BoolArray  # the majority answer is correct
     cost: FloatArray  # sum of every member's cost (NaN when any is unknown)
     has_answer: BoolArray
+    agree: BoolArray  # (n, members): member gave the majority answer
+    answered: BoolArray  # (n, members): member gave an answer
+    conf: FloatArray  # (n, members): member's confidence, unknown as 0
+    surprise: FloatArray  # (n, members): deferral.surprise(conf), by the very function the Router calls
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
 
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
     """Per-example outcome of one configuration, in the Router's terms."""
 
-    config: CascadeConfig
+    config: CascadeSpec
     answer: IntArray
     correct: BoolArray
     tier: IntArray  # the tier whose answer was returned (RouteResult.tier)
@@ -185,6 +101,7 @@ class Simulator:
         self.m = matrix
         self.need_accuracy = need_accuracy
         self._conf0 = np.nan_to_num(matrix.confidence, nan=0.0)
+        self._surprise: FloatArray | None = None
         self._stats: dict[tuple[int, ...], TierStats] = {}
         self._masks: dict[tuple[tuple[int, ...], Rule], BoolArray] = {}
         self._checked: set[int] = set()
@@ -228,9 +145,18 @@ class Simulator:
         support = np.where(has, (conf * supporters).sum(axis=1) / np.maximum(supporters.sum(axis=1), 1), 0.0)
         correct = self.m.correct[:, cols][rows, pos] & has
         cost = self.m.cost[:, cols].sum(axis=1)
-        st = TierStats(members, answer, pos, votes, support, correct, cost, has)
+        surprise = self._surprises()[:, cols]
+        st = TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf, surprise)
         self._stats[members] = st
         return st
+
+    def _surprises(self) -> FloatArray:
+        if self._surprise is None:
+            from ..deferral import surprise
+
+            flat = [surprise(c) for c in self._conf0.ravel().tolist()]
+            self._surprise = np.asarray(flat, dtype=np.float64).reshape(self._conf0.shape)
+        return self._surprise
 
     def mask(self, members: tuple[int, ...], rule: Rule) -> BoolArray:
         key = (members, rule)
@@ -241,30 +167,10 @@ class Simulator:
         return cached
 
     def _accept(self, rule: Rule, st: TierStats) -> BoolArray:
-        k = len(st.members)
-        if isinstance(rule, Unanimous):
-            full: BoolArray = st.votes == k
-            return st.has_answer & full
-        if isinstance(rule, Quorum):
-            return st.has_answer & (st.votes >= rule.k)
-        if isinstance(rule, VoteShare):
-            share: BoolArray = st.votes / k >= rule.threshold - 1e-12
-            return st.has_answer & share
-        if isinstance(rule, Confidence):
-            return st.has_answer & (st.support >= rule.probability - 1e-12)
-        if isinstance(rule, Always):
-            return st.has_answer.copy()
-        if isinstance(rule, All):
-            out = self._accept(rule.rules[0], st)
-            for r in rule.rules[1:]:
-                out = out & self._accept(r, st)
-            return out
-        if isinstance(rule, AnyOf):
-            out = self._accept(rule.rules[0], st)
-            for r in rule.rules[1:]:
-                out = out | self._accept(r, st)
-            return out
-        return self._accept_slow(rule, st)
+        try:
+            return rule.accept(st)
+        except NotImplementedError:
+            return self._accept_slow(rule, st)
 
     def _accept_slow(self, rule: Rule, st: TierStats) -> BoolArray:
         """Any other Rule subclass: ask the rule itself, example by example (exact, not fast)."""
@@ -279,12 +185,18 @@ class Simulator:
 
     # -- evaluation ------------------------------------------------------------------------------------------------
 
-    def score(self, config: CascadeConfig) -> tuple[float, float]:
+    def score(self, config: CascadeSpec) -> tuple[float, float]:
         """(accuracy, mean cost per request) of a configuration: the fast path used by calibration."""
         tiers = [self.members(t.models) for t in config.tiers]
         return self.score_members(tiers, [t.rule for t in config.tiers])
 
     def score_members(self, tiers: Sequence[tuple[int, ...]], rules: Sequence[Rule]) -> tuple[float, float]:
+        masks = [self.mask(t, r) for t, r in zip(tiers[:-1], rules[:-1], strict=True)]
+        return self.score_masks(tiers, masks)
+
+    def score_masks(self, tiers: Sequence[tuple[int, ...]], masks: Sequence[BoolArray]) -> tuple[float, float]:
+        """(accuracy, mean cost) from each non-last tier's acceptance mask: how calibration scores rules it fitted
+        per fold (a mask stitched from fold-held-out decisions) without building a rule object per fold."""
         n = self.m.n
         last = len(tiers) - 1
         reach: BoolArray | None = None
@@ -292,7 +204,7 @@ class Simulator:
         cost = 0.0
         for k in range(last):
             st = self.stats(tiers[k])
-            acc = self.mask(tiers[k], rules[k])
+            acc = masks[k]
             if reach is None:
                 cost += float(st.cost.sum())
                 correct += int(np.count_nonzero(acc & st.correct))
@@ -325,8 +237,8 @@ class Simulator:
             pending = pending & ~sk.has_answer
         return out
 
-    def run(self, config: CascadeConfig) -> SimResult:
-        """Full per-example outcome (answers, tiers, acceptance, cost)."""
+    def run(self, config: CascadeSpec, masks: Sequence[BoolArray] | None = None) -> SimResult:
+        """Full per-example outcome (answers, tiers, acceptance, cost); ``masks`` as in :meth:`score_masks`."""
         tiers = [self.members(t.models) for t in config.tiers]
         n = self.m.n
         last = len(tiers) - 1
@@ -348,7 +260,7 @@ class Simulator:
             best_answer = np.where(upd, st.answer, best_answer)
             best_correct = np.where(upd, st.correct, best_correct)
             best_tier = np.where(upd, k, best_tier)
-            take = pending & self.mask(members, spec.rule)
+            take = pending & (masks[k] if masks is not None and k < last else self.mask(members, spec.rule))
             answer = np.where(take, st.answer, answer)
             correct = np.where(take, st.correct, correct)
             tier = np.where(take, k, tier)

@@ -1,0 +1,195 @@
+"""A learned deferral rule: a small logistic model of P(the tier's majority answer is right), fitted on recorded runs.
+
+Unanimity, quorums and one model's confidence each look at one signal. Learned-deferral cascades (FrugalGPT's
+scorer, rational cascade tuning) do better by combining them: *who* agreed with the majority, *how sure* each
+supporter was, and *how sure* each dissenter was. :class:`Learned` does exactly that with three features per member,
+in tier order::
+
+    agree_j                  1 when member j gave the majority answer
+    agree_j * conf_j         the supporter's confidence (unknown counts as 0, as everywhere)
+    dissent_j * conf_j       confidence of a member that answered something else
+    agree_j * surprise_j     surprise_j = -log(max(1 - conf_j, 1e-6)): separates 0.99 from 0.9999, where
+    dissent_j * surprise_j   LLM answer probabilities crowd
+
+``score = bias + sum(weight_k * feature_k)``, accumulated left to right, and the tier accepts when the score reaches
+``logit(threshold)``: only + and * on floats, and ``surprise`` computed by the same Python function on both paths (the
+simulator computes it once per recorded value, not per configuration), so the Router (one request, pure Python, a
+few microseconds) and the simulator (numpy, every example at once) compute bit-identical scores and decisions.
+
+:func:`fit` fits the weights by L2-regularised logistic regression (Newton's method in numpy, no extra dependency);
+:mod:`llm_cascade.evals.calibrate` fits it on calibration folds and picks the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .agreement import Decision, Rule, RuleSpec, TierArrays, TierVotes
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .agreement import BoolArray, FloatArray
+
+FEATURES_PER_MEMBER = 5
+
+
+def surprise(conf: float) -> float:
+    """``-log(1 - conf)``, capped at 1e-6 of doubt: how sure a member is where probabilities crowd near 1."""
+    return -math.log(max(1.0 - conf, 1e-6))
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True, slots=True)
+class Learned(Rule):
+    """Accept when the fitted P(correct) of the majority answer is at least ``threshold`` (see the module doc)."""
+
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    needs_confidence = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, tuple) or not self.weights or not all(_finite(w) for w in self.weights):
+            raise ConfigError("learned.weights", f"must be a non-empty list of finite numbers, got {self.weights!r}")
+        if len(self.weights) % FEATURES_PER_MEMBER:
+            raise ConfigError(
+                "learned.weights", f"needs {FEATURES_PER_MEMBER} weights per member, got {len(self.weights)}"
+            )
+        if not _finite(self.bias):
+            raise ConfigError("learned.bias", f"must be a finite number, got {self.bias!r}")
+        if not _finite(self.threshold) or not 0.0 < self.threshold < 1.0:
+            raise ConfigError("learned.threshold", f"must be a probability in (0, 1), got {self.threshold!r}")
+
+    @property
+    def size(self) -> int:
+        """The number of members the weights were fitted for."""
+        return len(self.weights) // FEATURES_PER_MEMBER
+
+    @property
+    def cut(self) -> float:
+        """``logit(threshold)``: the score to reach (computed once, the same number on both paths)."""
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+    def check(self, size: int) -> None:
+        if size != self.size:
+            raise ConfigError("rule", f"learned rule fitted for {self.size} member(s), the tier has {size}")
+
+    def score(self, votes: TierVotes) -> float:
+        """The logit of P(correct) for this tier's majority answer."""
+        answer, _ = votes.majority()
+        s = float(self.bias)
+        w = self.weights
+        for j, (a, c) in enumerate(zip(votes.answers, votes.confidences, strict=True)):
+            conf = c or 0.0
+            agree = 1.0 if a is not None and a == answer else 0.0
+            dissent = 1.0 if a is not None and a != answer else 0.0
+            u = surprise(conf)
+            s = s + w[5 * j] * agree
+            s = s + w[5 * j + 1] * (agree * conf)
+            s = s + w[5 * j + 2] * (dissent * conf)
+            s = s + w[5 * j + 3] * (agree * u)
+            s = s + w[5 * j + 4] * (dissent * u)
+        return s
+
+    def decide(self, votes: TierVotes) -> Decision:
+        answer, _ = votes.majority()
+        if answer is None:
+            return Decision(False, None, 0.0)
+        s = self.score(votes)
+        p = 1.0 / (1.0 + math.exp(-s)) if s > -700 else 0.0
+        return Decision(s >= self.cut, answer, p)
+
+    def accept(self, tier: TierArrays) -> BoolArray:
+        if tier.size != self.size:
+            raise ConfigError("rule", f"learned rule fitted for {self.size} member(s), the tier has {tier.size}")
+        s = _scores(self.weights, self.bias, tier)
+        out: BoolArray = tier.has_answer & (s >= self.cut)
+        return out
+
+    def spec(self) -> RuleSpec:
+        return {"learned": {"weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}}
+
+    def describe(self) -> str:
+        return f"learned(P>={self.threshold:.3g})"
+
+    def with_threshold(self, threshold: float) -> Learned:
+        return Learned(self.weights, self.bias, threshold)
+
+
+def _scores(weights: tuple[float, ...] | list[float], bias: float, tier: TierArrays) -> FloatArray:
+    """Vectorised :meth:`Learned.score`, with the same operations in the same order (bit-identical)."""
+    import numpy as np
+
+    agree = tier.agree.astype(np.float64)
+    dissent = (tier.answered & ~tier.agree).astype(np.float64)
+    conf, u = tier.conf, tier.surprise
+    s = np.full(agree.shape[0], float(bias))
+    for j in range(agree.shape[1]):
+        s = s + weights[5 * j] * agree[:, j]
+        s = s + weights[5 * j + 1] * (agree[:, j] * conf[:, j])
+        s = s + weights[5 * j + 2] * (dissent[:, j] * conf[:, j])
+        s = s + weights[5 * j + 3] * (agree[:, j] * u[:, j])
+        s = s + weights[5 * j + 4] * (dissent[:, j] * u[:, j])
+    return s
+
+
+def features(tier: TierArrays) -> FloatArray:
+    """The (n, 5 * members) feature matrix of a tier, in the weights' order."""
+    import numpy as np
+
+    agree = tier.agree.astype(np.float64)
+    dissent = (tier.answered & ~tier.agree).astype(np.float64)
+    cols = []
+    for j in range(agree.shape[1]):
+        c, u = tier.conf[:, j], tier.surprise[:, j]
+        cols += [agree[:, j], agree[:, j] * c, dissent[:, j] * c, agree[:, j] * u, dissent[:, j] * u]
+    out: FloatArray = np.stack(cols, axis=1)
+    return out
+
+
+def fit(x: FloatArray, y: BoolArray, *, l2: float = 1.0, iterations: int = 25) -> tuple[tuple[float, ...], float]:
+    """L2-regularised logistic regression by Newton's method: (weights, bias). The bias is not penalised.
+
+    Small calibration sets (a few hundred examples) and few features: Newton converges in a handful of steps, and
+    the penalty keeps weights finite when the classes separate (a member that is always right when it agrees).
+    """
+    import numpy as np
+
+    n, d = x.shape
+    if n == 0:  # nothing answered in this training part: a rule that never accepts
+        return (0.0,) * d, -30.0
+    a = np.hstack([x, np.ones((n, 1))])
+    t = y.astype(np.float64)
+    beta = np.zeros(d + 1)
+    prior = np.clip(t.mean() if n else 0.5, 1e-3, 1 - 1e-3)
+    beta[-1] = math.log(prior / (1 - prior))
+    penalty = np.full(d + 1, l2)
+    penalty[-1] = 1e-6
+    for _ in range(iterations):
+        z = np.clip(a @ beta, -30, 30)
+        p = 1.0 / (1.0 + np.exp(-z))
+        grad = a.T @ (p - t) + penalty * beta
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        beta = beta - step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return tuple(float(b) for b in beta[:-1]), float(beta[-1])
+
+
+def parse(spec: Any, field: str) -> Learned:
+    """The rule from its config table ``{weights = [...], bias = ..., threshold = ...}``."""
+    if not isinstance(spec, dict) or set(spec) != {"weights", "bias", "threshold"}:
+        raise ConfigError(field, "a learned rule is a table with exactly: weights, bias, threshold")
+    weights = spec["weights"]
+    if not isinstance(weights, list):
+        raise ConfigError(f"{field}.weights", f"must be a list of numbers, got {weights!r}")
+    try:
+        return Learned(tuple(weights), spec["bias"], spec["threshold"])
+    except ConfigError as exc:
+        raise ConfigError(f"{field}.{exc.field.removeprefix('learned.')}", exc.problem) from None
