@@ -193,6 +193,38 @@ async def routed_throughput(
     return {"calls_per_s": calls / wall, "cpu_share": cpu / wall, "stub_cpu_share": stub / wall}
 
 
+async def raw_clients_cpu(base_url: str, n: int, block: int = 100) -> dict[str, float]:
+    """Client CPU microseconds per bare POST + orjson parse, aiohttp against httpx: why the lean path uses aiohttp."""
+    import aiohttp
+    import httpx
+    import orjson
+
+    url = f"{base_url}/chat/completions"
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0.0})
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer unused"}
+    async with aiohttp.ClientSession() as session, httpx.AsyncClient() as client:
+
+        async def with_aiohttp() -> Any:
+            async with session.post(url, data=body, headers=headers) as resp:
+                return orjson.loads(await resp.read())
+
+        async def with_httpx() -> Any:
+            return orjson.loads((await client.post(url, content=body, headers=headers)).content)
+
+        clients = {"aiohttp": with_aiohttp, "httpx": with_httpx}
+        for fn in clients.values():
+            for _ in range(100):
+                await fn()
+        spent = dict.fromkeys(clients, 0.0)
+        for _ in range(max(1, n // block)):
+            for name, fn in clients.items():
+                t0 = time.process_time()
+                for _ in range(block):
+                    await fn()
+                spent[name] += time.process_time() - t0
+    return {name: spent[name] / (max(1, n // block) * block) * 1e6 for name in clients}
+
+
 def _run(coro: Any, loop: str) -> Any:
     if loop == "uvloop":
         import uvloop
@@ -259,12 +291,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=6000, help="routed calls per transport in the c=64 run")
     parser.add_argument("--latency", type=float, default=0.05, help="stub provider latency, seconds")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--compare-clients", action="store_true", help="also time bare aiohttp and httpx POSTs")
     args = parser.parse_args(argv)
     if args.stub:
         stub_main()
         return {}
     figures = measure(args.cpu_n, args.calls, args.latency, args.concurrency)
     report(figures)
+    if args.compare_clients:
+        with stub_server() as url, pinned_client():
+            raw = _run(raw_clients_cpu(url, args.cpu_n), figures["lean_loop"])
+        figures["aiohttp_raw_cpu_us_per_call"] = round(raw["aiohttp"], 1)
+        figures["httpx_raw_cpu_us_per_call"] = round(raw["httpx"], 1)
+        print(f"    bare POST + parse: aiohttp {raw['aiohttp']:.0f} µs, httpx {raw['httpx']:.0f} µs of client CPU")
     print(json.dumps(figures))
     return figures
 

@@ -54,6 +54,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
     ``extra_body`` is merged into every request (provider-specific parameters). The key never appears in ``repr``,
     logs or errors. ``timeout`` bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off)
     also bounds each wait for the next chunk, so a stalled stream fails fast without a short whole-call timeout.
+    ``transport``: "sdk" (the openai SDK, the default) or "http" (the lean path; see the module docstring).
     """
 
     supports_logprobs = True
