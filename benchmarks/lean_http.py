@@ -13,9 +13,10 @@ with the same small body after ``x-latency-ms`` milliseconds. Client and stub ar
   interleaved in blocks so that machine noise hits both alike (the stub answers at once; waiting costs no CPU).
 - Calls/s at c=64: ``Router([Tier([backend])]).route()`` from ``--concurrency`` workers, each call answered after
   ``--latency`` s; completed calls / wall time, and the client's CPU busy share (1.0: the core was the limit).
-  The ceiling is concurrency / latency (1,280/s at 64 and 50 ms). ``*_calls_per_cpu_s_c64`` divides the rate by
-  that share: the calls one fully available core would carry CPU-wise, the honest figure on a shared machine where
-  the pinned core also runs other processes.
+  The ceiling is concurrency / latency (1,280/s at 64 and 50 ms); bare aiohttp POSTs without the Router, measured
+  in the same run (``raw_aiohttp_calls_per_s_c64``), show what the machine allows at that moment.
+  ``*_calls_per_cpu_s_c64`` divides the rate by the client's CPU share: the calls one fully available core would
+  carry CPU-wise, the honest figure on a shared machine where the pinned core also runs other processes.
 """
 
 from __future__ import annotations
@@ -169,27 +170,50 @@ async def cpu_per_call(base_url: str, n: int, block: int = 100) -> dict[str, flo
 async def routed_throughput(
     base_url: str, transport: str, calls: int, latency: float, concurrency: int
 ) -> dict[str, float]:
-    """Routed calls/s through a one-member Router with ``concurrency`` calls in flight, and the client's CPU share."""
+    """Routed calls/s through a one-member Router with ``concurrency`` calls in flight, the client's and the stub's CPU
+    share. ``transport="raw"`` is the reference: bare aiohttp POSTs and orjson parses, no Router, no backend."""
+    import aiohttp
+    import orjson
+
     from llm_cascade import Router, Tier
 
-    backend = _backend(base_url, transport, latency * 1000)
-    router = Router([Tier([backend])], normalizer="choice")
+    session: aiohttp.ClientSession | None = None
+    backend: Any = None
+    if transport == "raw":
+        session = aiohttp.ClientSession()
+        url = f"{base_url}/chat/completions"
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0.0})
+        headers = {"Content-Type": "application/json", "x-latency-ms": f"{latency * 1000:g}"}
+
+        async def call(s: aiohttp.ClientSession = session) -> None:
+            async with s.post(url, data=body, headers=headers) as resp:
+                assert orjson.loads(await resp.read())["choices"][0]["message"]["content"] == "B"
+
+    else:
+        backend = _backend(base_url, transport, latency * 1000)
+        router = Router([Tier([backend])], normalizer="choice")
+
+        async def call() -> None:
+            assert (await router.route(PROMPT)).answer == "B"
+
     for _ in range(3):  # warm up: a pool of connections, imports
-        await asyncio.gather(*(router.route(PROMPT) for _ in range(concurrency)))
+        await asyncio.gather(*(call() for _ in range(concurrency)))
     left = calls
 
     async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            result = await router.route(PROMPT)
-            assert result.answer == "B"
+            await call()
 
     cpu0, stub0, t0 = time.process_time(), process_cpu_s(STUB_PID), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stub = process_cpu_s(STUB_PID) - stub0
-    await backend.aclose()
+    if session is not None:
+        await session.close()
+    if backend is not None:
+        await backend.aclose()
     return {"calls_per_s": calls / wall, "cpu_share": cpu / wall, "stub_cpu_share": stub / wall}
 
 
@@ -249,6 +273,7 @@ def measure(cpu_n: int = 2000, calls: int = 6000, latency: float = 0.05, concurr
         cpu = _run(cpu_per_call(url, cpu_n), loop)
         lean = _run(routed_throughput(url, "http", calls, latency, concurrency), loop)
         sdk = _run(routed_throughput(url, "sdk", calls, latency, concurrency), loop)
+        raw = _run(routed_throughput(url, "raw", calls, latency, concurrency), loop)
     return {
         "lean_cpu_us_per_call": round(cpu["http"], 1),
         "sdk_cpu_us_per_call": round(cpu["sdk"], 1),
@@ -260,6 +285,8 @@ def measure(cpu_n: int = 2000, calls: int = 6000, latency: float = 0.05, concurr
         "sdk_calls_per_s_c64": round(sdk["calls_per_s"]),
         "sdk_client_cpu_share_c64": round(sdk["cpu_share"], 2),
         "sdk_calls_per_cpu_s_c64": round(sdk["calls_per_s"] / sdk["cpu_share"]),
+        "raw_aiohttp_calls_per_s_c64": round(raw["calls_per_s"]),
+        "raw_aiohttp_client_cpu_share_c64": round(raw["cpu_share"], 2),
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "c64_latency_ms": latency * 1000,
         "c64_concurrency": concurrency,
@@ -281,6 +308,10 @@ def report(figures: dict[str, Any]) -> None:
         f" {figures['lean_calls_per_s_c64']} (client CPU {figures['lean_client_cpu_share_c64']:.0%},"
         f" stub CPU {figures['lean_stub_cpu_share_c64']:.0%}), SDK"
         f" {figures['sdk_calls_per_s_c64']} (client CPU {figures['sdk_client_cpu_share_c64']:.0%})"
+    )
+    raw_share = figures["raw_aiohttp_client_cpu_share_c64"]
+    print(
+        f"    bare aiohttp, no router, same run: {figures['raw_aiohttp_calls_per_s_c64']} (client CPU {raw_share:.0%})"
     )
 
 
