@@ -16,7 +16,9 @@ with the same small body after ``x-latency-ms`` milliseconds. Client and stub ar
   The ceiling is concurrency / latency (1,280/s at 64 and 50 ms); bare aiohttp POSTs without the Router, measured
   in the same run (``raw_aiohttp_calls_per_s_c64``), show what the machine allows at that moment.
   ``*_calls_per_cpu_s_c64`` divides the rate by the client's CPU share: the calls one fully available core would
-  carry CPU-wise, the honest figure on a shared machine where the pinned core also runs other processes.
+  carry CPU-wise, the honest figure on a shared machine where the pinned core also runs other processes;
+  ``lean_client_cpu_wait_share_c64`` is the share of the run the client spent runnable but waiting for its core
+  (Linux schedstat): well above zero, the rate measures the machine's other load, not the client.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 PROMPT = "Which letter comes second? A) a B) b C) c D) d"
@@ -92,6 +95,15 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux /proc/thread-self/schedstat; 0.0 elsewhere):
+    on a shared core it is the time other processes held the core while this one had work to do."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 STUB_PID = 0
@@ -206,15 +218,20 @@ async def routed_throughput(
             left -= 1
             await call()
 
-    cpu0, stub0, t0 = time.process_time(), process_cpu_s(STUB_PID), time.perf_counter()
+    cpu0, stub0, wait0, t0 = time.process_time(), process_cpu_s(STUB_PID), runqueue_wait_s(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    stub = process_cpu_s(STUB_PID) - stub0
+    stub, wait = process_cpu_s(STUB_PID) - stub0, runqueue_wait_s() - wait0
     if session is not None:
         await session.close()
     if backend is not None:
         await backend.aclose()
-    return {"calls_per_s": calls / wall, "cpu_share": cpu / wall, "stub_cpu_share": stub / wall}
+    return {
+        "calls_per_s": calls / wall,
+        "cpu_share": cpu / wall,
+        "stub_cpu_share": stub / wall,
+        "wait_share": wait / wall,
+    }
 
 
 async def raw_clients_cpu(base_url: str, n: int, block: int = 100) -> dict[str, float]:
@@ -282,6 +299,7 @@ def measure(cpu_n: int = 2000, calls: int = 6000, latency: float = 0.05, concurr
         "lean_client_cpu_share_c64": round(lean["cpu_share"], 2),
         "lean_calls_per_cpu_s_c64": round(lean["calls_per_s"] / lean["cpu_share"]),
         "lean_stub_cpu_share_c64": round(lean["stub_cpu_share"], 2),
+        "lean_client_cpu_wait_share_c64": round(lean["wait_share"], 2),
         "sdk_calls_per_s_c64": round(sdk["calls_per_s"]),
         "sdk_client_cpu_share_c64": round(sdk["cpu_share"], 2),
         "sdk_calls_per_cpu_s_c64": round(sdk["calls_per_s"] / sdk["cpu_share"]),
@@ -306,7 +324,8 @@ def report(figures: dict[str, Any]) -> None:
     print(
         f"    routed calls/s at {figures['c64_latency_ms']:g} ms, c={figures['c64_concurrency']}: lean"
         f" {figures['lean_calls_per_s_c64']} (client CPU {figures['lean_client_cpu_share_c64']:.0%},"
-        f" stub CPU {figures['lean_stub_cpu_share_c64']:.0%}), SDK"
+        f" stub CPU {figures['lean_stub_cpu_share_c64']:.0%}, client waiting for its core"
+        f" {figures['lean_client_cpu_wait_share_c64']:.0%} of the time), SDK"
         f" {figures['sdk_calls_per_s_c64']} (client CPU {figures['sdk_client_cpu_share_c64']:.0%})"
     )
     raw_share = figures["raw_aiohttp_client_cpu_share_c64"]
