@@ -4,10 +4,14 @@
     request building, task fan-out, normalisation, the rule, the RouteResult), in three shapes: one member, a
     two-member tier that agrees, and a two-tier escalation (two members disagree, a third answers).
 (b) The latency added over a direct ``AsyncOpenAI`` call against the local recorded-answer server (in its own
-    process), by our Router with one OpenAIBackend member, and by ``litellm.Router`` with one deployment, measured in
-    the same run, interleaved call by call so machine noise hits all three alike.
+    process), by our Router with one OpenAIBackend member (over the SDK, and over the lean HTTP transport), and by
+    ``litellm.Router`` with one deployment, measured in the same run, interleaved call by call so machine noise hits
+    all of them alike.
+(c) The two OpenAI transports side by side (``benchmarks/lean_http.py``): client CPU per call, SDK vs lean
+    (``sdk_cpu_us_per_call``, ``lean_cpu_us_per_call``), and routed calls/s on one core at 50 ms provider latency
+    and 64 in flight (``lean_calls_per_s_c64``), client and stub server pinned to separate cores.
 
-    python benchmarks/overhead.py [--n 3000] [--http-n 1500]
+    python benchmarks/overhead.py [--n 3000] [--http-n 1500] [--lean-cpu-n 2000] [--lean-calls 6000]
 
 The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, and the added latency
 figures (median over rounds of each client's time minus the direct call's, in microseconds).
@@ -30,6 +34,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from lean_http import measure as lean_measure
+from lean_http import report as lean_report
 
 from llm_cascade import FakeBackend, Router, Tier, unanimous
 from llm_cascade.backends.openai import OpenAIBackend
@@ -93,6 +100,8 @@ async def added_latency(base_url: str, n: int) -> dict[str, list[float]]:
     direct = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
     backend = OpenAIBackend("m", base_url=base_url, api_key="unused", timeout=30)
     ours = Router([Tier([backend])], normalizer="choice")
+    lean_backend = OpenAIBackend("m", base_url=base_url, api_key="unused", timeout=30, transport="http")
+    lean = Router([Tier([lean_backend])], normalizer="choice")
     theirs = litellm.Router(
         model_list=[{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": base_url, "api_key": "x"}}],
         num_retries=0,
@@ -107,12 +116,17 @@ async def added_latency(base_url: str, n: int) -> dict[str, list[float]]:
     async def call_litellm() -> Any:
         return await theirs.acompletion(model="m", messages=messages, temperature=0.0)
 
+    async def call_lean() -> Any:
+        return await lean.route(PROMPT)
+
     clients: dict[str, Callable[[], Awaitable[Any]]] = {
         "direct": call_direct,
         "router": call_ours,
+        "lean": call_lean,
         "litellm": call_litellm,
     }
     assert (await call_ours()).answer == "B"
+    assert (await call_lean()).answer == "B"
     assert (await call_litellm()).choices[0].message.content == "B"
     out: dict[str, list[float]] = {k: [] for k in clients}
     for _ in range(200):
@@ -129,6 +143,7 @@ async def added_latency(base_url: str, n: int) -> dict[str, list[float]]:
             out[name].append((time.perf_counter_ns() - t0) / 1000)
     await direct.close()
     await backend.aclose()
+    await lean_backend.aclose()
     return out
 
 
@@ -136,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="routed requests per router shape")
     parser.add_argument("--http-n", type=int, default=1500, help="HTTP calls per client")
+    parser.add_argument("--lean-cpu-n", type=int, default=2000, help="(c) sequential calls per transport")
+    parser.add_argument("--lean-calls", type=int, default=6000, help="(c) routed calls per transport at c=64")
     args = parser.parse_args(argv)
 
     cost = asyncio.run(router_cost(args.n))
@@ -159,11 +176,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_added, theirs_added = added["router"], added["litellm"]
     print(f"(b) latency over HTTP to the local server, {args.http_n} calls each, interleaved")
     print(f"    {'client':<34}{'p50 µs':>9}{'p99 µs':>9}{'added p50 µs':>14}")
-    names = {"direct": "AsyncOpenAI direct", "router": "llm_cascade Router (1 member)", "litellm": "litellm.Router"}
+    names = {
+        "direct": "AsyncOpenAI direct",
+        "router": "llm_cascade Router (1 member)",
+        "lean": "  the same, transport='http'",
+        "litellm": "litellm.Router",
+    }
     for k in lat:
         print(f"    {names[k]:<34}{p50[k]:>9.0f}{p99[k]:>9.0f}{added[k]:>14.0f}")
     ratio = theirs_added / ours_added if ours_added > 0 else float("inf")
     print(f"    litellm.Router adds {ratio:.1f}x the latency our Router adds" if ours_added > 0 else "")
+    lean_figures = lean_measure(args.lean_cpu_n, args.lean_calls)
+    lean_report(lean_figures)
     summary = {
         "overhead_us_p50": round(pct(cost["agree"], 0.5), 1),
         "overhead_us_p99": round(pct(cost["agree"], 0.99), 1),
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "router_added_us_p50": round(ours_added),
         "litellm_added_us_p50": round(theirs_added),
         "added_latency_ratio": round(ratio, 1) if ratio != float("inf") else None,
+        "lean_router_added_us_p50": round(added["lean"]),
+        **lean_figures,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }

@@ -12,7 +12,13 @@ Latency: for questions on which tier 0 agrees, one request at a time, alternatin
             writes the ledger and answers),
 so ``added_ms_pXX = pXX(proxy) - pXX(direct)`` is what the hop adds. Throughput: ``--concurrency`` clients send
 ``--load`` requests (the whole question mix, escalations included) through the proxy; ``rps`` is completed requests
-per second. The last line is JSON.
+per second, ``proxy_cpu_ms_per_request`` the proxy process's CPU per completed request (user + system, from /proc):
+the figure a busy, shared machine distorts least.
+
+The proxy reaches its OpenAI-compatible upstream over the lean HTTP transport (the default for a provider with a
+``base_url``, see ``llm_cascade.backends.http``). ``--compare-sdk`` starts a second proxy whose members use the openai
+SDK instead, measured in the same run (samples interleaved: direct, lean proxy, SDK proxy): its figures are the
+``sdk_*`` keys. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -73,11 +79,26 @@ def start_recorded(data: Path | None) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"recorded server did not start: {seen[-2000:]}")
 
 
-def start_proxy(recorded_url: str, ledger: Path) -> tuple[subprocess.Popen[bytes], str]:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_proxy(recorded_url: str, ledger: Path, transport: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``llm-cascade serve`` on examples/cascade.toml; ``transport`` overrides the members' (a copy of the file)."""
     port = free_port()
     env = {**os.environ, "RECORDED_BASE_URL": f"{recorded_url}/v1", "LLM_CASCADE_LEDGER_URL": f"sqlite:///{ledger}"}
+    config = REPO / "examples" / "cascade.toml"
+    if transport is not None:
+        text = config.read_text() + f'\n[providers.recorded.options]\ntransport = "{transport}"\n'
+        config = ledger.with_name(f"cascade-{transport}.toml")
+        config.write_text(text)
     cmd = [sys.executable, "-c", "from llm_cascade.cli import main; main()", "serve"]
-    cmd += ["--config", str(REPO / "examples" / "cascade.toml"), "--port", str(port)]
+    cmd += ["--config", str(config), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -121,45 +142,58 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(
-    recorded: str, proxy: str, agree: list[str], every: list[str], args: argparse.Namespace
+    recorded: str, proxies: dict[str, tuple[int, str]], agree: list[str], every: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Latency samples (direct and each proxy, interleaved), then a throughput run per proxy. ``proxies``: label ->
+    (pid, url); the label "lean" gives the unprefixed keys, any other label prefixes its keys."""
     limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         for p in agree[:30]:  # warm up connections, imports and caches on both paths
             await direct(client, recorded, p)
-            await proxied(client, proxy, p)
+            for _, url in proxies.values():
+                await proxied(client, url, p)
         d_ms: list[float] = []
-        p_ms: list[float] = []
+        p_ms: dict[str, list[float]] = {label: [] for label in proxies}
         for i in range(args.samples):
             prompt = agree[i % len(agree)]
             d_ms.append(await direct(client, recorded, prompt) * 1000)
-            p_ms.append(await proxied(client, proxy, prompt) * 1000)
+            for label, (_, url) in proxies.items():
+                p_ms[label].append(await proxied(client, url, prompt) * 1000)
 
-        queue = [every[i % len(every)] for i in range(args.load)]
-        done = 0
+        out: dict[str, Any] = {
+            "direct_ms_p50": round(pct(d_ms, 50), 3),
+            "direct_ms_p99": round(pct(d_ms, 99), 3),
+        }
+        for label, (pid, url) in proxies.items():
+            queue = [every[i % len(every)] for i in range(args.load)]
+            done = 0
 
-        async def worker() -> None:
-            nonlocal done
-            while queue:
-                await proxied(client, proxy, queue.pop())
-                done += 1
+            async def worker(url: str = url, queue: list[str] = queue) -> None:
+                nonlocal done
+                while queue:
+                    await proxied(client, url, queue.pop())
+                    done += 1
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        elapsed = time.perf_counter() - start
-    return {
-        "direct_ms_p50": round(pct(d_ms, 50), 3),
-        "direct_ms_p99": round(pct(d_ms, 99), 3),
-        "proxy_ms_p50": round(pct(p_ms, 50), 3),
-        "proxy_ms_p99": round(pct(p_ms, 99), 3),
-        "added_ms_p50": round(pct(p_ms, 50) - pct(d_ms, 50), 3),
-        "added_ms_p99": round(pct(p_ms, 99) - pct(d_ms, 99), 3),
-        "added_ms_mean": round(statistics.fmean(p_ms) - statistics.fmean(d_ms), 3),
-        "rps": round(done / elapsed, 1),
+            cpu0, start = process_cpu_s(pid), time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            elapsed, cpu = time.perf_counter() - start, process_cpu_s(pid) - cpu0
+            ms = p_ms[label]
+            key = "" if label == "lean" else f"{label}_"
+            out |= {
+                f"{key}proxy_ms_p50": round(pct(ms, 50), 3),
+                f"{key}proxy_ms_p99": round(pct(ms, 99), 3),
+                f"{key}added_ms_p50": round(pct(ms, 50) - pct(d_ms, 50), 3),
+                f"{key}added_ms_p99": round(pct(ms, 99) - pct(d_ms, 99), 3),
+                f"{key}added_ms_mean": round(statistics.fmean(ms) - statistics.fmean(d_ms), 3),
+                f"{key}rps": round(done / elapsed, 1),
+                f"{key}proxy_cpu_ms_per_request": round(cpu / done * 1000, 3) if cpu else None,
+            }
+    return out | {
         "samples": args.samples,
-        "load_requests": done,
+        "load_requests": args.load,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -169,26 +203,37 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=2000, help="requests in the throughput run")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients in the throughput run")
     parser.add_argument("--questions", type=int, default=285, help="recorded MMLU questions to draw from")
+    parser.add_argument("--compare-sdk", action="store_true", help="also measure a proxy whose members use the SDK")
     args = parser.parse_args()
     agree, every, data = questions(args.questions)
     recorded, recorded_url = start_recorded(data)
     tmp = Path(tempfile.mkdtemp(prefix="llmc-bench-"))
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        proxy, proxy_url = start_proxy(recorded_url, tmp / "spend.db")
-        try:
-            result = asyncio.run(measure(recorded_url, proxy_url, agree, every, args))
-        finally:
-            proxy.terminate()
-            proxy.wait(10)
+        proxies: dict[str, tuple[int, str]] = {}
+        for label in ("lean", "sdk") if args.compare_sdk else ("lean",):
+            proc, url = start_proxy(recorded_url, tmp / f"spend-{label}.db", None if label == "lean" else label)
+            started.append(proc)
+            proxies[label] = (proc.pid, url)
+        result = asyncio.run(measure(recorded_url, proxies, agree, every, args))
     finally:
+        for proc in started:
+            proc.terminate()
+            proc.wait(10)
         recorded.terminate()
         recorded.wait(10)
     result["data"] = "rational/mmlu_train" if data is not None else "synthetic (recorded server --default B)"
     print(
         f"direct p50 {result['direct_ms_p50']} ms, p99 {result['direct_ms_p99']} ms | "
         f"proxy p50 {result['proxy_ms_p50']} ms, p99 {result['proxy_ms_p99']} ms | "
-        f"{result['rps']} req/s at concurrency {args.concurrency} on {result['cpus']} CPUs"
+        f"{result['rps']} req/s at concurrency {args.concurrency} on {result['cpus']} CPUs,"
+        f" {result['proxy_cpu_ms_per_request']} ms proxy CPU per request"
     )
+    if args.compare_sdk:
+        print(
+            f"  SDK members: proxy p50 {result['sdk_proxy_ms_p50']} ms (added {result['sdk_added_ms_p50']} ms) | "
+            f"{result['sdk_rps']} req/s, {result['sdk_proxy_cpu_ms_per_request']} ms proxy CPU per request"
+        )
     print(json.dumps(result))
 
 

@@ -593,6 +593,10 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         options.setdefault("name", spec.model)  # calls and the ledger say "recorded:gpt-4o", as the file does
     if base_url is not None:
         options["base_url"] = base_url
+        from .backends.openai import lean_available
+
+        if kind == "openai" and "transport" not in options and lean_available():
+            options["transport"] = "http"  # an OpenAI-compatible upstream: the lean transport (backends/http.py)
     if key_env is not None:
         options["api_key_env"] = key_env  # the backend reads the variable itself: the key never enters the config
     try:

@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from decimal import Decimal
@@ -386,6 +386,17 @@ async def _server_error(request: HTTPRequest, exc: Exception) -> Response:
     return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
 
 
+async def _close_members(routers: Iterable[Router]) -> None:
+    """Close the connection pools of the backends the app built (routers passed in belong to the caller), before
+    the event loop that opened them ends."""
+    from .retry import aclose_inner
+
+    for router in routers:
+        for tier in router.tiers:
+            for member in tier.members:
+                await aclose_inner(member)
+
+
 def create_app(
     config: Config,
     *,
@@ -404,6 +415,8 @@ def create_app(
         try:
             yield
         finally:
+            if routers is None:
+                await _close_members(built.values())
             if components is None:
                 comp.close()
 
@@ -430,8 +443,11 @@ def serve(
     port: int | None = None,
     log_level: str = "warning",
     access_log: bool = False,
+    loop: str = "auto",
+    http: str = "auto",
 ) -> None:
-    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``)."""
+    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``); ``loop`` and ``http`` are uvicorn's
+    (``llm-cascade serve`` passes uvloop and httptools when installed, see :mod:`llm_cascade.server_cli`)."""
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
@@ -443,4 +459,6 @@ def serve(
         port=config.server.port if port is None else port,
         log_level=log_level,
         access_log=access_log,
+        loop=loop,
+        http=http,
     )

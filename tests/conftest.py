@@ -54,6 +54,13 @@ def script_server() -> Iterator[RecordedServer]:
         yield server
 
 
+@pytest.fixture(params=["sdk", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The OpenAIBackend transport under test: the openai SDK, or the lean HTTP path (llm_cascade.backends.http).
+    Adapter, fault and billing tests take it so that every scenario runs against both."""
+    return str(request.param)
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     """A fresh SQLite ledger per test."""

@@ -180,8 +180,8 @@ async def test_error_event_mid_stream_is_a_retryable_stream_error_billed_for_the
     assert info.value.billed_usage == Usage(1000, count_tokens(partial(2), encoding), 200, estimated=True)
 
 
-async def test_openai_error_chunk_mid_stream_is_a_retryable_stream_error(made: Made) -> None:
-    backend = made.openai("o", "stream_error:after_chunks=3", stream=True)
+async def test_openai_error_chunk_mid_stream_is_a_retryable_stream_error(made: Made, transport: str) -> None:
+    backend = made.openai("o", "stream_error:after_chunks=3", stream=True, transport=transport)
     with pytest.raises(StreamError) as info:
         await backend.complete(Request.from_prompt(PROMPT))
     assert "server had an error" in str(info.value)
@@ -229,8 +229,14 @@ async def test_cut_is_retried_by_the_router_and_billed_as_estimated_partial_usag
             assert row.cost_usd == price > 0
 
 
-async def test_a_tier_mixing_streamed_claude_with_openai_members_agrees(made: Made, tmp_path: Path) -> None:
-    members = [made.claude("claude"), made.openai("gpt-a"), made.openai("gpt-b", stream=True)]
+async def test_a_tier_mixing_streamed_claude_with_openai_members_agrees(
+    made: Made, tmp_path: Path, transport: str
+) -> None:
+    members = [
+        made.claude("claude"),
+        made.openai("gpt-a", transport=transport),
+        made.openai("gpt-b", stream=True, transport=transport),
+    ]
     with Ledger(tmp_path / "ledger.sqlite3") as ledger:
         result = await _router(made, [members], ledger, FakeTime()).route(PROMPT)
         assert result.tier == 0 and result.answer == "42"

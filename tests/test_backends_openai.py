@@ -1,7 +1,10 @@
-"""OpenAIBackend over real HTTP with the real openai SDK, against the local recorded-answer server."""
+"""OpenAIBackend over real HTTP against the local recorded-answer server, over both transports: the real openai SDK
+and the lean HTTP path (``transport="http"``, :mod:`llm_cascade.backends.http`); every test that takes the
+``backend`` factory or ``transport`` runs once per transport."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
@@ -45,9 +48,9 @@ def _build(server: RecordedServer, model: str = "gpt-4o-mini", **kw: Any) -> Ope
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[Callable[..., OpenAIBackend]]:
-    """Builds backends on a server and closes their connections before the test's event loop ends."""
-    async for make in closing_factory(_build):
+async def backend(transport: str) -> AsyncIterator[Callable[..., OpenAIBackend]]:
+    """Builds backends on a server (over ``transport``) and closes their connections before the test's loop ends."""
+    async for make in closing_factory(functools.partial(_build, transport=transport)):
         yield make
 
 
@@ -141,9 +144,15 @@ async def test_empty_and_truncated_answers_are_completions(
     assert cut.finish_reason == "length"
 
 
-async def test_api_key_never_shown(script_server: RecordedServer) -> None:
+async def test_api_key_never_shown(script_server: RecordedServer, transport: str) -> None:
     secret = "sk-live-SECRET-0123456789"
-    b = OpenAIBackend("echo-b", base_url=script_server.base_url, api_key=secret, default_headers={"x-fault": "500"})
+    b = OpenAIBackend(
+        "echo-b",
+        base_url=script_server.base_url,
+        api_key=secret,
+        default_headers={"x-fault": "500"},
+        transport=transport,  # type: ignore[arg-type]
+    )
     assert secret not in repr(b) and secret not in b.name
     with pytest.raises(RetryableError) as info:
         await b.complete(Request.from_prompt("q"))
@@ -174,8 +183,10 @@ def test_retry_after_header_forms() -> None:
     assert retry_after({}) is None
 
 
-async def test_registry_and_router_over_http(recorded_server: RecordedServer, rows: list[dict[str, Any]]) -> None:
-    opts = {"base_url": recorded_server.base_url, "api_key": "unused"}
+async def test_registry_and_router_over_http(
+    recorded_server: RecordedServer, rows: list[dict[str, Any]], transport: str
+) -> None:
+    opts = {"base_url": recorded_server.base_url, "api_key": "unused", "transport": transport}
     cheap = [resolve(f"openai:{m}", **opts) for m in ("gpt-4o-mini", "llama3.1-70b")]
     assert isinstance(cheap[0], OpenAIBackend) and cheap[0].name == "openai:gpt-4o-mini"
     router = Router([Tier(cheap, unanimous()), Tier([resolve("openai:llama3.1-405b", **opts)])], normalizer="choice")

@@ -63,16 +63,18 @@ def server() -> Iterator[RecordedServer]:
 class Scenario:
     """Models named after the test (so server counters and faults never leak between tests), one router."""
 
-    def __init__(self, server: RecordedServer, ledger: Ledger, prefix: str) -> None:
+    def __init__(self, server: RecordedServer, ledger: Ledger, prefix: str, transport: str = "sdk") -> None:
         self.server = server
         self.ledger = ledger
         self.prefix = prefix
+        self.transport = transport
         self.time = FakeTime()
         self.made: list[OpenAIBackend] = []
 
     def model(self, name: str, fault: str | None = None, **options: Any) -> OpenAIBackend:
         served = f"{self.prefix}-{name}"
         self.server.set_fault(served, fault)
+        options.setdefault("transport", self.transport)
         self.made.append(OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-faults", **options))
         return self.made[-1]
 
@@ -102,9 +104,12 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-async def sc(server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest) -> AsyncIterator[Scenario]:
-    """Closes its backends' connections before the test's event loop ends (else they close, noisily, in a later one)."""
-    scenario = Scenario(server, ledger, f"{request.node.name.removeprefix('test_')[:32]}-{next(_ids)}")
+async def sc(
+    server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest, transport: str
+) -> AsyncIterator[Scenario]:
+    """Closes its backends' connections before the test's event loop ends (else they close, noisily, in a later one).
+    Every scenario runs over both transports (the openai SDK and the lean HTTP path)."""
+    scenario = Scenario(server, ledger, f"{request.node.name.removeprefix('test_')[:32]}-{next(_ids)}", transport)
     yield scenario
     for backend in scenario.made:
         await backend.aclose()

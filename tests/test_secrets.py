@@ -90,19 +90,23 @@ async def test_keys_never_leak_through_successes_and_failures(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    transport: str,
 ) -> None:
+    """Over both OpenAI transports (the SDK and the lean HTTP path, whose errors are its own)."""
     caplog.set_level(logging.DEBUG)
-    for name in ("openai", "anthropic", "httpx", "httpcore", "llm_cascade"):
+    for name in ("openai", "anthropic", "httpx", "httpcore", "aiohttp", "llm_cascade"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     monkeypatch.setenv("OPENAI_LOG", "debug")
     monkeypatch.setenv("LLMC_TEST_SECRET_KEY", ENV_KEY)
     for fault in ("429", "500", "reset", "malformed_json", "context_length", "hang"):
         server.set_fault(f"sec-{fault}", fault)
 
+    made: list[OpenAIBackend] = []
+
     def oa(model: str, *, env: bool = False, url: str | None = None) -> OpenAIBackend:
-        if env:
-            return OpenAIBackend(model, base_url=url or server.base_url, api_key_env="LLMC_TEST_SECRET_KEY")
-        return OpenAIBackend(model, base_url=url or server.base_url, api_key=KEY)
+        key: dict[str, str] = {"api_key_env": "LLMC_TEST_SECRET_KEY"} if env else {"api_key": KEY}
+        made.append(OpenAIBackend(model, base_url=url or server.base_url, transport=transport, **key))  # type: ignore[arg-type]
+        return made[-1]
 
     backends = [
         oa("sec-ok"),
@@ -167,6 +171,8 @@ async def test_keys_never_leak_through_successes_and_failures(
     assert any("401" in t for t in tracebacks)
     for i, text in enumerate(tracebacks):  # printed tracebacks include chained SDK exceptions
         assert_clean(text, f"traceback {i}")
+    for backend in made:
+        await backend.aclose()
 
 
 def router_request() -> Request:
@@ -176,6 +182,7 @@ def router_request() -> Request:
 def test_no_key_in_reprs_of_configured_backends() -> None:
     for backend in (
         OpenAIBackend("m", api_key=KEY, base_url="http://127.0.0.1:9/v1"),
+        OpenAIBackend("m", api_key=KEY, base_url="http://127.0.0.1:9/v1", transport="http"),
         AnthropicBackend("m", api_key=ANT_KEY),
     ):
         assert_clean(repr(backend), "repr")

@@ -61,10 +61,11 @@ _ids = itertools.count()
 class Bench:
     """Models named after the test (server fault counters never leak between tests), each priced in one table."""
 
-    def __init__(self, server: RecordedServer, ledger: Ledger, prefix: str) -> None:
+    def __init__(self, server: RecordedServer, ledger: Ledger, prefix: str, transport: str = "sdk") -> None:
         self.server = server
         self.ledger = ledger
         self.prefix = prefix
+        self.transport = transport
         self.prices = PriceTable(fallback=None)
         self.time = FakeTime()
         self.made: list[Any] = []
@@ -76,6 +77,7 @@ class Bench:
         served = self.served(name)
         self.server.set_fault(served, fault)
         self.prices.add(served, PRICE)
+        options.setdefault("transport", self.transport)
         backend = OpenAIBackend(served, base_url=self.server.base_url, api_key="sk-test-billing", **options)
         self.made.append(backend)
         return backend
@@ -108,8 +110,11 @@ class Bench:
 
 
 @pytest.fixture
-async def bench(server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest) -> AsyncIterator[Bench]:
-    b = Bench(server, ledger, f"{request.node.name.removeprefix('test_')[:28]}-{next(_ids)}")
+async def bench(
+    server: RecordedServer, ledger: Ledger, request: pytest.FixtureRequest, transport: str
+) -> AsyncIterator[Bench]:
+    """OpenAI members run over both transports (the openai SDK and the lean HTTP path)."""
+    b = Bench(server, ledger, f"{request.node.name.removeprefix('test_')[:28]}-{next(_ids)}", transport)
     yield b
     for backend in b.made:
         await backend.aclose()

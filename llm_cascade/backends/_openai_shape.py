@@ -2,14 +2,15 @@
 
 The OpenAI backend and the LiteLLM backend (which re-emits every provider in OpenAI's shape) read the same fields the
 same way; keeping that reading here means a fix to, say, cached-token accounting lands in both at once. Fields are read
-from SDK objects or plain dicts alike, since LiteLLM hands back either. Nothing here imports an SDK.
+from SDK objects or plain dicts alike, since LiteLLM hands back either and the lean HTTP transport reads plain JSON.
+Nothing here imports an SDK.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..errors import ContentFilterError, MalformedResponseError, ProviderError
@@ -62,6 +63,18 @@ def chat_params(request: Request, stream: bool) -> dict[str, Any]:
     return params
 
 
+def chat_body(
+    model: str, request: Request, stream: bool, extra_body: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole JSON body of a ``POST /chat/completions``, as the lean HTTP transport sends it: :func:`chat_params`
+    (the one place request fields become wire fields, so both transports send the same call) plus the model and the
+    provider-specific ``extra_body``, which wins on a clash exactly as the SDK's ``extra_body`` does."""
+    body: dict[str, Any] = {"model": model, **chat_params(request, stream)}
+    if extra_body:
+        body.update(extra_body)
+    return body
+
+
 def _withheld(name: str, finish: str | None, text: str) -> None:
     """An empty answer stopped by the provider's filter is a refusal, not an empty answer to vote on."""
     if finish == "content_filter" and not text:
@@ -82,21 +95,24 @@ def completion_from_openai_response(
 
 
 def _parse(name: str, model: str, response: Any, request: Request, latency: float) -> Completion:
-    choices = getattr(response, "choices", None)
+    choices = _get(response, "choices")
     if not isinstance(choices, list) or not choices:
         raise MalformedResponseError(f"{name}: the response has no choices", model=name)
     choice = choices[0]
-    text = content_text(choice.message.content)
-    finish = choice.finish_reason
+    message = _get(choice, "message")
+    if message is None:
+        raise MalformedResponseError(f"{name}: the response's choice has no message", model=name)
+    text = content_text(_get(message, "content"))
+    finish = _get(choice, "finish_reason")
     _withheld(name, finish, text)
     logprob = None
-    lp = getattr(choice, "logprobs", None)
+    lp = _get(choice, "logprobs")
     if request.logprobs and lp is not None:
         logprob = first_token_logprob(_get(lp, "content"))
     return Completion(
         text=text,
         model=model,
-        usage=openai_usage(getattr(response, "usage", None)),
+        usage=openai_usage(_get(response, "usage")),
         latency_s=latency,
         finish_reason=finish,
         logprob=logprob,

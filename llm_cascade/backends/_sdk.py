@@ -106,11 +106,21 @@ def _body_text(exc: BaseException) -> str:
     return " ".join(parts).lower()
 
 
+class WireError(Exception):
+    """Base of the errors the lean HTTP transport (:mod:`llm_cascade.backends.http`) raises itself. Its subclasses
+    carry the openai SDK's class names and attributes (``status_code``, ``response.headers``, ``body``), so that
+    :func:`map_error` and the stream reader classify a call made without the SDK exactly as one made with it."""
+
+
 def is_sdk_error(exc: BaseException) -> bool:
     """Exceptions a provider call can raise that are about the provider, not a bug in the caller."""
+    if isinstance(exc, WireError):
+        return True
     module = type(exc).__module__.split(".")[0]
     return module in (
         "openai",
+        "aiohttp",
+        "orjson",
         "anthropic",
         "litellm",
         "httpx",

@@ -35,6 +35,8 @@ Factory = Callable[..., Backend]
 # provider -> "module:attribute" of a factory taking (model, **options). Imported on first use.
 _PROVIDERS: dict[str, str] = {
     "openai": "llm_cascade.backends.openai:OpenAIBackend",
+    "openai-compatible": "llm_cascade.backends.http:openai_compatible",
+    "http": "llm_cascade.backends.http:http",
     "anthropic": "llm_cascade.backends.anthropic:AnthropicBackend",
     "litellm": "llm_cascade.backends.litellm:LiteLLMBackend",
     "hf": "llm_cascade.backends.hf:HFClassifierBackend",

@@ -10,14 +10,22 @@ layers multiply waits. The client is built on the first call, in the running eve
 ``stream=True`` asks for a server-sent-event stream (with ``stream_options.include_usage``) and assembles it into one
 Completion; a stall between chunks fails after ``stream_idle_timeout`` seconds, and a stream cut before its
 finish_reason is a retryable :class:`~llm_cascade.errors.StreamError` (rules in :mod:`llm_cascade.backends._stream`).
+
+``transport="http"`` sends the same call without the SDK, over one shared aiohttp pool per base URL
+(:class:`~llm_cascade.backends.http.HTTPBackend`, also reachable as ``openai-compatible:model``): about a fifth of the
+SDK's CPU per call, which is what bounds a tier of k members or a busy proxy. Answers, usage, errors, retries and
+stream billing are the same. Keep the SDK (the default) for api.openai.com and Azure-style endpoints where its
+extras matter (typed responses, its own auth schemes, new API features first); prefer ``"http"`` for self-hosted
+and OpenAI-compatible servers (vLLM, llama.cpp, Ollama, Together, Fireworks) and whenever CPU per call matters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError, MissingDependencyError
 from ..types import Completion, Request
@@ -30,6 +38,14 @@ from ._sdk import LazyClient, sdk_call
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
 
+Transport = Literal["sdk", "http"]
+TRANSPORTS: tuple[Transport, ...] = ("sdk", "http")
+
+
+def lean_available() -> bool:
+    """Whether the lean HTTP transport's packages (aiohttp, orjson) are installed, without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("aiohttp", "orjson"))
+
 
 class OpenAIBackend(AdapterOptions, LazyClient):
     """One model behind an OpenAI-compatible chat completions endpoint.
@@ -38,9 +54,20 @@ class OpenAIBackend(AdapterOptions, LazyClient):
     ``extra_body`` is merged into every request (provider-specific parameters). The key never appears in ``repr``,
     logs or errors. ``timeout`` bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off)
     also bounds each wait for the next chunk, so a stalled stream fails fast without a short whole-call timeout.
+    ``transport``: "sdk" (the openai SDK, the default) or "http" (the lean path; see the module docstring).
     """
 
     supports_logprobs = True
+    transport: Transport = "sdk"
+
+    def __new__(cls, *args: Any, transport: Transport = "sdk", **kwargs: Any) -> OpenAIBackend:
+        """``OpenAIBackend(..., transport="http")`` is an :class:`~llm_cascade.backends.http.HTTPBackend` (a
+        subclass: same options, same checks, same names), so configs and code choose the transport by one option."""
+        if transport == "http" and cls is OpenAIBackend:
+            from .http import HTTPBackend
+
+            return super().__new__(HTTPBackend)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -56,7 +83,10 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         name: str | None = None,
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
+        transport: Transport = "sdk",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError("OpenAIBackend.transport", f"must be one of {', '.join(TRANSPORTS)}; got {transport!r}")
         self._init_options(
             "OpenAIBackend",
             "openai",

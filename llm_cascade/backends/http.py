@@ -1,0 +1,350 @@
+"""The lean transport for OpenAI-compatible chat completions: the wire format over aiohttp and orjson, no SDK.
+
+    OpenAIBackend("llama3.1:8b", base_url="http://localhost:8000/v1", transport="http")
+    resolve("openai-compatible:llama3.1:8b", base_url=...)      # the same backend, named "openai-compatible:..."
+
+Why: the official SDK spends about a millisecond of client CPU per call (its request transform, pydantic models,
+httpx), and a tier of k members pays it k times; on one core that, not the router, caps routed calls per second.
+This backend builds the same request body (:func:`~llm_cascade.backends._openai_shape.chat_body`), reads the answer
+with the same code (:func:`~llm_cascade.backends._openai_shape.completion_from_openai_response`,
+:func:`~llm_cascade.backends._openai_shape.stream_completion`), and maps failures through the same
+:func:`~llm_cascade.backends._sdk.map_error`: its own errors carry the SDK's class names and attributes, so a 429, a
+reset, a malformed body or a cut stream is the same :class:`~llm_cascade.errors.ProviderError` either way, secrets
+scrubbed alike. What it drops is only the SDK's per-call work.
+
+One aiohttp session (one connection pool) serves every backend on the same base URL in one event loop: the members
+of a tier on one vLLM server share their keep-alive connections. :meth:`HTTPBackend.aclose` releases the backend's
+hold on it; the last one out closes the pool. The URL, the headers (with the key, read at the first call) and the
+timeout object are built once per event loop, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError, MissingDependencyError
+from ..types import Completion, Request
+from ._openai_shape import chat_body, completion_from_openai_response, stream_completion
+from ._sdk import WireError, sdk_call
+from .openai import OpenAIBackend, Transport
+
+try:
+    import aiohttp
+    import orjson
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(exc.name or "aiohttp", "http") from exc
+
+_OPENAI = "https://api.openai.com/v1"
+# Connections per pool: as many as the SDK's httpx pool allows; how many calls run at once is the limiter's job.
+_POOL_LIMIT = 1000
+
+
+# -- errors: the SDK's names, so map_error and the stream reader treat both transports alike --------------------------
+
+
+class _Response:
+    """What :func:`~llm_cascade.backends._sdk.map_error` reads from an SDK error's ``response``: its headers."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
+
+
+class APIStatusError(WireError):
+    """A non-2xx answer: ``status_code``, ``response.headers`` (Retry-After), the error ``body`` and its ``code`` and
+    ``type``, as the SDK's exception of that name holds them."""
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], raw: bytes) -> None:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        body = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        self.status_code = status_code
+        self.response = _Response(headers)
+        self.body = body
+        self.code = body.get("code") if isinstance(body, dict) else None
+        self.type = body.get("type") if isinstance(body, dict) else None
+        detail = body if body is not None else raw[:500].decode("utf-8", "replace")
+        self.message = f"Error code: {status_code} - {detail}"
+        super().__init__(self.message)
+
+
+# The SDK's subclass per status: ledger rows and logs name the same exception whichever transport made the call.
+class BadRequestError(APIStatusError): ...
+
+
+class AuthenticationError(APIStatusError): ...
+
+
+class PermissionDeniedError(APIStatusError): ...
+
+
+class NotFoundError(APIStatusError): ...
+
+
+class ConflictError(APIStatusError): ...
+
+
+class UnprocessableEntityError(APIStatusError): ...
+
+
+class RateLimitError(APIStatusError): ...
+
+
+class InternalServerError(APIStatusError): ...
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
+    """The error for a non-2xx answer, of the class the openai SDK would raise for that status."""
+    cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    return cls(status, headers, raw)
+
+
+class APIError(WireError):
+    """An error the server reported inside an open stream (``data: {"error": ...}``)."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.message = str(body.get("message") if isinstance(body, dict) else body)
+        super().__init__(self.message)
+
+
+class APIConnectionError(WireError):
+    """The connection failed or dropped (refused, reset, a body cut short)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The call ran past its ``timeout``."""
+
+
+class APIResponseValidationError(WireError, ValueError):
+    """The body (or a stream chunk) is not the JSON object the API promises."""
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIResponseValidationError(f"the response is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise APIResponseValidationError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# -- the shared pool ---------------------------------------------------------------------------------------------------
+
+
+class _Pool:
+    """One aiohttp session for one base URL in one event loop, and how many backends hold it."""
+
+    __slots__ = ("session", "users")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.users = 0
+
+
+_POOLS: dict[tuple[asyncio.AbstractEventLoop, str], _Pool] = {}
+
+
+def _acquire(loop: asyncio.AbstractEventLoop, base_url: str) -> _Pool:
+    pool = _POOLS.get((loop, base_url))
+    if pool is None or pool.session.closed:
+        for key in [k for k in _POOLS if k[0].is_closed()]:  # loops that ended without closing their pools
+            del _POOLS[key]
+        connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API answer's cookies must not leak into the next call
+        )
+        pool = _POOLS[(loop, base_url)] = _Pool(session)
+    pool.users += 1
+    return pool
+
+
+async def _release(loop: asyncio.AbstractEventLoop, base_url: str) -> None:
+    pool = _POOLS.get((loop, base_url))
+    if pool is None:
+        return
+    pool.users -= 1
+    if pool.users <= 0:
+        del _POOLS[(loop, base_url)]
+        await pool.session.close()
+
+
+# -- server-sent events ------------------------------------------------------------------------------------------------
+
+
+class _EventStream:
+    """The chunks of an SSE response as decoded JSON objects (``data: [DONE]`` ends it), for
+    :func:`~llm_cascade.backends._stream.read_stream`; transport failures surface as the SDK-named errors above."""
+
+    __slots__ = ("_done", "_resp")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self._done = False
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        content = self._resp.content
+        data: list[bytes] = []
+        while True:
+            try:
+                line = await content.readline()
+            except TimeoutError as exc:
+                raise APITimeoutError("the stream timed out") from exc
+            except aiohttp.ClientError as exc:
+                raise APIConnectionError(f"the stream broke: {type(exc).__name__}: {exc}") from exc
+            except ValueError as exc:  # aiohttp: a line longer than its buffer
+                raise APIResponseValidationError(f"unreadable stream line: {exc}") from exc
+            if not line:  # end of the body: an event without its blank line still counts
+                self._done = True
+                if not data:
+                    raise StopAsyncIteration
+                return self._event(b"\n".join(data))
+            line = line.rstrip(b"\r\n")
+            if line:
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                continue  # event names, ids and comments carry nothing OpenAI-shaped streams need
+            if data:
+                return self._event(b"\n".join(data))
+
+    def _event(self, payload: bytes) -> Any:
+        if payload.startswith(b"[DONE]"):
+            self._done = True
+            raise StopAsyncIteration
+        chunk = _decode(payload)
+        error = chunk.get("error")
+        if error:
+            raise APIError(error)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Return the connection to the pool when the body was read to its end, else drop it."""
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+# -- the backend -------------------------------------------------------------------------------------------------------
+
+
+class HTTPBackend(OpenAIBackend):
+    """An :class:`~llm_cascade.backends.openai.OpenAIBackend` that speaks HTTP itself (same options and behaviour;
+    ``transport == "http"``). See the module docstring for when to prefer it."""
+
+    transport: Transport = "http"
+    _pool_loop: asyncio.AbstractEventLoop | None = None
+    _pool_base: str = _OPENAI
+    _session: aiohttp.ClientSession | None = None
+    _url: str = ""
+    _headers: dict[str, str]
+    _timeout: aiohttp.ClientTimeout
+
+    def __init__(self, model: str, *, transport: Transport = "http", **options: Any) -> None:
+        if transport != "http":
+            raise ConfigError("HTTPBackend.transport", f"is always 'http'; use OpenAIBackend for {transport!r}")
+        super().__init__(model, **options)
+
+    def _session_for(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
+        """Join this loop's pool for the base URL and build what every request reuses (done once per loop)."""
+        headers = {"Authorization": f"Bearer {self._key()}", "Content-Type": "application/json"}
+        headers["Accept"] = "text/event-stream" if self.stream else "application/json"
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        headers.update(self.default_headers)
+        base = (self.base_url or _OPENAI).rstrip("/")
+        pool = _acquire(loop, base)
+        self._headers = headers
+        self._url = f"{base}/chat/completions"
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
+        self._session, self._pool_loop, self._pool_base = pool.session, loop, base
+        return pool.session
+
+    async def aclose(self) -> None:
+        """Release this backend's hold on its pool; the last backend on a base URL closes the connections."""
+        loop, self._pool_loop, self._session = self._pool_loop, None, None
+        if loop is not None and not loop.is_closed():
+            await _release(loop, self._pool_base)
+
+    async def complete(self, request: Request) -> Completion:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or self._pool_loop is not loop or session.closed:
+            session = self._session_for(loop)
+        body = orjson.dumps(chat_body(self.model, request, self.stream, self.extra_body))
+        start = time.perf_counter()
+        if self.stream:
+            deadline = loop.time() + self.timeout
+            events = await sdk_call(lambda: self._open_stream(session, body), self._map)
+            return await stream_completion(
+                self, events, request, self._stream_usage, start=start, deadline=deadline, map_exc=self._map
+            )
+        data = await sdk_call(lambda: self._post(session, body), self._map)
+        return completion_from_openai_response(self.name, self.model, data, request, time.perf_counter() - start)
+
+    async def _post(self, session: aiohttp.ClientSession, body: bytes) -> Any:
+        try:
+            async with session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                if resp.status >= 300:
+                    raise status_error(resp.status, resp.headers, raw)
+        except TimeoutError as exc:
+            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        return _decode(raw)
+
+    async def _open_stream(self, session: aiohttp.ClientSession, body: bytes) -> _EventStream:
+        try:
+            resp = await session.post(self._url, data=body, headers=self._headers, timeout=self._timeout)
+            if resp.status >= 300:
+                try:
+                    raw = await resp.read()
+                finally:
+                    resp.release()
+                raise status_error(resp.status, resp.headers, raw)
+        except TimeoutError as exc:
+            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        return _EventStream(resp)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + ", transport='http')"
+
+
+def openai_compatible(model: str, **options: Any) -> HTTPBackend:
+    """The ``openai-compatible:`` registry entry: an :class:`HTTPBackend` named "openai-compatible:model"."""
+    options.setdefault("name", f"openai-compatible:{model}")
+    return HTTPBackend(model, **options)
+
+
+def http(model: str, **options: Any) -> HTTPBackend:
+    """The ``http:`` registry entry (a short alias of ``openai-compatible:``), named "http:model"."""
+    options.setdefault("name", f"http:{model}")
+    return HTTPBackend(model, **options)
