@@ -625,6 +625,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
         "budget": comp.budget,
         "timeout": cc.timeout,
         "name": cascade,
+        "retry": None,  # the file's retry settings already wrapped each member (default on, `retry = false` off)
     }
     kwargs.update(overrides)
     try:

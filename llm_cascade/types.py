@@ -8,8 +8,8 @@ request), safe to share between concurrent tasks, and easy to log or serialise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -32,6 +32,11 @@ class Request:
     ``logprobs`` is set by the router (not by the user) when a tier's rule needs token confidence, so backends only
     pay for log-probabilities when somebody reads them. ``metadata`` travels untouched to the ledger (tags such as
     user or app).
+
+    The OpenAI-shaped parameters (``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed``, ``top_p``)
+    are passed to every member; each adapter maps what its provider supports and raises
+    :class:`~llm_cascade.errors.UnsupportedParameter` for one it cannot honour, so none is dropped silently
+    (:meth:`params` lists those set).
     """
 
     messages: tuple[Message, ...]
@@ -40,6 +45,12 @@ class Request:
     logprobs: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    stop: tuple[str, ...] | None = None
+    response_format: Mapping[str, Any] | None = None
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    seed: int | None = None
+    top_p: float | None = None
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
@@ -62,7 +73,33 @@ class Request:
         """A copy that asks for token log-probabilities."""
         if self.logprobs:
             return self
-        return Request(self.messages, self.max_tokens, self.temperature, True, self.metadata, self.request_id)
+        return replace(self, logprobs=True)
+
+    def params(self) -> dict[str, Any]:
+        """The OpenAI-shaped parameters this request sets beyond messages, max_tokens and temperature, by name."""
+        out: dict[str, Any] = {}
+        for name in EXTRA_PARAMS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if name in ("stop", "tools") else value
+        return out
+
+    def refuse(self, backend: str, supported: Collection[str]) -> None:
+        """Raise :class:`~llm_cascade.errors.UnsupportedParameter` for the first set parameter not in
+        ``supported``: an adapter calls it before sending anything."""
+        for name in self.params():
+            if name not in supported:
+                from .errors import UnsupportedParameter
+
+                raise UnsupportedParameter(
+                    f"{backend}: cannot honour the request parameter {name!r}; remove it or use another backend",
+                    model=backend,
+                    param=name,
+                )
+
+
+# The request parameters past messages/max_tokens/temperature, in the order OpenAI documents them.
+EXTRA_PARAMS = ("stop", "response_format", "tools", "tool_choice", "seed", "top_p")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +147,9 @@ class Completion:
     raw: Any = field(default=None, repr=False, compare=False)
     # Seconds of local compute this call used (its share of a batch), for models priced per hour; None for API calls.
     compute_s: float | None = None
+    # OpenAI-shaped tool calls ({"id", "type": "function", "function": {"name", "arguments"}}) when the model called
+    # tools; ``text`` then holds their canonical JSON (names and arguments), so tiers vote on the calls themselves.
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +173,7 @@ class Call:
     error: str | None = None
     finish_reason: str | None = None
     attempt: int = 1
+    tool_calls: tuple[Mapping[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +230,26 @@ class RouteResult:
     @property
     def escalations(self) -> int:
         return self.tier
+
+    @property
+    def answering_call(self) -> Call | None:
+        """The first successful call of the answering tier that gave the returned answer (None without one)."""
+        for c in self.calls:
+            if c.tier == self.tier and c.ok and c.answer is not None and c.answer == self.answer:
+                return c
+        return None
+
+    @property
+    def model(self) -> str | None:
+        """The model whose text is returned (the first listed member that gave the answer)."""
+        call = self.answering_call
+        return None if call is None else call.model
+
+    @property
+    def tool_calls(self) -> tuple[Mapping[str, Any], ...]:
+        """The tool calls of the answering model, when the answer is a set of tool calls."""
+        call = self.answering_call
+        return () if call is None else call.tool_calls
 
     def models_for(self, tier: int) -> Sequence[str]:
         return [c.model for c in self.calls if c.tier == tier]
