@@ -99,8 +99,9 @@ def read_anthropic_event(state: StreamState, event: Any) -> None:
             state.finish = str(reason)
 
 
-# OpenAI-shaped parameters the Messages API can honour (``response_format`` and ``seed`` have no equivalent).
-_SUPPORTED = frozenset({"stop", "top_p", "tools", "tool_choice"})
+# OpenAI-shaped parameters the Messages API (SDK 2.x) can honour: ``seed`` and ``response_format`` have no equivalent,
+# and sampling settings (``top_p``, like ``temperature``) are no longer parameters of ``messages.create``.
+_SUPPORTED = frozenset({"stop", "tools", "tool_choice"})
 
 
 def _tool(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,8 +130,6 @@ def anthropic_params(request: Request, name: str, stream: bool) -> dict[str, Any
     out: dict[str, Any] = {}
     if request.stop is not None:
         out["stop_sequences"] = list(request.stop)
-    if request.top_p is not None:
-        out["top_p"] = request.top_p
     if request.tools is not None:
         out["tools"] = [_tool(t) for t in request.tools]
     if request.tool_choice is not None:
