@@ -18,8 +18,9 @@ Three places, most specific last::
     # retry = false                                         # a cheap tier whose siblings cover a failure
 
 Retry tables merge field by field (global, then the provider, then the tier); a member that no retry table reaches
-gets :class:`~llm_cascade.retry.RetryPolicy`'s defaults (retries are on by default); ``retry = false`` is one try. Limits and breakers are shared by all the routers built from one
-:class:`~llm_cascade.config.Components`, so two cascades drawing on one provider draw from one quota.
+gets :class:`~llm_cascade.retry.RetryPolicy`'s defaults (retries are on by default); ``retry = false`` is one try.
+Limits and breakers are shared by all the routers built from one :class:`~llm_cascade.config.Components`, so two
+cascades drawing on one provider draw from one quota.
 """
 
 from __future__ import annotations
