@@ -231,6 +231,7 @@ class TierConfig(_Model):
     rule: Any = "unanimous"
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    first_token_timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; see llm_cascade.ttft
     on_error: Literal["ignore", "escalate"] = "ignore"
     retry: RetryField = None
 
@@ -608,6 +609,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
                     parse_rule(tc.rule, f"{field}.rule"),
                     name=tc.name,
                     timeout=tc.timeout,
+                    first_token_timeout=tc.first_token_timeout,
                     on_error=tc.on_error,
                     normalizer=None
                     if tc.normalizer is None

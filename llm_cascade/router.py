@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-from . import observe
+from . import observe, ttft
 from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
 from .errors import (
@@ -128,9 +128,10 @@ class Tier:
     which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
     deadline in seconds: members still running then are cancelled and recorded as timed out. ``resilience`` wraps
     every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.limits.Resilience`).
+    ``first_token_timeout`` cuts a member whose first token has not arrived in time (see :mod:`llm_cascade.ttft`).
     """
 
-    __slots__ = ("members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
+    __slots__ = ("first_token_timeout", "members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class Tier:
         on_error: OnError = "ignore",
         normalizer: Normalizer | str | None = None,
         resilience: Hardener | None = None,
+        first_token_timeout: float | None = None,
     ) -> None:
         if isinstance(members, str) or not isinstance(members, Sequence):
             raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
@@ -157,6 +159,10 @@ class Tier:
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Tier.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
+        ftt = first_token_timeout
+        if ftt is not None and (isinstance(ftt, bool) or not isinstance(ftt, int | float) or not 0 < ftt < math.inf):
+            raise ConfigError("Tier.first_token_timeout", f"must be a positive number of seconds, got {ftt!r}")
+        self.first_token_timeout = ftt
         if on_error not in ("ignore", "escalate"):
             raise ConfigError("Tier.on_error", f"must be 'ignore' or 'escalate', got {on_error!r}")
         self.on_error: OnError = on_error
@@ -574,7 +580,11 @@ class Router:
         billed: Usage | None = None
         with attempt_log() as retried:
             try:
-                completion = _checked(await backend.complete(request), backend.name)
+                limit = self.tiers[k].first_token_timeout if k < len(self.tiers) else None
+                pending = backend.complete(request)
+                completion = _checked(
+                    await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
+                )
                 outcome = "ok"
             except asyncio.CancelledError:
                 # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
