@@ -35,7 +35,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import Components, Config, build_components, build_routers, hash_key
-from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
+from .errors import (
+    AllTiersFailed,
+    AuthenticationError,
+    BudgetExceeded,
+    LLMCascadeError,
+    MissingDependencyError,
+    RequestTimeout,
+    UnsupportedParameter,
+)
 from .server_schema import ChatRequest, InputError, parse_chat
 from .types import Request, RouteResult
 
@@ -125,10 +133,15 @@ def _cost_number(cost: Decimal | None) -> float | None:
     return None if cost is None else float(cost)
 
 
-def _describe(result: RouteResult) -> dict[str, Any]:
-    """The ``llm_cascade`` block: who answered, whether the tier agreed, and what every call cost."""
+def _describe(result: RouteResult, cascade: str) -> dict[str, Any]:
+    """The ``llm_cascade`` block: the cascade, who answered, whether the tier agreed, and what every call cost,
+    failed attempts included (``attempts``, ``failed_attempts``, ``failed_cost_usd``: what failures added)."""
     supporters = next((list(v.models) for v in result.votes if v.answer == result.answer), [])
+    failed = [c for c in result.calls if not c.ok]
+    failed_cost = sum((c.cost_usd for c in failed if c.cost_usd is not None), Decimal(0))
     return {
+        "cascade": cascade,
+        "model": result.model,
         "tier": result.tier,
         "tier_name": result.tier_name,
         "models": supporters,
@@ -138,10 +151,14 @@ def _describe(result: RouteResult) -> dict[str, Any]:
         "reason": result.reason,
         "cost_usd": _cost_number(result.cost_usd),
         "latency_ms": round(result.latency_s * 1000, 3),
+        "attempts": len(result.calls),
+        "failed_attempts": len(failed),
+        "failed_cost_usd": float(failed_cost),
         "calls": [
             {
                 "model": c.model,
                 "tier": c.tier,
+                "attempt": c.attempt,
                 "outcome": c.outcome,
                 "answer": c.answer,
                 "input_tokens": c.usage.input_tokens,
@@ -193,10 +210,13 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
             headers=no_retry,
         )
     if isinstance(exc, AllTiersFailed):
-        errors = sorted({str(getattr(c, "error", "")) for c in exc.calls if getattr(c, "error", None)})
-        detail = "; ".join(errors[:3])
+        return error_response(502, str(exc), type="upstream_error", code="all_tiers_failed")
+    if isinstance(exc, UnsupportedParameter):
+        return error_response(400, str(exc), code="unsupported_parameter", param=exc.param)
+    if isinstance(exc, AuthenticationError):
+        log.error("a member's provider refused its key: %s", exc)
         return error_response(
-            502, f"{exc} ({detail})" if detail else str(exc), type="upstream_error", code="all_tiers_failed"
+            502, f"upstream authentication failed: {exc}", type="upstream_error", code="upstream_auth"
         )
     if isinstance(exc, RequestTimeout | TimeoutError):
         return error_response(504, str(exc) or "request timed out", type="timeout_error", code="request_timeout")
@@ -252,27 +272,31 @@ async def chat_completions(request: HTTPRequest) -> Response:
             result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
-    info = _describe(result)
+    info = _describe(result, chat.model)
     headers = _headers(result, info)
     completion_id = f"chatcmpl-{result.request_id}"
     created = int(time.time())
     text = result.text or ""
+    tool_calls = [dict(t) for t in result.tool_calls]
     if chat.stream:
         return StreamingResponse(
             _chunks(chat, completion_id, created, text, result, info),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
+    message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     body_out = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
-        "model": chat.model,
+        "model": result.model or chat.model,  # the model that answered; the cascade is in llm_cascade.cascade
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
                 "logprobs": None,
             }
         ],
@@ -287,19 +311,26 @@ async def _chunks(
 ) -> AsyncIterator[bytes]:
     """The decided answer as OpenAI ``chat.completion.chunk`` events, then ``[DONE]``."""
 
+    model = result.model or chat.model
+
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model}
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
         chunk["choices"] = choices
         chunk.update(extra)
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-    def delta(d: dict[str, Any], finish: Literal["stop"] | None = None) -> list[dict[str, Any]]:
+    def delta(d: dict[str, Any], finish: Literal["stop", "tool_calls"] | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
 
-    yield event(delta({"role": "assistant", "content": ""}))
-    for i in range(0, len(text), 512):
-        yield event(delta({"content": text[i : i + 512]}))
-    yield event(delta({}, "stop"), llm_cascade=info)
+    if result.tool_calls:
+        calls = [{"index": i, **dict(t)} for i, t in enumerate(result.tool_calls)]
+        yield event(delta({"role": "assistant", "content": None, "tool_calls": calls}))
+        yield event(delta({}, "tool_calls"), llm_cascade=info)
+    else:
+        yield event(delta({"role": "assistant", "content": ""}))
+        for i in range(0, len(text), 512):
+            yield event(delta({"content": text[i : i + 512]}))
+        yield event(delta({}, "stop"), llm_cascade=info)
     if chat.include_usage:
         yield event([], usage=_usage(result))
     yield b"data: [DONE]\n\n"
