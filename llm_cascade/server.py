@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from decimal import Decimal
@@ -461,17 +461,24 @@ def serve(
     port: int | None = None,
     log_level: str = "warning",
     access_log: bool = False,
+    check: bool = True,
+    echo: Callable[[str], object] = print,
 ) -> None:
-    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``)."""
+    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``).
+
+    First it checks every cascade (keys, prices, reachability; ``check=False`` skips the network part) and prints a
+    banner through ``echo``: listen address, cascades and tiers, priced and unpriced members, the ledger, problems.
+    """
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("uvicorn", "server") from None
+    from .server_banner import banner, check_all
+
     app = create_app(config)
-    uvicorn.run(
-        app,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        log_level=log_level,
-        access_log=access_log,
-    )
+    state: ProxyState = app.state.proxy
+    listen_host = host or config.server.host
+    listen_port = config.server.port if port is None else port
+    reports = asyncio.run(check_all(state.routers, reach=check, ping_timeout=5.0))
+    echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))
+    uvicorn.run(app, host=listen_host, port=listen_port, log_level=log_level, access_log=access_log)

@@ -488,3 +488,44 @@ def test_a_late_first_token_is_cut_by_the_tier_limit(proxy: ThreadProxy) -> None
     info = completion.model_extra["llm_cascade"]
     assert info["tier"] == 1 and completion.model == "recorded:strong"
     assert info["calls"][0]["outcome"] == "timeout" and "first token" in info["calls"][0]["error"]
+
+
+NO_KEY = """
+[providers.claude]
+type = "anthropic"
+api_key_env = "LLMC_TEST_NO_SUCH_KEY"
+
+[cascades.keyless]
+[[cascades.keyless.tiers]]
+members = ["claude:claude-x"]
+"""
+
+
+def test_check_command_reports_a_missing_key_and_an_unpriced_model(upstream: RecordedServer, tmp_path: Path) -> None:
+    path = tmp_path / "check.toml"
+    path.write_text(config_text(f"sqlite:///{tmp_path / 'l.db'}") + NO_KEY)
+    env = {**os.environ, "RECORDED_BASE_URL": upstream.base_url}
+    env.pop("LLMC_TEST_NO_SUCH_KEY", None)
+    out = subprocess.run([*CLI, "check", "--config", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "PROBLEM: claude:claude-x: no API key" in out.stdout and "$LLMC_TEST_NO_SUCH_KEY" in out.stdout
+    assert "cascade 'qa': ok" in out.stdout  # priced, keyless local server, and it answers GET /v1/models
+    out = subprocess.run(
+        [*CLI, "check", "--config", str(path), "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    reports = json.loads(out.stdout)
+    assert {m["reach"] for m in reports["qa"]} == {"ok"} and reports["keyless"][0]["key"] == "missing"
+
+
+def test_serve_prints_a_banner_with_what_it_serves_and_what_is_wrong(
+    upstream: RecordedServer, tmp_path: Path, serve: Any
+) -> None:
+    path = tmp_path / "banner.toml"
+    path.write_text(config_text(f"sqlite:///{tmp_path / 'banner.db'}") + NO_KEY)
+    url = serve(path, {"RECORDED_BASE_URL": upstream.base_url, "LLMC_TEST_NO_SUCH_KEY": ""})
+    port = url.rsplit(":", 1)[1]
+    log = (tmp_path / f"serve-{port}.log").read_text()
+    assert f"llm-cascade proxy on http://127.0.0.1:{port}/v1" in log
+    assert "cascade 'qa': 2 tier(s), 3/3 members priced" in log and "banner.db" in log
+    assert "tier 0 (" in log and "recorded:cheap-a" in log
+    assert "PROBLEM: claude:claude-x: no API key" in log
