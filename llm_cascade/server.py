@@ -57,6 +57,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("starlette", "server") from None
 
 if TYPE_CHECKING:
+    from .check import CheckReport
     from .router import Guard, Router
 
 __all__ = ["ProxyState", "create_app", "error_response", "serve"]
@@ -93,6 +94,7 @@ class ProxyState:
             k.digest(): (k.name, {**k.tags, "key": k.name}) for k in config.server.keys
         }
         self.started = int(time.time())
+        self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
 
     def authenticate(self, request: HTTPRequest) -> dict[str, str]:
         """The tags of the caller's key; raises a 401 when keys are configured and the caller has no valid one."""
@@ -210,6 +212,7 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
             headers=no_retry,
         )
     if isinstance(exc, AllTiersFailed):
+        log.warning("request failed: %s", exc)
         return error_response(502, str(exc), type="upstream_error", code="all_tiers_failed")
     if isinstance(exc, UnsupportedParameter):
         return error_response(400, str(exc), code="unsupported_parameter", param=exc.param)
@@ -363,8 +366,13 @@ async def get_model(request: HTTPRequest) -> Response:
 
 
 async def health(request: HTTPRequest) -> Response:
+    """``ok``, or ``degraded`` with the problems the start-up check found (a missing key, an unknown price ...)."""
     state = _state(request)
-    return JSONResponse({"status": "ok", "cascades": sorted(state.routers)})
+    problems = [p for report in state.checks.values() for p in report.problems]
+    body: dict[str, Any] = {"status": "degraded" if problems else "ok", "cascades": sorted(state.routers)}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body)
 
 
 async def spend(request: HTTPRequest) -> Response:
@@ -454,6 +462,18 @@ def create_app(
     return app
 
 
+def _log_to_stderr(level: str) -> None:
+    """Show the library's log (failed member calls, escalations at INFO) next to uvicorn's, unless the application
+    configured logging itself."""
+    lib = logging.getLogger("llm_cascade")
+    if lib.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    lib.addHandler(handler)
+    lib.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "WARNING")
+
+
 def serve(
     config: Config,
     *,
@@ -480,5 +500,7 @@ def serve(
     listen_host = host or config.server.host
     listen_port = config.server.port if port is None else port
     reports = asyncio.run(check_all(state.routers, reach=check, ping_timeout=5.0))
+    state.checks = reports
+    _log_to_stderr(log_level)
     echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))
     uvicorn.run(app, host=listen_host, port=listen_port, log_level=log_level, access_log=access_log)

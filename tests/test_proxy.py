@@ -529,3 +529,11 @@ def test_serve_prints_a_banner_with_what_it_serves_and_what_is_wrong(
     assert "cascade 'qa': 2 tier(s), 3/3 members priced" in log and "banner.db" in log
     assert "tier 0 (" in log and "recorded:cheap-a" in log
     assert "PROBLEM: claude:claude-x: no API key" in log
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    assert health["status"] == "degraded" and any("claude:claude-x" in p for p in health["problems"])
+    failed = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "q"}]}
+    )
+    assert failed.status_code == 502 and "RetryableError" in failed.json()["error"]["message"]
+    log = (tmp_path / f"serve-{port}.log").read_text()
+    assert "WARNING llm_cascade.router" in log and "recorded:down" in log  # a failed request is in the server log
