@@ -5,6 +5,7 @@ default, logging, hooks and spans, and ``Router.check()``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +30,7 @@ from llm_cascade.errors import (
 from llm_cascade.retry import Retrying, RetryPolicy
 from llm_cascade.router import DEFAULT_RETRY
 from llm_cascade.testing import RecordedServer
-from llm_cascade.types import Call, RouteResult, Usage
+from llm_cascade.types import Call, Completion, RouteResult, Usage
 
 KEY = "sk-test-issue14-secret-value"
 TOOL = {
@@ -297,3 +298,61 @@ async def test_check_finds_missing_keys_unknown_prices_and_unreachable_servers(
         assert (await ready.check()).ok
     finally:
         await asyncio.gather(good.aclose(), down.aclose(), nokey.aclose())
+
+
+async def test_litellm_sends_the_same_parameters(script_server: RecordedServer) -> None:
+    pytest.importorskip("litellm")
+    from llm_cascade.backends.litellm import LiteLLMBackend
+
+    backend = LiteLLMBackend("openai/echo-b", api_base=script_server.base_url, api_key=KEY)
+    router = Router([[backend]], normalizer="choice")
+    result = await router.route("q", stop=["\n"], seed=3, top_p=0.25, tools=[TOOL], tool_choice="none")
+    assert result.answer == "B"
+    body = script_server.app.last_body["echo-b"]
+    assert (body["stop"], body["seed"], body["top_p"], body["tools"], body["tool_choice"]) == (
+        ["\n"],
+        3,
+        0.25,
+        [TOOL],
+        "none",
+    )
+
+
+class _ToolCaller:
+    """A backend whose model answers with a tool call, as the OpenAI-shaped adapters report one."""
+
+    supports_logprobs = False
+
+    def __init__(self, name: str, city: str) -> None:
+        self.name = name
+        self.city = city
+
+    async def complete(self, request: Request) -> Completion:
+        from llm_cascade.backends._openai_shape import tool_calls_text
+
+        calls = ({"id": f"call-{self.name}", "type": "function", "function": {"name": "weather", "arguments": ""}},)
+        calls[0]["function"]["arguments"] = json.dumps({"city": self.city})
+        return Completion(tool_calls_text(calls), self.name, Usage(10, 5), tool_calls=calls)
+
+
+async def test_tool_calls_are_voted_on_and_returned_by_the_proxy() -> None:
+    httpx = pytest.importorskip("httpx")
+    from llm_cascade.config import parse_config
+    from llm_cascade.server import create_app
+
+    tier = Tier([_ToolCaller("a", "Paris"), _ToolCaller("b", "Paris")])
+    router = Router([tier, [_ToolCaller("c", "Rome")]], retry=None)
+    result = await router.route("weather in Paris?", tools=[TOOL])
+    assert result.tier == 0 and result.model == "a" and result.tool_calls[0]["id"] == "call-a"
+    app = create_app(
+        parse_config({"cascades": {"tools": {"tiers": [{"members": ["fake:x"]}]}}}), routers={"tools": router}
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "tools", "messages": [{"role": "user", "content": "weather?"}], "tools": [TOOL]},
+        )
+    choice = r.json()["choices"][0]
+    assert r.status_code == 200 and choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
