@@ -24,6 +24,7 @@ from .backends import Backend, FakeBackend, register_provider, resolve
 from .budget import Budget, Limit
 from .errors import (
     AllTiersFailed,
+    AuthenticationError,
     BadRequestError,
     BudgetExceeded,
     CircuitOpenError,
@@ -43,6 +44,7 @@ from .errors import (
     RoutingError,
     StreamError,
     UnknownProviderError,
+    UnsupportedParameter,
 )
 from .ledger import Ledger
 from .limits import CircuitBreaker, RateLimit, Resilience, harden
@@ -56,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllTiersFailed",
+    "AuthenticationError",
     "Backend",
     "BadRequestError",
     "Budget",
@@ -103,6 +106,7 @@ __all__ = [
     "Tier",
     "TierVotes",
     "UnknownProviderError",
+    "UnsupportedParameter",
     "Usage",
     "Vote",
     "YesNo",
