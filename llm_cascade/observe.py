@@ -25,22 +25,30 @@ log = logging.getLogger("llm_cascade.router")
 OnCall = Callable[[Call], object]
 OnResult = Callable[[RouteResult], object]
 
+_trace: Any = None
 _tracer: Any = None
 _checked = False
 
 
 def _get_tracer() -> Any:
-    """The OpenTelemetry tracer, or None when opentelemetry-api is not installed (looked up once)."""
-    global _tracer, _checked
+    """The OpenTelemetry tracer, or None when opentelemetry-api is not installed or no tracer provider is set (the
+    API alone only hands out no-op spans, so the router skips them and their cost)."""
+    global _trace, _tracer, _checked
     if not _checked:
         _checked = True
         try:
             from opentelemetry import trace
         except ImportError:
-            _tracer = None
-        else:
-            _tracer = trace.get_tracer("llm_cascade")
-    return _tracer
+            return None
+        _trace = trace
+    if _trace is None:
+        return None
+    provider = _trace.get_tracer_provider()
+    if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
+        return None
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, provider.get_tracer("llm_cascade"))
+    return _tracer[1]
 
 
 @contextlib.contextmanager
