@@ -98,6 +98,36 @@ class Request:
                 )
 
 
+def with_params(request: Request | str, **params: Any) -> Request:
+    """``request`` (a prompt becomes a one-message Request) with the parameters that are not None, checked here so
+    a bad value fails before any model is called, naming the field (``route.max_tokens`` ...)."""
+    from .errors import ConfigError
+
+    if isinstance(request, str):
+        request = Request.from_prompt(request)
+    elif not isinstance(request, Request):
+        raise ConfigError("route.request", f"must be a prompt string or a Request, got {type(request).__name__}")
+    given = {k: v for k, v in params.items() if v is not None}
+    mt = given.get("max_tokens")
+    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
+        raise ConfigError("route.max_tokens", f"must be a positive integer, got {mt!r}")
+    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        v = given.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high):
+            raise ConfigError(f"route.{key}", f"must be a number in [{low}, {high}], got {v!r}")
+    seed = given.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError("route.seed", f"must be an integer, got {seed!r}")
+    if any(not isinstance(x, str) for x in given.get("stop", ())):
+        raise ConfigError("route.stop", f"must be a string or a list of strings, got {given['stop']!r}")
+    if any(not isinstance(x, Mapping) for x in given.get("tools", ())):
+        raise ConfigError("route.tools", "must be a list of OpenAI tool objects (dicts)")
+    rf = given.get("response_format")
+    if rf is not None and not isinstance(rf, Mapping):
+        raise ConfigError("route.response_format", f"must be a dict such as {{'type': 'json_object'}}, got {rf!r}")
+    return replace(request, **given) if given else request
+
+
 # The request parameters past messages/max_tokens/temperature, in the order OpenAI documents them.
 EXTRA_PARAMS = ("stop", "response_format", "tools", "tool_choice", "seed", "top_p")
 
