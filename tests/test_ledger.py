@@ -126,7 +126,7 @@ async def test_cancelled_and_failed_calls_are_stored_with_their_error(tmp_path: 
         ledger=ledger,
         retry=None,  # one attempt per member: this test pins the rows of single attempts
     )
-    task = asyncio.ensure_future(router.route("q", app="chat"))
+    task = asyncio.ensure_future(router.route("q", tags={"app": "chat"}))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

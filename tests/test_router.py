@@ -174,7 +174,7 @@ async def test_tags_reach_metadata() -> None:
             seen.append(metadata)
 
     router = Router([Tier([FakeBackend("a", "B")])], ledger=Sink())
-    await router.route("q", user="u1", app="chat")
+    await router.route("q", tags={"user": "u1", "app": "chat"})
     assert seen == [{"user": "u1", "app": "chat"}]
     assert not sink.rows
 

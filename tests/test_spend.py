@@ -56,7 +56,7 @@ async def filled(data_dir: Path, tmp_path: Path) -> tuple[Ledger, dict[str, dict
     )
     for i, prompt in enumerate(rows):
         clock[0] = T0 + (i % 3) * DAY
-        await router.route(prompt, app="mmlu" if i % 2 else "quiz")
+        await router.route(prompt, tags={"app": "mmlu" if i % 2 else "quiz"})
     return ledger, rows
 
 
