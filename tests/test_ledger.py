@@ -66,7 +66,7 @@ async def test_2000_concurrent_requests_write_exactly_one_row_per_call(ledger_ur
     router = Router([Tier([a, b]), Tier([top])], normalizer="choice", prices=PRICES, ledger=ledger)
     results = await asyncio.gather(
         *(
-            router.route(Request.from_prompt(f"q{i}", request_id=f"req-{i}"), app="load", user=f"u{i % 7}")
+            router.route(Request.from_prompt(f"q{i}", request_id=f"req-{i}"), tags={"app": "load", "user": f"u{i % 7}"})
             for i in range(2000)
         ),
         return_exceptions=True,
