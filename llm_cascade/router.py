@@ -10,6 +10,11 @@ stores) every call it started.
 
 The router is itself a backend (``complete()``), so a cascade can be a member of another cascade or sit behind the
 proxy server like any model.
+
+Failures that are the caller's to fix are raised, never voted on (:data:`LOUD_ERRORS`: no key or a rejected one, a
+parameter a member cannot honour); when no tier answers, :class:`~llm_cascade.errors.AllTiersFailed` groups the
+member errors. Retries are on by default (:data:`DEFAULT_RETRY`); logging, hooks and spans live in
+:mod:`llm_cascade.observe`.
 """
 
 from __future__ import annotations
