@@ -114,7 +114,7 @@ async def test_anthropic_maps_what_it_can_and_refuses_the_rest_loudly(script_ser
         ]
         assert body["tool_choice"] == {"type": "any"}
         # seed and top_p have no Messages API equivalent: raised, although the other two members agree
-        for param, value in (("seed", 1), ("top_p", 0.9)):
+        for param, value in (("seed", 1), ("top_p", 0.9), ("temperature", 0.7)):
             with pytest.raises(UnsupportedParameter, match=param) as info:
                 await router.route("q", **{param: value})
             assert info.value.param == param

@@ -6,7 +6,10 @@
 The API has no token log-probabilities, so a confidence rule cannot sit on this backend (the router refuses it at
 construction). System messages become the ``system`` parameter; ``max_tokens`` is required by the API and defaults
 to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
-``Request.temperature`` is not sent; ``extra_body={"temperature": 0}`` sends it to a model that still accepts it.
+``Request.temperature`` is not sent (the default 0 is left out; any other value raises
+:class:`~llm_cascade.errors.UnsupportedParameter` rather than being dropped); ``extra_body={"temperature": 0}`` sends
+it to a model that still accepts it. OpenAI-shaped ``stop``, ``tools`` and ``tool_choice`` are mapped to
+``stop_sequences`` and Anthropic's tool shapes; ``seed``, ``top_p`` and ``response_format`` are refused.
 SDK retries are off; the client is built on the first call.
 
 ``stream=True`` reads the raw event stream of ``messages.create(stream=True)`` with the same rules as the OpenAI
@@ -123,10 +126,20 @@ def _tool_choice(choice: str | Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "tool", "name": choice["function"]["name"]}
 
 
-def anthropic_params(request: Request, name: str, stream: bool) -> dict[str, Any]:
+def anthropic_params(
+    request: Request, name: str, stream: bool, extra_body: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The request's OpenAI-shaped parameters as Messages API arguments; one it cannot honour is refused (tool use
     in a stream too: the stream reader assembles text only)."""
     request.refuse(name, _SUPPORTED - {"tools", "tool_choice"} if stream else _SUPPORTED)
+    if request.temperature not in (None, 0) and "temperature" not in (extra_body or {}):
+        # 0 is the library's default and is left out; any other value was asked for and cannot be sent silently.
+        raise UnsupportedParameter(
+            f"{name}: the Messages API takes no temperature; pass extra_body={{'temperature': ...}} for a model "
+            "that still accepts one",
+            model=name,
+            param="temperature",
+        )
     out: dict[str, Any] = {}
     if request.stop is not None:
         out["stop_sequences"] = list(request.stop)
@@ -214,7 +227,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
         }
         if system:
             kwargs["system"] = system
-        kwargs.update(anthropic_params(request, self.name, self.stream))
+        kwargs.update(anthropic_params(request, self.name, self.stream, self.extra_body))
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         if self.stream:
