@@ -117,7 +117,7 @@ async def check_router(router: Router, *, reach: bool = True, ping_timeout: floa
             env = getattr(adapter, "_api_key_env", "the key variable")
             problems.append(f"{name}: no API key (pass api_key=... or set ${env})")
         price: Status = "skipped"
-        if router.prices is not None:
+        if router.prices is not None and not hasattr(adapter, "tiers"):  # a nested cascade prices its own members
             price = "ok" if router.prices.cost(name, Usage(1000, 1000)) is not None else "unknown"
             if price == "unknown":
                 msg = f"{name}: no price in the price table (costs will be unknown)"
