@@ -25,6 +25,7 @@ from .backends import Backend, FakeBackend, register_provider, resolve
 from .budget import Budget, Limit
 from .errors import (
     AllTiersFailed,
+    AuthenticationError,
     BadRequestError,
     BudgetExceeded,
     CircuitOpenError,
@@ -44,6 +45,7 @@ from .errors import (
     RoutingError,
     StreamError,
     UnknownProviderError,
+    UnsupportedParameter,
 )
 from .ledger import Ledger
 from .limits import CircuitBreaker, RateLimit, Resilience, harden
@@ -57,6 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllTiersFailed",
+    "AuthenticationError",
     "Backend",
     "BadRequestError",
     "Budget",
@@ -104,6 +107,7 @@ __all__ = [
     "Tier",
     "TierVotes",
     "UnknownProviderError",
+    "UnsupportedParameter",
     "Usage",
     "Vote",
     "YesNo",

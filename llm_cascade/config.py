@@ -63,8 +63,8 @@ from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Reg
 
 if TYPE_CHECKING:
     from .retry import Clock, Sleep
-    from .spec import CascadeSpec
     from .router import Guard, Pricer, Router, SpendSink
+    from .spec import CascadeSpec
 
 __all__ = [
     "BreakerConfig",
@@ -238,6 +238,7 @@ class TierConfig(_Model):
     rule: Any = "unanimous"
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    first_token_timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; see llm_cascade.ttft
     on_error: Literal["ignore", "escalate"] = "ignore"
     retry: RetryField = None
 
@@ -634,6 +635,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
                     parse_rule(tc.rule, f"{field}.rule"),
                     name=tc.name,
                     timeout=tc.timeout,
+                    first_token_timeout=tc.first_token_timeout,
                     on_error=tc.on_error,
                     normalizer=None
                     if tc.normalizer is None
@@ -651,6 +653,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
         "budget": comp.budget,
         "timeout": cc.timeout,
         "name": cascade,
+        "retry": None,  # the file's retry settings already wrapped each member (default on, `retry = false` off)
     }
     kwargs.update(overrides)
     try:

@@ -18,8 +18,9 @@ Three places, most specific last::
     # retry = false                                         # a cheap tier whose siblings cover a failure
 
 Retry tables merge field by field (global, then the provider, then the tier); a member that no retry table reaches
-is tried once. Limits and breakers are shared by all the routers built from one
-:class:`~llm_cascade.config.Components`, so two cascades drawing on one provider draw from one quota.
+gets :class:`~llm_cascade.retry.RetryPolicy`'s defaults (retries are on by default); ``retry = false`` is one try.
+Limits and breakers are shared by all the routers built from one :class:`~llm_cascade.config.Components`, so two
+cascades drawing on one provider draw from one quota.
 """
 
 from __future__ import annotations
@@ -199,13 +200,12 @@ class Hardening:
         self._breakers: dict[str, CircuitBreaker] = {}
 
     def retry_policy(self, provider: str, tier: RetryConfig | None, field: str) -> RetryPolicy | None:
-        """The merged retry policy of a member of ``provider`` in a tier; None when no layer asks for retries."""
+        """The merged retry policy of a member of ``provider`` in a tier: RetryPolicy's defaults when no layer says
+        anything (retries are on by default, as in a Router built in Python); None when ``retry = false``."""
         from .retry import RetryPolicy
 
         prov = self.providers.get(provider)
         layers = [self.resilience.retry, prov.retry if prov is not None else None, tier]
-        if all(layer is None for layer in layers):
-            return None
         merged: dict[str, Any] = {}
         for layer in layers:
             if layer is not None:

@@ -8,7 +8,7 @@
     ├── LedgerError                 the spend ledger cannot be opened or written
     ├── BudgetExceeded              the next tier would break a budget and the policy is "raise"
     ├── RoutingError                a request could not be answered by any tier
-    │   └── AllTiersFailed          every call of every tier failed
+    │   └── AllTiersFailed          every call of every tier failed (an ExceptionGroup of the member errors)
     ├── RequestTimeout              the whole request ran past its deadline
     └── ProviderError               one call to one model failed (what the retry layer looks at)
         ├── RetryableError          429, 5xx, timeouts, connection errors: worth another attempt
@@ -16,6 +16,8 @@
         │   ├── ProviderTimeout     the call ran past its deadline, or a stream stalled between chunks
         │   └── StreamError         a stream broke off before its finish_reason (dropped connection, early end)
         ├── BadRequestError         400/401/403/404/422: the request itself is wrong, never retried
+        │   ├── AuthenticationError 401/403, or no key at all: raised by the router, never a vote
+        │   ├── UnsupportedParameter the backend cannot honour a request parameter: raised, never dropped
         │   ├── ContextLengthError  the prompt does not fit the model
         │   └── ContentFilterError  the provider refused the content
         ├── MalformedResponseError  the provider's answer could not be read
@@ -27,6 +29,7 @@ never need to know which SDK is underneath.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -78,12 +81,37 @@ class RoutingError(LLMCascadeError):
     """No tier produced an answer."""
 
 
-class AllTiersFailed(RoutingError):
-    """Every call of every tier failed; ``calls`` holds them for inspection."""
+class AllTiersFailed(RoutingError, ExceptionGroup[Exception]):
+    """Every call of every tier failed: an exception group of the members' errors (as pydantic-ai's
+    ``FallbackExceptionGroup``), so ``except* RateLimited`` and a printed traceback show each cause; ``calls``
+    holds every Call (attempts included) for inspection. ``except AllTiersFailed`` / ``except LLMCascadeError``
+    work as before.
 
-    def __init__(self, message: str, calls: tuple[object, ...] = ()) -> None:
+    ``errors`` are the member errors; when there are none (every member answered text that normalised to no
+    answer), the group holds one :class:`RoutingError` saying so, since an exception group cannot be empty.
+    """
+
+    calls: tuple[object, ...]
+
+    def __new__(cls, message: str, calls: tuple[object, ...] = (), errors: Sequence[Exception] = ()) -> AllTiersFailed:
+        excs = list(errors) or [RoutingError(f"{message}: no member gave an answer the normaliser could read")]
+        self: AllTiersFailed = super().__new__(cls, message, excs)
+        return self
+
+    def __init__(self, message: str, calls: tuple[object, ...] = (), errors: Sequence[Exception] = ()) -> None:
+        excs = list(errors) or list(self.exceptions)
+        super().__init__(message, excs)
         self.calls = calls
-        super().__init__(message)
+
+    def derive(self, excs: Sequence[Exception]) -> ExceptionGroup[Exception]:  # type: ignore[override]
+        """``split``/``subgroup`` build a plain group of the selected errors (with ``calls`` kept)."""
+        group = ExceptionGroup(self.message, list(excs))
+        group.calls = self.calls  # type: ignore[attr-defined]
+        return group
+
+    def __str__(self) -> str:
+        causes = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in self.exceptions))
+        return f"{self.message} ({causes})"
 
 
 class RequestTimeout(LLMCascadeError, TimeoutError):
@@ -137,6 +165,20 @@ class StreamError(RetryableError):
 
 class BadRequestError(ProviderError):
     """The request is wrong for this model (4xx other than 429); retrying cannot help."""
+
+
+class AuthenticationError(BadRequestError):
+    """401/403 or no API key at all: a configuration problem, so the router raises it instead of letting the other
+    members outvote a model that was never asked."""
+
+
+class UnsupportedParameter(BadRequestError):
+    """A request parameter (``tools``, ``seed`` ...) this backend cannot honour: raised, never silently dropped.
+    ``param`` names it."""
+
+    def __init__(self, message: str, *, model: str = "", param: str = "") -> None:
+        self.param = param
+        super().__init__(message, model=model, status=400)
 
 
 class ContextLengthError(BadRequestError):

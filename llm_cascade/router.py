@@ -10,6 +10,11 @@ stores) every call it started.
 
 The router is itself a backend (``complete()``), so a cascade can be a member of another cascade or sit behind the
 proxy server like any model.
+
+Failures that are the caller's to fix are raised, never voted on (:data:`LOUD_ERRORS`: no key or a rejected one, a
+parameter a member cannot honour); when no tier answers, :class:`~llm_cascade.errors.AllTiersFailed` groups the
+member errors. Retries are on by default (:data:`DEFAULT_RETRY`); logging, hooks and spans live in
+:mod:`llm_cascade.observe`.
 """
 
 from __future__ import annotations
@@ -21,19 +26,42 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
+from . import observe, ttft
 from .agreement import Rule, TierVotes, Unanimous
 from .backends.base import Backend, resolve
-from .errors import AllTiersFailed, BudgetExceeded, ConfigError, MalformedResponseError, ProviderError, RequestTimeout
+from .errors import (
+    AllTiersFailed,
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigError,
+    LLMCascadeError,
+    MalformedResponseError,
+    ProviderError,
+    RequestTimeout,
+    UnsupportedParameter,
+)
 from .normalize import Normalizer, as_normalizer
-from .retry import attempt_log
-from .types import Call, Completion, Outcome, Request, RouteResult, Usage
+from .retry import Retrying, RetryPolicy, attempt_log
+from .types import Call, Completion, Outcome, Request, RouteResult, Usage, with_params
+
+if TYPE_CHECKING:
+    from .check import CheckReport
 
 OnError = Literal["ignore", "escalate"]
+
+# Retries a Router applies when nothing else says how (see Router): a single 503 must not fail a one-model tier.
+DEFAULT_RETRY = RetryPolicy()
+
+# Errors a member call raises that are the caller's or the deployment's to fix, not one model's bad luck: counting
+# them as "no answer" would let the other members outvote a model that was never asked.
+LOUD_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, UnsupportedParameter, ConfigError)
 
 
 class Pricer(Protocol):
@@ -79,6 +107,19 @@ class Hardener(Protocol):
     def wrap(self, backend: Backend) -> Backend: ...
 
 
+class _DefaultRetry:
+    """The default resilience: retry each member under ``policy``, unless it already retries or is a cascade (whose
+    own members retry)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def wrap(self, backend: Backend) -> Backend:
+        if isinstance(backend, Retrying | Router):
+            return backend
+        return Retrying(backend, self.policy)
+
+
 class UsageEstimator(Protocol):
     """Estimates billed tokens for a call the provider did not report usage for (failed, cancelled)."""
 
@@ -92,9 +133,10 @@ class Tier:
     which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
     deadline in seconds: members still running then are cancelled and recorded as timed out. ``resilience`` wraps
     every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.limits.Resilience`).
+    ``first_token_timeout`` cuts a member whose first token has not arrived in time (see :mod:`llm_cascade.ttft`).
     """
 
-    __slots__ = ("members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
+    __slots__ = ("first_token_timeout", "members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
 
     def __init__(
         self,
@@ -106,6 +148,7 @@ class Tier:
         on_error: OnError = "ignore",
         normalizer: Normalizer | str | None = None,
         resilience: Hardener | None = None,
+        first_token_timeout: float | None = None,
     ) -> None:
         if isinstance(members, str) or not isinstance(members, Sequence):
             raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
@@ -125,6 +168,10 @@ class Tier:
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Tier.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
+        ftt = first_token_timeout
+        if ftt is not None and (isinstance(ftt, bool) or not isinstance(ftt, int | float) or not 0 < ftt < math.inf):
+            raise ConfigError("Tier.first_token_timeout", f"must be a positive number of seconds, got {ftt!r}")
+        self.first_token_timeout = ftt
         if on_error not in ("ignore", "escalate"):
             raise ConfigError("Tier.on_error", f"must be 'ignore' or 'escalate', got {on_error!r}")
         self.on_error: OnError = on_error
@@ -155,6 +202,19 @@ _PREFIX = f"{os.getpid():x}-{time.time_ns() & 0xFFFFFFFF:x}"
 
 def _new_request_id() -> str:
     return f"{_PREFIX}-{next(_ids)}"
+
+
+# The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
+_MEMBER_ERRORS: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
+
+
+def _disagreement(votes: TierVotes) -> str:
+    """Why a tier did not accept, for the escalation log line: what each member answered."""
+    said = ", ".join(
+        f"{m}={(a or '')[:40]!r}" if a is not None else f"{m}=no answer"
+        for m, a in zip(votes.models, votes.answers, strict=True)
+    )
+    return f"no agreement ({said})"
 
 
 @dataclass(slots=True)
@@ -206,6 +266,11 @@ class Router:
     maps raw text to comparable answers (a tier may override it). ``prices``, ``ledger`` and ``budget`` are optional:
     without a price table costs are unknown (None), without a ledger nothing is stored. ``timeout`` is the whole
     request's deadline in seconds. ``resilience`` wraps the members of every tier that has none of its own.
+
+    Retries are on by default: with neither ``resilience`` (here or on the tier) nor a member that already retries,
+    each member is wrapped in :class:`~llm_cascade.retry.Retrying` under ``retry`` (:data:`DEFAULT_RETRY`: 3
+    attempts, jittered back-off from 0.5 s, 30 s in all, Retry-After honoured). ``retry=None`` opts out.
+    ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.observe`).
     """
 
     def __init__(
@@ -220,6 +285,9 @@ class Router:
         timeout: float | None = None,
         name: str = "cascade",
         resilience: Hardener | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        on_call: observe.OnCall | None = None,
+        on_result: observe.OnResult | None = None,
     ) -> None:
         if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
             raise ConfigError("Router.tiers", f"must be a list of tiers, got {tiers!r}")
@@ -235,6 +303,16 @@ class Router:
             if not callable(getattr(resilience, "wrap", None)):
                 raise ConfigError("Router.resilience", f"must have a wrap(backend) method, got {resilience!r}")
             built = [t if t.resilience is not None else t.with_resilience(resilience) for t in built]
+        elif retry is not None:
+            if not isinstance(retry, RetryPolicy):
+                raise ConfigError("Router.retry", f"must be a RetryPolicy or None, got {type(retry).__name__}")
+            default = _DefaultRetry(retry)
+            built = [t if t.resilience is not None else t.with_resilience(default) for t in built]
+        for hook, field in ((on_call, "on_call"), (on_result, "on_result")):
+            if hook is not None and not callable(hook):
+                raise ConfigError(f"Router.{field}", f"must be callable, got {hook!r}")
+        self.on_call = on_call
+        self.on_result = on_result
         for i, t in enumerate(built):
             if t.rule.needs_confidence:
                 blind = [m.name for m in t.members if not getattr(m, "supports_logprobs", False)]
@@ -260,29 +338,74 @@ class Router:
 
     # -- public API -------------------------------------------------------------------------------------------------
 
-    async def route(self, request: Request | str, **tags: str) -> RouteResult:
-        """Answer ``request`` with the cheapest tier whose rule accepts. ``tags`` go to the ledger and budgets."""
-        if isinstance(request, str):
-            request = Request.from_prompt(request)
-        if tags:
-            request = Request(
-                request.messages,
-                request.max_tokens,
-                request.temperature,
-                request.logprobs,
-                {**request.metadata, **tags},
-                request.request_id,
+    async def route(
+        self,
+        request: Request | str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        top_p: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        **legacy_tags: str,
+    ) -> RouteResult:
+        """Answer ``request`` (a prompt or a :class:`Request`) with the cheapest tier whose rule accepts.
+
+        The keyword arguments are OpenAI's request parameters, passed to every member (each adapter maps them to
+        its provider, or raises :class:`~llm_cascade.errors.UnsupportedParameter`); given with a Request, they
+        override its fields. ``tags`` go to the ledger and budgets. Tags as bare keyword arguments
+        (``route(p, user="u1")``) still work for one release, with a DeprecationWarning.
+        """
+        request = with_params(
+            request,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=(stop,) if isinstance(stop, str) else None if stop is None else tuple(stop),
+            response_format=response_format,
+            tools=None if tools is None else tuple(tools),
+            tool_choice=tool_choice,
+            seed=seed,
+            top_p=top_p,
+        )
+        if legacy_tags:
+            warnings.warn(
+                f"route(..., {', '.join(f'{k}=' for k in legacy_tags)}) as tags is deprecated: pass "
+                f"tags={{...}}; bare keyword arguments will be request parameters only",
+                DeprecationWarning,
+                stacklevel=2,
             )
+        merged = {**(tags or {}), **legacy_tags}
+        if merged:
+            bad = [k for k, v in merged.items() if not isinstance(k, str) or not isinstance(v, str)]
+            if bad:
+                raise ConfigError("route.tags", f"tags are str -> str, got {bad[0]!r}: {merged[bad[0]]!r}")
+            request = replace(request, metadata={**request.metadata, **merged})
         if not request.request_id:
-            request = Request(
-                request.messages,
-                request.max_tokens,
-                request.temperature,
-                request.logprobs,
-                request.metadata,
-                _new_request_id(),
-            )
+            request = replace(request, request_id=_new_request_id())
+        with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
+            result = await self._route_recorded(request)
+            observe.result_returned(result, self.on_result, current)
+        return result
+
+    def route_sync(self, request: Request | str, **kwargs: Any) -> RouteResult:
+        """:meth:`route` for scripts and notebooks without an event loop (same arguments).
+
+        Runs one event loop for the call (``asyncio.run``); inside a running loop (async code, Jupyter) await
+        :meth:`route` instead: a blocking call there would stall every other task.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.route(request, **kwargs))
+        raise LLMCascadeError("route_sync() called inside a running event loop: use 'await router.route(...)'")
+
+    async def _route_recorded(self, request: Request) -> RouteResult:
         calls: list[Call] = []
+        errors = _MEMBER_ERRORS.set([])
         reserve = getattr(self.budget, "hold", None) if self.budget is not None else None
         hold: Held | None = reserve() if reserve is not None else None
         guard = hold if hold is not None else self.budget
@@ -299,8 +422,16 @@ class Router:
                 if self.ledger is not None and calls:
                     self.ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
+                _MEMBER_ERRORS.reset(errors)
                 if hold is not None:  # after the write: counted twice for a moment, never not at all
                     hold.release()
+
+    async def check(self, *, reach: bool = True, ping_timeout: float = 10.0) -> CheckReport:
+        """Check keys, prices and (with ``reach``) that each provider answers, before the first request: see
+        :mod:`llm_cascade.check`. ``(await router.check()).raise_for_problems()`` fails fast with every problem."""
+        from .check import check_router
+
+        return await check_router(self, reach=reach, ping_timeout=ping_timeout)
 
     async def complete(self, request: Request) -> Completion:
         """Backend protocol: the cascade's answer as a Completion, with the usage of every call it made."""
@@ -324,6 +455,7 @@ class Router:
             if k and guard is not None:
                 reason = guard.check(request, k, [m.name for m in tier.members], self._spent(calls))
                 if reason is not None:
+                    observe.log.info("request %s: budget stops before tier %d: %s", request.request_id, k, reason)
                     if guard.policy == "raise" or best is None:
                         raise BudgetExceeded(reason)
                     bk, bvotes, banswer, btext = best
@@ -334,6 +466,7 @@ class Router:
             if answer is not None and (best is None or k > best[0]):
                 best = (k, votes, answer, text)
             if failed and tier.on_error == "escalate" and k < last:
+                observe.escalated(request.request_id, k, tier.name, "a member failed (on_error='escalate')")
                 continue
             decision = tier.rule.decide(votes)
             if decision.accepted:
@@ -348,9 +481,15 @@ class Router:
                     start,
                     "agreed",
                 )
+            if k < last:
+                observe.escalated(request.request_id, k, tier.name, _disagreement(votes))
             if k == last:
                 if best is None:
-                    raise AllTiersFailed(f"request {request.request_id}: no tier produced an answer", tuple(calls))
+                    raise AllTiersFailed(
+                        f"request {request.request_id}: no tier produced an answer",
+                        tuple(sorted(calls, key=self._call_order)),  # type: ignore[arg-type]
+                        list(_MEMBER_ERRORS.get() or ()),
+                    )
                 bk, bvotes, banswer, btext = best
                 return self._result(request, bk, bvotes, banswer, btext, False, calls, start, "last tier majority")
         raise AssertionError("unreachable")  # pragma: no cover
@@ -423,16 +562,26 @@ class Router:
         billed: Usage | None = None
         with attempt_log() as retried:
             try:
-                completion = _checked(await backend.complete(request), backend.name)
+                limit = self.tiers[k].first_token_timeout if k < len(self.tiers) else None
+                pending = backend.complete(request)
+                completion = _checked(
+                    await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
+                )
                 outcome = "ok"
             except asyncio.CancelledError:
                 # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
                 outcome = "timeout" if deadline.expired else "cancelled"
                 raise
+            except LOUD_ERRORS as exc:  # no key, a bad key, a parameter the model cannot take: the caller must know
+                outcome, error = "error", f"{type(exc).__name__}: {exc}"
+                raise
             except Exception as exc:  # a provider failure is data: the rule decides over the rest
                 outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
                 error = f"{type(exc).__name__}: {exc}"
                 billed = _billed(exc)
+                found = _MEMBER_ERRORS.get()
+                if found is not None:
+                    found.append(exc)
             finally:
                 for a in retried:
                     failed = self._to_call(
@@ -447,8 +596,10 @@ class Router:
                         _billed(a.error),
                     )
                     calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
+                    observe.call_recorded(calls[-1], request.request_id, self.on_call)
                 call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed)
                 calls.append(replace(call, attempt=len(retried) + 1) if retried else call)
+                observe.call_recorded(calls[-1], request.request_id, self.on_call)
         call = calls[-1]
         return _Outcome(call.text, call.answer, call.confidence)
 
@@ -496,6 +647,7 @@ class Router:
             cost,
             error,
             completion.finish_reason,
+            tool_calls=completion.tool_calls,
         )
 
     def _cost(self, model: str, usage: Usage, seconds: float | None) -> Decimal | None:

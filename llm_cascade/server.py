@@ -28,14 +28,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import Components, Config, build_components, build_routers, hash_key
-from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
+from .errors import (
+    AllTiersFailed,
+    AuthenticationError,
+    BudgetExceeded,
+    LLMCascadeError,
+    MissingDependencyError,
+    RequestTimeout,
+    UnsupportedParameter,
+)
 from .server_schema import ChatRequest, InputError, parse_chat
 from .types import Request, RouteResult
 
@@ -49,6 +57,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("starlette", "server") from None
 
 if TYPE_CHECKING:
+    from .check import CheckReport
     from .router import Guard, Router
 
 __all__ = ["ProxyState", "create_app", "error_response", "serve"]
@@ -85,6 +94,7 @@ class ProxyState:
             k.digest(): (k.name, {**k.tags, "key": k.name}) for k in config.server.keys
         }
         self.started = int(time.time())
+        self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
 
     def authenticate(self, request: HTTPRequest) -> dict[str, str]:
         """The tags of the caller's key; raises a 401 when keys are configured and the caller has no valid one."""
@@ -125,10 +135,15 @@ def _cost_number(cost: Decimal | None) -> float | None:
     return None if cost is None else float(cost)
 
 
-def _describe(result: RouteResult) -> dict[str, Any]:
-    """The ``llm_cascade`` block: who answered, whether the tier agreed, and what every call cost."""
+def _describe(result: RouteResult, cascade: str) -> dict[str, Any]:
+    """The ``llm_cascade`` block: the cascade, who answered, whether the tier agreed, and what every call cost,
+    failed attempts included (``attempts``, ``failed_attempts``, ``failed_cost_usd``: what failures added)."""
     supporters = next((list(v.models) for v in result.votes if v.answer == result.answer), [])
+    failed = [c for c in result.calls if not c.ok]
+    failed_cost = sum((c.cost_usd for c in failed if c.cost_usd is not None), Decimal(0))
     return {
+        "cascade": cascade,
+        "model": result.model,
         "tier": result.tier,
         "tier_name": result.tier_name,
         "models": supporters,
@@ -138,10 +153,14 @@ def _describe(result: RouteResult) -> dict[str, Any]:
         "reason": result.reason,
         "cost_usd": _cost_number(result.cost_usd),
         "latency_ms": round(result.latency_s * 1000, 3),
+        "attempts": len(result.calls),
+        "failed_attempts": len(failed),
+        "failed_cost_usd": float(failed_cost),
         "calls": [
             {
                 "model": c.model,
                 "tier": c.tier,
+                "attempt": c.attempt,
                 "outcome": c.outcome,
                 "answer": c.answer,
                 "input_tokens": c.usage.input_tokens,
@@ -193,10 +212,14 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
             headers=no_retry,
         )
     if isinstance(exc, AllTiersFailed):
-        errors = sorted({str(getattr(c, "error", "")) for c in exc.calls if getattr(c, "error", None)})
-        detail = "; ".join(errors[:3])
+        log.warning("request failed: %s", exc)
+        return error_response(502, str(exc), type="upstream_error", code="all_tiers_failed")
+    if isinstance(exc, UnsupportedParameter):
+        return error_response(400, str(exc), code="unsupported_parameter", param=exc.param)
+    if isinstance(exc, AuthenticationError):
+        log.error("a member's provider refused its key: %s", exc)
         return error_response(
-            502, f"{exc} ({detail})" if detail else str(exc), type="upstream_error", code="all_tiers_failed"
+            502, f"upstream authentication failed: {exc}", type="upstream_error", code="upstream_auth"
         )
     if isinstance(exc, RequestTimeout | TimeoutError):
         return error_response(504, str(exc) or "request timed out", type="timeout_error", code="request_timeout")
@@ -252,27 +275,31 @@ async def chat_completions(request: HTTPRequest) -> Response:
             result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
-    info = _describe(result)
+    info = _describe(result, chat.model)
     headers = _headers(result, info)
     completion_id = f"chatcmpl-{result.request_id}"
     created = int(time.time())
     text = result.text or ""
+    tool_calls = [dict(t) for t in result.tool_calls]
     if chat.stream:
         return StreamingResponse(
             _chunks(chat, completion_id, created, text, result, info),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
+    message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     body_out = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
-        "model": chat.model,
+        "model": result.model or chat.model,  # the model that answered; the cascade is in llm_cascade.cascade
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
                 "logprobs": None,
             }
         ],
@@ -287,19 +314,26 @@ async def _chunks(
 ) -> AsyncIterator[bytes]:
     """The decided answer as OpenAI ``chat.completion.chunk`` events, then ``[DONE]``."""
 
+    model = result.model or chat.model
+
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model}
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
         chunk["choices"] = choices
         chunk.update(extra)
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-    def delta(d: dict[str, Any], finish: Literal["stop"] | None = None) -> list[dict[str, Any]]:
+    def delta(d: dict[str, Any], finish: Literal["stop", "tool_calls"] | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
 
-    yield event(delta({"role": "assistant", "content": ""}))
-    for i in range(0, len(text), 512):
-        yield event(delta({"content": text[i : i + 512]}))
-    yield event(delta({}, "stop"), llm_cascade=info)
+    if result.tool_calls:
+        calls = [{"index": i, **dict(t)} for i, t in enumerate(result.tool_calls)]
+        yield event(delta({"role": "assistant", "content": None, "tool_calls": calls}))
+        yield event(delta({}, "tool_calls"), llm_cascade=info)
+    else:
+        yield event(delta({"role": "assistant", "content": ""}))
+        for i in range(0, len(text), 512):
+            yield event(delta({"content": text[i : i + 512]}))
+        yield event(delta({}, "stop"), llm_cascade=info)
     if chat.include_usage:
         yield event([], usage=_usage(result))
     yield b"data: [DONE]\n\n"
@@ -332,8 +366,13 @@ async def get_model(request: HTTPRequest) -> Response:
 
 
 async def health(request: HTTPRequest) -> Response:
+    """``ok``, or ``degraded`` with the problems the start-up check found (a missing key, an unknown price ...)."""
     state = _state(request)
-    return JSONResponse({"status": "ok", "cascades": sorted(state.routers)})
+    problems = [p for report in state.checks.values() for p in report.problems]
+    body: dict[str, Any] = {"status": "degraded" if problems else "ok", "cascades": sorted(state.routers)}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body)
 
 
 async def spend(request: HTTPRequest) -> Response:
@@ -436,6 +475,18 @@ def create_app(
     return app
 
 
+def _log_to_stderr(level: str) -> None:
+    """Show the library's log (failed member calls, escalations at INFO) next to uvicorn's, unless the application
+    configured logging itself."""
+    lib = logging.getLogger("llm_cascade")
+    if lib.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    lib.addHandler(handler)
+    lib.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "WARNING")
+
+
 def serve(
     config: Config,
     *,
@@ -445,20 +496,30 @@ def serve(
     access_log: bool = False,
     loop: str = "auto",
     http: str = "auto",
+    check: bool = True,
+    echo: Callable[[str], object] = print,
 ) -> None:
-    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``); ``loop`` and ``http`` are uvicorn's
-    (``llm-cascade serve`` passes uvloop and httptools when installed, see :mod:`llm_cascade.server_cli`)."""
+    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``).
+
+    First it checks every cascade (keys, prices, reachability; ``check=False`` skips the network part) and prints a
+    banner through ``echo``: listen address, cascades and tiers, priced and unpriced members, the ledger, problems.
+    ``loop`` and ``http`` are uvicorn's (``llm-cascade serve`` passes uvloop and httptools when installed, see
+    :mod:`llm_cascade.server_cli`).
+    """
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("uvicorn", "server") from None
+    from .server_banner import banner, check_all
+
     app = create_app(config)
+    state: ProxyState = app.state.proxy
+    listen_host = host or config.server.host
+    listen_port = config.server.port if port is None else port
+    reports = asyncio.run(check_all(state.routers, reach=check, ping_timeout=5.0))
+    state.checks = reports
+    _log_to_stderr(log_level)
+    echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))
     uvicorn.run(
-        app,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        log_level=log_level,
-        access_log=access_log,
-        loop=loop,
-        http=http,
+        app, host=listen_host, port=listen_port, log_level=log_level, access_log=access_log, loop=loop, http=http
     )

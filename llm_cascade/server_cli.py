@@ -35,6 +35,9 @@ def register(app: Any) -> None:
         port: Annotated[int | None, typer.Option(help="Listen port (default: server.port, 8000).")] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
         access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+        check: Annotated[
+            bool, typer.Option(help="Ping each provider at start-up (keys and prices are always checked).")
+        ] = True,
     ) -> None:
         """Serve the configured cascades behind an OpenAI-compatible API (/v1/chat/completions)."""
         from .config import load_config
@@ -48,7 +51,59 @@ def register(app: Any) -> None:
             )
         try:
             cfg = load_config(config)
-            run(cfg, host=host, port=port, log_level=log_level, access_log=access_log, loop=loop, http=http)
+            run(
+                cfg,
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=access_log,
+                loop=loop,
+                http=http,
+                check=check,
+                echo=typer.echo,
+            )
         except ConfigError as exc:
             typer.echo(f"configuration error: {exc}", err=True)
             raise typer.Exit(2) from None
+
+    @command
+    def check(
+        config: Annotated[Path, typer.Option("--config", "-c", help="Configuration file (TOML, or YAML with PyYAML).")],
+        reach: Annotated[
+            bool, typer.Option(help="Ping each provider (GET /v1/models: checks address and key).")
+        ] = True,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+    ) -> None:
+        """Check every cascade of a configuration before serving it: API keys, prices, and that providers answer.
+        Exit status 1 when there is a problem."""
+        import asyncio
+        import json
+        from dataclasses import asdict
+
+        from .config import build_components, build_routers, load_config
+        from .errors import LLMCascadeError
+        from .server_banner import check_all
+
+        try:
+            cfg = load_config(config)
+            comp = build_components(cfg)
+            try:
+                reports = asyncio.run(check_all(build_routers(cfg, comp), reach=reach, ping_timeout=10.0))
+            finally:
+                comp.close()
+        except LLMCascadeError as exc:
+            typer.echo(f"configuration error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if json_out:
+            typer.echo(json.dumps({name: [asdict(m) for m in r.members] for name, r in reports.items()}))
+        else:
+            for name, report in reports.items():
+                typer.echo(f"cascade {name!r}: {'ok' if report.ok else 'PROBLEMS'}")
+                for line in report.lines():
+                    typer.echo(line)
+                for p in report.problems:
+                    typer.echo(f"  PROBLEM: {p}")
+                for w in report.warnings:
+                    typer.echo(f"  warning: {w}")
+        if any(not r.ok for r in reports.values()):
+            raise typer.Exit(1)

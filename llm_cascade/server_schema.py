@@ -1,8 +1,10 @@
 """The chat request the proxy accepts, validated into a :class:`~llm_cascade.types.Request` or a typed error.
 
-Unknown OpenAI parameters (``top_p``, ``seed``, ``tools`` ...) are accepted and ignored, so unmodified clients work;
-what the cascade cannot honour is refused with 400 rather than silently answered wrongly (``n > 1``, image parts,
-tool messages).
+OpenAI's request parameters ``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed`` and ``top_p`` are
+passed to every member (a member that cannot honour one fails the request with 400 naming it). Every other field that
+would change the answer is refused with 400 naming it rather than silently ignored (``n > 1``, ``logprobs``,
+penalties, ``logit_bias``, image parts, tool messages ...); only bookkeeping fields that cannot change an answer
+(``user``, ``metadata``, ``store``, ``service_tier``, ``stream_options``) are accepted.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    seed: int | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -97,6 +105,13 @@ class ChatRequest(BaseModel):
         kwargs: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
+        if self.stop is not None:
+            kwargs["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if self.tools is not None:
+            kwargs["tools"] = tuple(self.tools)
+        for name in ("response_format", "tool_choice", "seed", "top_p"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
         return Request(tuple(msgs), **kwargs)
 
 
@@ -131,4 +146,16 @@ def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
         )
     if chat.n is not None and chat.n > 1:
         raise InputError(400, "n > 1 is not supported: a cascade decides one answer", param="n")
+    for name, value in (chat.model_extra or {}).items():
+        if name not in HARMLESS and value not in (None, False, 0, {}, []):
+            raise InputError(
+                400,
+                f"parameter {name!r} is not supported by the cascade proxy (it would be ignored, changing the answer)",
+                code="unsupported_parameter",
+                param=name,
+            )
     return chat
+
+
+# Fields of an OpenAI chat request that cannot change the answer, so accepting them without acting on them is honest.
+HARMLESS = frozenset({"metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"})

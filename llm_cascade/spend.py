@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, cast
 
 from .errors import ConfigError
@@ -141,17 +142,57 @@ class SpendReport:
         out.append("| " + " | ".join(f"**{c}**" for c in self._cells(self.total)) + " |")
         return "\n".join(out) + "\n\n" + self._summary() + "\n"
 
+    def _short_cells(self, line: SpendLine) -> list[str]:
+        """The terminal table's cells: tokens in/out in one column, money to 3 significant digits, so the table
+        fits 80 columns; the full key wraps instead of being cut (two models sharing a prefix stay apart)."""
+        per = line.cost_per_request
+        cost = usd(line.cost_usd) + (f" +{line.unpriced}?" if line.unpriced else "")
+        retries = str(line.retries) + (f" ({usd(line.retry_cost_usd)})" if line.retry_cost_usd else "")
+        return [
+            line.key,
+            f"{line.requests}/{line.calls}",
+            str(line.errors),
+            f"{_count(line.tokens_in)}/{_count(line.tokens_out)}",
+            cost,
+            "-" if per is None else usd(per),
+            retries,
+        ]
+
+    SHORT_HEADERS = ("{by}", "req/calls", "err", "tok in/out", "USD", "USD/req", "retries")
+
     def to_rich(self) -> Any:
-        """A rich Table (rich is imported here, not at module import)."""
+        """A rich Table that fits 80 columns (rich is imported here, not at module import). ``+N?`` after a cost
+        counts calls with an unknown price; the JSON and markdown outputs keep every figure in full."""
         from rich.table import Table
 
-        table = Table(title=f"spend by {self.by}", caption=self._summary())
-        for i, h in enumerate(self.HEADERS):
-            table.add_column(h.format(by=self.by), justify="left" if i == 0 else "right")
+        table = Table(title=f"spend by {self.by}", caption=self._summary(), box=None, pad_edge=False)
+        for i, h in enumerate(self.SHORT_HEADERS):
+            if i == 0:
+                table.add_column(h.format(by=self.by), justify="left", overflow="fold", ratio=1, min_width=12)
+            else:
+                table.add_column(h, justify="right", no_wrap=True)
         for x in self.lines:
-            table.add_row(*self._cells(x))
-        table.add_row(*self._cells(self.total), style="bold")
+            table.add_row(*self._short_cells(x))
+        table.add_row(*self._short_cells(self.total), style="bold")
         return table
+
+
+def usd(value: Decimal) -> str:
+    """Dollars to 3 significant digits without an exponent (0.000123, 0.0457, 12.35): small per-request prices
+    stay readable in a narrow column."""
+    if not value:
+        return "0"
+    digits = max(2, 2 - value.adjusted())
+    return f"{value:.{digits}f}"
+
+
+def _count(n: int) -> str:
+    """A token count in at most 5 characters: 950, 12.3k, 4.5M."""
+    if n < 10_000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
 
 
 def _key_fn(by: str) -> Callable[[LedgerRow], str]:
@@ -164,7 +205,8 @@ def _key_fn(by: str) -> Callable[[LedgerRow], str]:
     if by.startswith("tag:") and len(by) > 4:
         tag = by[4:]
         return lambda r: r.tags.get(tag, "-")
-    raise ConfigError("by", f"must be model, tier, day or tag:NAME, got {by!r}")
+    hint = f" (to group by the tag {by!r}: --by tag:{by})" if by and ":" not in by else ""
+    raise ConfigError("by", f"must be model, tier, day or tag:NAME, got {by!r}{hint}")
 
 
 def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
@@ -254,6 +296,23 @@ def _parse_when(value: str | None, field: str) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
+def _missing_sqlite_file(db: str | None) -> Path | None:
+    """The SQLite file ``db`` names (the default ledger when None) if it does not exist; None when it exists or
+    ``db`` is a server database URL (whose existence only a connection can tell)."""
+    from .ledger import default_path
+
+    if db is None:
+        path = default_path()
+    elif db.startswith("sqlite:///"):
+        path = Path(db.removeprefix("sqlite:///"))
+    elif "://" in db or db == ":memory:":
+        return None
+    else:
+        path = Path(db)
+    path = path.expanduser()
+    return None if path.exists() else path
+
+
 def register(app: Any) -> None:
     """Add ``spend`` and ``price`` to the typer app."""
     import typer
@@ -269,18 +328,33 @@ def register(app: Any) -> None:
         until: str | None = typer.Option(None, help="ISO date/time (UTC), exclusive"),
         tag: list[str] = typer.Option([], help="only requests with this tag, NAME=VALUE (repeatable)"),  # noqa: B008
         fmt: str = typer.Option("table", "--format", help="table, markdown or json"),
+        as_json: bool = typer.Option(False, "--json", help="same as --format json"),
+        create: bool = typer.Option(False, "--create", help="create the ledger if it does not exist"),
     ) -> None:
         """Spend and price per request from the ledger, and the saving against always using the top tier."""
+        from .errors import LLMCascadeError
+
         tags = dict(t.split("=", 1) for t in tag if "=" in t)
         if len(tags) != len(tag) or fmt not in ("table", "markdown", "json"):
             raise typer.BadParameter("--tag takes NAME=VALUE; --format is table, markdown or json")
-        ledger = Ledger(db)
+        fmt = "json" if as_json else fmt
         try:
-            report = spend_report(
-                ledger, by=by, since=_parse_when(since, "since"), until=_parse_when(until, "until"), tags=tags
-            )
-        finally:
-            ledger.close()
+            _key_fn(by)  # a bad --by fails before the ledger is opened
+            missing = _missing_sqlite_file(db)
+            if missing is not None and not create:
+                raise ConfigError(
+                    "--db", f"no ledger at {missing} (check the path, or pass --create to start an empty one)"
+                )
+            ledger = Ledger(db)
+            try:
+                report = spend_report(
+                    ledger, by=by, since=_parse_when(since, "since"), until=_parse_when(until, "until"), tags=tags
+                )
+            finally:
+                ledger.close()
+        except LLMCascadeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         if fmt == "table":
             from rich.console import Console
 

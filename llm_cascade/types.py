@@ -8,8 +8,8 @@ request), safe to share between concurrent tasks, and easy to log or serialise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -32,6 +32,11 @@ class Request:
     ``logprobs`` is set by the router (not by the user) when a tier's rule needs token confidence, so backends only
     pay for log-probabilities when somebody reads them. ``metadata`` travels untouched to the ledger (tags such as
     user or app).
+
+    The OpenAI-shaped parameters (``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed``, ``top_p``)
+    are passed to every member; each adapter maps what its provider supports and raises
+    :class:`~llm_cascade.errors.UnsupportedParameter` for one it cannot honour, so none is dropped silently
+    (:meth:`params` lists those set).
     """
 
     messages: tuple[Message, ...]
@@ -40,6 +45,12 @@ class Request:
     logprobs: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    stop: tuple[str, ...] | None = None
+    response_format: Mapping[str, Any] | None = None
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    seed: int | None = None
+    top_p: float | None = None
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
@@ -62,7 +73,63 @@ class Request:
         """A copy that asks for token log-probabilities."""
         if self.logprobs:
             return self
-        return Request(self.messages, self.max_tokens, self.temperature, True, self.metadata, self.request_id)
+        return replace(self, logprobs=True)
+
+    def params(self) -> dict[str, Any]:
+        """The OpenAI-shaped parameters this request sets beyond messages, max_tokens and temperature, by name."""
+        out: dict[str, Any] = {}
+        for name in EXTRA_PARAMS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if name in ("stop", "tools") else value
+        return out
+
+    def refuse(self, backend: str, supported: Collection[str]) -> None:
+        """Raise :class:`~llm_cascade.errors.UnsupportedParameter` for the first set parameter not in
+        ``supported``: an adapter calls it before sending anything."""
+        for name in self.params():
+            if name not in supported:
+                from .errors import UnsupportedParameter
+
+                raise UnsupportedParameter(
+                    f"{backend}: cannot honour the request parameter {name!r}; remove it or use another backend",
+                    model=backend,
+                    param=name,
+                )
+
+
+def with_params(request: Request | str, **params: Any) -> Request:
+    """``request`` (a prompt becomes a one-message Request) with the parameters that are not None, checked here so
+    a bad value fails before any model is called, naming the field (``route.max_tokens`` ...)."""
+    from .errors import ConfigError
+
+    if isinstance(request, str):
+        request = Request.from_prompt(request)
+    elif not isinstance(request, Request):
+        raise ConfigError("route.request", f"must be a prompt string or a Request, got {type(request).__name__}")
+    given = {k: v for k, v in params.items() if v is not None}
+    mt = given.get("max_tokens")
+    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
+        raise ConfigError("route.max_tokens", f"must be a positive integer, got {mt!r}")
+    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        v = given.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high):
+            raise ConfigError(f"route.{key}", f"must be a number in [{low}, {high}], got {v!r}")
+    seed = given.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError("route.seed", f"must be an integer, got {seed!r}")
+    if any(not isinstance(x, str) for x in given.get("stop", ())):
+        raise ConfigError("route.stop", f"must be a string or a list of strings, got {given['stop']!r}")
+    if any(not isinstance(x, Mapping) for x in given.get("tools", ())):
+        raise ConfigError("route.tools", "must be a list of OpenAI tool objects (dicts)")
+    rf = given.get("response_format")
+    if rf is not None and not isinstance(rf, Mapping):
+        raise ConfigError("route.response_format", f"must be a dict such as {{'type': 'json_object'}}, got {rf!r}")
+    return replace(request, **given) if given else request
+
+
+# The request parameters past messages/max_tokens/temperature, in the order OpenAI documents them.
+EXTRA_PARAMS = ("stop", "response_format", "tools", "tool_choice", "seed", "top_p")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +177,9 @@ class Completion:
     raw: Any = field(default=None, repr=False, compare=False)
     # Seconds of local compute this call used (its share of a batch), for models priced per hour; None for API calls.
     compute_s: float | None = None
+    # OpenAI-shaped tool calls ({"id", "type": "function", "function": {"name", "arguments"}}) when the model called
+    # tools; ``text`` then holds their canonical JSON (names and arguments), so tiers vote on the calls themselves.
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +203,7 @@ class Call:
     error: str | None = None
     finish_reason: str | None = None
     attempt: int = 1
+    tool_calls: tuple[Mapping[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +260,26 @@ class RouteResult:
     @property
     def escalations(self) -> int:
         return self.tier
+
+    @property
+    def answering_call(self) -> Call | None:
+        """The first successful call of the answering tier that gave the returned answer (None without one)."""
+        for c in self.calls:
+            if c.tier == self.tier and c.ok and c.answer is not None and c.answer == self.answer:
+                return c
+        return None
+
+    @property
+    def model(self) -> str | None:
+        """The model whose text is returned (the first listed member that gave the answer)."""
+        call = self.answering_call
+        return None if call is None else call.model
+
+    @property
+    def tool_calls(self) -> tuple[Mapping[str, Any], ...]:
+        """The tool calls of the answering model, when the answer is a set of tool calls."""
+        call = self.answering_call
+        return () if call is None else call.tool_calls
 
     def models_for(self, tier: int) -> Sequence[str]:
         return [c.model for c in self.calls if c.tier == tier]

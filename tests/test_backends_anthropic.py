@@ -14,6 +14,7 @@ from _backend_helpers import SERVER_FAULTS, closing_factory
 from llm_cascade import Request, Router, Tier, confidence, resolve
 from llm_cascade.backends.anthropic import AnthropicBackend
 from llm_cascade.errors import (
+    AuthenticationError,
     ConfigError,
     ProviderError,
     ProviderTimeout,
@@ -102,7 +103,7 @@ async def test_key_hidden_and_required(script_server: RecordedServer, monkeypatc
     assert secret not in str(info.value)
     await b.aclose()
     monkeypatch.delenv("NO_SUCH_ANTHROPIC_KEY", raising=False)
-    with pytest.raises(ConfigError, match="NO_SUCH_ANTHROPIC_KEY"):
+    with pytest.raises(AuthenticationError, match="NO_SUCH_ANTHROPIC_KEY"):
         await AnthropicBackend("m", api_key_env="NO_SUCH_ANTHROPIC_KEY").complete(Request.from_prompt("q"))
     with pytest.raises(ConfigError, match="max_tokens"):
         AnthropicBackend("m", max_tokens=0)

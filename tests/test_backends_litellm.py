@@ -16,7 +16,7 @@ from _backend_helpers import SERVER_FAULTS
 from llm_cascade import Request, Usage, resolve
 from llm_cascade.backends.litellm import LiteLLMBackend
 from llm_cascade.errors import (
-    BadRequestError,
+    AuthenticationError,
     ConfigError,
     MalformedResponseError,
     ProviderError,
@@ -130,7 +130,7 @@ async def test_stream_missing_done_after_finish_is_complete(script_server: Recor
         ("stream_truncated:after_chunks=2", StreamError),
         ("stream_malformed:after_chunks=2", MalformedResponseError),
         ("stream_stall:after_chunks=1", ProviderTimeout),
-        ("401", BadRequestError),
+        ("401", AuthenticationError),  # a BadRequestError that the router raises instead of counting
         ("500", RetryableError),
     ],
 )

@@ -22,6 +22,7 @@ from llm_cascade import Request, Router, Tier, Usage, resolve, unanimous
 from llm_cascade.backends._sdk import retry_after, safe_cause, scrub
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.errors import (
+    AuthenticationError,
     BadRequestError,
     ConfigError,
     ContentFilterError,
@@ -161,10 +162,10 @@ async def test_api_key_never_shown(script_server: RecordedServer, transport: str
     assert scrub(f"bad key {secret}", [secret]) == "bad key ***"
 
 
-async def test_missing_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_key_is_an_authentication_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     b = OpenAIBackend("gpt-4o-mini", api_key_env="NO_SUCH_KEY_VAR")
-    with pytest.raises(ConfigError, match=r"\$NO_SUCH_KEY_VAR"):
+    with pytest.raises(AuthenticationError, match=r"\$NO_SUCH_KEY_VAR"):
         await b.complete(Request.from_prompt("q"))
 
 
@@ -293,7 +294,7 @@ async def test_stream_cut_after_finish_reason_keeps_the_answer_and_estimates_usa
         ("stream_truncated:after_chunks=0", StreamError),
         ("stream_malformed:after_chunks=2", MalformedResponseError),
         ("stream_stall:after_chunks=1", ProviderTimeout),
-        ("401", BadRequestError),
+        ("401", AuthenticationError),  # a BadRequestError that the router raises instead of counting
         ("429:retry_after=2", RateLimited),
         ("500", RetryableError),
     ],

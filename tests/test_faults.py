@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from llm_cascade import AllTiersFailed, Request, Router, Tier, quorum
+from llm_cascade.errors import AuthenticationError
 from llm_cascade.ledger import Ledger, LedgerRow
 from llm_cascade.limits import CircuitBreaker, Resilience
 from llm_cascade.retry import RetryPolicy
@@ -221,7 +222,6 @@ async def test_slow_first_byte_within_the_deadline_is_a_normal_answer(sc: Scenar
         ("context_length", "ContextLengthError"),
         ("content_filter", "ContentFilterError"),
         ("malformed_json", "MalformedResponseError"),
-        ("401", "BadRequestError"),
     ],
 )
 async def test_misuse_and_malformed_bodies_are_not_retried_and_escalate(sc: Scenario, fault: str, error: str) -> None:
@@ -232,6 +232,18 @@ async def test_misuse_and_malformed_bodies_are_not_retried_and_escalate(sc: Scen
     assert sc.time.sleeps == []
     (row,) = sc.rows("a")
     assert row.outcome == "error" and row.error is not None and row.error.startswith(error)
+
+
+async def test_a_401_is_raised_loudly_not_outvoted(sc: Scenario) -> None:
+    """A bad key is the deployment's to fix: raised at once (never retried), not "no answer" that the other members
+    of the tier can outvote; its row is still in the ledger."""
+    router = sc.router([sc.model("a", "401"), sc.model("b"), sc.model("c")])
+    with pytest.raises(AuthenticationError) as info:
+        await router.route("q")
+    assert info.value.status == 401
+    assert sc.hits("a") == 1 and sc.time.sleeps == []
+    (row,) = sc.rows("a")
+    assert row.outcome == "error" and row.error is not None and row.error.startswith("AuthenticationError")
 
 
 # -- a 200 without a usable answer: billed, no vote, escalation -----------------------------------------------------

@@ -228,3 +228,17 @@ def test_missing_model_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         HFClassifierBackend(str(tmp_path / "nowhere"))
     assert err.value.field == "hf.model"
+
+
+async def test_a_classifier_refuses_request_parameters_it_cannot_honour(backend: HFClassifierBackend) -> None:
+    """A classifier picks one label: stop sequences, tools and response formats have no meaning for it, so they are
+    refused by name (the router raises that, never a silent "no answer"); seed and top_p cannot change an arg-max."""
+    from llm_cascade import Router
+    from llm_cascade.errors import UnsupportedParameter
+
+    router = Router([[backend]])
+    for param, value in (("stop", ["x"]), ("tools", [{"type": "function"}]), ("response_format", {"type": "text"})):
+        with pytest.raises(UnsupportedParameter) as info:
+            await router.route("great movie", **{param: value})
+        assert info.value.param == param
+    assert (await router.route("great movie", seed=1, top_p=0.5)).answer is not None

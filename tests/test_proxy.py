@@ -20,7 +20,7 @@ import pytest
 
 from llm_cascade.config import hash_key, parse_config
 from llm_cascade.server import create_app
-from llm_cascade.testing import Answer, RecordedServer
+from llm_cascade.testing import Answer, FaultSpec, RecordedServer
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -57,6 +57,7 @@ def config_text(ledger: str, extra: str = "") -> str:
 type = "openai"
 base_url = "${{RECORDED_BASE_URL}}"
 options = {{timeout = 10}}
+retry = {{initial = 0}}  # retries are on by default; no real pauses in tests
 
 [ledger]
 url = "{ledger}"
@@ -81,6 +82,13 @@ members = ["recorded:down"]
 timeout = 0.3
 [[cascades.slow.tiers]]
 members = ["recorded:asleep"]
+
+[cascades.ttft]
+[[cascades.ttft.tiers]]
+members = ["recorded:asleep"]
+first_token_timeout = 0.2
+[[cascades.ttft.tiers]]
+members = ["recorded:strong"]
 """
 
 
@@ -135,7 +143,9 @@ def test_agreeing_tier_answers_with_usage_cost_and_who_answered(proxy: ThreadPro
     raw = ask(proxy.client(), "agree")
     completion = raw.parse()
     assert completion.choices[0].message.content == "B"
-    assert completion.model == "qa" and completion.choices[0].finish_reason == "stop"
+    # the model that answered (the first member listed that gave the answer); the cascade is in the llm_cascade block
+    assert completion.model == "recorded:cheap-a" and completion.choices[0].finish_reason == "stop"
+    assert completion.model_extra["llm_cascade"]["cascade"] == "qa"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (190, 4)
     info = completion.model_extra["llm_cascade"]
     assert (info["tier"], info["accepted"], info["models"]) == (0, True, ["recorded:cheap-a", "recorded:cheap-b"])
@@ -186,7 +196,7 @@ def test_stream_carries_the_headers_and_ends_with_done(proxy: ThreadProxy) -> No
 
 def test_models_health_and_spend(proxy: ThreadProxy) -> None:
     client = proxy.client()
-    assert {m.id for m in client.models.list()} == {"qa", "broken", "slow"}
+    assert {m.id for m in client.models.list()} == {"qa", "broken", "slow", "ttft"}
     assert client.models.retrieve("qa").id == "qa"
     health = httpx.get(f"{proxy.url}/health").json()
     assert health["status"] == "ok"
@@ -429,3 +439,101 @@ def test_example_config_answers_recorded_mmlu_questions(
         assert raw.headers["x-llm-cascade-cost-usd"] != "unknown"
         tiers.add(expected_tier)
     assert tiers == {0, 1}, "the sample should exercise both an agreement and an escalation"
+
+
+# -- issue 14: request parameters, who answered, attempts, first-token limit --------------------------------------
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_openai_parameters_are_passed_to_every_member(proxy: ThreadProxy, upstream: RecordedServer) -> None:
+    params: dict[str, Any] = {
+        "tools": [TOOL],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "seed": 11,
+        "stop": ["\n\n"],
+        "top_p": 0.5,
+    }
+    ask(proxy.client(), "agree", **params).parse()
+    for member in ("cheap-a", "cheap-b"):
+        body = upstream.app.last_body[member]
+        assert {k: body.get(k) for k in params} == params
+
+
+def test_a_parameter_the_proxy_cannot_honour_is_a_400_naming_it(proxy: ThreadProxy) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(proxy.client(), "agree", frequency_penalty=0.5)
+    error = info.value.body
+    assert isinstance(error, dict) and error["param"] == "frequency_penalty"
+    assert error["code"] == "unsupported_parameter"
+
+
+def test_failed_attempts_and_their_costs_are_in_the_accounting(proxy: ThreadProxy, upstream: RecordedServer) -> None:
+    upstream.set_fault("cheap-b", FaultSpec("429", times=1, retry_after=0))
+    try:
+        info = ask(proxy.client(), "agree").parse().model_extra["llm_cascade"]
+    finally:
+        upstream.set_fault("cheap-b", None)
+    assert (info["attempts"], info["failed_attempts"], info["failed_cost_usd"]) == (3, 1, 0.0)
+    b_calls = [(c["attempt"], c["outcome"]) for c in info["calls"] if c["model"] == "recorded:cheap-b"]
+    assert b_calls == [(1, "error"), (2, "ok")]
+    assert Decimal(str(info["cost_usd"])) == TIER0  # the failed attempt billed nothing
+
+
+def test_a_late_first_token_is_cut_by_the_tier_limit(proxy: ThreadProxy) -> None:
+    started = time.monotonic()
+    completion = ask(proxy.client(), "x", model="ttft").parse()
+    assert time.monotonic() - started < 5  # the hanging member was cut at 0.2 s, not at its 10 s call timeout
+    info = completion.model_extra["llm_cascade"]
+    assert info["tier"] == 1 and completion.model == "recorded:strong"
+    assert info["calls"][0]["outcome"] == "timeout" and "first token" in info["calls"][0]["error"]
+
+
+NO_KEY = """
+[providers.claude]
+type = "anthropic"
+api_key_env = "LLMC_TEST_NO_SUCH_KEY"
+
+[cascades.keyless]
+[[cascades.keyless.tiers]]
+members = ["claude:claude-x"]
+"""
+
+
+def test_check_command_reports_a_missing_key_and_an_unpriced_model(upstream: RecordedServer, tmp_path: Path) -> None:
+    path = tmp_path / "check.toml"
+    path.write_text(config_text(f"sqlite:///{tmp_path / 'l.db'}") + NO_KEY)
+    env = {**os.environ, "RECORDED_BASE_URL": upstream.base_url}
+    env.pop("LLMC_TEST_NO_SUCH_KEY", None)
+    out = subprocess.run([*CLI, "check", "--config", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "PROBLEM: claude:claude-x: no API key" in out.stdout and "$LLMC_TEST_NO_SUCH_KEY" in out.stdout
+    assert "cascade 'qa': ok" in out.stdout  # priced, keyless local server, and it answers GET /v1/models
+    out = subprocess.run(
+        [*CLI, "check", "--config", str(path), "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    reports = json.loads(out.stdout)
+    assert {m["reach"] for m in reports["qa"]} == {"ok"} and reports["keyless"][0]["key"] == "missing"
+
+
+def test_serve_prints_a_banner_with_what_it_serves_and_what_is_wrong(
+    upstream: RecordedServer, tmp_path: Path, serve: Any
+) -> None:
+    path = tmp_path / "banner.toml"
+    path.write_text(config_text(f"sqlite:///{tmp_path / 'banner.db'}") + NO_KEY)
+    url = serve(path, {"RECORDED_BASE_URL": upstream.base_url, "LLMC_TEST_NO_SUCH_KEY": ""})
+    port = url.rsplit(":", 1)[1]
+    log = (tmp_path / f"serve-{port}.log").read_text()
+    assert f"llm-cascade proxy on http://127.0.0.1:{port}/v1" in log
+    assert "cascade 'qa': 2 tier(s), 3/3 members priced" in log and "banner.db" in log
+    assert "tier 0 (" in log and "recorded:cheap-a" in log
+    assert "PROBLEM: claude:claude-x: no API key" in log
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    assert health["status"] == "degraded" and any("claude:claude-x" in p for p in health["problems"])
+    failed = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "q"}]}
+    )
+    assert failed.status_code == 502 and "RetryableError" in failed.json()["error"]["message"]
+    log = (tmp_path / f"serve-{port}.log").read_text()
+    assert "WARNING llm_cascade.router" in log and "recorded:down" in log  # a failed request is in the server log

@@ -6,9 +6,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+from llm_cascade.testing import RecordedServer
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
 
 
 def test_quickstart_runs_and_prints_what_it_promises() -> None:
@@ -20,15 +27,70 @@ def test_quickstart_runs_and_prints_what_it_promises() -> None:
     assert out.strip() == promised.group(1)
 
 
-def test_provider_snippet_builds_its_router_without_keys(tmp_path: Path) -> None:
-    """The second snippet, up to its first network call: every name exists and the configuration is valid."""
-    block = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[1]
-    setup = block.split("result = await")[0] + "\nprint(len(router.tiers), type(router.budget).__name__)\n"
-    env = {**os.environ, "LLM_CASCADE_LEDGER": str(tmp_path / "ledger.sqlite3")}
-    env.pop("OPENAI_API_KEY", None)
-    env.pop("ANTHROPIC_API_KEY", None)
-    out = subprocess.run([sys.executable, "-c", setup], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.split() == ["3", "Budget"]
+def _blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _env(server: RecordedServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The real SDKs, pointed at the local recorded-answer server by the variables they read themselves."""
+    env = {
+        **os.environ,
+        "LLM_CASCADE_LEDGER": str(tmp_path / "ledger.sqlite3"),
+        "OPENAI_BASE_URL": server.base_url,
+        "ANTHROPIC_BASE_URL": server.url,
+        "VLLM_URL": server.base_url,
+        "OPENAI_API_KEY": "sk-readme-test",
+        "ANTHROPIC_API_KEY": "sk-ant-readme-test",
+        **extra,
+    }
+    return env
+
+
+def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def providers() -> Iterator[RecordedServer]:
+    script: dict[str, Any] = {
+        "gpt-4o-mini": "B",
+        "claude-3-haiku-20240307": "Answer: B",
+        "llama3.1-8b": "(C)",
+        "gpt-4o": "B",
+        "claude-sonnet-4-5": "B",
+    }
+    with RecordedServer(script=script) as server:
+        yield server
+
+
+def test_provider_snippet_routes_for_real_against_the_local_server(providers: RecordedServer, tmp_path: Path) -> None:
+    """The real-provider snippet as written: real openai and anthropic SDKs over HTTP, priced members, a budget."""
+    providers.reset()
+    out = _run(_blocks()[1], _env(providers, tmp_path))
+    assert out.returncode == 0, out.stderr
+    # quorum(2) of gpt-4o-mini "B", claude "Answer: B", local "(C)": B at tier 0, answered by the first member,
+    # and priced (every member has a price, the local one from its declared entry)
+    assert out.stdout.split() == ["B", "0", "openai:gpt-4o-mini", "True"]
+    assert providers.counts["gpt-4o-mini"] == 1 and providers.counts["llama3.1-8b"] == 1
+    assert providers.counts["gpt-4o"] == 0
+
+
+def test_provider_snippet_without_keys_fails_up_front_naming_them(providers: RecordedServer, tmp_path: Path) -> None:
+    env = _env(providers, tmp_path)
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        env.pop(key)
+    out = _run(_blocks()[1], env)
+    assert out.returncode != 0
+    assert "$OPENAI_API_KEY" in out.stderr and "$ANTHROPIC_API_KEY" in out.stderr  # router.check() names both
+    assert "unknown price" not in out.stderr
+
+
+def test_fallback_chain_snippet_falls_back(tmp_path: Path) -> None:
+    """The first model of the chain fails (this server has no gpt-4o-mini: 404, not retried); the second answers."""
+    with RecordedServer(script={"claude-3-haiku-20240307": "Bonjour"}) as server:
+        out = _run(_blocks()[2], _env(server, tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Bonjour", "anthropic:claude-3-haiku-20240307"]
 
 
 def test_python_snippets_compile() -> None:

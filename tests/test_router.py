@@ -90,7 +90,8 @@ async def test_unnormalizable_text_never_agrees() -> None:
 async def test_failed_member_is_recorded_and_rule_decides_over_rest() -> None:
     sink = RecordingSink()
     tier0 = Tier([FakeBackend("a", "B"), FakeBackend("b", "B"), FakeBackend("bad", RateLimited("busy"))], quorum(2))
-    router = Router([tier0, Tier([FakeBackend("top", "C")])], normalizer="choice", ledger=sink)
+    # retry=None: one attempt per member (retries are on by default, see test_request_api.py)
+    router = Router([tier0, Tier([FakeBackend("top", "C")])], normalizer="choice", ledger=sink, retry=None)
     result = await router.route("q")
     assert (result.answer, result.tier) == ("B", 0)
     failed = [c for c in result.calls if not c.ok]
@@ -109,7 +110,9 @@ async def test_on_error_escalate() -> None:
 
 
 async def test_all_failed_raises_with_calls() -> None:
-    router = Router([Tier([FakeBackend("a", RateLimited("x"))]), Tier([FakeBackend("b", RuntimeError("boom"))])])
+    router = Router(
+        [Tier([FakeBackend("a", RateLimited("x"))]), Tier([FakeBackend("b", RuntimeError("boom"))])], retry=None
+    )
     with pytest.raises(AllTiersFailed) as info:
         await router.route("q")
     assert len(info.value.calls) == 2
@@ -171,7 +174,7 @@ async def test_tags_reach_metadata() -> None:
             seen.append(metadata)
 
     router = Router([Tier([FakeBackend("a", "B")])], ledger=Sink())
-    await router.route("q", user="u1", app="chat")
+    await router.route("q", tags={"user": "u1", "app": "chat"})
     assert seen == [{"user": "u1", "app": "chat"}]
     assert not sink.rows
 

@@ -128,9 +128,13 @@ async def test_keys_never_leak_through_successes_and_failures(
         breaker=CircuitBreaker(failures=1, cooldown=60),
     )
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    router = Router([Tier(backends, name="all"), Tier([oa("sec-top")])], ledger=ledger, resilience=res)
+    # A 401 is raised by the router (never a vote), so the bad-key members get a router of their own.
+    voting = [b for b in backends if "401" not in b.name]
+    router = Router([Tier(voting, name="all"), Tier([oa("sec-top")])], ledger=ledger, resilience=res)
+    loud = Router([Tier([b for b in backends if "401" in b.name], name="bad keys")], ledger=ledger, resilience=res)
     seen: list[str] = [
         repr(router),
+        repr(loud),
         repr(res),
         *(repr(b) for b in backends),
         *(repr(m) for m in router.tiers[0].members),
@@ -140,8 +144,13 @@ async def test_keys_never_leak_through_successes_and_failures(
     for _ in range(2):  # the second round meets open circuits too
         result = await router.route("Which letter?")
         seen += [repr(result), *(repr(c) for c in result.calls)]
+        with pytest.raises(BadRequestError) as raised:
+            await loud.route("Which letter?")
+        assert raised.value.status == 401
+        seen += [str(raised.value), repr(raised.value)]
+        tracebacks.append("".join(traceback.format_exception(raised.value)))
 
-    for member in router.tiers[0].members:
+    for member in (*router.tiers[0].members, *loud.tiers[0].members):
         try:
             await member.complete(router_request())
         except LLMCascadeError as exc:
@@ -155,7 +164,7 @@ async def test_keys_never_leak_through_successes_and_failures(
         seen += [str(info.value), repr(info.value)]
         tracebacks.append("".join(traceback.format_exception(info.value)))
 
-    errors = [c.error for c in result.calls if c.error]
+    errors = [c.error for c in result.calls if c.error] + [r.error for r in ledger.rows() if r.error]
     assert any("401" in e for e in errors) and any("RateLimit" in e or "CircuitOpen" in e for e in errors)
     ledger.close()
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:

@@ -56,7 +56,7 @@ async def filled(data_dir: Path, tmp_path: Path) -> tuple[Ledger, dict[str, dict
     )
     for i, prompt in enumerate(rows):
         clock[0] = T0 + (i % 3) * DAY
-        await router.route(prompt, app="mmlu" if i % 2 else "quiz")
+        await router.route(prompt, tags={"app": "mmlu" if i % 2 else "quiz"})
     return ledger, rows
 
 
@@ -177,3 +177,52 @@ async def test_retries_made_by_the_router_reach_the_report(tmp_path: Path) -> No
         assert (await router.route("q")).answer == "B"
     line = spend_report(ledger, prices=PriceTable({}, fallback=None)).total
     assert (line.requests, line.calls, line.errors, line.retries) == (3, 6, 3, 3)
+
+
+def _two_similar_models(db: Path) -> None:
+    ledger = Ledger(db)
+    for i in range(3):
+        ledger.record(
+            f"r{i}",
+            [
+                Call("openai:llama3.1-70b-instruct", 0, "ok", Usage(1280, 3), cost_usd=Decimal("0.000113")),
+                Call("openai:llama3.1-405b-instruct", 0, "ok", Usage(1280, 3), cost_usd=Decimal("0.00387")),
+            ],
+            {"user": "u1"},
+        )
+    ledger.close()
+
+
+def test_cli_spend_table_is_readable_in_80_columns(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _two_similar_models(db)
+    out = CliRunner().invoke(_app(), ["spend", "--db", str(db)], env={"COLUMNS": "80"})
+    assert out.exit_code == 0, out.output
+    assert max(len(line) for line in out.output.splitlines()) <= 80
+    # the two models stay apart (names wrap, never end in a shared "openai:ll…") and small costs keep their digits
+    assert "…" not in out.output
+    assert "openai:llama3.1-70b" in out.output and "openai:llama3.1-405b" in out.output
+    assert "0.000113" in out.output and "0.00387" in out.output
+    doc = json.loads(CliRunner().invoke(_app(), ["spend", "--db", str(db), "--json"]).output)
+    assert {line["key"] for line in doc["lines"]} == {"openai:llama3.1-70b-instruct", "openai:llama3.1-405b-instruct"}
+
+
+def test_cli_spend_refuses_a_missing_ledger_unless_create(tmp_path: Path) -> None:
+    typo = tmp_path / "sub" / "typo.db"
+    out = CliRunner().invoke(_app(), ["spend", "--db", str(typo)])
+    assert out.exit_code == 2 and "no ledger at" in out.output and "--create" in out.output
+    assert not typo.exists() and not typo.parent.exists()  # nothing created on the way
+    made = CliRunner().invoke(_app(), ["spend", "--db", str(typo), "--create", "--json"])
+    assert made.exit_code == 0 and typo.exists() and json.loads(made.output)["total"]["calls"] == 0
+
+
+def test_cli_spend_bad_options_are_one_line_errors_not_tracebacks(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _two_similar_models(db)
+    for args, expected in (
+        (["--by", "user"], "--by tag:user"),
+        (["--since", "yesterday"], "ISO date"),
+    ):
+        out = CliRunner().invoke(_app(), ["spend", "--db", str(db), *args])
+        assert out.exit_code == 2 and expected in out.output and "Traceback" not in out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)

@@ -8,13 +8,15 @@ Nothing here imports an SDK.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..errors import ContentFilterError, MalformedResponseError, ProviderError
-from ..types import Completion, Request, Usage
+from ..types import EXTRA_PARAMS, Completion, Request, Usage
 from ._sdk import content_text
 from ._stream import StreamedAnswer, StreamUsage, read_stream
 
@@ -45,6 +47,46 @@ def openai_usage(usage: Any) -> Usage:
     return Usage(int(_get(usage, "prompt_tokens") or 0), int(_get(usage, "completion_tokens") or 0), int(cached or 0))
 
 
+# What an OpenAI-shaped adapter honours: everything, except tool calls in a stream (the stream reader assembles text
+# deltas only, and dropping a tool call would be silent).
+ALL_PARAMS = frozenset(EXTRA_PARAMS)
+STREAM_PARAMS = ALL_PARAMS - {"tools", "tool_choice"}
+
+
+def request_params(request: Request) -> dict[str, Any]:
+    """The OpenAI request-body fields of ``request`` past messages, max_tokens and temperature (``stop``,
+    ``response_format``, ``tools``, ``tool_choice``, ``seed``, ``top_p``): every OpenAI-shaped adapter sends them
+    under the same names, so this is the one place that lists them."""
+    return request.params()
+
+
+def tool_calls_of(message: Any) -> tuple[dict[str, Any], ...]:
+    """A message's tool calls as OpenAI-shaped dicts (from SDK objects or dicts)."""
+    out: list[dict[str, Any]] = []
+    for call in _get(message, "tool_calls") or ():
+        fn = _get(call, "function")
+        out.append(
+            {
+                "id": _get(call, "id") or "",
+                "type": "function",
+                "function": {"name": _get(fn, "name") or "", "arguments": _get(fn, "arguments") or ""},
+            }
+        )
+    return tuple(out)
+
+
+def tool_calls_text(calls: tuple[dict[str, Any], ...]) -> str:
+    """Canonical text of tool calls (names and parsed arguments, ids left out), so members that call the same tool
+    with the same arguments agree under the exact normaliser."""
+    canon: list[Any] = []
+    for c in calls:
+        args: Any = c["function"]["arguments"]
+        with contextlib.suppress(ValueError):
+            args = json.loads(args) if isinstance(args, str) and args else args
+        canon.append({"name": c["function"]["name"], "arguments": args})
+    return json.dumps(canon, sort_keys=True, separators=(",", ":"))
+
+
 def chat_params(request: Request, stream: bool) -> dict[str, Any]:
     """The call arguments OpenAI's ``chat.completions.create`` and LiteLLM's ``acompletion`` name alike; a streamed
     call asks for the usage chunk, without which its tokens could only be estimated. Log-probabilities come with
@@ -54,6 +96,7 @@ def chat_params(request: Request, stream: bool) -> dict[str, Any]:
         params["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         params["temperature"] = request.temperature
+    params.update(request_params(request))
     if request.logprobs:
         params["logprobs"] = True
         params["top_logprobs"] = 1
@@ -103,6 +146,9 @@ def _parse(name: str, model: str, response: Any, request: Request, latency: floa
     if message is None:
         raise MalformedResponseError(f"{name}: the response's choice has no message", model=name)
     text = content_text(_get(message, "content"))
+    tools = tool_calls_of(message)
+    if tools and not text:
+        text = tool_calls_text(tools)
     finish = _get(choice, "finish_reason")
     _withheld(name, finish, text)
     logprob = None
@@ -118,6 +164,7 @@ def _parse(name: str, model: str, response: Any, request: Request, latency: floa
         logprob=logprob,
         confidence=math.exp(logprob) if logprob is not None else None,
         raw=response,
+        tool_calls=tools,
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import (
+    AuthenticationError,
     BadRequestError,
     ConfigError,
     ContentFilterError,
@@ -169,6 +170,8 @@ def map_error(exc: BaseException, model: str, secrets: Iterable[str | None] = ()
         return RateLimited(message, model=model, status=429, retry_after=retry_after(_headers(exc)))
     if status >= 500 or status in _RETRYABLE_4XX:
         return RetryableError(message, model=model, status=status)
+    if status in (401, 403) or "AuthenticationError" in names or "PermissionDeniedError" in names:
+        return AuthenticationError(message, model=model, status=status)
     if 400 <= status < 500:
         text = _body_text(exc)
         if any(h in text for h in _CONTEXT_HINTS):

@@ -40,6 +40,7 @@ from ..errors import (
     StreamError,
 )
 from ..tokens import TokenEstimator
+from ..ttft import arrived as first_token_arrived
 from ..types import Request, Usage
 from ._sdk import _chain, content_text, is_sdk_error
 
@@ -166,7 +167,7 @@ async def read_stream(
     """
     loop = asyncio.get_running_loop()
     state = StreamState(found=not want_logprob)
-    n = 0
+    n = n_parts = 0
     last: Any = None
     it = stream.__aiter__()
     try:
@@ -195,6 +196,9 @@ async def read_stream(
             n += 1
             last = chunk
             on_chunk(state, chunk)
+            if state.parts and n_parts == 0:
+                n_parts = len(state.parts)
+                first_token_arrived()  # a tier's first_token_timeout stops counting (llm_cascade.ttft)
     finally:
         await close_quietly(stream)
     if state.finish is None:

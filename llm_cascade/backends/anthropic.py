@@ -6,7 +6,10 @@
 The API has no token log-probabilities, so a confidence rule cannot sit on this backend (the router refuses it at
 construction). System messages become the ``system`` parameter; ``max_tokens`` is required by the API and defaults
 to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
-``Request.temperature`` is not sent; ``extra_body={"temperature": 0}`` sends it to a model that still accepts it.
+``Request.temperature`` is not sent (the default 0 is left out; any other value raises
+:class:`~llm_cascade.errors.UnsupportedParameter` rather than being dropped); ``extra_body={"temperature": 0}`` sends
+it to a model that still accepts it. OpenAI-shaped ``stop``, ``tools`` and ``tool_choice`` are mapped to
+``stop_sequences`` and Anthropic's tool shapes; ``seed``, ``top_p`` and ``response_format`` are refused.
 SDK retries are off; the client is built on the first call.
 
 ``stream=True`` reads the raw event stream of ``messages.create(stream=True)`` with the same rules as the OpenAI
@@ -19,14 +22,24 @@ provider's: input tokens from ``message_start``, output tokens from ``message_de
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import ConfigError, ContentFilterError, MalformedResponseError, MissingDependencyError, ProviderError
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    ContentFilterError,
+    MalformedResponseError,
+    MissingDependencyError,
+    ProviderError,
+    UnsupportedParameter,
+)
 from ..types import Completion, Request, Usage
+from ._openai_shape import tool_calls_text
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
 from ._stream import StreamState, read_stream
@@ -89,6 +102,61 @@ def read_anthropic_event(state: StreamState, event: Any) -> None:
             state.finish = str(reason)
 
 
+# OpenAI-shaped parameters the Messages API (SDK 2.x) can honour: ``seed`` and ``response_format`` have no equivalent,
+# and sampling settings (``top_p``, like ``temperature``) are no longer parameters of ``messages.create``.
+_SUPPORTED = frozenset({"stop", "tools", "tool_choice"})
+
+
+def _tool(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI function tool as an Anthropic tool."""
+    fn = spec.get("function", spec)
+    out: dict[str, Any] = {
+        "name": fn["name"],
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+def _tool_choice(choice: str | Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's tool_choice ("auto", "required", "none" or a named function) in Anthropic's shape."""
+    if isinstance(choice, str):
+        return {"type": {"auto": "auto", "required": "any", "none": "none"}[choice]}
+    return {"type": "tool", "name": choice["function"]["name"]}
+
+
+def anthropic_params(
+    request: Request, name: str, stream: bool, extra_body: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The request's OpenAI-shaped parameters as Messages API arguments; one it cannot honour is refused (tool use
+    in a stream too: the stream reader assembles text only)."""
+    request.refuse(name, _SUPPORTED - {"tools", "tool_choice"} if stream else _SUPPORTED)
+    if request.temperature not in (None, 0) and "temperature" not in (extra_body or {}):
+        # 0 is the library's default and is left out; any other value was asked for and cannot be sent silently.
+        raise UnsupportedParameter(
+            f"{name}: the Messages API takes no temperature; pass extra_body={{'temperature': ...}} for a model "
+            "that still accepts one",
+            model=name,
+            param="temperature",
+        )
+    out: dict[str, Any] = {}
+    if request.stop is not None:
+        out["stop_sequences"] = list(request.stop)
+    if request.tools is not None:
+        out["tools"] = [_tool(t) for t in request.tools]
+    if request.tool_choice is not None:
+        try:
+            out["tool_choice"] = _tool_choice(request.tool_choice)
+        except (KeyError, TypeError):
+            raise UnsupportedParameter(
+                f"{name}: tool_choice {request.tool_choice!r} is not auto, required, none or a named function",
+                model=name,
+                param="tool_choice",
+            ) from None
+    return out
+
+
 class AnthropicBackend(AdapterOptions, LazyClient):
     """One Claude model. ``base_url`` points the SDK elsewhere (a proxy, or the local test server). ``timeout``
     bounds the whole call; with ``stream=True``, ``stream_idle_timeout`` (None: off) also bounds each wait for the
@@ -138,7 +206,9 @@ class AnthropicBackend(AdapterOptions, LazyClient):
             raise MissingDependencyError("anthropic", "anthropic") from exc
         key = self._env_key()
         if not key:
-            raise ConfigError("AnthropicBackend.api_key", f"no API key: pass api_key=... or set ${self._api_key_env}")
+            raise AuthenticationError(
+                f"{self.name}: no API key: pass api_key=... or set ${self._api_key_env}", model=self.name
+            )
         return AsyncAnthropic(
             api_key=key,
             base_url=self.base_url,
@@ -157,6 +227,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
         }
         if system:
             kwargs["system"] = system
+        kwargs.update(anthropic_params(request, self.name, self.stream, self.extra_body))
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         if self.stream:
@@ -179,7 +250,19 @@ class AnthropicBackend(AdapterOptions, LazyClient):
         if not isinstance(blocks, list):
             raise MalformedResponseError(f"{self.name}: the response has no content list", model=self.name)
         text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text")
-        return self._completion(text, response.stop_reason, anthropic_usage(response.usage), latency, response)
+        tools = tuple(
+            {
+                "id": getattr(b, "id", ""),
+                "type": "function",
+                "function": {"name": b.name, "arguments": json.dumps(getattr(b, "input", {}) or {})},
+            }
+            for b in blocks
+            if getattr(b, "type", None) == "tool_use"
+        )
+        if tools and not text:
+            text = tool_calls_text(tools)
+        completion = self._completion(text, response.stop_reason, anthropic_usage(response.usage), latency, response)
+        return replace(completion, tool_calls=tools) if tools else completion
 
     async def _read(self, stream: Any, request: Request, start: float, deadline: float) -> Completion:
         """Assemble a raw event stream. A cut stream is billed at the provider's input tokens (once message_start
@@ -219,6 +302,12 @@ class AnthropicBackend(AdapterOptions, LazyClient):
             finish_reason=_STOP.get(stop, stop) if isinstance(stop, str) else None,
             raw=raw,
         )
+
+    async def ping(self) -> None:
+        """List the provider's models (``GET /v1/models``): checks the address and the key without paying for a
+        completion (:meth:`llm_cascade.router.Router.check`)."""
+        client = self._get_client()
+        await sdk_call(lambda: client.models.list(), self._map)
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""

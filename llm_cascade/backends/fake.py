@@ -23,7 +23,8 @@ Script = Reply | Sequence[Reply] | Mapping[str, Reply] | Callable[[Request], Rep
 
 
 class FakeBackend:
-    """Replies from a script. Counts its calls in ``calls`` so tests can assert who was asked."""
+    """Replies from a script. Counts its calls in ``calls`` and keeps each request in ``requests``, so tests can
+    assert who was asked and with which parameters (a fake honours every request parameter by recording it)."""
 
     supports_logprobs = True
 
@@ -50,6 +51,7 @@ class FakeBackend:
         self.usage = usage if usage is not None else Usage(10, 1)
         self._sleep = sleep
         self.calls = 0
+        self.requests: list[Request] = []  # every request received, so tests can assert what was passed on
 
     def _next(self, request: Request) -> Reply:
         script = self._script
@@ -66,6 +68,7 @@ class FakeBackend:
 
     async def complete(self, request: Request) -> Completion:
         self.calls += 1
+        self.requests.append(request)
         start = time.perf_counter()
         if self.delay:
             await self._sleep(self.delay)

@@ -255,6 +255,9 @@ class HFClassifierBackend:
         return out
 
     async def complete(self, request: Request) -> Completion:
+        # A classifier picks the arg-max label: sampling settings (temperature, top_p, seed) and max_tokens cannot
+        # change that, so they are accepted; stop sequences, tools and response formats have no meaning and are refused.
+        request.refuse(self.name, ("seed", "top_p"))
         start = time.perf_counter()
         (probs, tokens), share, size = await self._batcher.submit_timed(request.prompt)
         result = self._classification(probs, tokens, share, size)

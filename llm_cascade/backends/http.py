@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError, MissingDependencyError
 from ..types import Completion, Request
-from ._openai_shape import chat_body, completion_from_openai_response, stream_completion
+from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_body, completion_from_openai_response, stream_completion
 from ._sdk import WireError, sdk_call
 from .openai import OpenAIBackend, Transport
 
@@ -292,6 +292,7 @@ class HTTPBackend(OpenAIBackend):
             await _release(loop, self._pool_base)
 
     async def complete(self, request: Request) -> Completion:
+        request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
         loop = asyncio.get_running_loop()
         session = self._session
         if session is None or self._pool_loop is not loop or session.closed:
@@ -306,6 +307,29 @@ class HTTPBackend(OpenAIBackend):
             )
         data = await sdk_call(lambda: self._post(session, body), self._map)
         return completion_from_openai_response(self.name, self.model, data, request, time.perf_counter() - start)
+
+    async def ping(self) -> None:
+        """List the server's models (``GET /models``) over this backend's pool: checks the address and the key
+        without paying for a completion (:meth:`llm_cascade.router.Router.check`)."""
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or self._pool_loop is not loop or session.closed:
+            session = self._session_for(loop)
+        url = self._url.removesuffix("/chat/completions") + "/models"
+        await sdk_call(lambda: self._get(session, url), self._map)
+
+    async def _get(self, session: aiohttp.ClientSession, url: str) -> Any:
+        headers = {**self._headers, "Accept": "application/json"}
+        try:
+            async with session.get(url, headers=headers, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                if resp.status >= 300:
+                    raise status_error(resp.status, resp.headers, raw)
+        except TimeoutError as exc:
+            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        return _decode(raw)
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes) -> Any:
         try:

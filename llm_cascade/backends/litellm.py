@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import MissingDependencyError, ProviderError
 from ..types import Completion, Request
-from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
+from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._options import AdapterOptions
 from ._sdk import map_sdk_exception, sdk_call
 
@@ -93,6 +93,7 @@ class LiteLLMBackend(AdapterOptions):
         return os.environ.get(self._api_key_env) if self._api_key_env else None
 
     async def complete(self, request: Request) -> Completion:
+        request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
         if self._litellm is None:
             self._litellm = import_litellm()
         kwargs: dict[str, Any] = {

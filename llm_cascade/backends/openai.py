@@ -27,9 +27,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import AuthenticationError, ConfigError, MissingDependencyError
 from ..types import Completion, Request
-from ._openai_shape import chat_params, completion_from_openai_response, stream_completion
+from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._openai_shape import first_token_logprob as first_token_logprob  # re-exported: its former home
 from ._openai_shape import openai_usage as openai_usage
 from ._options import AdapterOptions
@@ -111,7 +111,9 @@ class OpenAIBackend(AdapterOptions, LazyClient):
             return key
         if self.base_url is not None:
             return _NO_KEY
-        raise ConfigError("OpenAIBackend.api_key", f"no API key: pass api_key=... or set ${self._api_key_env}")
+        raise AuthenticationError(
+            f"{self.name}: no API key: pass api_key=... or set ${self._api_key_env}", model=self.name
+        )
 
     def _new_client(self) -> Any:
         try:
@@ -128,6 +130,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         )
 
     async def complete(self, request: Request) -> Completion:
+        request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
         client = self._get_client()
         kwargs: dict[str, Any] = {"model": self.model, **chat_params(request, self.stream)}
         if self.extra_body:
@@ -140,6 +143,12 @@ class OpenAIBackend(AdapterOptions, LazyClient):
                 self, response, request, self._stream_usage, start=start, deadline=deadline, map_exc=self._map
             )
         return completion_from_openai_response(self.name, self.model, response, request, time.perf_counter() - start)
+
+    async def ping(self) -> None:
+        """List the provider's models (``GET /v1/models``): checks the address and the key without paying for a
+        completion (:meth:`llm_cascade.router.Router.check`)."""
+        client = self._get_client()
+        await sdk_call(lambda: client.models.list(), self._map)
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""

@@ -125,8 +125,45 @@ def _open(path: Path, mode: str) -> IO[str]:
     return path.open(mode, encoding="utf-8")
 
 
+def unimported_format(path: Path, first: str) -> str | None:
+    """How to import ``path`` when its first line says it is a known source format rather than recorded runs."""
+    head = first.strip()
+    if head == "[" or head.startswith("[{"):
+        try:
+            with _open(path, "r") as fh:
+                items = json.load(fh)
+        except ValueError:
+            return None
+        item = items[0] if isinstance(items, list) and items and isinstance(items[0], Mapping) else {}
+        if "session_id" in item and "chat_history" in item:
+            return (
+                "this is a ZeroEval raw generations file: import its folder first, e.g. save_records("
+                f"import_zeroeval_gsm({str(path.parent)!r}, count_tokens=...), 'gsm.jsonl') "
+                "(llm_cascade.evals.importers)"
+            )
+        if "question" in item and "generated" in item:
+            return (
+                "this is a MoT result file: import it first with llm_cascade.evals.importers.import_mot(...) "
+                "and save_records(...)"
+            )
+        return None
+    try:
+        obj = json.loads(head)
+    except ValueError:
+        return None
+    models = obj.get("models") if isinstance(obj, Mapping) else None
+    if isinstance(models, Mapping) and any(isinstance(v, Mapping) and "answer_raw" in v for v in models.values()):
+        return (
+            "this is ZeroEval's GSM8K summary, not recorded runs: import the raw generations first, e.g. "
+            "save_records(import_zeroeval_gsm('.../zeroeval-gsm8k/raw/gsm', count_tokens=...), 'gsm.jsonl') "
+            "(llm_cascade.evals.importers)"
+        )
+    return None
+
+
 def iter_records(path: str | Path) -> Iterator[Record]:
-    """Stream records from a JSONL file (gzipped or not)."""
+    """Stream records from a JSONL file (gzipped or not). A file in a source format that has an importer (ZeroEval,
+    MoT) is refused with a hint that says how to import it."""
     p = Path(path)
     if not p.is_file():
         raise RecordError(f"{p}: no such recorded-run file")
@@ -134,6 +171,10 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            if n == 1:
+                hint = unimported_format(p, line)
+                if hint is not None:
+                    raise RecordError(f"{p}: {hint}")
             try:
                 obj = json.loads(line)
             except ValueError as exc:

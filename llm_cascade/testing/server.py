@@ -85,6 +85,8 @@ class RecordedAnswerApp:
         self.latency_scale = latency_scale
         self.counts: Counter[str] = Counter()
         self.unknown: Counter[str] = Counter()  # 404s: no recorded answer of that model to that prompt
+        # The last request body per model, so tests can check what an adapter sent (request parameters).
+        self.last_body: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self._closing: asyncio.Event | None = None
 
@@ -142,6 +144,7 @@ class RecordedAnswerApp:
             return
         model = model_key(body["model"])
         self.counts[model] += 1
+        self.last_body[model] = body
         stream = bool(body.get("stream"))
         fault = self.plan.pick(model, stream, _header(scope, b"x-fault"))
         if fault is not None and not await self._before_answer(fault, "openai", receive, send):
@@ -223,6 +226,7 @@ class RecordedAnswerApp:
             return
         model = model_key(body["model"])
         self.counts[model] += 1
+        self.last_body[model] = body
         stream = bool(body.get("stream"))
         fault = self.plan.pick(model, stream, _header(scope, b"x-fault"))
         if fault is not None and not await self._before_answer(fault, "anthropic", receive, send):

@@ -1,0 +1,113 @@
+"""What a Router tells the outside world while it works: the ``llm_cascade`` logger, callbacks, OpenTelemetry spans.
+
+- Logging: one INFO line per escalation, one WARNING per failed member call (each failed attempt too), under the
+  ``llm_cascade.router`` logger (a child of ``llm_cascade``). Messages carry model names, outcomes and the provider's
+  error text, which the adapters have already scrubbed of API keys; never request content.
+- Callbacks: ``Router(on_call=f, on_result=g)``: ``f(call)`` for every :class:`~llm_cascade.types.Call` as it is
+  recorded, ``g(result)`` for every :class:`~llm_cascade.types.RouteResult` returned. A callback that raises is
+  logged and ignored: observing must never change an answer.
+- Spans: when ``opentelemetry-api`` is installed, ``llm_cascade.route`` per request and ``llm_cascade.call`` per
+  member call, with model, tier, outcome, tokens and cost as attributes. Without it (or without an SDK configured,
+  when the API's no-op tracer is used) this costs nothing. The import happens on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .types import Call, RouteResult
+
+log = logging.getLogger("llm_cascade.router")
+
+OnCall = Callable[[Call], object]
+OnResult = Callable[[RouteResult], object]
+
+_trace: Any = None
+_tracer: Any = None
+_checked = False
+
+
+def _get_tracer() -> Any:
+    """The OpenTelemetry tracer, or None when opentelemetry-api is not installed or no tracer provider is set (the
+    API alone only hands out no-op spans, so the router skips them and their cost)."""
+    global _trace, _tracer, _checked
+    if not _checked:
+        _checked = True
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            return None
+        _trace = trace
+    if _trace is None:
+        return None
+    provider = _trace.get_tracer_provider()
+    if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
+        return None
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, provider.get_tracer("llm_cascade"))
+    return _tracer[1]
+
+
+@contextlib.contextmanager
+def span(name: str, **attributes: str | int | float | bool) -> Iterator[Any]:
+    """An OpenTelemetry span when the API is installed, else nothing (yields None)."""
+    tracer = _get_tracer()
+    if tracer is None:
+        yield None
+        return
+    with tracer.start_as_current_span(name, attributes=attributes) as current:
+        yield current
+
+
+def set_attributes(current: Any, **attributes: str | int | float | bool | None) -> None:
+    """Set the non-None attributes on a span from :func:`span` (a no-op for None)."""
+    if current is not None:
+        current.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+def call_recorded(call: Call, request_id: str, hook: OnCall | None) -> None:
+    """Log a failed call at WARNING and pass every call to the ``on_call`` hook."""
+    if not call.ok:
+        log.warning(
+            "request %s: %s (tier %d, attempt %d) %s: %s",
+            request_id,
+            call.model,
+            call.tier,
+            call.attempt,
+            call.outcome,
+            call.error or "no error text",
+        )
+    if hook is not None:
+        _safely(hook, call, "on_call")
+
+
+def escalated(request_id: str, tier: int, tier_name: str, why: str) -> None:
+    """One INFO line per escalation: from which tier and why."""
+    log.info("request %s: tier %d (%s) escalates: %s", request_id, tier, tier_name, why)
+
+
+def result_returned(result: RouteResult, hook: OnResult | None, current: Any) -> None:
+    """Set the route span's attributes and pass the result to the ``on_result`` hook."""
+    cost = result.cost_usd
+    set_attributes(
+        current,
+        **{
+            "llm_cascade.tier": result.tier,
+            "llm_cascade.accepted": result.accepted,
+            "llm_cascade.calls": len(result.calls),
+            "llm_cascade.model": result.model,
+            "llm_cascade.cost_usd": None if cost is None else float(cost),
+        },
+    )
+    if hook is not None:
+        _safely(hook, result, "on_result")
+
+
+def _safely(hook: Callable[[Any], object], value: Any, what: str) -> None:
+    try:
+        hook(value)
+    except Exception:
+        log.exception("%s hook %r raised; ignored", what, hook)
