@@ -1,0 +1,132 @@
+"""Where a model's final answer sits in its text: the pieces every normalizer shares.
+
+A reply is read as a final-answer statement, not as a bag of words: an explicit statement ("the answer is (C)",
+"Answer: 42", ``\\boxed{...}``, a JSON ``answer`` field) decides, and among several the LAST one does, because models
+reason first and conclude last ("We rule out B. The answer is (C)."). Two exceptions keep "last" honest:
+
+- a model that, after answering, goes on to write the next question of a few-shot prompt ("...the answer is (C).
+  Question: ... the answer is (D)") answered C: everything from the invented question on is cut off;
+- a statement that names two different answers ("the answer is (B) or (D)") is no answer at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+# A new few-shot item the model invented after answering: "Question:", "Q:", "Problem 3.", "Human:", "### Question".
+_CONTINUATION_RE = re.compile(
+    r"(?m)^[ \t>*#]*(?:Question|Q|Problem|Human|User|Instruction)(?:[ \t]*\d+)?[ \t]*[:.]"
+    r"|^[ \t]*The following (?:are|is) (?:a )?multiple[- ]choice"
+)
+_FIELD_RE_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def cut_continuation(text: str, first_answer_at: int) -> str:
+    """``text`` without a few-shot continuation that starts after the first answer statement (at ``first_answer_at``)."""
+    m = _CONTINUATION_RE.search(text, first_answer_at)
+    return text[: m.start()] if m else text
+
+
+def json_objects(text: str) -> Iterator[tuple[int, object]]:
+    """Every top-level JSON object in ``text`` with its start offset (models often wrap JSON in ```json fences)."""
+    start = text.find("{")
+    while start != -1:
+        depth = 0
+        in_str = False
+        escape = False
+        end = -1
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_str:
+                if escape:
+                    escape = False
+                elif ch == "\\":
+                    escape = True
+                elif ch == '"':
+                    in_str = False
+            elif ch == '"':
+                in_str = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+        if end == -1:
+            return
+        try:
+            obj = json.loads(text[start : end + 1])
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        yield start, obj
+        start = text.find("{", end + 1)
+
+
+def json_answer(text: str, key: str = "answer") -> str | None:
+    """The value of ``key`` in the LAST JSON object of ``text`` that has it (not null), as text; else None.
+
+    A JSON block too malformed to parse (unescaped quotes or newlines in a "reasoning" field) still gives its last
+    ``"key": value`` field.
+    """
+    if "{" not in text:
+        return None
+    found: str | None = None
+    for _, obj in json_objects(text):
+        if isinstance(obj, dict) and obj.get(key) is not None:
+            value = obj[key]
+            found = value if isinstance(value, str) else json.dumps(value)
+    if found is not None:
+        return found
+    rx = _FIELD_RE_CACHE.get(key)
+    if rx is None:
+        rx = re.compile(r'"' + re.escape(key) + r'"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\n]+)')
+        _FIELD_RE_CACHE[key] = rx
+    fields = rx.findall(text)
+    if not fields:
+        return None
+    raw = fields[-1].strip()
+    if raw.startswith('"'):
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            decoded = raw.strip('"')
+        return str(decoded)
+    return None if raw == "null" else raw
+
+
+def boxed(text: str) -> list[tuple[int, str]]:
+    """The contents of every ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces), with their offsets."""
+    out: list[tuple[int, str]] = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            i += 1
+        if depth == 0:
+            out.append((m.start(), text[m.end() : i - 1]))
+    return out
+
+
+# "The answer is X", "Final answer: X", "answer = X" up to the end of its sentence or line.
+_STATEMENT_RE = re.compile(
+    r"(?i:\b(?:final\s+answer|answer)(?:\s*[:=]|\s+(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*:?))"
+    r"\s*(?P<span>[^\n]*)"
+)
+_SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.(?=\s+[A-Z])|[!?;](?:\s|$)")
+
+
+def statements(text: str) -> list[tuple[int, str]]:
+    """Prose answer statements as (offset, the rest of their sentence), in text order."""
+    out: list[tuple[int, str]] = []
+    for m in _STATEMENT_RE.finditer(text):
+        span = m.group("span")
+        end = _SENTENCE_END_RE.search(span)
+        out.append((m.start(), (span[: end.start()] if end else span).strip()))
+    return out
