@@ -134,7 +134,10 @@ _GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
 _HARMLESS = re.compile(r"\\[$%,!;: ]|\\(?:text|mathrm|textbf|mathbf|left|right|displaystyle|quad)\b|\{,\}")
 # What makes an answer an expression, a list or a base-n numeral rather than one number.
 _NOT_A_NUMBER = re.compile(r"\\[a-zA-Z]+|[\^_*\u00d7\u00f7\u221a\u03c0+]|\bpi\b|\bsqrt\b|\d\s*[eE][-+]?\d")
+_NAMED_VALUE = re.compile(r"\s*[A-Za-z][\w ]{0,30}=(?!.*=)")  # "x = 5", "total cost = $42"
+_OPERATOR = re.compile(r"[-\u2212+<>\u2248~]|/\s*[\d(]")  # left over beside the number: "x - 2", "S - 16/3", "≈"
 _PLAIN_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+_STATES_NUMBER = re.compile(r"[\s*_\"'`$(\[]*(?:[-\u2212+$\\\d.]|[A-Za-z]\w{0,10}\s*=)")
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 
 
@@ -153,18 +156,22 @@ def _canonical_number(raw: str) -> str | None:
 def number_in(span: str) -> str | None:
     """The one number ``span`` states ("$1,234.50", "18 dollars", "x = 5", "3/4"), canonical; else None.
 
+    A calculation ("3*68 + 2*80 = 364") is refused too: the answer is what the model states, not what we recompute.
     An expression, a list, an interval, a base-n numeral, pi or a root is not a number: None, never one of its digit
     groups. Thousands separators count only in valid groups ("1,234", not "1,2").
     """
     if _PLAIN_NUMBER.fullmatch(span):
         return _canonical_number(span)
     s = _HARMLESS.sub(lambda m: "," if m.group(0) == "{,}" else " ", span)
-    if "=" in s:
-        s = s.rsplit("=", 1)[1]
+    named = _NAMED_VALUE.match(s)
+    if named:
+        s = s[named.end() :]
+    elif "=" in s:  # "3*68 + 2*80 = 364" is working, not an answer
+        return None
     if _NOT_A_NUMBER.search(s):
         return None
     tokens = _NUMBER_TOKEN.findall(s)
-    if len(tokens) != 1:
+    if len(tokens) != 1 or _OPERATOR.search(_NUMBER_TOKEN.sub(" ", s)):
         return None
     digits = tokens[0].lstrip("-\u2212$").split("/")[0].strip()
     if not _GROUPED.fullmatch(digits):
@@ -182,8 +189,8 @@ def _number(text: str, strict: bool) -> str | None:
     if value is not None:
         return number_in(value.strip().strip('"')) or (None if value.strip() == text.strip() else _number(value, strict))
     found = [(m.start(), m.group(1)) for m in _HASH_RE.finditer(text)] + boxed(text)
-    if not strict:
-        found += statements(text)
+    if not strict:  # "Answer: Janet uses 3 eggs ..." opens a reasoning, it does not state a number
+        found += [f for f in statements(text) if _STATES_NUMBER.match(f[1])]
     if found:
         found.sort(key=lambda f: f[0])
         cut = cut_continuation(text, found[0][0])

@@ -80,8 +80,9 @@ class _Worker:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._ready = False
 
-    def _start(self, startup_timeout: float) -> subprocess.Popen[str] | None:
+    def _spawn(self) -> None:
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         proc = subprocess.Popen(
@@ -94,11 +95,19 @@ class _Worker:
         )
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=_pump, args=(proc, lines), daemon=True, name="llm-cascade-math").start()
-        self._proc, self._lines = proc, lines
-        if self._read(startup_timeout) != "ready":
+        self._proc, self._lines, self._ready = proc, lines, False
+
+    def _started(self, startup_timeout: float) -> subprocess.Popen[str] | None:
+        """The running child, started (and waited for) when there is none."""
+        if self._proc is None or self._proc.poll() is not None:
             self.stop()
-            return None
-        return proc
+            self._spawn()
+        if not self._ready:
+            self._ready = self._read(startup_timeout) == "ready"
+            if not self._ready:
+                self.stop()
+                return None
+        return self._proc
 
     def _read(self, timeout: float) -> object:
         try:
@@ -119,7 +128,7 @@ class _Worker:
 
     def key(self, span: str, timeout: float, startup_timeout: float = 60.0) -> str | None:
         with self._lock:
-            proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start(startup_timeout)
+            proc = self._started(startup_timeout)
             if proc is None or proc.stdin is None:
                 return None
             try:
@@ -130,7 +139,8 @@ class _Worker:
                 return None
             result = self._read(timeout)
             if result is _TIMED_OUT:
-                self.stop()  # overran or died: a fresh process serves the next answer
+                self.stop()  # overran or died: a fresh process, loading while we go on, serves the next answer
+                self._spawn()
                 return None
             return result if isinstance(result, str) else None
 
