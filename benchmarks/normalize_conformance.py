@@ -121,6 +121,54 @@ def zeroeval(data: Path, models: Iterable[str] | None = None) -> tuple[list[Row]
     return rows, gold, {m: authors[m] for m in {r[1] for r in rows} if m in authors}
 
 
+def _zeroeval_first_json(s: str) -> Any:
+    stack: list[int] = []
+    start: int | None = None
+    for i, ch in enumerate(s):
+        if ch == "{":
+            stack.append(i)
+            start = i if start is None else start
+        elif ch == "}" and stack:
+            stack.pop()
+            if not stack and start is not None:
+                try:
+                    return json.loads(s[start : i + 1].replace("\n", ""))
+                except json.JSONDecodeError:
+                    return None
+    return None
+
+
+def zeroeval_reference(model: str, text: str) -> str | None:
+    """ZeroEval's own GSM8K reading (src/evaluation/gsm_eval.py, reimplemented): the FIRST complete JSON object's
+    answer (else a regex over the text; Llama-3.1: ``\\boxed{}``), "$" and "," dropped, then its FIRST number."""
+    obj = _zeroeval_first_json(text)
+    answer: Any = obj.get("answer") if isinstance(obj, dict) and "answer" in obj else None
+    if answer is None and not (isinstance(obj, dict) and "answer" in obj):
+        for pattern, flags in (
+            (r'"answer"\s*:\s*"([^"]*?)"', 0),
+            (r'"answer"\s*:\s*"(.*?)"', re.DOTALL),
+            (r'"answer"\s*:\s*([^,\s]*)', 0),
+            (r"answer\s*:\s*([^,\s]*)", 0),
+        ):
+            m = re.search(pattern, text, flags)
+            if m:
+                answer = m.group(1)
+                break
+        if answer is None and "Llama-3.1" in model and "boxed" in text:
+            m = re.search(r"\\boxed{([\w\d]+)}", text)
+            answer = m.group(1) if m else None
+    if answer is None:
+        return None
+    clean = str(answer).replace("$", "").strip().replace(",", "")
+    if "/" in clean:
+        try:
+            clean = str(float(Fraction(clean.replace(" ", ""))))
+        except (ValueError, ZeroDivisionError):
+            pass
+    m = re.search(r"-?\d+(\.\d+)?", clean)
+    return _exact(m.group()) if m else None
+
+
 def zeroeval_accuracy(rows: Sequence[Row], gold: dict[str, str], normalize: Callable[[str], str | None]) -> dict[str, float]:
     hits: dict[str, list[bool]] = defaultdict(list)
     for qid, model, text, _ in rows:

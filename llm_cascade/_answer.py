@@ -72,10 +72,11 @@ def json_answer(text: str, key: str = "answer") -> str | None:
     A JSON block too malformed to parse (unescaped quotes or newlines in a "reasoning" field) still gives its last
     ``"key": value`` field.
     """
-    if "{" not in text:
+    quoted = f'"{key}"'
+    if quoted not in text:
         return None
     found: str | None = None
-    for _, obj in json_objects(text):
+    for _, obj in json_objects(text) if "{" in text else ():
         if isinstance(obj, dict) and obj.get(key) is not None:
             value = obj[key]
             found = value if isinstance(value, str) else json.dumps(value)

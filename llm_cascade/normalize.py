@@ -61,10 +61,9 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
     bare = re.fullmatch(rf"[*_\s]*[(\[]?\s*([{letters}{letters.lower()}])\s*[)\]]?[*_\s]*[.:]?[*_\s]*", s)
     if bare:
         return bare.group(1).upper()
-    if "{" in s:
-        value = json_answer(s)
-        if value is not None:
-            return _choice(value, last, strict) if value.strip() != s else None
+    value = json_answer(s)
+    if value is not None:
+        return _choice(value, last, strict) if value.strip() != s else None
     found = _letter_statements(s, letters)
     if found:
         cut = cut_continuation(s, found[0][0])
@@ -185,7 +184,7 @@ def _number(text: str, strict: bool) -> str | None:
         return None
     if _PLAIN_NUMBER.fullmatch(text):
         return _canonical_number(text)
-    value = json_answer(text) if "{" in text else None
+    value = json_answer(text)
     if value is not None:
         return number_in(value.strip().strip('"')) or (None if value.strip() == text.strip() else _number(value, strict))
     found = [(m.start(), m.group(1)) for m in _HASH_RE.finditer(text)] + boxed(text)
@@ -254,10 +253,9 @@ def _label_regex(keys: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]]
 
 
 def _read_label(text: str, statement: re.Pattern[str], word: re.Pattern[str], lookup: Mapping[str, str]) -> str | None:
-    if "{" in text:
-        value = json_answer(text)
-        if value is not None:
-            text = value
+    value = json_answer(text)
+    if value is not None:
+        text = value
     said = _statement_labels(text, statement, lookup)
     if said is not False:
         return cast("str | None", said)

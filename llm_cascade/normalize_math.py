@@ -52,7 +52,7 @@ def _exact(span: str) -> str | None:
 def answer_span(text: str, max_chars: int) -> str | None:
     """The text of the final answer: the JSON ``answer`` field, else the last ``\\boxed{}``, ``####`` or "the answer
     is" statement, else the whole reply when it is a short one-liner."""
-    span: str | None = json_answer(text) if "{" in text else None
+    span: str | None = json_answer(text)
     if span is None:
         found = boxed(text) + statements(text) + [(m.start(), m.group(1)) for m in re.finditer(r"####\s*(.+)", text)]
         if found:
