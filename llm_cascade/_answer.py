@@ -29,8 +29,9 @@ def cut_continuation(text: str, first_answer_at: int) -> str:
     return text[: m.start()] if m else text
 
 
-def json_objects(text: str) -> Iterator[tuple[int, object]]:
-    """Every top-level JSON object in ``text`` with its start offset (models often wrap JSON in ```json fences)."""
+def json_objects(text: str) -> Iterator[tuple[int, int, object]]:
+    """Every top-level JSON object in ``text`` as (start, end, value); models often wrap JSON in ```json fences and
+    write raw newlines inside its strings, which are accepted."""
     start = text.find("{")
     while start != -1:
         depth = 0
@@ -53,50 +54,50 @@ def json_objects(text: str) -> Iterator[tuple[int, object]]:
             elif ch == "}":
                 depth -= 1
                 if depth == 0:
-                    end = i
+                    end = i + 1
                     break
         if end == -1:
             return
         try:
-            obj = json.loads(text[start : end + 1])
+            obj = json.loads(text[start:end], strict=False)
         except ValueError:
             start = text.find("{", start + 1)
             continue
-        yield start, obj
-        start = text.find("{", end + 1)
+        yield start, end, obj
+        start = text.find("{", end)
 
 
 def json_answer(text: str, key: str = "answer") -> str | None:
     """The value of ``key`` in the LAST JSON object of ``text`` that has it (not null), as text; else None.
 
-    A JSON block too malformed to parse (unescaped quotes or newlines in a "reasoning" field) still gives its last
-    ``"key": value`` field.
+    A JSON block too malformed to parse (unescaped quotes in a "reasoning" field, no opening brace) still gives its
+    last ``"key": value`` field. Objects after a few-shot question the model invented are not its answer.
     """
-    quoted = f'"{key}"'
-    if quoted not in text:
+    if f'"{key}"' not in text:
         return None
-    found: str | None = None
-    for _, obj in json_objects(text) if "{" in text else ():
+    found: list[tuple[int, str]] = []
+    for start, end, obj in json_objects(text) if "{" in text else ():
         if isinstance(obj, dict) and obj.get(key) is not None:
             value = obj[key]
-            found = value if isinstance(value, str) else json.dumps(value)
-    if found is not None:
-        return found
-    rx = _FIELD_RE_CACHE.get(key)
-    if rx is None:
-        rx = re.compile(r'"' + re.escape(key) + r'"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\n]+)')
-        _FIELD_RE_CACHE[key] = rx
-    fields = rx.findall(text)
-    if not fields:
+            found.append((end, value if isinstance(value, str) else json.dumps(value)))
+    if not found:
+        rx = _FIELD_RE_CACHE.get(key)
+        if rx is None:
+            rx = re.compile(r'"' + re.escape(key) + r'"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\n]+)')
+            _FIELD_RE_CACHE[key] = rx
+        for m in rx.finditer(text):
+            raw = m.group(1).strip()
+            if raw.startswith('"'):
+                try:
+                    found.append((m.end(), str(json.loads(raw, strict=False))))
+                except ValueError:
+                    found.append((m.end(), raw.strip('"')))
+            elif raw != "null":
+                found.append((m.end(), raw))
+    if not found:
         return None
-    raw = fields[-1].strip()
-    if raw.startswith('"'):
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            decoded = raw.strip('"')
-        return str(decoded)
-    return None if raw == "null" else raw
+    cut = len(cut_continuation(text, found[0][0]))
+    return [value for end, value in found if end <= cut][-1]
 
 
 def boxed(text: str) -> list[tuple[int, str]]:
