@@ -135,6 +135,12 @@ _HARMLESS = re.compile(r"\\[$%,!;: ]|\\(?:text|mathrm|textbf|mathbf|left|right|d
 _NOT_A_NUMBER = re.compile(r"\\[a-zA-Z]+|[\^_*\u00d7\u00f7\u221a\u03c0+]|\bpi\b|\bsqrt\b|\d\s*[eE][-+]?\d")
 _NAMED_VALUE = re.compile(r"\s*[A-Za-z][\w ]{0,30}=(?!.*=)")  # "x = 5", "total cost = $42"
 _OPERATOR = re.compile(r"[-\u2212+<>\u2248~]|/\s*[\d(]")  # left over beside the number: "x - 2", "S - 16/3", "≈"
+_SENTENCE_BREAK = re.compile(r"\.\s+(?=[A-Z])|\n")
+# Where a prose answer turns to its conditions; not before a number ("5 to 7" is a range, not 5).
+_CLAUSE_BREAK = re.compile(
+    r"\s(?:by|for|if|to|from|with|in|when|since|because|after|before|over|per|each|at|while|than|until|using|which"
+    r"|during|on)\b(?!\s*[-\u2212$\d])|\s*\("
+)
 _PLAIN_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
 _STATES_NUMBER = re.compile(r"[\s*_\"'`$(\[]*(?:[-\u2212+$\\\d.]|[A-Za-z]\w{0,10}\s*=)")
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
@@ -152,6 +158,18 @@ def _canonical_number(raw: str) -> str | None:
     return rounded.rstrip("0").rstrip(".") if "." in rounded else rounded
 
 
+def _answer_clause(s: str) -> str:
+    """A prose answer up to where it starts explaining itself: "Tim saves $34 per month by cancelling his $60
+    package" -> "Tim saves $34"; "The total is $160. The blue car costs $100" -> "The total is $160"."""
+    first = _NUMBER_TOKEN.search(s)
+    if first is None or not re.search(r"[A-Za-z]{2}", s):
+        return s
+    end = _SENTENCE_BREAK.search(s, first.end())
+    s = s[: end.start()] if end else s
+    brk = _CLAUSE_BREAK.search(s, first.end())
+    return s[: brk.start()] if brk else s
+
+
 def number_in(span: str) -> str | None:
     """The one number ``span`` states ("$1,234.50", "18 dollars", "x = 5", "3/4"), canonical; else None.
 
@@ -161,7 +179,7 @@ def number_in(span: str) -> str | None:
     """
     if _PLAIN_NUMBER.fullmatch(span):
         return _canonical_number(span)
-    s = _HARMLESS.sub(lambda m: "," if m.group(0) == "{,}" else " ", span)
+    s = _answer_clause(_HARMLESS.sub(lambda m: "," if m.group(0) == "{,}" else " ", span))
     named = _NAMED_VALUE.match(s)
     if named:
         s = s[named.end() :]
