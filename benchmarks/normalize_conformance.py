@@ -10,7 +10,8 @@ Per normalizer and model it prints:
   normalized answers are equal, the share whose reference answers differ: two different answers read as one vote.
 
 Sources: ZeroEval GSM8K (42 models, raw JSON generations; reference: ZeroEval's own extractor, reimplemented from
-yuchenlin/ZeroEval src/evaluation/gsm_eval.py, plus accuracy against gold next to the authors' published accuracy), MoT GSM8K chain-of-thought samples of gpt-4
+yuchenlin/ZeroEval src/evaluation/gsm_eval.py, plus accuracy against gold next to the authors' published accuracy),
+MoT GSM8K chain-of-thought samples of gpt-4
 (reference: MoT's own extracted results), the rational MMLU/MedMCQA letter replies of 9 models and synthetic
 MMLU-Pro-style chain-of-thought outputs (10 options; reference: MMLU-Pro's own extractor, reimplemented from
 TIGER-AI-Lab/MMLU-Pro compute_accuracy.py). ``--math`` adds the Math normalizer on ZeroEval's answer fields (slow).
@@ -20,6 +21,7 @@ The last line is JSON with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import itertools
 import json
@@ -155,15 +157,15 @@ def zeroeval_reference(model: str, text: str) -> str | None:
         return None
     clean = str(answer).replace("$", "").strip().replace(",", "")
     if "/" in clean:
-        try:
+        with contextlib.suppress(ValueError, ZeroDivisionError):
             clean = str(float(Fraction(clean.replace(" ", ""))))
-        except (ValueError, ZeroDivisionError):
-            pass
     m = re.search(r"-?\d+(\.\d+)?", clean)
     return _exact(m.group()) if m else None
 
 
-def zeroeval_accuracy(rows: Sequence[Row], gold: dict[str, str], normalize: Callable[[str], str | None]) -> dict[str, float]:
+def zeroeval_accuracy(
+    rows: Sequence[Row], gold: dict[str, str], normalize: Callable[[str], str | None]
+) -> dict[str, float]:
     hits: dict[str, list[bool]] = defaultdict(list)
     for qid, model, text, _ in rows:
         hits[model].append(normalize(text) == gold[qid])
@@ -260,7 +262,9 @@ def table(title: str, results: dict[str, dict[str, float]], extra: dict[str, str
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    default_data = os.environ.get("LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    default_data = os.environ.get(
+        "LLM_CASCADE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    )
     parser.add_argument("--data", default=default_data)
     parser.add_argument("--math", action="store_true", help="also run Math on ZeroEval's answer fields (slow)")
     args = parser.parse_args(argv)
@@ -288,10 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean_accuracy": sum(acc.values()) / len(acc),
         "reference_mean_accuracy": sum(ref_acc[m] for m in acc) / len(acc),
     }
+    summary = out["zeroeval_number_strict"]
     lines.append(
         f"ZeroEval's reading reproduces the authors within {max(ref_gap.values()):.2f} points on {len(ref_gap)} models;"
         f" Number(strict=True) differs from them by up to {max(gap.values()):.2f} points (mean accuracy"
-        f" {out['zeroeval_number_strict']['mean_accuracy']:.2f} vs {out['zeroeval_number_strict']['reference_mean_accuracy']:.2f})"
+        f" {summary['mean_accuracy']:.2f} vs {summary['reference_mean_accuracy']:.2f})"
     )
 
     mot = mot_gsm(data)
@@ -315,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += table(f"ChoiceLetter('J') on synthetic MMLU-Pro-style CoT (reference: {label})", res)
         ref_res = measure(syn_rows, mmlu_pro_reference) if ref else None
         if ref_res is not None:
-            lines.append(f"(the MMLU-Pro extractor itself agrees with the concluded letter on {100 * ref_res['all']['agree']:.2f}%)")
+            agree = 100 * ref_res["all"]["agree"]
+            lines.append(f"(the MMLU-Pro extractor itself agrees with the concluded letter on {agree:.2f}%)")
             out["synthetic_cot_truth"] = {"choice": res["all"], "mmlu_pro_reference": ref_res["all"]}
         else:
             out["synthetic_cot_mmlu_pro"] = {k: v["agree"] for k, v in res.items()}

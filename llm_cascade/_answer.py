@@ -24,7 +24,7 @@ _FIELD_RE_CACHE: dict[str, re.Pattern[str]] = {}
 
 
 def cut_continuation(text: str, first_answer_at: int) -> str:
-    """``text`` without a few-shot continuation that starts after the first answer statement (at ``first_answer_at``)."""
+    """``text`` without a few-shot continuation that starts after the first answer (at ``first_answer_at``)."""
     m = _CONTINUATION_RE.search(text, first_answer_at)
     return text[: m.start()] if m else text
 
@@ -76,7 +76,7 @@ def json_answer(text: str, key: str = "answer") -> str | None:
     if f'"{key}"' not in text:
         return None
     found: list[tuple[int, str]] = []
-    for start, end, obj in json_objects(text) if "{" in text else ():
+    for _, end, obj in json_objects(text) if "{" in text else ():
         if isinstance(obj, dict) and obj.get(key) is not None:
             value = obj[key]
             found.append((end, value if isinstance(value, str) else json.dumps(value)))

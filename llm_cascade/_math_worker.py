@@ -1,9 +1,10 @@
 """The child process behind :class:`~llm_cascade.normalize_math.Math`: LaTeX/expression text -> a canonical key.
 
-It runs in its own process (``python -m llm_cascade._math_worker``, one JSON line in, one out) because a symbolic parse or simplification can take unbounded time on a pathological
-answer, and only a process can be stopped from outside: the parent waits a bounded time for each answer and kills
-this process when it overruns (math-verify's own timeout uses SIGALRM, which works only on the main thread and would
-take over the application's alarm handler). math-verify and sympy load here, never in the parent.
+It runs in its own process (``python -m llm_cascade._math_worker``, one JSON line in, one out) because a symbolic
+parse or simplification can take unbounded time on a pathological answer, and only a process can be stopped from
+outside: the parent waits a bounded time for each answer and kills this process when it overruns (math-verify's own
+timeout uses SIGALRM, which works only on the main thread and would take over the application's alarm handler).
+math-verify and sympy load here, never in the parent.
 """
 
 from __future__ import annotations

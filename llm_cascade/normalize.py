@@ -33,8 +33,8 @@ class Normalizer(Protocol):
 # After "A" or "I" these words make the letter a letter ("A is correct", "I and J"); any other lowercase word makes it
 # the English article or pronoun ("A questioning of ...", "I think ...").
 _LETTER_FOLLOWERS = frozenset(
-    "is was would could should seems appears and or but because since as which with from to for only also "
-    "remains matches fits".split()
+    {"is", "was", "would", "could", "should", "seems", "appears", "and", "or", "but", "because", "since", "as"}
+    | {"which", "with", "from", "to", "for", "only", "also", "remains", "matches", "fits"}
 )
 # What may sit between an answer keyword and its letter: spaces, markdown, brackets, $...$, \boxed{, \text{.
 _MARKUP = r"(?:[\s*_(\[{$]|\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{)*"
@@ -93,7 +93,9 @@ def _letter_statements(s: str, letters: str) -> list[tuple[int, str | None]]:
         letter = m.group(1) or m.group(2)
         if m.group(1) and _is_word(s, m.end(1), letter):
             continue
-        other = re.match(rf"[)\]}}*_$]*\s*(?:,|/|&|\bor\b|\band\b)\s*[*_(\[]*([{letters}])(?![A-Za-z0-9])", s[m.end() :])
+        other = re.match(
+            rf"[)\]}}*_$]*\s*(?:,|/|&|\bor\b|\band\b)\s*[*_(\[]*([{letters}])(?![A-Za-z0-9])", s[m.end() :]
+        )
         out.append((m.start(), None if other and other.group(1) != letter else letter))
     return out
 
@@ -204,7 +206,9 @@ def _number(text: str, strict: bool) -> str | None:
         return _canonical_number(text)
     value = json_answer(text)
     if value is not None:
-        return number_in(value.strip().strip('"')) or (None if value.strip() == text.strip() else _number(value, strict))
+        return number_in(value.strip().strip('"')) or (
+            None if value.strip() == text.strip() else _number(value, strict)
+        )
     found = [(m.start(), m.group(1)) for m in _HASH_RE.finditer(text)] + boxed(text)
     if not strict:  # "Answer: Janet uses 3 eggs ..." opens a reasoning, it does not state a number
         found += [f for f in statements(text) if _STATES_NUMBER.match(f[1])]
@@ -252,9 +256,9 @@ def _opening(text: str) -> str:
     return re.sub(r"^[\s*_\"'`(\[>#-]+", "", text)
 
 
-def _statement_labels(text: str, rx: re.Pattern[str], lookup: Mapping[str, str]) -> str | None | bool:
+def _statement_labels(text: str, rx: re.Pattern[str], lookup: Mapping[str, str]) -> str | bool | None:
     """The label of the LAST "answer: <label>" statement (None if it names two); False when there is none."""
-    found: str | None | bool = False
+    found: str | bool | None = False
     for m in rx.finditer(text):
         first = lookup[m.group(1).casefold()]
         other = re.match(r"[*_\"'`)\].]*\s*(?:,|/|\bor\b|\band\b)\s*[*_\"'`(\[]*([\w-]+)", text[m.end() :])
@@ -352,7 +356,7 @@ class ExactText:
 
 @dataclass(frozen=True, slots=True)
 class JsonField:
-    """The value of ``key`` in the last JSON object of the text that has it, optionally normalised further by ``then``."""
+    """The value of ``key`` in the last JSON object of the text that has it, optionally normalised by ``then``."""
 
     key: str = "answer"
     then: Callable[[str], str | None] | None = None

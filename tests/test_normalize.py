@@ -108,7 +108,7 @@ def test_as_normalizer() -> None:
         as_normalizer(42)  # type: ignore[arg-type]
 
 
-# -- issue 11: each misreading listed in its "Why" fails on the code before it ------------------------------------------
+# -- issue 11: each misreading listed in its "Why" fails on the code before it -----------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ ZEROEVAL_SAMPLE = [
 
 @pytest.fixture(scope="module")
 def conf() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("normalize_conformance", REPO / "benchmarks" / "normalize_conformance.py")
+    spec = importlib.util.spec_from_file_location(
+        "normalize_conformance", REPO / "benchmarks" / "normalize_conformance.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -51,7 +53,9 @@ def zeroeval(conf: ModuleType, data_dir: Path) -> tuple[list[Any], dict[str, str
     return result
 
 
-def _show(conf: ModuleType, title: str, results: dict[str, dict[str, float]], extra: dict[str, str] | None = None) -> None:
+def _show(
+    conf: ModuleType, title: str, results: dict[str, dict[str, float]], extra: dict[str, str] | None = None
+) -> None:
     print("\n".join(conf.table(title, results, extra)))
 
 
