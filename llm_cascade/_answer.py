@@ -102,24 +102,23 @@ def json_answer(text: str, key: str = "answer") -> str | None:
 
 def boxed(text: str) -> list[tuple[int, str]]:
     """The contents of every ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces), with their offsets."""
-    out: list[tuple[int, str]] = []
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            out.append((m.start(), text[m.end() : i - 1]))
-    return out
+    starts = list(re.finditer(r"\\(?:boxed|fbox)\s*+\{", text))
+    if not starts:
+        return []
+    closing: dict[int, int] = {}  # one pass over the braces: linear however deeply boxes nest
+    stack: list[int] = []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    return [(m.start(), text[m.end() : closing[m.end() - 1]]) for m in starts if m.end() - 1 in closing]
 
 
 # "The answer is X", "Final answer: X", "answer = X" up to the end of its sentence or line.
 _STATEMENT_RE = re.compile(
-    r"(?i:\b(?:final\s+answer|answer)(?:\s*[:=]|\s+(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*:?))"
-    r"\s*(?P<span>[^\n]*)"
+    r"(?i:\b(?:final\s+answer|answer)(?:\s*+[:=]|\s++(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*+:?))"
+    r"\s*+(?P<span>[^\n]*)"
 )
 _SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.(?=\s+[A-Z])|[!?;](?:\s|$)")
 

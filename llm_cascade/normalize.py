@@ -37,10 +37,11 @@ _LETTER_FOLLOWERS = frozenset(
     | {"which", "with", "from", "to", "for", "only", "also", "remains", "matches", "fits"}
 )
 # What may sit between an answer keyword and its letter: spaces, markdown, brackets, $...$, \boxed{, \text{.
-_MARKUP = r"(?:[\s*_(\[{$]|\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{)*"
+_MARKUP = r"(?:[\s*_(\[{$]|\\(?:boxed|text|textbf|mathrm|mathbf)\s*+\{)*+"
+# Possessive quantifiers (*+, ++) throughout: a reply with a long run of spaces must not backtrack for minutes.
 _KEYWORD = (
-    r"(?i:\b(?:answer|(?:final|correct|best|right)\s+(?:option|choice))"
-    r"(?:\s*[:=\-\u2013]|\s+(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*:?))"
+    r"(?i:\b(?:answer|(?:final|correct|best|right)\s++(?:option|choice))"
+    r"(?:\s*+[:=\-\u2013]|\s++(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*+:?))"
 )
 
 
@@ -86,16 +87,15 @@ def _letter_statements(s: str, letters: str) -> list[tuple[int, str | None]]:
     """(offset, letter) of every explicit answer statement; the letter is None where the statement names two."""
     out: list[tuple[int, str | None]] = []
     rx = re.compile(
-        rf"{_KEYWORD}[ \t]*(?:\n\s*)?(?i:(?:option|choice|letter)\s*)?{_MARKUP}([{letters}])(?![A-Za-z0-9'\u2019])"
-        rf"|\\(?:boxed|fbox)\s*\{{\s*(?:\\text(?:bf)?\s*\{{)?\s*\(?([{letters}])\)?\s*\}}"
+        rf"{_KEYWORD}\s*+(?i:(?:option|choice|letter)\s*+)?{_MARKUP}([{letters}])(?![A-Za-z0-9'\u2019])"
+        rf"|\\(?:boxed|fbox)\s*+\{{\s*+(?:\\text(?:bf)?\s*+\{{)?\s*+\(?([{letters}])\)?\s*+\}}"
     )
+    two = re.compile(rf"[)\]}}*_$]*+\s*+(?:,|/|&|\bor\b|\band\b)\s*+[*_(\[]*+([{letters}])(?![A-Za-z0-9])")
     for m in rx.finditer(s):
         letter = m.group(1) or m.group(2)
         if m.group(1) and _is_word(s, m.end(1), letter):
             continue
-        other = re.match(
-            rf"[)\]}}*_$]*\s*(?:,|/|&|\bor\b|\band\b)\s*[*_(\[]*([{letters}])(?![A-Za-z0-9])", s[m.end() :]
-        )
+        other = two.match(s, m.end())
         out.append((m.start(), None if other and other.group(1) != letter else letter))
     return out
 
@@ -256,12 +256,15 @@ def _opening(text: str) -> str:
     return re.sub(r"^[\s*_\"'`(\[>#-]+", "", text)
 
 
+_SECOND_LABEL = re.compile(r"[*_\"'`)\].]*+\s*+(?:,|/|\bor\b|\band\b)\s*+[*_\"'`(\[]*+([\w-]+)")
+
+
 def _statement_labels(text: str, rx: re.Pattern[str], lookup: Mapping[str, str]) -> str | bool | None:
     """The label of the LAST "answer: <label>" statement (None if it names two); False when there is none."""
     found: str | bool | None = False
     for m in rx.finditer(text):
         first = lookup[m.group(1).casefold()]
-        other = re.match(r"[*_\"'`)\].]*\s*(?:,|/|\bor\b|\band\b)\s*[*_\"'`(\[]*([\w-]+)", text[m.end() :])
+        other = _SECOND_LABEL.match(text, m.end())
         second = lookup.get(other.group(1).casefold()) if other else None
         found = None if second is not None and second != first else first
     return found
@@ -270,7 +273,7 @@ def _statement_labels(text: str, rx: re.Pattern[str], lookup: Mapping[str, str])
 def _label_regex(keys: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]]:
     alts = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
     word = rf"((?i:{alts}))(?![\w])"
-    statement = re.compile(rf"{_LABEL_KEYWORD}(?:\s+(?:is|would\s+be|will\s+be))?\s*[:=\-]?\s*[*_\"'`(\[]*{word}")
+    statement = re.compile(rf"{_LABEL_KEYWORD}(?:\s++(?:is|would\s+be|will\s+be)\b)?\s*+[:=\-]?\s*+[*_\"'`(\[]*+{word}")
     return statement, re.compile(word)
 
 

@@ -97,6 +97,13 @@ class _Worker:
         threading.Thread(target=_pump, args=(proc, lines), daemon=True, name="llm-cascade-math").start()
         self._proc, self._lines, self._ready = proc, lines, False
 
+    def prestart(self) -> None:
+        """Start the child now, without waiting, so it has loaded sympy by the time the first answer arrives."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self.stop()
+                self._spawn()
+
     def _started(self, startup_timeout: float) -> subprocess.Popen[str] | None:
         """The running child, started (and waited for) when there is none."""
         if self._proc is None or self._proc.poll() is not None:
@@ -181,10 +188,11 @@ class Math:
     whole reply when it is a short one-liner. Integers, decimals and fractions are read exactly here; any other
     expression is parsed by math-verify and simplified by sympy in a child process (``pip install
     'llm-cascade[math]'``), at most ``timeout`` seconds per answer, and answers over ``max_chars`` are refused: an
-    answer that cannot be read in time is None, which agrees with nothing. Keys are cached per text.
+    answer that cannot be read in time is None, which agrees with nothing. Keys are cached per text. The child
+    process starts (in the background) when the first ``Math`` is made and serves every instance.
     """
 
-    timeout: float = 2.0
+    timeout: float = 1.0
     max_chars: int = 300
 
     def __post_init__(self) -> None:
@@ -192,6 +200,8 @@ class Math:
             raise ConfigError("Math.timeout", f"must be a positive number of seconds, got {self.timeout!r}")
         if isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ConfigError("Math.max_chars", f"must be a positive integer, got {self.max_chars!r}")
+        if importlib.util.find_spec("math_verify") is not None:
+            _WORKER.prestart()
 
     def __call__(self, text: str) -> str | None:
         return _math(text, float(self.timeout), self.max_chars)

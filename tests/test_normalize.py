@@ -227,3 +227,27 @@ def test_math_compares_mathematics() -> None:
     assert math("no idea, sorry\nreally") is None
     with pytest.raises(ConfigError, match="Math.timeout"):
         Math(timeout=0)
+
+
+def test_math_gives_up_on_a_pathological_answer_and_recovers() -> None:
+    math = Math(timeout=0.5)
+    assert math("9^{9^{9^{9}}}") is None  # sympy would compute for minutes: the child is killed instead
+    assert math("\\sqrt{8}") == "2*sqrt(2)"  # a fresh child serves the next answer
+    assert Math(max_chars=10)("\\frac{\\sqrt{2}}{2} + \\frac{1}{3}") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is" + " " * 30000 + "x",
+        "answer: " + "*" * 30000,
+        "\\boxed{" * 30000,
+        "sentiment" + " " * 30000 + "yes",
+        '{"answer": "' + '\\"' * 20000,
+        "the answer is (C) or " * 20000,
+    ],
+)
+def test_pathological_replies_are_read_in_linear_time(text: str) -> None:
+    # Each of these took seconds to minutes with backtracking regular expressions; now they finish at once.
+    for normalizer in (ChoiceLetter("J"), Number(), YesNo(), LabelSet(["positive", "negative"])):
+        assert normalizer(text) is None or isinstance(normalizer(text), str)
