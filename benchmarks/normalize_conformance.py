@@ -225,16 +225,19 @@ _CONCLUSIONS = [
 _WORDS = ["osmosis", "inflation", "entropy", "a tort", "photosynthesis", "the Treaty", "an allele", "monopoly"]
 
 
-def synthetic_cot(n: int, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
-    """MMLU-Pro-style chain-of-thought outputs in five model styles: (text, the letter it concludes)."""
+def synthetic_cot(n: int, seed: int = 0) -> dict[str, list[tuple[str, str | None]]]:
+    """MMLU-Pro-style chain-of-thought outputs in six model styles: (text, the letter it concludes).
+
+    "truncated" outputs stop mid-reasoning and conclude nothing (None); the reference and ChoiceLetter both guess
+    there, from the last standalone capital letter, and differ where that letter is the word "A" or "I"."""
     rng = random.Random(seed)
     letters = "ABCDEFGHIJ"
-    styles: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    styles: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for i in range(n):
         a, x, y = rng.choice(letters), rng.choice(letters), rng.choice(letters)
         fill = {"A": a, "X": x, "Y": y, "W": rng.choice(_WORDS)}
         body = " ".join(rng.choice(_REASONING).format(**fill) for _ in range(rng.randint(2, 6)))
-        style = ("terse", "verbose", "markdown", "repeats", "continues")[i % 5]
+        style = ("terse", "verbose", "markdown", "repeats", "continues", "truncated")[i % 6]
         if style == "terse":
             end = rng.choice(_CONCLUSIONS[:4])
         elif style == "verbose":
@@ -243,8 +246,11 @@ def synthetic_cot(n: int, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
             end = rng.choice(["**Answer: ({A})**", "The answer is **({A})**.", "Answer: {A}"])
         elif style == "repeats":
             end = _CONCLUSIONS[10]
-        else:
+        elif style == "continues":
             end = _CONCLUSIONS[11]
+        else:
+            styles[style].append((body.rsplit(" ", rng.randint(1, 4))[0], None))
+            continue
         styles[style].append((f"{body}\n\n{end.format(**fill)}", a))
     return styles
 
@@ -312,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth = synthetic_cot(2000)
     for label, ref in (("MMLU-Pro extractor", None), ("the letter each text concludes", True)):
         syn_rows = [
-            (f"q{i}", style, text, truth if ref else mmlu_pro_reference(text))
+            (f"{style}-{i}", style, text, truth if ref else mmlu_pro_reference(text))
             for style, items in synth.items()
             for i, (text, truth) in enumerate(items)
         ]

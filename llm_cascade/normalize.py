@@ -53,6 +53,13 @@ def _is_word(text: str, end: int, letter: str) -> bool:
     return m is not None and (m.group(1) is None or m.group(1) not in _LETTER_FOLLOWERS)
 
 
+@functools.lru_cache(maxsize=16)
+def _opening_letter(letters: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"[\s*_]*+[(\[]?([{letters}])(?:[)\]]|\*\*|\.(?!\w)|:(?<!A:))?+(?:[\s*_.:)\]]*+$()|(?<=[)\].:*])| *+$)"
+    )
+
+
 @functools.lru_cache(maxsize=8192)
 def _choice(text: str, last: str, strict: bool) -> str | None:
     letters = f"A-{last}"
@@ -72,15 +79,20 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
             found = [f for f in found if f[0] < len(cut)]
             s = cut
         return found[-1][1]
-    lead = re.match(rf"[\s*_]*[(\[]?([{letters}])(?:[)\]]|\*\*|\.(?!\w)|:(?<!A:)|\s*$|\s*\n)", s)
-    if lead:
+    # A reply that opens with its letter: "B) Paris", "C. Because ...", or "**B**" alone on the first line. Only a
+    # short one-line reply: a chain of thought that opens by discussing "(A) ..." has not answered A.
+    first_line = s.split("\n", 1)[0]
+    lead = _opening_letter(letters).match(first_line)
+    if lead and (lead.group(2) is not None or ("\n" not in s and len(s) <= 150)):
         return lead.group(1)
     if strict:
         return None
-    for m in reversed(list(re.finditer(rf"\b([{letters}])\b", s))):
-        if not _is_word(s, m.end(), m.group(1)):
-            return m.group(1)
-    return None
+    # MMLU-Pro's last resort, as it reads it (a guess either way; reading it alike keeps scores comparable), except
+    # that a reply opening with the word "A" or "I" and naming no other letter holds no answer at all.
+    guess = re.search(rf"\b([{letters}])\b(?!.*\b[{letters}]\b)", s, re.DOTALL)
+    if guess is None or (s[: guess.start()].strip(" *_\"'") == "" and _is_word(s, guess.end(), guess.group(1))):
+        return None
+    return guess.group(1)
 
 
 def _letter_statements(s: str, letters: str) -> list[tuple[int, str | None]]:
@@ -106,12 +118,13 @@ class ChoiceLetter:
 
     In order: a bare reply ("B", "(B)", "B)", "**B**", "b"); a JSON ``answer`` field; the LAST explicit answer
     statement ("The answer is (C)", "Answer: C", "correct option is C", ``\\boxed{C}``), ignoring a few-shot question
-    the model invented after answering, and None when that statement names two letters ("(B) or (D)"); a reply that
-    opens with its letter ("B) Paris", "C. because ..."). Letters in prose are capitals: "The answer is a combination"
-    holds no letter, and the words "A" and "I" ("A questioning of ...", "I think") are never choices.
+    the model invented after answering, and None when that statement names two letters ("(B) or (D)"); a short reply
+    that opens with its letter ("B) Paris", "C. because ...") or a first line that is only the letter ("**B**"). Letters in prose are capitals: "The answer is a combination"
+    holds no letter, and the words "A" and "I" ("The answer is A questioning of ...", "I think") are not choices.
 
-    A chain of thought that never states an answer is read as its last standalone capital letter, the last resort of
-    MMLU-Pro's reference extractor (measured: README, "Normalizers"); ``strict=True`` refuses that guess.
+    A chain of thought that never states an answer is read as MMLU-Pro's reference extractor reads it, as its last
+    standalone capital letter (measured: README, "Normalizers"), save a reply that opens with the word "A" or "I" and
+    names no other letter ("A questioning of authority."): None. ``strict=True`` refuses that guess altogether.
     """
 
     last: str = "D"

@@ -123,12 +123,13 @@ def test_choice_letter_on_rational_letter_replies(conf: ModuleType, data_dir: Pa
 
 def test_choice_letter_on_mmlu_pro_style_chain_of_thought(conf: ModuleType) -> None:
     synth = conf.synthetic_cot(1000, seed=1)
-    rows = [(f"q{i}", style, text, truth) for style, items in synth.items() for i, (text, truth) in enumerate(items)]
+    rows = [(f"{s}-{i}", s, text, truth) for s, items in synth.items() for i, (text, truth) in enumerate(items)]
     ref_rows = [(q, s, t, conf.mmlu_pro_reference(t)) for q, s, t, _ in rows]
     ours, reference = conf.measure(rows, ChoiceLetter("J")), conf.measure(rows, conf.mmlu_pro_reference)
     _show(conf, "ChoiceLetter('J') on synthetic MMLU-Pro-style CoT (reference: concluded letter)", ours)
     against_reference = conf.measure(ref_rows, ChoiceLetter("J"))
-    for style in synth:
+    _show(conf, "ChoiceLetter('J') on the same (reference: MMLU-Pro extractor)", against_reference)
+    for style in set(synth) - {"truncated"}:  # truncated outputs conclude nothing: both guess, see the README
         assert ours[style]["agree"] == 1.0, style
         assert against_reference[style]["agree"] >= 0.99, style
         assert reference[style]["agree"] == 1.0, style  # the reference is right on these too: a fair test set
@@ -155,10 +156,13 @@ ADVERSARIAL: list[tuple[str, Callable[[str], str | None], str, str]] = [
     ("Number", Number(), "-221_3", "3"),
     ("Number", Number(), '{"answer": "3*68 + 2*80 = 364"}', "The answer is 3."),
     ("Number", Number(), "x - 2", "2"),
-    ("Math", Math(), "\\frac{1}{4}", "\\frac{3}{4}"),
-    ("Math", Math(), "-221_3", "-221"),
-    ("Math", Math(), "0.333", "\\frac{1}{3}"),
-    ("Math", Math(), "2", "-2"),
+    ("Math", Math(timeout=30), "\\frac{1}{4}", "\\frac{3}{4}"),
+    ("Math", Math(timeout=30), "-221_3", "-221"),
+    ("Math", Math(timeout=30), "0.333", "\\frac{1}{3}"),
+    ("Math", Math(timeout=30), "2", "-2"),
+    ("Math", Math(timeout=30), "\\sqrt{2}", "2"),
+    ("Math", Math(timeout=30), "(2, 5]", "[2, 5]"),
+    ("Math", Math(timeout=30), "x^2 + 1", "x^2 - 1"),
     ("ChoiceLetter", ChoiceLetter("J"), "We rule out option B. The answer is (C).", "B"),
     ("ChoiceLetter", ChoiceLetter("J"), "The answer is a combination of both.", "A"),
     ("ChoiceLetter", ChoiceLetter("J"), "A questioning attitude.", "A"),
@@ -181,6 +185,7 @@ def test_adversarial_pairs_never_agree() -> None:
 
 def test_equal_answers_still_agree() -> None:
     assert Number()("$1,234.00") == Number()('{"answer": "1234"}') == Number()("#### 1,234") == "1234"
-    assert Math()("\\frac{1}{2}") == Math()("0.5") == Math()("1/2")
-    assert Math()("x = \\frac{\\sqrt{2}}{2}") == Math()("\\frac{1}{\\sqrt{2}}")
+    math = Math(timeout=30)  # generous on a busy machine; the timeout itself is tested in test_normalize
+    assert math("\\frac{1}{2}") == math("0.5") == math("1/2")
+    assert math("x = \\frac{\\sqrt{2}}{2}") == math("\\frac{1}{\\sqrt{2}}")
     assert ChoiceLetter("J")("**Answer: (H)**") == ChoiceLetter("J")("H") == "H"
