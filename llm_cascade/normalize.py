@@ -119,8 +119,9 @@ class ChoiceLetter:
     In order: a bare reply ("B", "(B)", "B)", "**B**", "b"); a JSON ``answer`` field; the LAST explicit answer
     statement ("The answer is (C)", "Answer: C", "correct option is C", ``\\boxed{C}``), ignoring a few-shot question
     the model invented after answering, and None when that statement names two letters ("(B) or (D)"); a short reply
-    that opens with its letter ("B) Paris", "C. because ...") or a first line that is only the letter ("**B**"). Letters in prose are capitals: "The answer is a combination"
-    holds no letter, and the words "A" and "I" ("The answer is A questioning of ...", "I think") are not choices.
+    that opens with its letter ("B) Paris", "C. because ...") or a first line that is only the letter ("**B**").
+    Letters in prose are capitals: "The answer is a combination" holds no letter, and the words "A" and "I" ("The
+    answer is A questioning of ...", "I think") are not choices.
 
     A chain of thought that never states an answer is read as MMLU-Pro's reference extractor reads it, as its last
     standalone capital letter (measured: README, "Normalizers"), save a reply that opens with the word "A" or "I" and
