@@ -60,7 +60,7 @@ def _opening_letter(letters: str) -> re.Pattern[str]:
     )
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def _choice(text: str, last: str, strict: bool) -> str | None:
     letters = f"A-{last}"
     s = text.strip()
@@ -212,7 +212,7 @@ def number_in(span: str) -> str | None:
     return _canonical_number(tokens[0])
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def _number(text: str, strict: bool) -> str | None:
     if not text:
         return None

@@ -66,6 +66,7 @@ def answer_span(text: str, max_chars: int) -> str | None:
     if span is None:
         return None
     span = _DELIMITERS.sub("", span.strip().rstrip(".").strip())
+    span = re.sub(r"\s*\\?%$", "", span)  # "18\%" answers "what percent": the same answer as 18
     return span if span and len(span) <= max_chars else None
 
 
@@ -133,7 +134,7 @@ class _Worker:
                     pipe.close()
         self._proc = None
 
-    def key(self, span: str, timeout: float, startup_timeout: float = 60.0) -> str | None:
+    def key(self, span: str, timeout: float, startup_timeout: float = 20.0) -> str | None:
         with self._lock:
             proc = self._started(startup_timeout)
             if proc is None or proc.stdin is None:
@@ -165,7 +166,7 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
 _WORKER = _Worker()
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def _math(text: str, timeout: float, max_chars: int) -> str | None:
     span = answer_span(text, max_chars)
     if span is None:
