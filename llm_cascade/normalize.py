@@ -89,7 +89,9 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
         return None
     # MMLU-Pro's last resort, as it reads it (a guess either way; reading it alike keeps scores comparable), except
     # that a reply opening with the word "A" or "I" and naming no other letter holds no answer at all.
-    guess = re.search(rf"\b([{letters}])\b(?!.*\b[{letters}]\b)", s, re.DOTALL)
+    guess = None
+    for guess in re.finditer(rf"\b([{letters}])\b", s):  # the last one (a lookahead would be quadratic)
+        pass
     if guess is None or (s[: guess.start()].strip(" *_\"'") == "" and _is_word(s, guess.end(), guess.group(1))):
         return None
     return guess.group(1)

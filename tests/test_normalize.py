@@ -245,6 +245,7 @@ def test_math_gives_up_on_a_pathological_answer_and_recovers() -> None:
         "sentiment" + " " * 30000 + "yes",
         '{"answer": "' + '\\"' * 20000,
         "the answer is (C) or " * 20000,
+        "so A and " * 20000,
     ],
 )
 def test_pathological_replies_are_read_in_linear_time(text: str) -> None:
