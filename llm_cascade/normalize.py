@@ -9,6 +9,7 @@ Every normalizer is a plain callable ``str -> str | None``; any function of that
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -89,12 +90,11 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
         return None
     # MMLU-Pro's last resort, as it reads it (a guess either way; reading it alike keeps scores comparable), except
     # that a reply opening with the word "A" or "I" and naming no other letter holds no answer at all.
-    guess = None
-    for guess in re.finditer(rf"\b([{letters}])\b", s):  # the last one (a lookahead would be quadratic)
-        pass
-    if guess is None or (s[: guess.start()].strip(" *_\"'") == "" and _is_word(s, guess.end(), guess.group(1))):
+    guess = collections.deque(re.finditer(rf"\b([{letters}])\b", s), maxlen=1)  # the last (a lookahead: quadratic)
+    if not guess:
         return None
-    return guess.group(1)
+    g = guess[0]
+    return None if s[: g.start()].strip(" *_\"'") == "" and _is_word(s, g.end(), g.group(1)) else g.group(1)
 
 
 def _letter_statements(s: str, letters: str) -> list[tuple[int, str | None]]:
