@@ -19,6 +19,7 @@ from collections.abc import Iterator
 _CONTINUATION_RE = re.compile(
     r"(?m)^[ \t>*#]*(?:Question|Q|Problem|Human|User|Instruction)(?:[ \t]*\d+)?[ \t]*[:.]"
     r"|^[ \t]*The following (?:are|is) (?:a )?multiple[- ]choice"
+    r"|(?<=[.!?)])[ \t]+Question(?:[ \t]*\d+)?[ \t]*:"
 )
 _FIELD_RE_CACHE: dict[str, re.Pattern[str]] = {}
 

@@ -136,6 +136,8 @@ class ChoiceLetter:
     def __post_init__(self) -> None:
         if not isinstance(self.last, str) or len(self.last) != 1 or not "B" <= self.last.upper() <= "J":
             raise ConfigError("ChoiceLetter.last", f"must be a letter from B to J, got {self.last!r}")
+        if not isinstance(self.strict, bool):
+            raise ConfigError("ChoiceLetter.strict", f"must be true or false, got {self.strict!r}")
         object.__setattr__(self, "last", self.last.upper())
 
     def __call__(self, text: str) -> str | None:

@@ -43,6 +43,8 @@ def test_choice_letter_range() -> None:
     assert ChoiceLetter("D")("Answer: H") is None
     with pytest.raises(ConfigError, match="ChoiceLetter.last"):
         ChoiceLetter("Z")
+    with pytest.raises(ConfigError, match="ChoiceLetter.strict"):
+        ChoiceLetter("J", strict="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -123,6 +125,7 @@ def test_as_normalizer() -> None:
         ("The answer is (B) or (D).", None),  # two final answers
         ("Answer: A or C", None),
         ("...so the answer is (C).\n\nQuestion: Which gas is inert?\nAnswer: Let's think. The answer is (D).", "C"),
+        ("So the answer is (C). Question: Which gas is inert? Options: ... The answer is (D).", "C"),
         ('{"reasoning": "(A) is wrong", "answer": "C"}', "C"),
         ('{"answer": "B"} Actually, correcting myself: {"answer": "D"}', "D"),
         ("The answer is $\\boxed{E}$", "E"),
