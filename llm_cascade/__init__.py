@@ -50,6 +50,7 @@ from .errors import (
 from .ledger import Ledger
 from .limits import CircuitBreaker, RateLimit, Resilience, harden
 from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
+from .normalize_math import Math
 from .pricing import PriceTable
 from .retry import Retrying, RetryPolicy
 from .router import Router, Tier
@@ -82,6 +83,7 @@ __all__ = [
     "LedgerError",
     "Limit",
     "MalformedResponseError",
+    "Math",
     "Message",
     "MissingDependencyError",
     "Normalizer",

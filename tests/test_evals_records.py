@@ -129,7 +129,13 @@ def test_zeroeval_extractor_reproduces_the_authors_accuracy(data_dir: Path) -> N
         acc = (
             100 * sum(bool(r.models[m].correct) for r in records if m in r.models) / sum(m in r.models for r in records)
         )
-        assert acc == pytest.approx(summary[ZEROEVAL_ALIASES.get(m, m)], abs=0.5), m
+        authors = summary[ZEROEVAL_ALIASES.get(m, m)]
+        if m in ("Phi-3.5-mini-instruct", "Yi-1.5-9B-Chat"):
+            # These two often write a second, corrected JSON answer; ZeroEval scores the first, Number the last
+            # (issue 11), so they gain answers. Every difference is explained in test_normalize_conformance.
+            assert authors < acc < authors + 1.5, m
+        else:
+            assert acc == pytest.approx(authors, abs=0.5), m
 
 
 def test_zeroeval_tokens_and_prices(data_dir: Path) -> None:
