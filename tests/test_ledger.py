@@ -81,6 +81,7 @@ async def test_2000_concurrent_requests_write_exactly_one_row_per_call(ledger_ur
     made = [c for cs in calls.values() for c in cs]
     assert len(made) == a.calls + b.calls + top.calls
     assert Counter(c.outcome for c in made)["error"] / len(made) == pytest.approx(0.10, abs=0.005)
+    await ledger.aflush()  # rows are written by the ledger's writer thread; flush waits for it
     assert ledger.pending == 0
     rows = ledger.rows()
     assert len(rows) == len(made) == ledger.count()
@@ -197,11 +198,12 @@ def test_rows_wait_in_memory_when_the_database_refuses_them(tmp_path: Path) -> N
     blocker.execute("BEGIN EXCLUSIVE")
     ledger._store.conn.execute("PRAGMA busy_timeout=0")
     ledger.record("r1", [Call("x", 0, "ok", Usage(1, 1), cost_usd=Decimal(1))], {})
-    assert ledger.pending == 1
     with pytest.raises(LedgerError, match="cannot write 1 ledger row"):
         ledger.flush()
+    assert ledger.pending == 1
     blocker.rollback()
     ledger.record("r2", [Call("x", 0, "error", error="boom")], {})
+    ledger.flush()  # the writer retries after a pause; flush writes the backlog now
     assert ledger.pending == 0
     assert [r.request_id for r in ledger.rows()] == ["r1", "r2"]
 
