@@ -53,12 +53,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Literal, cast
 
 from .errors import ConfigError
 from .ledger import Ledger
 from .pricing import PriceTable
-from .types import Request, Usage
+from .types import Call, Request, Usage
 
 Period = Literal["request", "hour", "day", "week", "month", "total"]
 Policy = Literal["best_so_far", "raise"]
@@ -130,6 +130,7 @@ class Budget:
         usage: UsageGuess | None = None,
         unknown_price: Literal["refuse", "allow"] = "refuse",
         clock: Callable[[], float] = time.time,
+        gate_first_tier: bool = True,
     ) -> None:
         self.limits: tuple[Limit, ...] = (limits,) if isinstance(limits, Limit) else tuple(limits)
         if not self.limits or not all(isinstance(x, Limit) for x in self.limits):
@@ -144,15 +145,65 @@ class Budget:
             raise ConfigError("Budget.output_tokens", f"must be >= 0, got {output_tokens!r}")
         if unknown_price not in ("refuse", "allow"):
             raise ConfigError("Budget.unknown_price", f"must be 'refuse' or 'allow', got {unknown_price!r}")
+        if not isinstance(gate_first_tier, bool):
+            raise ConfigError("Budget.gate_first_tier", f"must be True or False, got {gate_first_tier!r}")
         self.ledger = ledger
         self.prices = prices if prices is not None else PriceTable.default()
         self.policy: Policy = policy
         self.output_tokens = output_tokens
         self.unknown_price = unknown_price
+        self.gate_first_tier = gate_first_tier
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
         self._lock = threading.Lock()
         self._holds: set[Hold] = set()
+        # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
+        self._running: dict[int, list[object]] = {}
+        if ledger is not None:
+            subscribe = getattr(ledger, "subscribe", None)
+            if callable(subscribe):
+                subscribe(self._recorded)
+            self._seed(self.clock())
+
+    def _seed(self, now: float) -> None:
+        """Read each period limit's spend so far from the ledger, once (later calls advance it in memory)."""
+        assert self.ledger is not None
+        for i, limit in enumerate(self.limits):
+            if limit.per == "request":
+                continue
+            start = period_start(limit.per, now)
+            t = self.ledger.totals(since=start, tags=limit.tags or None)
+            with self._lock:
+                self._running[i] = [start, t.cost_usd, t.unpriced]
+
+    def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Ledger listener: advance the running totals of the limits this request's tags fall under."""
+        priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
+        unknown = sum(1 for c in calls if c.cost_usd is None and (c.usage.total_tokens or c.outcome == "ok"))
+        if not priced and not unknown:
+            return
+        with self._lock:
+            for i, limit in enumerate(self.limits):
+                run = self._running.get(i)
+                if run is None or not limit.applies(metadata):
+                    continue
+                start = period_start(limit.per, ts)
+                if start is not None and start > cast(float, run[0]):
+                    run[:] = [start, Decimal(0), 0]  # a new period began
+                elif start is not None and start < cast(float, run[0]):
+                    continue  # a row stamped in a period already over
+                run[1] = cast(Decimal, run[1]) + priced
+                run[2] = cast(int, run[2]) + unknown
+
+    def _spent_in_period(self, index: int, limit: Limit, now: float) -> tuple[Decimal, int]:
+        """Priced spend and unknown-price calls recorded in the current period of ``limit`` (lock held)."""
+        run = self._running.get(index)
+        if run is None:
+            return Decimal(0), 0
+        start = period_start(limit.per, now)
+        if start is not None and start > cast(float, run[0]):
+            run[:] = [start, Decimal(0), 0]
+        return cast(Decimal, run[1]), cast(int, run[2])
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
         from .tokens import count_messages, encoding_for_model
@@ -229,8 +280,12 @@ class Budget:
         for limit in applicable:
             before = held = Decimal(0)
             if limit.per != "request":
-                assert self.ledger is not None
-                before = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
+                before, unknown = self._spent_in_period(self.limits.index(limit), limit, now)
+                if unknown and self.unknown_price == "refuse":
+                    return (
+                        f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
+                        " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
+                    )
                 held = self._held_against(limit, hold)
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
@@ -248,13 +303,11 @@ class Budget:
         recorded and what requests in flight hold."""
         now = self.clock()
         out: dict[str, Decimal] = {}
-        for limit in self.limits:
+        for i, limit in enumerate(self.limits):
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
-            assert self.ledger is not None
             with self._lock:
-                used = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
-                used += self._held_against(limit)
+                used = self._spent_in_period(i, limit, now)[0] + self._held_against(limit)
             out[str(limit)] = limit.usd - used
         return out
 

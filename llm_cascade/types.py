@@ -110,6 +110,9 @@ class Completion:
     raw: Any = field(default=None, repr=False, compare=False)
     # Seconds of local compute this call used (its share of a batch), for models priced per hour; None for API calls.
     compute_s: float | None = None
+    # What the backend knows this call cost (local compute at its own hourly price, a nested cascade's calls, a cost
+    # the provider reported). The router uses it before any price table; None: price it from the usage.
+    cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
