@@ -285,6 +285,8 @@ class LedgerConfig(_Model):
 
     url: str
     table: str = "llm_cascade_calls"
+    # The write-ahead journal's folder (see llm_cascade.journal); None: beside a SQLite file, else in the data dir.
+    journal: str | None = None
 
 
 class LimitConfig(_Model):
@@ -528,7 +530,7 @@ def _build_ledger(lc: LedgerConfig) -> SpendSink:
     from .ledger import Ledger
 
     try:
-        return Ledger(None if lc.url == "default" else lc.url, table=lc.table)
+        return Ledger(None if lc.url == "default" else lc.url, table=lc.table, journal=lc.journal)
     except ConfigError as exc:
         raise ConfigError(f"ledger.{exc.field.removeprefix('Ledger.')}", exc.problem) from None
     except LedgerError as exc:

@@ -232,6 +232,18 @@ def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
+def _safe(text: str) -> str:
+    """A tag as text PostgreSQL's ``jsonb`` accepts: NUL and lone surrogates (which it refuses, failing every later
+    ``tags::jsonb`` query) become U+FFFD. The proxy refuses such tags with a 400; this guards every other caller."""
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    return text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def to_pusd(cost: Decimal | None) -> int | None:
     """Integer pico-dollars (rounded half-even below 1e-12 USD)."""
     return None if cost is None else int((cost * PICO).to_integral_value(ROUND_HALF_EVEN))
@@ -356,7 +368,7 @@ class Ledger:
     # -- writing ----------------------------------------------------------------------------------------------------
 
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
-        tags = json.dumps(dict(metadata), sort_keys=True, default=str)
+        tags = json.dumps({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()}, sort_keys=True)
         return [
             (
                 now,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import Components, Config, build_components, build_routers, hash_key
 from .errors import AllTiersFailed, BudgetExceeded, LLMCascadeError, MissingDependencyError, RequestTimeout
-from .server_schema import ChatRequest, InputError, parse_chat
+from .server_schema import ChatRequest, InputError, parse_chat, tag_problem
 from .types import Request, RouteResult
 
 try:
@@ -352,11 +353,15 @@ async def spend(request: HTTPRequest) -> Response:
         return error_response(404, "no ledger is configured (set ledger.url)", code="no_ledger")
     query = request.query_params
     try:
-        since = float(query["since"]) if "since" in query else None
-        until = float(query["until"]) if "until" in query else None
-    except ValueError:
-        return error_response(400, "since and until are seconds since the epoch", code="invalid_query")
+        since = _epoch(query, "since")
+        until = _epoch(query, "until")
+    except InputError as bad:
+        return _refuse(bad)
     wanted = {k.removeprefix("tag."): v for k, v in query.items() if k.startswith("tag.")}
+    for name, value in wanted.items():
+        problem = tag_problem(name) or tag_problem(value)
+        if problem is not None:
+            return error_response(400, f"tag filter {name[:40]!r} {problem}", code="invalid_query", param=f"tag.{name}")
     if "key" in tags:
         wanted["key"] = tags["key"]  # a key sees only its own spend
     t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
@@ -373,6 +378,24 @@ async def spend(request: HTTPRequest) -> Response:
             "tags": wanted,
         }
     )
+
+
+def _epoch(query: Mapping[str, str], name: str) -> float | None:
+    """A finite number of seconds since the epoch from the query string, None when absent; 400 otherwise."""
+    if name not in query:
+        return None
+    try:
+        value = float(query[name])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(
+            400,
+            f"{name} must be a finite number of seconds since the epoch, got {query[name][:40]!r}",
+            code="invalid_query",
+            param=name,
+        )
+    return value
 
 
 async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
@@ -404,8 +427,13 @@ def create_app(
         try:
             yield
         finally:
-            if components is None:
-                comp.close()
+            try:
+                if routers is None:  # built here, so closed here (SDK pools, model batchers); each member once
+                    for router in built.values():
+                        await router.aclose()
+            finally:
+                if components is None:
+                    await asyncio.to_thread(comp.close)  # the ledger's last flush is SQL: off the event loop
 
     app = Starlette(
         routes=[
