@@ -46,6 +46,8 @@ other's spend only through recorded rows, so each request in flight elsewhere ma
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import threading
 import time
@@ -56,8 +58,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal, cast
 
 from .errors import ConfigError
-from .ledger import Ledger
+from .ledger import PICO, Ledger, to_pusd
 from .pricing import PriceTable
+from .reservations import SharedCounters, scope_key
 from .types import Call, Request, Usage
 
 Period = Literal["request", "hour", "day", "week", "month", "total"]
@@ -131,6 +134,7 @@ class Budget:
         unknown_price: Literal["refuse", "allow"] = "refuse",
         clock: Callable[[], float] = time.time,
         gate_first_tier: bool = True,
+        shared: bool | None = None,
     ) -> None:
         self.limits: tuple[Limit, ...] = (limits,) if isinstance(limits, Limit) else tuple(limits)
         if not self.limits or not all(isinstance(x, Limit) for x in self.limits):
@@ -159,11 +163,22 @@ class Budget:
         self._holds: set[Hold] = set()
         # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
         self._running: dict[int, list[object]] = {}
+        if shared is None:
+            shared = ledger is not None and getattr(ledger, "shared_database", False)
+        if shared and ledger is None:
+            raise ConfigError("Budget.shared", "shared counters live in the ledger's database: pass ledger=")
+        self.counters: SharedCounters | None = None
         if ledger is not None:
             subscribe = getattr(ledger, "subscribe", None)
             if callable(subscribe):
                 subscribe(self._recorded)
-            self._seed(self.clock())
+            if shared:
+                from .reservations import SharedCounters
+
+                self.counters = SharedCounters(ledger)
+                self._ensure(self.clock())
+            else:
+                self._seed(self.clock())
 
     def _seed(self, now: float) -> None:
         """Read each period limit's spend so far from the ledger, once (later calls advance it in memory)."""
@@ -176,11 +191,28 @@ class Budget:
             with self._lock:
                 self._running[i] = [start, t.cost_usd, t.unpriced]
 
+    def _ensure(self, now: float) -> None:
+        """Create (seeded from the ledger) the shared counters of the current periods, if no process has yet."""
+        assert self.counters is not None and self.ledger is not None
+        for limit in self.limits:
+            if limit.per != "request":
+                start = period_start(limit.per, now)
+                self.counters.ensure(scope_key(limit.per, limit.tags), start or 0.0, start, limit.tags or None)
+
     def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """Ledger listener: advance the running totals of the limits this request's tags fall under."""
         priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
         unknown = sum(1 for c in calls if c.cost_usd is None and (c.usage.total_tokens or c.outcome == "ok"))
         if not priced and not unknown:
+            return
+        if self.counters is not None:
+            scopes = {
+                (scope_key(x.per, x.tags), period_start(x.per, ts) or 0.0)
+                for x in self.limits
+                if x.per != "request" and x.applies(metadata)
+            }
+            for scope, period in scopes:
+                self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
             return
         with self._lock:
             for i, limit in enumerate(self.limits):
@@ -257,10 +289,16 @@ class Budget:
         applicable = [x for x in self.limits if x.applies(request.metadata)]
         if not applicable:
             return None
+        if hold is not None and tier in hold.tiers:
+            return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
         estimate = self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
+        if self.counters is not None:
+            return self._admit_shared(applicable, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+        if hold is not None:
+            hold.tiers.add(tier)
         with self._lock:
             reason = None if estimate is None else self._refusal(applicable, tier, spent, estimate, now, hold)
             if hold is not None and not hold.released:
@@ -295,6 +333,61 @@ class Budget:
                 )
         return None
 
+    def _admit_shared(
+        self,
+        applicable: Sequence[Limit],
+        tier: int,
+        spent: Decimal,
+        estimate: Decimal,
+        now: float,
+        hold: Hold | None,
+        metadata: Mapping[str, str],
+    ) -> str | None:
+        """The check against counters in the database (:mod:`llm_cascade.reservations`); blocking, so callers on
+        the event loop use :meth:`Hold.acheck`. With a hold, an allowed tier is reserved atomically."""
+        assert self.counters is not None
+        counters = self.counters
+        for limit in applicable:
+            if limit.per == "request" and spent + estimate > limit.usd:
+                return f"budget {limit}: {spent} spent on this request + {estimate} estimated for tier {tier}"
+        taken: list[tuple[str, float, int]] = []
+        reason: str | None = None
+        for limit in applicable:
+            if limit.per == "request":
+                continue
+            start = period_start(limit.per, now)
+            scope, period = scope_key(limit.per, limit.tags), start or 0.0
+            counters.ensure(scope, period, start, limit.tags or None)
+            used, unknown = counters.read(scope, period)
+            if unknown and self.unknown_price == "refuse":
+                reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
+                break
+            mine = hold.reserved.get((scope, period), 0) if hold is not None else 0
+            amount = max(0, (to_pusd(spent + estimate) or 0) - mine)
+            fits = (
+                counters.reserve(scope, period, amount, to_pusd(limit.usd) or 0)
+                if hold is not None
+                else used + amount <= (to_pusd(limit.usd) or 0)
+            )
+            if not fits:
+                reason = (
+                    f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} (recorded + reserved in flight,"
+                    f" all processes) + {Decimal(amount) / PICO} for tier {tier} > {limit.usd}"
+                )
+                break
+            if hold is not None:
+                taken.append((scope, period, amount))
+        if hold is not None:
+            if reason is not None:
+                for scope, period, amount in taken:  # all limits or none
+                    counters.adjust(scope, period, -amount)
+            else:
+                for scope, period, amount in taken:
+                    hold.reserved[(scope, period)] = hold.reserved.get((scope, period), 0) + amount
+                hold.tiers.add(tier)
+                hold.metadata = dict(metadata)
+        return reason
+
     def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
         return sum((h.claimed for h in self._holds if h is not exclude and limit.applies(h.metadata)), Decimal(0))
 
@@ -324,7 +417,7 @@ class Hold:
     first request routed in the same context.
     """
 
-    __slots__ = ("_token", "budget", "claimed", "metadata", "released", "taken")
+    __slots__ = ("_token", "budget", "claimed", "metadata", "released", "reserved", "taken", "tiers")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -332,6 +425,8 @@ class Hold:
         self.metadata: Mapping[str, str] = {}
         self.taken = False
         self.released = False
+        self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
+        self.reserved: dict[tuple[str, float], int] = {}  # shared counters: pico-dollars reserved per counter
         self._token: Token[Hold | None] | None = None
 
     @property
@@ -342,6 +437,16 @@ class Hold:
         """:meth:`Budget.check`, not counting this hold's own claim (``spent`` is the request's own spend), and
         claiming ``spent`` + the tier's estimate when it allows (``spent`` alone when it refuses)."""
         return self.budget._admit(request, tier, models, spent, self)
+
+    @property
+    def gate_first_tier(self) -> bool:
+        return self.budget.gate_first_tier
+
+    async def acheck(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
+        """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
+        if self.budget.counters is None:
+            return self.check(request, tier, models, spent)
+        return await asyncio.to_thread(self.check, request, tier, models, spent)
 
     def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
         """Called with the budget's lock held."""
@@ -354,10 +459,29 @@ class Hold:
 
     def release(self) -> None:
         """Stop counting this request's claim: call it once its calls are in the ledger. Idempotent and final."""
+        self._release()
+
+    def _release(self) -> concurrent.futures.Future[None] | None:
         with self.budget._lock:
+            if self.released:
+                return None
             self.released = True
             self.claimed = Decimal(0)
             self.budget._holds.discard(self)
+            reserved, self.reserved = self.reserved, {}
+        counters = self.budget.counters
+        if counters is None:
+            return None
+        for (scope, period), amount in reserved.items():
+            counters.later(scope, period, -amount)
+        return counters.barrier()
+
+    async def arelease(self) -> None:
+        """:meth:`release`, then (shared counters) wait until the database has this request's cost and no longer its
+        reservations, so the next request, in any process, sees them."""
+        done = self._release()
+        if done is not None:
+            await asyncio.wrap_future(done)
 
     def __enter__(self) -> Hold:
         self._token = _open.set(self)

@@ -174,6 +174,10 @@ class _SQLite:
         with self.lock:
             return list(self.conn.execute(sql, params).fetchall())
 
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction (autocommit), with the rows it returns."""
+        return self.query(sql, params)
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -223,6 +227,12 @@ class _SQLAlchemy:
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
+
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One statement in its own committed transaction, with the rows it returns."""
+        with self.engine.begin() as conn:
+            result = conn.exec_driver_sql(sql, tuple(params))
+            return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
 
     def close(self) -> None:
         self.engine.dispose()
@@ -309,6 +319,8 @@ class Ledger:
             self._store = _SQLite(sqlite_file, table)
         else:
             self._store = _SQLAlchemy(str(url), table)
+        # A database server several processes share: budgets then keep their counters there (llm_cascade.reservations).
+        self.shared_database = isinstance(self._store, _SQLAlchemy) and self._store.dialect != "sqlite"
         ph = self._store.placeholder
         self._insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join([ph] * len(_NAMES))})"
         self.replayed = 0  # rows a dead process's journal added when this ledger was opened

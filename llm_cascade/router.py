@@ -314,7 +314,11 @@ class Router:
                     ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
                 if hold is not None:  # after the write: counted twice for a moment, never not at all
-                    hold.release()
+                    arelease = getattr(hold, "arelease", None)
+                    if arelease is not None:
+                        await arelease()
+                    else:
+                        hold.release()
 
     async def complete(self, request: Request) -> Completion:
         """Backend protocol: the cascade's answer as a Completion, with the usage of every call it made."""
@@ -355,7 +359,10 @@ class Router:
         best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
         for k, tier in enumerate(self.tiers):
             if guard is not None and (k or getattr(guard, "gate_first_tier", False)):
-                reason = guard.check(request, k, [m.name for m in tier.members], self._spent(calls))
+                acheck = getattr(guard, "acheck", None)
+                models = [m.name for m in tier.members]
+                spent = self._spent(calls)
+                reason = await acheck(request, k, models, spent) if acheck else guard.check(request, k, models, spent)
                 if reason is not None:
                     if guard.policy == "raise" or best is None:
                         raise BudgetExceeded(reason)
