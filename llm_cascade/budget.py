@@ -55,13 +55,16 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from .errors import ConfigError
 from .ledger import PICO, Ledger, to_pusd
 from .pricing import PriceTable
 from .reservations import SharedCounters, scope_key
 from .types import Call, Request, Usage
+
+if TYPE_CHECKING:
+    from .tokens import PromptCounter
 
 Period = Literal["request", "hour", "day", "week", "month", "total"]
 Policy = Literal["best_so_far", "raise"]
@@ -159,6 +162,12 @@ class Budget:
         self.gate_first_tier = gate_first_tier
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
+        self._counters: dict[str, PromptCounter] = {}
+        self._model_encoding: dict[str, str] = {}
+        if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
+            from .tokens import PromptCounter
+
+            self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
         self._holds: set[Hold] = set()
         # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
@@ -238,12 +247,26 @@ class Budget:
         return cast(Decimal, run[1]), cast(int, run[2])
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
-        from .tokens import count_messages, encoding_for_model
-
         out = self.output_tokens
         if out is None:
             out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        return Usage(count_messages(request.messages, encoding_for_model(model)), out, 0, estimated=True)
+        return Usage(self._counter(model).count(request.messages), out, 0, estimated=True)
+
+    def _counter(self, model: str) -> PromptCounter:
+        """The model's own encoding when its file is here (o200k_base for recent OpenAI models), else cl100k_base."""
+        name = self._model_encoding.get(model)
+        if name is None:
+            from .tokens import available, encoding_for_model
+
+            name = encoding_for_model(model)
+            name = name if available(name) else "cl100k_base"
+            self._model_encoding[model] = name
+        counter = self._counters.get(name)
+        if counter is None:
+            from .tokens import PromptCounter
+
+            counter = self._counters[name] = PromptCounter(name)
+        return counter
 
     def estimate(self, request: Request, models: Sequence[str]) -> Decimal | None:
         """Expected cost of asking every one of ``models`` this request; None if a price is unknown."""

@@ -284,6 +284,7 @@ class Ledger:
         journal: str | Path | bool | None = None,
         max_backlog: int = 100_000,
         retry_s: float = 0.5,
+        linger_s: float = 0.005,
     ) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
             raise ConfigError("Ledger.table", f"must be a plain SQL identifier, got {table!r}")
@@ -293,6 +294,7 @@ class Ledger:
         self.clock = clock
         self.max_backlog = max_backlog
         self.retry_s = retry_s
+        self.linger_s = linger_s  # group commit: the writer waits this long for more rows before a write
         self._pending: list[tuple[Any, ...]] = []
         self._cond = threading.Condition()
         self._io = threading.Lock()  # one writer at a time: the thread, or a caller's flush
@@ -432,8 +434,10 @@ class Ledger:
                 )
             if self._journal is not None:
                 self._journal.recorded(request_id, rows)
+            wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         for listener in self._listeners:
             listener(now, calls, metadata)
 
@@ -476,6 +480,8 @@ class Ledger:
                     self._cond.wait()
                 if self._closed and not self._pending:
                     return
+                if not self._closed and self.linger_s > 0:
+                    self._cond.wait(self.linger_s)  # let a burst gather into one transaction
             try:
                 with self._io:
                     self._write_once()
