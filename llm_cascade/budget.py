@@ -106,8 +106,28 @@ class Limit:
         return f"{self.usd} USD per {self.per} ({scope})"
 
 
+_last_period: dict[str, tuple[float, float, float | None]] = {}  # per -> (start, end, start) of the last period seen
+
+
 def period_start(per: Period, now: float) -> float | None:
     """Start (epoch seconds) of the UTC calendar period containing ``now``; None for "total" and "request"."""
+    last = _last_period.get(per)
+    if last is not None and last[0] <= now < last[1]:
+        return last[2]  # the same period as the last call: every check of a day asks for the same start
+    start = _period_start(per, now)
+    if start is not None:
+        end = _period_start(per, _next(per, start))
+        if end is not None:
+            _last_period[per] = (start, end, start)
+    return start
+
+
+def _next(per: str, start: float) -> float:
+    """A moment inside the period after the one starting at ``start``."""
+    return start + {"hour": 3600 * 1.5, "day": 86400 * 1.5, "week": 86400 * 7.5, "month": 86400 * 40}.get(per, 0)
+
+
+def _period_start(per: Period, now: float) -> float | None:
     t = dt.datetime.fromtimestamp(now, dt.UTC)
     if per == "hour":
         start = t.replace(minute=0, second=0, microsecond=0)
@@ -381,25 +401,28 @@ class Budget:
             start = period_start(limit.per, now)
             scope, period = scope_key(limit.per, limit.tags), start or 0.0
             counters.ensure(scope, period, start, limit.tags or None)
-            used, unknown = counters.read(scope, period)
-            if unknown and self.unknown_price == "refuse":
-                reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
-                break
             mine = hold.reserved.get((scope, period), 0) if hold is not None else 0
             amount = max(0, (to_pusd(spent + estimate) or 0) - mine)
-            fits = (
-                counters.reserve(scope, period, amount, to_pusd(limit.usd) or 0)
-                if hold is not None
-                else used + amount <= (to_pusd(limit.usd) or 0)
-            )
-            if not fits:
+            cap, unknown_ok = to_pusd(limit.usd) or 0, self.unknown_price == "allow"
+            if hold is not None and counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                taken.append((scope, period, amount))
+                continue
+            used, unknown = counters.read(scope, period)  # refused, or a check that claims nothing: say why
+            if unknown and not unknown_ok:
+                reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
+                break
+            if used + amount > cap:
                 reason = (
                     f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} (recorded + reserved in flight,"
                     f" all processes) + {Decimal(amount) / PICO} for tier {tier} > {limit.usd}"
                 )
                 break
-            if hold is not None:
-                taken.append((scope, period, amount))
+            if hold is not None:  # fitted when read: the reservation lost a race, so the counter moved; try again
+                if counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                    taken.append((scope, period, amount))
+                    continue
+                reason = f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} + {Decimal(amount) / PICO}"
+                break
         if hold is not None:
             if reason is not None:
                 for scope, period, amount in taken:  # all limits or none

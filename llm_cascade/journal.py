@@ -8,12 +8,13 @@ being committed there is a window in which a crash would forget a call that was 
 - when the request's calls are recorded, their real rows are appended;
 - once the writer has committed them to the database, the request ids are appended as *committed*.
 
-A line is one ``os.write`` on an ``O_APPEND`` descriptor: it is in the kernel's page cache when the call returns, so it
-survives the death of the process (not a power cut; ``fsync=True`` buys that at a price per request). Each process
-writes its own file and holds an exclusive ``flock`` on it while alive; the next process that opens the ledger replays
-the files whose owner is gone: real rows where they were recorded, the estimated rows otherwise, skipping requests
-the database already has (a commit whose *committed* line was never written). Files are truncated when nothing in
-them is outstanding, so the journal stays small.
+The file is memory-mapped: an append is a copy into the page cache, with no system call, and what is copied belongs
+to the kernel the moment it is written, so it survives the death of the process (not a power cut: the journal is
+about crashes of the process, the database's own durability covers the rest). Each process writes its own segment
+files and holds an exclusive ``flock`` on each while alive; the next process that opens the ledger replays the files
+whose owner is gone: real rows where they were recorded, the estimated rows otherwise, skipping requests the database
+already has (a commit whose *committed* line was never written). A segment is zeroed and reused once nothing in it is
+outstanding, and a full one with requests still outstanding is kept until they commit while a new one takes over.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import threading
 import uuid
@@ -30,70 +32,101 @@ from typing import Any
 
 _log = logging.getLogger("llm_cascade.journal")
 Row = tuple[Any, ...]
-# A journal file is truncated when nothing in it is outstanding and it is at least this large.
-COMPACT_BYTES = 1 << 20
+SEGMENT_BYTES = 4 << 20
+
+
+class _Segment:
+    """One memory-mapped, locked journal file."""
+
+    def __init__(self, directory: Path, size: int) -> None:
+        self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(self.fd, size)
+        self.map = mmap.mmap(self.fd, size)
+        self.size = size
+        self.pos = 0
+        self.open: set[str] = set()
+
+    def reset(self) -> None:
+        self.map[: self.pos] = bytes(self.pos)
+        self.pos = 0
+
+    def close(self, unlink: bool) -> None:
+        self.map.close()
+        if unlink:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
 
 
 class Journal:
-    """This process's journal file in ``directory`` (created), exclusively locked until :meth:`close`."""
+    """This process's journal in ``directory`` (created): memory-mapped segments, locked until :meth:`close`."""
 
-    def __init__(self, directory: str | Path, *, fsync: bool = False) -> None:
+    def __init__(self, directory: str | Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
-        self.fsync = fsync
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        self._open: set[str] = set()  # request ids with an intent or rows not yet committed
-        self._size = 0
+        self._seg: _Segment | None = _Segment(self.directory, segment_bytes)
+        self._full: list[_Segment] = []  # full segments with requests still outstanding
+        self._where: dict[str, list[_Segment]] = {}
+
+    @property
+    def path(self) -> Path | None:
+        return None if self._seg is None else self._seg.path
 
     def _append(self, entry: dict[str, Any], rid: str | None) -> None:
-        line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            if self._fd < 0:
+            seg = self._seg
+            if seg is None:
                 return
-            if rid is not None:
-                self._open.add(rid)
-            os.write(self._fd, line)
-            self._size += len(line)
-            if self.fsync:
-                os.fsync(self._fd)
+            if seg.pos + len(line) > seg.size:
+                if not seg.open:
+                    seg.reset()
+                else:
+                    self._full.append(seg)
+                    seg = self._seg = _Segment(self.directory, max(self.segment_bytes, 2 * len(line)))
+            seg.map[seg.pos : seg.pos + len(line)] = line
+            seg.pos += len(line)
+            if rid is not None and rid not in seg.open:
+                seg.open.add(rid)
+                self._where.setdefault(rid, []).append(seg)
 
     def intent(self, request_id: str, rows: Sequence[Row]) -> None:
         """Estimated rows of calls about to start: what is billed if the process dies before they are recorded."""
-        self._append({"k": "i", "id": request_id, "rows": [list(r) for r in rows]}, request_id)
+        self._append({"k": "i", "id": request_id, "rows": rows}, request_id)
 
     def recorded(self, request_id: str, rows: Sequence[Row]) -> None:
         """The request's real rows, handed to the ledger's writer (replaces its intents)."""
-        self._append({"k": "r", "id": request_id, "rows": [list(r) for r in rows]}, request_id)
+        self._append({"k": "r", "id": request_id, "rows": rows}, request_id)
 
     def committed(self, request_ids: Iterable[str]) -> None:
-        """These requests' rows are in the database; truncate the file once nothing in it is outstanding."""
-        ids = list(dict.fromkeys(request_ids))
+        """These requests' rows are in the database: their segments no longer need them."""
+        ids = [rid for rid in dict.fromkeys(request_ids) if rid in self._where]
         if not ids:
             return
         self._append({"k": "c", "ids": ids}, None)
         with self._lock:
-            self._open.difference_update(ids)
-            if not self._open and self._size >= COMPACT_BYTES and self._fd >= 0:
-                os.ftruncate(self._fd, 0)
-                self._size = 0
+            for rid in ids:
+                for seg in self._where.pop(rid, ()):
+                    seg.open.discard(rid)
+            for seg in [s for s in self._full if not s.open]:
+                self._full.remove(seg)
+                seg.close(unlink=True)
 
     @property
     def outstanding(self) -> int:
         """Requests with journal entries not yet committed to the database."""
-        return len(self._open)
+        return len(self._where)
 
     def close(self, *, clean: bool) -> None:
-        """Release the file; ``clean`` (every row committed) removes it, else the next process replays it."""
+        """Release the files; ``clean`` (every row committed) removes them, else the next process replays them."""
         with self._lock:
-            if self._fd < 0:
-                return
-            fd, self._fd = self._fd, -1
-            if clean and not self._open:
-                self.path.unlink(missing_ok=True)
-            os.close(fd)
+            segs = [*self._full, *([self._seg] if self._seg is not None else [])]
+            self._seg, self._full = None, []
+            for seg in segs:
+                seg.close(unlink=clean and not seg.open)
 
 
 def orphans(directory: str | Path) -> list[tuple[Path, int]]:
@@ -119,26 +152,28 @@ def orphans(directory: str | Path) -> list[tuple[Path, int]]:
 def pending_rows(path: Path) -> dict[str, list[Row]]:
     """What a dead process's journal says was billed but maybe never committed: request id -> rows.
 
-    A request's recorded rows win over its intents; several intents (one per tier) add up; committed requests and a
-    torn last line (the process died mid-write) are skipped.
+    A request's recorded rows win over its intents; several intents (one per tier) add up; committed requests, the
+    zeroed rest of a segment and a torn last line (the process died mid-copy) are skipped.
     """
     intents: dict[str, list[Row]] = {}
     recorded: dict[str, list[Row]] = {}
     done: set[str] = set()
-    with path.open("rb") as fh:
-        for raw in fh:
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                _log.warning("journal %s: skipping a torn line", path)
-                continue
-            kind = entry.get("k")
-            if kind == "i":
-                intents.setdefault(entry["id"], []).extend(tuple(r) for r in entry["rows"])
-            elif kind == "r":
-                recorded[entry["id"]] = [tuple(r) for r in entry["rows"]]
-            elif kind == "c":
-                done.update(entry["ids"])
+    for raw in path.read_bytes().split(b"\n"):
+        raw = raw.strip(b"\0")
+        if not raw:
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            _log.warning("journal %s: skipping a torn line", path)
+            continue
+        kind = entry.get("k")
+        if kind == "i":
+            intents.setdefault(entry["id"], []).extend(tuple(r) for r in entry["rows"])
+        elif kind == "r":
+            recorded[entry["id"]] = [tuple(r) for r in entry["rows"]]
+        elif kind == "c":
+            done.update(entry["ids"])
     out: dict[str, list[Row]] = {}
     for rid in dict.fromkeys([*intents, *recorded]):
         if rid in done:

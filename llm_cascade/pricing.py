@@ -148,6 +148,7 @@ class PriceTable:
         self._index: dict[str, str] = {}
         self._litellm: dict[str, PriceEntry | None] | None = None
         self._lock = threading.Lock()
+        self._found: dict[str, PriceEntry | None] = {}  # lookups by the exact name asked (cleared by add)
         for name, raw in (entries or {}).items():
             self.add(name, raw)
 
@@ -181,6 +182,7 @@ class PriceTable:
         if not isinstance(name, str) or not name:
             raise PriceError(f"price entry name must be a non-empty string, got {name!r}")
         parsed = entry if isinstance(entry, PriceEntry) else parse_entry(name, entry)
+        self._found.clear()
         self._entries[name] = parsed
         for alias in (name, *parsed.aliases):
             owner = self._index.get(alias.lower())
@@ -199,6 +201,16 @@ class PriceTable:
 
     def lookup(self, model: str) -> PriceEntry | None:
         """The entry for a model or any alias of it; prefixes such as "openai:" or "openai/" are ignored."""
+        try:
+            return self._found[model]  # the router prices the same few names on every request
+        except KeyError:
+            pass
+        found = self._lookup(model)
+        if len(self._found) < 10_000:
+            self._found[model] = found
+        return found
+
+    def _lookup(self, model: str) -> PriceEntry | None:
         names = candidates(model)
         for c in names:
             hit = self._index.get(c)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,13 @@ class SharedCounters:
         self._store = ledger._store
         self._ph = self._store.placeholder
         self._seeded: set[tuple[str, float]] = set()
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-cascade-budget")
+        # Adjustments wait here for the worker, which applies all that queued up in one transaction, summed per
+        # counter: under load one round trip serves many requests, not two per request.
+        self._queue: list[tuple[str, float, int, int, concurrent.futures.Future[None]]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._worker = threading.Thread(target=self._drain, name="llm-cascade-budget", daemon=True)
+        self._worker.start()
         try:
             self._store.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, period DOUBLE PRECISION NOT NULL, "
@@ -71,12 +78,14 @@ class SharedCounters:
         )
         self._seeded.add((scope, period))
 
-    def reserve(self, scope: str, period: float, amount: int, limit: int) -> bool:
-        """Add ``amount`` pico-dollars if the counter stays within ``limit``; False (nothing added) otherwise."""
+    def reserve(self, scope: str, period: float, amount: int, limit: int, *, unknown_ok: bool = True) -> bool:
+        """Add ``amount`` pico-dollars if the counter stays within ``limit`` (and, unless ``unknown_ok``, has no
+        call of unknown price); False, with nothing added, otherwise. One statement, one round trip."""
         ph = self._ph
+        unknown = "" if unknown_ok else " AND unpriced = 0"
         rows = self._store.execute(
             f"UPDATE {self.table} SET used_pusd = used_pusd + {ph} "
-            f"WHERE scope = {ph} AND period = {ph} AND used_pusd + {ph} <= {ph} RETURNING used_pusd",
+            f"WHERE scope = {ph} AND period = {ph} AND used_pusd + {ph} <= {ph}{unknown} RETURNING used_pusd",
             [amount, scope, period, amount, limit],
         )
         return bool(rows)
@@ -100,22 +109,56 @@ class SharedCounters:
         )
 
     def later(self, scope: str, period: float, delta: int, unpriced: int = 0) -> concurrent.futures.Future[None]:
-        """:meth:`adjust` on the worker thread, in submission order; errors are logged (the counter then drifts by
-        ``delta``, which the next process seeding a new period starts afresh from)."""
-        return self._pool.submit(self._adjust_logged, scope, period, delta, unpriced)
+        """:meth:`adjust` on the worker thread (batched with what else is queued); the future is done once it is
+        applied. Errors are logged: the counter then drifts by ``delta`` (a new period starts afresh)."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._cond:
+            self._queue.append((scope, period, delta, unpriced, done))
+            if len(self._queue) == 1:
+                self._cond.notify()
+        return done
 
     def barrier(self) -> concurrent.futures.Future[None]:
-        """A future done once every adjustment submitted before it is applied."""
-        return self._pool.submit(lambda: None)
+        """A future done once every adjustment queued before it is applied."""
+        return self.later("", 0.0, 0)
 
-    def _adjust_logged(self, scope: str, period: float, delta: int, unpriced: int) -> None:
-        try:
-            self.adjust(scope, period, delta, unpriced)
-        except Exception as exc:
-            _log.error("budget counter %s/%s: cannot add %d pUSD: %s", scope, period, delta, exc)
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            sums: dict[tuple[str, float], list[int]] = {}
+            for scope, period, delta, unpriced, _ in batch:
+                if scope:
+                    acc = sums.setdefault((scope, period), [0, 0])
+                    acc[0] += delta
+                    acc[1] += unpriced
+            try:
+                rows = [(scope, period, d, u) for (scope, period), (d, u) in sums.items() if d or u]
+                if rows:
+                    self._store.write(self._upsert, rows)
+            except Exception as exc:
+                _log.error("budget counters: cannot apply %d adjustment(s): %s", len(rows), exc)
+            for *_, done in batch:
+                done.set_result(None)
+
+    @property
+    def _upsert(self) -> str:
+        ph = self._ph
+        return (
+            f"INSERT INTO {self.table} (scope, period, used_pusd, unpriced) VALUES ({ph}, {ph}, {ph}, {ph}) "
+            f"ON CONFLICT (scope, period) DO UPDATE SET used_pusd = {self.table}.used_pusd + excluded.used_pusd, "
+            f"unpriced = {self.table}.unpriced + excluded.unpriced"
+        )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._worker.join(timeout=10)
 
 
 def scope_key(per: str, tags: Mapping[str, str]) -> str:

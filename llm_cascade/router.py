@@ -317,10 +317,10 @@ class Router:
         scope = _outer_ledger.set(ledger) if ledger is not None else None
         try:
             if self.timeout is None:
-                return await self._route(request, calls, guard)
+                return await self._route(request, calls, guard, ledger)
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._route(request, calls, guard)
+                    return await self._route(request, calls, guard, ledger)
             except TimeoutError:
                 raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
         finally:
@@ -370,7 +370,9 @@ class Router:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    async def _route(self, request: Request, calls: list[Call], guard: Guard | None) -> RouteResult:
+    async def _route(
+        self, request: Request, calls: list[Call], guard: Guard | None, ledger: SpendSink | None
+    ) -> RouteResult:
         start = time.perf_counter()
         last = len(self.tiers) - 1
         best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
@@ -385,7 +387,7 @@ class Router:
                         raise BudgetExceeded(reason)
                     bk, bvotes, banswer, btext = best
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
-            intent = getattr(self.ledger, "intent", None) if _outer_ledger.get() is None else None
+            intent = getattr(ledger, "intent", None)  # the ledger this request records to (None when nested)
             if intent is not None:
                 intent(request.request_id, self._intents(k, tier, request), request.metadata)
             votes, texts, failed = await self._run_tier(k, tier, request, calls)
