@@ -9,7 +9,8 @@ p50 to compare: the spend path should not get slower as the ledger grows.
     python benchmarks/loop_lag.py [--rows 300000] [--requests 1000] [--concurrency 50]
 
 Last line, JSON: max_lag_ms_idle (the heartbeat alone: what the machine itself adds), max_lag_ms_sqlite,
-max_lag_ms_postgres (null when no PostgreSQL), p99 lags, p50_escalated_ms (SQLite, full ledger), p50_escalated_ms_empty (SQLite, empty ledger), p50_escalated_ms_postgres.
+max_lag_ms_postgres (null when no PostgreSQL), p99 lags, p50_escalated_ms (SQLite, full ledger),
+p50_escalated_ms_empty (SQLite, empty ledger), p50_escalated_ms_postgres.
 """
 
 from __future__ import annotations
