@@ -47,7 +47,7 @@ from .errors import (
 from .ledger import Ledger
 from .limits import CircuitBreaker, RateLimit, Resilience, harden
 from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
-from .pricing import PriceTable
+from .pricing import Price, PriceTable
 from .retry import Retrying, RetryPolicy
 from .router import Router, Tier
 from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
@@ -83,6 +83,7 @@ __all__ = [
     "Normalizer",
     "Number",
     "PriceError",
+    "Price",
     "PriceTable",
     "ProviderError",
     "ProviderTimeout",

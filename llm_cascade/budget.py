@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from .errors import ConfigError
 from .ledger import PICO, Ledger, to_pusd
-from .pricing import PriceTable
+from .pricing import PriceEntry, PriceTable
 from .reservations import SharedCounters, scope_key
 from .types import Call, Request, Usage
 
@@ -183,6 +183,8 @@ class Budget:
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
         self._counters: dict[str, PromptCounter] = {}
+        # Prices members declare themselves (a Router fills it from its members): used before the table.
+        self.member_prices: dict[str, PriceEntry] = {}
         self._model_encoding: dict[str, str] = {}
         if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
             from .tokens import PromptCounter
@@ -292,7 +294,9 @@ class Budget:
         """Expected cost of asking every one of ``models`` this request; None if a price is unknown."""
         total = Decimal(0)
         for model in models:
-            cost = self.prices.cost(model, self._usage(request, model))
+            own = self.member_prices.get(model)
+            usage = self._usage(request, model)
+            cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
             if cost is None:
                 return None
             total += cost

@@ -211,6 +211,10 @@ class MemberConfig(_Model):
     base_url: str | None = None
     api_key_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # The member's own price, used before the table: ``price = {input = 0.1, output = 0.4}`` (USD per 1M tokens;
+    # source and as_of optional here) or ``price_per_hour = 2.5`` for a local server billed by compute time.
+    price: dict[str, Any] | None = None
+    price_per_hour: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
 
     @field_validator("model")
     @classmethod
@@ -569,6 +573,8 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         base_url = base_url or prov.base_url
         key_env = key_env or prov.api_key_env
     options.update(spec.options)
+    if spec.price is not None or spec.price_per_hour is not None:
+        options["price" if kind != "hf" else "price_per_hour"] = _member_price(spec, kind, field)
     if kind != provider:
         options.setdefault("name", spec.model)  # calls and the ledger say "recorded:gpt-4o", as the file does
     if base_url is not None:
@@ -581,6 +587,24 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         raise ConfigError(f"{field}.{exc.field}" if exc.field != "backend" else field, exc.problem) from None
     except TypeError as exc:
         raise ConfigError(field, f"the {kind!r} backend rejected its options: {exc}") from None
+
+
+def _member_price(spec: MemberConfig, kind: str, field: str) -> Any:
+    from .errors import PriceError
+    from .pricing import Price
+
+    if spec.price is not None and spec.price_per_hour is not None:
+        raise ConfigError(f"{field}.price", "give price or price_per_hour, not both")
+    if kind == "hf":  # the local classifier prices its own compute seconds
+        if spec.price is not None:
+            raise ConfigError(f"{field}.price", "an hf member is priced by the hour: use price_per_hour")
+        return spec.price_per_hour
+    try:
+        if spec.price_per_hour is not None:
+            return Price(per_hour=spec.price_per_hour, source="price_per_hour in the config")
+        return Price(**{"source": "price in the config", **(spec.price or {})})
+    except (PriceError, TypeError) as exc:
+        raise ConfigError(f"{field}.price", str(exc)) from None
 
 
 def build_router(cfg: Config, cascade: str, *, components: Components | None = None, **overrides: Any) -> Router:

@@ -14,6 +14,7 @@ the JSON file in the installed package: litellm itself is never imported and not
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import threading
@@ -245,6 +246,32 @@ class PriceTable:
             if self._litellm is None:
                 self._litellm = read_litellm_map()
             return self._litellm
+
+
+def Price(
+    input: Decimal | float | str = 0,
+    output: Decimal | float | str = 0,
+    *,
+    cached_input: Decimal | float | str | None = None,
+    per_request: Decimal | float | str = 0,
+    per_hour: Decimal | float | str | None = None,
+    source: str = "declared next to the member",
+    as_of: str | None = None,
+) -> PriceEntry:
+    """A member's own price (USD per 1M tokens, per request, or per hour of local compute), used before any table:
+    a local server is priced 0 or by the hour, a negotiated rate overrides the list price."""
+    raw: dict[str, Any] = {
+        "input": input,
+        "output": output,
+        "per_request": per_request,
+        "source": source,
+        "as_of": as_of or datetime.date.today().isoformat(),
+    }
+    if cached_input is not None:
+        raw["cached_input"] = cached_input
+    if per_hour is not None:
+        raw["per_hour"] = per_hour
+    return parse_entry("price", raw)
 
 
 def litellm_map_path() -> Path | None:

@@ -266,6 +266,13 @@ class Router:
                         f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
                     )
         self.tiers: tuple[Tier, ...] = tuple(built)
+        # Members that carry their own price (OpenAIBackend(..., price=Price(...)); a wrapper's ``inner`` is looked
+        # through): priced by it before the table, and the budget's estimates use it too.
+        self._member_prices = {m.name: p for t in built for m in t.members if (p := _own_price(m)) is not None}
+        if self._member_prices and budget is not None:
+            known = getattr(budget, "member_prices", None)
+            if isinstance(known, dict):
+                known.update(self._member_prices)
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self.normalizer: Normalizer = as_normalizer(normalizer, "Router.normalizer")
@@ -578,8 +585,8 @@ class Router:
         else the price table; None when none of them knows."""
         if known is not None:
             return known
-        own = getattr(backend, "price", None)
-        if own is not None and callable(getattr(own, "cost", None)):
+        own = self._member_prices.get(backend.name)
+        if own is not None:
             found: Decimal | None = own.cost(usage, seconds)
             return found
         if self.prices is None:
@@ -631,6 +638,18 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router({self.name!r}, tiers={list(self.tiers)!r})"
+
+
+def _own_price(member: Any) -> Any:
+    """The price a member (or the backend a wrapper holds as ``inner``) declares, or None."""
+    for _ in range(8):
+        price = getattr(member, "price", None)
+        if price is not None and callable(getattr(price, "cost", None)):
+            return price
+        member = getattr(member, "inner", None)
+        if member is None:
+            return None
+    return None
 
 
 async def _close_member(member: Any, seen: set[int]) -> None:

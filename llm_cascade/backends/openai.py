@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, MissingDependencyError
 from ..types import Completion, Request
@@ -26,6 +26,9 @@ from ._openai_shape import first_token_logprob as first_token_logprob  # re-expo
 from ._openai_shape import openai_usage as openai_usage
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -56,6 +59,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         name: str | None = None,
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
+        price: PriceEntry | None = None,
     ) -> None:
         self._init_options(
             "OpenAIBackend",
@@ -68,6 +72,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
             stream=stream,
             stream_idle_timeout=stream_idle_timeout,
         )
+        self._init_price("OpenAIBackend", price)
         self.base_url = base_url
         self.organization = organization
         self.default_headers = dict(default_headers or {})
