@@ -1,47 +1,48 @@
-"""Budgets: spending limits per tag and period, checked by the router before each escalation.
+"""Budgets: spending limits per tag and period, checked by the router before each tier (tier 0 included).
 
     budget = Budget([Limit("10", per="day", tags={"app": "chat"}), Limit("0.05", per="request")],
                     ledger=ledger, prices=prices, policy="best_so_far")
     router = Router(tiers, prices=prices, ledger=ledger, budget=budget)
 
-Before tier k (k >= 1) runs, each limit whose tags the request carries is checked:
+Before tier k runs (tier 0 too unless ``gate_first_tier=False``), each limit whose tags the request carries is checked:
 
-    spent in the period (from the ledger) + held by other requests in flight (this process)
-        + spent by this request so far + estimated cost of tier k  >  limit ?
+    spent in the period + held by other requests in flight + spent by this request so far
+        + estimated cost of tier k  >  limit ?
 
-The estimate of tier k is, for each of its models, the price of ``Usage(prompt tokens, expected output tokens)``:
-prompt tokens counted with tiktoken on the request's messages (the model's own encoding for OpenAI models,
-cl100k_base otherwise), expected output tokens = ``output_tokens`` if given, else the request's ``max_tokens``,
-else 256. Both parts can be replaced (``usage=``) by a caller that knows better, e.g. recorded usage.
+The estimate of tier k is, for each of its models, the price (the member's own ``Price`` first, else the table) of
+``Usage(prompt tokens, expected output tokens)``: prompt tokens counted with tiktoken (the ``tokens`` extra, resolved
+when the Budget is built; counts cached per prompt, huge prompts estimated from their length), expected output tokens
+= ``output_tokens`` if given, else the request's ``max_tokens``, else 256. ``usage=`` replaces both.
 
 If the limit would be exceeded, ``policy`` decides: "best_so_far" returns the best answer of the tiers already run,
-marked ``accepted=False`` with the budget's reason; "raise" raises :class:`BudgetExceeded`. A tier whose price is
-unknown cannot be proven to fit, so it is refused too (``unknown_price="allow"`` lets it through).
+marked ``accepted=False`` with the budget's reason (raises when there is none yet, i.e. at tier 0); "raise" raises
+:class:`BudgetExceeded`. A tier whose price is unknown cannot be proven to fit, so it is refused; so is every tier of
+a period in which a billed call of unknown price was recorded: unknown cost never counts as 0
+(``unknown_price="allow"`` lets both through, counting only priced calls).
 
 Periods are calendar periods in UTC ("hour", "day", "week" from Monday, "month"), "total" (all time) or "request"
 (this request alone, no ledger needed).
 
-Concurrent requests: a tier that is allowed is *held* against the period limits until its calls are in the ledger, so
-fifty requests in flight cannot all pass a check that none of them has been recorded against. The router opens one
-:class:`Hold` per request (:meth:`Budget.hold`); each escalation it allows claims on that hold what the request has
-spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim run
-under one lock (the proxy checks from worker threads), and the lock is held while the ledger is read, so a hold
-cannot be released between a check's reading the ledger and its reading the holds.
+Where "spent in the period" comes from, without SQL on the event loop:
 
-When the claim goes: the router writes all of a request's rows in one ledger transaction in the ``finally`` of
-``route()``, and releases the hold in a ``finally`` right after that write, whether the request answered, failed or
-was cancelled. Releasing after the write means that for a moment the spend is counted twice (held and recorded),
-which can only refuse too much; releasing before it would let a check see the spend nowhere. A ledger that cannot
-write keeps the rows in memory (see :mod:`llm_cascade.ledger`), and budgets do not see them until they are written.
+- one process (SQLite, or any ledger when ``shared=False``): running totals per limit in memory, seeded once from the
+  ledger when the Budget is built and advanced by every request the ledger records (:meth:`Ledger.subscribe`), so a
+  check is a few dictionary lookups under a lock, whatever the ledger's size;
+- several processes (a PostgreSQL ledger, or ``shared=True``): counters in the ledger's database, reserved atomically
+  (:mod:`llm_cascade.reservations`), so N processes with a limit that fits K escalations run exactly K. Those checks
+  run on a worker thread (:meth:`Hold.acheck`).
 
-Tier 0 is not checked by the router (it always runs), so its spend is invisible in flight unless the request
-escalates (the claim then includes it). The proxy server does check tier 0: it opens the request's hold with
-``with budget.hold():`` and claims tier 0's estimate; ``route()`` in the same task takes that open hold instead of a
-new one, so tier 0 is held once, and its estimate is replaced by what it really cost at the first escalation check.
+Concurrent requests in one process: a tier that is allowed is *held* against the period limits until its calls are
+recorded, so fifty requests in flight cannot all pass a check that none of them has been recorded against. The router
+opens one :class:`Hold` per request (:meth:`Budget.hold`); each tier it allows claims on that hold what the request
+has spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim
+run under one lock. The router records a request's calls in the ``finally`` of ``route()`` (which advances the
+running totals at once, before the rows reach the database) and releases the hold right after, whether the request
+answered, failed or was cancelled: counted twice for a moment, never not at all. The proxy opens the hold itself with
+``with budget.hold():`` around its tier-0 check and ``route()``, which takes it over; a tier already claimed is not
+claimed again.
 
-What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates); and
-other processes. Holds live in this process's memory: several proxy processes sharing one PostgreSQL ledger see each
-other's spend only through recorded rows, so each request in flight elsewhere may overshoot by its own cost.
+What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates).
 """
 
 from __future__ import annotations
