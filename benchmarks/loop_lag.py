@@ -8,7 +8,8 @@ p50 to compare: the spend path should not get slower as the ledger grows.
 
     python benchmarks/loop_lag.py [--rows 300000] [--requests 1000] [--concurrency 50]
 
-Last line, JSON: max_lag_ms_idle (the heartbeat alone: what the machine itself adds), max_lag_ms_sqlite,
+Last line, JSON: max_lag_ms_idle (the heartbeat alone: what the machine itself adds), max_lag_ms_bare (the same
+requests with no ledger and no budget: what the routing itself costs the loop), max_lag_ms_sqlite,
 max_lag_ms_postgres (null when no PostgreSQL), p99 lags, p50_escalated_ms (SQLite, full ledger),
 p50_escalated_ms_empty (SQLite, empty ledger), p50_escalated_ms_postgres.
 """
@@ -76,13 +77,14 @@ async def idle(seconds: float = 2.0) -> float:
     return round(max(lags), 2)
 
 
-async def run(url: str, rows: int, requests: int, concurrency: int, journal: Path) -> dict[str, float]:
-    ledger = Ledger(url, table="bench_calls", journal=journal)
-    if rows:
-        prefill(ledger, rows)
+async def run(url: str | None, rows: int, requests: int, concurrency: int, journal: Path) -> dict[str, float]:
+    """One run; ``url`` None: no ledger and no budget, the router alone (what the loop carries without a spend path)."""
     prices = PriceTable({"a": PRICE, "b": PRICE, "top": TOP}, fallback=None)
+    ledger = Ledger(url, table="bench_calls", journal=journal) if url is not None else None
+    if ledger is not None and rows:
+        prefill(ledger, rows)
     t0 = time.perf_counter()
-    budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
+    budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices) if ledger is not None else None
     seeded_ms = (time.perf_counter() - t0) * 1000
     usage = Usage(100, 1)
     router = Router(
@@ -112,10 +114,11 @@ async def run(url: str, rows: int, requests: int, concurrency: int, journal: Pat
     await asyncio.gather(*(one(i) for i in range(requests)))
     stop.set()
     await beat
-    await ledger.aflush()
-    stored = ledger.count()
-    await ledger.aclose()
-    assert stored == rows + 3 * requests, (stored, rows + 3 * requests)
+    if ledger is not None:
+        await ledger.aflush()
+        stored = ledger.count()
+        await ledger.aclose()
+        assert stored == rows + 3 * requests, (stored, rows + 3 * requests)
     lags.sort()
     return {
         "max_lag_ms": round(lags[-1], 2),
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"heartbeat alone (the machine's noise floor): max lag {out['max_lag_ms_idle']} ms")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
+        bare = asyncio.run(run(None, 0, args.requests, args.concurrency, base / "jb"))
+        print(f"router alone, no ledger/budget: {bare}")
+        out.update(max_lag_ms_bare=bare["max_lag_ms"], p99_lag_ms_bare=bare["p99_lag_ms"])
         empty = asyncio.run(run(str(base / "empty.db"), 0, args.requests, args.concurrency, base / "j0"))
         print(f"sqlite, empty ledger:          {empty}")
         full = asyncio.run(run(str(base / "full.db"), args.rows, args.requests, args.concurrency, base / "j1"))

@@ -33,6 +33,7 @@ from typing import Any
 _log = logging.getLogger("llm_cascade.journal")
 Row = tuple[Any, ...]
 SEGMENT_BYTES = 4 << 20
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps(..., separators=) builds one a call
 
 
 class _Segment:
@@ -76,7 +77,7 @@ class Journal:
         return None if self._seg is None else self._seg.path
 
     def _append(self, entry: dict[str, Any], rid: str | None) -> None:
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        line = (_ENCODE(entry) + "\n").encode()
         with self._lock:
             seg = self._seg
             if seg is None:

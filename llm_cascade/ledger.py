@@ -56,6 +56,7 @@ _COLUMNS = (
 _ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 Row = tuple[Any, ...]
+_TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
 
 
 def default_path() -> Path:
@@ -382,7 +383,7 @@ class Ledger:
     # -- writing ----------------------------------------------------------------------------------------------------
 
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
-        tags = json.dumps({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()}, sort_keys=True)
+        tags = _TAGS({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()}) if metadata else "{}"
         return [
             (
                 now,

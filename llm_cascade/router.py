@@ -653,7 +653,13 @@ def _own_price(member: Any) -> Any:
 
 
 async def _close_member(member: Any, seen: set[int]) -> None:
-    """Close one member once: ``aclose()`` (wrappers pass it through to what they wrap), else ``close()``."""
+    """Close one member once: the backend under any wrappers (retry and rate-limit layers hold it as ``inner`` and
+    only pass ``aclose`` through), by ``aclose()``, else ``close()``. A backend in two tiers is closed once."""
+    for _ in range(8):
+        inner = getattr(member, "inner", None)
+        if inner is None:
+            break
+        member = inner
     if id(member) in seen:
         return
     seen.add(id(member))
