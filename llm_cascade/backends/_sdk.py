@@ -107,7 +107,10 @@ def _body_text(exc: BaseException) -> str:
 
 
 def is_sdk_error(exc: BaseException) -> bool:
-    """Exceptions a provider call can raise that are about the provider, not a bug in the caller."""
+    """Exceptions a provider call can raise that are about the provider, not a bug in the caller (a body the SDK
+    cannot decode as text raises UnicodeDecodeError from inside its response parsing)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
     module = type(exc).__module__.split(".")[0]
     return module in (
         "openai",
