@@ -222,13 +222,17 @@ async def _budget_refuses(
     """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
 
     The router checks budgets only before an escalation (tier 0 always runs); here tier 0 gets the same check
-    (spent in the period + held in flight + the tier's estimated cost > limit?). The ledger query runs off the
-    event loop.
+    (spent in the period + held in flight + the tier's estimated cost > limit?), from memory, or from the shared
+    counters on a worker thread; the router then finds tier 0 already claimed.
     """
     if guard is None:
         return None
     models = [m.name for m in router.tiers[0].members]
-    reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
+    acheck = getattr(guard, "acheck", None)  # a Hold: pure memory, or its database check on a worker thread
+    if acheck is not None:
+        reason = await acheck(request, 0, models, Decimal(0))
+    else:
+        reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
     return None if reason is None else _route_error(BudgetExceeded(reason), state)
 
 

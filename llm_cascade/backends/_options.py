@@ -46,7 +46,7 @@ class AdapterOptions:
         self.timeout = float(timeout)
         self.stream = stream
         self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
-        self._stream_usage = StreamUsage(model)
+        self._stream_usage = StreamUsage(model, eager=stream)
 
     def _init_price(self, owner: str, price: PriceEntry | None) -> None:
         from ..pricing import PriceEntry
