@@ -1,9 +1,9 @@
 """Does the spend path stall the event loop? A heartbeat measures loop lag while escalating requests run.
 
 For each ledger (SQLite file; PostgreSQL started for the run from Debian's server binaries, skipped when absent):
-pre-fill 300,000 rows stamped today, build a Router whose tier 0 always disagrees (every request escalates) with a
-per-day Budget (it must account for the day's 300,000 rows) and the ledger, then run 1,000 requests, 50 at a time,
-while a heartbeat task sleeps 1 ms in a loop and records how late it wakes. The same run on an empty ledger gives the
+pre-fill 300,000 rows stamped today, build a Router whose tier 0 always disagrees (every request escalates; members
+answer after 1-7 ms, at random) with a per-day Budget (it must account for the day's 300,000 rows) and the ledger,
+then run 1,000 requests, 50 at a time, while a heartbeat task sleeps 1 ms in a loop and records how late it wakes. The same run on an empty ledger gives the
 p50 to compare: the spend path should not get slower as the ledger grows.
 
     python benchmarks/loop_lag.py [--rows 300000] [--requests 1000] [--concurrency 50]
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -87,11 +88,16 @@ async def run(url: str | None, rows: int, requests: int, concurrency: int, journ
     budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices) if ledger is not None else None
     seeded_ms = (time.perf_counter() - t0) * 1000
     usage = Usage(100, 1)
+    rng = random.Random(0)
+
+    async def jitter(delay: float) -> None:  # provider latency varies; identical delays would march in lockstep
+        await asyncio.sleep(delay * rng.uniform(0.25, 1.75))
+
+    def member(name: str, answer: str) -> FakeBackend:
+        return FakeBackend(name, answer, usage=usage, delay=0.004, sleep=jitter)
+
     router = Router(
-        [
-            Tier([FakeBackend("a", "B", usage=usage, delay=0.002), FakeBackend("b", "C", usage=usage, delay=0.002)]),
-            Tier([FakeBackend("top", "D", usage=usage, delay=0.002)]),
-        ],
+        [Tier([member("a", "B"), member("b", "C")]), Tier([member("top", "D")])],
         normalizer="choice",
         prices=prices,
         ledger=ledger,
