@@ -308,6 +308,10 @@ class BudgetsConfig(_Model):
     policy: Literal["best_so_far", "raise"] = "best_so_far"
     unknown_price: Literal["refuse", "allow"] = "refuse"
     output_tokens: Annotated[int, Field(ge=0)] | None = None
+    # Budget counters in the ledger's database, for several processes on one ledger (default: a PostgreSQL ledger
+    # yes, a SQLite file no; true for several processes sharing one SQLite file). See llm_cascade.reservations.
+    shared: bool | None = None
+    gate_first_tier: bool = True
 
 
 class KeyConfig(_Model):
@@ -556,6 +560,8 @@ def _build_budget(bc: BudgetsConfig, ledger: SpendSink | None, prices: Pricer | 
             policy=bc.policy,
             output_tokens=bc.output_tokens,
             unknown_price=bc.unknown_price,
+            shared=bc.shared,
+            gate_first_tier=bc.gate_first_tier,
         )
     except ConfigError as exc:
         raise ConfigError(f"budgets.{exc.field.removeprefix('Budget.').removeprefix('Limit.')}", exc.problem) from None

@@ -13,7 +13,7 @@ import pytest
 
 from llm_cascade.ledger import Ledger
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 WORKER = """
 import asyncio, sys, time
@@ -48,6 +48,7 @@ ledger.close()
 """
 
 
+@pytest.mark.postgres
 def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, tmp_path: Path) -> None:
     table = f"shared_{os.getpid()}_{time.time_ns() % 10**9}"
     Ledger(pg_url, table=table, journal=False).close()  # create the table before the race
@@ -70,3 +71,25 @@ def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, t
     with Ledger(pg_url, table=table, journal=False) as ledger:
         assert len([r for r in ledger.rows() if r.model == "fake:top"]) == k
         assert ledger.spend() == k
+
+
+def test_shared_counters_work_on_a_sqlite_file_too(tmp_path: Path) -> None:
+    """Several processes on one SQLite file opt in with shared=True: the same atomic reservations."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    Ledger(db, journal=False).close()
+    go = tmp_path / "go"
+    k = 5
+    worker = WORKER.replace("usage=lambda r, m: Usage(1, 0))", "usage=lambda r, m: Usage(1, 0), shared=True)")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", worker, db, "llm_cascade_calls", "8", str(go), str(k)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert sum(escalated) == k
