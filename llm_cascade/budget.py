@@ -193,6 +193,9 @@ class Budget:
             self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
         self._holds: set[Hold] = set()
+        # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
+        # scan every request in flight.
+        self._held: dict[int, Decimal] = {}
         # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
         self._running: dict[int, list[object]] = {}
         if shared is None:
@@ -440,7 +443,17 @@ class Budget:
         return reason
 
     def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
-        return sum((h.claimed for h in self._holds if h is not exclude and limit.applies(h.metadata)), Decimal(0))
+        i = self.limits.index(limit)
+        held = self._held.get(i, Decimal(0))
+        if exclude is not None and i in exclude.limits:
+            held -= exclude.claimed
+        return held
+
+    def _move(self, hold: Hold, delta: Decimal) -> None:
+        """Add ``delta`` to the held sums of the limits ``hold`` falls under (lock held)."""
+        if delta:
+            for i in hold.limits:
+                self._held[i] = self._held.get(i, Decimal(0)) + delta
 
     def remaining(self, metadata: Mapping[str, str] | None = None) -> dict[str, Decimal]:
         """What is left of each period limit that applies to ``metadata`` (all limits when None), after what is
@@ -468,7 +481,7 @@ class Hold:
     first request routed in the same context.
     """
 
-    __slots__ = ("_token", "budget", "claimed", "metadata", "released", "reserved", "taken", "tiers")
+    __slots__ = ("_token", "budget", "claimed", "limits", "metadata", "released", "reserved", "taken", "tiers")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -477,6 +490,7 @@ class Hold:
         self.taken = False
         self.released = False
         self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
+        self.limits: tuple[int, ...] = ()  # indices of the period limits its tags fall under
         self.reserved: dict[tuple[str, float], int] = {}  # shared counters: pico-dollars reserved per counter
         self._token: Token[Hold | None] | None = None
 
@@ -501,8 +515,12 @@ class Hold:
 
     def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
         """Called with the budget's lock held."""
+        budget = self.budget
+        budget._move(self, -self.claimed)
         self.claimed = amount
         self.metadata = dict(metadata)
+        self.limits = tuple(i for i, x in enumerate(budget.limits) if x.per != "request" and x.applies(self.metadata))
+        budget._move(self, amount)
         if amount:
             self.budget._holds.add(self)
         else:
@@ -517,6 +535,7 @@ class Hold:
             if self.released:
                 return None
             self.released = True
+            self.budget._move(self, -self.claimed)
             self.claimed = Decimal(0)
             self.budget._holds.discard(self)
             reserved, self.reserved = self.reserved, {}

