@@ -3,8 +3,8 @@
 For each ledger (SQLite file; PostgreSQL started for the run from Debian's server binaries, skipped when absent):
 pre-fill 300,000 rows stamped today, build a Router whose tier 0 always disagrees (every request escalates; members
 answer after 1-7 ms, at random) with a per-day Budget (it must account for the day's 300,000 rows) and the ledger,
-then run 1,000 requests, 50 at a time, while a heartbeat task sleeps 1 ms in a loop and records how late it wakes. The same run on an empty ledger gives the
-p50 to compare: the spend path should not get slower as the ledger grows.
+then run 1,000 requests, 50 at a time, while a heartbeat task sleeps 1 ms in a loop and records how late it wakes.
+The same run on an empty ledger gives the p50 to compare: the spend path should not get slower as the ledger grows.
 
     python benchmarks/loop_lag.py [--rows 300000] [--requests 1000] [--concurrency 50]
 
@@ -78,7 +78,9 @@ async def idle(seconds: float = 2.0) -> float:
     return round(max(lags), 2)
 
 
-async def run(url: str | None, rows: int, requests: int, concurrency: int, journal: Path) -> dict[str, float]:
+async def run(
+    url: str | None, rows: int, requests: int, concurrency: int, journal: Path | bool | None = None
+) -> dict[str, float]:
     """One run; ``url`` None: no ledger and no budget, the router alone (what the loop carries without a spend path)."""
     prices = PriceTable({"a": PRICE, "b": PRICE, "top": TOP}, fallback=None)
     ledger = Ledger(url, table="bench_calls", journal=journal) if url is not None else None
@@ -166,12 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"heartbeat alone (the machine's noise floor): max lag {out['max_lag_ms_idle']} ms")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        bare = asyncio.run(run(None, 0, args.requests, args.concurrency, base / "jb"))
+        bare = asyncio.run(run(None, 0, args.requests, args.concurrency))
         print(f"router alone, no ledger/budget: {bare}")
         out.update(max_lag_ms_bare=bare["max_lag_ms"], p99_lag_ms_bare=bare["p99_lag_ms"])
-        empty = asyncio.run(run(str(base / "empty.db"), 0, args.requests, args.concurrency, base / "j0"))
+        empty = asyncio.run(run(str(base / "empty.db"), 0, args.requests, args.concurrency))
         print(f"sqlite, empty ledger:          {empty}")
-        full = asyncio.run(run(str(base / "full.db"), args.rows, args.requests, args.concurrency, base / "j1"))
+        full = asyncio.run(run(str(base / "full.db"), args.rows, args.requests, args.concurrency))
         print(f"sqlite, {args.rows:,} rows: {full}")
         out.update(
             max_lag_ms_sqlite=full["max_lag_ms"],
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if pg is None:
                 out.update(max_lag_ms_postgres=None, p50_escalated_ms_postgres=None)
             else:
-                res = asyncio.run(run(pg, args.rows, args.requests, args.concurrency, base / "j2"))
+                res = asyncio.run(run(pg, args.rows, args.requests, args.concurrency))
                 print(f"postgres, {args.rows:,} rows: {res}")
                 out.update(
                     max_lag_ms_postgres=res["max_lag_ms"],

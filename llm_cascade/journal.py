@@ -19,6 +19,7 @@ outstanding, and a full one with requests still outstanding is kept until they c
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -128,6 +129,8 @@ class Journal:
             self._seg, self._full = None, []
             for seg in segs:
                 seg.close(unlink=clean and not seg.open)
+        with contextlib.suppress(OSError):  # the folder goes with its last file (another process may still use it)
+            self.directory.rmdir()
 
 
 def orphans(directory: str | Path) -> list[tuple[Path, int]]:

@@ -283,9 +283,9 @@ class Ledger:
     A database that refuses writes is retried with a growing pause, not on every request, and the backlog is capped at
     ``max_backlog`` rows: past it :meth:`record` raises :class:`LedgerError` (nothing is dropped silently).
     :meth:`flush` / :meth:`aflush` wait until everything recorded is written; reads flush first, so what was recorded
-    is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's rows, and
-    the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.journal`), replayed by
-    the next process that opens the ledger if this one dies before committing them.
+    is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's
+    rows, and the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.journal`),
+    replayed by the next process that opens the ledger if this one dies before committing them.
     """
 
     def __init__(
