@@ -18,11 +18,11 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..normalize import ChoiceLetter, ExactText, Normalizer, Number
-from ..router import Pricer as RouterPricer
 from ..types import Usage
 from .records import ModelRun, Record, RecordError
 
@@ -32,7 +32,10 @@ _CHOICE_SETS = frozenset({"mmlu", "medmcqa"})
 _ANSWER_ONLY_SETS = frozenset({"gsm8k", "triviaqa", "truthfulqa"})
 
 
-Pricer = RouterPricer  # one protocol for every price table (llm_cascade.router.Pricer), under its old name here
+class Pricer(Protocol):
+    """What an importer needs from a price table (the same shape the Router uses)."""
+
+    def cost(self, model: str, usage: Usage) -> Decimal | None: ...
 
 
 def rational_record(obj: Mapping[str, Any]) -> Record:
