@@ -29,6 +29,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -79,6 +80,37 @@ async def router_cost(n: int) -> dict[str, list[float]]:
         result = await router.route(PROMPT)
         assert result.answer == "B" and result.tier == (1 if name == "escalate" else 0)
         out[name] = await time_calls(lambda r=router: r.route(PROMPT), n)  # type: ignore[misc]
+    return out
+
+
+async def full_stack_cost(n: int) -> list[float]:
+    """The two-member agreeing tier again, with everything a production router has around it: a price table, the
+    SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
+    from llm_cascade.budget import Budget, Limit
+    from llm_cascade.ledger import Ledger
+    from llm_cascade.limits import Resilience
+    from llm_cascade.pricing import PriceTable
+    from llm_cascade.retry import RetryPolicy
+
+    entry = {"input": "0.15", "output": "0.6", "source": "benchmark", "as_of": "2026-01"}
+    prices = PriceTable({"a": entry, "b": entry}, fallback=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger(os.path.join(tmp, "ledger.sqlite3"))
+        budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
+        router = Router(
+            [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")], unanimous())],
+            normalizer="choice",
+            prices=prices,
+            ledger=ledger,
+            budget=budget,
+            resilience=Resilience(retry=RetryPolicy()),
+        )
+        result = await router.route(PROMPT)
+        assert result.answer == "B" and result.cost_usd is not None and result.cost_usd > 0
+        out = await time_calls(lambda: router.route(PROMPT), n)
+        await ledger.aflush()
+        assert ledger.count() == 2 * (n + 201)  # every call of every request is stored (200 warm-up + 1 check)
+        await ledger.aclose()
     return out
 
 
@@ -161,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     labels = {"single": "1 member", "agree": "2 members agreeing", "escalate": "2 disagreeing -> tier 2 (3 calls)"}
     for name, values in cost.items():
         print(f"    {labels[name]:<34}{pct(values, 0.5):>9.1f}{pct(values, 0.99):>9.1f}")
+    full = asyncio.run(full_stack_cost(args.n))
+    label = "2 agreeing + prices/ledger/budget/retry"
+    print(f"    {label:<34}{pct(full, 0.5):>9.1f}{pct(full, 0.99):>9.1f}")
 
     proc, url = start_server()
     try:
@@ -191,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {
         "overhead_us_p50": round(pct(cost["agree"], 0.5), 1),
         "overhead_us_p99": round(pct(cost["agree"], 0.99), 1),
+        "overhead_full_us_p50": round(pct(full, 0.5), 1),
+        "overhead_full_us_p99": round(pct(full, 0.99), 1),
         "single_us_p50": round(pct(cost["single"], 0.5), 1),
         "escalation_us_p50": round(pct(cost["escalate"], 0.5), 1),
         "escalation_us_p99": round(pct(cost["escalate"], 0.99), 1),

@@ -51,7 +51,7 @@ from .ledger import Ledger
 from .limits import CircuitBreaker, RateLimit, Resilience, harden
 from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
 from .normalize_math import Math
-from .pricing import PriceTable
+from .pricing import Price, PriceTable
 from .retry import Retrying, RetryPolicy
 from .router import Router, Tier
 from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
@@ -88,6 +88,7 @@ __all__ = [
     "MissingDependencyError",
     "Normalizer",
     "Number",
+    "Price",
     "PriceError",
     "PriceTable",
     "ProviderError",

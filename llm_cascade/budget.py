@@ -1,51 +1,54 @@
-"""Budgets: spending limits per tag and period, checked by the router before each escalation.
+"""Budgets: spending limits per tag and period, checked by the router before each tier (tier 0 included).
 
     budget = Budget([Limit("10", per="day", tags={"app": "chat"}), Limit("0.05", per="request")],
                     ledger=ledger, prices=prices, policy="best_so_far")
     router = Router(tiers, prices=prices, ledger=ledger, budget=budget)
 
-Before tier k (k >= 1) runs, each limit whose tags the request carries is checked:
+Before tier k runs (tier 0 too unless ``gate_first_tier=False``), each limit whose tags the request carries is checked:
 
-    spent in the period (from the ledger) + held by other requests in flight (this process)
-        + spent by this request so far + estimated cost of tier k  >  limit ?
+    spent in the period + held by other requests in flight + spent by this request so far
+        + estimated cost of tier k  >  limit ?
 
-The estimate of tier k is, for each of its models, the price of ``Usage(prompt tokens, expected output tokens)``:
-prompt tokens counted with tiktoken on the request's messages (the model's own encoding for OpenAI models,
-cl100k_base otherwise), expected output tokens = ``output_tokens`` if given, else the request's ``max_tokens``,
-else 256. Both parts can be replaced (``usage=``) by a caller that knows better, e.g. recorded usage.
+The estimate of tier k is, for each of its models, the price (the member's own ``Price`` first, else the table) of
+``Usage(prompt tokens, expected output tokens)``: prompt tokens counted with tiktoken (the ``tokens`` extra, resolved
+when the Budget is built; counts cached per prompt, huge prompts estimated from their length), expected output tokens
+= ``output_tokens`` if given, else the request's ``max_tokens``, else 256. ``usage=`` replaces both.
 
 If the limit would be exceeded, ``policy`` decides: "best_so_far" returns the best answer of the tiers already run,
-marked ``accepted=False`` with the budget's reason; "raise" raises :class:`BudgetExceeded`. A tier whose price is
-unknown cannot be proven to fit, so it is refused too (``unknown_price="allow"`` lets it through).
+marked ``accepted=False`` with the budget's reason (raises when there is none yet, i.e. at tier 0); "raise" raises
+:class:`BudgetExceeded`. A tier whose price is unknown cannot be proven to fit, so it is refused; so is every tier of
+a period in which a billed call of unknown price was recorded: unknown cost never counts as 0
+(``unknown_price="allow"`` lets both through, counting only priced calls).
 
 Periods are calendar periods in UTC ("hour", "day", "week" from Monday, "month"), "total" (all time) or "request"
 (this request alone, no ledger needed).
 
-Concurrent requests: a tier that is allowed is *held* against the period limits until its calls are in the ledger, so
-fifty requests in flight cannot all pass a check that none of them has been recorded against. The router opens one
-:class:`Hold` per request (:meth:`Budget.hold`); each escalation it allows claims on that hold what the request has
-spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim run
-under one lock (the proxy checks from worker threads), and the lock is held while the ledger is read, so a hold
-cannot be released between a check's reading the ledger and its reading the holds.
+Where "spent in the period" comes from, without SQL on the event loop:
 
-When the claim goes: the router writes all of a request's rows in one ledger transaction in the ``finally`` of
-``route()``, and releases the hold in a ``finally`` right after that write, whether the request answered, failed or
-was cancelled. Releasing after the write means that for a moment the spend is counted twice (held and recorded),
-which can only refuse too much; releasing before it would let a check see the spend nowhere. A ledger that cannot
-write keeps the rows in memory (see :mod:`llm_cascade.ledger`), and budgets do not see them until they are written.
+- one process (SQLite, or any ledger when ``shared=False``): running totals per limit in memory, seeded once from the
+  ledger when the Budget is built and advanced by every request the ledger records (:meth:`Ledger.subscribe`), so a
+  check is a few dictionary lookups under a lock, whatever the ledger's size;
+- several processes (a PostgreSQL ledger, or ``shared=True``): counters in the ledger's database, reserved atomically
+  (:mod:`llm_cascade.reservations`), so N processes with a limit that fits K escalations run exactly K. Those checks
+  run on a worker thread (:meth:`Hold.acheck`).
 
-Tier 0 is not checked by the router (it always runs), so its spend is invisible in flight unless the request
-escalates (the claim then includes it). The proxy server does check tier 0: it opens the request's hold with
-``with budget.hold():`` and claims tier 0's estimate; ``route()`` in the same task takes that open hold instead of a
-new one, so tier 0 is held once, and its estimate is replaced by what it really cost at the first escalation check.
+Concurrent requests in one process: a tier that is allowed is *held* against the period limits until its calls are
+recorded, so fifty requests in flight cannot all pass a check that none of them has been recorded against. The router
+opens one :class:`Hold` per request (:meth:`Budget.hold`); each tier it allows claims on that hold what the request
+has spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim
+run under one lock. The router records a request's calls in the ``finally`` of ``route()`` (which advances the
+running totals at once, before the rows reach the database) and releases the hold right after, whether the request
+answered, failed or was cancelled: counted twice for a moment, never not at all. The proxy opens the hold itself with
+``with budget.hold():`` around its tier-0 check and ``route()``, which takes it over; a tier already claimed is not
+claimed again.
 
-What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates); and
-other processes. Holds live in this process's memory: several proxy processes sharing one PostgreSQL ledger see each
-other's spend only through recorded rows, so each request in flight elsewhere may overshoot by its own cost.
+What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import threading
 import time
@@ -53,12 +56,16 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from .errors import ConfigError
-from .ledger import Ledger
-from .pricing import PriceTable
-from .types import Request, Usage
+from .ledger import PICO, Ledger, to_pusd
+from .pricing import PriceEntry, PriceTable
+from .reservations import SharedCounters, scope_key
+from .types import Call, Request, Usage
+
+if TYPE_CHECKING:
+    from .tokens import PromptCounter
 
 Period = Literal["request", "hour", "day", "week", "month", "total"]
 Policy = Literal["best_so_far", "raise"]
@@ -100,8 +107,28 @@ class Limit:
         return f"{self.usd} USD per {self.per} ({scope})"
 
 
+_last_period: dict[str, tuple[float, float, float | None]] = {}  # per -> (start, end, start) of the last period seen
+
+
 def period_start(per: Period, now: float) -> float | None:
     """Start (epoch seconds) of the UTC calendar period containing ``now``; None for "total" and "request"."""
+    last = _last_period.get(per)
+    if last is not None and last[0] <= now < last[1]:
+        return last[2]  # the same period as the last call: every check of a day asks for the same start
+    start = _period_start(per, now)
+    if start is not None:
+        end = _period_start(per, _next(per, start))
+        if end is not None:
+            _last_period[per] = (start, end, start)
+    return start
+
+
+def _next(per: str, start: float) -> float:
+    """A moment inside the period after the one starting at ``start``."""
+    return start + {"hour": 3600 * 1.5, "day": 86400 * 1.5, "week": 86400 * 7.5, "month": 86400 * 40}.get(per, 0)
+
+
+def _period_start(per: Period, now: float) -> float | None:
     t = dt.datetime.fromtimestamp(now, dt.UTC)
     if per == "hour":
         start = t.replace(minute=0, second=0, microsecond=0)
@@ -130,6 +157,8 @@ class Budget:
         usage: UsageGuess | None = None,
         unknown_price: Literal["refuse", "allow"] = "refuse",
         clock: Callable[[], float] = time.time,
+        gate_first_tier: bool = True,
+        shared: bool | None = None,
     ) -> None:
         self.limits: tuple[Limit, ...] = (limits,) if isinstance(limits, Limit) else tuple(limits)
         if not self.limits or not all(isinstance(x, Limit) for x in self.limits):
@@ -144,29 +173,134 @@ class Budget:
             raise ConfigError("Budget.output_tokens", f"must be >= 0, got {output_tokens!r}")
         if unknown_price not in ("refuse", "allow"):
             raise ConfigError("Budget.unknown_price", f"must be 'refuse' or 'allow', got {unknown_price!r}")
+        if not isinstance(gate_first_tier, bool):
+            raise ConfigError("Budget.gate_first_tier", f"must be True or False, got {gate_first_tier!r}")
         self.ledger = ledger
         self.prices = prices if prices is not None else PriceTable.default()
         self.policy: Policy = policy
         self.output_tokens = output_tokens
         self.unknown_price = unknown_price
+        self.gate_first_tier = gate_first_tier
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
+        self._counters: dict[str, PromptCounter] = {}
+        # Prices members declare themselves (a Router fills it from its members): used before the table.
+        self.member_prices: dict[str, PriceEntry] = {}
+        self._model_encoding: dict[str, str] = {}
+        if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
+            from .tokens import PromptCounter
+
+            self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
         self._holds: set[Hold] = set()
+        # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
+        # scan every request in flight.
+        self._held: dict[int, Decimal] = {}
+        # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
+        self._running: dict[int, list[object]] = {}
+        if shared is None:
+            shared = ledger is not None and getattr(ledger, "shared_database", False)
+        if shared and ledger is None:
+            raise ConfigError("Budget.shared", "shared counters live in the ledger's database: pass ledger=")
+        self.counters: SharedCounters | None = None
+        if ledger is not None:
+            subscribe = getattr(ledger, "subscribe", None)
+            if callable(subscribe):
+                subscribe(self._recorded)
+            if shared:
+                from .reservations import SharedCounters
+
+                self.counters = SharedCounters(ledger)
+                self._ensure(self.clock())
+            else:
+                self._seed(self.clock())
+
+    def _seed(self, now: float) -> None:
+        """Read each period limit's spend so far from the ledger, once (later calls advance it in memory)."""
+        assert self.ledger is not None
+        for i, limit in enumerate(self.limits):
+            if limit.per == "request":
+                continue
+            start = period_start(limit.per, now)
+            t = self.ledger.totals(since=start, tags=limit.tags or None)
+            with self._lock:
+                self._running[i] = [start, t.cost_usd, t.unpriced]
+
+    def _ensure(self, now: float) -> None:
+        """Create (seeded from the ledger) the shared counters of the current periods, if no process has yet."""
+        assert self.counters is not None and self.ledger is not None
+        for limit in self.limits:
+            if limit.per != "request":
+                start = period_start(limit.per, now)
+                self.counters.ensure(scope_key(limit.per, limit.tags), start or 0.0, start, limit.tags or None)
+
+    def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Ledger listener: advance the running totals of the limits this request's tags fall under."""
+        priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
+        unknown = sum(1 for c in calls if c.cost_usd is None and (c.usage.total_tokens or c.outcome == "ok"))
+        if not priced and not unknown:
+            return
+        if self.counters is not None:
+            scopes = {
+                (scope_key(x.per, x.tags), period_start(x.per, ts) or 0.0)
+                for x in self.limits
+                if x.per != "request" and x.applies(metadata)
+            }
+            for scope, period in scopes:
+                self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
+            return
+        with self._lock:
+            for i, limit in enumerate(self.limits):
+                run = self._running.get(i)
+                if run is None or not limit.applies(metadata):
+                    continue
+                start = period_start(limit.per, ts)
+                if start is not None and start > cast(float, run[0]):
+                    run[:] = [start, Decimal(0), 0]  # a new period began
+                elif start is not None and start < cast(float, run[0]):
+                    continue  # a row stamped in a period already over
+                run[1] = cast(Decimal, run[1]) + priced
+                run[2] = cast(int, run[2]) + unknown
+
+    def _spent_in_period(self, index: int, limit: Limit, now: float) -> tuple[Decimal, int]:
+        """Priced spend and unknown-price calls recorded in the current period of ``limit`` (lock held)."""
+        run = self._running.get(index)
+        if run is None:
+            return Decimal(0), 0
+        start = period_start(limit.per, now)
+        if start is not None and start > cast(float, run[0]):
+            run[:] = [start, Decimal(0), 0]
+        return cast(Decimal, run[1]), cast(int, run[2])
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
-        from .tokens import count_messages, encoding_for_model
-
         out = self.output_tokens
         if out is None:
             out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        return Usage(count_messages(request.messages, encoding_for_model(model)), out, 0, estimated=True)
+        return Usage(self._counter(model).count(request.messages), out, 0, estimated=True)
+
+    def _counter(self, model: str) -> PromptCounter:
+        """The model's own encoding when its file is here (o200k_base for recent OpenAI models), else cl100k_base."""
+        name = self._model_encoding.get(model)
+        if name is None:
+            from .tokens import available, encoding_for_model
+
+            name = encoding_for_model(model)
+            name = name if available(name) else "cl100k_base"
+            self._model_encoding[model] = name
+        counter = self._counters.get(name)
+        if counter is None:
+            from .tokens import PromptCounter
+
+            counter = self._counters[name] = PromptCounter(name)
+        return counter
 
     def estimate(self, request: Request, models: Sequence[str]) -> Decimal | None:
         """Expected cost of asking every one of ``models`` this request; None if a price is unknown."""
         total = Decimal(0)
         for model in models:
-            cost = self.prices.cost(model, self._usage(request, model))
+            own = self.member_prices.get(model)
+            usage = self._usage(request, model)
+            cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
             if cost is None:
                 return None
             total += cost
@@ -206,10 +340,16 @@ class Budget:
         applicable = [x for x in self.limits if x.applies(request.metadata)]
         if not applicable:
             return None
+        if hold is not None and tier in hold.tiers:
+            return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
         estimate = self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
+        if self.counters is not None:
+            return self._admit_shared(applicable, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+        if hold is not None:
+            hold.tiers.add(tier)
         with self._lock:
             reason = None if estimate is None else self._refusal(applicable, tier, spent, estimate, now, hold)
             if hold is not None and not hold.released:
@@ -229,8 +369,12 @@ class Budget:
         for limit in applicable:
             before = held = Decimal(0)
             if limit.per != "request":
-                assert self.ledger is not None
-                before = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
+                before, unknown = self._spent_in_period(self.limits.index(limit), limit, now)
+                if unknown and self.unknown_price == "refuse":
+                    return (
+                        f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
+                        " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
+                    )
                 held = self._held_against(limit, hold)
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
@@ -240,21 +384,87 @@ class Budget:
                 )
         return None
 
+    def _admit_shared(
+        self,
+        applicable: Sequence[Limit],
+        tier: int,
+        spent: Decimal,
+        estimate: Decimal,
+        now: float,
+        hold: Hold | None,
+        metadata: Mapping[str, str],
+    ) -> str | None:
+        """The check against counters in the database (:mod:`llm_cascade.reservations`); blocking, so callers on
+        the event loop use :meth:`Hold.acheck`. With a hold, an allowed tier is reserved atomically."""
+        assert self.counters is not None
+        counters = self.counters
+        for limit in applicable:
+            if limit.per == "request" and spent + estimate > limit.usd:
+                return f"budget {limit}: {spent} spent on this request + {estimate} estimated for tier {tier}"
+        taken: list[tuple[str, float, int]] = []
+        reason: str | None = None
+        for limit in applicable:
+            if limit.per == "request":
+                continue
+            start = period_start(limit.per, now)
+            scope, period = scope_key(limit.per, limit.tags), start or 0.0
+            counters.ensure(scope, period, start, limit.tags or None)
+            mine = hold.reserved.get((scope, period), 0) if hold is not None else 0
+            amount = max(0, (to_pusd(spent + estimate) or 0) - mine)
+            cap, unknown_ok = to_pusd(limit.usd) or 0, self.unknown_price == "allow"
+            if hold is not None and counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                taken.append((scope, period, amount))
+                continue
+            used, unknown = counters.read(scope, period)  # refused, or a check that claims nothing: say why
+            if unknown and not unknown_ok:
+                reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
+                break
+            if used + amount > cap:
+                reason = (
+                    f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} (recorded + reserved in flight,"
+                    f" all processes) + {Decimal(amount) / PICO} for tier {tier} > {limit.usd}"
+                )
+                break
+            if hold is not None:  # fitted when read: the reservation lost a race, so the counter moved; try again
+                if counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                    taken.append((scope, period, amount))
+                    continue
+                reason = f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} + {Decimal(amount) / PICO}"
+                break
+        if hold is not None:
+            if reason is not None:
+                for scope, period, amount in taken:  # all limits or none
+                    counters.adjust(scope, period, -amount)
+            else:
+                for scope, period, amount in taken:
+                    hold.reserved[(scope, period)] = hold.reserved.get((scope, period), 0) + amount
+                hold.tiers.add(tier)
+                hold.metadata = dict(metadata)
+        return reason
+
     def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
-        return sum((h.claimed for h in self._holds if h is not exclude and limit.applies(h.metadata)), Decimal(0))
+        i = self.limits.index(limit)
+        held = self._held.get(i, Decimal(0))
+        if exclude is not None and i in exclude.limits:
+            held -= exclude.claimed
+        return held
+
+    def _move(self, hold: Hold, delta: Decimal) -> None:
+        """Add ``delta`` to the held sums of the limits ``hold`` falls under (lock held)."""
+        if delta:
+            for i in hold.limits:
+                self._held[i] = self._held.get(i, Decimal(0)) + delta
 
     def remaining(self, metadata: Mapping[str, str] | None = None) -> dict[str, Decimal]:
         """What is left of each period limit that applies to ``metadata`` (all limits when None), after what is
         recorded and what requests in flight hold."""
         now = self.clock()
         out: dict[str, Decimal] = {}
-        for limit in self.limits:
+        for i, limit in enumerate(self.limits):
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
-            assert self.ledger is not None
             with self._lock:
-                used = self.ledger.spend(since=period_start(limit.per, now), tags=limit.tags or None)
-                used += self._held_against(limit)
+                used = self._spent_in_period(i, limit, now)[0] + self._held_against(limit)
             out[str(limit)] = limit.usd - used
         return out
 
@@ -271,7 +481,7 @@ class Hold:
     first request routed in the same context.
     """
 
-    __slots__ = ("_token", "budget", "claimed", "metadata", "released", "taken")
+    __slots__ = ("_token", "budget", "claimed", "limits", "metadata", "released", "reserved", "taken", "tiers")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -279,6 +489,9 @@ class Hold:
         self.metadata: Mapping[str, str] = {}
         self.taken = False
         self.released = False
+        self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
+        self.limits: tuple[int, ...] = ()  # indices of the period limits its tags fall under
+        self.reserved: dict[tuple[str, float], int] = {}  # shared counters: pico-dollars reserved per counter
         self._token: Token[Hold | None] | None = None
 
     @property
@@ -290,10 +503,24 @@ class Hold:
         claiming ``spent`` + the tier's estimate when it allows (``spent`` alone when it refuses)."""
         return self.budget._admit(request, tier, models, spent, self)
 
+    @property
+    def gate_first_tier(self) -> bool:
+        return self.budget.gate_first_tier
+
+    async def acheck(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
+        """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
+        if self.budget.counters is None:
+            return self.check(request, tier, models, spent)
+        return await asyncio.to_thread(self.check, request, tier, models, spent)
+
     def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
         """Called with the budget's lock held."""
+        budget = self.budget
+        budget._move(self, -self.claimed)
         self.claimed = amount
         self.metadata = dict(metadata)
+        self.limits = tuple(i for i, x in enumerate(budget.limits) if x.per != "request" and x.applies(self.metadata))
+        budget._move(self, amount)
         if amount:
             self.budget._holds.add(self)
         else:
@@ -301,10 +528,30 @@ class Hold:
 
     def release(self) -> None:
         """Stop counting this request's claim: call it once its calls are in the ledger. Idempotent and final."""
+        self._release()
+
+    def _release(self) -> concurrent.futures.Future[None] | None:
         with self.budget._lock:
+            if self.released:
+                return None
             self.released = True
+            self.budget._move(self, -self.claimed)
             self.claimed = Decimal(0)
             self.budget._holds.discard(self)
+            reserved, self.reserved = self.reserved, {}
+        counters = self.budget.counters
+        if counters is None:
+            return None
+        for (scope, period), amount in reserved.items():
+            counters.later(scope, period, -amount)
+        return counters.barrier()
+
+    async def arelease(self) -> None:
+        """:meth:`release`, then (shared counters) wait until the database has this request's cost and no longer its
+        reservations, so the next request, in any process, sees them."""
+        done = self._release()
+        if done is not None:
+            await asyncio.wrap_future(done)
 
     def __enter__(self) -> Hold:
         self._token = _open.set(self)

@@ -218,6 +218,10 @@ class MemberConfig(_Model):
     base_url: str | None = None
     api_key_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # The member's own price, used before the table: ``price = {input = 0.1, output = 0.4}`` (USD per 1M tokens;
+    # source and as_of optional here) or ``price_per_hour = 2.5`` for a local server billed by compute time.
+    price: dict[str, Any] | None = None
+    price_per_hour: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
 
     @field_validator("model")
     @classmethod
@@ -308,6 +312,8 @@ class LedgerConfig(_Model):
 
     url: str
     table: str = "llm_cascade_calls"
+    # The write-ahead journal's folder (see llm_cascade.journal); None: ledger.default_journal_dir (memory-backed).
+    journal: str | None = None
 
 
 class LimitConfig(_Model):
@@ -325,6 +331,10 @@ class BudgetsConfig(_Model):
     policy: Literal["best_so_far", "raise"] = "best_so_far"
     unknown_price: Literal["refuse", "allow"] = "refuse"
     output_tokens: Annotated[int, Field(ge=0)] | None = None
+    # Budget counters in the ledger's database, for several processes on one ledger (default: a PostgreSQL ledger
+    # yes, a SQLite file no; true for several processes sharing one SQLite file). See llm_cascade.reservations.
+    shared: bool | None = None
+    gate_first_tier: bool = True
 
 
 class KeyConfig(_Model):
@@ -551,7 +561,7 @@ def _build_ledger(lc: LedgerConfig) -> SpendSink:
     from .ledger import Ledger
 
     try:
-        return Ledger(None if lc.url == "default" else lc.url, table=lc.table)
+        return Ledger(None if lc.url == "default" else lc.url, table=lc.table, journal=lc.journal)
     except ConfigError as exc:
         raise ConfigError(f"ledger.{exc.field.removeprefix('Ledger.')}", exc.problem) from None
     except LedgerError as exc:
@@ -573,6 +583,8 @@ def _build_budget(bc: BudgetsConfig, ledger: SpendSink | None, prices: Pricer | 
             policy=bc.policy,
             output_tokens=bc.output_tokens,
             unknown_price=bc.unknown_price,
+            shared=bc.shared,
+            gate_first_tier=bc.gate_first_tier,
         )
     except ConfigError as exc:
         raise ConfigError(f"budgets.{exc.field.removeprefix('Budget.').removeprefix('Limit.')}", exc.problem) from None
@@ -590,6 +602,8 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         base_url = base_url or prov.base_url
         key_env = key_env or prov.api_key_env
     options.update(spec.options)
+    if spec.price is not None or spec.price_per_hour is not None:
+        options["price" if kind != "hf" else "price_per_hour"] = _member_price(spec, kind, field)
     if kind != provider:
         options.setdefault("name", spec.model)  # calls and the ledger say "recorded:gpt-4o", as the file does
     if base_url is not None:
@@ -606,6 +620,24 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         raise ConfigError(f"{field}.{exc.field}" if exc.field != "backend" else field, exc.problem) from None
     except TypeError as exc:
         raise ConfigError(field, f"the {kind!r} backend rejected its options: {exc}") from None
+
+
+def _member_price(spec: MemberConfig, kind: str, field: str) -> Any:
+    from .errors import PriceError
+    from .pricing import Price
+
+    if spec.price is not None and spec.price_per_hour is not None:
+        raise ConfigError(f"{field}.price", "give price or price_per_hour, not both")
+    if kind == "hf":  # the local classifier prices its own compute seconds
+        if spec.price is not None:
+            raise ConfigError(f"{field}.price", "an hf member is priced by the hour: use price_per_hour")
+        return spec.price_per_hour
+    try:
+        if spec.price_per_hour is not None:
+            return Price(per_hour=spec.price_per_hour, source="price_per_hour in the config")
+        return Price(**{"source": "price in the config", **(spec.price or {})})
+    except (PriceError, TypeError) as exc:
+        raise ConfigError(f"{field}.price", str(exc)) from None
 
 
 def build_router(cfg: Config, cascade: str, *, components: Components | None = None, **overrides: Any) -> Router:

@@ -1,9 +1,11 @@
 """The spend ledger: one row per call, whatever its outcome, in SQLite by default or any SQLAlchemy database.
 
 The router hands every routed request's calls to :meth:`Ledger.record` in a ``finally`` block: successes, errors,
-timeouts and cancellations alike. ``record`` is synchronous and short (one transaction per request); if the database
-refuses a write, the rows stay queued in memory and are retried on the next ``record``, and :meth:`Ledger.flush` /
-:meth:`Ledger.close` raise :class:`LedgerError` if they still cannot be written, so nothing is dropped silently.
+timeouts and cancellations alike. ``record`` only queues the rows (no SQL on the event loop); a writer thread inserts
+them in batches. If the database refuses a write, the rows stay in a bounded backlog retried by the writer after a
+growing pause (never re-sent on every request), :meth:`Ledger.flush` / :meth:`Ledger.close` raise
+:class:`LedgerError` if they still cannot be written, and a full backlog makes ``record`` raise: nothing is dropped
+silently. A local journal (:mod:`llm_cascade.journal`) makes each call durable before it starts, against ``kill -9``.
 
 Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pusd`` as integer pico-dollars
 (1e-12 USD) so that sums in SQL (budgets, reports) stay exact on SQLite too, which has no decimal type.
@@ -18,6 +20,7 @@ read as attempt 1, finish reason unknown), so a ledger file survives an upgrade 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
+from .journal import Journal, orphans, pending_rows
 from .types import Call
 
 if TYPE_CHECKING:
@@ -51,6 +55,8 @@ _COLUMNS = (
 # Columns added after the first release, with their declarations: a table without them gets them when opened.
 _ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
+Row = tuple[Any, ...]
+_TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
 
 
 def default_path() -> Path:
@@ -60,6 +66,18 @@ def default_path() -> Path:
         return Path(env).expanduser()
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "llm-cascade" / "ledger.sqlite3"
+
+
+def default_journal_dir(database: str, table: str) -> Path:
+    """Where a ledger's journal lives unless told: a folder per (database, table) in memory-backed storage
+    (``$XDG_RUNTIME_DIR`` or ``/dev/shm``), which outlives the process (what the journal is for) and, unlike a disk
+    file, never stalls the event loop while the kernel writes dirty pages back; the data folder when neither exists.
+    Set ``journal=`` to a folder on disk to survive a reboot or a container restart too."""
+    digest = hashlib.sha256(f"{database}|{table}".encode()).hexdigest()[:16]
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(base) / "llm-cascade-journal" / digest
+    return default_path().parent / "journal" / digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +187,10 @@ class _SQLite:
         with self.lock:
             return list(self.conn.execute(sql, params).fetchall())
 
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction (autocommit), with the rows it returns."""
+        return self.query(sql, params)
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -219,12 +241,30 @@ class _SQLAlchemy:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
 
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One statement in its own committed transaction, with the rows it returns."""
+        with self.engine.begin() as conn:
+            result = conn.exec_driver_sql(sql, tuple(params))
+            return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
     def close(self) -> None:
         self.engine.dispose()
 
 
 def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+def _safe(text: str) -> str:
+    """A tag as text PostgreSQL's ``jsonb`` accepts: NUL and lone surrogates (which it refuses, failing every later
+    ``tags::jsonb`` query) become U+FFFD. The proxy refuses such tags with a 400; this guards every other caller."""
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    return text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def to_pusd(cost: Decimal | None) -> int | None:
@@ -237,6 +277,15 @@ class Ledger:
 
     ``url``: None for the default SQLite file, a path, ``sqlite:///path``, ``:memory:``, or any SQLAlchemy URL.
     ``clock`` stamps rows (seconds since the epoch); tests inject one to fill past periods.
+
+    Writing is off the caller's thread: :meth:`record` only appends the rows to a bounded backlog (microseconds, safe
+    on the event loop) and one writer thread inserts them in batches (``executemany``, one transaction per batch).
+    A database that refuses writes is retried with a growing pause, not on every request, and the backlog is capped at
+    ``max_backlog`` rows: past it :meth:`record` raises :class:`LedgerError` (nothing is dropped silently).
+    :meth:`flush` / :meth:`aflush` wait until everything recorded is written; reads flush first, so what was recorded
+    is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's
+    rows, and the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.journal`),
+    replayed by the next process that opens the ledger if this one dies before committing them.
     """
 
     def __init__(
@@ -245,40 +294,106 @@ class Ledger:
         *,
         table: str = "llm_cascade_calls",
         clock: Callable[[], float] = time.time,
+        journal: str | Path | bool | None = None,
+        max_backlog: int = 100_000,
+        retry_s: float = 0.5,
+        linger_s: float = 0.005,
     ) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
             raise ConfigError("Ledger.table", f"must be a plain SQL identifier, got {table!r}")
+        if isinstance(max_backlog, bool) or not isinstance(max_backlog, int) or max_backlog < 1:
+            raise ConfigError("Ledger.max_backlog", f"must be an int >= 1, got {max_backlog!r}")
         self.table = table
         self.clock = clock
+        self.max_backlog = max_backlog
+        self.retry_s = retry_s
+        self.linger_s = linger_s  # group commit: the writer waits this long for more rows before a write
         self._pending: list[tuple[Any, ...]] = []
-        self._pending_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._io = threading.Lock()  # one writer at a time: the thread, or a caller's flush
+        self._error: LedgerError | None = None
+        self._closed = False
+        self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
+        sqlite_file: str | None = None
         if url is None or isinstance(url, Path):
-            self._store = _SQLite(self.url, table)
+            sqlite_file = self.url
         elif not isinstance(url, str) or not url.strip():
             raise ConfigError("Ledger.url", f"must be a path or a database URL, got {url!r}")
         elif url == ":memory:" or not _URL.match(url) or _DRIVE.match(url):
-            self._store = _SQLite(url, table)
+            sqlite_file = url
         elif url.startswith("sqlite:"):
             m = re.fullmatch(r"sqlite:///(.+)", url)
             if m is None:
                 raise ConfigError("Ledger.url", f"expected sqlite:///path/to/file.db, got {url!r}")
-            self._store = _SQLite(m.group(1), table)
+            sqlite_file = m.group(1)
+        elif "://" not in url:
+            raise ConfigError("Ledger.url", f"malformed database URL {_redact(url)!r}: expected 'dialect://...'")
+        if sqlite_file is not None:
+            self._store = _SQLite(sqlite_file, table)
         else:
-            if "://" not in url:
-                raise ConfigError("Ledger.url", f"malformed database URL {_redact(url)!r}: expected 'dialect://...'")
-            self._store = _SQLAlchemy(url, table)
+            self._store = _SQLAlchemy(str(url), table)
+        # A database server several processes share: budgets then keep their counters there (llm_cascade.reservations).
+        self.shared_database = isinstance(self._store, _SQLAlchemy) and self._store.dialect != "sqlite"
         ph = self._store.placeholder
         self._insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join([ph] * len(_NAMES))})"
+        self.replayed = 0  # rows a dead process's journal added when this ledger was opened
+        self._journal = self._open_journal(journal, sqlite_file)
+        self._thread = threading.Thread(target=self._run, name=f"llm-cascade-ledger-{table}", daemon=True)
+        self._thread.start()
+
+    def _open_journal(self, journal: str | Path | bool | None, sqlite_file: str | None) -> Journal | None:
+        if journal is False or (journal is None and sqlite_file == ":memory:"):
+            return None
+        if journal is None or journal is True:
+            if sqlite_file == ":memory:":
+                raise ConfigError("Ledger.journal", "an in-memory ledger has no place for a journal; pass a folder")
+            where = str(Path(sqlite_file).expanduser().resolve()) if sqlite_file is not None else self.url
+            folder = default_journal_dir(where, self.table)
+        elif isinstance(journal, str | Path):
+            folder = Path(journal).expanduser()
+        else:
+            raise ConfigError("Ledger.journal", f"must be a folder, True or False, got {journal!r}")
+        try:
+            self.replayed = self._replay(folder)
+            return Journal(folder)
+        except OSError as exc:
+            raise LedgerError(f"cannot open the ledger journal in {folder}: {exc}") from exc
+
+    def _replay(self, folder: Path) -> int:
+        """Insert what dead processes' journals hold and the database lacks; returns the rows added."""
+        added = 0
+        for path, fd in orphans(folder):
+            try:
+                pending = pending_rows(path)
+                have = self._known(list(pending))
+                rows = [
+                    (*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)
+                ]
+                if rows:
+                    self._store.write(self._insert, rows)
+                    _log.warning("ledger journal %s: replayed %d row(s) of a process that ended", path, len(rows))
+                added += len(rows)
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return added
+
+    def _known(self, request_ids: Sequence[str]) -> set[str]:
+        ph = self._store.placeholder
+        found: set[str] = set()
+        for i in range(0, len(request_ids), 500):
+            chunk = request_ids[i : i + 500]
+            sql = f"SELECT DISTINCT request_id FROM {self.table} WHERE request_id IN ({', '.join([ph] * len(chunk))})"
+            found.update(str(r[0]) for r in self._store.query(sql, chunk))
+        return found
 
     # -- writing ----------------------------------------------------------------------------------------------------
 
-    def record(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
-        """Store one row per call of a request. Never raises for a database failure: rows wait for the next write."""
-        now = self.clock()
-        tags = json.dumps(dict(metadata), sort_keys=True, default=str)
-        rows = [
+    def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
+        tags = _TAGS({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()}) if metadata else "{}"
+        return [
             (
                 now,
                 request_id,
@@ -300,45 +415,148 @@ class Ledger:
             )
             for i, c in enumerate(calls)
         ]
-        with self._pending_lock:
-            self._pending.extend(rows)
-            try:
-                self._drain()
-            except LedgerError as exc:
-                _log.warning("%s; %d row(s) kept in memory for the next write", exc, len(self._pending))
 
-    def _drain(self) -> None:
-        if not self._pending:
+    def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.journal`); no-op without one."""
+        if self._journal is not None:
+            self._journal.intent(request_id, self._rows(request_id, calls, metadata, self.clock()))
+
+    def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
+        """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
+        self._listeners.append(listener)
+
+    def record(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Queue one row per call of a request for the writer thread; returns at once.
+
+        Raises LedgerError only when the backlog is full (the database has refused writes for a while)."""
+        if not calls:
             return
-        batch = list(self._pending)
+        now = self.clock()
+        rows = self._rows(request_id, calls, metadata, now)
+        with self._cond:
+            if self._closed:
+                raise LedgerError(f"ledger {_redact(self.url)} is closed")
+            if len(self._pending) + len(rows) > self.max_backlog:
+                cause = f": {self._error}" if self._error is not None else ""
+                raise LedgerError(
+                    f"ledger backlog full ({len(self._pending)} rows waiting, max_backlog={self.max_backlog}); "
+                    f"request {request_id} not recorded{cause}"
+                )
+            if self._journal is not None:
+                self._journal.recorded(request_id, rows)
+            wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
+            self._pending.extend(rows)
+            if wake:
+                self._cond.notify()
+        for listener in self._listeners:
+            listener(now, calls, metadata)
+
+    async def arecord(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """:meth:`record` that waits (back-pressure) while the backlog is full, up to ``30 * retry_s`` seconds."""
+        for _ in range(60):
+            with self._cond:
+                room = len(self._pending) + len(calls) <= self.max_backlog
+            if room:
+                break
+            await asyncio.sleep(self.retry_s / 2)
+        self.record(request_id, calls, metadata)
+
+    def _write_once(self) -> int:
+        """Write the current backlog in one transaction (the caller holds ``_io``); returns the rows written."""
+        with self._cond:
+            batch = list(self._pending)
+        if not batch:
+            return 0
         try:
             self._store.write(self._insert, batch)
         except Exception as exc:
-            raise LedgerError(f"cannot write {len(batch)} ledger row(s) to {_redact(self.url)}: {exc}") from exc
-        del self._pending[: len(batch)]
+            error = LedgerError(f"cannot write {len(batch)} ledger row(s) to {_redact(self.url)}: {exc}")
+            with self._cond:
+                self._error = error
+            raise error from exc
+        with self._cond:
+            del self._pending[: len(batch)]
+            self._error = None
+            self._cond.notify_all()
+        if self._journal is not None:
+            self._journal.committed(r[1] for r in batch)
+        return len(batch)
+
+    def _run(self) -> None:
+        pause = self.retry_s
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._pending:
+                    return
+                if not self._closed and self.linger_s > 0:
+                    self._cond.wait(self.linger_s)  # let a burst gather into one transaction
+            try:
+                with self._io:
+                    self._write_once()
+                pause = self.retry_s
+            except LedgerError as exc:
+                _log.warning("%s; %d row(s) kept for the next try in %.1fs", exc, self.pending, pause)
+                with self._cond:
+                    if self._closed:
+                        return
+                    self._cond.wait(pause)
+                pause = min(pause * 2, 30.0)
 
     @property
     def pending(self) -> int:
-        """Rows accepted but not yet written (non-zero only after a database failure)."""
-        return len(self._pending)
+        """Rows accepted but not yet written."""
+        with self._cond:
+            return len(self._pending)
 
     def flush(self) -> None:
         """Write every queued row now; LedgerError if the database still refuses them."""
-        with self._pending_lock:
-            self._drain()
+        with self._io:
+            while self._write_once():
+                pass
+
+    async def aflush(self) -> None:
+        """:meth:`flush` from a worker thread, so the event loop keeps running."""
+        await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
-        """Flush, then release the connection."""
+        """Flush, stop the writer, then release the connection (and the journal, removed once all is written)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         try:
             self.flush()
         finally:
+            self._thread.join(timeout=5)
+            if self._journal is not None:
+                self._journal.close(clean=not self._pending)
             self._store.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` off the event loop."""
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _settle(self) -> None:
+        """Before a read: write what is queued, so a read sees everything recorded (a refusing database is left to
+        the writer thread and reported by :meth:`flush`)."""
+        if self.pending and not self._closed:
+            try:
+                self.flush()
+            except LedgerError as exc:
+                _log.warning("%s; reading without those rows", exc)
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
@@ -367,6 +585,7 @@ class Ledger:
         self, *, since: float | None = None, until: float | None = None, tags: Mapping[str, str] | None = None
     ) -> Totals:
         """Exact spend, calls, requests and unpriced calls among rows with ``since <= ts < until`` and these tags."""
+        self._settle()
         where, params = self._where(since, until, tags)
         sql = (
             f"SELECT COALESCE(SUM(cost_pusd), 0), COUNT(*), COUNT(DISTINCT request_id), "
@@ -390,6 +609,7 @@ class Ledger:
         request_id: str | None = None,
     ) -> list[LedgerRow]:
         """The selected rows, oldest first."""
+        self._settle()
         where, params = self._where(since, until, tags, request_id)
         sql = f"SELECT {_COLUMNS} FROM {self.table}{where} ORDER BY ts, request_id, seq"
         return [_row(r) for r in self._store.query(sql, params)]

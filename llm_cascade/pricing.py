@@ -14,6 +14,7 @@ the JSON file in the installed package: litellm itself is never imported and not
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import threading
@@ -148,6 +149,7 @@ class PriceTable:
         self._index: dict[str, str] = {}
         self._litellm: dict[str, PriceEntry | None] | None = None
         self._lock = threading.Lock()
+        self._found: dict[str, PriceEntry | None] = {}  # lookups by the exact name asked (cleared by add)
         for name, raw in (entries or {}).items():
             self.add(name, raw)
 
@@ -181,6 +183,7 @@ class PriceTable:
         if not isinstance(name, str) or not name:
             raise PriceError(f"price entry name must be a non-empty string, got {name!r}")
         parsed = entry if isinstance(entry, PriceEntry) else parse_entry(name, entry)
+        self._found.clear()
         self._entries[name] = parsed
         for alias in (name, *parsed.aliases):
             owner = self._index.get(alias.lower())
@@ -199,6 +202,16 @@ class PriceTable:
 
     def lookup(self, model: str) -> PriceEntry | None:
         """The entry for a model or any alias of it; prefixes such as "openai:" or "openai/" are ignored."""
+        try:
+            return self._found[model]  # the router prices the same few names on every request
+        except KeyError:
+            pass
+        found = self._lookup(model)
+        if len(self._found) < 10_000:
+            self._found[model] = found
+        return found
+
+    def _lookup(self, model: str) -> PriceEntry | None:
         names = candidates(model)
         for c in names:
             hit = self._index.get(c)
@@ -233,6 +246,32 @@ class PriceTable:
             if self._litellm is None:
                 self._litellm = read_litellm_map()
             return self._litellm
+
+
+def Price(
+    input: Decimal | float | str = 0,
+    output: Decimal | float | str = 0,
+    *,
+    cached_input: Decimal | float | str | None = None,
+    per_request: Decimal | float | str = 0,
+    per_hour: Decimal | float | str | None = None,
+    source: str = "declared next to the member",
+    as_of: str | None = None,
+) -> PriceEntry:
+    """A member's own price (USD per 1M tokens, per request, or per hour of local compute), used before any table:
+    a local server is priced 0 or by the hour, a negotiated rate overrides the list price."""
+    raw: dict[str, Any] = {
+        "input": input,
+        "output": output,
+        "per_request": per_request,
+        "source": source,
+        "as_of": as_of or datetime.date.today().isoformat(),
+    }
+    if cached_input is not None:
+        raw["cached_input"] = cached_input
+    if per_hour is not None:
+        raw["per_hour"] = per_hour
+    return parse_entry("price", raw)
 
 
 def litellm_map_path() -> Path | None:

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import inspect
-import itertools
 import math
 import os
+import random
 import time
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import observe, ttft
 from .agreement import Rule, TierVotes, Unanimous
@@ -45,6 +45,7 @@ from .errors import (
     MalformedResponseError,
     ProviderError,
     RequestTimeout,
+    RoutingError,
     UnsupportedParameter,
 )
 from .normalize import Normalizer, as_normalizer
@@ -65,21 +66,30 @@ LOUD_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, UnsupportedPara
 
 
 class Pricer(Protocol):
-    """What the router needs from a price table."""
-
-    def cost(self, model: str, usage: Usage) -> Decimal | None: ...
-
-
-class TimedPricer(Protocol):
-    """A price table that also prices local compute time (PriceTable does): used for calls that report compute_s."""
+    """What the router needs from a price table (:class:`~llm_cascade.pricing.PriceTable` is one): the cost of one
+    call, or None when unknown. ``seconds`` is the local compute a call used, for models priced per hour; the router
+    passes it only for calls that report it and whose backend did not price itself (``Completion.cost_usd``)."""
 
     def cost(self, model: str, usage: Usage, seconds: float | None = None) -> Decimal | None: ...
 
 
+TimedPricer = Pricer  # the name an older release used for a Pricer that takes ``seconds``
+
+
 class SpendSink(Protocol):
-    """What the router needs from a ledger: store every call of a request, whatever its outcome."""
+    """What the router needs from a ledger: store every call of a request, whatever its outcome. It must return
+    quickly (it runs on the event loop): :class:`~llm_cascade.ledger.Ledger` only queues the rows. A sink that also
+    has ``intent(request_id, calls, metadata)`` is told the estimated calls of each tier before they start, so a
+    crash cannot lose a billed call (see :mod:`llm_cascade.journal`)."""
 
     def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None: ...
+
+
+# Provider failures are data (the tier's rule decides over the other members); anything else is a bug and raises.
+# A nested Router's routing errors and budget stops count as that member's failure.
+_MEMBER_ERRORS = (ProviderError, TimeoutError, RoutingError, RequestTimeout, BudgetExceeded)
+# Set while a Router calls its members: a nested Router then leaves recording to the outer one (flattened, once).
+_outer_ledger: ContextVar[SpendSink | None] = ContextVar("llm_cascade_outer_ledger", default=None)
 
 
 class Guard(Protocol):
@@ -196,16 +206,24 @@ class Tier:
         return f"Tier({[m.name for m in self.members]!r}, rule={self.rule!r})"
 
 
-_ids = itertools.count()
-_PREFIX = f"{os.getpid():x}-{time.time_ns() & 0xFFFFFFFF:x}"
+_rng = random.Random(0)
+_rng_pid = -1
 
 
 def _new_request_id() -> str:
-    return f"{_PREFIX}-{next(_ids)}"
+    """A random (version 4) UUID: unique across processes, forked workers and restarts (a counter with a pid is not).
+    From a generator seeded from the OS once per process, and again in a forked child (its pid differs): ``uuid4()``
+    asks the OS for entropy on every call, which costs more than the rest of a routed request on a busy machine."""
+    global _rng_pid
+    pid = os.getpid()
+    if pid != _rng_pid:
+        _rng.seed(os.urandom(32))
+        _rng_pid = pid
+    return uuid.UUID(int=_rng.getrandbits(128), version=4).hex
 
 
 # The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
-_MEMBER_ERRORS: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
+_FAILURES: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
 
 
 def _disagreement(votes: TierVotes) -> str:
@@ -322,6 +340,13 @@ class Router:
                         f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
                     )
         self.tiers: tuple[Tier, ...] = tuple(built)
+        # Members that carry their own price (OpenAIBackend(..., price=Price(...)); a wrapper's ``inner`` is looked
+        # through): priced by it before the table, and the budget's estimates use it too.
+        self._member_prices = {m.name: p for t in built for m in t.members if (p := _own_price(m)) is not None}
+        if self._member_prices and budget is not None:
+            known = getattr(budget, "member_prices", None)
+            if isinstance(known, dict):
+                known.update(self._member_prices)
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self.normalizer: Normalizer = as_normalizer(normalizer, "Router.normalizer")
@@ -329,12 +354,16 @@ class Router:
             raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
         self.prices = prices
-        self._timed_prices = prices is not None and "seconds" in inspect.signature(prices.cost).parameters
         self.ledger = ledger
         self.budget = budget
+        if estimator is None:  # failed and cancelled calls are billed an estimate, never 0
+            from .tokens import default_estimator
+
+            estimator = default_estimator()
         self.estimator = estimator
         self.name = f"router:{name}"
         self.supports_logprobs = False
+        self._closed = False
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -405,26 +434,35 @@ class Router:
 
     async def _route_recorded(self, request: Request) -> RouteResult:
         calls: list[Call] = []
-        errors = _MEMBER_ERRORS.set([])
+        errors = _FAILURES.set([])
+        # Called as a member of an outer Router that has a ledger: the outer one records these calls (flattened).
+        ledger = self.ledger if _outer_ledger.get() is None else None
         reserve = getattr(self.budget, "hold", None) if self.budget is not None else None
         hold: Held | None = reserve() if reserve is not None else None
         guard = hold if hold is not None else self.budget
+        scope = _outer_ledger.set(ledger) if ledger is not None else None
         try:
             if self.timeout is None:
-                return await self._route(request, calls, guard)
+                return await self._route(request, calls, guard, ledger)
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._route(request, calls, guard)
+                    return await self._route(request, calls, guard, ledger)
             except TimeoutError:
                 raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
         finally:
+            if scope is not None:
+                _outer_ledger.reset(scope)
             try:
-                if self.ledger is not None and calls:
-                    self.ledger.record(request.request_id, calls, dict(request.metadata))
+                if ledger is not None and calls:
+                    ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
-                _MEMBER_ERRORS.reset(errors)
+                _FAILURES.reset(errors)
                 if hold is not None:  # after the write: counted twice for a moment, never not at all
-                    hold.release()
+                    arelease = getattr(hold, "arelease", None)
+                    if arelease is not None:
+                        await arelease()
+                    else:
+                        hold.release()
 
     async def check(self, *, reach: bool = True, ping_timeout: float = 10.0) -> CheckReport:
         """Check keys, prices and (with ``reach``) that each provider answers, before the first request: see
@@ -443,23 +481,50 @@ class Router:
             latency_s=result.latency_s,
             finish_reason="stop",
             raw=result,
+            cost_usd=result.cost_usd,
         )
+
+    async def aclose(self) -> None:
+        """Close every member once (SDK connection pools, model batchers, nested routers); idempotent.
+
+        The ledger and budget are not closed: they are passed in and may be shared (close the ledger yourself)."""
+        if self._closed:
+            return
+        self._closed = True
+        seen: set[int] = set()
+        for tier in self.tiers:
+            for member in tier.members:
+                await _close_member(member, seen)
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    async def _route(self, request: Request, calls: list[Call], guard: Guard | None) -> RouteResult:
+    async def _route(
+        self, request: Request, calls: list[Call], guard: Guard | None, ledger: SpendSink | None
+    ) -> RouteResult:
         start = time.perf_counter()
         last = len(self.tiers) - 1
         best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
         for k, tier in enumerate(self.tiers):
-            if k and guard is not None:
-                reason = guard.check(request, k, [m.name for m in tier.members], self._spent(calls))
+            if guard is not None and (k or getattr(guard, "gate_first_tier", False)):
+                acheck = getattr(guard, "acheck", None)
+                models = [m.name for m in tier.members]
+                spent = self._spent(calls)
+                reason = await acheck(request, k, models, spent) if acheck else guard.check(request, k, models, spent)
                 if reason is not None:
                     observe.log.info("request %s: budget stops before tier %d: %s", request.request_id, k, reason)
                     if guard.policy == "raise" or best is None:
                         raise BudgetExceeded(reason)
                     bk, bvotes, banswer, btext = best
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
+            intent = getattr(ledger, "intent", None)  # the ledger this request records to (None when nested)
+            if intent is not None:
+                intent(request.request_id, self._intents(k, tier, request), request.metadata)
             votes, texts, failed = await self._run_tier(k, tier, request, calls)
             answer, _ = votes.majority()
             text = texts.get(answer) if answer is not None else None
@@ -488,7 +553,7 @@ class Router:
                     raise AllTiersFailed(
                         f"request {request.request_id}: no tier produced an answer",
                         tuple(sorted(calls, key=self._call_order)),  # type: ignore[arg-type]
-                        list(_MEMBER_ERRORS.get() or ()),
+                        list(_FAILURES.get() or ()),
                     )
                 bk, bvotes, banswer, btext = best
                 return self._result(request, bk, bvotes, banswer, btext, False, calls, start, "last tier majority")
@@ -560,6 +625,7 @@ class Router:
         error: str | None = None
         completion: Completion | None = None
         billed: Usage | None = None
+        nested: Any = None
         with attempt_log() as retried:
             try:
                 limit = self.tiers[k].first_token_timeout if k < len(self.tiers) else None
@@ -575,13 +641,17 @@ class Router:
             except LOUD_ERRORS as exc:  # no key, a bad key, a parameter the model cannot take: the caller must know
                 outcome, error = "error", f"{type(exc).__name__}: {exc}"
                 raise
-            except Exception as exc:  # a provider failure is data: the rule decides over the rest
-                outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+            except _MEMBER_ERRORS as exc:  # a provider failure is data: the rule decides over the rest
+                outcome = "timeout" if isinstance(exc, TimeoutError | RequestTimeout) else "error"
                 error = f"{type(exc).__name__}: {exc}"
                 billed = _billed(exc)
-                found = _MEMBER_ERRORS.get()
+                nested = getattr(exc, "calls", None) if isinstance(exc, RoutingError) else None
+                found = _FAILURES.get()
                 if found is not None:
                     found.append(exc)
+            except Exception as exc:  # a bug (in an adapter, a normalizer...): recorded, then raised, never a vote
+                outcome, error = "error", f"{type(exc).__name__}: {exc}"
+                raise
             finally:
                 for a in retried:
                     failed = self._to_call(
@@ -598,9 +668,15 @@ class Router:
                     calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
                     observe.call_recorded(calls[-1], request.request_id, self.on_call)
                 call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed)
-                calls.append(replace(call, attempt=len(retried) + 1) if retried else call)
-                observe.call_recorded(calls[-1], request.request_id, self.on_call)
-        call = calls[-1]
+                call = replace(call, attempt=len(retried) + 1) if retried else call
+                raw = completion.raw if completion is not None else None
+                inner = raw.calls if isinstance(raw, RouteResult) else nested
+                # A nested Router: its own calls are what was billed; list them (at this tier) instead of one call
+                # priced again under the router's name, so cost is counted once, by their real models.
+                made = [replace(c, tier=k) for c in inner if isinstance(c, Call)] if inner else [call]
+                calls.extend(made)
+                for c in made:
+                    observe.call_recorded(c, request.request_id, self.on_call)
         return _Outcome(call.text, call.answer, call.confidence)
 
     def _to_call(
@@ -625,7 +701,7 @@ class Router:
                 usage = self.estimator(request, None)
             else:
                 usage = Usage()
-            cost = self._cost(backend.name, usage, None)
+            cost = self._cost(backend, usage, None, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
         try:
             answer = normalizer(completion.text)
@@ -634,7 +710,7 @@ class Router:
         if answer is not None and not isinstance(answer, str):
             answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
         conf = _probability(completion.confidence, completion.logprob)
-        cost = self._cost(backend.name, completion.usage, completion.compute_s)
+        cost = self._cost(backend, completion.usage, completion.compute_s, completion.cost_usd)
         return Call(
             backend.name,
             k,
@@ -650,13 +726,31 @@ class Router:
             tool_calls=completion.tool_calls,
         )
 
-    def _cost(self, model: str, usage: Usage, seconds: float | None) -> Decimal | None:
-        """Price one call; a local model's compute seconds go to price tables that take them."""
+    def _cost(self, backend: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
+        """Price one call: what the backend says it cost (``Completion.cost_usd``: local compute, a nested cascade,
+        a provider-reported cost), else the member's own ``price`` (a :class:`~llm_cascade.pricing.PriceEntry`),
+        else the price table; None when none of them knows."""
+        if known is not None:
+            return known
+        own = self._member_prices.get(backend.name)
+        if own is not None:
+            found: Decimal | None = own.cost(usage, seconds)
+            return found
         if self.prices is None:
             return None
-        if seconds is not None and self._timed_prices:
-            return cast(TimedPricer, self.prices).cost(model, usage, seconds)
-        return self.prices.cost(model, usage)
+        if seconds is not None:
+            return self.prices.cost(backend.name, usage, seconds)
+        return self.prices.cost(backend.name, usage)
+
+    def _intents(self, k: int, tier: Tier, request: Request) -> list[Call]:
+        """The calls tier ``k`` is about to make, as the ledger should bill them if the process dies during them:
+        prompt tokens estimated, no output, outcome "cancelled"."""
+        usage = self.estimator(request, None) if self.estimator is not None else Usage(estimated=True)
+        why = "process ended during the call (replayed from the ledger journal)"
+        return [
+            Call(m.name, k, "cancelled", usage, cost_usd=self._cost(m, usage, None, None), error=why)
+            for m in tier.members
+        ]
 
     def _call_order(self, call: Call) -> tuple[int, int, int]:
         return call.tier, self._position.get((call.tier, call.model), 0), call.attempt
@@ -691,3 +785,35 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router({self.name!r}, tiers={list(self.tiers)!r})"
+
+
+def _own_price(member: Any) -> Any:
+    """The price a member (or the backend a wrapper holds as ``inner``) declares, or None."""
+    for _ in range(8):
+        price = getattr(member, "price", None)
+        if price is not None and callable(getattr(price, "cost", None)):
+            return price
+        member = getattr(member, "inner", None)
+        if member is None:
+            return None
+    return None
+
+
+async def _close_member(member: Any, seen: set[int]) -> None:
+    """Close one member once: the backend under any wrappers (retry and rate-limit layers hold it as ``inner`` and
+    only pass ``aclose`` through), by ``aclose()``, else ``close()``. A backend in two tiers is closed once."""
+    for _ in range(8):
+        inner = getattr(member, "inner", None)
+        if inner is None:
+            break
+        member = inner
+    if id(member) in seen:
+        return
+    seen.add(id(member))
+    closer = getattr(member, "aclose", None)
+    if callable(closer):
+        await closer()
+        return
+    sync = getattr(member, "close", None)
+    if callable(sync):
+        sync()

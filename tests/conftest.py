@@ -66,3 +66,16 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     """A fresh SQLite ledger per test."""
     with Ledger(tmp_path / "ledger.sqlite3") as led:
         yield led
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _journals_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Ledger journals default to memory-backed storage shared by the machine (/dev/shm); tests keep theirs in a
+    temporary folder instead (XDG_RUNTIME_DIR comes first), so ledgers a test leaves open leave nothing behind."""
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous

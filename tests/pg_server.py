@@ -8,6 +8,7 @@ binaries are installed or the server cannot start.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -36,12 +37,17 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A SQLAlchemy URL of a fresh PostgreSQL server owned by this test session."""
+class Unavailable(RuntimeError):
+    """No PostgreSQL server can be started here (the message says why)."""
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """Start a fresh PostgreSQL server and yield its SQLAlchemy URL; stopped and deleted on exit. Raises Unavailable
+    when the binaries are missing or the server cannot start (benchmarks use it too)."""
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (run `make postgres` to install Debian's postgresql)")
+        raise Unavailable("PostgreSQL server binaries not found (run `make postgres` to install Debian's postgresql)")
     prefix: list[str] = []
     base = Path(tempfile.mkdtemp(prefix="llmc-pg-"))
     if os.geteuid() == 0:
@@ -49,7 +55,7 @@ def pg_url() -> Iterator[str]:
             user = pwd.getpwnam("postgres")
         except KeyError:
             shutil.rmtree(base, ignore_errors=True)
-            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+            raise Unavailable("running as root and there is no 'postgres' user to run the server as") from None
         os.chown(base, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     data, log = base / "data", base / "server.log"
@@ -61,15 +67,29 @@ def pg_url() -> Iterator[str]:
     init = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
     if init.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
+        raise Unavailable(f"initdb failed: {init.stderr.strip()[-500:]}")
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=50"
     start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", opts, "start")
     if start.returncode != 0:
         detail = log.read_text()[-800:] if log.exists() else start.stderr
         shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {detail.strip()}")
+        raise Unavailable(f"PostgreSQL did not start: {detail.strip()}")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh PostgreSQL server owned by this test session."""
+    server = throwaway_postgres()
+    try:
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)

@@ -61,7 +61,11 @@ async def test_budget_stops_escalation_where_recorded_costs_say(data_dir: Path, 
         return Usage(rec["tokens_in"], rec["tokens_out"])
 
     budget = Budget(
-        Limit(limit, per="day", tags={"app": "mmlu"}), ledger=ledger, prices=PriceTable.default(), usage=replay
+        Limit(limit, per="day", tags={"app": "mmlu"}),
+        ledger=ledger,
+        prices=PriceTable.default(),
+        usage=replay,
+        gate_first_tier=False,  # this test pins escalation gating alone (tier 0 gating: see the test below)
     )
     router = Router(
         [Tier([Recorded(m, rows) for m in CHEAP]), Tier([Recorded(TOP, rows)])],
@@ -201,3 +205,17 @@ def test_bad_limit(args: tuple[Any, ...], field: str) -> None:
     with pytest.raises(ConfigError) as err:
         Limit(*args)
     assert err.value.field == field
+
+
+async def test_by_default_a_budget_stops_tier_0_too(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    price = {"input": 1_000_000, "output": 0, "source": "t", "as_of": "2026-01-01"}  # $1 per input token
+    prices = PriceTable({"a": price}, fallback=None)
+    flat = lambda request, model: Usage(1, 0)  # noqa: E731
+    budget = Budget(Limit("2.5", per="day"), ledger=ledger, prices=prices, usage=flat, policy="raise")
+    router = Router([Tier([FakeBackend("a", "B", usage=Usage(1, 0))])], prices=prices, ledger=ledger, budget=budget)
+    await router.route("q1")
+    await router.route("q2")
+    with pytest.raises(BudgetExceeded, match="tier 0"):
+        await router.route("q3")  # the third $1 call would pass $2.5: stopped before it is made
+    assert ledger.spend() == 2 and ledger.count() == 2

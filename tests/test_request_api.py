@@ -22,6 +22,7 @@ from llm_cascade.errors import (
     AllTiersFailed,
     AuthenticationError,
     LLMCascadeError,
+    ProviderError,
     RateLimited,
     RetryableError,
     RoutingError,
@@ -147,22 +148,22 @@ async def test_route_sync_inside_a_running_loop_says_to_await() -> None:
 
 
 async def test_all_tiers_failed_is_a_group_of_the_member_errors() -> None:
-    router = Router([[FakeBackend("a", RateLimited("busy"))], [FakeBackend("b", RuntimeError("boom"))]], retry=None)
+    router = Router([[FakeBackend("a", RateLimited("busy"))], [FakeBackend("b", ProviderError("boom"))]], retry=None)
     with pytest.raises(AllTiersFailed) as info:
         await router.route("q")
     group = info.value
     assert isinstance(group, ExceptionGroup) and isinstance(group, LLMCascadeError | RoutingError)
-    assert [type(e) for e in group.exceptions] == [RateLimited, RuntimeError]
-    assert "RateLimited: busy" in str(group) and "RuntimeError: boom" in str(group)
+    assert [type(e) for e in group.exceptions] == [RateLimited, ProviderError]
+    assert "RateLimited: busy" in str(group) and "ProviderError: boom" in str(group)
     assert [c.model for c in group.calls] == ["fake:a", "fake:b"]  # type: ignore[attr-defined]
     caught: list[BaseException] = []
     try:
         await router.route("q")
     except* RateLimited as eg:
         caught += eg.exceptions
-    except* RuntimeError as eg:
+    except* ProviderError as eg:
         caught += eg.exceptions
-    assert [type(e) for e in caught] == [RateLimited, RuntimeError]
+    assert [type(e) for e in caught] == [RateLimited, ProviderError]
 
 
 async def test_a_missing_key_is_raised_not_outvoted(monkeypatch: pytest.MonkeyPatch) -> None:

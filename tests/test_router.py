@@ -23,7 +23,7 @@ from llm_cascade import (
     quorum,
     unanimous,
 )
-from llm_cascade.errors import UnknownProviderError
+from llm_cascade.errors import ProviderError, UnknownProviderError
 
 
 class RecordingSink:
@@ -111,11 +111,19 @@ async def test_on_error_escalate() -> None:
 
 async def test_all_failed_raises_with_calls() -> None:
     router = Router(
-        [Tier([FakeBackend("a", RateLimited("x"))]), Tier([FakeBackend("b", RuntimeError("boom"))])], retry=None
+        [Tier([FakeBackend("a", RateLimited("x"))]), Tier([FakeBackend("b", ProviderError("boom"))])], retry=None
     )
     with pytest.raises(AllTiersFailed) as info:
         await router.route("q")
     assert len(info.value.calls) == 2
+
+
+async def test_a_programming_error_in_a_member_raises_instead_of_becoming_an_error_row() -> None:
+    sink = RecordingSink()
+    router = Router([Tier([FakeBackend("a", RuntimeError("adapter bug"))]), Tier([FakeBackend("b", "B")])], ledger=sink)
+    with pytest.raises(RuntimeError, match="adapter bug"):
+        await router.route("q")
+    assert [c.outcome for _, c in sink.rows] == ["error"]  # the call is still recorded
 
 
 async def test_costs_and_unknown_prices() -> None:
@@ -162,7 +170,8 @@ async def test_router_is_a_backend() -> None:
     inner = Router([Tier([FakeBackend("a", "B"), FakeBackend("b", "B")])], normalizer="choice", name="inner")
     outer = Router([Tier([inner, FakeBackend("c", "B")])], normalizer="choice")
     result = await outer.route(Request.from_prompt("q"))
-    assert result.answer == "B" and result.calls[0].model in {"router:inner", "fake:c"}
+    # The inner cascade's calls are listed as themselves (flattened), not as one call named "router:inner".
+    assert result.answer == "B" and sorted(c.model for c in result.calls) == ["fake:a", "fake:b", "fake:c"]
 
 
 async def test_tags_reach_metadata() -> None:

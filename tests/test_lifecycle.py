@@ -1,0 +1,93 @@
+"""Router lifecycle and the ledger's back-pressure: closing members once, request ids, a refusing database."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_cascade import FakeBackend, LedgerError, Router, Tier
+from llm_cascade.backends.openai import OpenAIBackend
+from llm_cascade.ledger import Ledger
+from llm_cascade.limits import Resilience
+from llm_cascade.retry import RetryPolicy
+from llm_cascade.testing import RecordedServer
+from llm_cascade.types import Call, Usage
+
+
+class Closing(FakeBackend):
+    """A fake member that counts how often it is closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_aclose_closes_every_member_once_nested_and_wrapped_ones_too() -> None:
+    shared, other, inner_member = Closing("shared", "B"), Closing("other", "C"), Closing("inner", "B")
+    inner = Router([Tier([inner_member])], name="inner")
+    async with Router(
+        [Tier([shared, other]), Tier([shared]), Tier([inner])], resilience=Resilience(retry=RetryPolicy())
+    ) as router:
+        await router.route("q")
+    assert (shared.closed, other.closed, inner_member.closed) == (1, 1, 1)
+    await router.aclose()  # idempotent
+    assert shared.closed == 1
+
+
+async def test_aclose_releases_the_sdk_client(script_server: RecordedServer) -> None:
+    backend = OpenAIBackend("echo-b", base_url=script_server.base_url, api_key="k")
+    router = Router([Tier([backend])], normalizer="choice")
+    assert (await router.route("q")).answer == "B"
+    client = backend._client
+    assert client is not None
+    await router.aclose()
+    assert backend._client is None and client.is_closed()
+
+
+async def test_request_ids_are_uuids_and_unique() -> None:
+    router = Router([Tier([FakeBackend("a", "B")])])
+    ids = {(await router.route(f"q{i}")).request_id for i in range(200)}
+    assert len(ids) == 200
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_the_backlog_is_bounded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+    ledger = Ledger(path, max_backlog=5, retry_s=60.0, journal=False)
+    attempts = 0
+    write = ledger._store.write
+
+    def counting(sql: str, rows: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        write(sql, rows)
+
+    ledger._store.write = counting  # type: ignore[method-assign]
+    ledger._store.conn.execute("PRAGMA busy_timeout=0")
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    call = [Call("x", 0, "ok", Usage(1, 1), cost_usd=Decimal(1))]
+    ledger.record("r0", call, {})
+    with pytest.raises(LedgerError):
+        ledger.flush()  # the writer's first try (or this one) fails; the next waits retry_s = 60 s
+    tried = attempts
+    for i in range(1, 5):
+        ledger.record(f"r{i}", call, {})
+    assert attempts == tried  # four more requests, no more writes: the backlog is not re-sent per request
+    with pytest.raises(LedgerError, match="backlog full"):
+        ledger.record("r5", call, {})
+    assert ledger.pending == 5
+    blocker.rollback()
+    ledger.flush()
+    assert ledger.pending == 0 and ledger.count() == 5
+    ledger.close()
