@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
+from .router import _own_price
 from .types import Usage
 
 if TYPE_CHECKING:
@@ -119,7 +120,9 @@ async def check_router(router: Router, *, reach: bool = True, ping_timeout: floa
             env = getattr(adapter, "_api_key_env", "the key variable")
             problems.append(f"{name}: no API key (pass api_key=... or set ${env})")
         price: Status = "skipped"
-        if router.prices is not None and not hasattr(adapter, "tiers"):  # a nested cascade prices its own members
+        if _own_price(adapter) is not None:  # a price declared next to the member wins over the table
+            price = "ok"
+        elif router.prices is not None and not hasattr(adapter, "tiers"):  # a nested cascade prices its own members
             price = "ok" if router.prices.cost(name, Usage(1000, 1000)) is not None else "unknown"
             if price == "unknown":
                 msg = f"{name}: no price in the price table (costs will be unknown)"

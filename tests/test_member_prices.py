@@ -64,3 +64,14 @@ members = [
     bad = text.replace("price_per_hour = 2.5", 'price = {input = "x"}')
     with pytest.raises(ConfigError, match=r"members\[1\]\.price"):
         build_router(parse_config(tomllib.loads(bad), env={}), "c")
+
+
+async def test_check_counts_a_declared_price_as_known() -> None:
+    """``Router.check()`` reads the member's own price before the table: a local model priced next to it is not
+    reported as unpriced, while an undeclared model the table does not know still is."""
+    local = OpenAIBackend("llama", base_url="http://127.0.0.1:9/v1", name="local:llama", price=Price())
+    stranger = OpenAIBackend("mystery", base_url="http://127.0.0.1:9/v1", name="local:mystery")
+    router = Router([Tier([local, stranger])], normalizer="choice", prices=PriceTable(LIST, fallback=None))
+    report = await router.check(reach=False)
+    status = {m.name: m.price for m in report.members}
+    assert status == {"local:llama": "ok", "local:mystery": "unknown"}

@@ -20,11 +20,11 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from ..normalize import ChoiceLetter, ExactText, Normalizer, Number
+from ..router import Pricer  # the one price-table protocol: importers price tokens as the Router does
 from ..types import Usage
 from .records import ModelRun, Record, RecordError
 
@@ -61,12 +61,6 @@ class RecordedLayout:
         if "answer_extracted" in first:
             return cls(Number(), answer_field="answer_extracted", cost_field="cost_answer_only_usd")
         return cls(ExactText(), cost_field="cost_answer_only_usd", judged=True)
-
-
-class Pricer(Protocol):
-    """What an importer needs from a price table (the same shape the Router uses)."""
-
-    def cost(self, model: str, usage: Usage) -> Decimal | None: ...
 
 
 def rational_record(obj: Mapping[str, Any], layout: RecordedLayout | None = None) -> Record:
