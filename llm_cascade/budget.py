@@ -192,6 +192,10 @@ class Budget:
 
             self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
+        # tags of a request -> (index, limit) of the limits that apply to it: a check is then a dictionary lookup,
+        # not a scan of every limit's tags (a service sends the same few tag sets over and over)
+        self._applicable: dict[tuple[tuple[str, str], ...], tuple[tuple[int, Limit], ...]] = {}
+        self._applicable_to = self.limits
         self._holds: set[Hold] = set()
         # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
         # scan every request in flight.
@@ -234,6 +238,19 @@ class Budget:
                 start = period_start(limit.per, now)
                 self.counters.ensure(scope_key(limit.per, limit.tags), start or 0.0, start, limit.tags or None)
 
+    def _applying(self, metadata: Mapping[str, str]) -> tuple[tuple[int, Limit], ...]:
+        """(index, limit) of every limit whose tags ``metadata`` carries, cached per tag set."""
+        if self._applicable_to is not self.limits:  # limits replaced on a live budget: resolve again
+            self._applicable, self._applicable_to = {}, self.limits
+        key = tuple(metadata.items())
+        found = self._applicable.get(key)
+        if found is None:
+            found = tuple((i, x) for i, x in enumerate(self.limits) if x.applies(metadata))
+            if len(self._applicable) >= 4096:
+                self._applicable.clear()
+            self._applicable[key] = found
+        return found
+
     def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """Ledger listener: advance the running totals of the limits this request's tags fall under."""
         priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
@@ -250,9 +267,9 @@ class Budget:
                 self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
             return
         with self._lock:
-            for i, limit in enumerate(self.limits):
+            for i, limit in self._applying(metadata):
                 run = self._running.get(i)
-                if run is None or not limit.applies(metadata):
+                if run is None:
                     continue
                 start = period_start(limit.per, ts)
                 if start is not None and start > cast(float, run[0]):
@@ -337,8 +354,8 @@ class Budget:
     def _admit(
         self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold | None
     ) -> str | None:
-        applicable = [x for x in self.limits if x.applies(request.metadata)]
-        if not applicable:
+        indexed = self._applying(request.metadata)
+        if not indexed:
             return None
         if hold is not None and tier in hold.tiers:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
@@ -347,35 +364,36 @@ class Budget:
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
         if self.counters is not None:
+            applicable = [x for _, x in indexed]
             return self._admit_shared(applicable, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
         if hold is not None:
             hold.tiers.add(tier)
         with self._lock:
-            reason = None if estimate is None else self._refusal(applicable, tier, spent, estimate, now, hold)
+            reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
             if hold is not None and not hold.released:
                 # The request's claim: what it has spent, plus the tier it may now run. A refused request stops here.
-                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata)
+                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
         return reason
 
     def _refusal(
         self,
-        applicable: Sequence[Limit],
+        applicable: Sequence[tuple[int, Limit]],
         tier: int,
         spent: Decimal,
         estimate: Decimal,
         now: float,
         hold: Hold | None,
     ) -> str | None:
-        for limit in applicable:
+        for i, limit in applicable:
             before = held = Decimal(0)
             if limit.per != "request":
-                before, unknown = self._spent_in_period(self.limits.index(limit), limit, now)
+                before, unknown = self._spent_in_period(i, limit, now)
                 if unknown and self.unknown_price == "refuse":
                     return (
                         f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
                         " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
                     )
-                held = self._held_against(limit, hold)
+                held = self._held_against(i, hold)
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
                 return (
@@ -442,8 +460,7 @@ class Budget:
                 hold.metadata = dict(metadata)
         return reason
 
-    def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
-        i = self.limits.index(limit)
+    def _held_against(self, i: int, exclude: Hold | None = None) -> Decimal:
         held = self._held.get(i, Decimal(0))
         if exclude is not None and i in exclude.limits:
             held -= exclude.claimed
@@ -464,7 +481,7 @@ class Budget:
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
             with self._lock:
-                used = self._spent_in_period(i, limit, now)[0] + self._held_against(limit)
+                used = self._spent_in_period(i, limit, now)[0] + self._held_against(i)
             out[str(limit)] = limit.usd - used
         return out
 
@@ -481,12 +498,24 @@ class Hold:
     first request routed in the same context.
     """
 
-    __slots__ = ("_token", "budget", "claimed", "limits", "metadata", "released", "reserved", "taken", "tiers")
+    __slots__ = (
+        "_source",
+        "_token",
+        "budget",
+        "claimed",
+        "limits",
+        "metadata",
+        "released",
+        "reserved",
+        "taken",
+        "tiers",
+    )
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.claimed = Decimal(0)
         self.metadata: Mapping[str, str] = {}
+        self._source: Mapping[str, str] | None = None  # the mapping ``metadata`` was copied from
         self.taken = False
         self.released = False
         self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
@@ -513,13 +542,15 @@ class Hold:
             return self.check(request, tier, models, spent)
         return await asyncio.to_thread(self.check, request, tier, models, spent)
 
-    def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
-        """Called with the budget's lock held."""
+    def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
+        """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
         budget = self.budget
         budget._move(self, -self.claimed)
         self.claimed = amount
-        self.metadata = dict(metadata)
-        self.limits = tuple(i for i, x in enumerate(budget.limits) if x.per != "request" and x.applies(self.metadata))
+        if self._source is not metadata:  # a later tier of the same request: the same tags, already resolved
+            self._source = metadata
+            self.metadata = dict(metadata)
+            self.limits = tuple(i for i, x in applicable if x.per != "request")
         budget._move(self, amount)
         if amount:
             self.budget._holds.add(self)
