@@ -52,11 +52,11 @@ import concurrent.futures
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .errors import ConfigError
 from .ledger import PICO, Ledger, to_pusd
@@ -364,8 +364,8 @@ class Budget:
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
         if self.counters is not None:
-            applicable = [x for _, x in indexed]
-            return self._admit_shared(applicable, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+            steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+            return _run_blocking(self.counters, steps)
         if hold is not None:
             hold.tiers.add(tier)
         with self._lock:
@@ -402,20 +402,38 @@ class Budget:
                 )
         return None
 
-    def _admit_shared(
+    async def _aadmit(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold
+    ) -> str | None:
+        """:meth:`_admit` with shared counters, for the event loop: the memory work runs here, each database step
+        on a thread (a reservation in the reserver thread's next batch), so no thread is held per request."""
+        assert self.counters is not None
+        indexed = self._applying(request.metadata)
+        if not indexed or tier in hold.tiers:
+            return None
+        estimate = self.estimate(request, models)
+        if estimate is None and self.unknown_price == "refuse":
+            return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
+        steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)
+        return await _run_async(self.counters, steps)
+
+    def _shared_steps(
         self,
-        applicable: Sequence[Limit],
+        indexed: Sequence[tuple[int, Limit]],
         tier: int,
         spent: Decimal,
         estimate: Decimal,
         now: float,
         hold: Hold | None,
         metadata: Mapping[str, str],
-    ) -> str | None:
-        """The check against counters in the database (:mod:`llm_cascade.reservations`); blocking, so callers on
-        the event loop use :meth:`Hold.acheck`. With a hold, an allowed tier is reserved atomically."""
+    ) -> Generator[_Step, object, str | None]:
+        """The check against counters in the database (:mod:`llm_cascade.reservations`), written once as a
+        generator that yields each database step and is sent its result: :func:`_run_blocking` runs the steps in
+        the calling thread (:meth:`check`), :func:`_run_async` from the event loop (:meth:`Hold.acheck`). With a
+        hold, an allowed tier is reserved atomically."""
         assert self.counters is not None
         counters = self.counters
+        applicable = [x for _, x in indexed]
         for limit in applicable:
             if limit.per == "request" and spent + estimate > limit.usd:
                 return f"budget {limit}: {spent} spent on this request + {estimate} estimated for tier {tier}"
@@ -426,14 +444,16 @@ class Budget:
                 continue
             start = period_start(limit.per, now)
             scope, period = scope_key(limit.per, limit.tags), start or 0.0
-            counters.ensure(scope, period, start, limit.tags or None)
+            if not counters.seeded(scope, period):
+                yield ("ensure", scope, period, start, limit.tags or None)
             mine = hold.reserved.get((scope, period), 0) if hold is not None else 0
             amount = max(0, (to_pusd(spent + estimate) or 0) - mine)
             cap, unknown_ok = to_pusd(limit.usd) or 0, self.unknown_price == "allow"
-            if hold is not None and counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+            if hold is not None and (yield ("reserve", scope, period, amount, cap, unknown_ok)):
                 taken.append((scope, period, amount))
                 continue
-            used, unknown = counters.read(scope, period)  # refused, or a check that claims nothing: say why
+            read = yield ("read", scope, period)  # refused, or a check that claims nothing: say why
+            used, unknown = cast(tuple[int, int], read)
             if unknown and not unknown_ok:
                 reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
                 break
@@ -444,7 +464,7 @@ class Budget:
                 )
                 break
             if hold is not None:  # fitted when read: the reservation lost a race, so the counter moved; try again
-                if counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                if (yield ("reserve", scope, period, amount, cap, unknown_ok)):
                     taken.append((scope, period, amount))
                     continue
                 reason = f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} + {Decimal(amount) / PICO}"
@@ -452,7 +472,7 @@ class Budget:
         if hold is not None:
             if reason is not None:
                 for scope, period, amount in taken:  # all limits or none
-                    counters.adjust(scope, period, -amount)
+                    yield ("adjust", scope, period, -amount)
             else:
                 for scope, period, amount in taken:
                     hold.reserved[(scope, period)] = hold.reserved.get((scope, period), 0) + amount
@@ -540,7 +560,7 @@ class Hold:
         """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
         if self.budget.counters is None:
             return self.check(request, tier, models, spent)
-        return await asyncio.to_thread(self.check, request, tier, models, spent)
+        return await self.budget._aadmit(request, tier, models, spent, self)
 
     def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
         """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
@@ -602,3 +622,48 @@ class Hold:
 
 
 _open: ContextVar[Hold | None] = ContextVar("llm_cascade_open_hold", default=None)
+
+# One database step of a shared-counter check: ("ensure", scope, period, since, tags), ("reserve", scope, period,
+# amount, cap, unknown_ok), ("read", scope, period) or ("adjust", scope, period, delta).
+_Step = tuple[Any, ...]
+
+
+def _step(counters: SharedCounters, step: _Step) -> object:
+    kind, *args = step
+    if kind == "ensure":
+        counters.ensure(*args)
+        return None
+    if kind == "reserve":
+        scope, period, amount, cap, unknown_ok = args
+        return counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok)
+    if kind == "read":
+        return counters.read(*args)
+    counters.adjust(*args)
+    return None
+
+
+def _run_blocking(counters: SharedCounters, steps: Generator[_Step, object, str | None]) -> str | None:
+    """Run a check's database steps in this thread."""
+    result: object = None
+    try:
+        while True:
+            result = _step(counters, steps.send(result))
+    except StopIteration as done:
+        return cast(str | None, done.value)
+
+
+async def _run_async(counters: SharedCounters, steps: Generator[_Step, object, str | None]) -> str | None:
+    """Run a check's database steps from the event loop: a reservation waits for the reserver thread's batch
+    (no thread of its own), the rare others (a counter's first use, a refusal's read) run on a worker thread."""
+    result: object = None
+    try:
+        while True:
+            step = steps.send(result)
+            ask = counters.ask(*step[1:]) if step[0] == "reserve" else None
+            if ask is not None:
+                granted: bool = await asyncio.wrap_future(ask)
+                result = granted
+            else:
+                result = await asyncio.to_thread(_step, counters, step)
+    except StopIteration as done:
+        return cast(str | None, done.value)

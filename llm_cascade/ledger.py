@@ -241,6 +241,18 @@ class _SQLAlchemy:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
 
+    def transact(self, body: Callable[[Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]], Any]) -> Any:
+        """``body(run)`` inside one committed transaction; ``run(sql, params)`` executes a statement in it and returns
+        its rows (none when it returns none)."""
+
+        with self.engine.begin() as conn:
+
+            def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                result = conn.exec_driver_sql(sql, tuple(params))
+                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
+            return body(run)
+
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """One statement in its own committed transaction, with the rows it returns."""
         with self.engine.begin() as conn:
