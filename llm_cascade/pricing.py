@@ -153,6 +153,7 @@ class PriceTable:
         # (model, input, output, cached) -> cost: a request prices the same estimate for its journal intent and its
         # budget check, and a service the same few prompt shapes: the Decimal arithmetic is done once (cleared by add)
         self._costs: dict[tuple[str, int, int, int], Decimal | None] = {}
+        self.version = 0  # bumped by every add(): what callers that cache costs compare
         for name, raw in (entries or {}).items():
             self.add(name, raw)
 
@@ -188,6 +189,7 @@ class PriceTable:
         parsed = entry if isinstance(entry, PriceEntry) else parse_entry(name, entry)
         self._found.clear()
         self._costs.clear()
+        self.version += 1
         self._entries[name] = parsed
         for alias in (name, *parsed.aliases):
             owner = self._index.get(alias.lower())
