@@ -52,11 +52,11 @@ import concurrent.futures
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .errors import ConfigError
 from .ledger import PICO, Ledger, to_pusd
@@ -192,6 +192,10 @@ class Budget:
 
             self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
+        # tags of a request -> (index, limit) of the limits that apply to it: a check is then a dictionary lookup,
+        # not a scan of every limit's tags (a service sends the same few tag sets over and over)
+        self._applicable: dict[tuple[tuple[str, str], ...], tuple[tuple[int, Limit], ...]] = {}
+        self._applicable_to = self.limits
         self._holds: set[Hold] = set()
         # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
         # scan every request in flight.
@@ -234,6 +238,19 @@ class Budget:
                 start = period_start(limit.per, now)
                 self.counters.ensure(scope_key(limit.per, limit.tags), start or 0.0, start, limit.tags or None)
 
+    def _applying(self, metadata: Mapping[str, str]) -> tuple[tuple[int, Limit], ...]:
+        """(index, limit) of every limit whose tags ``metadata`` carries, cached per tag set."""
+        if self._applicable_to is not self.limits:  # limits replaced on a live budget: resolve again
+            self._applicable, self._applicable_to = {}, self.limits
+        key = tuple(metadata.items())
+        found = self._applicable.get(key)
+        if found is None:
+            found = tuple((i, x) for i, x in enumerate(self.limits) if x.applies(metadata))
+            if len(self._applicable) >= 4096:
+                self._applicable.clear()
+            self._applicable[key] = found
+        return found
+
     def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """Ledger listener: advance the running totals of the limits this request's tags fall under."""
         priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
@@ -250,9 +267,9 @@ class Budget:
                 self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
             return
         with self._lock:
-            for i, limit in enumerate(self.limits):
+            for i, limit in self._applying(metadata):
                 run = self._running.get(i)
-                if run is None or not limit.applies(metadata):
+                if run is None:
                     continue
                 start = period_start(limit.per, ts)
                 if start is not None and start > cast(float, run[0]):
@@ -337,8 +354,8 @@ class Budget:
     def _admit(
         self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold | None
     ) -> str | None:
-        applicable = [x for x in self.limits if x.applies(request.metadata)]
-        if not applicable:
+        indexed = self._applying(request.metadata)
+        if not indexed:
             return None
         if hold is not None and tier in hold.tiers:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
@@ -347,35 +364,36 @@ class Budget:
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
         if self.counters is not None:
-            return self._admit_shared(applicable, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+            steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+            return _run_blocking(self.counters, steps)
         if hold is not None:
             hold.tiers.add(tier)
         with self._lock:
-            reason = None if estimate is None else self._refusal(applicable, tier, spent, estimate, now, hold)
+            reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
             if hold is not None and not hold.released:
                 # The request's claim: what it has spent, plus the tier it may now run. A refused request stops here.
-                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata)
+                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
         return reason
 
     def _refusal(
         self,
-        applicable: Sequence[Limit],
+        applicable: Sequence[tuple[int, Limit]],
         tier: int,
         spent: Decimal,
         estimate: Decimal,
         now: float,
         hold: Hold | None,
     ) -> str | None:
-        for limit in applicable:
+        for i, limit in applicable:
             before = held = Decimal(0)
             if limit.per != "request":
-                before, unknown = self._spent_in_period(self.limits.index(limit), limit, now)
+                before, unknown = self._spent_in_period(i, limit, now)
                 if unknown and self.unknown_price == "refuse":
                     return (
                         f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
                         " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
                     )
-                held = self._held_against(limit, hold)
+                held = self._held_against(i, hold)
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
                 return (
@@ -384,20 +402,38 @@ class Budget:
                 )
         return None
 
-    def _admit_shared(
+    async def _aadmit(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold
+    ) -> str | None:
+        """:meth:`_admit` with shared counters, for the event loop: the memory work runs here, each database step
+        on a thread (a reservation in the reserver thread's next batch), so no thread is held per request."""
+        assert self.counters is not None
+        indexed = self._applying(request.metadata)
+        if not indexed or tier in hold.tiers:
+            return None
+        estimate = self.estimate(request, models)
+        if estimate is None and self.unknown_price == "refuse":
+            return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
+        steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)
+        return await _run_async(self.counters, steps)
+
+    def _shared_steps(
         self,
-        applicable: Sequence[Limit],
+        indexed: Sequence[tuple[int, Limit]],
         tier: int,
         spent: Decimal,
         estimate: Decimal,
         now: float,
         hold: Hold | None,
         metadata: Mapping[str, str],
-    ) -> str | None:
-        """The check against counters in the database (:mod:`llm_cascade.reservations`); blocking, so callers on
-        the event loop use :meth:`Hold.acheck`. With a hold, an allowed tier is reserved atomically."""
+    ) -> Generator[_Step, object, str | None]:
+        """The check against counters in the database (:mod:`llm_cascade.reservations`), written once as a
+        generator that yields each database step and is sent its result: :func:`_run_blocking` runs the steps in
+        the calling thread (:meth:`check`), :func:`_run_async` from the event loop (:meth:`Hold.acheck`). With a
+        hold, an allowed tier is reserved atomically."""
         assert self.counters is not None
         counters = self.counters
+        applicable = [x for _, x in indexed]
         for limit in applicable:
             if limit.per == "request" and spent + estimate > limit.usd:
                 return f"budget {limit}: {spent} spent on this request + {estimate} estimated for tier {tier}"
@@ -408,14 +444,16 @@ class Budget:
                 continue
             start = period_start(limit.per, now)
             scope, period = scope_key(limit.per, limit.tags), start or 0.0
-            counters.ensure(scope, period, start, limit.tags or None)
+            if not counters.seeded(scope, period):
+                yield ("ensure", scope, period, start, limit.tags or None)
             mine = hold.reserved.get((scope, period), 0) if hold is not None else 0
             amount = max(0, (to_pusd(spent + estimate) or 0) - mine)
             cap, unknown_ok = to_pusd(limit.usd) or 0, self.unknown_price == "allow"
-            if hold is not None and counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+            if hold is not None and (yield ("reserve", scope, period, amount, cap, unknown_ok)):
                 taken.append((scope, period, amount))
                 continue
-            used, unknown = counters.read(scope, period)  # refused, or a check that claims nothing: say why
+            read = yield ("read", scope, period)  # refused, or a check that claims nothing: say why
+            used, unknown = cast(tuple[int, int], read)
             if unknown and not unknown_ok:
                 reason = f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}"
                 break
@@ -426,7 +464,7 @@ class Budget:
                 )
                 break
             if hold is not None:  # fitted when read: the reservation lost a race, so the counter moved; try again
-                if counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok):
+                if (yield ("reserve", scope, period, amount, cap, unknown_ok)):
                     taken.append((scope, period, amount))
                     continue
                 reason = f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} + {Decimal(amount) / PICO}"
@@ -434,7 +472,7 @@ class Budget:
         if hold is not None:
             if reason is not None:
                 for scope, period, amount in taken:  # all limits or none
-                    counters.adjust(scope, period, -amount)
+                    yield ("adjust", scope, period, -amount)
             else:
                 for scope, period, amount in taken:
                     hold.reserved[(scope, period)] = hold.reserved.get((scope, period), 0) + amount
@@ -442,8 +480,7 @@ class Budget:
                 hold.metadata = dict(metadata)
         return reason
 
-    def _held_against(self, limit: Limit, exclude: Hold | None = None) -> Decimal:
-        i = self.limits.index(limit)
+    def _held_against(self, i: int, exclude: Hold | None = None) -> Decimal:
         held = self._held.get(i, Decimal(0))
         if exclude is not None and i in exclude.limits:
             held -= exclude.claimed
@@ -464,7 +501,7 @@ class Budget:
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
             with self._lock:
-                used = self._spent_in_period(i, limit, now)[0] + self._held_against(limit)
+                used = self._spent_in_period(i, limit, now)[0] + self._held_against(i)
             out[str(limit)] = limit.usd - used
         return out
 
@@ -481,12 +518,24 @@ class Hold:
     first request routed in the same context.
     """
 
-    __slots__ = ("_token", "budget", "claimed", "limits", "metadata", "released", "reserved", "taken", "tiers")
+    __slots__ = (
+        "_source",
+        "_token",
+        "budget",
+        "claimed",
+        "limits",
+        "metadata",
+        "released",
+        "reserved",
+        "taken",
+        "tiers",
+    )
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.claimed = Decimal(0)
         self.metadata: Mapping[str, str] = {}
+        self._source: Mapping[str, str] | None = None  # the mapping ``metadata`` was copied from
         self.taken = False
         self.released = False
         self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
@@ -511,15 +560,17 @@ class Hold:
         """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
         if self.budget.counters is None:
             return self.check(request, tier, models, spent)
-        return await asyncio.to_thread(self.check, request, tier, models, spent)
+        return await self.budget._aadmit(request, tier, models, spent, self)
 
-    def _claim(self, amount: Decimal, metadata: Mapping[str, str]) -> None:
-        """Called with the budget's lock held."""
+    def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
+        """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
         budget = self.budget
         budget._move(self, -self.claimed)
         self.claimed = amount
-        self.metadata = dict(metadata)
-        self.limits = tuple(i for i, x in enumerate(budget.limits) if x.per != "request" and x.applies(self.metadata))
+        if self._source is not metadata:  # a later tier of the same request: the same tags, already resolved
+            self._source = metadata
+            self.metadata = dict(metadata)
+            self.limits = tuple(i for i, x in applicable if x.per != "request")
         budget._move(self, amount)
         if amount:
             self.budget._holds.add(self)
@@ -571,3 +622,48 @@ class Hold:
 
 
 _open: ContextVar[Hold | None] = ContextVar("llm_cascade_open_hold", default=None)
+
+# One database step of a shared-counter check: ("ensure", scope, period, since, tags), ("reserve", scope, period,
+# amount, cap, unknown_ok), ("read", scope, period) or ("adjust", scope, period, delta).
+_Step = tuple[Any, ...]
+
+
+def _step(counters: SharedCounters, step: _Step) -> object:
+    kind, *args = step
+    if kind == "ensure":
+        counters.ensure(*args)
+        return None
+    if kind == "reserve":
+        scope, period, amount, cap, unknown_ok = args
+        return counters.reserve(scope, period, amount, cap, unknown_ok=unknown_ok)
+    if kind == "read":
+        return counters.read(*args)
+    counters.adjust(*args)
+    return None
+
+
+def _run_blocking(counters: SharedCounters, steps: Generator[_Step, object, str | None]) -> str | None:
+    """Run a check's database steps in this thread."""
+    result: object = None
+    try:
+        while True:
+            result = _step(counters, steps.send(result))
+    except StopIteration as done:
+        return cast(str | None, done.value)
+
+
+async def _run_async(counters: SharedCounters, steps: Generator[_Step, object, str | None]) -> str | None:
+    """Run a check's database steps from the event loop: a reservation waits for the reserver thread's batch
+    (no thread of its own), the rare others (a counter's first use, a refusal's read) run on a worker thread."""
+    result: object = None
+    try:
+        while True:
+            step = steps.send(result)
+            ask = counters.ask(*step[1:]) if step[0] == "reserve" else None
+            if ask is not None:
+                granted: bool = await asyncio.wrap_future(ask)
+                result = granted
+            else:
+                result = await asyncio.to_thread(_step, counters, step)
+    except StopIteration as done:
+        return cast(str | None, done.value)

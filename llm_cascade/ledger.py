@@ -241,6 +241,18 @@ class _SQLAlchemy:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
 
+    def transact(self, body: Callable[[Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]], Any]) -> Any:
+        """``body(run)`` inside one committed transaction; ``run(sql, params)`` executes a statement in it and returns
+        its rows (none when it returns none)."""
+
+        with self.engine.begin() as conn:
+
+            def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                result = conn.exec_driver_sql(sql, tuple(params))
+                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
+            return body(run)
+
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """One statement in its own committed transaction, with the rows it returns."""
         with self.engine.begin() as conn:
@@ -314,6 +326,7 @@ class Ledger:
         self._error: LedgerError | None = None
         self._closed = False
         self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
+        self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
         sqlite_file: str | None = None
@@ -391,8 +404,26 @@ class Ledger:
 
     # -- writing ----------------------------------------------------------------------------------------------------
 
+    def _tags(self, metadata: Mapping[str, str]) -> str:
+        """The stored JSON of a request's tags, cached: a service sends the same few tag sets over and over, and the
+        intent and the record of one request need it twice."""
+        if not metadata:
+            return "{}"
+        key = tuple(metadata.items())
+        try:
+            return self._tag_cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # a value that is not hashable: encoded as is, not cached
+            return _TAGS({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()})
+        tags = _TAGS({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()})
+        if len(self._tag_cache) >= 4096:
+            self._tag_cache.clear()
+        self._tag_cache[key] = tags
+        return tags
+
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
-        tags = _TAGS({_safe(str(k)): _safe(str(v)) for k, v in metadata.items()}) if metadata else "{}"
+        tags = self._tags(metadata)
         return [
             (
                 now,

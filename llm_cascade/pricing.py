@@ -150,6 +150,10 @@ class PriceTable:
         self._litellm: dict[str, PriceEntry | None] | None = None
         self._lock = threading.Lock()
         self._found: dict[str, PriceEntry | None] = {}  # lookups by the exact name asked (cleared by add)
+        # (model, input, output, cached) -> cost: a request prices the same estimate for its journal intent and its
+        # budget check, and a service the same few prompt shapes: the Decimal arithmetic is done once (cleared by add)
+        self._costs: dict[tuple[str, int, int, int], Decimal | None] = {}
+        self.version = 0  # bumped by every add(): what callers that cache costs compare
         for name, raw in (entries or {}).items():
             self.add(name, raw)
 
@@ -184,6 +188,8 @@ class PriceTable:
             raise PriceError(f"price entry name must be a non-empty string, got {name!r}")
         parsed = entry if isinstance(entry, PriceEntry) else parse_entry(name, entry)
         self._found.clear()
+        self._costs.clear()
+        self.version += 1
         self._entries[name] = parsed
         for alias in (name, *parsed.aliases):
             owner = self._index.get(alias.lower())
@@ -234,8 +240,19 @@ class PriceTable:
 
     def cost(self, model: str, usage: Usage, seconds: float | None = None) -> Decimal | None:
         """Exact cost of one call, or None when the price is unknown (PriceError in strict mode)."""
+        if seconds is None:
+            key = (model, usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+            try:
+                return self._costs[key]
+            except KeyError:
+                pass
         found = self.entry(model) if self.strict else self.lookup(model)
-        return None if found is None else found.cost(usage, seconds)
+        cost = None if found is None else found.cost(usage, seconds)
+        if seconds is None:
+            if len(self._costs) >= 10_000:
+                self._costs.clear()
+            self._costs[key] = cost
+        return cost
 
     def price(self, model: str, tokens_in: int, tokens_out: int, cached: int = 0) -> Decimal | None:
         """Convenience: the cost of one call with these token counts."""

@@ -364,6 +364,7 @@ class Router:
         self.name = f"router:{name}"
         self.supports_logprobs = False
         self._closed = False
+        self._intent_calls: dict[tuple[int, Usage, int], tuple[Call, ...]] = {}
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -742,15 +743,23 @@ class Router:
             return self.prices.cost(backend.name, usage, seconds)
         return self.prices.cost(backend.name, usage)
 
-    def _intents(self, k: int, tier: Tier, request: Request) -> list[Call]:
+    def _intents(self, k: int, tier: Tier, request: Request) -> Sequence[Call]:
         """The calls tier ``k`` is about to make, as the ledger should bill them if the process dies during them:
-        prompt tokens estimated, no output, outcome "cancelled"."""
+        prompt tokens estimated, no output, outcome "cancelled". Calls are immutable and depend only on the tier
+        and the estimated usage, so they are built once per (tier, usage) (prompt sizes repeat) and reused."""
         usage = self.estimator(request, None) if self.estimator is not None else Usage(estimated=True)
-        why = "process ended during the call (replayed from the ledger journal)"
-        return [
-            Call(m.name, k, "cancelled", usage, cost_usd=self._cost(m, usage, None, None), error=why)
-            for m in tier.members
-        ]
+        key = (k, usage, getattr(self.prices, "version", 0))  # a price added since: built again
+        found = self._intent_calls.get(key)
+        if found is None:
+            why = "process ended during the call (replayed from the ledger journal)"
+            found = tuple(
+                Call(m.name, k, "cancelled", usage, cost_usd=self._cost(m, usage, None, None), error=why)
+                for m in tier.members
+            )
+            if len(self._intent_calls) >= 4096:
+                self._intent_calls.clear()
+            self._intent_calls[key] = found
+        return found
 
     def _call_order(self, call: Call) -> tuple[int, int, int]:
         return call.tier, self._position.get((call.tier, call.model), 0), call.attempt

@@ -93,3 +93,25 @@ def test_shared_counters_work_on_a_sqlite_file_too(tmp_path: Path) -> None:
     go.touch()
     escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
     assert sum(escalated) == k
+
+
+@pytest.mark.postgres
+def test_concurrent_reservations_in_one_process_are_batched_and_exact(pg_url: str) -> None:
+    """Many reservations asked at once are served in batches by the reserver thread: exactly as many as fit."""
+    import concurrent.futures
+
+    from llm_cascade.reservations import SharedCounters
+
+    table = f"batch_{os.getpid()}_{time.time_ns() % 10**9}"
+    with Ledger(pg_url, table=table, journal=False) as ledger:
+        counters = SharedCounters(ledger)
+        counters.ensure("day:{}", 0.0, None, None)
+        asks = [counters.ask("day:{}", 0.0, 3, 100) for _ in range(60)]
+        assert all(isinstance(a, concurrent.futures.Future) for a in asks)
+        granted = [a.result(timeout=30) for a in asks if a is not None]
+        assert sum(granted) == 33  # 33 * 3 = 99 <= 100 < 34 * 3
+        assert granted == sorted(granted, reverse=True)  # granted in the order asked
+        assert counters.read("day:{}", 0.0) == (99, 0)
+        assert not counters.reserve("day:{}", 0.0, 2, 100)
+        assert counters.reserve("day:{}", 0.0, 1, 100)
+        counters.close()

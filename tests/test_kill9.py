@@ -96,7 +96,7 @@ def test_kill_9_loses_no_billable_call_with_the_journal(tmp_path: Path) -> None:
     assert interrupted and all(r.outcome == "cancelled" and r.estimated for r in interrupted)
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in interrupted)  # billed an estimate, not 0
     ledger.close()
-    assert not list((tmp_path / "journal").glob("*.jsonl"))  # replayed files are gone; this one closed clean
+    assert not [*(tmp_path / "journal").glob("*.wal"), *(tmp_path / "journal").glob("*.jsonl")]  # all replayed
 
 
 @pytest.mark.slow

@@ -1,0 +1,61 @@
+"""The ledger journal's file format: binary records checked by CRC, a torn last record skipped, and journals written
+by an older release (JSON lines) still replayed when a ledger opens."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from llm_cascade.journal import Journal, pending_rows
+from llm_cascade.ledger import Ledger
+
+
+def row(rid: str, seq: int, model: str, cost: str) -> tuple[object, ...]:
+    pusd = int(float(cost) * 1e12)
+    return (1.5e9, rid, seq, 0, model, "ok", 10, 2, 0, 0, cost, pusd, 0.25, None, '{"app":"x"}', 1, "stop")
+
+
+def test_records_round_trip_and_the_last_word_on_a_request_wins(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.intent("r1", [row("r1", 0, "a", "0.5"), row("r1", 1, "b", "0.5")])
+    journal.recorded("r1", [row("r1", 0, "a", "0.25")])
+    journal.intent("r2", [row("r2", 0, "a", "0.5")])
+    journal.intent("r3", [row("r3", 0, "a", "0.5")])
+    journal.committed(["r3"])
+    path = journal.path
+    assert path is not None
+    pending = pending_rows(path)
+    assert pending == {"r1": [row("r1", 0, "a", "0.25")], "r2": [row("r2", 0, "a", "0.5")]}
+    journal.close(clean=False)
+
+
+def test_a_torn_last_record_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.intent("r1", [row("r1", 0, "a", "0.5")])
+    journal.intent("r2", [row("r2", 0, "b", "0.5")])
+    path = journal.path
+    assert path is not None
+    journal.close(clean=False)
+    data = bytearray(path.read_bytes())
+    end = len(data.rstrip(b"\0"))
+    data[end - 3 : end] = bytes(3)  # the process died while copying the second record
+    path.write_bytes(bytes(data))
+    assert list(pending_rows(path)) == ["r1"]
+
+
+def test_a_journal_of_the_older_json_format_is_replayed(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    folder.mkdir()
+    lines = [
+        {"k": "i", "id": "old1", "rows": [list(row("old1", 0, "a", "0.5"))]},
+        {"k": "r", "id": "old2", "rows": [list(row("old2", 0, "b", "0.75"))]},
+        {"k": "c", "ids": ["old2"]},
+    ]
+    (folder / f"{os.getpid() + 1}-abc.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"k": "i", "id'
+    )
+    with Ledger(tmp_path / "l.db", journal=folder) as ledger:
+        assert ledger.replayed == 1
+        assert [(r.request_id, r.model) for r in ledger.rows()] == [("old1", "a")]
+    assert not list(folder.glob("*.jsonl"))
