@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -531,6 +532,19 @@ def _log_to_stderr(level: str) -> None:
     lib.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "WARNING")
 
 
+async def _check(routers: Mapping[str, Router], *, reach: bool) -> dict[str, CheckReport]:
+    """The start-up check, in a loop that ends before uvicorn's starts: the lean transport's connections opened by
+    the pings are closed with it (the members open new ones in the serving loop)."""
+    from .server_banner import check_all
+
+    try:
+        return await check_all(routers, reach=reach, ping_timeout=5.0)
+    finally:
+        http = sys.modules.get("llm_cascade.backends.http")
+        if http is not None:
+            await http.close_pools()
+
+
 def serve(
     config: Config,
     *,
@@ -554,13 +568,13 @@ def serve(
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("uvicorn", "server") from None
-    from .server_banner import banner, check_all
+    from .server_banner import banner
 
     app = create_app(config)
     state: ProxyState = app.state.proxy
     listen_host = host or config.server.host
     listen_port = config.server.port if port is None else port
-    reports = asyncio.run(check_all(state.routers, reach=check, ping_timeout=5.0))
+    reports = asyncio.run(_check(state.routers, reach=check))
     state.checks = reports
     _log_to_stderr(log_level)
     echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))

@@ -191,6 +191,16 @@ async def _release(loop: asyncio.AbstractEventLoop, base_url: str) -> None:
         await pool.session.close()
 
 
+async def close_pools() -> None:
+    """Close every pool of the running event loop, whoever holds it (a backend called again joins a new one).
+
+    For a loop about to end while its backends live on: ``llm-cascade serve`` checks the providers in a loop of its
+    own before uvicorn starts the serving one, and the check's keep-alive connections must not outlive it."""
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _POOLS if k[0] is loop]:
+        await _POOLS.pop(key).session.close()
+
+
 # -- server-sent events ------------------------------------------------------------------------------------------------
 
 
