@@ -235,11 +235,16 @@ async def routed_throughput(
 
 
 async def raw_clients_cpu(base_url: str, n: int, block: int = 100) -> dict[str, float]:
-    """Client CPU microseconds per bare POST + orjson parse, aiohttp against httpx: why the lean path uses aiohttp."""
+    """Client CPU microseconds per bare POST + orjson parse, aiohttp against httpx (why the lean path uses aiohttp),
+    and per lean ``complete()`` in the same interleaved blocks: the lean backend's own cost is the difference."""
     import aiohttp
     import httpx
     import orjson
 
+    from llm_cascade import Request
+
+    lean = _backend(base_url, "http")
+    request = Request.from_prompt(PROMPT, temperature=0.0)
     url = f"{base_url}/chat/completions"
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0.0})
     headers = {"Content-Type": "application/json", "Authorization": "Bearer unused"}
@@ -252,7 +257,10 @@ async def raw_clients_cpu(base_url: str, n: int, block: int = 100) -> dict[str, 
         async def with_httpx() -> Any:
             return orjson.loads((await client.post(url, content=body, headers=headers)).content)
 
-        clients = {"aiohttp": with_aiohttp, "httpx": with_httpx}
+        async def with_lean() -> Any:
+            return await lean.complete(request)
+
+        clients = {"aiohttp": with_aiohttp, "httpx": with_httpx, "lean": with_lean}
         for fn in clients.values():
             for _ in range(100):
                 await fn()
@@ -263,6 +271,7 @@ async def raw_clients_cpu(base_url: str, n: int, block: int = 100) -> dict[str, 
                 for _ in range(block):
                     await fn()
                 spent[name] += time.process_time() - t0
+        await lean.aclose()
     return {name: spent[name] / (max(1, n // block) * block) * 1e6 for name in clients}
 
 
@@ -341,7 +350,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=6000, help="routed calls per transport in the c=64 run")
     parser.add_argument("--latency", type=float, default=0.05, help="stub provider latency, seconds")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--compare-clients", action="store_true", help="also time bare aiohttp and httpx POSTs")
+    parser.add_argument(
+        "--compare-clients", action="store_true", help="also time bare aiohttp and httpx POSTs against lean complete()"
+    )
     args = parser.parse_args(argv)
     if args.stub:
         stub_main()
@@ -353,7 +364,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raw = _run(raw_clients_cpu(url, args.cpu_n), figures["lean_loop"])
         figures["aiohttp_raw_cpu_us_per_call"] = round(raw["aiohttp"], 1)
         figures["httpx_raw_cpu_us_per_call"] = round(raw["httpx"], 1)
-        print(f"    bare POST + parse: aiohttp {raw['aiohttp']:.0f} µs, httpx {raw['httpx']:.0f} µs of client CPU")
+        figures["lean_same_run_cpu_us_per_call"] = round(raw["lean"], 1)
+        print(
+            f"    bare POST + parse: aiohttp {raw['aiohttp']:.0f} µs, httpx {raw['httpx']:.0f} µs of client CPU;"
+            f" lean complete() {raw['lean']:.0f} µs in the same blocks"
+        )
     print(json.dumps(figures))
     return figures
 

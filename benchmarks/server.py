@@ -13,7 +13,8 @@ Latency: for questions on which tier 0 agrees, one request at a time, alternatin
 so ``added_ms_pXX = pXX(proxy) - pXX(direct)`` is what the hop adds. Throughput: ``--concurrency`` clients send
 ``--load`` requests (the whole question mix, escalations included) through the proxy; ``rps`` is completed requests
 per second, ``proxy_cpu_ms_per_request`` the proxy process's CPU per completed request (user + system, from /proc):
-the figure a busy, shared machine distorts least.
+the figure a busy, shared machine distorts least. ``proxy_uvloop`` and ``proxy_httptools`` say whether the proxy
+process really has them loaded (from /proc/<pid>/maps).
 
 The proxy reaches its OpenAI-compatible upstream over the lean HTTP transport (the default for a provider with a
 ``base_url``, see ``llm_cascade.backends.http``). ``--compare-sdk`` starts a second proxy whose members use the openai
@@ -115,6 +116,16 @@ def start_proxy(recorded_url: str, ledger: Path, transport: str | None = None) -
         time.sleep(0.05)
 
 
+def fast_io_in_use(pid: int) -> dict[str, bool]:
+    """Whether process ``pid`` has uvloop's and httptools' compiled modules mapped (Linux /proc): the proof that the
+    proxy measured runs on them, not on asyncio's loop and h11 (``llm-cascade serve`` picks them when installed)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return {}
+    return {"uvloop": "/uvloop/" in maps, "httptools": "/httptools/" in maps}
+
+
 def body(model: str, prompt: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
 
@@ -188,6 +199,7 @@ async def measure(
                 f"{key}rps": round(done / elapsed, 1),
                 f"{key}proxy_cpu_ms_per_request": round(cpu / done * 1000, 3) if cpu else None,
             }
+            out |= {f"{key}proxy_{lib}": used for lib, used in fast_io_in_use(pid).items()}
     return out | {
         "samples": args.samples,
         "load_requests": args.load,
@@ -228,6 +240,7 @@ def main() -> None:
         f"proxy p50 {result['proxy_ms_p50']} ms, p99 {result['proxy_ms_p99']} ms | "
         f"{result['rps']} req/s at concurrency {args.concurrency} on {result['cpus']} CPUs,"
         f" {result['proxy_cpu_ms_per_request']} ms proxy CPU per request"
+        f" (uvloop: {result.get('proxy_uvloop')}, httptools: {result.get('proxy_httptools')})"
     )
     if args.compare_sdk:
         print(

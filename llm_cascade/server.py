@@ -28,12 +28,12 @@ import asyncio
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import Components, Config, build_components, build_routers, hash_key
 from .errors import (
@@ -47,6 +47,11 @@ from .errors import (
 )
 from .server_schema import ChatRequest, InputError, parse_chat, tag_problem
 from .types import Request, RouteResult
+
+try:  # a response body rendered by orjson costs a fifth of json's; what orjson cannot render, json does (_dumps)
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - the server extra installs it
+    _orjson_dumps = None  # type: ignore[assignment]
 
 try:
     from starlette.applications import Starlette
@@ -66,6 +71,24 @@ __all__ = ["ProxyState", "create_app", "error_response", "serve"]
 log = logging.getLogger("llm_cascade.server")
 
 
+def _dumps(content: Any) -> bytes:
+    """``content`` as compact UTF-8 JSON, the bytes Starlette's JSONResponse renders: by orjson when installed,
+    by json for what orjson refuses (integers past 64 bits, non-string keys), with json's errors."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(content)
+        except TypeError:
+            pass
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+class _JSON(JSONResponse):
+    """Starlette's JSONResponse, rendered by :func:`_dumps`."""
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content)
+
+
 def error_response(
     status: int,
     message: str,
@@ -77,7 +100,7 @@ def error_response(
 ) -> JSONResponse:
     """An error in the shape the OpenAI SDKs parse into their typed exceptions."""
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    return _JSON(body, status_code=status, headers=dict(headers or {}))
 
 
 def _refuse(exc: InputError) -> JSONResponse:
@@ -96,6 +119,11 @@ class ProxyState:
         }
         self.started = int(time.time())
         self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
+        # Per-request constants, looked up once here rather than on every request.
+        self.models = frozenset(self.routers)
+        self.max_body = config.server.max_body_bytes
+        self.tier0 = {name: [m.name for m in r.tiers[0].members] for name, r in self.routers.items() if r.tiers}
+        self.hold: Callable[[], AbstractContextManager[Guard]] | None = getattr(components.budget, "hold", None)
 
     def authenticate(self, request: HTTPRequest) -> dict[str, str]:
         """The tags of the caller's key; raises a 401 when keys are configured and the caller has no valid one."""
@@ -234,13 +262,12 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
 def _hold(state: ProxyState) -> AbstractContextManager[Guard | None]:
     """The request's budget hold (:class:`llm_cascade.budget.Hold`), open around the tier-0 check and ``route()``,
     which takes it over: tier 0's estimate stays held until the router has recorded the request's calls."""
-    budget = state.components.budget
-    hold = getattr(budget, "hold", None)
-    return cast("AbstractContextManager[Guard]", hold()) if hold is not None else nullcontext(budget)
+    hold = state.hold
+    return hold() if hold is not None else nullcontext(state.components.budget)
 
 
 async def _budget_refuses(
-    guard: Guard | None, state: ProxyState, router: Router, request: Request
+    guard: Guard | None, state: ProxyState, cascade: str, request: Request
 ) -> JSONResponse | None:
     """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
 
@@ -250,7 +277,7 @@ async def _budget_refuses(
     """
     if guard is None:
         return None
-    models = [m.name for m in router.tiers[0].members]
+    models = state.tier0[cascade]
     acheck = getattr(guard, "acheck", None)  # a Hold: pure memory, or its database check on a worker thread
     if acheck is not None:
         reason = await acheck(request, 0, models, Decimal(0))
@@ -263,18 +290,17 @@ async def chat_completions(request: HTTPRequest) -> Response:
     state = _state(request)
     try:
         tags = state.authenticate(request)
-        body = await _read_body(request, state.config.server.max_body_bytes)
-        chat = parse_chat(body, state.routers.keys())
-        routed = chat.to_request()
+        body = await _read_body(request, state.max_body)
+        chat = parse_chat(body, state.models)
+        if chat.user and "user" not in tags:
+            tags["user"] = chat.user
+        routed = chat.to_request(tags)
     except InputError as bad:
         return _refuse(bad)
-    if chat.user and "user" not in tags:
-        tags["user"] = chat.user
     router = state.routers[chat.model]
-    routed = replace(routed, metadata={**routed.metadata, **tags})
     try:
         with _hold(state) as guard:
-            refused = await _budget_refuses(guard, state, router, routed)
+            refused = await _budget_refuses(guard, state, chat.model, routed)
             if refused is not None:
                 return refused
             result = await router.route(routed)
@@ -311,7 +337,7 @@ async def chat_completions(request: HTTPRequest) -> Response:
         "usage": _usage(result),
         "llm_cascade": info,
     }
-    return JSONResponse(body_out, headers=headers)
+    return _JSON(body_out, headers=headers)
 
 
 async def _chunks(
@@ -325,7 +351,7 @@ async def _chunks(
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
         chunk["choices"] = choices
         chunk.update(extra)
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        return b"data: " + _dumps(chunk) + b"\n\n"
 
     def delta(d: dict[str, Any], finish: Literal["stop", "tool_calls"] | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]
@@ -355,7 +381,7 @@ async def list_models(request: HTTPRequest) -> Response:
         state.authenticate(request)
     except InputError as bad:
         return _refuse(bad)
-    return JSONResponse({"object": "list", "data": [_model_card(state, name) for name in state.routers]})
+    return _JSON({"object": "list", "data": [_model_card(state, name) for name in state.routers]})
 
 
 async def get_model(request: HTTPRequest) -> Response:
@@ -367,7 +393,7 @@ async def get_model(request: HTTPRequest) -> Response:
     name = request.path_params["model"]
     if name not in state.routers:
         return error_response(404, f"no cascade named {name!r}", code="model_not_found", param="model")
-    return JSONResponse(_model_card(state, name))
+    return _JSON(_model_card(state, name))
 
 
 async def health(request: HTTPRequest) -> Response:
@@ -377,7 +403,7 @@ async def health(request: HTTPRequest) -> Response:
     body: dict[str, Any] = {"status": "degraded" if problems else "ok", "cascades": sorted(state.routers)}
     if problems:
         body["problems"] = problems
-    return JSONResponse(body)
+    return _JSON(body)
 
 
 async def spend(request: HTTPRequest) -> Response:
@@ -408,7 +434,7 @@ async def spend(request: HTTPRequest) -> Response:
     if "key" in tags:
         wanted["key"] = tags["key"]  # a key sees only its own spend
     t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
-    return JSONResponse(
+    return _JSON(
         {
             "object": "spend",
             "cost_usd": float(t.cost_usd),
@@ -506,6 +532,19 @@ def _log_to_stderr(level: str) -> None:
     lib.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "WARNING")
 
 
+async def _check(routers: Mapping[str, Router], *, reach: bool) -> dict[str, CheckReport]:
+    """The start-up check, in a loop that ends before uvicorn's starts: the lean transport's connections opened by
+    the pings are closed with it (the members open new ones in the serving loop)."""
+    from .server_banner import check_all
+
+    try:
+        return await check_all(routers, reach=reach, ping_timeout=5.0)
+    finally:
+        http = sys.modules.get("llm_cascade.backends.http")
+        if http is not None:
+            await http.close_pools()
+
+
 def serve(
     config: Config,
     *,
@@ -529,13 +568,13 @@ def serve(
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("uvicorn", "server") from None
-    from .server_banner import banner, check_all
+    from .server_banner import banner
 
     app = create_app(config)
     state: ProxyState = app.state.proxy
     listen_host = host or config.server.host
     listen_port = config.server.port if port is None else port
-    reports = asyncio.run(check_all(state.routers, reach=check, ping_timeout=5.0))
+    reports = asyncio.run(_check(state.routers, reach=check))
     state.checks = reports
     _log_to_stderr(log_level)
     echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))

@@ -15,12 +15,18 @@ or control characters (it becomes a ledger tag, stored as JSON that PostgreSQL's
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .types import Message, Request, Role
+
+_fast_loads: Callable[[bytes], Any]
+try:  # orjson parses a chat body about four times faster than json; what it refuses, json parses again (below)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - the server extra installs it
+    _fast_loads = json.loads
 
 MAX_DEPTH = 32
 MAX_TAG_CHARS = 256
@@ -91,7 +97,8 @@ class ChatRequest(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def to_request(self) -> Request:
+    def to_request(self, metadata: Mapping[str, str] | None = None) -> Request:
+        """The :class:`~llm_cascade.types.Request` to route, carrying ``metadata`` (the caller's ledger tags)."""
         msgs: list[Message] = []
         for i, m in enumerate(self.messages):
             if m.role in ("tool", "function"):
@@ -120,6 +127,8 @@ class ChatRequest(BaseModel):
         for name in ("response_format", "tool_choice", "seed", "top_p"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
+        if metadata:
+            kwargs["metadata"] = dict(metadata)
         return Request(tuple(msgs), **kwargs)
 
 
@@ -175,11 +184,19 @@ def check_json(data: Any) -> None:
             stack.extend((value, f"{where}[{i}]", depth + 1) for i, value in enumerate(node))
 
 
+_NOT_PARSED = object()
+
+
 def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
     """Parse and validate a request body: 400 not JSON (or too deeply nested, or not valid Unicode text), 422 not a
     chat request, 404 unknown model, 400 n > 1 or an unusable ``user``."""
     try:
-        data = json.loads(body)
+        data = _fast_loads(body)
+    except ValueError:  # orjson refuses it (or is absent): json says why, and accepts what it accepts (NaN, big ints)
+        data = _NOT_PARSED
+    try:
+        if data is _NOT_PARSED:
+            data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:

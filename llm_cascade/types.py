@@ -108,6 +108,8 @@ def with_params(request: Request | str, **params: Any) -> Request:
     elif not isinstance(request, Request):
         raise ConfigError("route.request", f"must be a prompt string or a Request, got {type(request).__name__}")
     given = {k: v for k, v in params.items() if v is not None}
+    if not given:  # the usual call (route(prompt)): nothing to check or copy
+        return request
     mt = given.get("max_tokens")
     if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
         raise ConfigError("route.max_tokens", f"must be a positive integer, got {mt!r}")

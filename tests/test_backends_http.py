@@ -129,6 +129,29 @@ def test_a_backend_moves_to_a_new_event_loop(script_server: RecordedServer) -> N
     asyncio.run(b.aclose())
 
 
+def test_close_pools_closes_a_finished_loop_s_connections(script_server: RecordedServer) -> None:
+    """The proxy's start-up check runs in a loop of its own: close_pools closes that loop's pools before it ends (no
+    connection left to a dead loop), and the same backend then serves from the next loop."""
+    b = OpenAIBackend("echo-b", base_url=script_server.base_url, transport="http")
+
+    async def checked() -> Any:
+        await b.ping()
+        session = b._session
+        await lean.close_pools()
+        return session, [key for key in lean._POOLS if key[0] is asyncio.get_running_loop()]
+
+    session, left = asyncio.run(checked())
+    assert session is not None and session.closed and left == []
+
+    async def serving() -> str:
+        try:
+            return (await b.complete(Request.from_prompt("q"))).text
+        finally:
+            await b.aclose()
+
+    assert asyncio.run(serving()) == "B"
+
+
 async def test_registry_names_and_the_transport_option(script_server: RecordedServer) -> None:
     url = script_server.base_url
     named = {

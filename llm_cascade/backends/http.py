@@ -14,8 +14,9 @@ scrubbed alike. What it drops is only the SDK's per-call work.
 
 One aiohttp session (one connection pool) serves every backend on the same base URL in one event loop: the members
 of a tier on one vLLM server share their keep-alive connections. :meth:`HTTPBackend.aclose` releases the backend's
-hold on it; the last one out closes the pool. The URL, the headers (with the key, read at the first call) and the
-timeout object are built once per event loop, not per request.
+hold on it; the last one out closes the pool. The URL (a parsed ``yarl.URL``), the headers (a ``CIMultiDict``, with
+the key read at the first call) and the timeout object are built once per event loop, not per request: aiohttp would
+otherwise parse the URL string and copy a plain dict of headers into a multidict on every call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from .openai import OpenAIBackend, Transport
 try:
     import aiohttp
     import orjson
+    from multidict import CIMultiDict
+    from yarl import URL
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(exc.name or "aiohttp", "http") from exc
 
@@ -188,6 +191,16 @@ async def _release(loop: asyncio.AbstractEventLoop, base_url: str) -> None:
         await pool.session.close()
 
 
+async def close_pools() -> None:
+    """Close every pool of the running event loop, whoever holds it (a backend called again joins a new one).
+
+    For a loop about to end while its backends live on: ``llm-cascade serve`` checks the providers in a loop of its
+    own before uvicorn starts the serving one, and the check's keep-alive connections must not outlive it."""
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _POOLS if k[0] is loop]:
+        await _POOLS.pop(key).session.close()
+
+
 # -- server-sent events ------------------------------------------------------------------------------------------------
 
 
@@ -261,8 +274,8 @@ class HTTPBackend(OpenAIBackend):
     _pool_loop: asyncio.AbstractEventLoop | None = None
     _pool_base: str = _OPENAI
     _session: aiohttp.ClientSession | None = None
-    _url: str = ""
-    _headers: dict[str, str]
+    _url: URL
+    _headers: CIMultiDict[str]
     _timeout: aiohttp.ClientTimeout
 
     def __init__(self, model: str, *, transport: Transport = "http", **options: Any) -> None:
@@ -279,8 +292,8 @@ class HTTPBackend(OpenAIBackend):
         headers.update(self.default_headers)
         base = (self.base_url or _OPENAI).rstrip("/")
         pool = _acquire(loop, base)
-        self._headers = headers
-        self._url = f"{base}/chat/completions"
+        self._headers = CIMultiDict(headers)
+        self._url = URL(f"{base}/chat/completions")
         self._timeout = aiohttp.ClientTimeout(total=self.timeout)
         self._session, self._pool_loop, self._pool_base = pool.session, loop, base
         return pool.session
@@ -315,11 +328,12 @@ class HTTPBackend(OpenAIBackend):
         session = self._session
         if session is None or self._pool_loop is not loop or session.closed:
             session = self._session_for(loop)
-        url = self._url.removesuffix("/chat/completions") + "/models"
+        url = URL(f"{self._pool_base}/models")
         await sdk_call(lambda: self._get(session, url), self._map)
 
-    async def _get(self, session: aiohttp.ClientSession, url: str) -> Any:
-        headers = {**self._headers, "Accept": "application/json"}
+    async def _get(self, session: aiohttp.ClientSession, url: URL) -> Any:
+        headers = CIMultiDict(self._headers)
+        headers["Accept"] = "application/json"
         try:
             async with session.get(url, headers=headers, timeout=self._timeout) as resp:
                 raw = await resp.read()
