@@ -318,7 +318,7 @@ class HTTPBackend(OpenAIBackend):
             return await stream_completion(
                 self, events, request, self._stream_usage, start=start, deadline=deadline, map_exc=self._map
             )
-        data = await sdk_call(lambda: self._post(session, body), self._map)
+        data = await sdk_call(lambda: self._fetch(session, "POST", self._url, self._headers, body), self._map)
         return completion_from_openai_response(self.name, self.model, data, request, time.perf_counter() - start)
 
     async def ping(self) -> None:
@@ -329,25 +329,17 @@ class HTTPBackend(OpenAIBackend):
         if session is None or self._pool_loop is not loop or session.closed:
             session = self._session_for(loop)
         url = URL(f"{self._pool_base}/models")
-        await sdk_call(lambda: self._get(session, url), self._map)
-
-    async def _get(self, session: aiohttp.ClientSession, url: URL) -> Any:
         headers = CIMultiDict(self._headers)
         headers["Accept"] = "application/json"
-        try:
-            async with session.get(url, headers=headers, timeout=self._timeout) as resp:
-                raw = await resp.read()
-                if resp.status >= 300:
-                    raise status_error(resp.status, resp.headers, raw)
-        except TimeoutError as exc:
-            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
-        return _decode(raw)
+        await sdk_call(lambda: self._fetch(session, "GET", url, headers), self._map)
 
-    async def _post(self, session: aiohttp.ClientSession, body: bytes) -> Any:
+    async def _fetch(
+        self, session: aiohttp.ClientSession, method: str, url: URL | str, headers: Any, body: bytes | None = None
+    ) -> Any:
+        """One whole exchange: the decoded JSON body, or the SDK-shaped error for a failed status, a timeout or a
+        dropped connection (so the shared error mapping classifies it)."""
         try:
-            async with session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
+            async with session.request(method, url, data=body, headers=headers, timeout=self._timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise status_error(resp.status, resp.headers, raw)
