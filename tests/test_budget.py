@@ -93,7 +93,7 @@ async def test_budget_stops_escalation_where_recorded_costs_say(data_dir: Path, 
 
     got = []
     for prompt, r in rows.items():
-        result = await router.route(prompt, app="mmlu")
+        result = await router.route(prompt, tags={"app": "mmlu"})
         if result.tier == 1:
             got.append("escalated")
         elif result.accepted:

@@ -75,7 +75,7 @@ def build(tmp_path: Path, *, cheap_usd: float = 0.0, limit: Decimal = LIMIT) -> 
 
 async def test_fifty_concurrent_requests_escalate_exactly_as_often_as_the_limit_allows(tmp_path: Path) -> None:
     router, budget, ledger, gate = build(tmp_path)
-    tasks = [asyncio.create_task(router.route(f"question {i}", app="chat")) for i in range(50)]
+    tasks = [asyncio.create_task(router.route(f"question {i}", tags={"app": "chat"})) for i in range(50)]
     await settle(tasks, gate)
     assert gate.waiting == FITS  # a ledger-only check lets all 50 through: nothing is recorded yet
     assert budget.held({"app": "chat"}) == FITS * TOP_COST
@@ -92,16 +92,16 @@ async def test_fifty_concurrent_requests_escalate_exactly_as_often_as_the_limit_
     assert len([row for row in ledger.rows() if row.tier == 1]) == FITS
     assert budget.held() == 0
     # Recorded now: the next request is refused by the ledger alone.
-    late = await router.route("one more", app="chat")
+    late = await router.route("one more", tags={"app": "chat"})
     assert late.tier == 0 and "held by" not in late.reason and late.reason.startswith("budget")
 
 
 async def test_cancelled_requests_release_their_holds(tmp_path: Path) -> None:
     router, budget, ledger, gate = build(tmp_path)
-    blocked = [asyncio.create_task(router.route(f"question {i}", app="chat")) for i in range(FITS)]
+    blocked = [asyncio.create_task(router.route(f"question {i}", tags={"app": "chat"})) for i in range(FITS)]
     await settle(blocked, gate)
     assert gate.waiting == FITS and budget.held() == FITS * TOP_COST
-    refused = await router.route("while they run", app="chat")
+    refused = await router.route("while they run", tags={"app": "chat"})
     assert refused.tier == 0 and "held by requests in flight" in refused.reason
 
     for t in blocked:
@@ -112,7 +112,7 @@ async def test_cancelled_requests_release_their_holds(tmp_path: Path) -> None:
     assert sorted(r.outcome for r in ledger.rows() if r.tier == 1) == ["cancelled"] * FITS
 
     gate.open()
-    after = await router.route("after the cancellations", app="chat")
+    after = await router.route("after the cancellations", tags={"app": "chat"})
     assert after.tier == 1 and after.accepted
 
 
@@ -120,7 +120,7 @@ async def test_a_request_timeout_releases_its_hold(tmp_path: Path) -> None:
     router, budget, ledger, _ = build(tmp_path)
     router.timeout = 0.01  # the gate never opens: the request's deadline cancels tier 1
     with pytest.raises(RequestTimeout):
-        await router.route("slow", app="chat")
+        await router.route("slow", tags={"app": "chat"})
     assert budget.held() == 0 and [r.outcome for r in ledger.rows() if r.tier == 1] == ["cancelled"]
 
 
@@ -141,7 +141,7 @@ async def test_the_hold_is_released_after_the_ledger_write_never_before(tmp_path
     router, budget, ledger, gate = build(tmp_path)
     gate.open()
     router.ledger = watching = Watching(ledger, budget)
-    result = await router.route("q", app="chat")
+    result = await router.route("q", tags={"app": "chat"})
     assert result.tier == 1
     # Still held once the rows are written (a moment counted twice), released only after: never counted nowhere.
     assert watching.seen == [(TOP_COST, TOP_COST)]

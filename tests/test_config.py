@@ -297,7 +297,7 @@ async def test_routers_of_one_file_share_one_ledger(tmp_path: Path) -> None:
     comp = build_components(cfg)
     routers = build_routers(cfg, comp)
     assert routers["qa"].ledger is routers["qb"].ledger is comp.ledger
-    await routers["qa"].route(Request.from_prompt("q"), team="x")
+    await routers["qa"].route(Request.from_prompt("q"), tags={"team": "x"})
     await routers["qb"].route("q")
     totals = comp.ledger.totals()  # type: ignore[union-attr]
     assert (totals.requests, totals.calls) == (2, 4)
