@@ -266,6 +266,25 @@ class _EventStream:
 # -- the backend -------------------------------------------------------------------------------------------------------
 
 
+class _WireErrors:
+    """Turns aiohttp's timeout and connection errors into the SDK-shaped ones that the shared error mapping classifies
+    (a plain class, not ``@contextmanager``: it sits on every call)."""
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, TimeoutError):
+            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
+        if isinstance(exc, aiohttp.ClientError):
+            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
+
+
 class HTTPBackend(OpenAIBackend):
     """An :class:`~llm_cascade.backends.openai.OpenAIBackend` that speaks HTTP itself (same options and behaviour;
     ``transport == "http"``). See the module docstring for when to prefer it."""
@@ -336,21 +355,16 @@ class HTTPBackend(OpenAIBackend):
     async def _fetch(
         self, session: aiohttp.ClientSession, method: str, url: URL | str, headers: Any, body: bytes | None = None
     ) -> Any:
-        """One whole exchange: the decoded JSON body, or the SDK-shaped error for a failed status, a timeout or a
-        dropped connection (so the shared error mapping classifies it)."""
-        try:
+        """One whole exchange: the decoded JSON body, or the SDK-shaped error for a failed status."""
+        with _WireErrors(self.timeout):
             async with session.request(method, url, data=body, headers=headers, timeout=self._timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise status_error(resp.status, resp.headers, raw)
-        except TimeoutError as exc:
-            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
         return _decode(raw)
 
     async def _open_stream(self, session: aiohttp.ClientSession, body: bytes) -> _EventStream:
-        try:
+        with _WireErrors(self.timeout):
             resp = await session.post(self._url, data=body, headers=self._headers, timeout=self._timeout)
             if resp.status >= 300:
                 try:
@@ -358,10 +372,6 @@ class HTTPBackend(OpenAIBackend):
                 finally:
                     resp.release()
                 raise status_error(resp.status, resp.headers, raw)
-        except TimeoutError as exc:
-            raise APITimeoutError(f"no answer within {self.timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection error: {type(exc).__name__}: {exc}") from exc
         return _EventStream(resp)
 
     def __repr__(self) -> str:
