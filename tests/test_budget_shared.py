@@ -48,15 +48,13 @@ ledger.close()
 """
 
 
-@pytest.mark.postgres
-def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, tmp_path: Path) -> None:
-    table = f"shared_{os.getpid()}_{time.time_ns() % 10**9}"
-    Ledger(pg_url, table=table, journal=False).close()  # create the table before the race
+def _race(worker: str, url: str, table: str, per_process: int, k: int, tmp_path: Path) -> list[int]:
+    """Two worker processes, released together, each routing ``per_process`` escalating requests under a limit that
+    fits ``k``: how many each escalated."""
     go = tmp_path / "go"
-    k, per_process = 7, 12
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, pg_url, table, str(per_process), str(go), str(k)],
+            [sys.executable, "-c", worker, url, table, str(per_process), str(go), str(k)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -67,6 +65,15 @@ def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, t
     go.touch()
     escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
     assert all(p.returncode == 0 for p in procs)
+    return escalated
+
+
+@pytest.mark.postgres
+def test_two_processes_run_exactly_the_escalations_the_limit_fits(pg_url: str, tmp_path: Path) -> None:
+    table = f"shared_{os.getpid()}_{time.time_ns() % 10**9}"
+    Ledger(pg_url, table=table, journal=False).close()  # create the table before the race
+    k, per_process = 7, 12
+    escalated = _race(WORKER, pg_url, table, per_process, k, tmp_path)
     assert sum(escalated) == k  # not K + (requests in flight elsewhere), not fewer
     with Ledger(pg_url, table=table, journal=False) as ledger:
         assert len([r for r in ledger.rows() if r.model == "fake:top"]) == k
@@ -77,21 +84,9 @@ def test_shared_counters_work_on_a_sqlite_file_too(tmp_path: Path) -> None:
     """Several processes on one SQLite file opt in with shared=True: the same atomic reservations."""
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     Ledger(db, journal=False).close()
-    go = tmp_path / "go"
     k = 5
     worker = WORKER.replace("usage=lambda r, m: Usage(1, 0))", "usage=lambda r, m: Usage(1, 0), shared=True)")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", worker, db, "llm_cascade_calls", "8", str(go), str(k)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    escalated = _race(worker, db, "llm_cascade_calls", 8, k, tmp_path)
     assert sum(escalated) == k
 
 
