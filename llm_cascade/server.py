@@ -25,6 +25,7 @@ one still gets a proper status code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -578,6 +579,11 @@ def serve(
     state.checks = reports
     _log_to_stderr(log_level)
     echo(banner(state.routers, reports, url=f"http://{listen_host}:{listen_port}", ledger=state.components.ledger))
+    # What start-up built (routers, price tables, SDK modules) lives as long as the process: collect start-up's
+    # garbage once and move the rest out of the cyclic collector's reach, so no full collection walks it mid-request
+    # (measured in benchmarks/loop_lag.py: such a collection is the worst event-loop stall under load).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app, host=listen_host, port=listen_port, log_level=log_level, access_log=access_log, loop=loop, http=http
     )
