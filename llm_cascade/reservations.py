@@ -71,12 +71,21 @@ class SharedCounters:
         if getattr(self._store, "dialect", None) == "postgresql":
             self._reserver = threading.Thread(target=self._reserve_batches, name="llm-cascade-reserve", daemon=True)
             self._reserver.start()
+        ddl = (
+            f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, period DOUBLE PRECISION NOT NULL, "
+            "used_pusd BIGINT NOT NULL, unpriced BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (scope, period))"
+        )
         try:
-            self._store.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, period DOUBLE PRECISION NOT NULL, "
-                "used_pusd BIGINT NOT NULL, unpriced BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (scope, period))",
-                (),
-            )
+            from .ledger import _lock_key, _SQLAlchemy
+
+            store = self._store
+            if isinstance(store, _SQLAlchemy) and store.dialect == "postgresql":
+                # Processes starting together would race on PostgreSQL's catalogue even with IF NOT EXISTS (a
+                # duplicate pg_type row): the DDL runs under the table's advisory lock, as the ledger's own does.
+                key = _lock_key(self.table)
+                store.transact(lambda run: (run("SELECT pg_advisory_xact_lock(%s)", [key]), run(ddl, ())))
+            else:
+                self._store.execute(ddl, ())
         except Exception as exc:
             raise LedgerError(f"cannot create the budget counters table {self.table}: {exc}") from exc
 

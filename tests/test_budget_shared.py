@@ -60,10 +60,15 @@ def _race(worker: str, url: str, table: str, per_process: int, k: int, tmp_path:
         )
         for _ in range(2)
     ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        go.touch()
+        escalated = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    finally:
+        for p in procs:  # a failed start must not leave the other worker waiting forever
+            if p.poll() is None:
+                p.kill()
     assert all(p.returncode == 0 for p in procs)
     return escalated
 
@@ -110,3 +115,44 @@ def test_concurrent_reservations_in_one_process_are_batched_and_exact(pg_url: st
         assert not counters.reserve("day:{}", 0.0, 2, 100)
         assert counters.reserve("day:{}", 0.0, 1, 100)
         counters.close()
+
+
+OPENER = """
+import sys, time
+from pathlib import Path
+from llm_cascade.budget import Budget, Limit
+from llm_cascade.ledger import Ledger
+from llm_cascade.pricing import PriceTable
+url, table, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+ledger = Ledger(url, table=table, journal=False)
+Budget(Limit("1", per="day"), ledger=ledger, prices=PriceTable({}, fallback=None))
+ledger.close()
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.postgres
+def test_processes_starting_together_all_open_their_shared_budget(pg_url: str, tmp_path: Path) -> None:
+    """Proxies started at once each create the budget's counters table: the DDL must not race on PostgreSQL's
+    catalogue (concurrent CREATE TABLE IF NOT EXISTS can fail with a duplicate pg_type row)."""
+    for attempt in range(3):
+        table = f"opening_{os.getpid()}_{attempt}_{time.time_ns() % 10**9}"
+        Ledger(pg_url, table=table, journal=False).close()  # the ledger table exists; its counters table does not
+        go = tmp_path / f"go{attempt}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", OPENER, pg_url, table, str(go)], stdout=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            go.touch()
+            outs = [p.communicate(timeout=60)[0].split() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        assert all(p.returncode == 0 for p in procs) and all(o == ["ok"] for o in outs), outs
