@@ -25,7 +25,6 @@ import math
 import os
 import random
 import time
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -206,20 +205,28 @@ class Tier:
         return f"Tier({[m.name for m in self.members]!r}, rule={self.rule!r})"
 
 
-_rng = random.Random(0)
-_rng_pid = -1
+_rng: random.Random | None = None
+
+
+def _reseed() -> None:
+    global _rng
+    _rng = None
+
+
+os.register_at_fork(after_in_child=_reseed)  # a forked worker must not repeat its parent's ids
 
 
 def _new_request_id() -> str:
-    """A random (version 4) UUID: unique across processes, forked workers and restarts (a counter with a pid is not).
-    From a generator seeded from the OS once per process, and again in a forked child (its pid differs): ``uuid4()``
-    asks the OS for entropy on every call, which costs more than the rest of a routed request on a busy machine."""
-    global _rng_pid
-    pid = os.getpid()
-    if pid != _rng_pid:
-        _rng.seed(os.urandom(32))
-        _rng_pid = pid
-    return uuid.UUID(int=_rng.getrandbits(128), version=4).hex
+    """A random (version 4) UUID, as 32 hex digits: unique across processes, forked workers and restarts (a counter
+    with a pid is not). From a generator seeded from the OS once per process (again in a forked child):
+    ``uuid4()`` asks the OS for entropy on every call, which costs more than the rest of a routed request on a busy
+    machine; the version and variant bits are set here as ``uuid.UUID(version=4)`` would, without building one."""
+    global _rng
+    rng = _rng
+    if rng is None:
+        rng = _rng = random.Random(os.urandom(32))
+    n = rng.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+    return f"{n:032x}"
 
 
 # The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
@@ -390,6 +397,8 @@ class Router:
         override its fields. ``tags`` go to the ledger and budgets. Tags as bare keyword arguments
         (``route(p, user="u1")``) still work for one release, with a DeprecationWarning.
         """
+        if isinstance(request, str):  # the usual call: the id goes in now, not through a dataclass copy below
+            request = Request.from_prompt(request, request_id=_new_request_id())
         request = with_params(
             request,
             max_tokens=max_tokens,

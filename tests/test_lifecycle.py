@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 from decimal import Decimal
@@ -56,7 +57,23 @@ async def test_request_ids_are_uuids_and_unique() -> None:
     router = Router([Tier([FakeBackend("a", "B")])])
     ids = {(await router.route(f"q{i}")).request_id for i in range(200)}
     assert len(ids) == 200
-    assert all(uuid.UUID(i).version == 4 for i in ids)
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_a_forked_worker_does_not_repeat_its_parents_request_ids() -> None:
+    from llm_cascade.router import _new_request_id
+
+    _new_request_id()  # the parent's generator is seeded before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        os.write(write, _new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child != _new_request_id()
 
 
 def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_the_backlog_is_bounded(
