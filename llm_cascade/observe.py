@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .types import Call, RouteResult
@@ -51,15 +51,16 @@ def _get_tracer() -> Any:
     return _tracer[1]
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: str | int | float | bool) -> Iterator[Any]:
-    """An OpenTelemetry span when the API is installed, else nothing (yields None)."""
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext(None)
+
+
+def span(name: str, **attributes: str | int | float | bool) -> contextlib.AbstractContextManager[Any]:
+    """An OpenTelemetry span when a tracer provider is set, else a shared no-op context (entered as None)."""
     tracer = _get_tracer()
     if tracer is None:
-        yield None
-        return
-    with tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+        return _NO_SPAN
+    cm: contextlib.AbstractContextManager[Any] = tracer.start_as_current_span(name, attributes=attributes)
+    return cm
 
 
 def set_attributes(current: Any, **attributes: str | int | float | bool | None) -> None:
@@ -91,17 +92,18 @@ def escalated(request_id: str, tier: int, tier_name: str, why: str) -> None:
 
 def result_returned(result: RouteResult, hook: OnResult | None, current: Any) -> None:
     """Set the route span's attributes and pass the result to the ``on_result`` hook."""
-    cost = result.cost_usd
-    set_attributes(
-        current,
-        **{
-            "llm_cascade.tier": result.tier,
-            "llm_cascade.accepted": result.accepted,
-            "llm_cascade.calls": len(result.calls),
-            "llm_cascade.model": result.model,
-            "llm_cascade.cost_usd": None if cost is None else float(cost),
-        },
-    )
+    if current is not None:  # no tracer: no span, and nothing to compute for one (this runs on every request)
+        cost = result.cost_usd
+        set_attributes(
+            current,
+            **{
+                "llm_cascade.tier": result.tier,
+                "llm_cascade.accepted": result.accepted,
+                "llm_cascade.calls": len(result.calls),
+                "llm_cascade.model": result.model,
+                "llm_cascade.cost_usd": None if cost is None else float(cost),
+            },
+        )
     if hook is not None:
         _safely(hook, result, "on_result")
 
