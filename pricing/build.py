@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # validate with THIS checkout's parser, not whichever llm_cascade is installed
     sys.path.insert(0, str(ROOT))
+try:
+    import llm_cascade  # noqa: F401
+except ModuleNotFoundError as missing:
+    # A bare `python pricing/build.py` from a shell outside the project's environment (no tenacity, no litellm
+    # map): run again under the .venv that `make` builds, or say what to do.
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        os.execv(venv_python, [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    raise SystemExit(
+        f"pricing/build.py: {missing.name} is not installed: run it in the project's environment "
+        "(`make test` builds .venv; then .venv/bin/python pricing/build.py)"
+    ) from None
 
 from llm_cascade.errors import PriceError  # noqa: E402
 from llm_cascade.pricing import (  # noqa: E402
