@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .backends.base import innermost
 from .errors import ConfigError
 from .router import _own_price
 from .types import Usage
@@ -72,15 +73,6 @@ class CheckReport:
         ]
 
 
-def adapter_of(backend: object) -> object:
-    """The innermost backend under wrappers (Retrying, Throttled, CircuitBroken all keep it in ``inner``)."""
-    seen = 0
-    while hasattr(backend, "inner") and seen < 16:
-        backend = backend.inner
-        seen += 1
-    return backend
-
-
 def _key_status(adapter: object) -> Status:
     env_key = getattr(adapter, "_env_key", None)
     if env_key is None:
@@ -109,7 +101,7 @@ async def _reach(adapter: object, wait: float) -> tuple[Status, str | None]:
 async def check_router(router: Router, *, reach: bool = True, ping_timeout: float = 10.0) -> CheckReport:
     """Check every member of ``router`` (see the module docstring)."""
     members: list[tuple[int, str, object]] = [
-        (k, m.name, adapter_of(m)) for k, tier in enumerate(router.tiers) for m in tier.members
+        (k, m.name, innermost(m)) for k, tier in enumerate(router.tiers) for m in tier.members
     ]
 
     async def one(k: int, name: str, adapter: object) -> MemberCheck:

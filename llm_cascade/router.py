@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import observe, ttft
 from .agreement import Rule, TierVotes, Unanimous
-from .backends.base import Backend, resolve
+from .backends.base import Backend, innermost, resolve
 from .errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -806,25 +806,15 @@ class Router:
 
 
 def _own_price(member: Any) -> Any:
-    """The price a member (or the backend a wrapper holds as ``inner``) declares, or None."""
-    for _ in range(8):
-        price = getattr(member, "price", None)
-        if price is not None and callable(getattr(price, "cost", None)):
-            return price
-        member = getattr(member, "inner", None)
-        if member is None:
-            return None
-    return None
+    """The price a member (the backend under its wrappers) declares, or None."""
+    price = getattr(innermost(member), "price", None)
+    return price if price is not None and callable(getattr(price, "cost", None)) else None
 
 
 async def _close_member(member: Any, seen: set[int]) -> None:
     """Close one member once: the backend under any wrappers (retry and rate-limit layers hold it as ``inner`` and
     only pass ``aclose`` through), by ``aclose()``, else ``close()``. A backend in two tiers is closed once."""
-    for _ in range(8):
-        inner = getattr(member, "inner", None)
-        if inner is None:
-            break
-        member = inner
+    member = innermost(member)
     if id(member) in seen:
         return
     seen.add(id(member))

@@ -30,6 +30,17 @@ class Backend(Protocol):
     async def complete(self, request: Request) -> Completion: ...
 
 
+def innermost(backend: object) -> object:
+    """The backend under any wrappers: the retry, rate-limit and breaker layers keep the one they wrap in ``inner``.
+    Its price, key, ``ping()`` and ``aclose()`` are the ones that matter (bounded, in case of a cycle)."""
+    for _ in range(16):
+        inner = getattr(backend, "inner", None)
+        if inner is None:
+            return backend
+        backend = inner
+    return backend
+
+
 Factory = Callable[..., Backend]
 
 # provider -> "module:attribute" of a factory taking (model, **options). Imported on first use.
