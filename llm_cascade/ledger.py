@@ -140,6 +140,12 @@ def _lock_key(table: str) -> int:
     return int.from_bytes(hashlib.sha256(f"llm_cascade:{table}".encode()).digest()[:8], "big", signed=True)
 
 
+def _chunk(left: int, most: int) -> int:
+    """Rows in the next INSERT: a power of two (at most ``most``), so a few statement texts serve every batch size
+    from sqlite3's statement cache."""
+    return most if left >= most else 1 << (left.bit_length() - 1)
+
+
 class _SQLite:
     """Stdlib sqlite3: one connection shared under a lock (sqlite serialises writers anyway)."""
 
@@ -166,6 +172,12 @@ class _SQLite:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
         self.lock = threading.Lock()
+        # Rows per multi-row INSERT: as many as the bound-parameter limit allows (999 on SQLite before 3.32), <= 256.
+        try:
+            params = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except AttributeError:  # Python < 3.11
+            params = 999
+        self.chunk = 1 << (max(1, min(256, params // len(_NAMES))).bit_length() - 1)
 
     def _columns(self, table: str) -> Callable[[], list[str]]:
         return lambda: [d[0] for d in self.conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
@@ -174,10 +186,23 @@ class _SQLite:
         return "json_extract(tags, ?) = ?", "$." + json.dumps(key)
 
     def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` in one transaction, as multi-row ``INSERT ... VALUES (..), (..)`` statements of up to
+        :attr:`chunk` rows. sqlite3 releases the GIL around every statement it steps, and the event loop then has to
+        win it back: with ``executemany`` that is one hand-over per row, which the loop's thread feels as lag on
+        every request; with a few statements per batch it is a few hand-overs per batch."""
+        values = sql.rpartition(" VALUES ")
         with self.lock:
             self.conn.execute("BEGIN")
             try:
-                self.conn.executemany(sql, rows)
+                if not values[1] or not rows:
+                    self.conn.executemany(sql, rows)
+                else:
+                    i = 0
+                    while i < len(rows):
+                        n = _chunk(len(rows) - i, self.chunk)
+                        flat = [v for r in rows[i : i + n] for v in r]
+                        self.conn.execute(values[0] + " VALUES " + ", ".join([values[2]] * n), flat)
+                        i += n
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise

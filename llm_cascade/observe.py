@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,12 +29,14 @@ OnResult = Callable[[RouteResult], object]
 _trace: Any = None
 _tracer: Any = None
 _checked = False
+_env_provider = False  # OTEL_PYTHON_TRACER_PROVIDER was set when the API was first imported
+_UNKNOWN = object()
 
 
 def _get_tracer() -> Any:
     """The OpenTelemetry tracer, or None when opentelemetry-api is not installed or no tracer provider is set (the
     API alone only hands out no-op spans, so the router skips them and their cost)."""
-    global _trace, _tracer, _checked
+    global _trace, _tracer, _checked, _env_provider
     if not _checked:
         _checked = True
         try:
@@ -41,7 +44,12 @@ def _get_tracer() -> Any:
         except ImportError:
             return None
         _trace = trace
+        _env_provider = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
     if _trace is None:
+        return None
+    if getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _env_provider:
+        # No provider set, none named in the environment: get_tracer_provider() would hand out its proxy after an
+        # os.environ lookup, a few microseconds on every request; this is the same answer from two reads.
         return None
     provider = _trace.get_tracer_provider()
     if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):

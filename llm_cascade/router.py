@@ -244,9 +244,11 @@ def _disagreement(votes: TierVotes) -> str:
 
 @dataclass(slots=True)
 class _Deadline:
-    """Set when a tier's deadline cancels its stragglers, so they are recorded as timed out, not cancelled."""
+    """One tier's shared state: ``expired`` is set when its deadline cancels its stragglers (so they are recorded as
+    timed out, not cancelled); ``started`` counts the member calls that have begun."""
 
     expired: bool = False
+    started: int = 0
 
 
 @dataclass(slots=True)
@@ -399,17 +401,28 @@ class Router:
         """
         if isinstance(request, str):  # the usual call: the id goes in now, not through a dataclass copy below
             request = Request.from_prompt(request, request_id=_new_request_id())
-        request = with_params(
-            request,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=(stop,) if isinstance(stop, str) else None if stop is None else tuple(stop),
-            response_format=response_format,
-            tools=None if tools is None else tuple(tools),
-            tool_choice=tool_choice,
-            seed=seed,
-            top_p=top_p,
-        )
+        if (
+            max_tokens is not None
+            or temperature is not None
+            or stop is not None
+            or response_format is not None
+            or tools is not None
+            or tool_choice is not None
+            or seed is not None
+            or top_p is not None
+            or not isinstance(request, Request)
+        ):  # checked and copied only when given: route(prompt) is the call made thousands of times a second
+            request = with_params(
+                request,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=(stop,) if isinstance(stop, str) else None if stop is None else tuple(stop),
+                response_format=response_format,
+                tools=None if tools is None else tuple(tools),
+                tool_choice=tool_choice,
+                seed=seed,
+                top_p=top_p,
+            )
         if legacy_tags:
             warnings.warn(
                 f"route(..., {', '.join(f'{k}=' for k in legacy_tags)}) as tags is deprecated: pass "
@@ -588,6 +601,11 @@ class Router:
                     # The first member runs in this task, the others in their own: one task and one event-loop cycle
                     # fewer than gather(), which is most of the router's own cost per request.
                     outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
+                    if deadline.started == 1:
+                        # The first member answered without yielding (a cache, a local model): the others have not
+                        # started. Yield once, behind them: the loop runs their first steps, then this task in the
+                        # same cycle, and members that answer at once are collected without a second cycle.
+                        await asyncio.sleep(0)
                     outcomes += [await t for t in tasks]
                 else:
                     done, pending = await asyncio.wait(tasks, timeout=tier.timeout)
@@ -630,6 +648,7 @@ class Router:
     ) -> _Outcome:
         """One member call. Always appends one Call to ``calls``, even when cancelled, after one Call per attempt
         that the retry layer made and retried (see :mod:`llm_cascade.retry`)."""
+        deadline.started += 1
         start = time.perf_counter()
         outcome: Outcome = "cancelled"
         error: str | None = None

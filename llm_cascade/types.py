@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
+from .errors import ConfigError
+
 Role = Literal["system", "user", "assistant"]
 Outcome = Literal["ok", "error", "cancelled", "timeout", "skipped"]
 
@@ -101,8 +103,6 @@ class Request:
 def with_params(request: Request | str, **params: Any) -> Request:
     """``request`` (a prompt becomes a one-message Request) with the parameters that are not None, checked here so
     a bad value fails before any model is called, naming the field (``route.max_tokens`` ...)."""
-    from .errors import ConfigError
-
     if isinstance(request, str):
         request = Request.from_prompt(request)
     elif not isinstance(request, Request):
