@@ -64,6 +64,8 @@ from .pricing import PriceEntry, PriceTable
 from .reservations import SharedCounters, scope_key
 from .types import Call, Request, Usage
 
+_MISSING = object()
+
 if TYPE_CHECKING:
     from .tokens import PromptCounter
 
@@ -187,6 +189,9 @@ class Budget:
         # Prices members declare themselves (a Router fills it from its members): used before the table.
         self.member_prices: dict[str, PriceEntry] = {}
         self._model_encoding: dict[str, str] = {}
+        self._last_usage: tuple[object, object, Usage] = (None, None, Usage())  # (request, counter, its usage)
+        self._estimates: dict[tuple[str, Usage], object] = {}  # (model, usage) -> cost, for the price table's version
+        self._estimates_version: tuple[int, int] = (getattr(self.prices, "version", 0), 0)
         if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
             from .tokens import PromptCounter
 
@@ -290,10 +295,16 @@ class Budget:
         return cast(Decimal, run[1]), cast(int, run[2])
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
+        counter = self._counter(model)
+        last = self._last_usage  # the members of a tier mostly share an encoding: one count and Usage for them all
+        if last[0] is request and last[1] is counter:
+            return last[2]
         out = self.output_tokens
         if out is None:
             out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        return Usage(self._counter(model).count(request.messages), out, 0, estimated=True)
+        usage = Usage(counter.count(request.messages), out, 0, estimated=True)
+        self._last_usage = (request, counter, usage)  # one tuple, swapped whole: safe across threads
+        return usage
 
     def _counter(self, model: str) -> PromptCounter:
         """The model's own encoding when its file is here (o200k_base for recent OpenAI models), else cl100k_base."""
@@ -314,13 +325,23 @@ class Budget:
     def estimate(self, request: Request, models: Sequence[str]) -> Decimal | None:
         """Expected cost of asking every one of ``models`` this request; None if a price is unknown."""
         total = Decimal(0)
+        version = (getattr(self.prices, "version", 0), len(self.member_prices))
+        if version != self._estimates_version:  # a price added since: the cached costs may be wrong
+            self._estimates = {}
+            self._estimates_version = version
         for model in models:
-            own = self.member_prices.get(model)
             usage = self._usage(request, model)
-            cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
+            key = (model, usage)
+            cost = self._estimates.get(key, _MISSING)  # one model, one size: the same Decimal arithmetic again
+            if cost is _MISSING:
+                own = self.member_prices.get(model)
+                cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
+                if len(self._estimates) >= 4096:
+                    self._estimates = {}
+                self._estimates[key] = cost
             if cost is None:
                 return None
-            total += cost
+            total += cast(Decimal, cost)
         return total
 
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:

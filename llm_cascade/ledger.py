@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +201,7 @@ class _SQLite:
                     i = 0
                     while i < len(rows):
                         n = _chunk(len(rows) - i, self.chunk)
-                        flat = [v for r in rows[i : i + n] for v in r]
+                        flat = list(chain.from_iterable(rows[i : i + n]))
                         self.conn.execute(values[0] + " VALUES " + ", ".join([values[2]] * n), flat)
                         i += n
             except BaseException:
@@ -352,6 +353,8 @@ class Ledger:
         self._closed = False
         self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
         self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
+        self._cost_cache: dict[Decimal, tuple[str, int | None]] = {}
+        self._intent_rows: dict[object, tuple[Sequence[Call], list[Row]]] = {}
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
         sqlite_file: str | None = None
@@ -447,35 +450,67 @@ class Ledger:
         self._tag_cache[key] = tags
         return tags
 
+    def _cost_columns(self, cost: Decimal | None) -> tuple[str | None, int | None]:
+        """``cost_usd`` and ``cost_pusd`` of a cost, cached: the same few costs recur (same model, same sizes), and
+        the decimal string and the rounding to pico-dollars are the dearest part of building a row."""
+        if cost is None:
+            return None, None
+        found = self._cost_cache.get(cost)
+        if found is None:
+            if len(self._cost_cache) >= 4096:
+                self._cost_cache.clear()
+            found = self._cost_cache[cost] = (str(cost), to_pusd(cost))
+        return found
+
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
         tags = self._tags(metadata)
-        return [
-            (
-                now,
-                request_id,
-                i,
-                c.tier,
-                c.model,
-                c.outcome,
-                c.usage.input_tokens,
-                c.usage.output_tokens,
-                c.usage.cached_tokens,
-                int(c.usage.estimated),
-                None if c.cost_usd is None else str(c.cost_usd),
-                to_pusd(c.cost_usd),
-                float(c.latency_s),
-                c.error,
-                tags,
-                c.attempt,
-                c.finish_reason,
+        rows: list[Row] = []
+        for i, c in enumerate(calls):
+            usage = c.usage
+            usd, pusd = self._cost_columns(c.cost_usd)
+            rows.append(
+                (
+                    now,
+                    request_id,
+                    i,
+                    c.tier,
+                    c.model,
+                    c.outcome,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cached_tokens,
+                    int(usage.estimated),
+                    usd,
+                    pusd,
+                    float(c.latency_s),
+                    c.error,
+                    tags,
+                    c.attempt,
+                    c.finish_reason,
+                )
             )
-            for i, c in enumerate(calls)
-        ]
+        return rows
 
     def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
-        """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.journal`); no-op without one."""
-        if self._journal is not None:
-            self._journal.intent(request_id, self._rows(request_id, calls, metadata, self.clock()))
+        """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.journal`); no-op without one.
+
+        The router passes the same tuple of intent calls for every request of a tier and prompt size, so the rows
+        are built once per (calls, tags) and only stamped with the time and the request id here."""
+        if self._journal is None:
+            return
+        key: object = (id(calls), tuple(metadata.items()))
+        try:
+            hit = self._intent_rows.get(key)
+        except TypeError:  # a tag value that is not hashable
+            hit, key = None, None
+        if hit is None or hit[0] is not calls:  # `is`: the id of a tuple since freed may have been reused
+            hit = (calls, [r[2:] for r in self._rows("", calls, metadata, 0.0)])
+            if key is not None:
+                if len(self._intent_rows) >= 1024:
+                    self._intent_rows.clear()
+                self._intent_rows[key] = hit
+        now = self.clock()
+        self._journal.intent(request_id, [(now, request_id, *rest) for rest in hit[1]])
 
     def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""

@@ -59,3 +59,26 @@ def test_a_journal_of_the_older_json_format_is_replayed(tmp_path: Path) -> None:
         assert ledger.replayed == 1
         assert [(r.request_id, r.model) for r in ledger.rows()] == [("old1", "a")]
     assert not list(folder.glob("*.jsonl"))
+
+
+def test_intents_of_one_calls_tuple_carry_each_requests_own_id_and_tags(tmp_path: Path) -> None:
+    """The ledger builds intent rows once per (calls, tags) and stamps each request's id and time: two requests with
+    the same calls must still journal two distinct requests, and other tags must not reuse the cached rows."""
+    from decimal import Decimal
+
+    from llm_cascade.types import Call, Usage
+
+    calls = (Call("a", 0, "cancelled", Usage(5, 0, 0, True), cost_usd=Decimal("0.5"), error="x"),)
+    ticks = iter([1.0, 2.0, 3.0])
+    ledger = Ledger(tmp_path / "l.db", journal=tmp_path / "j", clock=lambda: next(ticks))
+    ledger.intent("r1", calls, {"app": "x"})
+    ledger.intent("r2", calls, {"app": "x"})
+    ledger.intent("r3", calls, {"app": "y"})
+    assert ledger._journal is not None and ledger._journal.path is not None
+    pending = pending_rows(ledger._journal.path)
+    assert {rid: [(r[0], r[1], r[4], r[10], r[14]) for r in rows] for rid, rows in pending.items()} == {
+        "r1": [(1.0, "r1", "a", "0.5", '{"app": "x"}')],
+        "r2": [(2.0, "r2", "a", "0.5", '{"app": "x"}')],
+        "r3": [(3.0, "r3", "a", "0.5", '{"app": "y"}')],
+    }
+    ledger.close()

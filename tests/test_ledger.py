@@ -308,3 +308,26 @@ def test_several_processes_may_upgrade_one_table_at_once(ledger_url: str) -> Non
     assert [r.attempt for r in opened[0].rows()] == [1]
     for ledger in opened:
         ledger.close()
+
+
+@pytest.mark.parametrize("n", [1, 3, 255, 256, 257, 777])
+def test_a_batch_of_any_size_is_stored_row_for_row(tmp_path: Path, n: int) -> None:
+    """The SQLite writer splits a batch into multi-row INSERTs of power-of-two sizes: every row lands, once, intact."""
+    ledger = Ledger(tmp_path / "l.db", journal=False, linger_s=60)  # the writer waits: one flush writes all n
+    for i in range(n):
+        cost = Decimal(i) / Decimal(10**9)
+        call = Call(f"m{i % 7}", i % 3, "ok", Usage(i, 2 * i, 0, bool(i % 2)), i / 1000, cost_usd=cost)
+        ledger.record(f"r{i}", [call], {"i": str(i)})
+    ledger.flush()
+    rows = sorted(ledger.rows(), key=lambda r: int(r.request_id[1:]))
+    assert [r.request_id for r in rows] == [f"r{i}" for i in range(n)]
+    for i, r in enumerate(rows):
+        assert (r.model, r.tier, r.input_tokens, r.output_tokens, r.estimated) == (
+            f"m{i % 7}",
+            i % 3,
+            i,
+            2 * i,
+            bool(i % 2),
+        )
+        assert r.cost_usd == Decimal(i) / Decimal(10**9) and r.tags == {"i": str(i)}
+    ledger.close()
