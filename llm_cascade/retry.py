@@ -27,8 +27,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,15 +64,21 @@ class FailedAttempt:
 _ATTEMPTS: ContextVar[list[FailedAttempt] | None] = ContextVar("llm_cascade_attempts", default=None)
 
 
-@contextmanager
-def attempt_log() -> Iterator[list[FailedAttempt]]:
-    """Collect the failed attempts of the backend call made inside the block (the router wraps each member call)."""
-    log: list[FailedAttempt] = []
-    token = _ATTEMPTS.set(log)
-    try:
-        yield log
-    finally:
-        _ATTEMPTS.reset(token)
+class attempt_log:
+    """Collect the failed attempts of the backend call made inside the block (the router wraps each member call).
+
+    A class, not a ``@contextmanager`` generator: it runs around every member call, and a generator-based context
+    manager costs several times more to enter and leave."""
+
+    __slots__ = ("_token", "log")
+
+    def __enter__(self) -> list[FailedAttempt]:
+        self.log: list[FailedAttempt] = []
+        self._token = _ATTEMPTS.set(self.log)
+        return self.log
+
+    def __exit__(self, *exc: object) -> None:
+        _ATTEMPTS.reset(self._token)
 
 
 def _positive(field: str, value: object, *, allow_none: bool = False, allow_zero: bool = False) -> None:
