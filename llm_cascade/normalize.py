@@ -24,7 +24,11 @@ from .normalize_math import Math
 
 @runtime_checkable
 class Normalizer(Protocol):
-    """Anything that maps model text to a canonical answer, or None for "no answer"."""
+    """Anything that maps model text to a canonical answer, or None for "no answer".
+
+    A normaliser that may block (a parser in another process, a model) can also have an ``async def acall(text)``
+    giving the same answers: the router then awaits it instead of calling it on the event loop (:class:`Math` does).
+    """
 
     def __call__(self, text: str) -> str | None: ...
 

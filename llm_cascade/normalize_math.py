@@ -9,6 +9,7 @@ seconds per answer and is killed when it overruns, so no pathological answer sta
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import json
@@ -206,3 +207,12 @@ class Math:
 
     def __call__(self, text: str) -> str | None:
         return _math(text, float(self.timeout), self.max_chars)
+
+    async def acall(self, text: str) -> str | None:
+        """:meth:`__call__` for the event loop (the router uses it): an answer read in this process (an integer, a
+        decimal, a fraction) is read here; one that needs the sympy child, which may take up to ``timeout``, is read
+        on a worker thread, so other requests go on meanwhile."""
+        span = answer_span(text, self.max_chars)
+        if span is None or _exact(span) is not None or _BASE_N.fullmatch(span):
+            return self(text)
+        return await asyncio.to_thread(self, text)

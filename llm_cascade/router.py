@@ -26,7 +26,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -231,6 +231,14 @@ def _new_request_id() -> str:
 
 # The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
 _FAILURES: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
+
+
+async def _read_async(acall: Callable[[str], Awaitable[str | None]], text: str) -> tuple[str | None, str | None]:
+    """A normaliser's ``acall``: (answer, None), or (None, why) when it raised, as :meth:`Router._to_call` records."""
+    try:
+        return await acall(text), None
+    except Exception as exc:
+        return None, f"normalizer failed: {type(exc).__name__}: {exc}"
 
 
 def _disagreement(votes: TierVotes) -> str:
@@ -655,6 +663,7 @@ class Router:
         completion: Completion | None = None
         billed: Usage | None = None
         nested: Any = None
+        read: tuple[str | None, str | None] | None = None  # (answer, error) of a normaliser read off the loop
         with attempt_log() as retried:
             try:
                 limit = self.tiers[k].first_token_timeout if k < len(self.tiers) else None
@@ -663,6 +672,9 @@ class Router:
                     await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
                 )
                 outcome = "ok"
+                acall = getattr(normalizer, "acall", None)
+                if acall is not None:  # a normaliser that may block (Math's sympy child) reads off the event loop
+                    read = await _read_async(acall, completion.text)
             except asyncio.CancelledError:
                 # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
                 outcome = "timeout" if deadline.expired else "cancelled"
@@ -696,7 +708,7 @@ class Router:
                     )
                     calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
                     observe.call_recorded(calls[-1], request.request_id, self.on_call)
-                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed)
+                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed, read)
                 call = replace(call, attempt=len(retried) + 1) if retried else call
                 raw = completion.raw if completion is not None else None
                 inner = raw.calls if isinstance(raw, RouteResult) else nested
@@ -719,6 +731,7 @@ class Router:
         error: str | None,
         start: float,
         billed: Usage | None = None,
+        read: tuple[str | None, str | None] | None = None,
     ) -> Call:
         if completion is None:
             # A provider that answered with an error billed nothing, unless the error says what it billed (a stream
@@ -732,10 +745,14 @@ class Router:
                 usage = Usage()
             cost = self._cost(backend, usage, None, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
-        try:
-            answer = normalizer(completion.text)
-        except Exception as exc:  # a normalizer that chokes on odd text: no answer, and the row says why
-            answer, error = None, f"normalizer failed: {type(exc).__name__}: {exc}"
+        if read is not None:
+            answer, failed = read
+            error = failed or error
+        else:
+            try:
+                answer = normalizer(completion.text)
+            except Exception as exc:  # a normalizer that chokes on odd text: no answer, and the row says why
+                answer, error = None, f"normalizer failed: {type(exc).__name__}: {exc}"
         if answer is not None and not isinstance(answer, str):
             answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
         conf = _probability(completion.confidence, completion.logprob)
