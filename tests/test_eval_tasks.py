@@ -164,6 +164,12 @@ def test_replay_reproduces_the_mmlu_example(data_dir: Path, tmp_path: Path) -> N
     assert {s["model"] for s in report["singles"]} == {"gpt-4o-mini", "qwen2.5-72b-instruct", "llama3.1-70b", TOP}
     top = next(s for s in report["singles"] if s["model"] == TOP)
     assert top["accuracy"] == expected["top_alone_accuracy"]
+    # The example cascade is not calibrated on these questions: where one of its models alone beats it, it says so.
+    best = max(report["singles"], key=lambda s: s["accuracy"])
+    costlier = report["cost_ratio_vs_best_single"] < 1
+    assert any(f.startswith(f"COSTLIER than {best['model']}") for f in report["flags"]) == costlier
+    less = report["accuracy"] < best["accuracy"]
+    assert any(f.startswith(f"LESS ACCURATE than {best['model']}") for f in report["flags"]) == less
     assert (tmp_path / "eval_report.md").read_text().startswith("### mmlu")
     assert (tmp_path / "eval_frontier.png").stat().st_size > 0
 

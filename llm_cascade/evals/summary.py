@@ -80,6 +80,13 @@ def summarize(
     ratio = None
     if best is not None and best["cost_per_request_usd"] is not None and cost:
         ratio = best["cost_per_request_usd"] / cost
+    # Said as plainly as `calibrate` says it: a cascade that costs more than, or scores below, one of its own models
+    # alone on the same questions is not a saving (the example cascades are not calibrated on these questions).
+    if ratio is not None and best is not None and ratio < 1:
+        flags.append(f"COSTLIER than {best['model']} alone ({1 / ratio:.2f}x its $ per request)")
+    if best is not None and accuracy is not None and accuracy < best["accuracy"]:
+        points = 100 * (best["accuracy"] - accuracy)
+        flags.append(f"LESS ACCURATE than {best['model']} alone (-{points:.1f} points)")
     return {
         "name": f"{spec.name}: {cascade.rsplit('#', 1)[-1]} ({mode})",
         "task": spec.name,
