@@ -64,8 +64,6 @@ from .pricing import PriceEntry, PriceTable
 from .reservations import SharedCounters, scope_key
 from .types import Call, Request, Usage
 
-_MISSING = object()
-
 if TYPE_CHECKING:
     from .tokens import PromptCounter
 
@@ -190,7 +188,8 @@ class Budget:
         self.member_prices: dict[str, PriceEntry] = {}
         self._model_encoding: dict[str, str] = {}
         self._last_usage: tuple[object, object, Usage] = (None, None, Usage())  # (request, counter, its usage)
-        self._estimates: dict[tuple[str, Usage], object] = {}  # (model, usage) -> cost, for the price table's version
+        # (model, usage) -> cost, valid for _estimates_version (the price table's version, member prices known)
+        self._estimates: dict[tuple[str, Usage], Decimal | None] = {}
         self._estimates_version: tuple[int, int] = (getattr(self.prices, "version", 0), 0)
         if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
             from .tokens import PromptCounter
@@ -205,8 +204,8 @@ class Budget:
         # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
         # scan every request in flight.
         self._held: dict[int, Decimal] = {}
-        # (limit index) -> [period start, priced spend, billed calls of unknown price], seeded once from the ledger.
-        self._running: dict[int, list[object]] = {}
+        # (limit index) -> its current period's running totals, seeded once from the ledger.
+        self._running: dict[int, _Running] = {}
         if shared is None:
             shared = ledger is not None and getattr(ledger, "shared_database", False)
         if shared and ledger is None:
@@ -233,7 +232,7 @@ class Budget:
             start = period_start(limit.per, now)
             t = self.ledger.totals(since=start, tags=limit.tags or None)
             with self._lock:
-                self._running[i] = [start, t.cost_usd, t.unpriced]
+                self._running[i] = _Running(start, t.cost_usd, t.unpriced)
 
     def _ensure(self, now: float) -> None:
         """Create (seeded from the ledger) the shared counters of the current periods, if no process has yet."""
@@ -277,12 +276,12 @@ class Budget:
                 if run is None:
                     continue
                 start = period_start(limit.per, ts)
-                if start is not None and start > cast(float, run[0]):
-                    run[:] = [start, Decimal(0), 0]  # a new period began
-                elif start is not None and start < cast(float, run[0]):
+                if start is not None and start > run.start:
+                    run.begin(start)  # a new period began
+                elif start is not None and start < run.start:
                     continue  # a row stamped in a period already over
-                run[1] = cast(Decimal, run[1]) + priced
-                run[2] = cast(int, run[2]) + unknown
+                run.usd += priced
+                run.unknown += unknown
 
     def _spent_in_period(self, index: int, limit: Limit, now: float) -> tuple[Decimal, int]:
         """Priced spend and unknown-price calls recorded in the current period of ``limit`` (lock held)."""
@@ -290,9 +289,9 @@ class Budget:
         if run is None:
             return Decimal(0), 0
         start = period_start(limit.per, now)
-        if start is not None and start > cast(float, run[0]):
-            run[:] = [start, Decimal(0), 0]
-        return cast(Decimal, run[1]), cast(int, run[2])
+        if start is not None and start > run.start:
+            run.begin(start)
+        return run.usd, run.unknown
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
         counter = self._counter(model)
@@ -332,8 +331,9 @@ class Budget:
         for model in models:
             usage = self._usage(request, model)
             key = (model, usage)
-            cost = self._estimates.get(key, _MISSING)  # one model, one size: the same Decimal arithmetic again
-            if cost is _MISSING:
+            try:
+                cost = self._estimates[key]  # one model, one size: the same Decimal arithmetic as last time
+            except KeyError:
                 own = self.member_prices.get(model)
                 cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
                 if len(self._estimates) >= 4096:
@@ -341,7 +341,7 @@ class Budget:
                 self._estimates[key] = cost
             if cost is None:
                 return None
-            total += cast(Decimal, cost)
+            total += cost
         return total
 
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
@@ -528,6 +528,22 @@ class Budget:
 
     def __repr__(self) -> str:
         return f"Budget({[str(x) for x in self.limits]!r}, policy={self.policy!r})"
+
+
+class _Running:
+    """One period limit's totals in this process: the period's start (None: all time), its priced spend, and its
+    billed calls of unknown price."""
+
+    __slots__ = ("start", "unknown", "usd")
+
+    def __init__(self, start: float | None, usd: Decimal, unknown: int) -> None:
+        self.start = start if start is not None else float("-inf")
+        self.usd = usd
+        self.unknown = unknown
+
+    def begin(self, start: float) -> None:
+        """A new period began: its totals start from zero."""
+        self.start, self.usd, self.unknown = start, Decimal(0), 0
 
 
 class Hold:
