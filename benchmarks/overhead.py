@@ -13,8 +13,10 @@
 
     python benchmarks/overhead.py [--n 3000] [--http-n 1500] [--lean-cpu-n 2000] [--lean-calls 6000]
 
-The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, and the added latency
-figures (median over rounds of each client's time minus the direct call's, in microseconds).
+The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, overhead_full_us_p50/p99
+(that tier with prices, the SQLite ledger, a budget and the retry layer) and overhead_full_single_us_p50 (one member
+with the same stack), and the added latency figures (median over rounds of each client's time minus the direct
+call's, in microseconds).
 """
 
 from __future__ import annotations
@@ -83,9 +85,9 @@ async def router_cost(n: int) -> dict[str, list[float]]:
     return out
 
 
-async def full_stack_cost(n: int) -> list[float]:
-    """The two-member agreeing tier again, with everything a production router has around it: a price table, the
-    SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
+async def full_stack_cost(n: int, members: int = 2) -> list[float]:
+    """The two-member agreeing tier again (or one member), with everything a production router has around it: a price
+    table, the SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
     from llm_cascade.budget import Budget, Limit
     from llm_cascade.ledger import Ledger
     from llm_cascade.limits import Resilience
@@ -98,7 +100,7 @@ async def full_stack_cost(n: int) -> list[float]:
         ledger = Ledger(os.path.join(tmp, "ledger.sqlite3"))
         budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
         router = Router(
-            [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")], unanimous())],
+            [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")][:members], unanimous())],
             normalizer="choice",
             prices=prices,
             ledger=ledger,
@@ -109,7 +111,7 @@ async def full_stack_cost(n: int) -> list[float]:
         assert result.answer == "B" and result.cost_usd is not None and result.cost_usd > 0
         out = await time_calls(lambda: router.route(PROMPT), n)
         await ledger.aflush()
-        assert ledger.count() == 2 * (n + 201)  # every call of every request is stored (200 warm-up + 1 check)
+        assert ledger.count() == members * (n + 201)  # every call of every request is stored (200 warm-up + 1 check)
         await ledger.aclose()
     return out
 
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     full = asyncio.run(full_stack_cost(args.n))
     label = "2 agreeing + prices/ledger/budget/retry"
     print(f"    {label:<34}{pct(full, 0.5):>9.1f}{pct(full, 0.99):>9.1f}")
+    full_single = asyncio.run(full_stack_cost(args.n, members=1))
+    label = "1 member + prices/ledger/budget/retry"
+    print(f"    {label:<34}{pct(full_single, 0.5):>9.1f}{pct(full_single, 0.99):>9.1f}")
 
     proc, url = start_server()
     try:
@@ -228,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_us_p99": round(pct(cost["agree"], 0.99), 1),
         "overhead_full_us_p50": round(pct(full, 0.5), 1),
         "overhead_full_us_p99": round(pct(full, 0.99), 1),
+        "overhead_full_single_us_p50": round(pct(full_single, 0.5), 1),
         "single_us_p50": round(pct(cost["single"], 0.5), 1),
         "escalation_us_p50": round(pct(cost["escalate"], 0.5), 1),
         "escalation_us_p99": round(pct(cost["escalate"], 0.99), 1),
