@@ -334,9 +334,10 @@ def _choose(
     if ref is not None:
         ref_ok, cost_ref, contenders = _rivals(search, ref, rivals, target, counts)
     ok = sorted((p for p in points if p[1] >= floor - target.margin - 1e-12), key=lambda p: (p[0], -p[1]))
+    declined = ""
     for p in ok[:400]:
         if ref is not None and len(p[2]) == 1 and p[2][0][0] == ref_members:
-            return p, True, "no configuration beat the best single model on cost at non-inferior accuracy"
+            return p, True, "no configuration beat the best single model on cost at non-inferior accuracy" + declined
         correct, cost = search.outcome(p[2])
         if ref is None:
             good = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12 if idx is not None else None
@@ -344,7 +345,7 @@ def _choose(
                 return p, True, f"cheapest configuration with accuracy >= {floor:.3f} robustly"
             continue
         allowed = target.margin * n
-        if not all(cost[f].mean() < cost_ref[f].mean() for f in folds):
+        if not all(cost[f].mean() < ref[1][f].mean() for f in folds):
             continue
         slack = target.fold_slack
         if not all(
@@ -355,6 +356,13 @@ def _choose(
             wins = counts @ correct.astype(np.float64) - (counts @ ref_ok).max(axis=1)
             if (wins >= max(target.min_gain, 0) - allowed - 1e-9).mean() < target.guard_share:
                 continue
+        if not all(cost[f].mean() < cost_ref[f].mean() for f in folds):
+            declined = declined or (
+                f"; {_describe(search, p)} was more accurate than every single model but not cheaper than "
+                f"{contenders[-1]} in every fold ({contenders[-1]} is the most accurate model in "
+                f">= {target.contender_share:.0%} of resamples; contender_share=1 would accept it)"
+            )
+            continue
         if len(contenders) > 1:
             return (
                 p,
@@ -367,7 +375,13 @@ def _choose(
             )
         return p, True, "cheaper than the best single model in every fold at non-inferior held-out accuracy"
     best = max(points, key=lambda p: (p[1], -p[0]))
-    return (ok[0] if ok else best), False, "no cascade met the target on held-out folds"
+    return (ok[0] if ok else best), False, "no cascade met the target on held-out folds" + declined
+
+
+def _describe(search: _Search, p: Point) -> str:
+    """A candidate's tiers by model names (its learned rules are not refitted just to be named)."""
+    names = search.sim.m.models
+    return " -> ".join(f"[{' + '.join(names[j] for j in g)}]" for g, _ in p[2])
 
 
 def _counts(idx: np.ndarray[tuple[int, int], np.dtype[np.int64]], n: int) -> FloatArray:

@@ -175,6 +175,8 @@ def evaluate(
             "margin": target.margin,
             "guard_share": target.guard_share,
             "folds": chosen.folds,
+            "rivals": target.rivals,
+            "contender_share": target.contender_share,
         },
         "best_single": {
             "model": best.name,
