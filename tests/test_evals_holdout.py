@@ -119,3 +119,20 @@ def test_holdout_benchmark_end_to_end_on_the_recorded_data(data_dir: Path) -> No
     kfold = result["sets"]["truthfulqa"]["kfold"]
     assert kfold["runs"] == 5 and 0.0 <= kfold["check_share"] <= 1.0
     assert kfold["pooled"]["best_single"] and kfold["pooled"]["ratio"] > 0
+
+
+def test_min_saving_declines_cascades_that_save_less_than_it_asks() -> None:
+    from test_evals_selection import SKILLS
+
+    m = RunMatrix.from_records(_runs(400, 3, SKILLS))
+    sim = Simulator(m)
+    ref_cost = _single(sim, "best")[1]
+    loose = calibrate(m, Target(min_saving=0.0))
+    assert loose.verdict == "cascade"
+    saving = 1.0 - sim.score(loose.config)[1] / ref_cost
+    strict = calibrate(m, Target(min_saving=min(saving + 0.01, 0.99)))
+    assert strict.config != loose.config
+    if strict.verdict == "cascade":  # every fold is cheaper by the asked share, so the whole file is too
+        assert sim.score(strict.config)[1] < (1.0 - saving - 0.01) * ref_cost
+    with pytest.raises(ConfigError, match=r"Target\.min_saving"):
+        Target(min_saving=1.0)

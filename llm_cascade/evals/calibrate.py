@@ -57,6 +57,8 @@ class Target:
     best then loses to it. Every single model that is the best in at least ``contender_share`` of the resamples is
     a *contender*, and the cascade must be cheaper than the cheapest contender in every fold (a cascade costlier
     than a model that may well be the best is not what a cascade is for). ``rivals="best"`` is the former rule.
+    ``min_saving``: the cascade must cost at most ``1 - min_saving`` of that model in every fold; a cascade that
+    saves a few percent is within the noise of its own cost and not worth its risk of losing accuracy.
     """
 
     min_accuracy: float | None = None
@@ -71,6 +73,7 @@ class Target:
     confidence: float | None = None
     rivals: Literal["best", "all"] = "all"
     contender_share: float = 0.1
+    min_saving: float = 0.1
 
     def __post_init__(self) -> None:
         if self.confidence is not None:
@@ -87,6 +90,8 @@ class Target:
             raise ConfigError("Target.folds", f"must be an integer >= 2, got {self.folds!r}")
         if self.rivals not in ("best", "all"):
             raise ConfigError("Target.rivals", f"must be 'best' or 'all', got {self.rivals!r}")
+        if not isinstance(self.min_saving, int | float) or not 0.0 <= self.min_saving < 1.0:
+            raise ConfigError("Target.min_saving", f"must be in [0, 1), got {self.min_saving!r}")
         if not isinstance(self.contender_share, int | float) or not 0.0 < self.contender_share <= 1.0:
             raise ConfigError("Target.contender_share", f"must be in (0, 1], got {self.contender_share!r}")
 
@@ -345,7 +350,8 @@ def _choose(
                 return p, True, f"cheapest configuration with accuracy >= {floor:.3f} robustly"
             continue
         allowed = target.margin * n
-        if not all(cost[f].mean() < ref[1][f].mean() for f in folds):
+        keep = 1.0 - target.min_saving
+        if not all(cost[f].mean() < keep * ref[1][f].mean() for f in folds):
             continue
         slack = target.fold_slack
         if not all(
@@ -356,11 +362,11 @@ def _choose(
             wins = counts @ correct.astype(np.float64) - (counts @ ref_ok).max(axis=1)
             if (wins >= max(target.min_gain, 0) - allowed - 1e-9).mean() < target.guard_share:
                 continue
-        if not all(cost[f].mean() < cost_ref[f].mean() for f in folds):
+        if not all(cost[f].mean() < keep * cost_ref[f].mean() for f in folds):
             declined = declined or (
-                f"; {_describe(search, p)} was more accurate than every single model but not cheaper than "
-                f"{contenders[-1]} in every fold ({contenders[-1]} is the most accurate model in "
-                f">= {target.contender_share:.0%} of resamples; contender_share=1 would accept it)"
+                f"; {_describe(search, p)} was more accurate than every single model but not "
+                f"{target.min_saving:.0%} cheaper than {contenders[-1]} in every fold ({contenders[-1]} is the most "
+                f"accurate model in >= {target.contender_share:.0%} of resamples; contender_share=1 would accept it)"
             )
             continue
         if len(contenders) > 1:

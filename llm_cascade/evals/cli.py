@@ -50,6 +50,9 @@ def register(app: Any) -> None:
                 help="a model most accurate in this share of resamples is a contender the cascade must undercut on cost"
             ),
         ] = 0.1,
+        min_saving: Annotated[
+            float, typer.Option(help="the cascade must be this much cheaper in every fold (0.1 = 10%)")
+        ] = 0.1,
         models: Annotated[str | None, typer.Option(help="comma-separated models to consider (default: all)")] = None,
         emit: Annotated[
             Path | None, typer.Option("--emit", help="write the chosen cascade as a config file for serve --config")
@@ -88,6 +91,7 @@ def register(app: Any) -> None:
                 folds=folds,
                 rivals=rivals,  # type: ignore[arg-type]  # validated by Target, naming the field
                 contender_share=contender_share,
+                min_saving=min_saving,
             )
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
                 task = bar.add_task("calibrating", total=1)

@@ -177,6 +177,7 @@ def evaluate(
             "folds": chosen.folds,
             "rivals": target.rivals,
             "contender_share": target.contender_share,
+            "min_saving": target.min_saving,
         },
         "best_single": {
             "model": best.name,
