@@ -19,8 +19,9 @@ the report, but not what a cascade is for), ``check`` (the acceptance condition:
 single"). Per protocol and set: the shares of those, the median ratio where reached, and ``score`` = mean over runs of
 (ratio when reached, else 0): the cost ratio at >= best-single accuracy that a user can expect.
 
-``--target FIELD=VALUE`` sets a field of :class:`llm_cascade.evals.calibrate.Target` (e.g. ``--target min_gain=0``)
-so a variant can be compared with the defaults by one command. The last line is JSON.
+``--target FIELD=VALUE`` sets a field of :class:`llm_cascade.evals.calibrate.Target` (e.g. ``--target min_gain=0``,
+``--target rivals='"best"'``) and ``--search ARG=VALUE`` a search argument of ``calibrate`` (``max_members``,
+``max_tiers``, ``learned``), so a variant can be compared with the defaults by one command. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ def best_single(sim: Simulator, models: Sequence[str]) -> tuple[str, float, floa
     return min(scores, key=lambda s: (-s[1], s[2]))
 
 
+SEARCH: dict[str, Any] = {}  # keyword arguments of calibrate() (--search), e.g. max_tiers
+
+
 def run_once(cal: list[Record], test: list[Record], target: Target) -> dict[str, Any]:
     """Calibrate on ``cal``, score on ``test`` against test's best single model."""
     cal_m = RunMatrix.from_records(cal)
     test_m = RunMatrix.from_records(test, cal_m.models)
-    chosen = calibrate(cal_m, target)
+    chosen = calibrate(cal_m, target, **SEARCH)
     models = [m for m in cal_m.models if m not in chosen.excluded]
     sim = Simulator(test_m)
     res = sim.run(chosen.config)
@@ -163,13 +167,19 @@ def main() -> int:
     parser.add_argument("--protocols", nargs="+", default=["kfold", "halves", "subjects"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--target", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--search", action="append", default=[], metavar="ARG=VALUE", help="calibrate() keyword")
     args = parser.parse_args()
+    for pair in args.search:
+        key, _, raw = pair.partition("=")
+        if key not in ("max_members", "max_tiers", "learned"):
+            raise SystemExit(f"--search {pair!r}: expected max_members, max_tiers or learned = a JSON value")
+        SEARCH[key] = json.loads(raw)
     os.environ["LLM_CASCADE_DATA"] = args.data
     if not (Path(args.data) / "rational").is_dir():
         print(f"recorded data not found at {args.data}/rational (set LLM_CASCADE_DATA or --data)", file=sys.stderr)
         return 2
     target = _target(args.target)
-    out: dict[str, Any] = {"target": args.target, "repeats": args.repeats, "sets": {}}
+    out: dict[str, Any] = {"target": args.target, "search": args.search, "repeats": args.repeats, "sets": {}}
     start = time.perf_counter()
     for name in args.sets:
         records = [e.record for e in load_examples(load_task(TASKS / f"{name}.toml")) if e.record is not None]
