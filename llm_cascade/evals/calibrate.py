@@ -50,6 +50,15 @@ class Target:
     cascade must get at least ``min_gain`` more examples right than the best single, less ``margin`` of them. Each
     fold must also be cheaper, and lose at most ``margin`` of its examples plus ``fold_slack`` (one example of ~60
     is noise, a pattern of losses is not).
+
+    ``rivals="all"`` (the default) compares, in each fold and each resample, with whichever single model is most
+    accurate *there*, not only with the calibration file's best: on unseen data the best single model is often
+    another one (a noisy near-tie, or a shifted distribution), and a cascade that only matched the calibration
+    best then loses to it. Every single model that is the best in at least ``contender_share`` of the resamples is
+    a *contender*, and the cascade must be cheaper than the cheapest contender in every fold (a cascade costlier
+    than a model that may well be the best is not what a cascade is for). ``rivals="best"`` is the former rule.
+    ``min_saving``: the cascade must cost at most ``1 - min_saving`` of that model in every fold; a cascade that
+    saves a few percent is within the noise of its own cost and not worth its risk of losing accuracy.
     """
 
     min_accuracy: float | None = None
@@ -62,6 +71,9 @@ class Target:
     folds: int = 5
     seed: int = 0
     confidence: float | None = None
+    rivals: Literal["best", "all"] = "all"
+    contender_share: float = 0.1
+    min_saving: float = 0.1
 
     def __post_init__(self) -> None:
         if self.confidence is not None:
@@ -76,6 +88,12 @@ class Target:
             raise ConfigError("Target.margin", f"must be in [0, 1), got {self.margin!r}")
         if not isinstance(self.folds, int) or self.folds < 2:
             raise ConfigError("Target.folds", f"must be an integer >= 2, got {self.folds!r}")
+        if self.rivals not in ("best", "all"):
+            raise ConfigError("Target.rivals", f"must be 'best' or 'all', got {self.rivals!r}")
+        if not isinstance(self.min_saving, int | float) or not 0.0 <= self.min_saving < 1.0:
+            raise ConfigError("Target.min_saving", f"must be in [0, 1), got {self.min_saving!r}")
+        if not isinstance(self.contender_share, int | float) or not 0.0 < self.contender_share <= 1.0:
+            raise ConfigError("Target.contender_share", f"must be in (0, 1], got {self.contender_share!r}")
 
 
 @dataclass(slots=True)
@@ -267,7 +285,8 @@ def calibrate(
         return CascadeSpec(tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2]))
 
     ref = None if floor_model is None else sim.members((floor_model,))
-    chosen, passed, reason = _choose(search, points, target, floor, ref)
+    rivals = [(sim.members((m,)), m) for m in order] if target.rivals == "all" and floor_model is not None else []
+    chosen, passed, reason = _choose(search, points, target, floor, ref, rivals)
     frontier = [(p[0], p[1], spec(p)) for p in _point_frontier(points)]
     cfg = spec(chosen)
     single = cfg == CascadeSpec((TierSpec((best,)),))
@@ -296,6 +315,7 @@ def _choose(
     target: Target,
     floor: float,
     ref_members: tuple[int, ...] | None,
+    rivals: Sequence[tuple[tuple[int, ...], str]] = (),
 ) -> tuple[Point, bool, str]:
     """The cheapest configuration meeting the target robustly on fold-held-out outcomes, or the reason none did."""
     n = search.sim.m.n
@@ -315,27 +335,89 @@ def _choose(
     ref: tuple[BoolArray, FloatArray] | None = None
     if ref_members is not None:
         ref = search.outcome(((ref_members, Unanimous()),))
+    counts = None if idx is None else _counts(idx, n)
+    if ref is not None:
+        ref_ok, cost_ref, contenders = _rivals(search, ref, rivals, target, counts)
     ok = sorted((p for p in points if p[1] >= floor - target.margin - 1e-12), key=lambda p: (p[0], -p[1]))
+    declined = ""
     for p in ok[:400]:
         if ref is not None and len(p[2]) == 1 and p[2][0][0] == ref_members:
-            return p, True, "no configuration beat the best single model on cost at non-inferior accuracy"
+            return p, True, "no configuration beat the best single model on cost at non-inferior accuracy" + declined
         correct, cost = search.outcome(p[2])
         if ref is None:
             good = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12 if idx is not None else None
             if good is None or good.mean() >= target.guard_share:
                 return p, True, f"cheapest configuration with accuracy >= {floor:.3f} robustly"
             continue
-        r_ok, r_cost = ref
         allowed = target.margin * n
-        if not all(cost[f].mean() < r_cost[f].mean() for f in folds):
+        keep = 1.0 - target.min_saving
+        if not all(cost[f].mean() < keep * ref[1][f].mean() for f in folds):
             continue
         slack = target.fold_slack
-        if not all(correct[f].sum() - r_ok[f].sum() >= -target.margin * f.sum() - slack - 1e-9 for f in folds):
+        if not all(
+            correct[f].sum() - ref_ok[f].sum(axis=0).max() >= -target.margin * f.sum() - slack - 1e-9 for f in folds
+        ):
             continue
-        if idx is not None:
-            wins = correct[idx].sum(axis=1) - r_ok[idx].sum(axis=1)
+        if counts is not None:
+            wins = counts @ correct.astype(np.float64) - (counts @ ref_ok).max(axis=1)
             if (wins >= max(target.min_gain, 0) - allowed - 1e-9).mean() < target.guard_share:
                 continue
+        if not all(cost[f].mean() < keep * cost_ref[f].mean() for f in folds):
+            declined = declined or (
+                f"; {_describe(search, p)} was more accurate than every single model but not "
+                f"{target.min_saving:.0%} cheaper than {contenders[-1]} in every fold ({contenders[-1]} is the most "
+                f"accurate model in >= {target.contender_share:.0%} of resamples; contender_share=1 would accept it)"
+            )
+            continue
+        if len(contenders) > 1:
+            return (
+                p,
+                True,
+                (
+                    f"cheaper than {contenders[-1]} in every fold (the cheapest of {', '.join(contenders)}, each the "
+                    "most accurate single model in some resamples) and not less accurate than the best single model "
+                    "of each fold and resample"
+                ),
+            )
         return p, True, "cheaper than the best single model in every fold at non-inferior held-out accuracy"
     best = max(points, key=lambda p: (p[1], -p[0]))
-    return (ok[0] if ok else best), False, "no cascade met the target on held-out folds"
+    return (ok[0] if ok else best), False, "no cascade met the target on held-out folds" + declined
+
+
+def _describe(search: _Search, p: Point) -> str:
+    """A candidate's tiers by model names (its learned rules are not refitted just to be named)."""
+    names = search.sim.m.models
+    return " -> ".join(f"[{' + '.join(names[j] for j in g)}]" for g, _ in p[2])
+
+
+def _counts(idx: np.ndarray[tuple[int, int], np.dtype[np.int64]], n: int) -> FloatArray:
+    """How often each example appears in each bootstrap resample: (resamples, n), so that a sum over a resample is
+    one matrix product."""
+    out: FloatArray = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+    return out
+
+
+def _rivals(
+    search: _Search,
+    ref: tuple[BoolArray, FloatArray],
+    rivals: Sequence[tuple[tuple[int, ...], str]],
+    target: Target,
+    counts: FloatArray | None,
+) -> tuple[FloatArray, FloatArray, list[str]]:
+    """What a cascade must match and undercut: (per-example correctness of each single model to match, as columns;
+    the per-example cost to undercut; the contenders' names, costliest first).
+
+    ``rivals`` lists every single model, the calibration best first (it wins ties). A contender is one that is the
+    most accurate in at least ``target.contender_share`` of the bootstrap resamples (the best always is); the cost
+    to undercut is the cheapest contender's. Without rivals, only the best single is matched and undercut.
+    """
+    if not rivals:
+        return ref[0][:, None].astype(np.float64), ref[1], []
+    outcomes = [search.outcome(((g, Unanimous()),)) for g, _ in rivals]
+    ok = np.stack([o[0] for o in outcomes], axis=1).astype(np.float64)
+    share = np.zeros(len(rivals))
+    if counts is not None:
+        share = np.bincount((counts @ ok).argmax(axis=1), minlength=len(rivals)) / counts.shape[0]
+    picked = [j for j in range(len(rivals)) if j == 0 or share[j] >= target.contender_share]
+    picked.sort(key=lambda j: -float(outcomes[j][1].mean()))
+    return ok, outcomes[picked[-1]][1], [rivals[j][1] for j in picked]

@@ -37,6 +37,22 @@ def register(app: Any) -> None:
             float, typer.Option(help="accuracy the cascade may lose to the best single (0.01 = 1 pt)")
         ] = 0.0,
         folds: Annotated[int, typer.Option(help="cross-validation folds of the calibration file")] = 5,
+        rivals: Annotated[
+            str,
+            typer.Option(
+                help="'all': match the most accurate single model of each fold and resample; "
+                "'best': only the calibration file's best"
+            ),
+        ] = "all",
+        contender_share: Annotated[
+            float,
+            typer.Option(
+                help="a model most accurate in this share of resamples is a contender the cascade must undercut on cost"
+            ),
+        ] = 0.1,
+        min_saving: Annotated[
+            float, typer.Option(help="the cascade must be this much cheaper in every fold (0.1 = 10%)")
+        ] = 0.1,
         models: Annotated[str | None, typer.Option(help="comma-separated models to consider (default: all)")] = None,
         emit: Annotated[
             Path | None, typer.Option("--emit", help="write the chosen cascade as a config file for serve --config")
@@ -68,7 +84,14 @@ def register(app: Any) -> None:
             names = models.split(",") if models else None
             check_test_models(cal, test_m, names or cal.models)
             target = Target(
-                min_accuracy=min_accuracy, budget_usd=budget, guard_share=guard_share, margin=margin, folds=folds
+                min_accuracy=min_accuracy,
+                budget_usd=budget,
+                guard_share=guard_share,
+                margin=margin,
+                folds=folds,
+                rivals=rivals,  # type: ignore[arg-type]  # validated by Target, naming the field
+                contender_share=contender_share,
+                min_saving=min_saving,
             )
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
                 task = bar.add_task("calibrating", total=1)

@@ -175,6 +175,9 @@ def evaluate(
             "margin": target.margin,
             "guard_share": target.guard_share,
             "folds": chosen.folds,
+            "rivals": target.rivals,
+            "contender_share": target.contender_share,
+            "min_saving": target.min_saving,
         },
         "best_single": {
             "model": best.name,
