@@ -31,6 +31,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+# The checkout this file is in, before an installed llm_cascade (an editable install may point at another one).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from llm_cascade import FakeBackend, Router, Tier, Usage
 from llm_cascade.budget import Budget, Limit
 from llm_cascade.ledger import Ledger, to_pusd

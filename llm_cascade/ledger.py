@@ -217,7 +217,9 @@ class _SQLAlchemy:
             raise MissingDependencyError(str(exc.name or exc), "ledger") from None
         self.dialect = parsed.get_backend_name()
         try:
-            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+            # No pre-ping on every checkout: PooledDBAPI pings only connections that sat idle or predate a
+            # disconnect (llm_cascade.sqlpool says why: the worker threads' cost per transaction).
+            self.engine = sa.create_engine(parsed, pool_pre_ping=False)
             ident = "id BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "id INTEGER PRIMARY KEY"
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
@@ -227,6 +229,9 @@ class _SQLAlchemy:
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
         self.placeholder = "%s" if self.dialect == "postgresql" else "?"
+        from .sqlpool import PooledDBAPI
+
+        self.raw = PooledDBAPI(self.engine)  # the worker threads' writes and transactions, on DBAPI connections
 
     def tag_clause(self, key: str) -> tuple[str, str]:
         if self.dialect == "postgresql":
@@ -234,8 +239,7 @@ class _SQLAlchemy:
         return f"json_extract(tags, {self.placeholder}) = {self.placeholder}", "$." + json.dumps(key)
 
     def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+        self.raw.write(sql, rows)
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.engine.connect() as conn:
@@ -245,13 +249,16 @@ class _SQLAlchemy:
         """``body(run)`` inside one committed transaction; ``run(sql, params)`` executes a statement in it and returns
         its rows (none when it returns none)."""
 
-        with self.engine.begin() as conn:
+        from .sqlpool import Cursor, fetched
 
+        def on(cursor: Cursor) -> Any:
             def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-                result = conn.exec_driver_sql(sql, tuple(params))
-                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+                cursor.execute(sql, tuple(params))
+                return fetched(cursor)
 
             return body(run)
+
+        return self.raw.transaction(on)
 
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """One statement in its own committed transaction, with the rows it returns."""
