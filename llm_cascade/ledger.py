@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
 from .journal import Journal, orphans, pending_rows
+from .sqlpool import Cursor, PooledDBAPI, fetched
 from .types import Call
 
 if TYPE_CHECKING:
@@ -197,7 +198,9 @@ class _SQLite:
 
 
 class _SQLAlchemy:
-    """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given."""
+    """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given. Reads and one-off
+    statements go through SQLAlchemy Core; the worker threads' writes and transactions straight through the pool's
+    DBAPI connections (:mod:`llm_cascade.sqlpool` says why)."""
 
     placeholder = "%s"
 
@@ -229,8 +232,6 @@ class _SQLAlchemy:
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
         self.placeholder = "%s" if self.dialect == "postgresql" else "?"
-        from .sqlpool import PooledDBAPI
-
         self.raw = PooledDBAPI(self.engine)  # the worker threads' writes and transactions, on DBAPI connections
 
     def tag_clause(self, key: str) -> tuple[str, str]:
@@ -248,8 +249,6 @@ class _SQLAlchemy:
     def transact(self, body: Callable[[Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]], Any]) -> Any:
         """``body(run)`` inside one committed transaction; ``run(sql, params)`` executes a statement in it and returns
         its rows (none when it returns none)."""
-
-        from .sqlpool import Cursor, fetched
 
         def on(cursor: Cursor) -> Any:
             def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
