@@ -79,6 +79,14 @@ class SharedCounters:
         self._store = ledger._store
         self._ph = self._store.placeholder
         self._seeded: set[tuple[str, float]] = set()
+        ph, table = self._ph, self.table
+        # The worker's statements, built once (each batch runs them; psycopg prepares them after a few uses).
+        self._upsert = (
+            f"INSERT INTO {table} (scope, period, used_pusd, unpriced) VALUES ({ph}, {ph}, {ph}, {ph}) "
+            f"ON CONFLICT (scope, period) DO UPDATE SET used_pusd = {table}.used_pusd + excluded.used_pusd, "
+            f"unpriced = {table}.unpriced + excluded.unpriced"
+        )
+        self._lock_row = f"SELECT used_pusd, unpriced FROM {table} WHERE scope = {ph} AND period = {ph} FOR UPDATE"
         # Adjustments wait here for the worker, which applies all that queued up in one transaction, summed per
         # counter: under load one round trip serves many requests, not two per request.
         self._queue: list[_Adjust] = []
@@ -183,13 +191,7 @@ class SharedCounters:
 
     def adjust(self, scope: str, period: float, delta: int, unpriced: int = 0) -> None:
         """Add ``delta`` (negative to remove a reservation) and unknown-price calls, creating the counter if need be."""
-        ph = self._ph
-        self._store.execute(
-            f"INSERT INTO {self.table} (scope, period, used_pusd, unpriced) VALUES ({ph}, {ph}, {ph}, {ph}) "
-            f"ON CONFLICT (scope, period) DO UPDATE SET used_pusd = {self.table}.used_pusd + excluded.used_pusd, "
-            f"unpriced = {self.table}.unpriced + excluded.unpriced",
-            [scope, period, delta, unpriced],
-        )
+        self._store.execute(self._upsert, [scope, period, delta, unpriced])
 
     def later(self, scope: str, period: float, delta: int, unpriced: int = 0) -> concurrent.futures.Future[None]:
         """:meth:`adjust` on the worker thread (batched with what else is queued); the future is done once it is
@@ -273,7 +275,6 @@ class SharedCounters:
         """Inside one transaction: for each counter, in one order in every process (so no deadlock), lock it if the
         batch asks to reserve on it, grant in arrival order what fits once the queued adjustments ``sums`` (delta,
         unknown-price calls) are counted, then add the adjustments and the sum granted in one statement."""
-        ph = self._ph
         out = [False] * len(batch)
         by_counter: dict[tuple[str, float], list[int]] = {}
         for i, (scope, period, *_) in enumerate(batch):
@@ -283,10 +284,7 @@ class SharedCounters:
             added = 0
             asks = by_counter.get((scope, period), ())
             if asks:
-                rows = run(
-                    f"SELECT used_pusd, unpriced FROM {self.table} WHERE scope = {ph} AND period = {ph} FOR UPDATE",
-                    [scope, period],
-                )
+                rows = run(self._lock_row, [scope, period])
                 if rows:  # no counter: refused, as the single statement would
                     used = int(rows[0][0]) + delta  # type: ignore[call-overload]
                     unpriced = int(rows[0][1]) + unknown  # type: ignore[call-overload]
@@ -298,15 +296,6 @@ class SharedCounters:
             if delta + added or unknown:
                 run(self._upsert, [scope, period, delta + added, unknown])
         return out
-
-    @property
-    def _upsert(self) -> str:
-        ph = self._ph
-        return (
-            f"INSERT INTO {self.table} (scope, period, used_pusd, unpriced) VALUES ({ph}, {ph}, {ph}, {ph}) "
-            f"ON CONFLICT (scope, period) DO UPDATE SET used_pusd = {self.table}.used_pusd + excluded.used_pusd, "
-            f"unpriced = {self.table}.unpriced + excluded.unpriced"
-        )
 
     def close(self) -> None:
         with self._cond:
