@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
 from .journal import Journal, orphans, pending_rows
-from .sqlpool import Cursor, PooledDBAPI, fetched
+from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched
 from .types import Call
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class _SQLAlchemy:
             raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
         self.placeholder = "%s" if self.dialect == "postgresql" else "?"
         self.raw = PooledDBAPI(self.engine)  # the worker threads' writes and transactions, on DBAPI connections
+        self._copies = self.engine.dialect.driver == "psycopg"  # batches of plain inserts through COPY (sqlpool)
 
     def tag_clause(self, key: str) -> tuple[str, str]:
         if self.dialect == "postgresql":
@@ -240,7 +241,11 @@ class _SQLAlchemy:
         return f"json_extract(tags, {self.placeholder}) = {self.placeholder}", "$." + json.dumps(key)
 
     def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.raw.write(sql, rows)
+        copy = copy_of(sql) if self._copies and len(rows) > 1 else None
+        if copy is None:
+            self.raw.write(sql, rows)
+        else:
+            self.raw.copy(copy, rows)
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.engine.connect() as conn:

@@ -73,8 +73,13 @@ def _awaiting_loop() -> asyncio.AbstractEventLoop | None:
 class SharedCounters:
     """The ``<ledger table>_budget`` table of one ledger: reserve, adjust and read budget counters atomically."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, linger_s: float = 0.001) -> None:
         self.ledger = ledger
+        # Group commit under load: when the last batch served several requests, more are on their way; the worker
+        # waits this long for them before its next transaction (a lone request, the last batch one, never waits).
+        # Fewer, fuller transactions: in benchmarks/loop_lag.py 1 ms took ~420 transactions per 1,000 escalations
+        # down to ~150, and the worker's Python time, which takes the GIL from the event loop, with them.
+        self.linger_s = linger_s
         self.table = f"{ledger.table}_budget"
         self._store = ledger._store
         self._ph = self._store.placeholder
@@ -215,14 +220,18 @@ class SharedCounters:
 
     def _serve(self) -> None:
         """The worker thread: each turn takes every queued adjustment and reservation and applies them together."""
+        busy = False  # the last batch served more than one request
         while True:
             with self._cond:
                 while not self._queue and not self._asks and not self._stopping:
                     self._cond.wait()
                 if not self._queue and not self._asks:
                     return
+                if busy and not self._stopping and self.linger_s > 0:
+                    self._cond.wait(self.linger_s)  # no wake-up meanwhile: ask/later notify only an empty queue's
                 batch, self._queue = self._queue, []
                 asks, self._asks = self._asks, []
+            busy = len(batch) + len(asks) > 1
             sums: dict[tuple[str, float], list[int]] = {}
             for scope, period, delta, unpriced, *_ in batch:
                 if scope:

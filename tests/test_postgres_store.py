@@ -197,3 +197,57 @@ async def test_answers_for_a_closed_event_loop_are_still_settled(tmp_path: Any) 
     finally:
         counters.close()
         ledger.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_through_copy_stores_exactly_what_single_inserts_store(store: tuple[_SQLAlchemy, Clock, str]) -> None:
+    """The ledger's batches of plain INSERTs go through COPY: awkward text (tabs, newlines, backslashes, quotes,
+    \\N, non-ASCII), NULLs, floats and big integers must come back as single-row INSERTs store them."""
+    from llm_cascade.ledger import _COLUMNS, _NAMES
+    from llm_cascade.sqlpool import copy_of
+
+    db, _, table = store
+    insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(_NAMES))})"
+    assert copy_of(insert) is not None
+    awkward = ["a\tb", "line\nbreak\r", "back\\slash \\N", "quote ' \" ;", "ünïcødé ✓", "", "\\."]
+    rows = [
+        (
+            0.1 + i / 3,
+            f"r{i}",
+            i,
+            1,
+            text,
+            "ok",
+            2**30 + i,
+            1,
+            0,
+            0,
+            None if i % 2 else "0.5",
+            None if i % 2 else 2**40 + i,
+            1e-9,
+            text,
+            "{}",
+            1,
+            None,
+        )
+        for i, text in enumerate(awkward)
+    ]
+    db.write(insert, rows)  # one batch: COPY
+    for row in rows:
+        db.write(insert, [(row[0], "single-" + row[1], *row[2:])])  # one row each: INSERT
+    cols = "ts, seq, tier, model, outcome, input_tokens, cost_usd, cost_pusd, latency_s, error, tags, finish_reason"
+    copied = db.query(f"SELECT {cols} FROM {table} WHERE request_id NOT LIKE 'single-%%' ORDER BY seq", ())
+    single = db.query(f"SELECT {cols} FROM {table} WHERE request_id LIKE 'single-%%' ORDER BY seq", ())
+    assert copied == single and len(copied) == len(awkward)
+    assert [r[3] for r in copied] == awkward
+
+
+def test_only_plain_inserts_are_turned_into_copy() -> None:
+    from llm_cascade.sqlpool import copy_of
+
+    assert copy_of("INSERT INTO t (a, b) VALUES (%s, %s)") == "COPY t (a, b) FROM STDIN"
+    assert copy_of("INSERT INTO t (a, b) VALUES (%s, %s) ON CONFLICT (a) DO NOTHING") is None
+    assert copy_of("INSERT INTO t (a, b) VALUES (%s, %s) RETURNING a") is None
+    assert copy_of("INSERT INTO t (a, b) VALUES (%s, now())") is None
+    assert copy_of("INSERT INTO t (a, b) VALUES (%s)") is None  # columns and values disagree: left to the server
+    assert copy_of("UPDATE t SET a = %s") is None
