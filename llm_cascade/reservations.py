@@ -43,7 +43,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from .errors import LedgerError
 
@@ -51,8 +51,13 @@ if TYPE_CHECKING:
     from .ledger import Ledger
 
 _log = logging.getLogger("llm_cascade.budget")
+_T = TypeVar("_T")
+# A future the worker answers: a thread's (concurrent.futures), or, for a request awaiting on an event loop, that
+# loop's own (asyncio), settled on the loop itself: no cross-thread hand-off (call_soon_threadsafe, a wake-up of the
+# loop through its self-pipe) per answer.
+_Answer = Union["concurrent.futures.Future[_T]", "asyncio.Future[_T]"]
 # A reservation asked for: scope, period, amount, limit, unknown_ok, its answer, the event loop that awaits it (if any).
-_Ask = tuple[str, float, int, int, bool, "concurrent.futures.Future[bool]", "asyncio.AbstractEventLoop | None"]
+_Ask = tuple[str, float, int, int, bool, "_Answer[bool]", "asyncio.AbstractEventLoop | None"]
 # An adjustment: scope, period, delta, unpriced calls, done when applied, the event loop that awaits it (if any).
 _Adjust = tuple[str, float, int, int, "concurrent.futures.Future[None]", "asyncio.AbstractEventLoop | None"]
 # How many answers are handed to an event loop per turn of it. One transaction answers every request that queued
@@ -155,14 +160,17 @@ class SharedCounters:
 
     def ask(
         self, scope: str, period: float, amount: int, limit: int, unknown_ok: bool = True
-    ) -> concurrent.futures.Future[bool] | None:
+    ) -> concurrent.futures.Future[bool] | asyncio.Future[bool] | None:
         """:meth:`reserve` without blocking: a future of its answer from the worker thread's next batch; None where
         reservations are not batched (not PostgreSQL): call :meth:`reserve` then. Asked from a running event loop,
-        the answer is handed to that loop (a few per iteration: see ``WAKE_PER_ITERATION``): await it
-        (``asyncio.wrap_future``), never block that loop's thread on ``result()``."""
+        it is that loop's future, answered on the loop (a few per iteration: see ``WAKE_PER_ITERATION``): await it
+        (``asyncio.wrap_future`` passes it through); elsewhere a ``concurrent.futures.Future``."""
         if not self._batched:
             return None
-        return self._ask(scope, period, amount, limit, unknown_ok, _awaiting_loop())
+        loop = _awaiting_loop()
+        answer: _Answer[bool] = concurrent.futures.Future() if loop is None else loop.create_future()
+        self._enqueue((scope, period, amount, limit, unknown_ok, answer, loop))
+        return answer
 
     def _ask(
         self,
@@ -173,14 +181,18 @@ class SharedCounters:
         unknown_ok: bool,
         loop: asyncio.AbstractEventLoop | None,
     ) -> concurrent.futures.Future[bool]:
+        """A reservation whose answer a thread waits for (or an event loop, through ``asyncio.wrap_future``)."""
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._enqueue((scope, period, amount, limit, unknown_ok, done, loop))
+        return done
+
+    def _enqueue(self, ask: _Ask) -> None:
         with self._cond:
             if self._stopping:
                 raise LedgerError("budget counters are closed")
-            self._asks.append((scope, period, amount, limit, unknown_ok, done, loop))
+            self._asks.append(ask)
             if len(self._asks) == 1 and not self._queue:
                 self._cond.notify()
-        return done
 
     def seeded(self, scope: str, period: float) -> bool:
         """Whether this process has already made sure the counter exists (:meth:`ensure` would do nothing)."""
@@ -240,7 +252,7 @@ class SharedCounters:
                     acc[1] += unpriced
             totals = {key: (d, u) for key, (d, u) in sums.items() if d or u}
             rows = [(scope, period, d, u) for (scope, period), (d, u) in totals.items()]
-            answers: list[tuple[concurrent.futures.Future[Any], object, asyncio.AbstractEventLoop | None]] = []
+            answers: list[tuple[_Answer[Any], object, asyncio.AbstractEventLoop | None]] = []
             applied = False
             if asks:
                 try:
@@ -258,11 +270,9 @@ class SharedCounters:
             answers.extend((adjusted[4], None, adjusted[5]) for adjusted in batch)
             self._answer(answers)
 
-    def _answer(
-        self, answers: Sequence[tuple[concurrent.futures.Future[Any], object, asyncio.AbstractEventLoop | None]]
-    ) -> None:
+    def _answer(self, answers: Sequence[tuple[_Answer[Any], object, asyncio.AbstractEventLoop | None]]) -> None:
         """Settle each future: now when no event loop awaits it, else handed to its loop a few per iteration."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[concurrent.futures.Future[Any], object]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Answer[Any], object]]] = {}
         for future, value, loop in answers:
             if loop is None:
                 _settle(future, value)
@@ -273,7 +283,8 @@ class SharedCounters:
                 loop.call_soon_threadsafe(_settle_some, settle, 0)
             except RuntimeError:  # that loop is closed: nobody awaits there any more
                 for future, value in settle:
-                    _settle(future, value)
+                    if isinstance(future, concurrent.futures.Future):  # a loop's own future cannot be settled now
+                        _settle(future, value)
 
     def _grant(
         self,
@@ -313,17 +324,16 @@ class SharedCounters:
         self._worker.join(timeout=10)
 
 
-def _settle(future: concurrent.futures.Future[Any], value: object) -> None:
-    try:
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-    except concurrent.futures.InvalidStateError:  # already settled: the answer has no one to go to
-        pass
+def _settle(future: _Answer[Any], value: object) -> None:
+    if future.done():  # cancelled: the request that asked is gone (a granted reservation then over-counts, safely)
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
-def _settle_some(answers: Sequence[tuple[concurrent.futures.Future[Any], object]], start: int) -> None:
+def _settle_some(answers: Sequence[tuple[_Answer[Any], object]], start: int) -> None:
     """On the event loop: settle ``WAKE_PER_ITERATION`` answers from ``start``, the rest in the next iterations."""
     end = start + WAKE_PER_ITERATION
     for future, value in answers[start:end]:

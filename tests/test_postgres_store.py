@@ -251,3 +251,26 @@ def test_only_plain_inserts_are_turned_into_copy() -> None:
     assert copy_of("INSERT INTO t (a, b) VALUES (%s, now())") is None
     assert copy_of("INSERT INTO t (a, b) VALUES (%s)") is None  # columns and values disagree: left to the server
     assert copy_of("UPDATE t SET a = %s") is None
+
+
+@pytest.mark.postgres
+async def test_a_reservation_asked_on_an_event_loop_is_answered_on_that_loop(
+    store: tuple[_SQLAlchemy, Clock, str], pg_url: str
+) -> None:
+    """From a running loop, ask() gives the loop's own future (settled there, no cross-thread hand-off per answer);
+    a blocking reserve() on a thread is answered by the worker itself."""
+    _, _, table = store
+    ledger = Ledger(pg_url, table=table, journal=False)
+    counters = SharedCounters(ledger)
+    try:
+        counters.ensure("day:{}", 0.0, None, None)
+        asked = counters.ask("day:{}", 0.0, 60, 100)
+        assert isinstance(asked, asyncio.Future) and asked.get_loop() is asyncio.get_running_loop()
+        assert await asyncio.wrap_future(asked) is True  # what budget.py does with it: passed through
+        refused = counters.ask("day:{}", 0.0, 60, 100)
+        assert refused is not None and await asyncio.wrap_future(refused) is False
+        assert await asyncio.to_thread(counters.reserve, "day:{}", 0.0, 40, 100) is True
+        assert counters.read("day:{}", 0.0) == (100, 0)
+    finally:
+        counters.close()
+        ledger.close()
