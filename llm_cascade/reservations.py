@@ -29,9 +29,12 @@ others find it). A process killed mid-request leaves its
 reservations in place: the counter over-counts (refuses early) rather than under-counts.
 
 All of this runs on threads (one worker for adjustments and reservations, ``asyncio.to_thread`` for the rare other
-checks), never on the event loop. One thread, not one for reservations and one for adjustments: in
-``benchmarks/loop_lag.py`` on PostgreSQL the two threads' transactions (about 5 round trips each) and their Python
-time, which holds the GIL the event loop needs, were the loop's worst stalls.
+checks), never on the event loop. What the worker costs the loop is measured in ``benchmarks/loop_lag.py`` on
+PostgreSQL, where the loop's worst stalls were (1) the worker threads' Python time, which holds the GIL the loop
+needs: hence one thread, not one for reservations and one for adjustments, fewer and fuller transactions (a 1 ms
+linger under load), and transactions on the pool's DBAPI connections (:mod:`llm_cascade.sqlpool`); (2) a batch's
+answers resuming dozens of requests in one loop iteration: hence ``WAKE_PER_ITERATION``, and answers to requests
+awaiting on a loop settled on that loop as its own futures.
 """
 
 from __future__ import annotations
