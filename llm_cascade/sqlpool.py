@@ -54,8 +54,6 @@ class PooledDBAPI:
         record.info[_USED] = self.clock()
 
     def _checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
-        from sqlalchemy.exc import DisconnectionError
-
         used = record.info.get(_USED)
         if used is None:  # new (or just reconnected): nothing to doubt
             return
@@ -64,6 +62,8 @@ class PooledDBAPI:
         try:
             self.engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
+            from sqlalchemy.exc import DisconnectionError
+
             # The pool's documented way to say "dead": it invalidates this connection and checks out a fresh one.
             raise DisconnectionError(f"connection failed its ping: {exc}") from exc
 
