@@ -86,7 +86,7 @@ class SharedCounters:
         # Group commit under load: when the last batch served several requests, more are on their way; the worker
         # waits this long for them before its next transaction (a lone request, the last batch one, never waits).
         # Fewer, fuller transactions: in benchmarks/loop_lag.py 1 ms took ~420 transactions per 1,000 escalations
-        # down to ~150, and the worker's Python time, which takes the GIL from the event loop, with them.
+        # down to 145-180, and the worker's Python time, which takes the GIL from the event loop, with them.
         self.linger_s = linger_s
         self.table = f"{ledger.table}_budget"
         self._store = ledger._store
