@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
 from .journal import Journal, orphans, pending_rows
+from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched
 from .types import Call
 
 if TYPE_CHECKING:
@@ -223,7 +224,9 @@ class _SQLite:
 
 
 class _SQLAlchemy:
-    """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given."""
+    """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given. Reads and one-off
+    statements go through SQLAlchemy Core; the worker threads' writes and transactions straight through the pool's
+    DBAPI connections (:mod:`llm_cascade.sqlpool` says why)."""
 
     placeholder = "%s"
 
@@ -243,7 +246,9 @@ class _SQLAlchemy:
             raise MissingDependencyError(str(exc.name or exc), "ledger") from None
         self.dialect = parsed.get_backend_name()
         try:
-            self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+            # No pre-ping on every checkout: PooledDBAPI pings only connections that sat idle or predate a
+            # disconnect (llm_cascade.sqlpool says why: the worker threads' cost per transaction).
+            self.engine = sa.create_engine(parsed, pool_pre_ping=False)
             ident = "id BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "id INTEGER PRIMARY KEY"
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
@@ -253,6 +258,8 @@ class _SQLAlchemy:
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {_redact(url)}: {exc}") from exc
         self.placeholder = "%s" if self.dialect == "postgresql" else "?"
+        self.raw = PooledDBAPI(self.engine)  # the worker threads' writes and transactions, on DBAPI connections
+        self._copies = self.engine.dialect.driver == "psycopg"  # batches of plain inserts through COPY (sqlpool)
 
     def tag_clause(self, key: str) -> tuple[str, str]:
         if self.dialect == "postgresql":
@@ -260,8 +267,11 @@ class _SQLAlchemy:
         return f"json_extract(tags, {self.placeholder}) = {self.placeholder}", "$." + json.dumps(key)
 
     def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+        copy = copy_of(sql) if self._copies and len(rows) > 1 else None
+        if copy is None:
+            self.raw.write(sql, rows)
+        else:
+            self.raw.copy(copy, rows)
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.engine.connect() as conn:
@@ -271,13 +281,14 @@ class _SQLAlchemy:
         """``body(run)`` inside one committed transaction; ``run(sql, params)`` executes a statement in it and returns
         its rows (none when it returns none)."""
 
-        with self.engine.begin() as conn:
-
+        def on(cursor: Cursor) -> Any:
             def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-                result = conn.exec_driver_sql(sql, tuple(params))
-                return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+                cursor.execute(sql, tuple(params))
+                return fetched(cursor)
 
             return body(run)
+
+        return self.raw.transaction(on)
 
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """One statement in its own committed transaction, with the rows it returns."""
