@@ -380,9 +380,9 @@ class Ledger:
         self._pending: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()  # guards _pending, _closed and _error
         # Wakes the writer: one item per time the backlog goes from empty to not empty, and one on close. A C-level
-        # queue, not a threading.Condition: a Condition's wait is Python code that needs the interpreter lock several
-        # times to return, and each time the event loop's thread, busy with requests, is made to hand it over (measured:
-        # the writer starved for 288 ms at a time while the loop paid ~25 us per request in hand-overs).
+        # queue, not a threading.Condition, whose wait is Python code that needs the interpreter lock several times to
+        # return. The writer still needs the lock to run, and while the event loop never idles it waits for it: each
+        # loop cycle then hands the lock over in vain (CPython's convoy effect; README, "Full-stack router").
         self._signal: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._io = threading.Lock()  # one writer at a time: the thread, or a caller's flush
         self._error: LedgerError | None = None
