@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
 from .journal import Journal, orphans, pending_rows
-from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched
+from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
 from .types import Call
 
 if TYPE_CHECKING:
@@ -211,19 +211,21 @@ class _SQLite:
         """Insert ``rows`` in one transaction, as multi-row ``INSERT ... VALUES (..), (..)`` statements of up to
         :attr:`chunk` rows. sqlite3 releases the GIL around every statement it steps, and the event loop then has to
         win it back: with ``executemany`` that is one hand-over per row, which the loop's thread feels as lag on
-        every request; with a few statements per batch it is a few hand-overs per batch."""
-        values = sql.rpartition(" VALUES ")
+        every request; with a few statements per batch it is a few hand-overs per batch. Any other statement (an
+        upsert of the budget counters) runs row by row."""
+        plain = plain_insert(sql)
         with self.lock:
             self.conn.execute("BEGIN")
             try:
-                if not values[1] or not rows:
+                if plain is None:
                     self.conn.executemany(sql, rows)
                 else:
+                    table, columns, row = plain
                     i = 0
                     while i < len(rows):
                         n = _chunk(len(rows) - i, self.chunk)
                         flat = list(chain.from_iterable(rows[i : i + n]))
-                        self.conn.execute(values[0] + " VALUES " + ", ".join([values[2]] * n), flat)
+                        self.conn.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * n)}", flat)
                         i += n
             except BaseException:
                 self.conn.execute("ROLLBACK")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Cursor = Any  # a DBAPI cursor (PEP 249): execute, executemany, fetchall, description, close
 _USED = "llm_cascade_used"  # key in a pool entry's info: when the connection was last checked in
-_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \((?:%s, )*%s\)")
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES (\((?:(%s|\?), )*(%s|\?)\))")
 
 
 class PooledDBAPI:
@@ -126,7 +126,19 @@ def copy_of(sql: str) -> str | None:
     (%s, ...)`` (no ``ON CONFLICT``, no ``RETURNING``, nothing computed); None otherwise. Why: the ledger's batches
     (50-100 rows under load) through psycopg's ``executemany`` cost 0.62 ms of Python per 60 rows, measured on a
     local server; the same rows through ``COPY`` 0.18 ms, in one round trip."""
-    m = _PLAIN_INSERT.fullmatch(sql)
-    if m is None or m.group(2).count(",") != sql.count("%s") - 1:
+    plain = plain_insert(sql)
+    if plain is None or "?" in plain[2]:
         return None
-    return f"COPY {m.group(1)} ({m.group(2)}) FROM STDIN"
+    return f"COPY {plain[0]} ({plain[1]}) FROM STDIN"
+
+
+@functools.lru_cache(maxsize=64)
+def plain_insert(sql: str) -> tuple[str, str, str] | None:
+    """(table, columns, one row's ``(%s, ...)`` or ``(?, ...)``) when ``sql`` is a plain ``INSERT INTO t (columns)
+    VALUES (...)`` with one placeholder per column (no ``ON CONFLICT``, no ``RETURNING``, nothing computed): the
+    statements whose rows may be sent together (``COPY`` here, a multi-row ``VALUES`` in the SQLite ledger); None
+    otherwise."""
+    m = _PLAIN_INSERT.fullmatch(sql)
+    if m is None or m.group(2).count(",") != m.group(3).count(","):
+        return None
+    return m.group(1), m.group(2), m.group(3)

@@ -331,3 +331,18 @@ def test_a_batch_of_any_size_is_stored_row_for_row(tmp_path: Path, n: int) -> No
         )
         assert r.cost_usd == Decimal(i) / Decimal(10**9) and r.tags == {"i": str(i)}
     ledger.close()
+
+
+def test_the_sqlite_store_sends_rows_together_only_for_a_plain_insert() -> None:
+    """Multi-row VALUES serve plain inserts; an upsert (the budget counters' on a shared SQLite file) runs row by
+    row, so each row's ON CONFLICT clause applies to it."""
+    from llm_cascade.ledger import _SQLite
+
+    store = _SQLite(":memory:", "t")
+    store.conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, n INTEGER)")
+    upsert = "INSERT INTO c (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = c.n + excluded.n"
+    store.write(upsert, [("a", 1), ("a", 2), ("b", 5)])
+    assert store.query("SELECT k, n FROM c ORDER BY k", ()) == [("a", 3), ("b", 5)]
+    store.write("INSERT INTO c (k, n) VALUES (?, ?)", [("c", 1), ("d", 2), ("e", 3)])
+    assert store.query("SELECT count(*) FROM c", ()) == [(5,)]
+    store.close()
