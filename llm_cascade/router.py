@@ -236,12 +236,25 @@ def _new_request_id() -> str:
 _FAILURES: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
 
 
+def _read(normalizer: Normalizer, text: str) -> tuple[str | None, str | None]:
+    """(answer, None), or (None, why) when the normaliser raised: one that chokes on odd text gives no answer, and
+    the row says why."""
+    try:
+        return normalizer(text), None
+    except Exception as exc:
+        return None, _normalizer_failed(exc)
+
+
 async def _read_async(acall: Callable[[str], Awaitable[str | None]], text: str) -> tuple[str | None, str | None]:
-    """A normaliser's ``acall``: (answer, None), or (None, why) when it raised, as :meth:`Router._to_call` records."""
+    """:func:`_read` through a normaliser's ``acall``."""
     try:
         return await acall(text), None
     except Exception as exc:
-        return None, f"normalizer failed: {type(exc).__name__}: {exc}"
+        return None, _normalizer_failed(exc)
+
+
+def _normalizer_failed(exc: Exception) -> str:
+    return f"normalizer failed: {type(exc).__name__}: {exc}"
 
 
 def _disagreement(votes: TierVotes) -> str:
@@ -748,14 +761,8 @@ class Router:
                 usage = Usage()
             cost = self._cost(backend, usage, None, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
-        if read is not None:
-            answer, failed = read
-            error = failed or error
-        else:
-            try:
-                answer = normalizer(completion.text)
-            except Exception as exc:  # a normalizer that chokes on odd text: no answer, and the row says why
-                answer, error = None, f"normalizer failed: {type(exc).__name__}: {exc}"
+        answer, failed = read if read is not None else _read(normalizer, completion.text)
+        error = failed or error
         if answer is not None and not isinstance(answer, str):
             answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
         conf = _probability(completion.confidence, completion.logprob)
