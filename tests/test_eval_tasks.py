@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _scripts import load_script
 
 from llm_cascade.config import load_config
 from llm_cascade.errors import ConfigError
@@ -139,12 +138,7 @@ def test_the_spec_not_the_benchmark_name_decides_how_rows_are_read(data_dir: Pat
 
 
 def _mmlu_example() -> Any:
-    spec = importlib.util.spec_from_file_location("mmlu_cascade_example", REPO / "examples" / "mmlu_cascade.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mmlu_cascade_example", "examples/mmlu_cascade.py")
 
 
 @pytest.mark.data

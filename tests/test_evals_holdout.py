@@ -6,7 +6,6 @@ benchmark script is exercised on synthetic records and, when the shared data is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _scripts import load_script
 from test_evals_selection import _runs
 
 from llm_cascade.errors import ConfigError
@@ -76,11 +76,7 @@ def test_report_json_states_the_rivals_compared() -> None:
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("calibration_holdout", ROOT / "benchmarks" / "calibration_holdout.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("calibration_holdout", "benchmarks/calibration_holdout.py")
 
 
 def _with_subject(records: list[Record], groups: int) -> list[Record]:

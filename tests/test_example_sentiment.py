@@ -3,28 +3,19 @@ sent to the last tier holds, and the cross-validated metric choice prefers an in
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _scripts import load_script
 
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix
 from llm_cascade.evals.simulate import Simulator
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sentiment_cascade", REPO / "examples" / "sentiment_cascade.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sentiment_cascade", "examples/sentiment_cascade.py")
 
 
 def synthetic(n: int, informative: bool, seed: int = 0) -> list[Record]:

@@ -3,8 +3,6 @@ a typed error, every call a ledger row (SQLite), no leaked task."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,18 +10,13 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from llm_cascade.testing import RecordedServer
+from _scripts import load_script
 
-LOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
+from llm_cascade.testing import RecordedServer
 
 
 def _load_module() -> object:
-    spec = importlib.util.spec_from_file_location("llm_cascade_bench_load", LOAD)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("llm_cascade_bench_load", "benchmarks/load.py")
 
 
 @pytest.mark.slow

@@ -6,20 +6,18 @@ these tests run it on a sample of models, print the per-model table (``pytest -s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from _scripts import load_script
 
 from llm_cascade import ChoiceLetter, LabelSet, Math, Number, YesNo
 from llm_cascade._answer import json_objects
 from llm_cascade.normalize import number_in
 
-REPO = Path(__file__).resolve().parent.parent
 # Diverse formats: several JSON blocks (yi-large-preview), calculations in the answer field (Phi-3.5), broken JSON
 # (Mixtral), boxed answers (Llama-3.1), weak and strong models.
 ZEROEVAL_SAMPLE = [
@@ -37,14 +35,7 @@ ZEROEVAL_SAMPLE = [
 
 @pytest.fixture(scope="module")
 def conf() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "normalize_conformance", REPO / "benchmarks" / "normalize_conformance.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("normalize_conformance", "benchmarks/normalize_conformance.py")
 
 
 @pytest.fixture(scope="module")

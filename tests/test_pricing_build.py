@@ -4,7 +4,6 @@ freshness check flags disagreeing and stale prices and always exits 0."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _scripts import load_script
 
 from llm_cascade.pricing import PriceTable
 
@@ -19,12 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pricing_build", REPO / "pricing" / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pricing_build", "pricing/build.py")
 
 
 build = _build_module()
