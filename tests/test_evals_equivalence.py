@@ -8,15 +8,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from _fakes import Replay
 
-from llm_cascade import FakeBackend, Request
 from llm_cascade.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous, VoteShare
 from llm_cascade.deferral import Learned, features, fit
 from llm_cascade.errors import AllTiersFailed
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix
 from llm_cascade.evals.simulate import CascadeSpec, Simulator, TierSpec
 from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Completion, Usage
+from llm_cascade.types import Usage
 
 MODELS = ("m0", "m1", "m2", "m3", "m4", "m5")
 
@@ -40,21 +40,6 @@ def _records(rng: np.random.Generator, n: int) -> list[Record]:
             )
         out.append(Record(str(i), f"question {i}", runs, gold))
     return out
-
-
-class Replay(FakeBackend):
-    """Answers each prompt with the recorded text, tokens and confidence of one model."""
-
-    def __init__(self, model: str, records: list[Record]) -> None:
-        runs = {r.prompt: r.models[model] for r in records}
-        super().__init__(model, {p: run.text or "" for p, run in runs.items()})
-        self._runs = runs
-
-    async def complete(self, request: Request) -> Completion:
-        done = await super().complete(request)
-        run = self._runs[request.prompt]
-        conf = run.confidence if request.logprobs else None
-        return dataclasses.replace(done, usage=Usage(run.tokens_in, run.tokens_out), confidence=conf)
 
 
 def _prices(rng: np.random.Generator) -> PriceTable:

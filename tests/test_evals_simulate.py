@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _fakes import Replay
 
-from llm_cascade import FakeBackend, Request
 from llm_cascade.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
 from llm_cascade.errors import AllTiersFailed
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix, load_records
 from llm_cascade.evals.simulate import CascadeConfig, Simulator, TierSpec
 from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Completion, Usage
 
 CONFIGS = [
     CascadeConfig((TierSpec(("gpt-4o-mini",), Confidence(0.9)), TierSpec(("qwen2.5-72b-instruct",)))),
@@ -35,23 +34,6 @@ CONFIGS = [
         )
     ),
 ]
-
-
-class RecordedFake(FakeBackend):
-    """A FakeBackend scripted from recorded answers, with each example's recorded tokens and confidence."""
-
-    def __init__(self, model: str, records: list[Record]) -> None:
-        runs = {r.prompt: r.models[model] for r in records}
-        super().__init__(
-            model, {p: (run.text if run.answer is not None else "I don't know") for p, run in runs.items()}
-        )
-        self._runs = runs
-
-    async def complete(self, request: Request) -> Completion:
-        done = await super().complete(request)
-        run = self._runs[request.prompt]
-        conf = run.confidence if request.logprobs else None
-        return dataclasses.replace(done, usage=Usage(run.tokens_in, run.tokens_out), confidence=conf)
 
 
 def _prices(data_dir: Path) -> PriceTable:
@@ -108,7 +90,10 @@ def _compare(config: CascadeConfig, records: list[Record], results: list) -> Non
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.describe()[:60])
 def test_simulator_matches_live_router_with_fake_backends(data_dir: Path, config: CascadeConfig) -> None:
     records = _records(data_dir)
-    backends = {m: RecordedFake(m, records) for m in records[0].models}
+    backends = {
+        m: Replay(m, records, text=lambda run: run.text if run.answer is not None else "I don't know")
+        for m in records[0].models
+    }
     results = _route_all(config, records, _prices(data_dir), lambda m: backends[m])
     _compare(config, records, results)
 
