@@ -4,7 +4,11 @@ runs (the router-vs-simulator tests)."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from llm_cascade import FakeBackend
 from llm_cascade.evals.records import ModelRun, Record
@@ -54,3 +58,33 @@ class Replay(FakeBackend):
         run = self._runs[request.prompt]
         conf = run.confidence if request.logprobs else None
         return dataclasses.replace(done, usage=Usage(run.tokens_in, run.tokens_out), confidence=conf)
+
+
+class Recorded:
+    """A backend that answers with what a rational-cascades model really said on an MMLU question, billed with the
+    tokens it really used (rows from :func:`mmlu_rows`)."""
+
+    supports_logprobs = False
+
+    def __init__(self, model: str, rows: dict[str, dict[str, Any]]) -> None:
+        self.name = f"fake:{model}"
+        self.model = model
+        self.rows = rows
+        self.calls = 0
+
+    async def complete(self, request: Request) -> Completion:
+        self.calls += 1
+        rec = self.rows[request.prompt]["models"][self.model]
+        return Completion(rec["answer"], self.model, Usage(rec["tokens_in"], rec["tokens_out"]), 0.0, "stop")
+
+
+def mmlu_rows(data_dir: Path, n: int | None = None) -> dict[str, dict[str, Any]]:
+    """The recorded MMLU train questions (the first ``n``; all when None), by prompt."""
+    rows: dict[str, dict[str, Any]] = {}
+    with gzip.open(data_dir / "rational" / "mmlu_train.jsonl.gz", "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["user_prompt"]] = r
+            if len(rows) == n:
+                break
+    return rows

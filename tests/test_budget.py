@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _fakes import Recorded, mmlu_rows
 
 from llm_cascade import BudgetExceeded, FakeBackend, Request, Router, Tier, Usage
 from llm_cascade.budget import Budget, Limit, period_start
 from llm_cascade.errors import ConfigError
 from llm_cascade.ledger import Ledger
 from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Call, Completion
+from llm_cascade.types import Call
 
 CHEAP = ("llama3.1-8b", "gpt-4o-mini")
 TOP = "gpt-4o"
 
 
-class Recorded:
-    """A backend that answers with what a model really said, billed with the tokens it really used."""
-
-    supports_logprobs = False
-
-    def __init__(self, model: str, rows: dict[str, dict[str, Any]]) -> None:
-        self.name = f"fake:{model}"
-        self.model = model
-        self.rows = rows
-        self.calls = 0
-
-    async def complete(self, request: Request) -> Completion:
-        self.calls += 1
-        rec = self.rows[request.prompt]["models"][self.model]
-        return Completion(rec["answer"], self.model, Usage(rec["tokens_in"], rec["tokens_out"]), 0.0, "stop")
-
-
-def load(data_dir: Path, n: int) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
-    with gzip.open(data_dir / "rational" / "mmlu_train.jsonl.gz", "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            rows[r["user_prompt"]] = r
-            if len(rows) == n:
-                break
-    return rows
-
-
 @pytest.mark.data
 @pytest.mark.parametrize("limit", ["0.004", "0.0123"])
 async def test_budget_stops_escalation_where_recorded_costs_say(data_dir: Path, tmp_path: Path, limit: str) -> None:
-    rows = load(data_dir, 120)
+    rows = mmlu_rows(data_dir, 120)
     ledger = Ledger(tmp_path / "l.db")
 
     def replay(request: Request, model: str) -> Usage:

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _fakes import Recorded, mmlu_rows
 from typer.testing import CliRunner
 
-from llm_cascade import Request, Router, Tier, Usage
+from llm_cascade import Router, Tier, Usage
 from llm_cascade.cli import _app
 from llm_cascade.errors import ConfigError
 from llm_cascade.ledger import Ledger
 from llm_cascade.pricing import PriceTable
 from llm_cascade.spend import spend_report
-from llm_cascade.types import Call, Completion
+from llm_cascade.types import Call
 
 CHEAP = ("llama3.1-8b", "gpt-4o-mini")
 TOP = "gpt-4o"
@@ -25,27 +25,10 @@ DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
 
-class Recorded:
-    supports_logprobs = False
-
-    def __init__(self, model: str, rows: dict[str, dict[str, Any]]) -> None:
-        self.name = f"fake:{model}"
-        self.model = model
-        self.rows = rows
-
-    async def complete(self, request: Request) -> Completion:
-        rec = self.rows[request.prompt]["models"][self.model]
-        return Completion(rec["answer"], self.model, Usage(rec["tokens_in"], rec["tokens_out"]), 0.0, "stop")
-
-
 @pytest.fixture
 async def filled(data_dir: Path, tmp_path: Path) -> tuple[Ledger, dict[str, dict[str, Any]]]:
     """Route every recorded MMLU question through a two-tier cascade, over three days and two apps."""
-    rows: dict[str, dict[str, Any]] = {}
-    with gzip.open(data_dir / "rational" / "mmlu_train.jsonl.gz", "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            rows[r["user_prompt"]] = r
+    rows = mmlu_rows(data_dir)
     clock = [T0]
     ledger = Ledger(tmp_path / "spend.db", clock=lambda: clock[0])
     router = Router(
