@@ -269,10 +269,9 @@ def _disagreement(votes: TierVotes) -> str:
 @dataclass(slots=True)
 class _Deadline:
     """One tier's shared state: ``expired`` is set when its deadline cancels its stragglers (so they are recorded as
-    timed out, not cancelled); ``started`` counts the member calls that have begun."""
+    timed out, not cancelled)."""
 
     expired: bool = False
-    started: int = 0
 
 
 @dataclass(slots=True)
@@ -501,6 +500,8 @@ class Router:
                 _outer_ledger.reset(scope)
             try:
                 if ledger is not None and calls:
+                    if len(calls) > 1:  # members finish in any order; rows go in the order of the result's calls
+                        calls.sort(key=self._call_order)
                     ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
                 _FAILURES.reset(errors)
@@ -617,21 +618,32 @@ class Router:
         if len(members) == 1 and tier.timeout is None:
             outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
         else:
-            inline = tier.timeout is None
-            others = members[1:] if inline else members
-            tasks = [asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in others]
+            tasks: list[asyncio.Future[_Outcome]] = []
+            spawn: asyncio.Handle | None = None
+
+            def start(rest: Sequence[Backend]) -> None:
+                tasks.extend(asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in rest)
+
             try:
-                if inline:
-                    # The first member runs in this task, the others in their own: one task and one event-loop cycle
-                    # fewer than gather(), which is most of the router's own cost per request.
-                    outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
-                    if deadline.started == 1:
-                        # The first member answered without yielding (a cache, a local model): the others have not
-                        # started. Yield once, behind them: the loop runs their first steps, then this task in the
-                        # same cycle, and members that answer at once are collected without a second cycle.
-                        await asyncio.sleep(0)
-                    outcomes += [await t for t in tasks]
+                if tier.timeout is None:
+                    # Members run in this task, one after another, for as long as each answers without yielding (a
+                    # cache, a local model): no task and no event-loop cycle per member, which is most of the
+                    # router's own cost per request. The rest are started by a callback that the loop runs only when
+                    # the running member yields (a network call): from then on they run concurrently with it.
+                    outcomes = []
+                    last_member = len(members) - 1
+                    for i, member in enumerate(members):
+                        if i < last_member:
+                            spawn = asyncio.get_running_loop().call_soon(start, members[i + 1 :])
+                        outcomes.append(await self._call(member, k, req, normalizer, calls, deadline))
+                        if tasks:  # it yielded: the others started then; collect them in order
+                            outcomes += [await t for t in tasks]
+                            break
+                        if spawn is not None:  # it answered at once: the loop never ran, the others wait their turn
+                            spawn.cancel()
+                            spawn = None
                 else:
+                    start(members)
                     done, pending = await asyncio.wait(tasks, timeout=tier.timeout)
                     deadline.expired = bool(pending)
                     for t in pending:
@@ -642,6 +654,8 @@ class Router:
                         t.result() if t in done and not t.cancelled() else _Outcome(None, None, None) for t in tasks
                     ]
             finally:
+                if spawn is not None:  # a member raised (or the request was cancelled) before the others started
+                    spawn.cancel()
                 unfinished = [t for t in tasks if not t.done()]
                 for t in unfinished:
                     t.cancel()
@@ -672,7 +686,6 @@ class Router:
     ) -> _Outcome:
         """One member call. Always appends one Call to ``calls``, even when cancelled, after one Call per attempt
         that the retry layer made and retried (see :mod:`llm_cascade.retry`)."""
-        deadline.started += 1
         start = time.perf_counter()
         outcome: Outcome = "cancelled"
         error: str | None = None
@@ -834,6 +847,7 @@ class Router:
         start: float,
         reason: str,
     ) -> RouteResult:
+        calls.sort(key=self._call_order)  # in place: the ledger then stores the rows in the result's order
         return RouteResult(
             answer=answer,
             text=text,
@@ -841,7 +855,7 @@ class Router:
             tier_name=self.tiers[k].name,
             accepted=accepted,
             votes=votes.tally(),
-            calls=tuple(sorted(calls, key=self._call_order)),
+            calls=tuple(calls),
             latency_s=time.perf_counter() - start,
             request_id=request.request_id,
             reason=reason,

@@ -245,5 +245,17 @@ async def test_calls_are_listed_in_tier_and_member_order() -> None:
     router = Router([slow_first, Tier([FakeBackend("top", "D")])], normalizer="choice", ledger=RecordingSink())
     result = await router.route("q")
     assert [c.model for c in result.calls] == ["fake:a", "fake:b", "fake:top"]
-    finished = [c.model for _, c in router.ledger.rows]  # type: ignore[union-attr]
-    assert finished[:2] == ["fake:b", "fake:a"]  # the ledger keeps the order calls ended in
+    stored = [c.model for _, c in router.ledger.rows]  # type: ignore[union-attr]
+    assert stored == ["fake:a", "fake:b", "fake:top"]  # b ended first, but rows follow the result: seq = position
+
+
+async def test_a_cancelled_request_stores_its_calls_in_member_order() -> None:
+    tier = Tier([FakeBackend("a", "B", delay=5), FakeBackend("b", "C"), FakeBackend("c", "C", delay=5)])
+    router = Router([tier], normalizer="choice", ledger=RecordingSink())
+    task = asyncio.ensure_future(router.route("q"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = [(c.model, c.outcome) for _, c in router.ledger.rows]  # type: ignore[union-attr]
+    assert stored == [("fake:a", "cancelled"), ("fake:b", "ok"), ("fake:c", "cancelled")]

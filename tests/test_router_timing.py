@@ -6,9 +6,10 @@ machine's scheduling hiccup cannot fail it, while a serial tier (350 ms every ti
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from llm_cascade import FakeBackend, Router, Tier, unanimous
+from llm_cascade import Completion, FakeBackend, Request, Router, Tier, unanimous
 
 
 async def test_three_member_tier_answers_in_slowest_member_time() -> None:
@@ -24,3 +25,36 @@ async def test_three_member_tier_answers_in_slowest_member_time() -> None:
             break
     assert 0.200 <= best <= 0.220, f"tier took {best * 1000:.0f} ms"
     assert [m.calls for m in members] == [members[0].calls] * 3
+
+
+async def test_members_after_one_that_answers_at_once_still_run_concurrently() -> None:
+    members = [FakeBackend("now", "B"), FakeBackend("m100", "B", delay=0.1), FakeBackend("m200", "B", delay=0.2)]
+    router = Router([Tier(members, unanimous())], normalizer="choice")
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        result = await router.route("Which letter? A) a B) b")
+        best = min(best, time.perf_counter() - start)
+        assert result.accepted and [c.model for c in result.calls] == ["fake:now", "fake:m100", "fake:m200"]
+        if best <= 0.220:
+            break
+    assert 0.200 <= best <= 0.220, f"tier took {best * 1000:.0f} ms"
+
+
+async def test_members_that_answer_at_once_run_in_the_request_task() -> None:
+    """No task per member when none of them waits (a cache, a local model): the router's own cost stays small."""
+    seen: list[object] = []
+
+    class Here(FakeBackend):
+        async def complete(self, request: Request) -> Completion:
+            seen.append(asyncio.current_task())
+            return await super().complete(request)
+
+    router = Router([Tier([Here("a", "B"), Here("b", "B"), Here("c", "B")], unanimous())], normalizer="choice")
+    outer = asyncio.current_task()
+    result = await router.route("Which letter? A) a B) b")
+    assert result.accepted and seen == [outer, outer, outer]
+    slow = Router([Tier([Here("a", "B", delay=0.01), Here("b", "B"), Here("c", "B")], unanimous())], normalizer="choice")
+    seen.clear()
+    await slow.route("Which letter? A) a B) b")
+    assert seen[0] is outer and seen[1] is not outer and seen[2] is not outer and seen[1] is not seen[2]
