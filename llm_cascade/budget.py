@@ -72,6 +72,8 @@ Policy = Literal["best_so_far", "raise"]
 PERIODS: tuple[str, ...] = ("request", "hour", "day", "week", "month", "total")
 DEFAULT_OUTPUT_TOKENS = 256
 UsageGuess = Callable[[Request, str], Usage]
+_ZERO = Decimal(0)
+_UNSEEN: Any = object()
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -183,13 +185,15 @@ class Budget:
         self.gate_first_tier = gate_first_tier
         self.clock = clock
         self._usage = usage or self._tiktoken_usage
+        self._tiktoken = usage is None  # prompt tokens counted here: estimates keyed by ints
         self._counters: dict[str, PromptCounter] = {}
         # Prices members declare themselves (a Router fills it from its members): used before the table.
         self.member_prices: dict[str, PriceEntry] = {}
         self._model_encoding: dict[str, str] = {}
-        self._last_usage: tuple[object, object, Usage] = (None, None, Usage())  # (request, counter, its usage)
-        # (model, usage) -> cost, valid for _estimates_version (the price table's version, member prices known)
-        self._estimates: dict[tuple[str, Usage], Decimal | None] = {}
+        self._last_count: tuple[object, object, int] = (None, None, 0)  # (request, counter, its prompt tokens)
+        # (model, prompt tokens, output tokens) or (model, usage) -> cost, valid for _estimates_version (the price
+        # table's version, member prices known)
+        self._estimates: dict[tuple[str, int, int] | tuple[str, Usage], Decimal | None] = {}
         self._estimates_version: tuple[int, int] = (getattr(self.prices, "version", 0), 0)
         if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
             from .tokens import PromptCounter
@@ -257,8 +261,14 @@ class Budget:
 
     def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """Ledger listener: advance the running totals of the limits this request's tags fall under."""
-        priced = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
-        unknown = sum(1 for c in calls if c.cost_usd is None and (c.usage.total_tokens or c.outcome == "ok"))
+        priced = _ZERO
+        unknown = 0
+        for c in calls:  # one pass, no generators: this runs once per request on the event loop
+            cost = c.cost_usd
+            if cost is not None:
+                priced += cost
+            elif c.outcome == "ok" or c.usage.total_tokens:
+                unknown += 1
         if not priced and not unknown:
             return
         if self.counters is not None:
@@ -294,16 +304,22 @@ class Budget:
         return run.usd, run.unknown
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
-        counter = self._counter(model)
-        last = self._last_usage  # the members of a tier mostly share an encoding: one count and Usage for them all
-        if last[0] is request and last[1] is counter:
-            return last[2]
+        return Usage(self._prompt_tokens(request, model), self._expected_output(request), 0, estimated=True)
+
+    def _expected_output(self, request: Request) -> int:
         out = self.output_tokens
         if out is None:
             out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        usage = Usage(counter.count(request.messages), out, 0, estimated=True)
-        self._last_usage = (request, counter, usage)  # one tuple, swapped whole: safe across threads
-        return usage
+        return out
+
+    def _prompt_tokens(self, request: Request, model: str) -> int:
+        counter = self._counter(model)
+        last = self._last_count  # the members of a tier mostly share an encoding: one count for them all
+        if last[0] is request and last[1] is counter:
+            return last[2]
+        n = counter.count(request.messages)
+        self._last_count = (request, counter, n)  # one tuple, swapped whole: safe across threads
+        return n
 
     def _counter(self, model: str) -> PromptCounter:
         """The model's own encoding when its file is here (o200k_base for recent OpenAI models), else cl100k_base."""
@@ -328,17 +344,27 @@ class Budget:
         if version != self._estimates_version:  # a price added since: the cached costs may be wrong
             self._estimates = {}
             self._estimates_version = version
+        estimates = self._estimates
+        tiktoken = self._tiktoken
+        out = self._expected_output(request)
         for model in models:
-            usage = self._usage(request, model)
-            key = (model, usage)
-            try:
-                cost = self._estimates[key]  # one model, one size: the same Decimal arithmetic as last time
-            except KeyError:
+            # The key is (model, prompt tokens, output tokens): ints, no Usage built or hashed unless it is new.
+            key: tuple[str, int, int] | tuple[str, Usage]
+            usage: Usage | None = None
+            if tiktoken:
+                key = (model, self._prompt_tokens(request, model), out)
+            else:
+                usage = self._usage(request, model)
+                key = (model, usage)
+            cost = estimates.get(key, _UNSEEN)
+            if cost is _UNSEEN:  # one model, one size: the same Decimal arithmetic as last time, else priced now
+                if usage is None:
+                    usage = Usage(key[1], out, 0, estimated=True)  # type: ignore[arg-type]
                 own = self.member_prices.get(model)
                 cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
-                if len(self._estimates) >= 4096:
-                    self._estimates = {}
-                self._estimates[key] = cost
+                if len(estimates) >= 4096:
+                    estimates = self._estimates = {}
+                estimates[key] = cost
             if cost is None:
                 return None
             total += cost
@@ -602,13 +628,14 @@ class Hold:
     def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
         """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
         budget = self.budget
-        budget._move(self, -self.claimed)
-        self.claimed = amount
         if self._source is not metadata:  # a later tier of the same request: the same tags, already resolved
+            budget._move(self, -self.claimed)
+            self.claimed = Decimal(0)
             self._source = metadata
             self.metadata = dict(metadata)
             self.limits = tuple(i for i, x in applicable if x.per != "request")
-        budget._move(self, amount)
+        budget._move(self, amount - self.claimed)
+        self.claimed = amount
         if amount:
             self.budget._holds.add(self)
         else:

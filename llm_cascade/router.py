@@ -233,6 +233,8 @@ def _new_request_id() -> str:
 
 
 # The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
+_ZERO = Decimal(0)
+
 _FAILURES: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
 
 
@@ -381,6 +383,7 @@ class Router:
                 known.update(self._member_prices)
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
+        self._models = tuple(tuple(m.name for m in t.members) for t in built)  # what a budget check is told per tier
         self.normalizer: Normalizer = as_normalizer(normalizer, "Router.normalizer")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
@@ -561,8 +564,8 @@ class Router:
         for k, tier in enumerate(self.tiers):
             if guard is not None and (k or getattr(guard, "gate_first_tier", False)):
                 acheck = getattr(guard, "acheck", None)
-                models = [m.name for m in tier.members]
-                spent = self._spent(calls)
+                models = self._models[k]
+                spent = self._spent(calls) if calls else _ZERO
                 reason = await acheck(request, k, models, spent) if acheck else guard.check(request, k, models, spent)
                 if reason is not None:
                     observe.log.info("request %s: budget stops before tier %d: %s", request.request_id, k, reason)
