@@ -54,7 +54,9 @@ async def test_members_that_answer_at_once_run_in_the_request_task() -> None:
     outer = asyncio.current_task()
     result = await router.route("Which letter? A) a B) b")
     assert result.accepted and seen == [outer, outer, outer]
-    slow = Router([Tier([Here("a", "B", delay=0.01), Here("b", "B"), Here("c", "B")], unanimous())], normalizer="choice")
+    slow = Router(
+        [Tier([Here("a", "B", delay=0.01), Here("b", "B"), Here("c", "B")], unanimous())], normalizer="choice"
+    )
     seen.clear()
     await slow.route("Which letter? A) a B) b")
     assert seen[0] is outer and seen[1] is not outer and seen[2] is not outer and seen[1] is not seen[2]
