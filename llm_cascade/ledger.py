@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
-from .journal import Journal, orphans, pending_rows
+from .journal import Intents, Journal, orphans, pending_rows
 from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
 from .types import Call
 
@@ -392,7 +392,7 @@ class Ledger:
         self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
         self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._cost_cache: dict[Decimal, tuple[str, int | None]] = {}
-        self._intent_rows: dict[object, tuple[Sequence[Call], list[Row]]] = {}
+        self._intent_rows: dict[object, tuple[Sequence[Call], Intents]] = {}
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
         sqlite_file: str | None = None
@@ -436,28 +436,35 @@ class Ledger:
             raise ConfigError("Ledger.journal", f"must be a folder, True or False, got {journal!r}")
         try:
             self.replayed = self._replay(folder)
-            return Journal(folder)
+            return Journal(folder, lock=self._lock)
         except OSError as exc:
             raise LedgerError(f"cannot open the ledger journal in {folder}: {exc}") from exc
 
     def _replay(self, folder: Path) -> int:
-        """Insert what dead processes' journals hold and the database lacks; returns the rows added."""
-        added = 0
-        for path, fd in orphans(folder):
-            try:
-                pending = pending_rows(path)
-                have = self._known(list(pending))
-                rows = [
-                    (*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)
-                ]
-                if rows:
-                    self._store.write(self._insert, rows)
-                    _log.warning("ledger journal %s: replayed %d row(s) of a process that ended", path, len(rows))
-                added += len(rows)
+        """Insert what dead processes' journals hold and the database lacks; returns the rows added. The files are
+        read together: a request's records may straddle two segments of its process."""
+        found = orphans(folder)
+        try:
+            if not found:
+                return 0
+            paths = [path for path, _ in found]
+            pending = pending_rows(*paths)
+            have = self._known(list(pending))
+            rows = [(*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)]
+            if rows:
+                self._store.write(self._insert, rows)
+                _log.warning(
+                    "ledger journal %s: replayed %d row(s) of a process that ended (%d file(s))",
+                    folder,
+                    len(rows),
+                    len(paths),
+                )
+            for path in paths:
                 path.unlink(missing_ok=True)
-            finally:
+            return len(rows)
+        finally:
+            for _, fd in found:
                 os.close(fd)
-        return added
 
     def _known(self, request_ids: Sequence[str]) -> set[str]:
         ph = self._store.placeholder
@@ -501,32 +508,43 @@ class Ledger:
         return found
 
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
+        """One row per call (it runs on the event loop for every request: the cost cache is read inline, and values
+        already of the stored type are not converted again)."""
         tags = self._tags(metadata)
+        costs = self._cost_cache
         rows: list[Row] = []
-        for i, c in enumerate(calls):
+        seq = 0
+        for c in calls:
             usage = c.usage
-            usd, pusd = self._cost_columns(c.cost_usd)
+            cost = c.cost_usd
+            if cost is None:
+                usd = pusd = None
+            else:
+                found = costs.get(cost)
+                usd, pusd = found if found is not None else self._cost_columns(cost)
+            latency = c.latency_s
             rows.append(
                 (
                     now,
                     request_id,
-                    i,
+                    seq,
                     c.tier,
                     c.model,
                     c.outcome,
                     usage.input_tokens,
                     usage.output_tokens,
                     usage.cached_tokens,
-                    int(usage.estimated),
+                    1 if usage.estimated else 0,
                     usd,
                     pusd,
-                    float(c.latency_s),
+                    latency if latency.__class__ is float else float(latency),
                     c.error,
                     tags,
                     c.attempt,
                     c.finish_reason,
                 )
             )
+            seq += 1  # noqa: SIM113 (a counter is cheaper than enumerate's tuples, on the event loop)
         return rows
 
     def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
@@ -542,13 +560,12 @@ class Ledger:
         except TypeError:  # a tag value that is not hashable
             hit, key = None, None
         if hit is None or hit[0] is not calls:  # `is`: the id of a tuple since freed may have been reused
-            hit = (calls, [r[2:] for r in self._rows("", calls, metadata, 0.0)])
+            hit = (calls, Intents([r[2:] for r in self._rows("", calls, metadata, 0.0)]))
             if key is not None:
                 if len(self._intent_rows) >= 1024:
                     self._intent_rows.clear()
                 self._intent_rows[key] = hit
-        now = self.clock()
-        self._journal.intent(request_id, [(now, request_id, *rest) for rest in hit[1]])
+        self._journal.stamp(request_id, self.clock(), hit[1])
 
     def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
@@ -572,7 +589,7 @@ class Ledger:
                     f"request {request_id} not recorded{cause}"
                 )
             if self._journal is not None:
-                self._journal.recorded(request_id, rows)
+                self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
             wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
         if wake:
@@ -608,12 +625,15 @@ class Ledger:
             self._error = None
         if self._journal is not None:
             self._journal.committed(r[1] for r in batch)
+            self._journal.prepare()
         return len(batch)
 
     def _run(self) -> None:
         """The writer: sleep until rows arrive, let a burst gather for ``linger_s``, write it in one transaction, and
         go on while rows keep coming; a refused write is retried after a growing pause."""
         pause = self.retry_s
+        if self._journal is not None:
+            self._journal.prepare()  # the journal's next segment, populated here rather than page by page on the loop
         while True:
             self._signal.get()
             while True:
