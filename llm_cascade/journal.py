@@ -188,7 +188,8 @@ class Journal:
                 self._put(b"r", payload, request_id)
 
     def committed(self, request_ids: Iterable[str]) -> None:
-        """These requests' rows are in the database: their segments no longer need them."""
+        """These requests' rows are in the database: their segments no longer need them (:meth:`prepare` then
+        recycles or removes the earlier segments nothing is outstanding in)."""
         where = self._where
         ids = tuple([rid for rid in dict.fromkeys(request_ids) if rid in where])
         if not ids:
@@ -220,18 +221,18 @@ class Journal:
             for seg in drained:
                 self._full.remove(seg)
             need = self._spare is None
-            early = not current.populated  # the first segment: swap it for a populated one
+            early = not current.populated and _POPULATE != 0  # the first segment: swap it for a populated one
         ready: _Segment | None = None
         try:
             for seg in drained:
-                if need and ready is None and seg.populated and seg.size == self.segment_bytes:
+                if need and ready is None and (seg.populated or not _POPULATE) and seg.size == self.segment_bytes:
                     seg.reset()
                     ready = seg
                 else:
                     seg.close(unlink=True)
-            if need and ready is None and (early or current.pos > current.size // 2) and _POPULATE:
+            if need and ready is None and _POPULATE and (early or current.pos > current.size // 2):
                 ready = _Segment(self.directory, self.segment_bytes, populate=True)
-        except OSError as exc:  # the folder is full, say: the event loop creates a segment when it must
+        except Exception as exc:  # the folder is full, say: the event loop creates a segment when it must
             if not self._warned:
                 self._warned = True
                 _log.warning("journal %s: cannot prepare the next segment: %s", self.directory, exc)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ _ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
+_REQUEST_ID = itemgetter(1)  # of a row
 
 
 def default_path() -> Path:
@@ -510,7 +512,7 @@ class Ledger:
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
         """One row per call (it runs on the event loop for every request: the cost cache is read inline, and values
         already of the stored type are not converted again)."""
-        tags = self._tags(metadata)
+        tags = self._tags(metadata) if metadata else "{}"
         costs = self._cost_cache
         rows: list[Row] = []
         seq = 0
@@ -552,9 +554,10 @@ class Ledger:
 
         The router passes the same tuple of intent calls for every request of a tier and prompt size, so the rows
         are built once per (calls, tags) and only stamped with the time and the request id here."""
-        if self._journal is None:
+        journal = self._journal
+        if journal is None:
             return
-        key: object = (id(calls), tuple(metadata.items()))
+        key: object = (id(calls), tuple(metadata.items())) if metadata else id(calls)
         try:
             hit = self._intent_rows.get(key)
         except TypeError:  # a tag value that is not hashable
@@ -565,7 +568,7 @@ class Ledger:
                 if len(self._intent_rows) >= 1024:
                     self._intent_rows.clear()
                 self._intent_rows[key] = hit
-        self._journal.stamp(request_id, self.clock(), hit[1])
+        journal.stamp(request_id, self.clock(), hit[1])
 
     def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
@@ -624,7 +627,7 @@ class Ledger:
             del self._pending[: len(batch)]
             self._error = None
         if self._journal is not None:
-            self._journal.committed(r[1] for r in batch)
+            self._journal.committed(map(_REQUEST_ID, batch))
             self._journal.prepare()
         return len(batch)
 
