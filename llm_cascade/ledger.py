@@ -196,6 +196,7 @@ class _SQLite:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
         self.lock = threading.Lock()
+        self._texts: dict[tuple[tuple[str, str, str], int], str] = {}
         # Rows per multi-row INSERT: as many as the bound-parameter limit allows (999 on SQLite before 3.32), <= 256.
         try:
             params = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -222,17 +223,25 @@ class _SQLite:
                 if plain is None:
                     self.conn.executemany(sql, rows)
                 else:
-                    table, columns, row = plain
                     i = 0
                     while i < len(rows):
                         n = _chunk(len(rows) - i, self.chunk)
                         flat = list(chain.from_iterable(rows[i : i + n]))
-                        self.conn.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * n)}", flat)
+                        self.conn.execute(self._multi(plain, n), flat)
                         i += n
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    def _multi(self, plain: tuple[str, str, str], n: int) -> str:
+        """The text of an INSERT of ``n`` rows, kept: the same string object each time, whose hash (it keys
+        sqlite3's statement cache, and is some kilobytes long) is computed once."""
+        sql = self._texts.get((plain, n))
+        if sql is None:
+            table, columns, row = plain
+            sql = self._texts[(plain, n)] = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * n)}"
+        return sql
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.lock:
