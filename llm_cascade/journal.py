@@ -19,8 +19,14 @@ to the kernel the moment it is written, so it survives the death of the process 
 about crashes of the process, the database's own durability covers the rest). Each process writes its own segment
 files and holds an exclusive ``flock`` on each while alive; the next process that opens the ledger replays the files
 whose owner is gone: real rows where they were recorded, the estimated rows otherwise, skipping requests the database
-already has (a commit whose *committed* line was never written). A segment is zeroed and reused once nothing in it is
-outstanding, and a full one with requests still outstanding is kept until they commit while a new one takes over.
+already has (a commit whose *committed* line was never written); a process's segments are read together, since a
+request's records may straddle two of them.
+
+A full segment is kept until the requests it holds commit, while the next one takes over: a spare that the ledger's
+writer thread prepared (:meth:`Journal.prepare`), its pages populated when it was mapped, or a drained segment it
+zeroed; in steady traffic two segments take turns and the event loop neither creates a file nor takes a page fault.
+An intent's bytes are built once per set of estimated rows (:class:`Intents`) and stamped with each request's time and
+id, rather than marshalled again for every request.
 """
 
 from __future__ import annotations
