@@ -213,8 +213,8 @@ class Journal:
                         seg.open -= 1
 
     def prepare(self) -> None:
-        """Housekeeping off the event loop (the ledger's writer thread calls it when it starts and after each write,
-        after :meth:`committed`): close the earlier segments nothing is outstanding in, keeping one of them, zeroed,
+        """Housekeeping off the event loop (the ledger's writer thread calls it after each write, after
+        :meth:`committed`): close the earlier segments nothing is outstanding in, keeping one of them, zeroed,
         as the next segment, and once the current one is half full without such a spare, create a new one with its
         pages populated. The first segment is created without (at once, when the ledger opens): the first call
         retires it for a populated one. The event loop then writes into mapped pages only, and changes segments

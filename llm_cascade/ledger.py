@@ -637,6 +637,8 @@ class Ledger:
             self._error = None
         if self._journal is not None:
             self._journal.committed(map(_REQUEST_ID, batch))
+            # Segments: the next one populated here, not page by page on the event loop (the first write swaps the
+            # quickly made first segment for one; a ledger only read from never maps one).
             self._journal.prepare()
         return len(batch)
 
@@ -644,8 +646,6 @@ class Ledger:
         """The writer: sleep until rows arrive, let a burst gather for ``linger_s``, write it in one transaction, and
         go on while rows keep coming; a refused write is retried after a growing pause."""
         pause = self.retry_s
-        if self._journal is not None:
-            self._journal.prepare()  # the journal's next segment, populated here rather than page by page on the loop
         while True:
             self._signal.get()
             while True:

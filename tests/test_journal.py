@@ -74,7 +74,7 @@ def test_intents_of_one_calls_tuple_carry_each_requests_own_id_and_tags(tmp_path
     ledger.intent("r1", calls, {"app": "x"})
     ledger.intent("r2", calls, {"app": "x"})
     ledger.intent("r3", calls, {"app": "y"})
-    # The writer thread swaps the first segment for a populated one when it starts: read every segment.
+    # The writer thread swaps the first segment for a populated one after its first write: read every segment.
     pending = {rid: rows for path in (tmp_path / "j").glob("*.wal") for rid, rows in pending_rows(path).items()}
     assert {rid: [(r[0], r[1], r[4], r[10], r[14]) for r in rows] for rid, rows in pending.items()} == {
         "r1": [(1.0, "r1", "a", "0.5", '{"app": "x"}')],
@@ -174,7 +174,7 @@ def test_prepare_swaps_the_first_segment_for_a_populated_one_and_keeps_its_recor
     journal = Journal(folder)
     journal.intent("r1", [row("r1", 0, "a", "0.5")])
     first = journal.path
-    journal.prepare()  # the ledger's writer thread calls it when it starts
+    journal.prepare()  # the ledger's writer thread calls it after each write
     if first == journal.path:  # no MAP_POPULATE on this platform: nothing to swap
         journal.close(clean=False)
         return
