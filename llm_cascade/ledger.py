@@ -579,6 +579,11 @@ class Ledger:
                 self._intent_rows[key] = hit
         journal.stamp(request_id, self.clock(), hit[1])
 
+    @property
+    def journaled(self) -> bool:
+        """Whether :meth:`intent` journals anything: a caller may skip building intent calls when it does not."""
+        return self._journal is not None
+
     def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
         self._listeners.append(listener)

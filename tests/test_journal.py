@@ -215,3 +215,8 @@ def test_threads_recording_while_the_writer_commits_leave_nothing_outstanding(tm
     assert ledger._journal is not None and ledger._journal.outstanding == 0
     ledger.close()
     assert not (tmp_path / "j").exists()
+
+
+def test_a_ledger_says_whether_it_journals_intents(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "a.db", journal=False) as plain, Ledger(tmp_path / "b.db", journal=tmp_path / "j") as kept:
+        assert not plain.journaled and kept.journaled
