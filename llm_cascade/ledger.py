@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LedgerError, MissingDependencyError
-from .journal import Journal, orphans, pending_rows
+from .journal import Intents, Journal, orphans, pending_rows
 from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
 from .types import Call
 
@@ -61,6 +62,7 @@ _ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
+_REQUEST_ID = itemgetter(1)  # of a row
 
 
 def default_path() -> Path:
@@ -194,6 +196,7 @@ class _SQLite:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
         self.lock = threading.Lock()
+        self._texts: dict[tuple[tuple[str, str, str], int], str] = {}
         # Rows per multi-row INSERT: as many as the bound-parameter limit allows (999 on SQLite before 3.32), <= 256.
         try:
             params = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -220,17 +223,25 @@ class _SQLite:
                 if plain is None:
                     self.conn.executemany(sql, rows)
                 else:
-                    table, columns, row = plain
                     i = 0
                     while i < len(rows):
                         n = _chunk(len(rows) - i, self.chunk)
                         flat = list(chain.from_iterable(rows[i : i + n]))
-                        self.conn.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * n)}", flat)
+                        self.conn.execute(self._multi(plain, n), flat)
                         i += n
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    def _multi(self, plain: tuple[str, str, str], n: int) -> str:
+        """The text of an INSERT of ``n`` rows, kept: the same string object each time, whose hash (it keys
+        sqlite3's statement cache, and is some kilobytes long) is computed once."""
+        sql = self._texts.get((plain, n))
+        if sql is None:
+            table, columns, row = plain
+            sql = self._texts[(plain, n)] = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * n)}"
+        return sql
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.lock:
@@ -392,7 +403,7 @@ class Ledger:
         self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
         self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._cost_cache: dict[Decimal, tuple[str, int | None]] = {}
-        self._intent_rows: dict[object, tuple[Sequence[Call], list[Row]]] = {}
+        self._intent_rows: dict[object, tuple[Sequence[Call], Intents]] = {}
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
         sqlite_file: str | None = None
@@ -436,28 +447,35 @@ class Ledger:
             raise ConfigError("Ledger.journal", f"must be a folder, True or False, got {journal!r}")
         try:
             self.replayed = self._replay(folder)
-            return Journal(folder)
+            return Journal(folder, lock=self._lock)
         except OSError as exc:
             raise LedgerError(f"cannot open the ledger journal in {folder}: {exc}") from exc
 
     def _replay(self, folder: Path) -> int:
-        """Insert what dead processes' journals hold and the database lacks; returns the rows added."""
-        added = 0
-        for path, fd in orphans(folder):
-            try:
-                pending = pending_rows(path)
-                have = self._known(list(pending))
-                rows = [
-                    (*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)
-                ]
-                if rows:
-                    self._store.write(self._insert, rows)
-                    _log.warning("ledger journal %s: replayed %d row(s) of a process that ended", path, len(rows))
-                added += len(rows)
+        """Insert what dead processes' journals hold and the database lacks; returns the rows added. The files are
+        read together: a request's records may straddle two segments of its process."""
+        found = orphans(folder)
+        try:
+            if not found:
+                return 0
+            paths = [path for path, _ in found]
+            pending = pending_rows(*paths)
+            have = self._known(list(pending))
+            rows = [(*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)]
+            if rows:
+                self._store.write(self._insert, rows)
+                _log.warning(
+                    "ledger journal %s: replayed %d row(s) of a process that ended (%d file(s))",
+                    folder,
+                    len(rows),
+                    len(paths),
+                )
+            for path in paths:
                 path.unlink(missing_ok=True)
-            finally:
+            return len(rows)
+        finally:
+            for _, fd in found:
                 os.close(fd)
-        return added
 
     def _known(self, request_ids: Sequence[str]) -> set[str]:
         ph = self._store.placeholder
@@ -501,32 +519,43 @@ class Ledger:
         return found
 
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
-        tags = self._tags(metadata)
+        """One row per call (it runs on the event loop for every request: the cost cache is read inline, and values
+        already of the stored type are not converted again)."""
+        tags = self._tags(metadata) if metadata else "{}"
+        costs = self._cost_cache
         rows: list[Row] = []
-        for i, c in enumerate(calls):
+        seq = 0
+        for c in calls:
             usage = c.usage
-            usd, pusd = self._cost_columns(c.cost_usd)
+            cost = c.cost_usd
+            if cost is None:
+                usd = pusd = None
+            else:
+                found = costs.get(cost)
+                usd, pusd = found if found is not None else self._cost_columns(cost)
+            latency = c.latency_s
             rows.append(
                 (
                     now,
                     request_id,
-                    i,
+                    seq,
                     c.tier,
                     c.model,
                     c.outcome,
                     usage.input_tokens,
                     usage.output_tokens,
                     usage.cached_tokens,
-                    int(usage.estimated),
+                    1 if usage.estimated else 0,
                     usd,
                     pusd,
-                    float(c.latency_s),
+                    latency if latency.__class__ is float else float(latency),
                     c.error,
                     tags,
                     c.attempt,
                     c.finish_reason,
                 )
             )
+            seq += 1  # noqa: SIM113 (a counter is cheaper than enumerate's tuples, on the event loop)
         return rows
 
     def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
@@ -534,21 +563,26 @@ class Ledger:
 
         The router passes the same tuple of intent calls for every request of a tier and prompt size, so the rows
         are built once per (calls, tags) and only stamped with the time and the request id here."""
-        if self._journal is None:
+        journal = self._journal
+        if journal is None:
             return
-        key: object = (id(calls), tuple(metadata.items()))
+        key: object = (id(calls), tuple(metadata.items())) if metadata else id(calls)
         try:
             hit = self._intent_rows.get(key)
         except TypeError:  # a tag value that is not hashable
             hit, key = None, None
         if hit is None or hit[0] is not calls:  # `is`: the id of a tuple since freed may have been reused
-            hit = (calls, [r[2:] for r in self._rows("", calls, metadata, 0.0)])
+            hit = (calls, Intents([r[2:] for r in self._rows("", calls, metadata, 0.0)]))
             if key is not None:
                 if len(self._intent_rows) >= 1024:
                     self._intent_rows.clear()
                 self._intent_rows[key] = hit
-        now = self.clock()
-        self._journal.intent(request_id, [(now, request_id, *rest) for rest in hit[1]])
+        journal.stamp(request_id, self.clock(), hit[1])
+
+    @property
+    def journaled(self) -> bool:
+        """Whether :meth:`intent` journals anything: a caller may skip building intent calls when it does not."""
+        return self._journal is not None
 
     def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
@@ -572,7 +606,7 @@ class Ledger:
                     f"request {request_id} not recorded{cause}"
                 )
             if self._journal is not None:
-                self._journal.recorded(request_id, rows)
+                self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
             wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
         if wake:
@@ -607,7 +641,10 @@ class Ledger:
             del self._pending[: len(batch)]
             self._error = None
         if self._journal is not None:
-            self._journal.committed(r[1] for r in batch)
+            self._journal.committed(map(_REQUEST_ID, batch))
+            # Segments: the next one populated here, not page by page on the event loop (the first write swaps the
+            # quickly made first segment for one; a ledger only read from never maps one).
+            self._journal.prepare()
         return len(batch)
 
     def _run(self) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from llm_cascade.journal import Journal, pending_rows
+from llm_cascade.journal import Intents, Journal, pending_rows
 from llm_cascade.ledger import Ledger
 
 
@@ -74,11 +74,149 @@ def test_intents_of_one_calls_tuple_carry_each_requests_own_id_and_tags(tmp_path
     ledger.intent("r1", calls, {"app": "x"})
     ledger.intent("r2", calls, {"app": "x"})
     ledger.intent("r3", calls, {"app": "y"})
-    assert ledger._journal is not None and ledger._journal.path is not None
-    pending = pending_rows(ledger._journal.path)
+    # The writer thread swaps the first segment for a populated one after its first write: read every segment.
+    pending = {rid: rows for path in (tmp_path / "j").glob("*.wal") for rid, rows in pending_rows(path).items()}
     assert {rid: [(r[0], r[1], r[4], r[10], r[14]) for r in rows] for rid, rows in pending.items()} == {
         "r1": [(1.0, "r1", "a", "0.5", '{"app": "x"}')],
         "r2": [(2.0, "r2", "a", "0.5", '{"app": "x"}')],
         "r3": [(3.0, "r3", "a", "0.5", '{"app": "y"}')],
     }
     ledger.close()
+
+
+def _all_pending(folder: Path) -> dict[str, list[tuple[object, ...]]]:
+    """What a replay of every segment in ``folder`` would insert (a request's records may straddle segments)."""
+    return pending_rows(*sorted(folder.glob("*.wal")))
+
+
+def test_a_stamped_intent_reads_back_as_the_same_rows_as_a_marshalled_one(tmp_path: Path) -> None:
+    """Intents are encoded once per set of rows and stamped with each request's time and id: the bytes must read
+    back, through the checked reader, exactly as the rows themselves would, whatever the values (non-ASCII and
+    lone-surrogate text, long text, large integers, None)."""
+    rests = [
+        (0, 1, "a", "cancelled", 20, 0, 0, 1, "0.5", 500_000_000_000, 0.0, "process ended", '{"app":"x"}', 1, None),
+        (1, 1, "ü" * 300, "x" * 300, 2**40, -5, -(2**70), 0, None, None, 1e300, "\udcff", '{"k":"é"}', 2**31, "s"),
+    ]
+    for i, rid in enumerate(["0192f3a4b5c67d8e9f00112233445566", "", "é", "\udcff", "x" * 255, "y" * 256]):
+        for rs in (rests, rests[:1], [], rests * 200):
+            journal = Journal(tmp_path / f"j{i}-{len(rs)}")
+            journal.stamp(rid, 1.5e9 + i, Intents(rs))
+            path = journal.path
+            assert path is not None
+            expected = [(1.5e9 + i, rid, *r) for r in rs]
+            assert pending_rows(path) == ({rid: expected} if rs else {})
+            if rs:
+                journal.intent(rid + "-m", expected)  # the plain encoding of the same rows, for comparison
+                assert pending_rows(path)[rid + "-m"] == pending_rows(path)[rid]
+            journal.close(clean=True)
+
+
+def test_full_segments_are_kept_until_their_requests_commit_then_reused(tmp_path: Path) -> None:
+    """Small segments fill often: a request whose records straddle two segments keeps both; a segment nothing is
+    outstanding in is zeroed and becomes the next one (prepare(), the writer thread's part), so the folder holds a
+    bounded number of files; what is outstanding is replayable from the folder at every step."""
+    folder = tmp_path / "j"
+    journal = Journal(folder, segment_bytes=4096)
+    outstanding: dict[str, list[tuple[object, ...]]] = {}
+    files = set()
+    for n in range(300):
+        rid = f"r{n:04d}"
+        intent = [row(rid, 0, "a", "0.5"), row(rid, 1, "b", "0.5")]
+        journal.stamp(rid, 1.5e9, Intents([r[2:] for r in intent]))
+        outstanding[rid] = intent
+        if n % 3:  # some requests never get recorded rows (still in flight): their intents stay outstanding
+            real = [row(rid, 0, "a", "0.25")]
+            journal.recorded(rid, real)
+            outstanding[rid] = real
+        if n % 7 == 6:  # the writer commits what was recorded, older requests first
+            done = [r for r in list(outstanding)[:-2] if int(r[1:]) % 3]
+            journal.committed(done)
+            for r in done:
+                del outstanding[r]
+            journal.prepare()
+        files.update(folder.glob("*.wal"))
+        if n % 50 == 49:
+            assert _all_pending(folder) == outstanding
+            assert journal.outstanding == len(outstanding)
+    assert _all_pending(folder) == outstanding
+    assert len(files) > 3  # segments did fill up (and some were created)
+    journal.committed(list(outstanding))
+    journal.prepare()
+    assert journal.outstanding == 0 and _all_pending(folder) == {}
+    assert len(list(folder.glob("*.wal"))) <= 3  # the current segment, a spare and one the event loop created
+    journal.close(clean=True)
+    assert not folder.exists()
+
+
+def test_in_steady_traffic_two_segments_take_turns(tmp_path: Path) -> None:
+    """Requests commit soon after they are recorded: the segment that fills up is zeroed and becomes the spare, so no
+    file is created after the first two (and the event loop never creates one)."""
+    folder = tmp_path / "j"
+    journal = Journal(folder, segment_bytes=4096)
+    journal.prepare()
+    files = set(folder.glob("*.wal"))
+    for n in range(600):
+        rid = f"r{n:04d}"
+        journal.stamp(rid, 1.5e9, Intents([row(rid, 0, "a", "0.5")[2:]]))
+        journal.recorded(rid, [row(rid, 0, "a", "0.25")])
+        if n % 4 == 3:
+            journal.committed(f"r{i:04d}" for i in range(n - 3, n + 1))
+            journal.prepare()
+        files.update(folder.glob("*.wal"))
+    assert len(files) <= 3  # the first segment (swapped for a populated one at once), then two taking turns
+    assert _all_pending(folder) == {}
+    journal.close(clean=True)
+    assert not folder.exists()
+
+
+def test_prepare_swaps_the_first_segment_for_a_populated_one_and_keeps_its_records(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    journal = Journal(folder)
+    journal.intent("r1", [row("r1", 0, "a", "0.5")])
+    first = journal.path
+    journal.prepare()  # the ledger's writer thread calls it after each write
+    if first == journal.path:  # no MAP_POPULATE on this platform: nothing to swap
+        journal.close(clean=False)
+        return
+    journal.intent("r2", [row("r2", 0, "b", "0.5")])
+    journal.recorded("r1", [row("r1", 0, "a", "0.25")])
+    assert _all_pending(folder) == {"r1": [row("r1", 0, "a", "0.25")], "r2": [row("r2", 0, "b", "0.5")]}
+    journal.committed(["r1"])
+    journal.prepare()
+    assert first is not None and not first.exists()  # nothing outstanding there any more: closed and removed
+    assert _all_pending(folder) == {"r2": [row("r2", 0, "b", "0.5")]}
+    journal.close(clean=False)
+    assert _all_pending(folder) == {"r2": [row("r2", 0, "b", "0.5")]}
+
+
+def test_threads_recording_while_the_writer_commits_leave_nothing_outstanding(tmp_path: Path) -> None:
+    """record() may be called from threads: the ledger and its journal share one lock."""
+    import threading
+    from decimal import Decimal
+
+    from llm_cascade.types import Call, Usage
+
+    intent = (Call("a", 0, "cancelled", Usage(5, 0, 0, True), cost_usd=Decimal("0.5"), error="x"),)
+    real = [Call("a", 0, "ok", Usage(5, 1), 0.01, cost_usd=Decimal("0.25"))]
+    ledger = Ledger(tmp_path / "l.db", journal=tmp_path / "j", linger_s=0)
+
+    def work(t: int) -> None:
+        for i in range(300):
+            ledger.intent(f"t{t}-{i}", intent, {})
+            ledger.record(f"t{t}-{i}", real, {"t": str(t)})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    ledger.flush()
+    assert ledger.count() == 1200
+    assert ledger._journal is not None and ledger._journal.outstanding == 0
+    ledger.close()
+    assert not (tmp_path / "j").exists()
+
+
+def test_a_ledger_says_whether_it_journals_intents(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "a.db", journal=False) as plain, Ledger(tmp_path / "b.db", journal=tmp_path / "j") as kept:
+        assert not plain.journaled and kept.journaled
