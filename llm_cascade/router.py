@@ -49,6 +49,7 @@ from .errors import (
 )
 from .normalize import Normalizer, as_normalizer
 from .retry import Retrying, RetryPolicy, attempt_log
+from .tokens import TokenEstimator
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage, with_params
 
 if TYPE_CHECKING:
@@ -399,7 +400,7 @@ class Router:
         self.name = f"router:{name}"
         self.supports_logprobs = False
         self._closed = False
-        self._intent_calls: dict[tuple[int, Usage, int], tuple[Call, ...]] = {}
+        self._intent_calls: dict[tuple[int, object, int], tuple[Call, ...]] = {}
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -574,7 +575,7 @@ class Router:
                     bk, bvotes, banswer, btext = best
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
             intent = getattr(ledger, "intent", None)  # the ledger this request records to (None when nested)
-            if intent is not None:
+            if intent is not None and getattr(ledger, "journaled", True):  # no journal: no intent calls to build
                 intent(request.request_id, self._intents(k, tier, request), request.metadata)
             votes, texts, failed = await self._run_tier(k, tier, request, calls)
             answer, _ = votes.majority()
@@ -818,10 +819,17 @@ class Router:
         """The calls tier ``k`` is about to make, as the ledger should bill them if the process dies during them:
         prompt tokens estimated, no output, outcome "cancelled". Calls are immutable and depend only on the tier
         and the estimated usage, so they are built once per (tier, usage) (prompt sizes repeat) and reused."""
-        usage = self.estimator(request, None) if self.estimator is not None else Usage(estimated=True)
-        key = (k, usage, getattr(self.prices, "version", 0))  # a price added since: built again
+        estimator = self.estimator
+        usage: Usage | None = None
+        if type(estimator) is TokenEstimator:  # its estimate depends on the prompt's size alone: keyed by that
+            size: object = estimator.prompt_tokens(request)
+        else:
+            size = usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
+        key = (k, size, getattr(self.prices, "version", 0))  # a price added since: built again
         found = self._intent_calls.get(key)
         if found is None:
+            if usage is None:
+                usage = estimator(request, None)
             why = "process ended during the call (replayed from the ledger journal)"
             found = tuple(
                 Call(m.name, k, "cancelled", usage, cost_usd=self._cost(m, usage, None, None), error=why)
