@@ -236,7 +236,7 @@ class Budget:
             start = period_start(limit.per, now)
             t = self.ledger.totals(since=start, tags=limit.tags or None)
             with self._lock:
-                self._running[i] = _Running(start, t.cost_usd, t.unpriced)
+                self._running[i] = _Running(limit.per, start, t.cost_usd, t.unpriced)
 
     def _ensure(self, now: float) -> None:
         """Create (seeded from the ledger) the shared counters of the current periods, if no process has yet."""
@@ -281,14 +281,12 @@ class Budget:
                 self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
             return
         with self._lock:
-            for i, limit in self._applying(metadata):
+            for i, _ in self._applying(metadata):
                 run = self._running.get(i)
                 if run is None:
                     continue
-                start = period_start(limit.per, ts)
-                if start is not None and start > run.start:
-                    run.begin(start)  # a new period began
-                elif start is not None and start < run.start:
+                run.catch_up(ts)
+                if ts < run.start:
                     continue  # a row stamped in a period already over
                 run.usd += priced
                 run.unknown += unknown
@@ -298,9 +296,7 @@ class Budget:
         run = self._running.get(index)
         if run is None:
             return Decimal(0), 0
-        start = period_start(limit.per, now)
-        if start is not None and start > run.start:
-            run.begin(start)
+        run.catch_up(now)
         return run.usd, run.unknown
 
     def _tiktoken_usage(self, request: Request, model: str) -> Usage:
@@ -557,19 +553,28 @@ class Budget:
 
 
 class _Running:
-    """One period limit's totals in this process: the period's start (None: all time), its priced spend, and its
-    billed calls of unknown price."""
+    """One period limit's totals in this process: its period (``start`` to ``end``; all time for "total"), the
+    period's priced spend and its billed calls of unknown price. Knowing where the period ends, a check or a recorded
+    call tells whether it is still in it by two comparisons, without working out the calendar."""
 
-    __slots__ = ("start", "unknown", "usd")
+    __slots__ = ("end", "per", "start", "unknown", "usd")
 
-    def __init__(self, start: float | None, usd: Decimal, unknown: int) -> None:
-        self.start = start if start is not None else float("-inf")
+    def __init__(self, per: Period, start: float | None, usd: Decimal, unknown: int) -> None:
+        self.per = per
         self.usd = usd
         self.unknown = unknown
+        self._period(start)
 
-    def begin(self, start: float) -> None:
-        """A new period began: its totals start from zero."""
-        self.start, self.usd, self.unknown = start, Decimal(0), 0
+    def _period(self, start: float | None) -> None:
+        self.start = start if start is not None else float("-inf")
+        end = period_start(self.per, _next(self.per, start)) if start is not None else None
+        self.end = end if end is not None else float("inf")
+
+    def catch_up(self, now: float) -> None:
+        """If ``now`` is past this period, a new one began: its totals start from zero."""
+        if now >= self.end:
+            self._period(period_start(self.per, now))
+            self.usd, self.unknown = _ZERO, 0
 
 
 class Hold:

@@ -11,7 +11,7 @@ import pytest
 from _fakes import Recorded, mmlu_rows
 
 from llm_cascade import BudgetExceeded, FakeBackend, Request, Router, Tier, Usage
-from llm_cascade.budget import Budget, Limit, period_start
+from llm_cascade.budget import Budget, Limit, Period, period_start
 from llm_cascade.errors import ConfigError
 from llm_cascade.ledger import Ledger
 from llm_cascade.pricing import PriceTable
@@ -130,6 +130,35 @@ def test_period_limits_count_only_their_period_and_tags(tmp_path: Path) -> None:
     other = Request.from_prompt("q", metadata={"app": "batch"})
     assert budget.check(other, 1, ["m"], Decimal("0.5")) is None
     assert "per total" in (budget.check(other, 1, ["m"], Decimal("1.2")) or "")
+
+
+@pytest.mark.parametrize(
+    ("per", "before", "after"),
+    [("day", 1_767_312_000.0 - 1800, 1_767_312_000.0 + 1800), ("month", 1_769_904_000.0 - 60, 1_769_904_000.0 + 60)],
+)
+def test_running_totals_start_again_when_a_period_ends(
+    tmp_path: Path, per: Period, before: float, after: float
+) -> None:
+    """2026-01-01 23:30 -> 2026-01-02 00:30 UTC, and 2026-01-31 23:59 -> 2026-02-01 00:01: the spend of the period
+    that ended no longer counts; a row stamped in it but recorded late is not counted in the new one."""
+    now = [before]
+    ledger = Ledger(tmp_path / "l.db", clock=lambda: now[0])
+    prices = PriceTable({"m": {"input": 1, "output": 1, "source": "t", "as_of": "2026-01-01"}}, fallback=None)
+    budget = Budget(
+        Limit(1, per=per), ledger=ledger, prices=prices, usage=lambda r, m: Usage(500_000, 0), clock=lambda: now[0]
+    )
+    req = Request.from_prompt("q")
+    ledger.record("a", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {})
+    assert "per " + per in (budget.check(req, 0, ["m"], Decimal(0)) or "")
+    now[0] = after
+    assert budget.check(req, 0, ["m"], Decimal(0)) is None  # a new period: 0 spent
+    ledger.record("b", [Call("m", 0, "ok", cost_usd=Decimal("0.6"))], {})
+    assert "spent 0.6 in this" in (budget.check(req, 0, ["m"], Decimal(0)) or "")
+    now[0] = before  # a row of the old period, recorded late
+    ledger.record("c", [Call("m", 0, "ok", cost_usd=Decimal("0.3"))], {})
+    now[0] = after
+    assert budget.remaining() == {f"1 USD per {per} (all)": Decimal("0.4")}
+    ledger.close()
 
 
 def test_default_estimate_uses_prompt_tokens_and_max_tokens() -> None:
