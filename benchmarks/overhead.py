@@ -2,7 +2,10 @@
 
 (a) The router's own cost per request, with FakeBackend members that answer at once (so what is timed is the router:
     request building, task fan-out, normalisation, the rule, the RouteResult), in three shapes: one member, a
-    two-member tier that agrees, and a two-tier escalation (two members disagree, a third answers).
+    two-member tier that agrees, and a two-tier escalation (two members disagree, a third answers); then the
+    two-member tier and the one member with the whole spend path around them (a price table, the SQLite ledger with
+    its writer thread and journal, a per-day budget, the retry layer). All five are timed in interleaved blocks of
+    100 requests, in a new random order each round, so that a shared machine's changes of speed hit them alike.
 (b) The latency added over a direct ``AsyncOpenAI`` call against the local recorded-answer server (in its own
     process), by our Router with one OpenAIBackend member (over the SDK, and over the lean HTTP transport), and by
     ``litellm.Router`` with one deployment, measured in the same run, interleaved call by call so machine noise hits
@@ -14,9 +17,9 @@
     python benchmarks/overhead.py [--n 3000] [--http-n 1500] [--lean-cpu-n 2000] [--lean-calls 6000]
 
 The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, overhead_full_us_p50/p99
-(that tier with prices, the SQLite ledger, a budget and the retry layer) and overhead_full_single_us_p50 (one member
-with the same stack), and the added latency figures (median over rounds of each client's time minus the direct
-call's, in microseconds).
+(that tier with prices, the SQLite ledger, a budget and the retry layer), overhead_full_single_us_p50 (one member
+with the same stack), spend_path_us_p50 (full minus bare, same run), and the added latency figures (median over
+rounds of each client's time minus the direct call's, in microseconds).
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ async def time_calls(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 200
     return out
 
 
-async def router_cost(n: int) -> dict[str, list[float]]:
-    shapes = {
+def bare_routers() -> dict[str, Router]:
+    return {
         "single": Router([Tier([FakeBackend("a", "B")])], normalizer="choice"),
         "agree": Router([Tier([FakeBackend("a", "B"), FakeBackend("b", "B")], unanimous())], normalizer="choice"),
         "escalate": Router(
@@ -77,15 +80,9 @@ async def router_cost(n: int) -> dict[str, list[float]]:
             normalizer="choice",
         ),
     }
-    out: dict[str, list[float]] = {}
-    for name, router in shapes.items():
-        result = await router.route(PROMPT)
-        assert result.answer == "B" and result.tier == (1 if name == "escalate" else 0)
-        out[name] = await time_calls(lambda r=router: r.route(PROMPT), n)  # type: ignore[misc]
-    return out
 
 
-async def full_stack_cost(n: int, members: int = 2) -> list[float]:
+def full_stack_router(folder: str, members: int = 2) -> Router:
     """The two-member agreeing tier again (or one member), with everything a production router has around it: a price
     table, the SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
     from llm_cascade.budget import Budget, Limit
@@ -96,23 +93,48 @@ async def full_stack_cost(n: int, members: int = 2) -> list[float]:
 
     entry = {"input": "0.15", "output": "0.6", "source": "benchmark", "as_of": "2026-01"}
     prices = PriceTable({"a": entry, "b": entry}, fallback=None)
+    ledger = Ledger(os.path.join(folder, f"ledger-{members}.sqlite3"))
+    budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
+    return Router(
+        [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")][:members], unanimous())],
+        normalizer="choice",
+        prices=prices,
+        ledger=ledger,
+        budget=budget,
+        resilience=Resilience(retry=RetryPolicy()),
+    )
+
+
+async def router_cost(n: int, block: int = 100) -> dict[str, list[float]]:
+    """Per-request time of every shape, bare and full-stack, measured in interleaved blocks of ``block`` requests
+    (shapes in a new random order each round), so that a shared machine's changes of speed, which come and go over
+    seconds, hit every shape alike instead of whichever one happened to run then."""
     with tempfile.TemporaryDirectory() as tmp:
-        ledger = Ledger(os.path.join(tmp, "ledger.sqlite3"))
-        budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
-        router = Router(
-            [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")][:members], unanimous())],
-            normalizer="choice",
-            prices=prices,
-            ledger=ledger,
-            budget=budget,
-            resilience=Resilience(retry=RetryPolicy()),
-        )
-        result = await router.route(PROMPT)
-        assert result.answer == "B" and result.cost_usd is not None and result.cost_usd > 0
-        out = await time_calls(lambda: router.route(PROMPT), n)
-        await ledger.aflush()
-        assert ledger.count() == members * (n + 201)  # every call of every request is stored (200 warm-up + 1 check)
-        await ledger.aclose()
+        routers = {**bare_routers(), "full": full_stack_router(tmp, 2), "full_single": full_stack_router(tmp, 1)}
+        for name, router in routers.items():
+            result = await router.route(PROMPT)
+            assert result.answer == "B" and result.tier == (1 if name == "escalate" else 0)
+            assert name not in ("full", "full_single") or (result.cost_usd is not None and result.cost_usd > 0)
+            for _ in range(200):
+                await router.route(PROMPT)
+        out: dict[str, list[float]] = {name: [] for name in routers}
+        order = list(routers)
+        rng = random.Random(0)
+        gc.collect()
+        for _ in range(-(-n // block)):
+            rng.shuffle(order)
+            for name in order:
+                route, times = routers[name].route, out[name]
+                for _ in range(block):
+                    t0 = time.perf_counter_ns()
+                    await route(PROMPT)
+                    times.append((time.perf_counter_ns() - t0) / 1000)
+        for name, members in (("full", 2), ("full_single", 1)):
+            ledger = routers[name].ledger
+            await ledger.aflush()  # type: ignore[union-attr]
+            # every call of every request is stored (1 check, 200 warm-up, the timed ones)
+            assert ledger.count() == members * (len(out[name]) + 201)  # type: ignore[union-attr]
+            await ledger.aclose()  # type: ignore[union-attr]
     return out
 
 
@@ -190,17 +212,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     cost = asyncio.run(router_cost(args.n))
-    print(f"(a) router's own cost per request, FakeBackend members, {args.n} requests each")
-    print(f"    {'shape':<34}{'p50 µs':>9}{'p99 µs':>9}")
-    labels = {"single": "1 member", "agree": "2 members agreeing", "escalate": "2 disagreeing -> tier 2 (3 calls)"}
+    print(f"(a) router's own cost per request, FakeBackend members, {args.n} requests each, in interleaved blocks")
+    print(f"    {'shape':<42}{'p50 µs':>9}{'p99 µs':>9}")
+    labels = {
+        "single": "1 member",
+        "agree": "2 members agreeing",
+        "escalate": "2 disagreeing -> tier 2 (3 calls)",
+        "full": "2 agreeing + prices/ledger/budget/retry",
+        "full_single": "1 member + prices/ledger/budget/retry",
+    }
     for name, values in cost.items():
-        print(f"    {labels[name]:<34}{pct(values, 0.5):>9.1f}{pct(values, 0.99):>9.1f}")
-    full = asyncio.run(full_stack_cost(args.n))
-    label = "2 agreeing + prices/ledger/budget/retry"
-    print(f"    {label:<34}{pct(full, 0.5):>9.1f}{pct(full, 0.99):>9.1f}")
-    full_single = asyncio.run(full_stack_cost(args.n, members=1))
-    label = "1 member + prices/ledger/budget/retry"
-    print(f"    {label:<34}{pct(full_single, 0.5):>9.1f}{pct(full_single, 0.99):>9.1f}")
+        print(f"    {labels[name]:<42}{pct(values, 0.5):>9.1f}{pct(values, 0.99):>9.1f}")
+    full, full_single = cost["full"], cost["full_single"]
+    spend_path = pct(full, 0.5) - pct(cost["agree"], 0.5)
+    print(f"    the spend path (prices, ledger, budget, retry) adds {spend_path:.1f} µs p50 to the 2-member tier")
 
     proc, url = start_server()
     try:
@@ -234,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_full_us_p50": round(pct(full, 0.5), 1),
         "overhead_full_us_p99": round(pct(full, 0.99), 1),
         "overhead_full_single_us_p50": round(pct(full_single, 0.5), 1),
+        "spend_path_us_p50": round(spend_path, 1),
         "single_us_p50": round(pct(cost["single"], 0.5), 1),
         "escalation_us_p50": round(pct(cost["escalate"], 0.5), 1),
         "escalation_us_p99": round(pct(cost["escalate"], 0.99), 1),
