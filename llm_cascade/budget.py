@@ -427,16 +427,23 @@ class Budget:
         now: float,
         hold: Hold | None,
     ) -> str | None:
-        for i, limit in applicable:
-            before = held = Decimal(0)
+        for i, limit in applicable:  # _spent_in_period and _held_against, inlined: this runs on every request
+            before = held = _ZERO
             if limit.per != "request":
-                before, unknown = self._spent_in_period(i, limit, now)
-                if unknown and self.unknown_price == "refuse":
-                    return (
-                        f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
-                        " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
-                    )
-                held = self._held_against(i, hold)
+                run = self._running.get(i)
+                if run is not None:
+                    if now >= run.end:
+                        run.catch_up(now)
+                    before = run.usd
+                    if run.unknown and self.unknown_price == "refuse":
+                        return (
+                            f"budget {limit}: {run.unknown} call(s) of unknown price billed in this {limit.per}, so"
+                            " its spend cannot be proven under the limit (unknown_price='allow' counts only priced"
+                            " calls)"
+                        )
+                held = self._held.get(i, _ZERO)
+                if hold is not None and i in hold.limits:
+                    held -= hold.claimed
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
                 return (
@@ -627,7 +634,7 @@ class Hold:
     async def acheck(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
         """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
         if self.budget.counters is None:
-            return self.check(request, tier, models, spent)
+            return self.budget._admit(request, tier, models, spent, self)
         return await self.budget._aadmit(request, tier, models, spent, self)
 
     def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:

@@ -491,12 +491,15 @@ class Router:
         hold: Held | None = reserve() if reserve is not None else None
         guard = hold if hold is not None else self.budget
         scope = _outer_ledger.set(ledger) if ledger is not None else None
+        result: RouteResult | None = None
         try:
             if self.timeout is None:
-                return await self._route(request, calls, guard, ledger)
+                result = await self._route(request, calls, guard, ledger)
+                return result
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._route(request, calls, guard, ledger)
+                    result = await self._route(request, calls, guard, ledger)
+                    return result
             except TimeoutError:
                 raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
         finally:
@@ -504,7 +507,7 @@ class Router:
                 _outer_ledger.reset(scope)
             try:
                 if ledger is not None and calls:
-                    if len(calls) > 1:  # members finish in any order; rows go in the order of the result's calls
+                    if result is None and len(calls) > 1:  # a result has sorted them; rows go in the result's order
                         calls.sort(key=self._call_order)
                     ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
