@@ -233,9 +233,9 @@ def _new_request_id() -> str:
     return f"{n:032x}"
 
 
-# The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
 _ZERO = Decimal(0)
 
+# The member errors of the request being routed (a list shared by its tasks), for AllTiersFailed's group.
 _FAILURES: ContextVar[list[Exception] | None] = ContextVar("llm_cascade_member_errors", default=None)
 
 
