@@ -85,6 +85,10 @@ class TierVotes:
 
     def majority(self) -> tuple[str | None, int]:
         """The majority answer and its vote count (None, 0 when nobody answered)."""
+        answers = self.answers
+        first = answers[0] if answers else None
+        if first is not None and answers.count(first) == len(answers):  # all agree: the usual case, no dictionary
+            return first, len(answers)
         counts: dict[str, int] = {}
         for answer in self.answers:
             if answer is not None:

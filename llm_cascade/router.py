@@ -676,9 +676,9 @@ class Router:
             elif o.answer is not None and o.answer not in texts:
                 texts[o.answer] = o.text
         votes = TierVotes(
-            tuple(m.name for m in members),
-            tuple(o.answer for o in outcomes),
-            tuple(o.confidence for o in outcomes),
+            self._models[k],
+            tuple([o.answer for o in outcomes]),
+            tuple([o.confidence for o in outcomes]),
         )
         return votes, texts, failed
 
