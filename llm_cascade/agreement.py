@@ -75,6 +75,10 @@ class TierVotes:
 
     def tally(self) -> tuple[Vote, ...]:
         """Votes per distinct answer, most votes first, ties in order of first appearance."""
+        answers = self.answers
+        first = answers[0] if answers else None
+        if first is not None and answers.count(first) == len(answers):  # all agree: the usual case
+            return (Vote(first, self.models),)
         order: dict[str, list[str]] = {}
         for model, answer in zip(self.models, self.answers, strict=True):
             if answer is not None:
