@@ -67,6 +67,15 @@ def test_tie_break_first_listed_member_wins() -> None:
     assert always()(votes("C", "A", "A")).answer == "A"
 
 
+def test_a_unanimous_tier_tallies_and_counts_like_any_other() -> None:
+    v = votes("B", "B", "B")
+    assert v.majority() == ("B", 3)
+    assert [(x.answer, x.models) for x in v.tally()] == [("B", v.models)]
+    assert votes("B", "B", None).majority() == ("B", 2)
+    assert [(x.answer, len(x.models)) for x in votes("B", "B", None).tally()] == [("B", 2)]
+    assert votes(None, None).majority() == (None, 0) and votes(None, None).tally() == ()
+
+
 def test_semantic_free_text() -> None:
     assert semantic(0.5)(votes("paris", "paris france", "paris")).accepted
     d = semantic(0.5)(votes("paris", "lyon", "paris"))
