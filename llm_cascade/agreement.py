@@ -75,10 +75,9 @@ class TierVotes:
 
     def tally(self) -> tuple[Vote, ...]:
         """Votes per distinct answer, most votes first, ties in order of first appearance."""
-        answers = self.answers
-        first = answers[0] if answers else None
-        if first is not None and answers.count(first) == len(answers):  # all agree: the usual case
-            return (Vote(first, self.models),)
+        every = self._unanimous()
+        if every is not None:  # the usual case: no dictionary, no sort
+            return (Vote(every, self.models),)
         order: dict[str, list[str]] = {}
         for model, answer in zip(self.models, self.answers, strict=True):
             if answer is not None:
@@ -89,10 +88,9 @@ class TierVotes:
 
     def majority(self) -> tuple[str | None, int]:
         """The majority answer and its vote count (None, 0 when nobody answered)."""
-        answers = self.answers
-        first = answers[0] if answers else None
-        if first is not None and answers.count(first) == len(answers):  # all agree: the usual case, no dictionary
-            return first, len(answers)
+        every = self._unanimous()
+        if every is not None:  # the usual case: no dictionary
+            return every, len(self.answers)
         counts: dict[str, int] = {}
         for answer in self.answers:
             if answer is not None:
@@ -103,6 +101,12 @@ class TierVotes:
             if n > best_n:
                 best, best_n = answer, n
         return best, best_n
+
+    def _unanimous(self) -> str | None:
+        """The answer every member gave, or None."""
+        answers = self.answers
+        first = answers[0] if answers else None
+        return first if first is not None and answers.count(first) == len(answers) else None
 
     def support_confidence(self, answer: str) -> float:
         """Mean confidence of the members that gave ``answer``; a member with unknown confidence counts as 0."""
