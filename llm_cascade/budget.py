@@ -184,8 +184,7 @@ class Budget:
         self.unknown_price = unknown_price
         self.gate_first_tier = gate_first_tier
         self.clock = clock
-        self._usage = usage or self._tiktoken_usage
-        self._tiktoken = usage is None  # prompt tokens counted here: estimates keyed by ints
+        self._usage = usage  # None: prompt tokens counted here with tiktoken, estimates keyed by ints
         self._counters: dict[str, PromptCounter] = {}
         # Prices members declare themselves (a Router fills it from its members): used before the table.
         self.member_prices: dict[str, PriceEntry] = {}
@@ -291,16 +290,18 @@ class Budget:
                 run.usd += priced
                 run.unknown += unknown
 
-    def _spent_in_period(self, index: int, limit: Limit, now: float) -> tuple[Decimal, int]:
-        """Priced spend and unknown-price calls recorded in the current period of ``limit`` (lock held)."""
+    def _period_sums(self, index: int, now: float, hold: Hold | None) -> tuple[Decimal, int, Decimal]:
+        """Of period limit ``index`` (lock held): the priced spend and the unknown-price calls recorded in its current
+        period, and what requests in flight hold against it, ``hold``'s own claim not counted."""
+        spent, unknown = _ZERO, 0
         run = self._running.get(index)
-        if run is None:
-            return Decimal(0), 0
-        run.catch_up(now)
-        return run.usd, run.unknown
-
-    def _tiktoken_usage(self, request: Request, model: str) -> Usage:
-        return Usage(self._prompt_tokens(request, model), self._expected_output(request), 0, estimated=True)
+        if run is not None:
+            run.catch_up(now)
+            spent, unknown = run.usd, run.unknown
+        held = self._held.get(index, _ZERO)
+        if hold is not None and index in hold.limits:
+            held -= hold.claimed
+        return spent, unknown, held
 
     def _expected_output(self, request: Request) -> int:
         out = self.output_tokens
@@ -341,16 +342,16 @@ class Budget:
             self._estimates = {}
             self._estimates_version = version
         estimates = self._estimates
-        tiktoken = self._tiktoken
+        guess = self._usage
         out = self._expected_output(request)
         for model in models:
             # The key is (model, prompt tokens, output tokens): ints, no Usage built or hashed unless it is new.
             key: tuple[str, int, int] | tuple[str, Usage]
             usage: Usage | None = None
-            if tiktoken:
+            if guess is None:
                 key = (model, self._prompt_tokens(request, model), out)
             else:
-                usage = self._usage(request, model)
+                usage = guess(request, model)
                 key = (model, usage)
             cost = estimates.get(key, _UNSEEN)
             if cost is _UNSEEN:  # one model, one size: the same Decimal arithmetic as last time, else priced now
@@ -427,23 +428,15 @@ class Budget:
         now: float,
         hold: Hold | None,
     ) -> str | None:
-        for i, limit in applicable:  # _spent_in_period and _held_against, inlined: this runs on every request
+        for i, limit in applicable:
             before = held = _ZERO
             if limit.per != "request":
-                run = self._running.get(i)
-                if run is not None:
-                    if now >= run.end:
-                        run.catch_up(now)
-                    before = run.usd
-                    if run.unknown and self.unknown_price == "refuse":
-                        return (
-                            f"budget {limit}: {run.unknown} call(s) of unknown price billed in this {limit.per}, so"
-                            " its spend cannot be proven under the limit (unknown_price='allow' counts only priced"
-                            " calls)"
-                        )
-                held = self._held.get(i, _ZERO)
-                if hold is not None and i in hold.limits:
-                    held -= hold.claimed
+                before, unknown, held = self._period_sums(i, now, hold)
+                if unknown and self.unknown_price == "refuse":
+                    return (
+                        f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
+                        " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
+                    )
             if before + held + spent + estimate > limit.usd:
                 in_flight = f" + {held} held by requests in flight" if held else ""
                 return (
@@ -530,12 +523,6 @@ class Budget:
                 hold.metadata = dict(metadata)
         return reason
 
-    def _held_against(self, i: int, exclude: Hold | None = None) -> Decimal:
-        held = self._held.get(i, Decimal(0))
-        if exclude is not None and i in exclude.limits:
-            held -= exclude.claimed
-        return held
-
     def _move(self, hold: Hold, delta: Decimal) -> None:
         """Add ``delta`` to the held sums of the limits ``hold`` falls under (lock held)."""
         if delta:
@@ -551,7 +538,8 @@ class Budget:
             if limit.per == "request" or (metadata is not None and not limit.applies(metadata)):
                 continue
             with self._lock:
-                used = self._spent_in_period(i, limit, now)[0] + self._held_against(i)
+                spent, _, held = self._period_sums(i, now, None)
+                used = spent + held
             out[str(limit)] = limit.usd - used
         return out
 
@@ -642,7 +630,7 @@ class Hold:
         budget = self.budget
         if self._source is not metadata:  # a later tier of the same request: the same tags, already resolved
             budget._move(self, -self.claimed)
-            self.claimed = Decimal(0)
+            self.claimed = _ZERO
             self._source = metadata
             self.metadata = dict(metadata)
             self.limits = tuple(i for i, x in applicable if x.per != "request")
