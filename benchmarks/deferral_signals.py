@@ -3,7 +3,8 @@
     python benchmarks/deferral_signals.py [--data ../shared/data] [--sets mmlu medmcqa]
 
 1. **History**: chains of three single models ``a -> b -> c``, each non-last tier deciding with the learned rule
-   (:func:`llm_cascade.deferral.fit`, 5-fold held-out scores, the rule's own features). "plain": tier ``b`` sees only
+   (:func:`llm_cascade.core.deferral.fit`, 5-fold held-out scores, the rule's own features). "plain": tier ``b`` sees
+   only
    its own answer and confidence (what the Router's rules see today); "history": it also sees whether ``a`` agreed
    with ``b`` and how sure ``a`` was. Reported: the cheapest chain at >= the best single model's accuracy, and the
    best accuracy at <= half its cost. History would need the Router to pass earlier tiers' votes to a rule.
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_cascade.deferral import fit, surprise
+from llm_cascade.core.deferral import fit, surprise
 from llm_cascade.evals.records import RunMatrix
 from llm_cascade.evals.tasks import load_examples, load_task
 

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from llm_cascade.backends.hf import HFClassifierBackend
-from llm_cascade.types import Request
+from llm_cascade.core.types import Request
 
 ARTIFACTS = Path("artifacts/sentiment")
 

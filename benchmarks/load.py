@@ -40,10 +40,10 @@ from typing import Any
 
 from llm_cascade import LLMCascadeError, Router, Tier
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.ledger import Ledger
-from llm_cascade.limits import CircuitBreaker, RateLimit, Resilience
-from llm_cascade.retry import RetryPolicy
-from llm_cascade.types import Call
+from llm_cascade.core.types import Call
+from llm_cascade.resilience.limits import CircuitBreaker, RateLimit, Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.spend.ledger import Ledger
 
 TIER0 = ("load-a", "load-b", "load-c")
 TIER1 = ("load-x", "load-y")

@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_cascade import FakeBackend, Router, Tier, Usage
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.ledger import Ledger, to_pusd
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.budget import Budget, Limit
+from llm_cascade.spend.ledger import Ledger, to_pusd
+from llm_cascade.spend.pricing import PriceTable
 
 PRICE = {"input": "0.15", "output": "0.6", "source": "benchmark", "as_of": "2026-01"}
 TOP = {"input": "2.5", "output": "10", "source": "benchmark", "as_of": "2026-01"}

@@ -35,8 +35,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from llm_cascade.core.normalize import ChoiceLetter, Math, Number
 from llm_cascade.evals.importers import ZEROEVAL_ALIASES, read_zeroeval_summary
-from llm_cascade.normalize import ChoiceLetter, Math, Number
 
 # (question id, model, text, reference answer)
 Row = tuple[str, str, str, str | None]
@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _answer_fields(rows: Sequence[Row]) -> list[tuple[str, str, str | None, str | None]]:
-    from llm_cascade._answer import json_answer
+    from llm_cascade.core._answer import json_answer
 
     return [(q, m, json_answer(t), ref) for q, m, t, ref in rows]
 

@@ -85,11 +85,11 @@ def bare_routers() -> dict[str, Router]:
 def full_stack_router(folder: str, members: int = 2) -> Router:
     """The two-member agreeing tier again (or one member), with everything a production router has around it: a price
     table, the SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
-    from llm_cascade.budget import Budget, Limit
-    from llm_cascade.ledger import Ledger
-    from llm_cascade.limits import Resilience
-    from llm_cascade.pricing import PriceTable
-    from llm_cascade.retry import RetryPolicy
+    from llm_cascade.resilience.limits import Resilience
+    from llm_cascade.resilience.retry import RetryPolicy
+    from llm_cascade.spend.budget import Budget, Limit
+    from llm_cascade.spend.ledger import Ledger
+    from llm_cascade.spend.pricing import PriceTable
 
     entry = {"input": "0.15", "output": "0.6", "source": "benchmark", "as_of": "2026-01"}
     prices = PriceTable({"a": entry, "b": entry}, fallback=None)

@@ -98,7 +98,7 @@ def start_proxy(recorded_url: str, ledger: Path, transport: str | None = None) -
         text = config.read_text() + f'\n[providers.recorded.options]\ntransport = "{transport}"\n'
         config = ledger.with_name(f"cascade-{transport}.toml")
         config.write_text(text)
-    cmd = [sys.executable, "-c", "from llm_cascade.cli import main; main()", "serve"]
+    cmd = [sys.executable, "-c", "from llm_cascade.serve.cli import main; main()", "serve"]
     cmd += ["--config", str(config), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_cascade.agreement import All, Confidence, Quorum, Rule, Unanimous
+from llm_cascade.core.agreement import All, Confidence, Quorum, Rule, Unanimous
 from llm_cascade.evals.records import RunMatrix, load_records
 from llm_cascade.evals.simulate import Simulator
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from llm_cascade import AllTiersFailed, Call, ChoiceLetter, Router, RouteResult, Tier, unanimous
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.pricing import PriceTable
 from llm_cascade.testing import RecordedServer
 
 CHEAP = ("gpt-4o-mini", "qwen2.5-72b-instruct", "llama3.1-70b")

@@ -43,18 +43,18 @@ from typing import Any, cast
 
 import numpy as np
 
-from llm_cascade.agreement import Confidence
 from llm_cascade.backends.hf import METRICS, Classification, HFClassifierBackend, Metric
 from llm_cascade.backends.openai import OpenAIBackend
+from llm_cascade.core.agreement import Confidence
+from llm_cascade.core.normalize import LabelSet
+from llm_cascade.core.router import Router, Tier
+from llm_cascade.core.types import Message, Request, RouteResult
 from llm_cascade.evals.calibrate import Target, calibrate
 from llm_cascade.evals.plot import plot_frontier
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix
 from llm_cascade.evals.report import evaluate, to_markdown
 from llm_cascade.evals.simulate import CascadeConfig, Simulator, TierSpec
-from llm_cascade.normalize import LabelSet
-from llm_cascade.pricing import PriceTable
-from llm_cascade.router import Router, Tier
-from llm_cascade.types import Message, Request, RouteResult
+from llm_cascade.spend.pricing import PriceTable
 
 LABELS = ("negative", "neutral", "positive")
 SYSTEM = "Label the sentiment of the tweet as negative, neutral or positive. Reply with the label only."

@@ -9,7 +9,9 @@
 Only light modules are imported here; provider SDKs load when a backend that needs them is built.
 """
 
-from .agreement import (
+from ._moved import install as _install_moved
+from .backends import Backend, FakeBackend, register_provider, resolve
+from .core.agreement import (
     Decision,
     Rule,
     TierVotes,
@@ -21,9 +23,7 @@ from .agreement import (
     unanimous,
     vote_share,
 )
-from .backends import Backend, FakeBackend, register_provider, resolve
-from .budget import Budget, Limit
-from .errors import (
+from .core.errors import (
     AllTiersFailed,
     AuthenticationError,
     BadRequestError,
@@ -47,14 +47,15 @@ from .errors import (
     UnknownProviderError,
     UnsupportedParameter,
 )
-from .ledger import Ledger
-from .limits import CircuitBreaker, RateLimit, Resilience, harden
-from .normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
-from .normalize_math import Math
-from .pricing import Price, PriceTable
-from .retry import Retrying, RetryPolicy
-from .router import Router, Tier
-from .types import Call, Completion, Message, Request, RouteResult, Usage, Vote
+from .core.normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
+from .core.normalize_math import Math
+from .core.router import Router, Tier
+from .core.types import Call, Completion, Message, Request, RouteResult, Usage, Vote
+from .resilience.limits import CircuitBreaker, RateLimit, Resilience, harden
+from .resilience.retry import Retrying, RetryPolicy
+from .spend.budget import Budget, Limit
+from .spend.ledger import Ledger
+from .spend.pricing import Price, PriceTable
 
 __version__ = "0.1.0"
 
@@ -126,3 +127,5 @@ __all__ = [
     "unanimous",
     "vote_share",
 ]
+
+_install_moved()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     ContentFilterError,
     ContextLengthError,
     MalformedResponseError,

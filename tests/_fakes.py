@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_cascade import FakeBackend
+from llm_cascade.core.types import Call, Completion, Request, Usage
 from llm_cascade.evals.records import ModelRun, Record
-from llm_cascade.types import Call, Completion, Request, Usage
 
 
 class FakeTime:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_cascade.ledger import Ledger
+from llm_cascade.spend.ledger import Ledger
 from llm_cascade.testing import Answer, RecordedServer
 
 # A throwaway PostgreSQL server (fixture `pg_url`), started only by tests that ask for it.

@@ -30,16 +30,16 @@ from _fakes import FakeTime
 from llm_cascade import Request, Router, Tier, unanimous
 from llm_cascade.backends.anthropic import AnthropicBackend
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.config import build_router, parse_config
-from llm_cascade.errors import ConfigError, MalformedResponseError, ProviderTimeout, StreamError
-from llm_cascade.ledger import Ledger
-from llm_cascade.limits import Resilience
-from llm_cascade.pricing import MILLION, PriceTable
-from llm_cascade.retry import RetryPolicy
+from llm_cascade.core.errors import ConfigError, MalformedResponseError, ProviderTimeout, StreamError
+from llm_cascade.core.types import Usage
+from llm_cascade.resilience.limits import Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.serve.config import build_router, parse_config
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import MILLION, PriceTable
+from llm_cascade.spend.tokens import count_tokens, encoding_for_model
 from llm_cascade.testing import Answer, RecordedServer
 from llm_cascade.testing.wire import split_tokens
-from llm_cascade.tokens import count_tokens, encoding_for_model
-from llm_cascade.types import Usage
 
 ANSWER = "After careful work, the final answer is 42"
 DEFAULT = Answer(ANSWER, tokens_in=1000, tokens_out=11, cached_tokens=200)

@@ -13,7 +13,7 @@ from _backend_helpers import SERVER_FAULTS, closing_factory
 
 from llm_cascade import Request, Router, Tier, confidence, resolve
 from llm_cascade.backends.anthropic import AnthropicBackend
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     AuthenticationError,
     ConfigError,
     ProviderError,

@@ -22,9 +22,9 @@ from llm_cascade.backends import http as lean
 from llm_cascade.backends._openai_shape import chat_body, chat_params
 from llm_cascade.backends.http import HTTPBackend
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.config import build_router, parse_config
-from llm_cascade.errors import ConfigError, RateLimited
-from llm_cascade.server_cli import fast_io
+from llm_cascade.core.errors import ConfigError, RateLimited
+from llm_cascade.serve.command import fast_io
+from llm_cascade.serve.config import build_router, parse_config
 from llm_cascade.testing import RecordedServer
 
 ANSWER = {
@@ -227,7 +227,7 @@ def test_the_proxy_runs_on_uvloop_and_httptools_when_installed() -> None:
 
 def test_importing_the_library_and_config_does_not_import_aiohttp() -> None:
     code = (
-        "import sys, llm_cascade, llm_cascade.backends.openai, llm_cascade.config; "
+        "import sys, llm_cascade, llm_cascade.backends.openai, llm_cascade.serve.config; "
         "bad = [m for m in ('aiohttp', 'orjson', 'openai') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,7 +15,7 @@ from _backend_helpers import SERVER_FAULTS
 
 from llm_cascade import Request, Usage, resolve
 from llm_cascade.backends.litellm import LiteLLMBackend
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     AuthenticationError,
     ConfigError,
     MalformedResponseError,
@@ -25,8 +25,8 @@ from llm_cascade.errors import (
     RetryableError,
     StreamError,
 )
+from llm_cascade.spend.tokens import count_messages, count_tokens, encoding_for_model
 from llm_cascade.testing import RecordedServer
-from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
 
 
 def backend(server: RecordedServer, model: str, **kw: object) -> LiteLLMBackend:

@@ -21,7 +21,7 @@ from _backend_helpers import closing_factory
 from llm_cascade import Request, Router, Tier, Usage, resolve, unanimous
 from llm_cascade.backends._sdk import retry_after, safe_cause, scrub
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     AuthenticationError,
     BadRequestError,
     ConfigError,
@@ -34,8 +34,8 @@ from llm_cascade.errors import (
     RetryableError,
     StreamError,
 )
+from llm_cascade.spend.tokens import count_messages, count_tokens, encoding_for_model
 from llm_cascade.testing import RecordedServer
-from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
 
 
 @pytest.fixture(scope="module")

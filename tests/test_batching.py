@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from llm_cascade.batching import BatchError, MicroBatcher
-from llm_cascade.errors import ConfigError
+from llm_cascade.backends.batching import BatchError, MicroBatcher
+from llm_cascade.core.errors import ConfigError
 
 
 def double(items: Sequence[int]) -> list[int]:

@@ -11,11 +11,11 @@ import pytest
 from _fakes import Recorded, mmlu_rows
 
 from llm_cascade import BudgetExceeded, FakeBackend, Request, Router, Tier, Usage
-from llm_cascade.budget import Budget, Limit, Period, period_start
-from llm_cascade.errors import ConfigError
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Call
+from llm_cascade.core.errors import ConfigError
+from llm_cascade.core.types import Call
+from llm_cascade.spend.budget import Budget, Limit, Period, period_start
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
 
 CHEAP = ("llama3.1-8b", "gpt-4o-mini")
 TOP = "gpt-4o"

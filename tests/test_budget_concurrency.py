@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from llm_cascade import FakeBackend, Request, Router, Tier, Usage
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.errors import RequestTimeout
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Call
+from llm_cascade.core.errors import RequestTimeout
+from llm_cascade.core.types import Call
+from llm_cascade.spend.budget import Budget, Limit
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
 
 USAGE = Usage(10, 1)
 TOP_COST = Decimal(11) / 1_000_000  # USAGE at 1 USD per 1M input and output tokens

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_cascade.ledger import Ledger
+from llm_cascade.spend.ledger import Ledger
 
 pytestmark = [pytest.mark.slow]
 
@@ -19,9 +19,9 @@ WORKER = """
 import asyncio, sys, time
 from pathlib import Path
 from llm_cascade import FakeBackend, Router, Tier, Usage
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.budget import Budget, Limit
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
 
 url, table, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 dollar = {"input": 1_000_000, "output": 0, "source": "test", "as_of": "2026-01"}  # $1 per input token
@@ -100,7 +100,7 @@ def test_concurrent_reservations_in_one_process_are_batched_and_exact(pg_url: st
     """Many reservations asked at once are served in batches by the reserver thread: exactly as many as fit."""
     import concurrent.futures
 
-    from llm_cascade.reservations import SharedCounters
+    from llm_cascade.spend.reservations import SharedCounters
 
     table = f"batch_{os.getpid()}_{time.time_ns() % 10**9}"
     with Ledger(pg_url, table=table, journal=False) as ledger:
@@ -120,9 +120,9 @@ def test_concurrent_reservations_in_one_process_are_batched_and_exact(pg_url: st
 OPENER = """
 import sys, time
 from pathlib import Path
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.budget import Budget, Limit
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
 url, table, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 print("ready", flush=True)
 while not go.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llm_cascade.cli import _app
+from llm_cascade.serve.cli import _app
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,12 @@ from typing import Any
 import pytest
 
 from llm_cascade import AllTiersFailed, ConfigError, FakeBackend, Request, Router, Usage, register_provider
-from llm_cascade.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
-from llm_cascade.config import (
+from llm_cascade.core.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
+from llm_cascade.core.normalize import ChoiceLetter, JsonField, LabelSet, Number, Regex
+from llm_cascade.core.types import Completion
+from llm_cascade.resilience.limits import CircuitBroken, Throttled
+from llm_cascade.resilience.retry import Retrying, RetryPolicy
+from llm_cascade.serve.config import (
     build_components,
     build_router,
     build_routers,
@@ -23,11 +27,7 @@ from llm_cascade.config import (
     parse_normalizer,
     parse_rule,
 )
-from llm_cascade.limits import CircuitBroken, Throttled
-from llm_cascade.normalize import ChoiceLetter, JsonField, LabelSet, Number, Regex
-from llm_cascade.retry import Retrying, RetryPolicy
 from llm_cascade.testing import FaultSpec, RecordedServer
-from llm_cascade.types import Completion
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cascade.toml"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from _scripts import load_script
 
-from llm_cascade.config import load_config
-from llm_cascade.errors import ConfigError
+from llm_cascade.core.errors import ConfigError
 from llm_cascade.evals.importers import RecordedLayout, rational_record
 from llm_cascade.evals.records import RecordError, load_records
 from llm_cascade.evals.tasks import load_examples, load_task
+from llm_cascade.serve.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = sorted((REPO / "evals" / "tasks").glob("*.toml"))
@@ -24,7 +24,7 @@ TASKS = sorted((REPO / "evals" / "tasks").glob("*.toml"))
 def _cli(args: list[str]) -> tuple[int, str]:
     from typer.testing import CliRunner
 
-    from llm_cascade.cli import _app
+    from llm_cascade.serve.cli import _app
 
     result = CliRunner().invoke(_app(), args)
     return result.exit_code, result.output
@@ -238,7 +238,7 @@ def test_live_run_goes_through_the_response_cache(data_dir: Path, tmp_path: Path
 def test_judged_free_text_is_scored_by_the_answering_models_labels(data_dir: Path, tmp_path: Path) -> None:
     """TriviaQA: tier 0 accepts when gpt-4o-mini and llama3.1-70b give the same folded text (scored by their judge
     labels, wrong when those differ), else gpt-4o answers (scored by its own label)."""
-    from llm_cascade.normalize import ExactText
+    from llm_cascade.core.normalize import ExactText
 
     task = REPO / "evals" / "tasks" / "triviaqa.toml"
     code, output = _cli(["eval", str(task), "--replay", "--limit", "60", "--out", str(tmp_path)])

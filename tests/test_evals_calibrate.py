@@ -85,7 +85,7 @@ def test_single_mix_hull() -> None:
 
 
 def test_cli_calibrate_writes_the_json_contract(data_dir: Path, tmp_path: Path) -> None:
-    exe = [sys.executable, "-m", "llm_cascade.cli"]
+    exe = [sys.executable, "-m", "llm_cascade.serve.cli"]
     src = data_dir / "rational" / "medmcqa_train.jsonl.gz"
     a, b = tmp_path / "cal.jsonl.gz", tmp_path / "test.jsonl"
     subprocess.run([*exe, "split", str(src), str(a), str(b), "--seed", "1"], check=True, capture_output=True)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from _fakes import Replay
 
-from llm_cascade.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous, VoteShare
-from llm_cascade.deferral import Learned, features, fit
-from llm_cascade.errors import AllTiersFailed
+from llm_cascade.core.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous, VoteShare
+from llm_cascade.core.deferral import Learned, features, fit
+from llm_cascade.core.errors import AllTiersFailed
+from llm_cascade.core.types import Usage
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix
 from llm_cascade.evals.simulate import CascadeSpec, Simulator, TierSpec
-from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Usage
+from llm_cascade.spend.pricing import PriceTable
 
 MODELS = ("m0", "m1", "m2", "m3", "m4", "m5")
 
@@ -131,8 +131,8 @@ def test_learned_scores_are_bit_identical_on_both_paths() -> None:
     st = sim.stats(sim.members(group))
     w, b = fit(features(st)[st.has_answer], st.correct[st.has_answer])
     rule = Learned(w, b, 0.7)
-    from llm_cascade.agreement import TierVotes
-    from llm_cascade.deferral import _scores
+    from llm_cascade.core.agreement import TierVotes
+    from llm_cascade.core.deferral import _scores
 
     vec = _scores(rule.weights, rule.bias, st)
     cols = list(st.members)

@@ -17,7 +17,7 @@ import pytest
 from _scripts import load_script
 from test_evals_selection import _runs
 
-from llm_cascade.errors import ConfigError
+from llm_cascade.core.errors import ConfigError
 from llm_cascade.evals.calibrate import Target, calibrate
 from llm_cascade.evals.records import Record, RunMatrix
 from llm_cascade.evals.report import evaluate

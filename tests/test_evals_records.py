@@ -139,8 +139,8 @@ def test_zeroeval_extractor_reproduces_the_authors_accuracy(data_dir: Path) -> N
 
 
 def test_zeroeval_tokens_and_prices(data_dir: Path) -> None:
-    from llm_cascade.pricing import PriceTable
-    from llm_cascade.tokens import count_tokens
+    from llm_cascade.spend.pricing import PriceTable
+    from llm_cascade.spend.tokens import count_tokens
 
     root = data_dir / "zeroeval-gsm8k" / "raw" / "gsm"
     prices = PriceTable.default(fallback=None)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from llm_cascade import FakeBackend, Tier
-from llm_cascade.agreement import Majority, Quorum, TierVotes
-from llm_cascade.config import build_router, load_config, parse_config
-from llm_cascade.deferral import Learned, features, fit
-from llm_cascade.errors import ConfigError
+from llm_cascade.core.agreement import Majority, Quorum, TierVotes
+from llm_cascade.core.deferral import Learned, features, fit
+from llm_cascade.core.errors import ConfigError
 from llm_cascade.evals.calibrate import Target, calibrate
 from llm_cascade.evals.records import ModelRun, Record, RecordError, RunMatrix, save_records
 from llm_cascade.evals.report import evaluate, to_markdown
 from llm_cascade.evals.simulate import CascadeSpec, Simulator, TierSpec
+from llm_cascade.serve.config import build_router, load_config, parse_config
 
 
 def _runs(n: int, seed: int, skills: dict[str, tuple[float, float]], *, confident: bool = True) -> list[Record]:
@@ -176,7 +176,7 @@ def test_emit_writes_a_config_that_load_config_and_the_router_accept(tmp_path: P
     args = ["calibrate", str(a), "--test", str(b), "--json", str(out), "--emit", str(emitted)]
     args += ["--confidence", "0.8", "--normalizer", "choice"]
     proc = subprocess.run(
-        [sys.executable, "-m", "llm_cascade.cli", *args],
+        [sys.executable, "-m", "llm_cascade.serve.cli", *args],
         capture_output=True,
         text=True,
     )

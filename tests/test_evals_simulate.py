@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from _fakes import Replay
 
-from llm_cascade.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
-from llm_cascade.errors import AllTiersFailed
+from llm_cascade.core.agreement import All, AnyOf, Confidence, Quorum, Unanimous, VoteShare
+from llm_cascade.core.errors import AllTiersFailed
 from llm_cascade.evals.records import ModelRun, Record, RunMatrix, load_records
 from llm_cascade.evals.simulate import CascadeConfig, Simulator, TierSpec
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.pricing import PriceTable
 
 CONFIGS = [
     CascadeConfig((TierSpec(("gpt-4o-mini",), Confidence(0.9)), TierSpec(("qwen2.5-72b-instruct",)))),

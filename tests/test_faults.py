@@ -36,12 +36,12 @@ from typing import Any
 import pytest
 
 from llm_cascade import AllTiersFailed, Request, Router, Tier, quorum
-from llm_cascade.errors import AuthenticationError
-from llm_cascade.ledger import Ledger, LedgerRow
-from llm_cascade.limits import CircuitBreaker, Resilience
-from llm_cascade.retry import RetryPolicy
-from llm_cascade.tokens import count_messages, count_tokens, encoding_for_model
-from llm_cascade.types import RouteResult
+from llm_cascade.core.errors import AuthenticationError
+from llm_cascade.core.types import RouteResult
+from llm_cascade.resilience.limits import CircuitBreaker, Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.spend.ledger import Ledger, LedgerRow
+from llm_cascade.spend.tokens import count_messages, count_tokens, encoding_for_model
 
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")

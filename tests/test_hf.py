@@ -12,14 +12,14 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from llm_cascade.agreement import confidence
 from llm_cascade.backends.base import resolve
 from llm_cascade.backends.fake import FakeBackend
 from llm_cascade.backends.hf import HFClassifierBackend, Scores, pick_device
-from llm_cascade.errors import ConfigError
-from llm_cascade.normalize import LabelSet
-from llm_cascade.router import Router, Tier
-from llm_cascade.types import Request
+from llm_cascade.core.agreement import confidence
+from llm_cascade.core.errors import ConfigError
+from llm_cascade.core.normalize import LabelSet
+from llm_cascade.core.router import Router, Tier
+from llm_cascade.core.types import Request
 
 WORDS = [
     *("the", "a", "this", "phone", "movie", "is", "was", "not", "very"),
@@ -168,7 +168,7 @@ async def test_compute_is_priced_per_hour(tiny_model: Path) -> None:
 
 
 async def test_router_prices_local_compute_on_the_dollar_axis(tiny_model: Path) -> None:
-    from llm_cascade.pricing import PriceTable
+    from llm_cascade.spend.pricing import PriceTable
 
     hf = HFClassifierBackend(str(tiny_model), price_per_hour=7.2, label_map=LABEL_MAP)
     table = PriceTable(fallback=None)
@@ -234,7 +234,7 @@ async def test_a_classifier_refuses_request_parameters_it_cannot_honour(backend:
     """A classifier picks one label: stop sequences, tools and response formats have no meaning for it, so they are
     refused by name (the router raises that, never a silent "no answer"); seed and top_p cannot change an arg-max."""
     from llm_cascade import Router
-    from llm_cascade.errors import UnsupportedParameter
+    from llm_cascade.core.errors import UnsupportedParameter
 
     router = Router([[backend]])
     for param, value in (("stop", ["x"]), ("tools", [{"type": "function"}]), ("response_format", {"type": "text"})):

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from llm_cascade.journal import Intents, Journal, pending_rows
-from llm_cascade.ledger import Ledger
+from llm_cascade.spend.journal import Intents, Journal, pending_rows
+from llm_cascade.spend.ledger import Ledger
 
 
 def row(rid: str, seq: int, model: str, cost: str) -> tuple[object, ...]:
@@ -66,7 +66,7 @@ def test_intents_of_one_calls_tuple_carry_each_requests_own_id_and_tags(tmp_path
     the same calls must still journal two distinct requests, and other tags must not reuse the cached rows."""
     from decimal import Decimal
 
-    from llm_cascade.types import Call, Usage
+    from llm_cascade.core.types import Call, Usage
 
     calls = (Call("a", 0, "cancelled", Usage(5, 0, 0, True), cost_usd=Decimal("0.5"), error="x"),)
     ticks = iter([1.0, 2.0, 3.0])
@@ -194,7 +194,7 @@ def test_threads_recording_while_the_writer_commits_leave_nothing_outstanding(tm
     import threading
     from decimal import Decimal
 
-    from llm_cascade.types import Call, Usage
+    from llm_cascade.core.types import Call, Usage
 
     intent = (Call("a", 0, "cancelled", Usage(5, 0, 0, True), cost_usd=Decimal("0.5"), error="x"),)
     real = [Call("a", 0, "ok", Usage(5, 1), 0.01, cost_usd=Decimal("0.25"))]

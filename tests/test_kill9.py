@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from llm_cascade.ledger import Ledger
+from llm_cascade.spend.ledger import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 
 WORKER = """
 import asyncio, os, random, signal, sys
 from llm_cascade import Router, Tier
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Completion, Usage
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
+from llm_cascade.core.types import Completion, Usage
 
 db, calls_file, journal = sys.argv[1], sys.argv[2], sys.argv[3]
 fd = os.open(calls_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

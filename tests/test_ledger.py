@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from llm_cascade import AllTiersFailed, FakeBackend, RateLimited, Request, Router, Tier, Usage
-from llm_cascade.errors import ConfigError, LedgerError
-from llm_cascade.ledger import Ledger, to_pusd
-from llm_cascade.pricing import PriceTable
-from llm_cascade.types import Call, RouteResult
+from llm_cascade.core.errors import ConfigError, LedgerError
+from llm_cascade.core.types import Call, RouteResult
+from llm_cascade.spend.ledger import Ledger, to_pusd
+from llm_cascade.spend.pricing import PriceTable
 
 SOURCE = {"source": "test fixture", "as_of": "2026-01-01"}
 PRICES = PriceTable(
@@ -244,7 +244,7 @@ def old_table(url: str) -> str:
 
 
 async def test_retried_attempts_and_finish_reasons_are_stored(ledger_url: str) -> None:
-    from llm_cascade.retry import Retrying, RetryPolicy
+    from llm_cascade.resilience.retry import Retrying, RetryPolicy
 
     async def no_wait(_: float) -> None:
         return None
@@ -336,7 +336,7 @@ def test_a_batch_of_any_size_is_stored_row_for_row(tmp_path: Path, n: int) -> No
 def test_the_sqlite_store_sends_rows_together_only_for_a_plain_insert() -> None:
     """Multi-row VALUES serve plain inserts; an upsert (the budget counters' on a shared SQLite file) runs row by
     row, so each row's ON CONFLICT clause applies to it."""
-    from llm_cascade.ledger import _SQLite
+    from llm_cascade.spend.ledger import _SQLite
 
     store = _SQLite(":memory:", "t")
     store.conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, n INTEGER)")

@@ -14,11 +14,11 @@ import pytest
 
 from llm_cascade import FakeBackend, LedgerError, Router, Tier
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.ledger import Ledger
-from llm_cascade.limits import Resilience
-from llm_cascade.retry import RetryPolicy
+from llm_cascade.core.types import Call, Usage
+from llm_cascade.resilience.limits import Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.spend.ledger import Ledger
 from llm_cascade.testing import RecordedServer
-from llm_cascade.types import Call, Usage
 
 
 class Closing(FakeBackend):
@@ -66,7 +66,7 @@ async def test_request_ids_are_uuids_and_unique() -> None:
 
 
 def test_a_forked_worker_does_not_repeat_its_parents_request_ids() -> None:
-    from llm_cascade.router import _new_request_id
+    from llm_cascade.core.router import _new_request_id
 
     _new_request_id()  # the parent's generator is seeded before the fork
     read, write = os.pipe()

@@ -9,8 +9,9 @@ import pytest
 from _fakes import FakeTime, Sink
 
 from llm_cascade import FakeBackend, Router, Tier, quorum
-from llm_cascade.errors import BadRequestError, CircuitOpenError, ConfigError, RetryableError
-from llm_cascade.limits import (
+from llm_cascade.core.errors import BadRequestError, CircuitOpenError, ConfigError, RetryableError
+from llm_cascade.core.types import Completion, Request
+from llm_cascade.resilience.limits import (
     CircuitBreaker,
     CircuitBroken,
     Limits,
@@ -20,8 +21,7 @@ from llm_cascade.limits import (
     Throttled,
     harden,
 )
-from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.types import Completion, Request
+from llm_cascade.resilience.retry import Retrying, RetryPolicy
 
 REQ = Request.from_prompt("q")
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llm_cascade.agreement import confidence
 from llm_cascade.backends.fake import FakeBackend
 from llm_cascade.backends.litellm import LiteLLMBackend
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.router import Router, Tier
-from llm_cascade.types import Request
+from llm_cascade.core.agreement import confidence
+from llm_cascade.core.router import Router, Tier
+from llm_cascade.core.types import Request
 
 pytestmark = pytest.mark.slow
 

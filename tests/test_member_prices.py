@@ -9,9 +9,9 @@ import pytest
 
 from llm_cascade import FakeBackend, Price, PriceTable, Router, Tier, Usage
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.config import build_router, parse_config
-from llm_cascade.errors import ConfigError
+from llm_cascade.core.errors import ConfigError
+from llm_cascade.serve.config import build_router, parse_config
+from llm_cascade.spend.budget import Budget, Limit
 from llm_cascade.testing import RecordedServer
 
 LIST = {"gpt-4o-mini": {"input": "0.15", "output": "0.6", "source": "list", "as_of": "2026-01"}}

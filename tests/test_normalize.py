@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llm_cascade import ChoiceLetter, ConfigError, ExactText, JsonField, LabelSet, Math, Number, Regex, YesNo
-from llm_cascade.normalize import as_normalizer
+from llm_cascade.core.normalize import as_normalizer
 
 
 @pytest.mark.parametrize(

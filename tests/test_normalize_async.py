@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-import llm_cascade.normalize_math as nm
+import llm_cascade.core.normalize_math as nm
 from llm_cascade import AllTiersFailed, FakeBackend, Math, Router, Tier, unanimous
 
 

@@ -15,8 +15,8 @@ import pytest
 from _scripts import load_script
 
 from llm_cascade import ChoiceLetter, LabelSet, Math, Number, YesNo
-from llm_cascade._answer import json_objects
-from llm_cascade.normalize import number_in
+from llm_cascade.core._answer import json_objects
+from llm_cascade.core.normalize import number_in
 
 # Diverse formats: several JSON blocks (yi-large-preview), calculations in the answer field (Phi-3.5), broken JSON
 # (Mixtral), boxed answers (Llama-3.1), weak and strong models.

@@ -1,6 +1,6 @@
 """The PostgreSQL spend path's worker-thread plumbing: pooled DBAPI connections that ping only when in doubt
-(llm_cascade.sqlpool), and budget counters that apply adjustments and reservations in one transaction and hand a
-batch's answers to the event loop a few per iteration (llm_cascade.reservations)."""
+(llm_cascade.spend.sqlpool), and budget counters that apply adjustments and reservations in one transaction and hand a
+batch's answers to the event loop a few per iteration (llm_cascade.spend.reservations)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from llm_cascade.ledger import Ledger, _SQLAlchemy
-from llm_cascade.reservations import WAKE_PER_ITERATION, SharedCounters
+from llm_cascade.spend.ledger import Ledger, _SQLAlchemy
+from llm_cascade.spend.reservations import WAKE_PER_ITERATION, SharedCounters
 
 
 class Clock:
@@ -203,8 +203,8 @@ async def test_answers_for_a_closed_event_loop_are_still_settled(tmp_path: Any) 
 def test_a_batch_through_copy_stores_exactly_what_single_inserts_store(store: tuple[_SQLAlchemy, Clock, str]) -> None:
     """The ledger's batches of plain INSERTs go through COPY: awkward text (tabs, newlines, backslashes, quotes,
     \\N, non-ASCII), NULLs, floats and big integers must come back as single-row INSERTs store them."""
-    from llm_cascade.ledger import _COLUMNS, _NAMES
-    from llm_cascade.sqlpool import copy_of
+    from llm_cascade.spend.ledger import _COLUMNS, _NAMES
+    from llm_cascade.spend.sqlpool import copy_of
 
     db, _, table = store
     insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(_NAMES))})"
@@ -243,7 +243,7 @@ def test_a_batch_through_copy_stores_exactly_what_single_inserts_store(store: tu
 
 
 def test_only_plain_inserts_are_turned_into_copy() -> None:
-    from llm_cascade.sqlpool import copy_of
+    from llm_cascade.spend.sqlpool import copy_of
 
     assert copy_of("INSERT INTO t (a, b) VALUES (%s, %s)") == "COPY t (a, b) FROM STDIN"
     assert copy_of("INSERT INTO t (a, b) VALUES (%s, %s) ON CONFLICT (a) DO NOTHING") is None

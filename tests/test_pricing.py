@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from llm_cascade import Usage
-from llm_cascade.errors import PriceError
-from llm_cascade.pricing import PriceEntry, PriceTable, litellm_map_path, read_litellm_map
+from llm_cascade.core.errors import PriceError
+from llm_cascade.spend.pricing import PriceEntry, PriceTable, litellm_map_path, read_litellm_map
 
 OK = {"input": "1", "output": "2", "source": "test", "as_of": "2026-01-01"}
 

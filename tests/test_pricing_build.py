@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from _scripts import load_script
 
-from llm_cascade.pricing import PriceTable
+from llm_cascade.spend.pricing import PriceTable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def _litellm_map(tmp_path: Path, entries: dict[str, dict[str, float]]) -> Path:
 
 def test_check_flags_disagreement_staleness_and_absence(tmp_path: Path) -> None:
     _write(tmp_path, "acme.toml", GOOD + '[models."m2"]\ninput = 1\noutput = 1\nsource = "s"\nas_of = "2025-06"\n')
-    from llm_cascade.pricing import read_litellm_map
+    from llm_cascade.spend.pricing import read_litellm_map
 
     bundled = read_litellm_map(
         _litellm_map(tmp_path, {"acme/m1": {"input_cost_per_token": 1.5e-06, "output_cost_per_token": 3e-06}})

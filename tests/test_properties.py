@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_cascade import FakeBackend, LLMCascadeError, Router, Tier
-from llm_cascade.agreement import confidence, quorum, unanimous, vote_share
-from llm_cascade.errors import ConfigError
-from llm_cascade.limits import CircuitBreaker, Limits, RateLimit, Resilience
-from llm_cascade.normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Number, Regex, YesNo, as_normalizer
-from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.types import Completion, Request, RouteResult, Usage
+from llm_cascade.core.agreement import confidence, quorum, unanimous, vote_share
+from llm_cascade.core.errors import ConfigError
+from llm_cascade.core.normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Number, Regex, YesNo, as_normalizer
+from llm_cascade.core.types import Completion, Request, RouteResult, Usage
+from llm_cascade.resilience.limits import CircuitBreaker, Limits, RateLimit, Resilience
+from llm_cascade.resilience.retry import Retrying, RetryPolicy
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,15 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_cascade.config import hash_key, parse_config
-from llm_cascade.server import create_app
+from llm_cascade.serve.config import hash_key, parse_config
+from llm_cascade.serve.server import create_app
 from llm_cascade.testing import Answer, FaultSpec, RecordedServer
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "from llm_cascade.cli import main; main()"]
+CLI = [sys.executable, "-c", "from llm_cascade.serve.cli import main; main()"]
 
 # Tier 0 = cheap-a + cheap-b; tier 1 = strong. Known token counts and prices, so usage and cost can be checked.
 SCRIPT = {
@@ -536,4 +536,4 @@ def test_serve_prints_a_banner_with_what_it_serves_and_what_is_wrong(
     )
     assert failed.status_code == 502 and "RetryableError" in failed.json()["error"]["message"]
     log = (tmp_path / f"serve-{port}.log").read_text()
-    assert "WARNING llm_cascade.router" in log and "recorded:down" in log  # a failed request is in the server log
+    assert "WARNING llm_cascade.core.router" in log and "recorded:down" in log  # a failed request is in the server log

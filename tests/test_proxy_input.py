@@ -12,9 +12,9 @@ import httpx
 import pytest
 from test_proxy import SCRIPT, ThreadProxy, config_text
 
-from llm_cascade.ledger import Ledger
+from llm_cascade.core.types import Call, Usage
+from llm_cascade.spend.ledger import Ledger
 from llm_cascade.testing import RecordedServer
-from llm_cascade.types import Call, Usage
 
 pytest.importorskip("uvicorn")
 

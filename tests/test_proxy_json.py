@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from llm_cascade.server import _dumps
-from llm_cascade.server_schema import InputError, parse_chat
+from llm_cascade.serve.schema import InputError, parse_chat
+from llm_cascade.serve.server import _dumps
 
 MODELS = frozenset({"qa"})
 

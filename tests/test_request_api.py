@@ -18,7 +18,7 @@ from _backend_helpers import closing_factory
 from llm_cascade import FakeBackend, Request, Router, Tier, quorum
 from llm_cascade.backends.anthropic import AnthropicBackend
 from llm_cascade.backends.openai import OpenAIBackend
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     AllTiersFailed,
     AuthenticationError,
     LLMCascadeError,
@@ -28,10 +28,10 @@ from llm_cascade.errors import (
     RoutingError,
     UnsupportedParameter,
 )
-from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.router import DEFAULT_RETRY
+from llm_cascade.core.router import DEFAULT_RETRY
+from llm_cascade.core.types import Call, Completion, RouteResult, Usage
+from llm_cascade.resilience.retry import Retrying, RetryPolicy
 from llm_cascade.testing import RecordedServer
-from llm_cascade.types import Call, Completion, RouteResult, Usage
 
 KEY = "sk-test-issue14-secret-value"
 TOOL = {
@@ -338,8 +338,8 @@ class _ToolCaller:
 
 async def test_tool_calls_are_voted_on_and_returned_by_the_proxy() -> None:
     httpx = pytest.importorskip("httpx")
-    from llm_cascade.config import parse_config
-    from llm_cascade.server import create_app
+    from llm_cascade.serve.config import parse_config
+    from llm_cascade.serve.server import create_app
 
     tier = Tier([_ToolCaller("a", "Paris"), _ToolCaller("b", "Paris")])
     router = Router([tier, [_ToolCaller("c", "Rome")]], retry=None)

@@ -8,7 +8,7 @@ import pytest
 from _fakes import FakeTime, Sink
 
 from llm_cascade import FakeBackend, Router, Tier, quorum
-from llm_cascade.errors import (
+from llm_cascade.core.errors import (
     BadRequestError,
     CircuitOpenError,
     ConfigError,
@@ -19,8 +19,8 @@ from llm_cascade.errors import (
     RateLimited,
     RetryableError,
 )
-from llm_cascade.retry import Retrying, RetryPolicy, attempt_log
-from llm_cascade.types import Request
+from llm_cascade.core.types import Request
+from llm_cascade.resilience.retry import Retrying, RetryPolicy, attempt_log
 
 
 def retrying(script: object, policy: RetryPolicy | None = None, t: FakeTime | None = None) -> Retrying:

@@ -23,7 +23,7 @@ from llm_cascade import (
     quorum,
     unanimous,
 )
-from llm_cascade.errors import ProviderError, UnknownProviderError
+from llm_cascade.core.errors import ProviderError, UnknownProviderError
 
 
 class RecordingSink:

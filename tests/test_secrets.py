@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from llm_cascade import LLMCascadeError, Router, Tier
-from llm_cascade.errors import BadRequestError
-from llm_cascade.ledger import Ledger
-from llm_cascade.limits import CircuitBreaker, RateLimit, Resilience
-from llm_cascade.retry import RetryPolicy
-from llm_cascade.types import Request
+from llm_cascade.core.errors import BadRequestError
+from llm_cascade.core.types import Request
+from llm_cascade.resilience.limits import CircuitBreaker, RateLimit, Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.spend.ledger import Ledger
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

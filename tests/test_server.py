@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_cascade.errors import ConfigError
+from llm_cascade.core.errors import ConfigError
 from llm_cascade.testing import Answer, FaultSpec, RecordedServer, parse_fault
 
 

@@ -12,12 +12,12 @@ from _fakes import Recorded, mmlu_rows
 from typer.testing import CliRunner
 
 from llm_cascade import Router, Tier, Usage
-from llm_cascade.cli import _app
-from llm_cascade.errors import ConfigError
-from llm_cascade.ledger import Ledger
-from llm_cascade.pricing import PriceTable
-from llm_cascade.spend import spend_report
-from llm_cascade.types import Call
+from llm_cascade.core.errors import ConfigError
+from llm_cascade.core.types import Call
+from llm_cascade.serve.cli import _app
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
+from llm_cascade.spend.report import spend_report
 
 CHEAP = ("llama3.1-8b", "gpt-4o-mini")
 TOP = "gpt-4o"
@@ -146,7 +146,7 @@ def test_retried_attempts_and_their_cost_per_model(tmp_path: Path) -> None:
 
 async def test_retries_made_by_the_router_reach_the_report(tmp_path: Path) -> None:
     from llm_cascade import FakeBackend, RateLimited
-    from llm_cascade.retry import Retrying, RetryPolicy
+    from llm_cascade.resilience.retry import Retrying, RetryPolicy
 
     async def no_wait(_: float) -> None:
         return None

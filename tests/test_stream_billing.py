@@ -25,13 +25,13 @@ import pytest
 from llm_cascade import AllTiersFailed, Request, Router, Tier
 from llm_cascade.backends._openai_shape import stream_completion
 from llm_cascade.backends._stream import StreamUsage
-from llm_cascade.errors import ProviderError, RateLimited, StreamError
-from llm_cascade.ledger import Ledger, LedgerRow
-from llm_cascade.limits import Resilience
-from llm_cascade.pricing import MILLION, PriceTable
-from llm_cascade.retry import RetryPolicy
-from llm_cascade.tokens import TokenEstimator, count_messages, count_tokens, encoding_for_model
-from llm_cascade.types import Usage
+from llm_cascade.core.errors import ProviderError, RateLimited, StreamError
+from llm_cascade.core.types import Usage
+from llm_cascade.resilience.limits import Resilience
+from llm_cascade.resilience.retry import RetryPolicy
+from llm_cascade.spend.ledger import Ledger, LedgerRow
+from llm_cascade.spend.pricing import MILLION, PriceTable
+from llm_cascade.spend.tokens import TokenEstimator, count_messages, count_tokens, encoding_for_model
 
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")

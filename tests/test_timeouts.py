@@ -9,8 +9,8 @@ import pytest
 from _fakes import Sink
 
 from llm_cascade import FakeBackend, RequestTimeout, Router, Tier, quorum
-from llm_cascade.retry import Retrying, RetryPolicy
-from llm_cascade.types import Completion, Request
+from llm_cascade.core.types import Completion, Request
+from llm_cascade.resilience.retry import Retrying, RetryPolicy
 
 FOREVER = 3600.0
 

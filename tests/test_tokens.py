@@ -15,9 +15,9 @@ import pytest
 
 from llm_cascade import FakeBackend, RateLimited, Request, Router, Tier, Usage, quorum
 from llm_cascade import tokens as tk
-from llm_cascade.budget import Budget, Limit
-from llm_cascade.errors import ConfigError, MissingDependencyError
-from llm_cascade.pricing import PriceTable
+from llm_cascade.core.errors import ConfigError, MissingDependencyError
+from llm_cascade.spend.budget import Budget, Limit
+from llm_cascade.spend.pricing import PriceTable
 
 OFFLINE = r"""
 import socket, sys
@@ -25,8 +25,8 @@ def guard(event, args):
     if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
         raise OSError(f"network disabled in this test: {event} {args!r}")
 sys.addaudithook(guard)
-from llm_cascade.tokens import TokenEstimator, count_tokens, encoding_file
-from llm_cascade.types import Request
+from llm_cascade.spend.tokens import TokenEstimator, count_tokens, encoding_file
+from llm_cascade.core.types import Request
 est = TokenEstimator()
 usage = est(Request.from_prompt("Which planet is the largest?"), "B")
 print(usage.input_tokens, usage.output_tokens, count_tokens("hello world", "cl100k_base"), encoding_file("o200k_base"))

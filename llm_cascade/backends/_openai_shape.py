@@ -1,4 +1,4 @@
-"""OpenAI-shaped chat completions -> :class:`~llm_cascade.types.Completion`, whole or streamed.
+"""OpenAI-shaped chat completions -> :class:`~llm_cascade.core.types.Completion`, whole or streamed.
 
 The OpenAI backend and the LiteLLM backend (which re-emits every provider in OpenAI's shape) read the same fields the
 same way; keeping that reading here means a fix to, say, cached-token accounting lands in both at once. Fields are read
@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from ..errors import ContentFilterError, MalformedResponseError, ProviderError
-from ..types import EXTRA_PARAMS, Completion, Request, Usage
+from ..core.errors import ContentFilterError, MalformedResponseError, ProviderError
+from ..core.types import EXTRA_PARAMS, Completion, Request, Usage
 from ._sdk import content_text
 from ._stream import StreamedAnswer, StreamUsage, read_stream
 
@@ -128,7 +128,7 @@ def completion_from_openai_response(
     name: str, model: str, response: Any, request: Request, latency: float
 ) -> Completion:
     """The Completion for a whole (non-streamed) response of backend ``name``; a response missing the fields an
-    answer needs is a :class:`~llm_cascade.errors.MalformedResponseError`, never an AttributeError."""
+    answer needs is a :class:`~llm_cascade.core.errors.MalformedResponseError`, never an AttributeError."""
     try:
         return _parse(name, model, response, request, latency)
     except ProviderError:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ._sdk import check_options, check_stream_options
 from ._stream import StreamUsage
 
 if TYPE_CHECKING:
-    from ..pricing import PriceEntry
+    from ..spend.pricing import PriceEntry
 
 
 class AdapterOptions:
@@ -22,7 +22,7 @@ class AdapterOptions:
     stream: bool
     stream_idle_timeout: float | None
     _stream_usage: StreamUsage
-    price: PriceEntry | None = None  # the member's own price (llm_cascade.pricing.Price), used before any table
+    price: PriceEntry | None = None  # the member's own price (llm_cascade.spend.pricing.Price), used before any table
 
     def _init_options(
         self,
@@ -49,7 +49,7 @@ class AdapterOptions:
         self._stream_usage = StreamUsage(model, eager=stream)
 
     def _init_price(self, owner: str, price: PriceEntry | None) -> None:
-        from ..pricing import PriceEntry
+        from ..spend.pricing import PriceEntry
 
         if price is not None and not isinstance(price, PriceEntry):
             raise ConfigError(f"{owner}.price", f"must be a Price(...) (a PriceEntry), got {type(price).__name__}")

@@ -1,5 +1,5 @@
 """What the SDK adapters (openai, anthropic, litellm) share: option checks, SDK exceptions -> the
-:class:`~llm_cascade.errors.ProviderError` tree, and the per-event-loop SDK client.
+:class:`~llm_cascade.core.errors.ProviderError` tree, and the per-event-loop SDK client.
 
 The OpenAI, Anthropic and LiteLLM SDKs raise look-alike hierarchies (LiteLLM's even subclass OpenAI's), so the
 mapping reads what they have in common: the class names in the MRO, ``status_code``, the response headers and the
@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import (
+from ..core.errors import (
     AuthenticationError,
     BadRequestError,
     ConfigError,

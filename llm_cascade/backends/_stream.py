@@ -6,13 +6,14 @@ detector (no chunk for ``idle_timeout`` seconds fails the call long before a who
 that only stream. The rules that keep a broken stream from passing as an answer:
 
 - the answer is complete only once a ``finish_reason`` arrived (Anthropic: the ``stop_reason`` of ``message_delta``).
-  A stream that ends (cleanly or by a dropped connection) before one is a :class:`~llm_cascade.errors.StreamError`,
+  A stream that ends (cleanly or by a dropped connection) before one is a :class:`~llm_cascade.core.errors.StreamError`,
   retryable, never a success;
 - ``data: [DONE]`` (Anthropic: ``message_stop``) is not required: after a ``finish_reason`` the text is whole, and a
   server that forgets the terminator (or drops the connection right after the finish) still answered;
-- a gap between chunks longer than ``idle_timeout`` is a :class:`~llm_cascade.errors.ProviderTimeout` (a stall), as is
+- a gap between chunks longer than ``idle_timeout`` is a :class:`~llm_cascade.core.errors.ProviderTimeout` (a stall),
+as is
   running past the whole-call ``deadline``; a chunk that is not JSON is a
-  :class:`~llm_cascade.errors.MalformedResponseError` (mapped by the caller from the SDK's decode error);
+  :class:`~llm_cascade.core.errors.MalformedResponseError` (mapped by the caller from the SDK's decode error);
 - usage comes from the provider's usage chunk (``stream_options.include_usage``) when it sends one; otherwise the
   caller estimates it with tiktoken and marks it ``estimated=True``;
 - a stream cut (StreamError, ProviderTimeout) after the model produced text was billed by the provider all the same:
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import (
+from ..core.errors import (
     BadRequestError,
     MalformedResponseError,
     MissingDependencyError,
@@ -39,9 +40,9 @@ from ..errors import (
     RetryableError,
     StreamError,
 )
-from ..tokens import CharEstimator, TokenEstimator
-from ..ttft import arrived as first_token_arrived
-from ..types import Request, Usage
+from ..core.types import Request, Usage
+from ..resilience.ttft import arrived as first_token_arrived
+from ..spend.tokens import CharEstimator, TokenEstimator
 from ._sdk import _chain, content_text, is_sdk_error
 
 
@@ -198,7 +199,7 @@ async def read_stream(
             on_chunk(state, chunk)
             if state.parts and n_parts == 0:
                 n_parts = len(state.parts)
-                first_token_arrived()  # a tier's first_token_timeout stops counting (llm_cascade.ttft)
+                first_token_arrived()  # a tier's first_token_timeout stops counting (llm_cascade.resilience.ttft)
     finally:
         await close_quietly(stream)
     if state.finish is None:

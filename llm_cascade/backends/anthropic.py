@@ -7,7 +7,8 @@ The API has no token log-probabilities, so a confidence rule cannot sit on this 
 construction). System messages become the ``system`` parameter; ``max_tokens`` is required by the API and defaults
 to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
 ``Request.temperature`` is not sent (the default 0 is left out; any other value raises
-:class:`~llm_cascade.errors.UnsupportedParameter` rather than being dropped); ``extra_body={"temperature": 0}`` sends
+:class:`~llm_cascade.core.errors.UnsupportedParameter` rather than being dropped); ``extra_body={"temperature": 0}``
+sends
 it to a model that still accepts it. OpenAI-shaped ``stop``, ``tools`` and ``tool_choice`` are mapped to
 ``stop_sequences`` and Anthropic's tool shapes; ``seed``, ``top_p`` and ``response_format`` are refused.
 SDK retries are off; the client is built on the first call.
@@ -15,7 +16,7 @@ SDK retries are off; the client is built on the first call.
 ``stream=True`` reads the raw event stream of ``messages.create(stream=True)`` with the same rules as the OpenAI
 backend (:mod:`llm_cascade.backends._stream`): the ``stop_reason`` of ``message_delta`` completes the answer,
 ``message_stop`` is not required, a stall between events fails after ``stream_idle_timeout`` seconds, and a stream
-that ends or is cut before its stop_reason is a retryable :class:`~llm_cascade.errors.StreamError`. Usage is the
+that ends or is cut before its stop_reason is a retryable :class:`~llm_cascade.core.errors.StreamError`. Usage is the
 provider's: input tokens from ``message_start``, output tokens from ``message_delta``.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import (
+from ..core.errors import (
     AuthenticationError,
     ConfigError,
     ContentFilterError,
@@ -38,14 +39,14 @@ from ..errors import (
     ProviderError,
     UnsupportedParameter,
 )
-from ..types import Completion, Request, Usage
+from ..core.types import Completion, Request, Usage
 from ._openai_shape import tool_calls_text
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
 from ._stream import StreamState, read_stream
 
 if TYPE_CHECKING:
-    from ..pricing import PriceEntry
+    from ..spend.pricing import PriceEntry
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -310,7 +311,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
 
     async def ping(self) -> None:
         """List the provider's models (``GET /v1/models``): checks the address and the key without paying for a
-        completion (:meth:`llm_cascade.router.Router.check`)."""
+        completion (:meth:`llm_cascade.core.router.Router.check`)."""
         client = self._get_client()
         await sdk_call(lambda: client.models.list(), self._map)
 

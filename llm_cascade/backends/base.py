@@ -12,8 +12,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigError, UnknownProviderError
-from ..types import Completion, Request
+from ..core.errors import ConfigError, UnknownProviderError
+from ..core.types import Completion, Request
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..types import Completion, Request, Usage
+from ..core.types import Completion, Request, Usage
 
 Reply = str | BaseException
 Script = Reply | Sequence[Reply] | Mapping[str, Reply] | Callable[[Request], Reply]

@@ -10,7 +10,8 @@ validation data, else a bigger model decides) needs three things from a local mo
 - a price: local compute is not free, so each request is charged its share of its batch's compute seconds at
   ``price_per_hour``, which puts local and API tiers on one dollar axis.
 
-Concurrent requests are gathered into one forward pass by :class:`~llm_cascade.batching.MicroBatcher` (in a worker
+Concurrent requests are gathered into one forward pass by :class:`~llm_cascade.backends.batching.MicroBatcher` (in a
+worker
 thread, so the event loop stays free). The device is chosen once: CUDA in half precision when present, else CPU.
 torch and transformers are imported only when a backend is built (``pip install 'llm-cascade[hf]'``).
 """
@@ -25,12 +26,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..batching import MicroBatcher
-from ..errors import ConfigError, MissingDependencyError
-from ..types import Completion, Request, Usage
+from ..core.errors import ConfigError, MissingDependencyError
+from ..core.types import Completion, Request, Usage
+from .batching import MicroBatcher
 
 if TYPE_CHECKING:
-    from ..pricing import PriceEntry
+    from ..spend.pricing import PriceEntry
 
 Metric = Literal["max_prob", "margin", "entropy"]
 METRICS: tuple[Metric, ...] = ("max_prob", "margin", "entropy")
@@ -232,12 +233,13 @@ class HFClassifierBackend:
         return Decimal(repr(compute_s)) * self.price_per_hour / Decimal(3600)
 
     def price_entry(self, source: str = "price_per_hour option", as_of: str | None = None) -> PriceEntry:
-        """This model's entry for a :class:`~llm_cascade.pricing.PriceTable`: its compute seconds at ``price_per_hour``.
+        """This model's entry for a :class:`~llm_cascade.spend.pricing.PriceTable`: its compute seconds at
+        ``price_per_hour``.
 
         ``table.add(backend.name, backend.price_entry())`` lets a Router price local calls on the same dollar axis as
         API calls (the router passes each call's ``compute_s`` to the table).
         """
-        from ..pricing import PriceEntry
+        from ..spend.pricing import PriceEntry
 
         if self.price_per_hour is None:
             raise ConfigError("hf.price_per_hour", "no price_per_hour was given, so there is no price entry")

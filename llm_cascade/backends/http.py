@@ -9,7 +9,7 @@ This backend builds the same request body (:func:`~llm_cascade.backends._openai_
 with the same code (:func:`~llm_cascade.backends._openai_shape.completion_from_openai_response`,
 :func:`~llm_cascade.backends._openai_shape.stream_completion`), and maps failures through the same
 :func:`~llm_cascade.backends._sdk.map_error`: its own errors carry the SDK's class names and attributes, so a 429, a
-reset, a malformed body or a cut stream is the same :class:`~llm_cascade.errors.ProviderError` either way, secrets
+reset, a malformed body or a cut stream is the same :class:`~llm_cascade.core.errors.ProviderError` either way, secrets
 scrubbed alike. What it drops is only the SDK's per-call work.
 
 One aiohttp session (one connection pool) serves every backend on the same base URL in one event loop: the members
@@ -26,8 +26,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ConfigError, MissingDependencyError
-from ..types import Completion, Request
+from ..core.errors import ConfigError, MissingDependencyError
+from ..core.types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_body, completion_from_openai_response, stream_completion
 from ._sdk import WireError, sdk_call
 from .openai import OpenAIBackend, Transport
@@ -342,7 +342,7 @@ class HTTPBackend(OpenAIBackend):
 
     async def ping(self) -> None:
         """List the server's models (``GET /models``) over this backend's pool: checks the address and the key
-        without paying for a completion (:meth:`llm_cascade.router.Router.check`)."""
+        without paying for a completion (:meth:`llm_cascade.core.router.Router.check`)."""
         loop = asyncio.get_running_loop()
         session = self._session
         if session is None or self._pool_loop is not loop or session.closed:

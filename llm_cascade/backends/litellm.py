@@ -5,12 +5,12 @@
 
 LiteLLM is imported on the first call only (it takes seconds), with ``LITELLM_LOCAL_MODEL_COST_MAP=True`` set first so
 that importing it never fetches its price map from the internet. Its retries (``num_retries``) and the underlying
-SDK's (``max_retries``) are both 0: :mod:`llm_cascade.retry` is the one retry layer.
+SDK's (``max_retries``) are both 0: :mod:`llm_cascade.resilience.retry` is the one retry layer.
 
 ``stream=True`` streams through ``acompletion(stream=True, stream_options={"include_usage": True})`` and assembles
 the chunks with the same rules as the OpenAI backend (:mod:`llm_cascade.backends._stream`). LiteLLM itself already
 fails a stream that ends before its finish_reason and wraps a mid-stream failure as ``MidStreamFallbackError``; both
-become a retryable :class:`~llm_cascade.errors.StreamError` here.
+become a retryable :class:`~llm_cascade.core.errors.StreamError` here.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MissingDependencyError, ProviderError
-from ..types import Completion, Request
+from ..core.errors import MissingDependencyError, ProviderError
+from ..core.types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._options import AdapterOptions
 from ._sdk import map_sdk_exception, sdk_call
 
 if TYPE_CHECKING:
-    from ..pricing import PriceEntry
+    from ..spend.pricing import PriceEntry
 
 
 def import_litellm() -> Any:

@@ -4,12 +4,14 @@
     OpenAIBackend("llama3.1:8b", base_url="http://localhost:11434/v1")       # a local server needs no key
     resolve("openai:gpt-4o-mini", base_url=..., api_key_env="FIREWORKS_API_KEY")
 
-The SDK's own retries are off (``max_retries=0``): retrying is the job of :mod:`llm_cascade.retry`, and two retry
+The SDK's own retries are off (``max_retries=0``): retrying is the job of :mod:`llm_cascade.resilience.retry`, and two
+retry
 layers multiply waits. The client is built on the first call, in the running event loop, never at import.
 
 ``stream=True`` asks for a server-sent-event stream (with ``stream_options.include_usage``) and assembles it into one
 Completion; a stall between chunks fails after ``stream_idle_timeout`` seconds, and a stream cut before its
-finish_reason is a retryable :class:`~llm_cascade.errors.StreamError` (rules in :mod:`llm_cascade.backends._stream`).
+finish_reason is a retryable :class:`~llm_cascade.core.errors.StreamError` (rules in
+:mod:`llm_cascade.backends._stream`).
 
 ``transport="http"`` sends the same call without the SDK, over one shared aiohttp pool per base URL
 (:class:`~llm_cascade.backends.http.HTTPBackend`, also reachable as ``openai-compatible:model``): about a fifth of the
@@ -27,8 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import AuthenticationError, ConfigError, MissingDependencyError
-from ..types import Completion, Request
+from ..core.errors import AuthenticationError, ConfigError, MissingDependencyError
+from ..core.types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._openai_shape import first_token_logprob as first_token_logprob  # re-exported: its former home
 from ._openai_shape import openai_usage as openai_usage
@@ -36,7 +38,7 @@ from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
 
 if TYPE_CHECKING:
-    from ..pricing import PriceEntry
+    from ..spend.pricing import PriceEntry
 
 # A local OpenAI-compatible server usually ignores the key, but the SDK insists on one.
 _NO_KEY = "no-key"
@@ -151,7 +153,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
 
     async def ping(self) -> None:
         """List the provider's models (``GET /v1/models``): checks the address and the key without paying for a
-        completion (:meth:`llm_cascade.router.Router.check`)."""
+        completion (:meth:`llm_cascade.core.router.Router.check`)."""
         client = self._get_client()
         await sdk_call(lambda: client.models.list(), self._map)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..agreement import VoteShare
+from ..core.agreement import VoteShare
 from .calibrate import Calibration, Target, calibrate
 from .records import RunMatrix
 from .simulate import CascadeConfig, Simulator, TierSpec

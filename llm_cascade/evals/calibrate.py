@@ -3,7 +3,7 @@
 Search space: every tier of 1-3 models (members listed most-accurate first, since the first-listed member wins ties)
 with a family of rules: confidence thresholds; for groups unanimity, a strict majority, a quorum, the mean confidence
 of the majority's supporters and their combinations; and, for every group, the learned deferral rule
-(:class:`llm_cascade.deferral.Learned`) at a ladder of P(correct) thresholds. Two-tier cascades are enumerated
+(:class:`llm_cascade.core.deferral.Learned`) at a ladder of P(correct) thresholds. Two-tier cascades are enumerated
 exhaustively (every single model, the best one included, is a candidate last tier, so no last tier carries a paid
 passenger); three-tier ones put a cheap first tier in front of every two-tier cascade on the frontier.
 
@@ -26,9 +26,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous
-from ..deferral import Learned, features, fit
-from ..errors import ConfigError
+from ..core.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous
+from ..core.deferral import Learned, features, fit
+from ..core.errors import ConfigError
 from .records import BoolArray, FloatArray, RunMatrix
 from .simulate import CascadeSpec, Simulator, TierSpec
 

@@ -1,6 +1,7 @@
 """`llm-cascade calibrate`, `split` and `eval`: the eval harness on the command line (rich progress bars).
 
-Imported only by :mod:`llm_cascade.cli` when the CLI runs, so typer at module level costs `import llm_cascade` nothing.
+Imported only by :mod:`llm_cascade.serve.cli` when the CLI runs, so typer at module level costs `import llm_cascade`
+nothing.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def register(app: Any) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
         from .calibrate import Target
         from .calibrate import calibrate as calibrate_runs
         from .records import RecordError, RunMatrix, load_records
@@ -189,7 +190,7 @@ def register_eval(app: Any) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
         from .records import RecordError
         from .runner import cascade_models, run_eval
         from .summary import to_markdown, write_report

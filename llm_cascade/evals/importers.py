@@ -6,7 +6,8 @@
   ``conf_raw`` is the answer token's log-probability on the multiple-choice sets, so confidence = exp(conf_raw) there;
   elsewhere it scores a verbalised confidence, not the answer, and is left out.
 - ZeroEval GSM8K (42 models, raw generations, no tokens or prices): answers re-extracted with the library's own
-  :class:`~llm_cascade.normalize.Number` (strict), tokens counted and priced by injected callables, so a model without a
+  :class:`~llm_cascade.core.normalize.Number` (strict), tokens counted and priced by injected callables, so a model
+  without a
   price is recorded with ``cost_usd: null`` (flagged downstream), never 0.
 - MoT (many samples per model): each sample becomes its own column ``"<model>#<i>"``, so a vote over the samples of one
   model is an ordinary tier.
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..normalize import ChoiceLetter, ExactText, Normalizer, Number
-from ..router import Pricer  # the one price-table protocol: importers price tokens as the Router does
-from ..types import Usage
+from ..core.normalize import ChoiceLetter, ExactText, Normalizer, Number
+from ..core.router import Pricer  # the one price-table protocol: importers price tokens as the Router does
+from ..core.types import Usage
 from .records import ModelRun, Record, RecordError
 
 TokenCounter = Callable[[str], int]

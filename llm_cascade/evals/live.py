@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..agreement import Always
 from ..backends.base import Backend
-from ..errors import MissingDependencyError
-from ..normalize import Normalizer
-from ..router import Pricer, Router, Tier
-from ..types import Completion, Request, Usage
+from ..core.agreement import Always
+from ..core.errors import MissingDependencyError
+from ..core.normalize import Normalizer
+from ..core.router import Pricer, Router, Tier
+from ..core.types import Completion, Request, Usage
 from .records import ModelRun, Record
 
 

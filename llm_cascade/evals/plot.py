@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..core.errors import MissingDependencyError
 
 
 def plot_frontier(report: dict[str, Any], path: str | Path) -> Path:

@@ -27,7 +27,7 @@ from typing import IO, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import LLMCascadeError
+from ..core.errors import LLMCascadeError
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int32]

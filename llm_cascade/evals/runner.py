@@ -1,6 +1,6 @@
 """Run one cascade over one task spec, live or replayed, and report what it scored: `llm-cascade eval`.
 
-Both modes go through the production Router built from the cascade file (``llm_cascade.config.build_router``), so
+Both modes go through the production Router built from the cascade file (``llm_cascade.serve.config.build_router``), so
 the figures are what that configuration does, not what a model of it predicts:
 
 - **live**: every member is called through its configured backend; completions are kept in a SQLite response cache
@@ -26,13 +26,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AllTiersFailed, ConfigError, RequestTimeout
-from ..types import Call, Request, RouteResult
+from ..core.errors import AllTiersFailed, ConfigError, RequestTimeout
+from ..core.types import Call, Request, RouteResult
 from .records import Record
 from .tasks import Example, TaskSpec, task_records
 
 if TYPE_CHECKING:
-    from ..router import Router
+    from ..core.router import Router
 
 REPLAY_PROVIDER = "recorded"
 
@@ -166,7 +166,7 @@ def check_replayable(router: Router, records: Sequence[Record]) -> None:
 
 def cascade_models(cascade: Path, spec: TaskSpec, name: str | None = None) -> list[str]:
     """The models a cascade file's members name (building the Router calls nothing), e.g. to import only those."""
-    from ..config import build_router, load_config
+    from ..serve.config import build_router, load_config
 
     cfg = load_config(cascade, env={**os.environ, "RECORDED_BASE_URL": os.environ.get("RECORDED_BASE_URL", "http://-")})
     router = build_router(cfg, cascade_name(cfg, spec, name))
@@ -253,7 +253,7 @@ def run_eval(
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Build the cascade from its file, run it over the examples (live or replayed), return the JSON report."""
-    from ..config import build_router, load_config
+    from ..serve.config import build_router, load_config
 
     records = task_records(examples) if spec.recorded else None
     if replay and records is None:

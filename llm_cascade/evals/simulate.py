@@ -7,7 +7,7 @@ called, so every member is paid). A rule's acceptance mask is then a few array c
 Evaluating a configuration walks at most three tiers with boolean masks, which is what makes tens of thousands of
 configurations per second possible.
 
-Router semantics replayed (see :mod:`llm_cascade.router`): a tier that accepts answers; otherwise the request
+Router semantics replayed (see :mod:`llm_cascade.core.router`): a tier that accepts answers; otherwise the request
 escalates; the last tier always answers, and when its own majority is "no answer" the answer of the latest earlier
 tier that had one is returned. Cost is the sum over every member of every tier visited.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..agreement import Rule, TierVotes
-from ..spec import CascadeSpec as CascadeSpec
-from ..spec import TierSpec as TierSpec
+from ..core.agreement import Rule, TierVotes
+from ..core.spec import CascadeSpec as CascadeSpec
+from ..core.spec import TierSpec as TierSpec
 from .records import NO_ANSWER, BoolArray, FloatArray, IntArray, RecordError, RunMatrix
 
 #: The former name of :class:`CascadeSpec` (kept so existing code keeps working).
@@ -40,8 +40,8 @@ def rule_to_json(rule: Rule) -> Any:
 
 
 def rule_from_json(obj: Any) -> Rule:
-    """A rule from its config form (see :func:`llm_cascade.config.parse_rule`)."""
-    from ..config import parse_rule
+    """A rule from its config form (see :func:`llm_cascade.serve.config.parse_rule`)."""
+    from ..serve.config import parse_rule
 
     return parse_rule(obj)
 
@@ -152,7 +152,7 @@ class Simulator:
 
     def _surprises(self) -> FloatArray:
         if self._surprise is None:
-            from ..deferral import surprise
+            from ..core.deferral import surprise
 
             flat = [surprise(c) for c in self._conf0.ravel().tolist()]
             self._surprise = np.asarray(flat, dtype=np.float64).reshape(self._conf0.shape)

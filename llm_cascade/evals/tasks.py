@@ -21,7 +21,7 @@ and the demo.
 
     [answer]
     gold_field = "gold"
-    normalizer = "choice"                    # a name of llm_cascade.normalize (or "date"), or labels = [...]
+    normalizer = "choice"                    # a name of llm_cascade.core.normalize (or "date"), or labels = [...]
     choices = 4
     metric = "exact_match"                   # or "judged": the recorded LLM-judge labels decide (free text)
 
@@ -31,7 +31,7 @@ and the demo.
     confidence = "logprob"
 
 Data never lives in the repository: paths resolve through ``LLM_CASCADE_DATA`` (default ``../shared/data`` next to
-the checkout). Every invalid value raises :class:`~llm_cascade.errors.ConfigError` naming the file and the field.
+the checkout). Every invalid value raises :class:`~llm_cascade.core.errors.ConfigError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from ..errors import ConfigError
-from ..normalize import ChoiceLetter, LabelSet, Normalizer, as_normalizer
+from ..core.errors import ConfigError
+from ..core.normalize import ChoiceLetter, LabelSet, Normalizer, as_normalizer
 from .records import Record, RecordError, load_records
 
 Format = Literal["rational", "zeroeval", "mot", "records", "rows", "dataset"]
@@ -104,7 +104,8 @@ class TaskSpec:
         return self.format in RECORDED_FORMATS
 
     def normalizer(self) -> Normalizer:
-        """The answer normalizer the spec names: a :data:`llm_cascade.normalize.NAMED` name, ``"date"`` (MM/DD/YYYY,
+        """The answer normalizer the spec names: a :data:`llm_cascade.core.normalize.NAMED` name, ``"date"``
+        (MM/DD/YYYY,
         MoT's date understanding), or ``"labels"`` with ``labels = [...]``; ``choices`` bounds a choice letter."""
         if self.normalizer_name == "labels":
             return LabelSet(self.labels)
@@ -283,11 +284,11 @@ def _record_rows(spec: TaskSpec) -> list[tuple[dict[str, Any], Record | None]]:
 
 
 def _zeroeval(spec: TaskSpec) -> list[Record]:
-    from ..pricing import PriceTable
+    from ..spend.pricing import PriceTable
     from .importers import import_zeroeval_gsm
 
     try:
-        from ..tokens import count_tokens
+        from ..spend.tokens import count_tokens
 
         count_tokens("probe")
         counter: Callable[[str], int] | None = count_tokens
@@ -306,7 +307,7 @@ def _dataset_rows(spec: TaskSpec) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:  # pragma: no cover - depends on the environment
-        from ..errors import MissingDependencyError
+        from ..core.errors import MissingDependencyError
 
         raise MissingDependencyError("datasets", "eval") from None
     source = str(spec.path) if spec.path.exists() else spec.path.name

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 class Fault(StrEnum):

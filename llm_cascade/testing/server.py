@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..core.errors import MissingDependencyError
 from . import wire
 from .answers import Answer, AnswerBook, Script, model_key, usage_of
 from .faults import Fault, FaultPlan, FaultSpec

@@ -3,9 +3,9 @@
 Three places, most specific last::
 
     [resilience]                               # every member of every cascade
-    retry = { attempts = 3, max_delay = 20 }   # fields of llm_cascade.retry.RetryPolicy
+    retry = { attempts = 3, max_delay = 20 }   # fields of llm_cascade.resilience.retry.RetryPolicy
     breaker = { failures = 5, cooldown = 30 }  # one breaker per model, shared by every tier that uses it
-    [resilience.limits."*"]                    # keys as in llm_cascade.limits.Limits: a model, a base URL,
+    [resilience.limits."*"]                    # keys as in llm_cascade.resilience.limits.Limits: a model, a base URL,
     concurrency = 200                          # a provider, or "*" for all the rest (one shared limit per key)
 
     [providers.openai]
@@ -18,8 +18,9 @@ Three places, most specific last::
     # retry = false                                         # a cheap tier whose siblings cover a failure
 
 Retry tables merge field by field (global, then the provider, then the tier); a member that no retry table reaches
-gets :class:`~llm_cascade.retry.RetryPolicy`'s defaults (retries are on by default); ``retry = false`` is one try.
-Limits and breakers are shared by all the routers built from one :class:`~llm_cascade.config.Components`, so two
+gets :class:`~llm_cascade.resilience.retry.RetryPolicy`'s defaults (retries are on by default); ``retry = false`` is
+one try.
+Limits and breakers are shared by all the routers built from one :class:`~llm_cascade.serve.config.Components`, so two
 cascades drawing on one provider draw from one quota.
 """
 
@@ -33,10 +34,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from ..backends.base import Backend
     from .limits import CircuitBreaker, Limits, RateLimit
     from .retry import Clock, RetryPolicy, Sleep
 
@@ -57,7 +58,8 @@ class _Model(BaseModel):
 
 
 class RetryConfig(_Model):
-    """Fields of :class:`~llm_cascade.retry.RetryPolicy`; a field left out is inherited (then RetryPolicy's default).
+    """Fields of :class:`~llm_cascade.resilience.retry.RetryPolicy`; a field left out is inherited (then RetryPolicy's
+    default).
 
     ``max_delay = inf`` (TOML) or null (YAML) means no overall bound; ``attempt_timeout`` likewise.
     """
@@ -98,7 +100,7 @@ def retry_table(v: Any) -> Any:
 
 
 class RateLimitConfig(_Model):
-    """:class:`~llm_cascade.limits.RateLimit`: ``rate`` calls started per ``period`` seconds, ``concurrency``
+    """:class:`~llm_cascade.resilience.limits.RateLimit`: ``rate`` calls started per ``period`` seconds, ``concurrency``
     at once."""
 
     rate: Annotated[int, Field(ge=1)] | None = None
@@ -112,7 +114,8 @@ class RateLimitConfig(_Model):
 
 
 class BreakerConfig(_Model):
-    """:class:`~llm_cascade.limits.CircuitBreaker` settings; ``breaker = false`` turns breakers off (``enabled``)."""
+    """:class:`~llm_cascade.resilience.limits.CircuitBreaker` settings; ``breaker = false`` turns breakers off
+    (``enabled``)."""
 
     failures: Annotated[int, Field(ge=1)] = 5
     cooldown: PositiveSeconds = 30.0
@@ -170,7 +173,8 @@ def check_limit_keys(resilience: ResilienceConfig | None, providers: Mapping[str
 class Hardening:
     """What the file's resilience settings become at run time, shared by every router built from one file.
 
-    It owns one :class:`~llm_cascade.limits.Limits` registry (one throttle per key) and one breaker per model name,
+    It owns one :class:`~llm_cascade.resilience.limits.Limits` registry (one throttle per key) and one breaker per
+    model name,
     and wraps each member as ``Retrying(Throttled(CircuitBroken(backend)))``, leaving out the layers not configured.
     ``sleep`` and ``clock`` reach every layer, so tests drive back-offs, throttles and cool-downs without waiting.
     """

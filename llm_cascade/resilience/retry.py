@@ -14,7 +14,7 @@ is the only layer, and its attempts are the ones the ledger sees.
 
 **Failed attempts are ledger rows.** Each attempt that failed and was retried is reported to the attempt log of the
 router call that is running (a context variable set by :func:`attempt_log`), so the router writes one
-:class:`~llm_cascade.types.Call` per attempt: retried attempts with their error, then the last attempt with the
+:class:`~llm_cascade.core.types.Call` per attempt: retried attempts with their error, then the last attempt with the
 answer (or the final error). A retried failure is never mistaken for the answer, and a request cancelled during a
 back-off still reports the attempts it made.
 
@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from ..core.errors import (
     CircuitOpenError,
     ConfigError,
     MalformedResponseError,
@@ -40,12 +40,12 @@ from .errors import (
     RateLimited,
     RetryableError,
 )
-from .types import Completion, Request
+from ..core.types import Completion, Request
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from .backends.base import Backend
+    from ..backends.base import Backend
 
 Sleep = Callable[[float], Awaitable[Any]]
 Clock = Callable[[], float]
@@ -161,7 +161,8 @@ class Retrying:
     """A backend that retries another backend's transient failures under a :class:`RetryPolicy`.
 
     It is a backend itself (same ``name`` and ``supports_logprobs``), so it goes wherever a model goes and composes
-    with the other wrappers: ``Retrying(Throttled(CircuitBroken(backend)))``, see :func:`llm_cascade.limits.harden`.
+    with the other wrappers: ``Retrying(Throttled(CircuitBroken(backend)))``, see
+    :func:`llm_cascade.resilience.limits.harden`.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import MissingDependencyError
+from ..core.errors import MissingDependencyError
 
 
 def _app() -> Any:
@@ -20,18 +20,18 @@ def _app() -> Any:
     @app.command()
     def version() -> None:
         """Print the installed version."""
-        from . import __version__
+        from .. import __version__
 
         print(__version__)
 
     # Command groups register themselves here, one module each.
-    from .server_cli import register as register_serve
+    from .command import register as register_serve
 
     register_serve(app)
-    from .evals.cli import register as register_evals
+    from ..evals.cli import register as register_evals
 
     register_evals(app)
-    from .spend import register as register_spend
+    from ..spend.report import register as register_spend
 
     register_spend(app)
     return app

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ._packages import package_path
-from .errors import ConfigError, MissingDependencyError
-from .types import Message, Request, Usage
+from .._packages import package_path
+from ..core.errors import ConfigError, MissingDependencyError
+from ..core.types import Message, Request, Usage
 
 _BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 ENCODINGS = ("o200k_base", "cl100k_base", "p50k_base", "r50k_base")
@@ -159,7 +159,7 @@ def count_messages(messages: Iterable[Message], encoding: str = DEFAULT_ENCODING
 
 
 class TokenEstimator:
-    """The router's :class:`~llm_cascade.router.UsageEstimator`: tiktoken counts for calls without provider usage.
+    """The router's :class:`~llm_cascade.core.router.UsageEstimator`: tiktoken counts for calls without provider usage.
 
     ``encoding`` (or ``model``, to pick its encoding) is fixed at construction because the router's hook does not
     name the model. ``expected_output`` is charged when a call produced no text (failed, cancelled): 0 by default,

@@ -2,9 +2,9 @@
 
 :class:`CascadeSpec` is what ``llm-cascade calibrate`` chooses, what :class:`llm_cascade.evals.simulate.Simulator`
 replays, and what a ``[cascades.<name>]`` section of a config file describes: :meth:`CascadeSpec.to_toml` writes such
-a section (read unchanged by :func:`llm_cascade.config.load_config` and ``llm-cascade serve --config``) and
+a section (read unchanged by :func:`llm_cascade.serve.config.load_config` and ``llm-cascade serve --config``) and
 :meth:`CascadeSpec.from_config` reads one back. Each tier's rule carries its own config form (:meth:`Rule.spec`),
-parsed by the one :func:`llm_cascade.config.parse_rule`.
+parsed by the one :func:`llm_cascade.serve.config.parse_rule`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .agreement import Rule, Unanimous
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from ..backends.base import Backend
     from .normalize import Normalizer
     from .router import Pricer, Router
 
@@ -46,7 +46,8 @@ class CascadeSpec:
     """A cascade by model names: what calibration searches, the simulator replays, and a config file serves.
 
     One description of a cascade: :meth:`to_toml` writes it as a ``[cascades.<name>]`` section that
-    :func:`llm_cascade.config.load_config` and ``llm-cascade serve --config`` read unchanged, and :meth:`from_config`
+    :func:`llm_cascade.serve.config.load_config` and ``llm-cascade serve --config`` read unchanged, and
+    :meth:`from_config`
     reads such a section back. Each tier's rule carries its own config form (:meth:`Rule.spec`).
     """
 
@@ -77,7 +78,7 @@ class CascadeSpec:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> CascadeSpec:
-        from .config import parse_rule
+        from ..serve.config import parse_rule
 
         return cls(
             tuple(
@@ -88,7 +89,7 @@ class CascadeSpec:
 
     def to_toml(self, name: str, *, provider: str = "recorded", normalizer: str = "exact", header: str = "") -> str:
         """This cascade as a config file section (members ``"<provider>:<model>"``); the last tier answers always."""
-        from .config import parse_config
+        from ..serve.config import parse_config
 
         lines = [f"# {line}".rstrip() for line in header.splitlines()]
         if provider == "recorded":  # the local recorded-answer server (llm_cascade.testing.server), as in examples/
@@ -112,8 +113,8 @@ class CascadeSpec:
 
     @classmethod
     def from_config(cls, cascade: Any) -> CascadeSpec:
-        """Back from a loaded :class:`llm_cascade.config.CascadeConfig` (members' provider prefixes dropped)."""
-        from .config import parse_rule
+        """Back from a loaded :class:`llm_cascade.serve.config.CascadeConfig` (members' provider prefixes dropped)."""
+        from ..serve.config import parse_rule
 
         tiers = []
         for k, tc in enumerate(cascade.tiers):

@@ -5,7 +5,8 @@ timeouts and cancellations alike. ``record`` only queues the rows (no SQL on the
 them in batches. If the database refuses a write, the rows stay in a bounded backlog retried by the writer after a
 growing pause (never re-sent on every request), :meth:`Ledger.flush` / :meth:`Ledger.close` raise
 :class:`LedgerError` if they still cannot be written, and a full backlog makes ``record`` raise: nothing is dropped
-silently. A local journal (:mod:`llm_cascade.journal`) makes each call durable before it starts, against ``kill -9``.
+silently. A local journal (:mod:`llm_cascade.spend.journal`) makes each call durable before it starts, against ``kill
+-9``.
 
 Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pusd`` as integer pico-dollars
 (1e-12 USD) so that sums in SQL (budgets, reports) stay exact on SQLite too, which has no decimal type.
@@ -13,7 +14,8 @@ Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pus
 The default file is an embedded SQLite database in WAL mode (readers never block the writer). A URL such as
 ``postgresql+psycopg://user@host/db`` selects SQLAlchemy, for several processes sharing one budget.
 
-Each row also keeps the retry-layer ``attempt`` of the call (1 = first try; see :mod:`llm_cascade.retry`) and the
+Each row also keeps the retry-layer ``attempt`` of the call (1 = first try; see :mod:`llm_cascade.resilience.retry`)
+and the
 provider's ``finish_reason``. A table written by an older version lacks those columns: opening it adds them (old rows
 read as attempt 1, finish reason unknown), so a ledger file survives an upgrade and older readers still work.
 """
@@ -38,16 +40,16 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, LedgerError, MissingDependencyError
+from ..core.errors import ConfigError, LedgerError, MissingDependencyError
+from ..core.types import Call
 from .journal import Intents, Journal, orphans, pending_rows
 from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
-from .types import Call
 
 if TYPE_CHECKING:
     import sqlite3
 
 PICO = Decimal("1e12")
-_log = logging.getLogger("llm_cascade.ledger")
+_log = logging.getLogger("llm_cascade.spend.ledger")
 _URL = re.compile(
     r"^[A-Za-z][A-Za-z0-9+.\-]*:|^[A-Za-z]+\+[A-Za-z0-9_]+|^(postgres(ql)?|mysql|mariadb|sqlite|mssql|oracle)/"
 )
@@ -259,7 +261,7 @@ class _SQLite:
 class _SQLAlchemy:
     """Any SQLAlchemy URL (PostgreSQL for shared spend). Imported only when such a URL is given. Reads and one-off
     statements go through SQLAlchemy Core; the worker threads' writes and transactions straight through the pool's
-    DBAPI connections (:mod:`llm_cascade.sqlpool` says why)."""
+    DBAPI connections (:mod:`llm_cascade.spend.sqlpool` says why)."""
 
     placeholder = "%s"
 
@@ -280,7 +282,7 @@ class _SQLAlchemy:
         self.dialect = parsed.get_backend_name()
         try:
             # No pre-ping on every checkout: PooledDBAPI pings only connections that sat idle or predate a
-            # disconnect (llm_cascade.sqlpool says why: the worker threads' cost per transaction).
+            # disconnect (llm_cascade.spend.sqlpool says why: the worker threads' cost per transaction).
             self.engine = sa.create_engine(parsed, pool_pre_ping=False)
             ident = "id BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "id INTEGER PRIMARY KEY"
             with self.engine.begin() as conn:
@@ -355,7 +357,7 @@ def to_pusd(cost: Decimal | None) -> int | None:
 
 
 class Ledger:
-    """Spend ledger: the router's :class:`~llm_cascade.router.SpendSink`, plus queries for budgets and reports.
+    """Spend ledger: the router's :class:`~llm_cascade.core.router.SpendSink`, plus queries for budgets and reports.
 
     ``url``: None for the default SQLite file, a path, ``sqlite:///path``, ``:memory:``, or any SQLAlchemy URL.
     ``clock`` stamps rows (seconds since the epoch); tests inject one to fill past periods.
@@ -366,7 +368,7 @@ class Ledger:
     ``max_backlog`` rows: past it :meth:`record` raises :class:`LedgerError` (nothing is dropped silently).
     :meth:`flush` / :meth:`aflush` wait until everything recorded is written; reads flush first, so what was recorded
     is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's
-    rows, and the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.journal`),
+    rows, and the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.spend.journal`),
     replayed by the next process that opens the ledger if this one dies before committing them.
     """
 
@@ -424,7 +426,8 @@ class Ledger:
             self._store = _SQLite(sqlite_file, table)
         else:
             self._store = _SQLAlchemy(str(url), table)
-        # A database server several processes share: budgets then keep their counters there (llm_cascade.reservations).
+        # A database server several processes share: budgets then keep their counters there
+        # (llm_cascade.spend.reservations).
         self.shared_database = isinstance(self._store, _SQLAlchemy) and self._store.dialect != "sqlite"
         ph = self._store.placeholder
         self._insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join([ph] * len(_NAMES))})"
@@ -559,7 +562,7 @@ class Ledger:
         return rows
 
     def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
-        """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.journal`); no-op without one.
+        """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.spend.journal`); no-op without one.
 
         The router passes the same tuple of intent calls for every request of a tier and prompt size, so the rows
         are built once per (calls, tags) and only stamped with the time and the request id here."""

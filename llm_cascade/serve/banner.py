@@ -1,7 +1,7 @@
 """What ``llm-cascade serve`` prints before it accepts requests: where it listens, what it serves, and what is wrong.
 
 A proxy that starts without keys and answers ``/health`` with "ok" fails silently on the first request; so the
-start-up runs :meth:`~llm_cascade.router.Router.check` on every cascade and prints its problems next to the banner
+start-up runs :meth:`~llm_cascade.core.router.Router.check` on every cascade and prints its problems next to the banner
 (listen address, cascades and their tiers, priced and unpriced members, the ledger). Problems are printed, not fatal:
 a provider that is down for a minute should not keep the other cascades from serving.
 """
@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..core.router import Router
     from .check import CheckReport
-    from .router import Router
 
 
 def _redacted(url: str) -> str:
-    from .ledger import _redact
+    from ..spend.ledger import _redact
 
     return _redact(url)
 

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .backends.base import innermost
-from .errors import ConfigError
-from .router import _own_price
-from .types import Usage
+from ..backends.base import innermost
+from ..core.errors import ConfigError
+from ..core.router import _own_price
+from ..core.types import Usage
 
 if TYPE_CHECKING:
-    from .router import Router
+    from ..core.router import Router
 
 Status = Literal["ok", "missing", "unknown", "failed", "skipped"]
 
@@ -77,7 +77,7 @@ def _key_status(adapter: object) -> Status:
     env_key = getattr(adapter, "_env_key", None)
     if env_key is None:
         return "skipped"
-    from .backends.openai import OpenAIBackend  # the SDK itself is imported only on a first call
+    from ..backends.openai import OpenAIBackend  # the SDK itself is imported only on a first call
 
     if isinstance(adapter, OpenAIBackend) and adapter.base_url is not None:
         return "ok"  # a local OpenAI-compatible server takes no key

@@ -24,9 +24,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from ._packages import package_path
-from .errors import PriceError
-from .types import Usage
+from .._packages import package_path
+from ..core.errors import PriceError
+from ..core.types import Usage
 
 MILLION = Decimal(1_000_000)
 _DATE = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
@@ -180,7 +180,7 @@ class PriceTable:
     @classmethod
     def default(cls, **options: Any) -> PriceTable:
         """The table shipped inside the package."""
-        return cls.load(Path(__file__).with_name("data") / "prices.json", **options)
+        return cls.load(Path(__file__).parent.parent / "data" / "prices.json", **options)
 
     def add(self, name: str, entry: PriceEntry | Mapping[str, Any]) -> None:
         """Add or replace one model's price (e.g. a local model priced per hour of compute)."""

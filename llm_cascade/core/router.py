@@ -4,7 +4,7 @@ A request goes to tier 0; the tier's members are called concurrently, their text
 decides. Accepted: return. Otherwise escalate to the next tier. The last tier always answers (majority vote, tie to
 the first-listed member), marked ``accepted=False`` when its own rule would not have accepted.
 
-Every call made, answered, failed, timed out or cancelled, becomes a :class:`~llm_cascade.types.Call`; each member
+Every call made, answered, failed, timed out or cancelled, becomes a :class:`~llm_cascade.core.types.Call`; each member
 coroutine records its own Call in a ``finally`` block, so even a request cancelled half-way reports (and the ledger
 stores) every call it started.
 
@@ -12,9 +12,9 @@ The router is itself a backend (``complete()``), so a cascade can be a member of
 proxy server like any model.
 
 Failures that are the caller's to fix are raised, never voted on (:data:`LOUD_ERRORS`: no key or a rejected one, a
-parameter a member cannot honour); when no tier answers, :class:`~llm_cascade.errors.AllTiersFailed` groups the
+parameter a member cannot honour); when no tier answers, :class:`~llm_cascade.core.errors.AllTiersFailed` groups the
 member errors. Retries are on by default (:data:`DEFAULT_RETRY`); logging, hooks and spans live in
-:mod:`llm_cascade.observe`.
+:mod:`llm_cascade.core.observe`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from . import observe, ttft
+from ..backends.base import Backend, innermost, resolve
+from ..resilience import ttft
+from ..resilience.retry import Retrying, RetryPolicy, attempt_log
+from ..spend.tokens import TokenEstimator
+from . import observe
 from .agreement import Rule, TierVotes, Unanimous
-from .backends.base import Backend, innermost, resolve
 from .errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -48,12 +51,10 @@ from .errors import (
     UnsupportedParameter,
 )
 from .normalize import Normalizer, as_normalizer
-from .retry import Retrying, RetryPolicy, attempt_log
-from .tokens import TokenEstimator
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage, with_params
 
 if TYPE_CHECKING:
-    from .check import CheckReport
+    from ..serve.check import CheckReport
 
 OnError = Literal["ignore", "escalate"]
 
@@ -66,7 +67,7 @@ LOUD_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, UnsupportedPara
 
 
 class Pricer(Protocol):
-    """What the router needs from a price table (:class:`~llm_cascade.pricing.PriceTable` is one): the cost of one
+    """What the router needs from a price table (:class:`~llm_cascade.spend.pricing.PriceTable` is one): the cost of one
     call, or None when unknown. ``seconds`` is the local compute a call used, for models priced per hour; the router
     passes it only for calls that report it and whose backend did not price itself (``Completion.cost_usd``)."""
 
@@ -78,9 +79,10 @@ TimedPricer = Pricer  # the name an older release used for a Pricer that takes `
 
 class SpendSink(Protocol):
     """What the router needs from a ledger: store every call of a request, whatever its outcome. It must return
-    quickly (it runs on the event loop): :class:`~llm_cascade.ledger.Ledger` only queues the rows. A sink that also
+    quickly (it runs on the event loop): :class:`~llm_cascade.spend.ledger.Ledger` only queues the rows. A sink that
+    also
     has ``intent(request_id, calls, metadata)`` is told the estimated calls of each tier before they start, so a
-    crash cannot lose a billed call (see :mod:`llm_cascade.journal`)."""
+    crash cannot lose a billed call (see :mod:`llm_cascade.spend.journal`)."""
 
     def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None: ...
 
@@ -106,13 +108,14 @@ class Guard(Protocol):
 
 
 class Held(Guard, Protocol):
-    """One request's guard (:class:`llm_cascade.budget.Hold`): released once its calls are in the ledger."""
+    """One request's guard (:class:`llm_cascade.spend.budget.Hold`): released once its calls are in the ledger."""
 
     def release(self) -> None: ...
 
 
 class Hardener(Protocol):
-    """What the router needs from a resilience policy (:class:`llm_cascade.limits.Resilience`): wrap one member."""
+    """What the router needs from a resilience policy (:class:`llm_cascade.resilience.limits.Resilience`): wrap one
+    member."""
 
     def wrap(self, backend: Backend) -> Backend: ...
 
@@ -142,8 +145,9 @@ class Tier:
     ``on_error="ignore"`` lets the rule decide over the members that answered (a failed member is "no answer",
     which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
     deadline in seconds: members still running then are cancelled and recorded as timed out. ``resilience`` wraps
-    every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.limits.Resilience`).
-    ``first_token_timeout`` cuts a member whose first token has not arrived in time (see :mod:`llm_cascade.ttft`).
+    every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.resilience.limits.Resilience`).
+    ``first_token_timeout`` cuts a member whose first token has not arrived in time (see
+    :mod:`llm_cascade.resilience.ttft`).
     """
 
     __slots__ = ("first_token_timeout", "members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
@@ -321,9 +325,9 @@ class Router:
     request's deadline in seconds. ``resilience`` wraps the members of every tier that has none of its own.
 
     Retries are on by default: with neither ``resilience`` (here or on the tier) nor a member that already retries,
-    each member is wrapped in :class:`~llm_cascade.retry.Retrying` under ``retry`` (:data:`DEFAULT_RETRY`: 3
+    each member is wrapped in :class:`~llm_cascade.resilience.retry.Retrying` under ``retry`` (:data:`DEFAULT_RETRY`: 3
     attempts, jittered back-off from 0.5 s, 30 s in all, Retry-After honoured). ``retry=None`` opts out.
-    ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.observe`).
+    ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.core.observe`).
     """
 
     def __init__(
@@ -393,7 +397,7 @@ class Router:
         self.ledger = ledger
         self.budget = budget
         if estimator is None:  # failed and cancelled calls are billed an estimate, never 0
-            from .tokens import default_estimator
+            from ..spend.tokens import default_estimator
 
             estimator = default_estimator()
         self.estimator = estimator
@@ -422,7 +426,7 @@ class Router:
         """Answer ``request`` (a prompt or a :class:`Request`) with the cheapest tier whose rule accepts.
 
         The keyword arguments are OpenAI's request parameters, passed to every member (each adapter maps them to
-        its provider, or raises :class:`~llm_cascade.errors.UnsupportedParameter`); given with a Request, they
+        its provider, or raises :class:`~llm_cascade.core.errors.UnsupportedParameter`); given with a Request, they
         override its fields. ``tags`` go to the ledger and budgets. Tags as bare keyword arguments
         (``route(p, user="u1")``) still work for one release, with a DeprecationWarning.
         """
@@ -521,8 +525,9 @@ class Router:
 
     async def check(self, *, reach: bool = True, ping_timeout: float = 10.0) -> CheckReport:
         """Check keys, prices and (with ``reach``) that each provider answers, before the first request: see
-        :mod:`llm_cascade.check`. ``(await router.check()).raise_for_problems()`` fails fast with every problem."""
-        from .check import check_router
+        :mod:`llm_cascade.serve.check`. ``(await router.check()).raise_for_problems()`` fails fast with every
+        problem."""
+        from ..serve.check import check_router
 
         return await check_router(self, reach=reach, ping_timeout=ping_timeout)
 
@@ -692,7 +697,7 @@ class Router:
         deadline: _Deadline,
     ) -> _Outcome:
         """One member call. Always appends one Call to ``calls``, even when cancelled, after one Call per attempt
-        that the retry layer made and retried (see :mod:`llm_cascade.retry`)."""
+        that the retry layer made and retried (see :mod:`llm_cascade.resilience.retry`)."""
         start = time.perf_counter()
         outcome: Outcome = "cancelled"
         error: str | None = None
@@ -804,7 +809,7 @@ class Router:
 
     def _cost(self, backend: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
         """Price one call: what the backend says it cost (``Completion.cost_usd``: local compute, a nested cascade,
-        a provider-reported cost), else the member's own ``price`` (a :class:`~llm_cascade.pricing.PriceEntry`),
+        a provider-reported cost), else the member's own ``price`` (a :class:`~llm_cascade.spend.pricing.PriceEntry`),
         else the price table; None when none of them knows."""
         if known is not None:
             return known

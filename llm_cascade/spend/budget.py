@@ -29,7 +29,8 @@ Where "spent in the period" comes from, without SQL on the event loop:
   ledger when the Budget is built and advanced by every request the ledger records (:meth:`Ledger.subscribe`), so a
   check is a few dictionary lookups under a lock, whatever the ledger's size;
 - several processes (a PostgreSQL ledger, or ``shared=True``): counters in the ledger's database, reserved atomically
-  (:mod:`llm_cascade.reservations`), so N processes with a limit that fits K escalations run exactly K. Those checks
+  (:mod:`llm_cascade.spend.reservations`), so N processes with a limit that fits K escalations run exactly K. Those
+  checks
   run on a worker thread (:meth:`Hold.acheck`).
 
 Concurrent requests in one process: a tier that is allowed is *held* against the period limits until its calls are
@@ -58,11 +59,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.types import Call, Request, Usage
 from .ledger import PICO, Ledger, to_pusd
 from .pricing import PriceEntry, PriceTable
 from .reservations import SharedCounters, scope_key
-from .types import Call, Request, Usage
 
 if TYPE_CHECKING:
     from .tokens import PromptCounter
@@ -146,7 +147,7 @@ def _period_start(per: Period, now: float) -> float | None:
 
 
 class Budget:
-    """The router's :class:`~llm_cascade.router.Guard`: refuses an escalation that would break a limit."""
+    """The router's :class:`~llm_cascade.core.router.Guard`: refuses an escalation that would break a limit."""
 
     def __init__(
         self,
@@ -470,7 +471,7 @@ class Budget:
         hold: Hold | None,
         metadata: Mapping[str, str],
     ) -> Generator[_Step, object, str | None]:
-        """The check against counters in the database (:mod:`llm_cascade.reservations`), written once as a
+        """The check against counters in the database (:mod:`llm_cascade.spend.reservations`), written once as a
         generator that yields each database step and is sent its result: :func:`_run_blocking` runs the steps in
         the calling thread (:meth:`check`), :func:`_run_async` from the event loop (:meth:`Hold.acheck`). With a
         hold, an allowed tier is reserved atomically."""
@@ -575,7 +576,8 @@ class _Running:
 class Hold:
     """One request's claim on a budget's period limits while it runs in this process (see the module docstring).
 
-    A :class:`~llm_cascade.router.Guard` itself: ``check`` is :meth:`Budget.check` that also claims, so the budget's
+    A :class:`~llm_cascade.core.router.Guard` itself: ``check`` is :meth:`Budget.check` that also claims, so the
+    budget's
     other checks count what this request has spent and the tier it was allowed, until :meth:`release`. Used as a
     context manager it is released on exit, and until then it is the open hold that :meth:`Budget.hold` hands to the
     first request routed in the same context.

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import TypeVar
 
-from .errors import ProviderTimeout
+from ..core.errors import ProviderTimeout
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def arrived() -> None:
 
 async def bounded(call: Awaitable[T], seconds: float, model: str) -> T:
     """``await call`` unless neither its first token nor its result arrives within ``seconds``: then it is
-    cancelled and :class:`~llm_cascade.errors.ProviderTimeout` raised."""
+    cancelled and :class:`~llm_cascade.core.errors.ProviderTimeout` raised."""
     event = asyncio.Event()
     token = _SIGNAL.set(event)
     try:

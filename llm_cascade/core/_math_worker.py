@@ -1,6 +1,6 @@
-"""The child process behind :class:`~llm_cascade.normalize_math.Math`: LaTeX/expression text -> a canonical key.
+"""The child process behind :class:`~llm_cascade.core.normalize_math.Math`: LaTeX/expression text -> a canonical key.
 
-It runs in its own process (``python -m llm_cascade._math_worker``, one JSON line in, one out) because a symbolic
+It runs in its own process (``python -m llm_cascade.core._math_worker``, one JSON line in, one out) because a symbolic
 parse or simplification can take unbounded time on a pathological answer, and only a process can be stopped from
 outside: the parent waits a bounded time for each answer and kills this process when it overruns (math-verify's own
 timeout uses SIGALRM, which works only on the main thread and would take over the application's alarm handler).

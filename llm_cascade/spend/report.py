@@ -22,10 +22,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.types import Usage
 from .ledger import Ledger, LedgerRow
 from .pricing import PriceTable
-from .types import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +332,7 @@ def register(app: Any) -> None:
         create: bool = typer.Option(False, "--create", help="create the ledger if it does not exist"),
     ) -> None:
         """Spend and price per request from the ledger, and the saving against always using the top tier."""
-        from .errors import LLMCascadeError
+        from ..core.errors import LLMCascadeError
 
         tags = dict(t.split("=", 1) for t in tag if "=" in t)
         if len(tags) != len(tag) or fmt not in ("table", "markdown", "json"):

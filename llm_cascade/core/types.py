@@ -37,7 +37,7 @@ class Request:
 
     The OpenAI-shaped parameters (``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed``, ``top_p``)
     are passed to every member; each adapter maps what its provider supports and raises
-    :class:`~llm_cascade.errors.UnsupportedParameter` for one it cannot honour, so none is dropped silently
+    :class:`~llm_cascade.core.errors.UnsupportedParameter` for one it cannot honour, so none is dropped silently
     (:meth:`params` lists those set).
     """
 
@@ -87,7 +87,7 @@ class Request:
         return out
 
     def refuse(self, backend: str, supported: Collection[str]) -> None:
-        """Raise :class:`~llm_cascade.errors.UnsupportedParameter` for the first set parameter not in
+        """Raise :class:`~llm_cascade.core.errors.UnsupportedParameter` for the first set parameter not in
         ``supported``: an adapter calls it before sending anything."""
         for name in self.params():
             if name not in supported:

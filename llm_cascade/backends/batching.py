@@ -24,7 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .errors import ConfigError, LLMCascadeError
+from ..core.errors import ConfigError, LLMCascadeError
 
 In = TypeVar("In")
 Out = TypeVar("Out")

@@ -1,10 +1,11 @@
 """What a Router tells the outside world while it works: the ``llm_cascade`` logger, callbacks, OpenTelemetry spans.
 
 - Logging: one INFO line per escalation, one WARNING per failed member call (each failed attempt too), under the
-  ``llm_cascade.router`` logger (a child of ``llm_cascade``). Messages carry model names, outcomes and the provider's
+  ``llm_cascade.core.router`` logger (a child of ``llm_cascade``). Messages carry model names, outcomes and the
+  provider's
   error text, which the adapters have already scrubbed of API keys; never request content.
-- Callbacks: ``Router(on_call=f, on_result=g)``: ``f(call)`` for every :class:`~llm_cascade.types.Call` as it is
-  recorded, ``g(result)`` for every :class:`~llm_cascade.types.RouteResult` returned. A callback that raises is
+- Callbacks: ``Router(on_call=f, on_result=g)``: ``f(call)`` for every :class:`~llm_cascade.core.types.Call` as it is
+  recorded, ``g(result)`` for every :class:`~llm_cascade.core.types.RouteResult` returned. A callback that raises is
   logged and ignored: observing must never change an answer.
 - Spans: when ``opentelemetry-api`` is installed, ``llm_cascade.route`` per request and ``llm_cascade.call`` per
   member call, with model, tier, outcome, tokens and cost as attributes. Without it (or without an SDK configured,
@@ -21,7 +22,7 @@ from typing import Any
 
 from .types import Call, RouteResult
 
-log = logging.getLogger("llm_cascade.router")
+log = logging.getLogger("llm_cascade.core.router")
 
 OnCall = Callable[[Call], object]
 OnResult = Callable[[RouteResult], object]

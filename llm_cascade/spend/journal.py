@@ -1,6 +1,7 @@
 """A local write-ahead journal, so a process killed mid-request (``kill -9``, OOM) loses no billable call.
 
-The ledger writes rows in the background (:mod:`llm_cascade.ledger`), so between a provider call starting and its row
+The ledger writes rows in the background (:mod:`llm_cascade.spend.ledger`), so between a provider call starting and its
+row
 being committed there is a window in which a crash would forget a call that was billed. The journal closes it:
 
 - before a tier's calls start, the router appends an *intent*: one estimated row per member (outcome ``cancelled``,
@@ -46,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-_log = logging.getLogger("llm_cascade.journal")
+_log = logging.getLogger("llm_cascade.spend.journal")
 Row = tuple[Any, ...]
 SEGMENT_BYTES = 4 << 20
 _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32 of the payload

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 from asyncio_throttle.throttler import Throttler
 
-from .errors import BadRequestError, CircuitOpenError, ConfigError, ProviderError
+from ..core.errors import BadRequestError, CircuitOpenError, ConfigError, ProviderError
+from ..core.types import Completion, Request
 from .retry import Clock, Retrying, RetryPolicy, Sleep, aclose_inner
-from .types import Completion, Request
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from ..backends.base import Backend
 
 
 def _number(field: str, value: object, *, minimum: float, integer: bool = False, allow_none: bool = False) -> None:

@@ -24,7 +24,8 @@ server key is an environment variable name or a SHA-256 digest of the key.
     [[cascades.mmlu.tiers]]
     members = ["recorded:gpt-4o"]
 
-Any invalid value raises :class:`~llm_cascade.errors.ConfigError` naming its path (``cascades.mmlu.tiers[0].rule``).
+Any invalid value raises :class:`~llm_cascade.core.errors.ConfigError` naming its path
+(``cascades.mmlu.tiers[0].rule``).
 """
 
 from __future__ import annotations
@@ -40,16 +41,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from .errors import ConfigError, MissingDependencyError
+from ..core.errors import ConfigError, MissingDependencyError
 
 try:
     from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("pydantic", "server") from None
 
-from .agreement import All, AnyOf, Rule, always, confidence, majority, quorum, semantic, unanimous, vote_share
-from .backends.base import Backend, resolve, split_name
-from .config_resilience import (
+from ..backends.base import Backend, resolve, split_name
+from ..core.agreement import All, AnyOf, Rule, always, confidence, majority, quorum, semantic, unanimous, vote_share
+from ..core.normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
+from ..resilience.config import (
     BreakerConfig,
     Hardening,
     ProviderResilience,
@@ -59,12 +61,11 @@ from .config_resilience import (
     RetryField,
     check_limit_keys,
 )
-from .normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
 
 if TYPE_CHECKING:
-    from .retry import Clock, Sleep
-    from .router import Guard, Pricer, Router, SpendSink
-    from .spec import CascadeSpec
+    from ..core.router import Guard, Pricer, Router, SpendSink
+    from ..core.spec import CascadeSpec
+    from ..resilience.retry import Clock, Sleep
 
 __all__ = [
     "BreakerConfig",
@@ -119,7 +120,7 @@ def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
                 return rules[0]
             return All(rules) if combinator == "all" else AnyOf(rules)
     if "learned" in spec:
-        from .deferral import parse as parse_learned
+        from ..core.deferral import parse as parse_learned
 
         if len(spec) != 1:
             raise ConfigError(field, f"{{learned = {{...}}}} takes nothing else, got keys {sorted(spec)}")
@@ -242,7 +243,7 @@ class TierConfig(_Model):
     rule: Any = "unanimous"
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
-    first_token_timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; see llm_cascade.ttft
+    first_token_timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; see llm_cascade.resilience.ttft
     on_error: Literal["ignore", "escalate"] = "ignore"
     retry: RetryField = None
 
@@ -288,7 +289,7 @@ class CascadeConfig(_Model):
 
     def spec(self) -> CascadeSpec:
         """This section as the one cascade description the simulator and calibration use (``provider:`` dropped)."""
-        from .spec import CascadeSpec
+        from ..core.spec import CascadeSpec
 
         return CascadeSpec.from_config(self)
 
@@ -312,7 +313,8 @@ class LedgerConfig(_Model):
 
     url: str
     table: str = "llm_cascade_calls"
-    # The write-ahead journal's folder (see llm_cascade.journal); None: ledger.default_journal_dir (memory-backed).
+    # The write-ahead journal's folder (see llm_cascade.spend.journal); None: ledger.default_journal_dir
+    # (memory-backed).
     journal: str | None = None
 
 
@@ -332,7 +334,7 @@ class BudgetsConfig(_Model):
     unknown_price: Literal["refuse", "allow"] = "refuse"
     output_tokens: Annotated[int, Field(ge=0)] | None = None
     # Budget counters in the ledger's database, for several processes on one ledger (default: a PostgreSQL ledger
-    # yes, a SQLite file no; true for several processes sharing one SQLite file). See llm_cascade.reservations.
+    # yes, a SQLite file no; true for several processes sharing one SQLite file). See llm_cascade.spend.reservations.
     shared: bool | None = None
     gate_first_tier: bool = True
 
@@ -504,7 +506,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
 
 class Components:
     """The pieces every cascade of one file shares: prices, ledger and budgets (each may be None), and the rate
-    limits and circuit breakers of :class:`~llm_cascade.config_resilience.Hardening` (one quota per provider across
+    limits and circuit breakers of :class:`~llm_cascade.resilience.config.Hardening` (one quota per provider across
     all cascades)."""
 
     def __init__(
@@ -538,8 +540,8 @@ def build_components(cfg: Config, *, sleep: Sleep | None = None, clock: Clock | 
 
 
 def _build_prices(pc: PricesConfig) -> Pricer:
-    from .errors import PriceError
-    from .pricing import PriceTable
+    from ..core.errors import PriceError
+    from ..spend.pricing import PriceTable
 
     try:
         if pc.path == "default":
@@ -557,8 +559,8 @@ def _build_prices(pc: PricesConfig) -> Pricer:
 
 
 def _build_ledger(lc: LedgerConfig) -> SpendSink:
-    from .errors import LedgerError
-    from .ledger import Ledger
+    from ..core.errors import LedgerError
+    from ..spend.ledger import Ledger
 
     try:
         return Ledger(None if lc.url == "default" else lc.url, table=lc.table, journal=lc.journal)
@@ -569,9 +571,9 @@ def _build_ledger(lc: LedgerConfig) -> SpendSink:
 
 
 def _build_budget(bc: BudgetsConfig, ledger: SpendSink | None, prices: Pricer | None) -> Guard:
-    from .budget import Budget, Limit
-    from .ledger import Ledger
-    from .pricing import PriceTable
+    from ..spend.budget import Budget, Limit
+    from ..spend.ledger import Ledger
+    from ..spend.pricing import PriceTable
 
     if any(lim.per != "request" for lim in bc.limits) and not isinstance(ledger, Ledger):
         raise ConfigError("budgets.limits", "a per-period limit needs a ledger (set ledger.url)")
@@ -608,7 +610,7 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
         options.setdefault("name", spec.model)  # calls and the ledger say "recorded:gpt-4o", as the file does
     if base_url is not None:
         options["base_url"] = base_url
-        from .backends.openai import lean_available
+        from ..backends.openai import lean_available
 
         if kind == "openai" and "transport" not in options and lean_available():
             options["transport"] = "http"  # an OpenAI-compatible upstream: the lean transport (backends/http.py)
@@ -623,8 +625,8 @@ def _member(spec: MemberConfig, cfg: Config, field: str) -> tuple[str, Backend]:
 
 
 def _member_price(spec: MemberConfig, kind: str, field: str) -> Any:
-    from .errors import PriceError
-    from .pricing import Price
+    from ..core.errors import PriceError
+    from ..spend.pricing import Price
 
     if spec.price is not None and spec.price_per_hour is not None:
         raise ConfigError(f"{field}.price", "give price or price_per_hour, not both")
@@ -642,7 +644,7 @@ def _member_price(spec: MemberConfig, kind: str, field: str) -> Any:
 
 def build_router(cfg: Config, cascade: str, *, components: Components | None = None, **overrides: Any) -> Router:
     """The Router for one cascade of the file. Pass ``components`` to share one ledger between several routers."""
-    from .router import Router, Tier
+    from ..core.router import Router, Tier
 
     try:
         cc = cfg.cascades[cascade]

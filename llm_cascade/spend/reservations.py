@@ -1,6 +1,6 @@
 """Budget counters in the ledger's database, so several processes sharing one (PostgreSQL) ledger share one budget.
 
-In one process a budget keeps its running totals in memory (:mod:`llm_cascade.budget`). Processes cannot see each
+In one process a budget keeps its running totals in memory (:mod:`llm_cascade.spend.budget`). Processes cannot see each
 other's memory, so with a shared database each (limit scope, period) gets one counter row::
 
     used_pusd = spend recorded by every process + reservations of requests in flight in every process
@@ -32,7 +32,7 @@ All of this runs on threads (one worker for adjustments and reservations, ``asyn
 checks), never on the event loop. What the worker costs the loop is measured in ``benchmarks/loop_lag.py`` on
 PostgreSQL, where the loop's worst stalls were (1) the worker threads' Python time, which holds the GIL the loop
 needs: hence one thread, not one for reservations and one for adjustments, fewer and fuller transactions (a 1 ms
-linger under load), and transactions on the pool's DBAPI connections (:mod:`llm_cascade.sqlpool`); (2) a batch's
+linger under load), and transactions on the pool's DBAPI connections (:mod:`llm_cascade.spend.sqlpool`); (2) a batch's
 answers resuming dozens of requests in one loop iteration: hence ``WAKE_PER_ITERATION``, and answers to requests
 awaiting on a loop settled on that loop as its own futures.
 """
@@ -48,12 +48,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from .errors import LedgerError
+from ..core.errors import LedgerError
 
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-_log = logging.getLogger("llm_cascade.budget")
+_log = logging.getLogger("llm_cascade.spend.budget")
 _T = TypeVar("_T")
 # A future the worker answers: a thread's (concurrent.futures), or, for a request awaiting on an event loop, that
 # loop's own (asyncio), settled on the loop itself: no cross-thread hand-off (call_soon_threadsafe, a wake-up of the

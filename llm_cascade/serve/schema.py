@@ -1,4 +1,4 @@
-"""The chat request the proxy accepts, validated into a :class:`~llm_cascade.types.Request` or a typed error.
+"""The chat request the proxy accepts, validated into a :class:`~llm_cascade.core.types.Request` or a typed error.
 
 OpenAI's request parameters ``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed`` and ``top_p`` are
 passed to every member (a member that cannot honour one fails the request with 400 naming it). Every other field that
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .types import Message, Request, Role
+from ..core.types import Message, Request, Role
 
 _fast_loads: Callable[[bytes], Any]
 try:  # orjson parses a chat body about four times faster than json; what it refuses, json parses again (below)
@@ -98,7 +98,7 @@ class ChatRequest(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
     def to_request(self, metadata: Mapping[str, str] | None = None) -> Request:
-        """The :class:`~llm_cascade.types.Request` to route, carrying ``metadata`` (the caller's ledger tags)."""
+        """The :class:`~llm_cascade.core.types.Request` to route, carrying ``metadata`` (the caller's ledger tags)."""
         msgs: list[Message] = []
         for i, m in enumerate(self.messages):
             if m.role in ("tool", "function"):

@@ -85,10 +85,10 @@ class _Worker:
         self._ready = False
 
     def _spawn(self) -> None:
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_cascade._math_worker"],
+            [sys.executable, "-m", "llm_cascade.core._math_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -1,4 +1,5 @@
-"""`llm-cascade serve`: the proxy server command (registered by :mod:`llm_cascade.cli`; imports the server lazily).
+"""`llm-cascade serve`: the proxy server command (registered by :mod:`llm_cascade.serve.cli`; imports the server
+lazily).
 
 The proxy runs on uvloop and httptools when they are installed (the ``server`` extra installs both): the event loop
 and the HTTP parser are most of a proxy hop's CPU that is not the cascade's own. Without them it falls back to
@@ -40,8 +41,8 @@ def register(app: Any) -> None:
         ] = True,
     ) -> None:
         """Serve the configured cascades behind an OpenAI-compatible API (/v1/chat/completions)."""
+        from ..core.errors import ConfigError
         from .config import load_config
-        from .errors import ConfigError
         from .server import serve as run
 
         loop, http = fast_io()
@@ -80,9 +81,9 @@ def register(app: Any) -> None:
         import json
         from dataclasses import asdict
 
+        from ..core.errors import LLMCascadeError
+        from .banner import check_all
         from .config import build_components, build_routers, load_config
-        from .errors import LLMCascadeError
-        from .server_banner import check_all
 
         try:
             cfg = load_config(config)

@@ -36,8 +36,7 @@ from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from .config import Components, Config, build_components, build_routers, hash_key
-from .errors import (
+from ..core.errors import (
     AllTiersFailed,
     AuthenticationError,
     BudgetExceeded,
@@ -46,8 +45,9 @@ from .errors import (
     RequestTimeout,
     UnsupportedParameter,
 )
-from .server_schema import ChatRequest, InputError, parse_chat, tag_problem
-from .types import Request, RouteResult
+from ..core.types import Request, RouteResult
+from .config import Components, Config, build_components, build_routers, hash_key
+from .schema import ChatRequest, InputError, parse_chat, tag_problem
 
 try:  # a response body rendered by orjson costs a fifth of json's; what orjson cannot render, json does (_dumps)
     from orjson import dumps as _orjson_dumps
@@ -64,12 +64,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("starlette", "server") from None
 
 if TYPE_CHECKING:
+    from ..core.router import Guard, Router
     from .check import CheckReport
-    from .router import Guard, Router
 
 __all__ = ["ProxyState", "create_app", "error_response", "serve"]
 
-log = logging.getLogger("llm_cascade.server")
+log = logging.getLogger("llm_cascade.serve.server")
 
 
 def _dumps(content: Any) -> bytes:
@@ -261,7 +261,7 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
 
 
 def _hold(state: ProxyState) -> AbstractContextManager[Guard | None]:
-    """The request's budget hold (:class:`llm_cascade.budget.Hold`), open around the tier-0 check and ``route()``,
+    """The request's budget hold (:class:`llm_cascade.spend.budget.Hold`), open around the tier-0 check and ``route()``,
     which takes it over: tier 0's estimate stays held until the router has recorded the request's calls."""
     hold = state.hold
     return hold() if hold is not None else nullcontext(state.components.budget)
@@ -536,7 +536,7 @@ def _log_to_stderr(level: str) -> None:
 async def _check(routers: Mapping[str, Router], *, reach: bool) -> dict[str, CheckReport]:
     """The start-up check, in a loop that ends before uvicorn's starts: the lean transport's connections opened by
     the pings are closed with it (the members open new ones in the serving loop)."""
-    from .server_banner import check_all
+    from .banner import check_all
 
     try:
         return await check_all(routers, reach=reach, ping_timeout=5.0)
@@ -563,13 +563,13 @@ def serve(
     First it checks every cascade (keys, prices, reachability; ``check=False`` skips the network part) and prints a
     banner through ``echo``: listen address, cascades and tiers, priced and unpriced members, the ledger, problems.
     ``loop`` and ``http`` are uvicorn's (``llm-cascade serve`` passes uvloop and httptools when installed, see
-    :mod:`llm_cascade.server_cli`).
+    :mod:`llm_cascade.serve.command`).
     """
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("uvicorn", "server") from None
-    from .server_banner import banner
+    from .banner import banner
 
     app = create_app(config)
     state: ProxyState = app.state.proxy

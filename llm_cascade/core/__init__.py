@@ -1,0 +1,1 @@
+"""The cascade itself: values, errors, the router, agreement rules, normalizers and learned deferral."""

@@ -1,0 +1,1 @@
+"""The configuration file, the OpenAI-compatible proxy and the command line."""
