@@ -136,6 +136,51 @@ def test_choice_letter_reads_the_final_answer(text: str, expected: str | None) -
     assert ChoiceLetter("J")(text) == expected
 
 
+# Issue 25: replies that state different answers, each decided from the text between the statements (the table in
+# llm_cascade/core/_conflict.py); a real final statement is preceded by reasoning as a model writes it.
+_COT = "Let's think step by step. Option B ignores friction, and option F double counts the normal force. "
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # an appended made-up summary, with a letter from the few-shot examples: the real answer stands
+        (_COT + "The answer is (C).\n\nNow, combining all the answers: The answer is (F)", "C"),
+        (_COT + "The answer is (C).\nCombining the answers of all the questions above:\nthe answer is (F).", "C"),
+        # restated at once with another letter, nothing in between: an invented continuation
+        (_COT + "The answer is (C).\n\nThe answer is (F).", "C"),
+        # a few-shot echo: the prompt's worked-answer opener, then an example's answer
+        (_COT + "The answer is (C).\n\nAnswer: Let's think step by step. A ball rolls ... The answer is (A).", "C"),
+        # a restart: the model writes the next question of the few-shot prompt
+        (_COT + "The answer is (C).\n\nQuestion: Which gas is inert?\nOptions: ...\nThe answer is (H).", "C"),
+        # a correction after reasoning: the later statement wins
+        (_COT + "So the answer is (B).\nWait, B ignores friction. The answer is (D).", "D"),
+        (_COT + "The answer is (B). However, the question asks for the net force, so the answer is (G).", "G"),
+        (
+            "The answer is (B). Checking the units: the force is 12 N, and at 3 kg the acceleration must be 4 m/s^2, "
+            "which only option D gives. So the answer is (D).",
+            "D",
+        ),
+        # a tentative statement is a hypothesis, not an answer
+        ("If the answer is (A), then the sum would be odd. The answer is (B).", "B"),
+        ("The answer is (A) only if x > 0. Here x < 0, so the answer is (B).", "B"),
+        # statements naming two letters: a hedge is no answer, unless a later statement settles it
+        ("The answer is (B) or (D).", None),
+        (_COT + "The answer is (B) or (D). Since D double counts, the answer is (B).", "B"),
+        (_COT + "The answer is (C). Hmm, actually it is either; the answer is (B) or (D).", None),
+        # ... and a second capital that is not a second answer
+        (_COT + "The answer is (C), I think.", "C"),
+        (_COT + "The answer is (E), 120 J/mol.", "E"),
+        (_COT + "The answer is (E) and A is wrong.", "E"),
+        (_COT + "The answer is (D), where A = 5 cm^2.", "D"),
+        # the same answer stated twice is that answer
+        (_COT + "The answer is (C).\n\nNow, combining all the answers: The answer is (C)", "C"),
+    ],
+)
+def test_choice_letter_decides_between_conflicting_statements(text: str, expected: str | None) -> None:
+    assert ChoiceLetter("J")(text) == expected
+
+
 @pytest.mark.parametrize("text", ["B", "(B)", "B)", "**B**", "[B]", "B.", " B \n"])
 def test_choice_letter_bare_replies_still_work(text: str) -> None:
     assert ChoiceLetter("J")(text) == "B"

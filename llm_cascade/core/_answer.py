@@ -7,6 +7,9 @@ reason first and conclude last ("We rule out B. The answer is (C)."). Two except
 - a model that, after answering, goes on to write the next question of a few-shot prompt ("...the answer is (C).
   Question: ... the answer is (D)") answered C: everything from the invented question on is cut off;
 - a statement that names two different answers ("the answer is (B) or (D)") is no answer at all.
+
+Where statements disagree, :func:`llm_cascade.core._conflict.decide` reads the text between them (a correction, a
+summary, an invented continuation) to tell which one the model meant.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import json
 import re
 from collections.abc import Iterator
 
-# A new few-shot item the model invented after answering: "Question:", "Q:", "Problem 3.", "Human:", "### Question".
+# A new few-shot item the model invented after answering: "Question:", "Q:", "Problem 3.", "Human:", "### Question",
+# or an echo of the prompt's worked-answer opener ("Answer: Let's think step by step.").
 _CONTINUATION_RE = re.compile(
     r"(?m)^[ \t>*#]*(?:Question|Q|Problem|Human|User|Instruction)(?:[ \t]*\d+)?[ \t]*[:.]"
     r"|^[ \t]*The following (?:are|is) (?:a )?multiple[- ]choice"
     r"|(?<=[.!?)])[ \t]+Question(?:[ \t]*\d+)?[ \t]*:"
+    r"|(?:^[ \t>*#]*(?:A|Answer)[ \t]*:[ \t]*)?(?i:\bLet(?:'|\u2019)?s think step by step)"
 )
 _FIELD_RE_CACHE: dict[str, re.Pattern[str]] = {}
 

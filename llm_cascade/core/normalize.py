@@ -18,6 +18,7 @@ from fractions import Fraction
 from typing import Protocol, cast, runtime_checkable
 
 from ._answer import boxed, cut_continuation, json_answer, statements
+from ._conflict import decide
 from .errors import ConfigError
 from .normalize_math import Math
 
@@ -79,11 +80,7 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
         return _choice(value, last, strict) if value.strip() != s else None
     found = _letter_statements(s, letters)
     if found:
-        cut = cut_continuation(s, found[0][0])
-        if len(cut) < len(s):
-            found = [f for f in found if f[0] < len(cut)]
-            s = cut
-        return found[-1][1]
+        return decide(s, found)
     # A reply that opens with its letter: "B) Paris", "C. Because ...", or "**B**" alone on the first line. Only a
     # short one-line reply: a chain of thought that opens by discussing "(A) ..." has not answered A.
     first_line = s.split("\n", 1)[0]
@@ -101,20 +98,38 @@ def _choice(text: str, last: str, strict: bool) -> str | None:
     return None if s[: g.start()].strip(" *_\"'") == "" and _is_word(s, g.end(), g.group(1)) else g.group(1)
 
 
-def _letter_statements(s: str, letters: str) -> list[tuple[int, str | None]]:
-    """(offset, letter) of every explicit answer statement; the letter is None where the statement names two."""
-    out: list[tuple[int, str | None]] = []
+# A second letter right after a statement's letter makes it a hedge ("(B) or (D)", "B/D"), unless it starts a new
+# clause ("(C), I think", "(E) and A is wrong") or is a symbol or unit ("(D), A = 5 cm^2", "(E), 120 J/mol").
+_SECOND = (
+    r"[)\]}}*_$]*+\s*+(?:,|/|&|\bor\b|\band\b)\s*+(?:(?i:option|choice)\s++)?[*_(\[]*+"
+    r"([{0}])(?![A-Za-z0-9'\u2019/=^_-])"
+)
+_CLAUSE = re.compile(
+    r"[)\]*_]*+\s++(?:is|are|was|were|would|does|do|has|have|seems|can|could|should|must|will|may|might|cannot)\b"
+    r"|\s*+[=<>+*^\d]"
+)
+
+
+def _letter_statements(s: str, letters: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, letter) of every explicit answer statement; the letter is None where the statement names two."""
+    out: list[tuple[int, int, str | None]] = []
     rx = re.compile(
         rf"{_KEYWORD}\s*+(?i:(?:option|choice|letter)\s*+)?{_MARKUP}([{letters}])(?![A-Za-z0-9'\u2019])"
         rf"|\\(?:boxed|fbox)\s*+\{{\s*+(?:\\text(?:bf)?\s*+\{{)?\s*+\(?([{letters}])\)?\s*+\}}"
     )
-    two = re.compile(rf"[)\]}}*_$]*+\s*+(?:,|/|&|\bor\b|\band\b)\s*+[*_(\[]*+([{letters}])(?![A-Za-z0-9])")
+    two = re.compile(_SECOND.format(letters))
     for m in rx.finditer(s):
         letter = m.group(1) or m.group(2)
         if m.group(1) and _is_word(s, m.end(1), letter):
             continue
+        end = re.match(r"[)\]}*_$]*+", s[m.end() : m.end() + 8])
+        stop = m.end() + (end.end() if end else 0)
         other = two.match(s, m.end())
-        out.append((m.start(), None if other and other.group(1) != letter else letter))
+        if other is not None and other.group(1) != letter:
+            second = other.group(1)
+            if _is_word(s, other.end(1), second) or _CLAUSE.match(s, other.end(1)):
+                other = None
+        out.append((m.start(), stop, None if other and other.group(1) != letter else letter))
     return out
 
 

@@ -1,0 +1,100 @@
+"""Which answer a reply means when its answer statements disagree: decided from the text between them.
+
+Models state their answer more than once, and neither "the first" nor "the last" statement is right for every model
+(measured on a 10-option benchmark's chain-of-thought outputs: "last" loses 6 points on a model that appends a
+made-up summary, "first" loses 1.8 on a model whose later statements are corrections). So the text is read as a
+writer would read it, statement by statement, looking at what comes between one statement and the next:
+
+==========================  ========================================================================  ===========
+what comes after it         example                                                                   read as
+==========================  ========================================================================  ===========
+a restart (new question)    "... the answer is (C).\\n\\nQuestion: Which gas ... The answer is (D)."     C
+a few-shot echo             "... the answer is (C).\\n\\nAnswer: Let's think step by step. ... (A)."     C
+a summary of "all answers"  "... the answer is (C).\\n\\nNow, combining all the answers: The answer      C
+                            is (F)."
+an invented continuation    "... the answer is (C).\\n\\nThe answer is (F)." (nothing in between)        C
+a correction                "The answer is (B). Wait, B ignores friction. The answer is (D)."         D
+reasoning, then a new one   "The answer is (B). Checking the units: the force is 12 N, and at 3 kg     D
+                            the acceleration must be 4 m/s^2, which only option D gives. So the
+                            answer is (D)."
+a tentative statement       "If the answer were (A), the sum would be odd. The answer is (B)."        B
+a hedge (two answers)       "The answer is (B) or (D)."                                               None
+a hedge resolved later      "The answer is (B) or (D). Since D double counts, the answer is (B)."     B
+a correction to a hedge     "The answer is (C). Hmm, actually it is either... the answer is (B) or    None
+                            (D)."
+==========================  ========================================================================  ===========
+
+"None" is "no answer": it agrees with nothing, so a tier whose member could not make up its mind escalates instead
+of accepting a guess. A statement is ``(start, end, value)`` with ``value`` None where the statement itself names two
+answers; :func:`decide` is shared by the letter, number and math normalizers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+from ._answer import cut_continuation
+
+T = TypeVar("T")
+
+# A summary of several answers, as if every few-shot question had been the model's: its letters are not this answer.
+_APPENDIX = re.compile(
+    r"(?i:\b(?:combin\w*|summar\w*|collect\w*|compil\w*|list\w*)\s++(?:of\s++)?(?:all\s++)?(?:of\s++)?"
+    r"(?:the\s++|these\s++|my\s++|our\s++)?answers\b"
+    r"|\ball\s++(?:of\s++)?(?:the\s++|these\s++|my\s++)?(?:answers|questions)\b"
+    r"|\b(?:final\s++)?answers\s++(?:to|for|of)\s++(?:all|each|every|the\s+(?:above|previous|other))\b"
+    r"|\bfinal\s++answers\b|\bfor\s++(?:each|every)\s++question\b)"
+)
+# A writer taking back what they said.
+_CORRECTION = re.compile(
+    r"(?i:\b(?:wait|actually|however|but|hmm+|oops|no,|sorry|re-?evaluat\w*|re-?consider\w*|re-?check\w*"
+    r"|re-?examin\w*|re-?visit\w*|re-?calculat\w*|re-?assess\w*|re-?think\w*|double[- ]check\w*|mistake\w*"
+    r"|error|erred|incorrect|wrong|correction|correcting|misread\w*|on\s+second\s+thought|upon\s+(?:further|closer)"
+    r"|let\s+(?:me|us)|let's|verify\w*|instead|rather|overlook\w*|missed|careful\w*)\b)"
+)
+# A statement that is a hypothesis, not a conclusion: "if the answer were (A)", "the answer is (A) only if ...".
+_TENTATIVE_BEFORE = re.compile(
+    r"(?i:\b(?:if|whether|suppose|supposing|assume|assuming|unless|might|could|may|maybe|perhaps|possibly|not\s+sure"
+    r"|tempting|tempted)\b)[^.\n!?]{0,40}$"
+)
+_TENTATIVE_AFTER = re.compile(r"[^.\n!?]{0,12}?(?:\?|(?i:\b(?:only\s+if|if|unless|would)\b))")
+_SENTENCE = re.compile(r"[.!?](?=\s|$)|\n")
+# How much text between two statements counts as reasoning rather than a tag-on ("Now, in short:").
+_REASONING_CHARS = 100
+
+
+def _tentative(text: str, start: int, end: int) -> bool:
+    line_start = text.rfind("\n", 0, start) + 1
+    return bool(_TENTATIVE_BEFORE.search(text, max(line_start, start - 60), start)) or bool(
+        _TENTATIVE_AFTER.match(text, end, min(len(text), end + 40))
+    )
+
+
+def _is_reasoning(bridge: str) -> bool:
+    prose = bridge.strip(" \t\n*_#>-:.,;")
+    return len(prose) >= _REASONING_CHARS or len(_SENTENCE.findall(prose)) >= 2
+
+
+def decide(text: str, found: Sequence[tuple[int, int, T | None]]) -> T | None:
+    """The answer ``text`` means, from its answer statements ``found`` ((start, end, value), in text order; value
+    None where a statement names two answers): see the module's table. ``found`` must not be empty."""
+    cut = len(cut_continuation(text, found[0][0]))
+    stated = [f for f in found if f[0] < cut]
+    if len(stated) > 1:
+        firm = [f for f in stated if not _tentative(text, f[0], f[1])]
+        stated = firm or stated
+    _, prev_end, current = stated[0]
+    for start, end, value in stated[1:]:
+        if value == current and value is not None:
+            prev_end = end
+            continue
+        bridge = text[prev_end:start]
+        if _APPENDIX.search(bridge):
+            break  # everything from a summary of "all the answers" on is not this answer
+        if _CORRECTION.search(bridge) or _is_reasoning(bridge) or current is None:
+            current = value  # a correction, a conclusion reached anew, or a hedge resolved
+        # else: restated at once with another answer and nothing in between: an invented continuation
+        prev_end = end
+    return current
