@@ -55,6 +55,7 @@ from .types import Call, Completion, Outcome, Request, RouteResult, Usage, with_
 
 if TYPE_CHECKING:
     from ..serve.check import CheckReport
+    from .shadow import Shadow
 
 OnError = Literal["ignore", "escalate"]
 
@@ -345,6 +346,7 @@ class Router:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         on_call: observe.OnCall | None = None,
         on_result: observe.OnResult | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
             raise ConfigError("Router.tiers", f"must be a list of tiers, got {tiers!r}")
@@ -405,6 +407,9 @@ class Router:
         self.supports_logprobs = False
         self._closed = False
         self._intent_calls: dict[tuple[int, object, int], tuple[Call, ...]] = {}
+        if shadow is not None and not callable(getattr(shadow, "bind", None)):
+            raise ConfigError("Router.shadow", f"must be a Shadow, got {type(shadow).__name__}")
+        self.shadow = shadow.bind(self) if shadow is not None else None  # see llm_cascade.core.shadow
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -496,6 +501,9 @@ class Router:
         guard = hold if hold is not None else self.budget
         scope = _outer_ledger.set(ledger) if ledger is not None else None
         result: RouteResult | None = None
+        shadowed = self.shadow.sample(request) if self.shadow is not None and ledger is not None else None
+        if shadowed is not None:
+            request = shadowed
         try:
             if self.timeout is None:
                 result = await self._route(request, calls, guard, ledger)
@@ -513,7 +521,10 @@ class Router:
                 if ledger is not None and calls:
                     if result is None and len(calls) > 1:  # a result has sorted them; rows go in the result's order
                         calls.sort(key=self._call_order)
-                    ledger.record(request.request_id, calls, dict(request.metadata))
+                    if shadowed is not None and self.shadow is not None:  # with observations, then the shadow calls
+                        self.shadow.record(ledger, request, calls, result is not None)
+                    else:
+                        ledger.record(request.request_id, calls, dict(request.metadata))
             finally:
                 _FAILURES.reset(errors)
                 if hold is not None:  # after the write: counted twice for a moment, never not at all
@@ -551,6 +562,8 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self.shadow is not None:
+            await self.shadow.aclose()
         seen: set[int] = set()
         for tier in self.tiers:
             for member in tier.members:

@@ -79,6 +79,7 @@ __all__ = [
     "ResilienceConfig",
     "RetryConfig",
     "ServerConfig",
+    "ShadowConfig",
     "TierConfig",
     "build_components",
     "build_router",
@@ -318,6 +319,26 @@ class LedgerConfig(_Model):
     journal: str | None = None
 
 
+class ShadowConfig(_Model):
+    """Shadow sampling (:mod:`llm_cascade.core.shadow`): on a ``rate`` share of requests, every model of ``pool``
+    (default: every member of the cascade; models outside it allowed, as members are written) answers too, in the
+    background, and the ledger keeps what each said. ``limit_usd`` caps the shadow calls' cost per UTC day."""
+
+    rate: Annotated[float, Field(ge=0, le=1)]
+    pool: list[str | MemberConfig] | None = None
+    limit_usd: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
+    concurrency: Annotated[int, Field(ge=1)] = 4
+    max_pending: Annotated[int, Field(ge=1)] = 1000
+    store_text: bool = False
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [MemberConfig(model=m) if isinstance(m, str) else m for m in v]
+        return v
+
+
 class LimitConfig(_Model):
     """At most ``usd`` per period for requests carrying every one of ``tags`` (e.g. ``{key = "team-a"}``)."""
 
@@ -398,6 +419,7 @@ class Config(_Model):
     ledger: LedgerConfig | None = None
     budgets: BudgetsConfig | None = None
     resilience: ResilienceConfig | None = None
+    shadow: ShadowConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("prices", mode="before")
@@ -689,11 +711,42 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
         "name": cascade,
         "retry": None,  # the file's retry settings already wrapped each member (default on, `retry = false` off)
     }
+    if cfg.shadow is not None and "shadow" not in overrides:
+        kwargs["shadow"] = _build_shadow(cfg, cfg.shadow, comp, cascade)
     kwargs.update(overrides)
     try:
         return Router(tiers, **kwargs)
     except ConfigError as exc:
         raise ConfigError(f"cascades.{cascade}.{exc.field.removeprefix('Router.')}", exc.problem) from None
+
+
+def _build_shadow(cfg: Config, sc: ShadowConfig, comp: Components, cascade: str) -> Any:
+    """The cascade's Shadow: pool members outside the cascade built like members (provider, price, resilience)."""
+    from ..core.shadow import Shadow
+
+    pool: list[Any] | None = None
+    if sc.pool is not None:
+        pool = []
+        members = {m.model for tc in cfg.cascades[cascade].tiers for m in tc.members if isinstance(m, MemberConfig)}
+        for j, m in enumerate(sc.pool):
+            assert isinstance(m, MemberConfig)
+            if m.model in members:  # the cascade's own member: Shadow.bind reuses it by name
+                pool.append(m.model)
+                continue
+            provider, backend = _member(m, cfg, f"shadow.pool[{j}]")
+            assert comp.hardening is not None
+            pool.append(comp.hardening.wrap(backend, provider, None, f"shadow.pool[{j}]"))
+    try:
+        return Shadow(
+            sc.rate,
+            pool,
+            limit_usd=sc.limit_usd,
+            concurrency=sc.concurrency,
+            max_pending=sc.max_pending,
+            store_text=sc.store_text,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"shadow.{exc.field.removeprefix('Shadow.')}", exc.problem) from None
 
 
 def build_routers(cfg: Config, components: Components | None = None) -> dict[str, Router]:

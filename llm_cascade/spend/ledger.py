@@ -57,11 +57,21 @@ _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COLUMNS = (
     "ts, request_id, seq, tier, model, outcome, input_tokens, output_tokens, cached_tokens, estimated, "
-    "cost_usd, cost_pusd, latency_s, error, tags, attempt, finish_reason"
+    "cost_usd, cost_pusd, latency_s, error, tags, attempt, finish_reason, answer, confidence, digest, prompt, text"
 )
 # Columns added after the first release, with their declarations: a table without them gets them when opened.
-_ADDED = (("attempt", "INTEGER NOT NULL DEFAULT 1"), ("finish_reason", "TEXT"))
+# The last five are a shadowed request's observations (llm_cascade.core.shadow): empty on every other row.
+_ADDED = (
+    ("attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("finish_reason", "TEXT"),
+    ("answer", "TEXT"),
+    ("confidence", "DOUBLE PRECISION"),
+    ("digest", "TEXT"),
+    ("prompt", "TEXT"),
+    ("text", "TEXT"),
+)
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
+_OBSERVED = ("answer", "confidence", "digest", "prompt", "text")
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
 _REQUEST_ID = itemgetter(1)  # of a row
@@ -108,6 +118,24 @@ class LedgerRow:
     tags: dict[str, str]
     attempt: int = 1
     finish_reason: str | None = None
+    answer: str | None = None
+    confidence: float | None = None
+    digest: str | None = None
+    prompt: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What a shadowed request's rows keep beside the spend (see :mod:`llm_cascade.core.shadow`): each call's
+    normalised answer and confidence, and the prompt's ``digest`` (to join and count requests without storing them);
+    the prompt and the raw answer texts only when the deployment asked for them (``store_text``). ``shadow`` marks
+    rows of calls made only to observe: budgets that follow the ledger do not count them (the shadow limit does)."""
+
+    digest: str
+    prompt: str | None = None
+    store_text: bool = False
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +492,13 @@ class Ledger:
             paths = [path for path, _ in found]
             pending = pending_rows(*paths)
             have = self._known(list(pending))
-            rows = [(*r[:2], seq, *r[3:]) for rid, rs in pending.items() if rid not in have for seq, r in enumerate(rs)]
+            pad = (None,) * len(_NAMES)  # a row journaled by an older version lacks the columns added since
+            rows = [
+                (*r[:2], seq, *r[3:], *pad[len(r) :])
+                for rid, rs in pending.items()
+                if rid not in have
+                for seq, r in enumerate(rs)
+            ]
             if rows:
                 self._store.write(self._insert, rows)
                 _log.warning(
@@ -556,10 +590,29 @@ class Ledger:
                     tags,
                     c.attempt,
                     c.finish_reason,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
                 )
             )
             seq += 1  # noqa: SIM113 (a counter is cheaper than enumerate's tuples, on the event loop)
         return rows
+
+    def _observed_rows(
+        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float, seen: Observed
+    ) -> list[Row]:
+        """:meth:`_rows` with the observation columns filled (answer, confidence, digest; texts when asked)."""
+        rows = self._rows(request_id, calls, metadata, now)
+        prompt = _safe(seen.prompt) if seen.store_text and seen.prompt is not None else None
+        out: list[Row] = []
+        for row, c in zip(rows, calls, strict=True):
+            conf = c.confidence if c.confidence is not None and 0.0 <= c.confidence <= 1.0 else None
+            answer = None if c.answer is None else _safe(c.answer)
+            text = _safe(c.text) if seen.store_text and c.text is not None else None
+            out.append((*row[: -len(_OBSERVED)], answer, conf, seen.digest, prompt, text))
+        return out
 
     def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.spend.journal`); no-op without one.
@@ -591,14 +644,20 @@ class Ledger:
         """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
         self._listeners.append(listener)
 
-    def record(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+    def record(
+        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], *, observed: Observed | None = None
+    ) -> None:
         """Queue one row per call of a request for the writer thread; returns at once.
 
+        ``observed`` keeps the calls' answers beside their spend (a shadowed request, :mod:`llm_cascade.core.shadow`).
         Raises LedgerError only when the backlog is full (the database has refused writes for a while)."""
         if not calls:
             return
         now = self.clock()
-        rows = self._rows(request_id, calls, metadata, now)
+        if observed is None:
+            rows = self._rows(request_id, calls, metadata, now)
+        else:
+            rows = self._observed_rows(request_id, calls, metadata, now, observed)
         with self._lock:
             if self._closed:
                 raise LedgerError(f"ledger {_redact(self.url)} is closed")
@@ -608,12 +667,16 @@ class Ledger:
                     f"ledger backlog full ({len(self._pending)} rows waiting, max_backlog={self.max_backlog}); "
                     f"request {request_id} not recorded{cause}"
                 )
-            if self._journal is not None:
+            # Shadow rows are not journaled: they share the request's id, and a journal record replaces the
+            # request's earlier one on replay (the cascade's own rows must never be lost to an observation).
+            if self._journal is not None and (observed is None or not observed.shadow):
                 self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
             wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
         if wake:
             self._signal.put(None)
+        if observed is not None and observed.shadow:
+            return  # made to observe, not to answer: the shadow limit counts them, the cascade's budgets do not
         for listener in self._listeners:
             listener(now, calls, metadata)
 
@@ -812,4 +875,9 @@ def _row(r: Sequence[Any]) -> LedgerRow:
         tags=json.loads(r[14]),
         attempt=int(r[15]),
         finish_reason=r[16],
+        answer=r[17],
+        confidence=None if r[18] is None else float(r[18]),
+        digest=r[19],
+        prompt=r[20],
+        text=r[21],
     )
