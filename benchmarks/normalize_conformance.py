@@ -2,7 +2,7 @@
 
     python benchmarks/normalize_conformance.py [--data ../shared/data] [--math]
 
-Per normalizer and model it prints:
+Per normalizer and model it prints, against each source's reference extractor:
 
 - parse: share of outputs that give an answer at all;
 - agree: share whose answer equals the reference answer (both None counts as agreement);
@@ -15,6 +15,10 @@ MoT GSM8K chain-of-thought samples of gpt-4
 (reference: MoT's own extracted results), the rational MMLU/MedMCQA letter replies of 9 models and synthetic
 MMLU-Pro-style chain-of-thought outputs (10 options; reference: MMLU-Pro's own extractor, reimplemented from
 TIGER-AI-Lab/MMLU-Pro compute_accuracy.py). ``--math`` adds the Math normalizer on ZeroEval's answer fields (slow).
+Then, against gold (:func:`gold_report`), per source, normalizer and model: accuracy of our reading and of every
+reference extractor the data carry, parse failures, agreement with the first reference and the false-agreement rate
+among agreeing pairs of different models; the synthetic 10-option models there (:data:`MMLU_PRO_MODELS`) write the
+patterns that split "first" and "last" readings (an appended summary, restarts, corrections, hedges).
 The last line is JSON with every figure.
 """
 
@@ -255,6 +259,202 @@ def synthetic_cot(n: int, seed: int = 0) -> dict[str, list[tuple[str, str | None
     return styles
 
 
+# -- accuracy against gold --------------------------------------------------------------------------------------------
+
+# (question id, model, text, gold, {reference name: its reading})
+GoldRow = tuple[str, str, str, str | None, dict[str, str | None]]
+
+
+def against_gold(rows: Sequence[GoldRow], normalize: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
+    """Per model (and "all"): n; ``ours`` and ``ref:<name>``, accuracy against gold (%) of our reading and of each
+    reference extractor; ``parse_fail`` (%), outputs we read as no answer; ``agree`` (%), ours equal to the first
+    reference's reading; ``false`` (%), among pairs of outputs to the same question whose readings are equal (not
+    None), the share whose first reference readings differ; ``pairs``, how many such pairs."""
+    keys = [normalize(text) for _, _, text, _, _ in rows]
+    stats: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_question: dict[str, list[int]] = defaultdict(list)
+    names = list(rows[0][4]) if rows else []
+    for i, (qid, model, _, gold, refs) in enumerate(rows):
+        by_question[qid].append(i)
+        first = refs[names[0]] if names else None
+        for name in (model, "all"):
+            s = stats[name]
+            s["n"] += 1
+            s["ours"] += keys[i] is not None and keys[i] == gold
+            s["parse_fail"] += keys[i] is None
+            s["agree"] += keys[i] == first
+            for ref in names:
+                s[f"ref:{ref}"] += refs[ref] is not None and refs[ref] == gold
+    for members in by_question.values():
+        for i, j in itertools.combinations(members, 2):
+            if keys[i] is None or keys[i] != keys[j] or rows[i][1] == rows[j][1]:
+                continue
+            differ = names and rows[i][4][names[0]] != rows[j][4][names[0]]
+            for name in {rows[i][1], rows[j][1], "all"}:
+                stats[name]["pairs"] += 1
+                stats[name]["false_pairs"] += bool(differ)
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in stats.items():
+        n = s["n"]
+        r: dict[str, Any] = {"n": int(n), "pairs": int(s["pairs"])}
+        for key in ("ours", "parse_fail", "agree", *(f"ref:{ref}" for ref in names)):
+            r[key] = round(100 * s[key] / n, 2)
+        r["false"] = round(100 * s["false_pairs"] / s["pairs"], 2) if s["pairs"] else 0.0
+        out[name] = r
+    return out
+
+
+def gold_table(title: str, results: dict[str, dict[str, Any]]) -> list[str]:
+    refs = [k for k in next(iter(results.values())) if k.startswith("ref:")] if results else []
+    head = f"{'model':44} {'n':>6} {'ours':>7} " + " ".join(f"{r[4:][:12]:>12}" for r in refs)
+    lines = [f"\n## {title}", head + f" {'parse fail':>10} {'agree':>7} {'false':>7} {'pairs':>8}"]
+    for name in sorted(results, key=lambda k: (k == "all", k)):
+        r = results[name]
+        cells = " ".join(f"{r[k]:>11.2f}%" for k in refs)
+        lines.append(
+            f"{name[:44]:44} {r['n']:>6} {r['ours']:>6.2f}% {cells} {r['parse_fail']:>9.2f}% {r['agree']:>6.2f}%"
+            f" {r['false']:>6.2f}% {r['pairs']:>8}"
+        )
+    return lines
+
+
+def zeroeval_gold(data: Path, models: Iterable[str] | None = None) -> list[GoldRow]:
+    """ZeroEval GSM8K with gold; references: ZeroEval's extractor (reimplemented) and the authors' extracted answer
+    (``answer_norm`` in gsm.jsonl.gz)."""
+    rows, gold, _ = zeroeval(data, models)
+    authors: dict[tuple[str, str], str | None] = {}
+    questions: dict[str, str] = {}
+    with gzip.open(data / "zeroeval-gsm8k" / "gsm.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            obj = json.loads(line)
+            for model, run in obj["models"].items():
+                authors[(obj["question"], model)] = _exact(run.get("answer_norm"))
+    root = data / "zeroeval-gsm8k" / "raw" / "gsm"
+    for path in root.glob("*.json.gz"):
+        if models is not None and path.name.removesuffix(".json.gz") not in set(models):
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            questions.update((str(it["session_id"]), it["question"]) for it in json.load(fh))
+        break  # every model answered the same questions
+    return [
+        (q, m, t, gold[q], {"zeroeval": ref, "authors": authors.get((questions.get(q, ""), m))})
+        for q, m, t, ref in rows
+    ]
+
+
+def mot_gold(data: Path) -> list[GoldRow]:
+    """MoT's gpt-4 GSM8K chain-of-thought samples with gold; reference: MoT's extracted result."""
+    rows: list[GoldRow] = []
+    for name in ("gsm_cot1", "gsm_greedy_cot1"):
+        with gzip.open(data / "mot" / "GPT4_result" / f"{name}.json.gz", "rt", encoding="utf-8") as fh:
+            for q, it in enumerate(json.load(fh)):
+                gold = _exact(it["answer"])
+                for s, (text, res) in enumerate(zip(it["generated"], it["results"], strict=False)):
+                    rows.append((f"gsm-{q}", f"gpt-4 {name}#{s}", text, gold, {"mot": _exact(res)}))
+    return rows
+
+
+def rational_gold(data: Path) -> tuple[list[GoldRow], list[GoldRow]]:
+    """The rational set with gold: GSM8K chain of thought (reference: the authors' ``answer_extracted``) and the
+    MMLU + MedMCQA letter replies (reference: MMLU-Pro's extractor over A-D)."""
+    numbers: list[GoldRow] = []
+    letters: list[GoldRow] = []
+    for bench in ("gsm8k", "mmlu", "medmcqa"):
+        with gzip.open(data / "rational" / f"{bench}_train.jsonl.gz", "rt", encoding="utf-8") as fh:
+            for line in fh:
+                obj = json.loads(line)
+                qid = f"{bench}-{obj['id']}"
+                for model, run in obj["models"].items():
+                    text = str(run.get("answer") or "")
+                    if bench == "gsm8k":
+                        numbers.append(
+                            (qid, model, text, _exact(obj["gold"]), {"authors": _exact(run.get("answer_extracted"))})
+                        )
+                    else:
+                        letters.append(
+                            (qid, model, text, obj.get("gold"), {"mmlu_pro": mmlu_pro_reference(text, "A-D")})
+                        )
+    return numbers, letters
+
+
+# How each synthetic 10-option model ends its chain of thought: (style, share of its outputs). The rest conclude once.
+MMLU_PRO_MODELS: dict[str, list[tuple[str, float]]] = {
+    "plain": [],
+    "appends-summary": [("summary", 0.10)],  # the issue's worst model: "last wins" cost it 5.96 points
+    "restarts": [("restart", 0.10), ("echo", 0.03)],
+    "corrects": [("correction", 0.025), ("reasoned", 0.01)],  # "last" +1.77 points over "first" in the issue
+    "hedges": [("hedge", 0.015), ("aside", 0.03)],  # "(B) or (D)" as None cost 0.62 points in the issue
+    "mixed": [("summary", 0.02), ("restart", 0.02), ("correction", 0.01), ("hedge", 0.005), ("aside", 0.01)],
+}
+
+
+def mmlu_pro_models(questions: int = 1500, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """Synthetic MMLU-Pro-style chain-of-thought outputs (10 options) of the models in :data:`MMLU_PRO_MODELS`, with
+    gold: (question, model, text, gold). Each model concludes the gold letter 70% of the time; its style decides what
+    it writes around that conclusion (an appended summary of "all the answers" with a few-shot letter, a restart, a
+    correction after a first wrong statement, a hedge "(B) or (D)" ...). 2% of outputs break off before concluding."""
+    rng = random.Random(seed)
+    letters = "ABCDEFGHIJ"
+    out: list[tuple[str, str, str, str]] = []
+    for q in range(questions):
+        gold = rng.choice(letters)
+        for model, styles in MMLU_PRO_MODELS.items():
+            right = rng.random() < 0.7
+            a = gold if right else rng.choice(letters.replace(gold, ""))
+            other = rng.choice(letters.replace(a, ""))
+            fill = {"A": a, "X": rng.choice(letters), "Y": other, "W": rng.choice(_WORDS)}
+            body = " ".join(rng.choice(_REASONING).format(**fill) for _ in range(rng.randint(2, 6)))
+            style, r = "plain", rng.random()
+            for name, share in styles:
+                if r < share:
+                    style = name
+                    break
+                r -= share
+            end = _MMLU_PRO_ENDS[style]
+            if rng.random() < 0.02:
+                text = body.rsplit(" ", rng.randint(1, 4))[0]
+            elif style == "correction":  # first a wrong letter, then "Wait": the correction is right 80% of the time
+                fill["Y"] = a
+                fill["A"] = gold if rng.random() < 0.8 else rng.choice(letters.replace(gold, ""))
+                text = f"{body} {end.format(**fill)}"
+            elif style == "hedge":  # the gold letter first in half of the hedges that name it
+                fill["A"], fill["Y"] = (a, other) if rng.random() < 0.5 else (other, a)
+                text = f"{body} {end.format(**fill)}"
+            else:
+                text = f"{body} {end.format(**fill)}"
+            out.append((f"mmlu-pro-{q}", model, text, gold))
+    return out
+
+
+_MMLU_PRO_ENDS = {
+    "plain": "The answer is ({A}).",
+    "summary": "The answer is ({A}).\n\nNow, combining all the answers: The answer is ({X})",
+    "restart": "The answer is ({A}).\n\nQuestion: Which of the following is a {W}?\nOptions:\nA. one\nB. two\n"
+    "Answer: Let's think step by step. {W} is two. The answer is ({X}).",
+    "echo": "The answer is ({A}).\n\nAnswer: Let's think step by step. We refer to {W} for help. The answer is ({X}).",
+    "correction": "So the answer is ({Y}).\nWait, that ignores {W}. Taking it into account, the answer is ({A}).",
+    "reasoned": "The answer is ({X}). Checking this against the premise: {W} changes the sign of the effect, and "
+    "only one option keeps the sign consistent with the data given. So the answer is ({A}).",
+    "hedge": "The answer is ({A}) or ({Y}).",
+    "aside": "The answer is ({A}), I think.",
+}
+
+
+def gold_report(data: Path, zeroeval_models: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every :func:`against_gold` table: "<source> <normalizer>" -> per-model results."""
+    ze = zeroeval_gold(data, zeroeval_models)
+    numbers, letters = rational_gold(data)
+    synth: list[GoldRow] = [(q, m, t, g, {"mmlu_pro": mmlu_pro_reference(t)}) for q, m, t, g in mmlu_pro_models()]
+    return {
+        "zeroeval Number(strict=True)": against_gold(ze, Number(strict=True)),
+        "zeroeval Number()": against_gold(ze, Number()),
+        "mot Number()": against_gold(mot_gold(data), Number()),
+        "rational-gsm8k Number()": against_gold(numbers, Number()),
+        "rational-letters ChoiceLetter()": against_gold(letters, ChoiceLetter()),
+        "synthetic-mmlu-pro ChoiceLetter('J')": against_gold(synth, ChoiceLetter("J")),
+    }
+
+
 def table(title: str, results: dict[str, dict[str, float]], extra: dict[str, str] | None = None) -> list[str]:
     lines = [f"\n## {title}", f"{'model':44} {'n':>6} {'parse':>7} {'agree':>7} {'false':>7}  {'':}"]
     for name in sorted(results, key=lambda k: (k == "all", k)):
@@ -331,6 +531,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["synthetic_cot_truth"] = {"choice": res["all"], "mmlu_pro_reference": ref_res["all"]}
         else:
             out["synthetic_cot_mmlu_pro"] = {k: v["agree"] for k, v in res.items()}
+
+    gold = gold_report(data)
+    for title, results in gold.items():
+        lines += gold_table(f"{title}: accuracy against gold (ours and each reference extractor)", results)
+    out["gold"] = {title: results["all"] for title, results in gold.items()}
+    out["gold_worst_gap"] = {
+        title: min(
+            (r["ours"] - max(v for k, v in r.items() if k.startswith("ref:")), m)
+            for m, r in results.items()
+            if m != "all"
+        )
+        for title, results in gold.items()
+    }
 
     if args.math:
         math = Math()

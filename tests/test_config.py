@@ -545,3 +545,17 @@ def test_retry_values_from_the_environment_are_validated_too() -> None:
     with pytest.raises(ConfigError) as info:
         cfg_of(text, RETRIES="many")
     assert info.value.field == "resilience.retry.attempts"
+
+
+def test_first_token_timeout_is_on_by_default_and_off_by_name() -> None:
+    assert build_router(cfg_of(SIMPLE), "qa").tiers[0].first_token_timeout == "default"
+    off = SIMPLE.replace(
+        'normalizer = "choice"\n[[cascades.qa.tiers]]\n',
+        'normalizer = "choice"\n[[cascades.qa.tiers]]\nfirst_token_timeout = "off"\n',
+        1,
+    )
+    assert build_router(cfg_of(off), "qa").tiers[0].first_token_timeout is None
+    two = off.replace('"off"', "2.5")
+    assert build_router(cfg_of(two), "qa").tiers[0].first_token_timeout == 2.5
+    with pytest.raises(ConfigError, match="first_token_timeout"):
+        build_router(cfg_of(off.replace('"off"', '"soon"')), "qa")

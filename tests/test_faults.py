@@ -38,6 +38,7 @@ import pytest
 from llm_cascade import AllTiersFailed, Request, Router, Tier, quorum
 from llm_cascade.core.errors import AuthenticationError
 from llm_cascade.core.types import RouteResult
+from llm_cascade.resilience import ttft
 from llm_cascade.resilience.limits import CircuitBreaker, Resilience
 from llm_cascade.resilience.retry import RetryPolicy
 from llm_cascade.spend.ledger import Ledger, LedgerRow
@@ -409,3 +410,38 @@ async def test_streamed_answers_nowhere_raise_all_tiers_failed(sc: Scenario) -> 
         await router.route("q")
     assert len(sc.rows("a")) == len(sc.rows("b")) == POLICY.attempts
     assert all(r.outcome == "error" and r.error and r.error.startswith("StreamError") for r in sc.ledger.rows())
+
+
+# failoverbench S07 in miniature: a provider whose first token comes after 20 s. Every duration is scaled by SCALE
+# (20 s -> 0.4 s, the 10 s default -> 0.2 s), so the test measures the default's effect without 20 s of real waiting.
+SCALE = 0.02
+
+
+async def test_a_20_s_first_token_falls_back_within_the_default_limit(
+    sc: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert ttft.DEFAULT_FIRST_TOKEN_TIMEOUT == 10.0  # documented: well under the 20 s stall and a 30 s call timeout
+    monkeypatch.setattr(ttft, "DEFAULT_FIRST_TOKEN_TIMEOUT", 10.0 * SCALE)
+    stalled = sc.model("a", f"slow:delay_s={20 * SCALE}", stream=True, timeout=30)
+    router = sc.router([stalled])  # no first_token_timeout anywhere: the tier's default applies
+    assert router.tiers[0].first_token_timeout == "default"
+    result = await router.route("q")
+    assert result.tier == 1 and result.answer == "42"  # fell back to the next tier
+    rows = sc.rows("a")
+    assert outcomes(rows) == ["timeout"]  # the limit covers the retries: one cut, not three
+    assert "no first token within 0.2 s" in (rows[0].error or "")
+    assert 10 * SCALE <= rows[0].latency_s < 20 * SCALE  # cut at the default, not after the stalled first token
+
+
+async def test_the_default_first_token_limit_spares_whole_answers_and_can_be_turned_off(
+    sc: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ttft, "DEFAULT_FIRST_TOKEN_TIMEOUT", 10.0 * SCALE)
+    whole = sc.model("a", f"slow:delay_s={20 * SCALE}", timeout=30)  # answers whole: its first token is the answer
+    result = await sc.router([whole]).route("q")
+    assert_answered_by_tier0(result)
+    streamed = sc.model("b", f"slow:delay_s={20 * SCALE}", stream=True, timeout=30)
+    off = Router([Tier([streamed], first_token_timeout=None), Tier([sc.model("top")])], normalizer="number")
+    assert_answered_by_tier0(await off.route("q"))  # None: no limit, the slow stream is waited for
+    mine = Router([Tier([streamed], first_token_timeout=0.05), Tier([sc.model("top")])], normalizer="number")
+    assert (await mine.route("q")).tier == 1  # a tier's own number wins over the default

@@ -153,13 +153,18 @@ _COT = "Let's think step by step. Option B ignores friction, and option F double
         (_COT + "The answer is (C).\n\nAnswer: Let's think step by step. A ball rolls ... The answer is (A).", "C"),
         # a restart: the model writes the next question of the few-shot prompt
         (_COT + "The answer is (C).\n\nQuestion: Which gas is inert?\nOptions: ...\nThe answer is (H).", "C"),
-        # a correction after reasoning: the later statement wins
+        # a correction: the later statement wins
         (_COT + "So the answer is (B).\nWait, B ignores friction. The answer is (D).", "D"),
         (_COT + "The answer is (B). However, the question asks for the net force, so the answer is (G).", "G"),
         (
             "The answer is (B). Checking the units: the force is 12 N, and at 3 kg the acceleration must be 4 m/s^2, "
             "which only option D gives. So the answer is (D).",
-            "D",
+            None,  # a second conclusion after more reasoning, and nothing takes the first back: undecided
+        ),
+        (
+            "The answer is (B). Checking the units: the force is 12 N, and at 3 kg the acceleration must be 4 m/s^2, "
+            "which only option D gives. So the answer is (D). Yes, D: the answer is (D).",
+            "D",  # ... until the model settles it
         ),
         # a tentative statement is a hypothesis, not an answer
         ("If the answer is (A), then the sum would be odd. The answer is (B).", "B"),

@@ -14,10 +14,10 @@ a summary of "all answers"  "... the answer is (C).\\n\\nNow, combining all the 
                             is (F)."
 an invented continuation    "... the answer is (C).\\n\\nThe answer is (F)." (nothing in between)        C
 a correction                "The answer is (B). Wait, B ignores friction. The answer is (D)."         D
-reasoning, then a new one   "The answer is (B). Checking the units: the force is 12 N, and at 3 kg     D
+more reasoning, no retreat  "The answer is (B). Checking the units: the force is 12 N, and at 3 kg     None
                             the acceleration must be 4 m/s^2, which only option D gives. So the
                             answer is (D)."
-a tentative statement       "If the answer were (A), the sum would be odd. The answer is (B)."        B
+a tentative statement       "If the answer is (A), then the sum is odd. The answer is (B)."           B
 a hedge (two answers)       "The answer is (B) or (D)."                                               None
 a hedge resolved later      "The answer is (B) or (D). Since D double counts, the answer is (B)."     B
 a correction to a hedge     "The answer is (C). Hmm, actually it is either... the answer is (B) or    None
@@ -93,8 +93,10 @@ def decide(text: str, found: Sequence[tuple[int, int, T | None]]) -> T | None:
         bridge = text[prev_end:start]
         if _APPENDIX.search(bridge):
             break  # everything from a summary of "all the answers" on is not this answer
-        if _CORRECTION.search(bridge) or _is_reasoning(bridge) or current is None:
-            current = value  # a correction, a conclusion reached anew, or a hedge resolved
+        if _CORRECTION.search(bridge) or current is None:
+            current = value  # a correction, or a hedge (or an undecided reply) settled
+        elif _is_reasoning(bridge):
+            current = None  # a second conclusion, nothing takes the first back: undecided until one settles it
         # else: restated at once with another answer and nothing in between: an invented continuation
         prev_end = end
     return current

@@ -147,7 +147,8 @@ class Tier:
     which agrees with nothing); ``"escalate"`` escalates as soon as any member failed. ``timeout`` is the tier's
     deadline in seconds: members still running then are cancelled and recorded as timed out. ``resilience`` wraps
     every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.resilience.limits.Resilience`).
-    ``first_token_timeout`` cuts a member whose first token has not arrived in time (see
+    ``first_token_timeout`` cuts a member whose first token has not arrived in time: by default 10 s for members
+    that stream, none for members that answer whole; a number applies to every member, None turns it off (see
     :mod:`llm_cascade.resilience.ttft`).
     """
 
@@ -163,7 +164,7 @@ class Tier:
         on_error: OnError = "ignore",
         normalizer: Normalizer | str | None = None,
         resilience: Hardener | None = None,
-        first_token_timeout: float | None = None,
+        first_token_timeout: ttft.FirstTokenTimeout = "default",
     ) -> None:
         if isinstance(members, str) or not isinstance(members, Sequence):
             raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
@@ -183,10 +184,7 @@ class Tier:
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Tier.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
-        ftt = first_token_timeout
-        if ftt is not None and (isinstance(ftt, bool) or not isinstance(ftt, int | float) or not 0 < ftt < math.inf):
-            raise ConfigError("Tier.first_token_timeout", f"must be a positive number of seconds, got {ftt!r}")
-        self.first_token_timeout = ftt
+        self.first_token_timeout = ttft.check(first_token_timeout)
         if on_error not in ("ignore", "escalate"):
             raise ConfigError("Tier.on_error", f"must be 'ignore' or 'escalate', got {on_error!r}")
         self.on_error: OnError = on_error
@@ -720,7 +718,7 @@ class Router:
         read: tuple[str | None, str | None] | None = None  # (answer, error) of a normaliser read off the loop
         with attempt_log() as retried:
             try:
-                limit = self.tiers[k].first_token_timeout if k < len(self.tiers) else None
+                limit = ttft.limit_for(self.tiers[k].first_token_timeout, backend) if k < len(self.tiers) else None
                 pending = backend.complete(request)
                 completion = _checked(
                     await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name

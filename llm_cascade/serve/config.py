@@ -244,7 +244,8 @@ class TierConfig(_Model):
     rule: Any = "unanimous"
     normalizer: Any = None
     timeout: Annotated[float, Field(gt=0)] | None = None
-    first_token_timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; see llm_cascade.resilience.ttft
+    # seconds, "default" (10 s for streamed members) or "off"; see llm_cascade.resilience.ttft
+    first_token_timeout: Annotated[float, Field(gt=0)] | Literal["default", "off"] = "default"
     on_error: Literal["ignore", "escalate"] = "ignore"
     retry: RetryField = None
 
@@ -691,7 +692,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
                     parse_rule(tc.rule, f"{field}.rule"),
                     name=tc.name,
                     timeout=tc.timeout,
-                    first_token_timeout=tc.first_token_timeout,
+                    first_token_timeout=None if tc.first_token_timeout == "off" else tc.first_token_timeout,
                     on_error=tc.on_error,
                     normalizer=None
                     if tc.normalizer is None
