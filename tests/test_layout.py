@@ -13,15 +13,74 @@ import llm_cascade
 from llm_cascade._moved import MOVED
 
 PUBLIC = sorted(
-    """
-    AllTiersFailed AuthenticationError Backend BadRequestError Budget BudgetExceeded Call ChoiceLetter
-    CircuitBreaker CircuitOpenError Completion ConfigError ContentFilterError ContextLengthError Decision ExactText
-    FakeBackend JsonField LLMCascadeError LabelSet Ledger LedgerError Limit MalformedResponseError Math Message
-    MissingDependencyError Normalizer Number Price PriceError PriceTable ProviderError ProviderTimeout RateLimit
-    RateLimited Regex Request RequestTimeout Resilience RetryPolicy RetryableError Retrying RouteResult Router
-    RoutingError Rule StreamError Tier TierVotes UnknownProviderError UnsupportedParameter Usage Vote YesNo
-    __version__ always confidence harden majority quorum register_provider resolve semantic unanimous vote_share
-    """.split()
+    [
+        "AllTiersFailed",
+        "AuthenticationError",
+        "Backend",
+        "BadRequestError",
+        "Budget",
+        "BudgetExceeded",
+        "Call",
+        "ChoiceLetter",
+        "CircuitBreaker",
+        "CircuitOpenError",
+        "Completion",
+        "ConfigError",
+        "ContentFilterError",
+        "ContextLengthError",
+        "Decision",
+        "ExactText",
+        "FakeBackend",
+        "JsonField",
+        "LLMCascadeError",
+        "LabelSet",
+        "Ledger",
+        "LedgerError",
+        "Limit",
+        "MalformedResponseError",
+        "Math",
+        "Message",
+        "MissingDependencyError",
+        "Normalizer",
+        "Number",
+        "Price",
+        "PriceError",
+        "PriceTable",
+        "ProviderError",
+        "ProviderTimeout",
+        "RateLimit",
+        "RateLimited",
+        "Regex",
+        "Request",
+        "RequestTimeout",
+        "Resilience",
+        "RetryPolicy",
+        "RetryableError",
+        "Retrying",
+        "RouteResult",
+        "Router",
+        "RoutingError",
+        "Rule",
+        "StreamError",
+        "Tier",
+        "TierVotes",
+        "UnknownProviderError",
+        "UnsupportedParameter",
+        "Usage",
+        "Vote",
+        "YesNo",
+        "__version__",
+        "always",
+        "confidence",
+        "harden",
+        "majority",
+        "quorum",
+        "register_provider",
+        "resolve",
+        "semantic",
+        "unanimous",
+        "vote_share",
+    ]
 )
 
 

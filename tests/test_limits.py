@@ -282,3 +282,30 @@ def test_harden_composes_in_the_documented_order() -> None:
     assert stack.inner.inner.inner is inner
     assert stack.name == inner.name and stack.supports_logprobs
     assert harden(inner) is inner
+
+
+def test_one_resilience_from_python_and_from_config_layers_global_provider_tier() -> None:
+    """The config file and Python build the same object: global retry fields, then the provider's, then the tier's."""
+    from llm_cascade.resilience.limits import ProviderPolicy, Resilience
+    from llm_cascade.serve.config import parse_config
+
+    cfg = parse_config(
+        {
+            "resilience": {"retry": {"attempts": 4, "initial": 0.1}, "breaker": {"failures": 2}},
+            "providers": {"fake": {"retry": {"attempts": 6}, "breaker": False}},
+            "cascades": {"x": {"tiers": [{"members": ["fake:a"]}]}},
+        }
+    )
+    res = Resilience.from_config(cfg.resilience, cfg.providers)
+    policy = res.retry_policy("fake", {"max_delay": None})
+    assert policy is not None
+    assert (policy.attempts, policy.initial, policy.max_delay) == (6, 0.1, None)
+    assert res.breaker_for("fake:a", "fake") is None  # the provider turned breakers off
+    assert res.breaker_for("openai:x", "openai") is res.breaker_for("openai:x", "openai")  # one per model
+    assert res.retry_policy("fake", {"attempts": 1}) is None  # one attempt: no retry layer at all
+
+    by_hand = Resilience(
+        retry=RetryPolicy(attempts=4, initial=0.1), providers={"fake": ProviderPolicy({"attempts": 6})}
+    )
+    again = by_hand.retry_policy("fake", {"max_delay": None})
+    assert again == policy

@@ -30,6 +30,32 @@ class Backend(Protocol):
     async def complete(self, request: Request) -> Completion: ...
 
 
+class Wrapper:
+    """The base of backends that wrap another one (retries, limits, breakers; pydantic-ai's ``WrapperModel``).
+
+    A wrapper *is* a backend: it takes the wrapped one's ``name`` and ``supports_logprobs``, keeps it in ``inner``
+    (where :func:`innermost` finds the real model's price and key), and passes ``aclose()`` through, so wrappers
+    compose in any order and go wherever a model goes. Subclasses override :meth:`complete` only.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.inner = backend
+        self.name: str = backend.name
+        self.supports_logprobs: bool = bool(getattr(backend, "supports_logprobs", False))
+
+    async def complete(self, request: Request) -> Completion:
+        return await self.inner.complete(request)
+
+    async def aclose(self) -> None:
+        """Close the wrapped backend's client, if it has one (SDK clients hold connection pools)."""
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
 def innermost(backend: object) -> object:
     """The backend under any wrappers: the retry, rate-limit and breaker layers keep the one they wrap in ``inner``.
     Its price, key, ``ping()`` and ``aclose()`` are the ones that matter (bounded, in case of a cycle)."""

@@ -13,7 +13,7 @@ answers, the one given by the member listed *first* in the tier wins. List the m
 Each rule owns its four faces, so that the live Router, the vectorised simulator, the config file and the reports
 can never disagree about what a rule means: :meth:`Rule.decide` (one request), :meth:`Rule.accept` (every recorded
 example at once, over a :class:`TierArrays`), :meth:`Rule.spec` (the config form that
-:func:`llm_cascade.serve.config.parse_rule` reads back) and :meth:`Rule.describe` (a short label for reports).
+:func:`llm_cascade.core.forms.parse_rule` reads back) and :meth:`Rule.describe` (a short label for reports).
 :meth:`Rule.check` rejects, when the tier is built, a rule that could never accept on it.
 """
 
@@ -138,7 +138,7 @@ class Rule:
 
     def spec(self) -> RuleSpec:
         """The config form of this rule (``rule = ...`` in TOML), which
-        :func:`~llm_cascade.serve.config.parse_rule` reads."""
+        :func:`~llm_cascade.core.forms.parse_rule` reads."""
         raise ConfigError("rule", f"{type(self).__name__} has no config form")
 
     def describe(self) -> str:

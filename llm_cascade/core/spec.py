@@ -4,7 +4,7 @@
 replays, and what a ``[cascades.<name>]`` section of a config file describes: :meth:`CascadeSpec.to_toml` writes such
 a section (read unchanged by :func:`llm_cascade.serve.config.load_config` and ``llm-cascade serve --config``) and
 :meth:`CascadeSpec.from_config` reads one back. Each tier's rule carries its own config form (:meth:`Rule.spec`),
-parsed by the one :func:`llm_cascade.serve.config.parse_rule`.
+parsed by the one :func:`llm_cascade.core.forms.parse_rule`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class CascadeSpec:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> CascadeSpec:
-        from ..serve.config import parse_rule
+        from .forms import parse_rule
 
         return cls(
             tuple(
@@ -114,7 +114,7 @@ class CascadeSpec:
     @classmethod
     def from_config(cls, cascade: Any) -> CascadeSpec:
         """Back from a loaded :class:`llm_cascade.serve.config.CascadeConfig` (members' provider prefixes dropped)."""
-        from ..serve.config import parse_rule
+        from .forms import parse_rule
 
         tiers = []
         for k, tc in enumerate(cascade.tiers):

@@ -40,8 +40,8 @@ def rule_to_json(rule: Rule) -> Any:
 
 
 def rule_from_json(obj: Any) -> Rule:
-    """A rule from its config form (see :func:`llm_cascade.serve.config.parse_rule`)."""
-    from ..serve.config import parse_rule
+    """A rule from its config form (see :func:`llm_cascade.core.forms.parse_rule`)."""
+    from ..core.forms import parse_rule
 
     return parse_rule(obj)
 

@@ -30,18 +30,24 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from .limits import CircuitBreaker, Limits, RateLimit
-    from .retry import Clock, RetryPolicy, Sleep
+    from .limits import CircuitBreaker, RateLimit, Resilience
+    from .retry import Clock, Sleep
 
-__all__ = ["BreakerConfig", "Hardening", "ProviderResilience", "RateLimitConfig", "ResilienceConfig", "RetryConfig"]
+__all__ = [
+    "BreakerConfig",
+    "ProviderResilience",
+    "RateLimitConfig",
+    "ResilienceConfig",
+    "RetryConfig",
+    "build_resilience",
+]
 
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -57,46 +63,60 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RetryConfig(_Model):
-    """Fields of :class:`~llm_cascade.resilience.retry.RetryPolicy`; a field left out is inherited (then RetryPolicy's
-    default).
+_UNBOUNDED = ("max_delay", "attempt_timeout")
 
-    ``max_delay = inf`` (TOML) or null (YAML) means no overall bound; ``attempt_timeout`` likewise.
-    """
 
-    attempts: Annotated[int, Field(ge=1)] | None = None
-    initial: Seconds | None = None
-    multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
-    max_backoff: Seconds | None = None
-    jitter: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_delay: PositiveSeconds | None = None
-    respect_retry_after: bool | None = None
-    max_retry_after: Seconds | None = None
-    attempt_timeout: PositiveSeconds | None = None
-    retry_malformed: bool | None = None
+class FieldProblem(ValueError):
+    """A problem with one field inside a table a validator checks as a whole: the config loader appends ``sub`` to
+    the table's path, so the error names ``resilience.retry.attempts``, not just ``resilience.retry``."""
 
-    @field_validator("attempts", "initial", "multiplier", "max_backoff", "jitter", "max_retry_after", mode="before")
-    @classmethod
-    def _numbers(cls, v: Any) -> Any:
-        return _no_bools(v)
-
-    @field_validator("max_delay", "attempt_timeout", mode="before")
-    @classmethod
-    def _unbounded(cls, v: Any) -> Any:
-        return None if isinstance(v, float) and math.isinf(v) and v > 0 else _no_bools(v)
-
-    def fields(self) -> dict[str, Any]:
-        """The fields this table sets (an explicit null included: it means "no bound")."""
-        return self.model_dump(include=self.model_fields_set)
+    def __init__(self, sub: str, problem: str) -> None:
+        super().__init__(f"{sub}: {problem}")
+        self.sub = sub
+        self.problem = problem
 
 
 def retry_table(v: Any) -> Any:
-    """``retry = false`` is one attempt; ``retry = true`` inherits everything."""
+    """A retry table, validated by :class:`~llm_cascade.resilience.retry.RetryPolicy` itself through pydantic (no
+    second copy of its fields here): ``retry = false`` is one attempt, ``retry = true`` inherits everything,
+    ``max_delay = inf`` (TOML) or null (YAML) means no overall bound (``attempt_timeout`` likewise). Values coming
+    from ``${VAR}`` are strings and are coerced like any pydantic field. A field left out is inherited."""
+    from dataclasses import fields as dataclass_fields
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from .retry import RetryPolicy
+
+    if v is None:
+        return None
     if v is False:
         return {"attempts": 1}
     if v is True:
         return {}
-    return v
+    if not isinstance(v, Mapping):
+        raise ValueError(f"must be a table of RetryPolicy fields, true or false, got {type(v).__name__}")
+    kinds = {f.name: str(f.type) for f in dataclass_fields(RetryPolicy)}
+    table: dict[str, Any] = {}
+    for key, value in v.items():
+        if key not in kinds:
+            raise FieldProblem(str(key), f"unknown retry field; known: {', '.join(kinds)}")
+        if isinstance(value, bool) and kinds[key] != "bool":
+            raise FieldProblem(key, f"must be a number, got {str(value).lower()}")
+        unbounded = key in _UNBOUNDED and isinstance(value, float) and math.isinf(value) and value > 0
+        table[key] = None if unbounded else value
+    try:
+        policy = TypeAdapter(RetryPolicy).validate_python(table)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):
+            raise FieldProblem(cause.field.removeprefix("RetryPolicy."), cause.problem) from None
+        raise FieldProblem(".".join(map(str, first["loc"])) or "retry", first["msg"]) from None
+    return {key: getattr(policy, key) for key in table}
+
+
+#: The retry fields one table sets (a field left out is inherited): global, then provider, then tier.
+RetryConfig = dict[str, Any]
 
 
 class RateLimitConfig(_Model):
@@ -132,7 +152,7 @@ def _breaker_table(v: Any) -> Any:
 
 
 # ``retry = false`` / ``breaker = false`` shorthands, accepted wherever a retry or breaker table is.
-RetryField = Annotated[RetryConfig | None, BeforeValidator(retry_table)]
+RetryField = Annotated[dict[str, Any] | None, BeforeValidator(retry_table)]
 BreakerField = Annotated[BreakerConfig | None, BeforeValidator(_breaker_table)]
 
 
@@ -170,84 +190,46 @@ def check_limit_keys(resilience: ResilienceConfig | None, providers: Mapping[str
             )
 
 
-class Hardening:
-    """What the file's resilience settings become at run time, shared by every router built from one file.
+def build_resilience(
+    cls: type[Resilience],
+    resilience: ResilienceConfig | None,
+    providers: Mapping[str, ProviderResilience],
+    *,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = time.monotonic,
+) -> Resilience:
+    """The file's resilience settings as one :class:`~llm_cascade.resilience.limits.Resilience`, shared by every
+    router built from one file (one throttle per key, one breaker per model). ``sleep`` and ``clock`` reach every
+    layer, so tests drive back-offs, throttles and cool-downs without waiting."""
+    from .limits import CircuitBreaker, Limits, ProviderPolicy
+    from .retry import RetryPolicy
 
-    It owns one :class:`~llm_cascade.resilience.limits.Limits` registry (one throttle per key) and one breaker per
-    model name,
-    and wraps each member as ``Retrying(Throttled(CircuitBroken(backend)))``, leaving out the layers not configured.
-    ``sleep`` and ``clock`` reach every layer, so tests drive back-offs, throttles and cool-downs without waiting.
-    """
+    check_limit_keys(resilience, providers)
+    section = resilience or ResilienceConfig()
+    keyed: dict[str, RateLimit] = {}
+    for key, lc in section.limits.items():
+        keyed[key] = _rate_limit(lc, f"resilience.limits.{key}")
+    for name, prov in providers.items():
+        if prov.limit is not None:
+            keyed[name] = _rate_limit(prov.limit, f"providers.{name}.limit")
 
-    def __init__(
-        self,
-        resilience: ResilienceConfig | None,
-        providers: Mapping[str, ProviderResilience],
-        *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        from .limits import Limits
-
-        check_limit_keys(resilience, providers)
-        self.resilience = resilience or ResilienceConfig()
-        self.providers = providers
-        self._sleep = sleep
-        self._clock = clock
-        keyed: dict[str, RateLimit] = {}
-        for key, lc in self.resilience.limits.items():
-            keyed[key] = _rate_limit(lc, f"resilience.limits.{key}")
-        for name, prov in providers.items():
-            if prov.limit is not None:
-                keyed[name] = _rate_limit(prov.limit, f"providers.{name}.limit")
-        self.limits: Limits | None = Limits(keyed, clock=clock, sleep=sleep) if keyed else None
-        self._breakers: dict[str, CircuitBreaker] = {}
-
-    def retry_policy(self, provider: str, tier: RetryConfig | None, field: str) -> RetryPolicy | None:
-        """The merged retry policy of a member of ``provider`` in a tier: RetryPolicy's defaults when no layer says
-        anything (retries are on by default, as in a Router built in Python); None when ``retry = false``."""
-        from .retry import RetryPolicy
-
-        prov = self.providers.get(provider)
-        layers = [self.resilience.retry, prov.retry if prov is not None else None, tier]
-        merged: dict[str, Any] = {}
-        for layer in layers:
-            if layer is not None:
-                merged.update(layer.fields())
-        try:
-            policy = RetryPolicy(**merged)
-        except ConfigError as exc:
-            raise ConfigError(f"{field}.{exc.field.removeprefix('RetryPolicy.')}", exc.problem) from None
-        return None if policy.attempts == 1 and policy.attempt_timeout is None else policy
-
-    def breaker(self, provider: str, name: str) -> CircuitBreaker | None:
-        """The breaker of model ``name`` (one per name, whichever tier or cascade asks), or None when off."""
-        from .limits import CircuitBreaker
-
-        prov = self.providers.get(provider)
-        settings = prov.breaker if prov is not None and prov.breaker is not None else self.resilience.breaker
-        if settings is None or not settings.enabled:
+    def breaker(settings: BreakerConfig | None) -> CircuitBreaker | Literal[False] | None:
+        if settings is None:
             return None
-        found = self._breakers.get(name)
-        if found is None:
-            found = self._breakers[name] = CircuitBreaker(settings.failures, settings.cooldown, clock=self._clock)
-        return found
+        return CircuitBreaker(settings.failures, settings.cooldown, clock=clock) if settings.enabled else False
 
-    def wrap(self, backend: Backend, provider: str, tier_retry: RetryConfig | None, field: str) -> Backend:
-        """``backend`` with the retry, limit and breaker that apply to it (itself when none does)."""
-        from .limits import harden
-
-        return harden(
-            backend,
-            retry=self.retry_policy(provider, tier_retry, field),
-            limit=self.limits.for_backend(backend) if self.limits is not None else None,
-            breaker=self.breaker(provider, backend.name),
-            sleep=self._sleep,
-            clock=self._clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"Hardening(limits={self.limits!r}, breakers={len(self._breakers)})"
+    try:
+        retry = RetryPolicy(**(section.retry or {}))
+    except ConfigError as exc:
+        raise ConfigError(f"resilience.retry.{exc.field.removeprefix('RetryPolicy.')}", exc.problem) from None
+    return cls(
+        retry=retry,
+        limits=Limits(keyed, clock=clock, sleep=sleep) if keyed else None,
+        breaker=breaker(section.breaker) or None,
+        providers={name: ProviderPolicy(prov.retry, breaker(prov.breaker)) for name, prov in providers.items()},
+        sleep=sleep,
+        clock=clock,
+    )
 
 
 def _rate_limit(lc: RateLimitConfig, field: str) -> RateLimit:

@@ -25,17 +25,18 @@ import math
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from asyncio_throttle.throttler import Throttler
 
+from ..backends.base import Backend, Wrapper
 from ..core.errors import BadRequestError, CircuitOpenError, ConfigError, ProviderError
 from ..core.types import Completion, Request
-from .retry import Clock, Retrying, RetryPolicy, Sleep, aclose_inner
+from .retry import Clock, Retrying, RetryPolicy, Sleep
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
+    from .config import ProviderResilience, ResilienceConfig
 
 
 def _number(field: str, value: object, *, minimum: float, integer: bool = False, allow_none: bool = False) -> None:
@@ -167,7 +168,7 @@ class Limits:
         return f"Limits({ {k: v.limit for k, v in self._limits.items()}!r})"
 
 
-class Throttled:
+class Throttled(Wrapper):
     """A backend whose calls wait for a shared :class:`ProviderLimit`."""
 
     def __init__(self, backend: Backend, limit: ProviderLimit | RateLimit) -> None:
@@ -175,16 +176,11 @@ class Throttled:
             limit = ProviderLimit(limit)
         if not isinstance(limit, ProviderLimit):
             raise ConfigError("Throttled.limit", f"must be a ProviderLimit or RateLimit, got {type(limit).__name__}")
-        self.inner = backend
+        super().__init__(backend)
         self.limit = limit
-        self.name: str = backend.name
-        self.supports_logprobs: bool = bool(getattr(backend, "supports_logprobs", False))
 
     async def complete(self, request: Request) -> Completion:
         return await self.limit.run(self.inner, request)
-
-    async def aclose(self) -> None:
-        await aclose_inner(self.inner)
 
     def __repr__(self) -> str:
         return f"Throttled({self.inner!r}, {self.limit.limit!r})"
@@ -252,16 +248,14 @@ class CircuitBreaker:
         return f"CircuitBreaker(failures={self.failures}, cooldown={self.cooldown}, state={self.state!r})"
 
 
-class CircuitBroken:
+class CircuitBroken(Wrapper):
     """A backend guarded by a :class:`CircuitBreaker`: while open, calls fail fast without reaching the model."""
 
     def __init__(self, backend: Backend, breaker: CircuitBreaker | None = None) -> None:
         if breaker is not None and not isinstance(breaker, CircuitBreaker):
             raise ConfigError("CircuitBroken.breaker", f"must be a CircuitBreaker, got {type(breaker).__name__}")
-        self.inner = backend
+        super().__init__(backend)
         self.breaker = breaker if breaker is not None else CircuitBreaker()
-        self.name: str = backend.name
-        self.supports_logprobs: bool = bool(getattr(backend, "supports_logprobs", False))
 
     async def complete(self, request: Request) -> Completion:
         probe = self.breaker.before_call(self.name)
@@ -276,9 +270,6 @@ class CircuitBroken:
             raise
         self.breaker.record(None, probe)
         return completion
-
-    async def aclose(self) -> None:
-        await aclose_inner(self.inner)
 
     def __repr__(self) -> str:
         return f"CircuitBroken({self.inner!r}, {self.breaker!r})"
@@ -304,11 +295,24 @@ def harden(
     return wrapped
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderPolicy:
+    """What one provider changes in a :class:`Resilience`: retry fields merged over the global policy (``{"attempts":
+    5}``), and its own breaker template (``False`` turns breakers off for its models; None inherits)."""
+
+    retry: Mapping[str, Any] | None = None
+    breaker: CircuitBreaker | Literal[False] | None = None
+
+
 class Resilience:
     """Retry, limits and breakers for every member of a Router or Tier (``Router(..., resilience=...)``).
 
-    ``limits`` is shared by every backend this object wraps (keys as in :class:`Limits`); ``breaker`` is a template:
-    each model name gets its own breaker with these settings, shared by every tier that uses that model.
+    One description, whether built in Python or from a config file (:meth:`from_config`). ``limits`` is shared by
+    every backend this object wraps (keys as in :class:`Limits`), so two cascades drawing on one provider draw from one
+    quota; ``breaker`` is a template: each model name gets its own breaker with these settings, shared by every tier
+    that uses that model. ``providers`` refines both per provider (:class:`ProviderPolicy`), and :meth:`wrap` takes a
+    tier's own retry fields on top: global, then provider, then tier, field by field. A policy of one attempt and no
+    attempt timeout adds no retry layer.
     """
 
     def __init__(
@@ -317,6 +321,7 @@ class Resilience:
         retry: RetryPolicy | None = None,
         limits: Limits | Mapping[str, RateLimit] | None = None,
         breaker: CircuitBreaker | None = None,
+        providers: Mapping[str, ProviderPolicy] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -324,29 +329,78 @@ class Resilience:
             raise ConfigError("Resilience.retry", f"must be a RetryPolicy, got {type(retry).__name__}")
         if breaker is not None and not isinstance(breaker, CircuitBreaker):
             raise ConfigError("Resilience.breaker", f"must be a CircuitBreaker, got {type(breaker).__name__}")
+        for name, policy in (providers or {}).items():
+            if not isinstance(policy, ProviderPolicy):
+                raise ConfigError(f"Resilience.providers[{name!r}]", f"must be a ProviderPolicy, got {policy!r}")
         self.retry = retry
         self.limits = limits if isinstance(limits, Limits) or limits is None else Limits(limits, clock=clock)
         self.breaker = breaker
+        self.providers: Mapping[str, ProviderPolicy] = dict(providers or {})
         self._breakers: dict[str, CircuitBreaker] = {}
         self._sleep = sleep
         self._clock = clock
 
-    def breaker_for(self, name: str) -> CircuitBreaker | None:
-        """The breaker of model ``name`` (created on first use), or None when breakers are off."""
-        if self.breaker is None:
+    @classmethod
+    def from_config(
+        cls,
+        resilience: ResilienceConfig | None,
+        providers: Mapping[str, ProviderResilience],
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> Resilience:
+        """The ``[resilience]`` and ``[providers.X]`` sections of a config file (see :mod:`.config`); a member that no
+        retry table reaches gets :class:`RetryPolicy`'s defaults, as in a Router built in Python."""
+        from .config import build_resilience
+
+        return build_resilience(cls, resilience, providers, sleep=sleep, clock=clock)
+
+    def retry_policy(
+        self, provider: str | None = None, tier: Mapping[str, Any] | None = None, field: str = "retry"
+    ) -> RetryPolicy | None:
+        """The merged policy of a member of ``provider`` with a tier's own fields; None when it makes one attempt."""
+        prov = self.providers.get(provider) if provider is not None else None
+        fields = {**(prov.retry if prov is not None and prov.retry else {}), **(tier or {})}
+        policy = self.retry
+        if fields:
+            try:
+                policy = replace(policy if policy is not None else RetryPolicy(), **fields)
+            except ConfigError as exc:
+                raise ConfigError(f"{field}.{exc.field.removeprefix('RetryPolicy.')}", exc.problem) from None
+            except TypeError as exc:
+                raise ConfigError(field, str(exc)) from None
+        if policy is None or (policy.attempts == 1 and policy.attempt_timeout is None):
+            return None
+        return policy
+
+    def breaker_for(self, name: str, provider: str | None = None) -> CircuitBreaker | None:
+        """The breaker of model ``name`` (created on first use, one per name whichever tier asks), or None when off."""
+        prov = self.providers.get(provider) if provider is not None else None
+        template = prov.breaker if prov is not None and prov.breaker is not None else self.breaker
+        if not template:
             return None
         found = self._breakers.get(name)
         if found is None:
-            found = self._breakers[name] = self.breaker.clone()
+            found = self._breakers[name] = template.clone()
         return found
 
-    def wrap(self, backend: Backend) -> Backend:
-        limit = self.limits.for_backend(backend) if self.limits is not None else None
+    def wrap(
+        self,
+        backend: Backend,
+        *,
+        provider: str | None = None,
+        retry: Mapping[str, Any] | None = None,
+        field: str = "retry",
+    ) -> Backend:
+        """``backend`` with the retry, limit and breaker that apply to it (itself when none does). ``provider``
+        defaults to the prefix of the backend's name; ``retry`` is a tier's own retry fields (``field`` names them
+        in errors)."""
+        provider = provider if provider is not None else backend.name.partition(":")[0]
         return harden(
             backend,
-            retry=self.retry,
-            limit=limit,
-            breaker=self.breaker_for(backend.name),
+            retry=self.retry_policy(provider, retry, field),
+            limit=self.limits.for_backend(backend) if self.limits is not None else None,
+            breaker=self.breaker_for(backend.name, provider),
             sleep=self._sleep,
             clock=self._clock,
         )

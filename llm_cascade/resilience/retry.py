@@ -32,6 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import Backend, Wrapper
 from ..core.errors import (
     CircuitOpenError,
     ConfigError,
@@ -44,8 +45,6 @@ from ..core.types import Completion, Request
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
-
-    from ..backends.base import Backend
 
 Sleep = Callable[[float], Awaitable[Any]]
 Clock = Callable[[], float]
@@ -157,7 +156,7 @@ class RetryPolicy:
         return self.backoff(retry, rng)
 
 
-class Retrying:
+class Retrying(Wrapper):
     """A backend that retries another backend's transient failures under a :class:`RetryPolicy`.
 
     It is a backend itself (same ``name`` and ``supports_logprobs``), so it goes wherever a model goes and composes
@@ -176,10 +175,8 @@ class Retrying:
     ) -> None:
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise ConfigError("Retrying.policy", f"must be a RetryPolicy, got {type(policy).__name__}")
-        self.inner = backend
+        super().__init__(backend)
         self.policy = policy if policy is not None else RetryPolicy()
-        self.name: str = backend.name
-        self.supports_logprobs: bool = bool(getattr(backend, "supports_logprobs", False))
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
@@ -253,16 +250,5 @@ class Retrying:
         result: Completion = await retrying(attempt)
         return result
 
-    async def aclose(self) -> None:
-        """Close the wrapped backend's client, if it has one."""
-        await aclose_inner(self.inner)
-
     def __repr__(self) -> str:
         return f"Retrying({self.inner!r}, attempts={self.policy.attempts})"
-
-
-async def aclose_inner(backend: object) -> None:
-    """Wrappers pass ``aclose()`` through to the backend they wrap (SDK clients hold connection pools)."""
-    close = getattr(backend, "aclose", None)
-    if close is not None:
-        await close()

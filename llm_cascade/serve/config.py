@@ -49,11 +49,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("pydantic", "server") from None
 
 from ..backends.base import Backend, resolve, split_name
-from ..core.agreement import All, AnyOf, Rule, always, confidence, majority, quorum, semantic, unanimous, vote_share
-from ..core.normalize import NAMED, ChoiceLetter, JsonField, LabelSet, Normalizer, Regex, as_normalizer
+from ..core.forms import parse_normalizer, parse_rule
 from ..resilience.config import (
     BreakerConfig,
-    Hardening,
+    FieldProblem,
     ProviderResilience,
     RateLimitConfig,
     ResilienceConfig,
@@ -61,6 +60,7 @@ from ..resilience.config import (
     RetryField,
     check_limit_keys,
 )
+from ..resilience.limits import Resilience
 
 if TYPE_CHECKING:
     from ..core.router import Guard, Pricer, Router, SpendSink
@@ -90,92 +90,9 @@ __all__ = [
     "parse_rule",
 ]
 
-RuleSpec = str | dict[str, Any]
-NormalizerSpec = str | dict[str, Any]
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# -- rules and normalizers -------------------------------------------------------------------------------------------
-
-_NAMED_RULES = {"unanimous": unanimous, "always": always, "majority": majority}
-
-
-def parse_rule(spec: RuleSpec, field: str = "rule") -> Rule:
-    """Build an agreement rule from its config form: "unanimous", {quorum: 2}, {all: [...]} ..."""
-    if isinstance(spec, str):
-        factory = _NAMED_RULES.get(spec)
-        if factory is None:
-            raise ConfigError(field, f"unknown rule {spec!r}; known: {', '.join(sorted(_NAMED_RULES))} or a table")
-        return factory()
-    if not isinstance(spec, dict):
-        raise ConfigError(field, f"must be a rule name or a table, got {type(spec).__name__}")
-    for combinator in ("all", "any"):
-        if combinator in spec:
-            if len(spec) != 1 or not isinstance(spec[combinator], list) or not spec[combinator]:
-                raise ConfigError(field, f"{{{combinator} = [...]}} takes a non-empty list of rules and nothing else")
-            rules = tuple(parse_rule(s, f"{field}.{combinator}[{i}]") for i, s in enumerate(spec[combinator]))
-            if len(rules) == 1:
-                return rules[0]
-            return All(rules) if combinator == "all" else AnyOf(rules)
-    if "learned" in spec:
-        from ..core.deferral import parse as parse_learned
-
-        if len(spec) != 1:
-            raise ConfigError(field, f"{{learned = {{...}}}} takes nothing else, got keys {sorted(spec)}")
-        return parse_learned(spec["learned"], f"{field}.learned")
-    kind = spec.get("kind", "prob")
-    extra = set(spec) - {"quorum", "vote_share", "confidence", "semantic", "kind"}
-    names = [k for k in ("quorum", "vote_share", "confidence", "semantic") if k in spec]
-    if extra or len(names) != 1 or ("kind" in spec and names != ["confidence"]):
-        raise ConfigError(
-            field, f"expected one of quorum / vote_share / confidence (+ kind) / semantic, got keys {sorted(spec)}"
-        )
-    value = spec[names[0]]
-    try:
-        if names[0] == "quorum":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{field}.quorum", f"must be an integer, got {value!r}")
-            return quorum(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{field}.{names[0]}", f"must be a number, got {value!r}")
-        if names[0] == "vote_share":
-            return vote_share(float(value))
-        if names[0] == "semantic":
-            return semantic(float(value))
-        return confidence(float(value), kind)
-    except ConfigError as exc:
-        if exc.field.startswith(field):
-            raise
-        raise ConfigError(f"{field}.{names[0]}", exc.problem) from None
-
-
-def parse_normalizer(spec: NormalizerSpec, field: str = "normalizer") -> Normalizer:
-    """Build a normalizer from its config form: a name, {labels, synonyms}, {choice}, {regex, upper}, {json, then}."""
-    if isinstance(spec, str):
-        return as_normalizer(spec, field)
-    if not isinstance(spec, dict):
-        raise ConfigError(field, f"must be a normalizer name or a table, got {type(spec).__name__}")
-    keys = set(spec)
-    if "labels" in spec and keys <= {"labels", "synonyms"}:
-        labels, synonyms = spec["labels"], spec.get("synonyms", {})
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ConfigError(f"{field}.labels", "must be a list of strings")
-        if not isinstance(synonyms, dict):
-            raise ConfigError(f"{field}.synonyms", "must be a table of synonym -> label")
-        return LabelSet(labels, synonyms)
-    if "choice" in spec and keys == {"choice"}:
-        return ChoiceLetter(str(spec["choice"]))
-    if "regex" in spec and keys <= {"regex", "upper"}:
-        return Regex(str(spec["regex"]), bool(spec.get("upper", False)))
-    if "json" in spec and keys <= {"json", "then"}:
-        then = parse_normalizer(spec["then"], f"{field}.then") if "then" in spec else None
-        return JsonField(str(spec["json"]), then)
-    raise ConfigError(
-        field, f"expected a name ({', '.join(sorted(NAMED))}) or one of {{labels}}, {{choice}}, {{regex}}, {{json}}"
-    )
 
 
 def _check(parse: Any, value: Any, base: str) -> Any:
@@ -484,8 +401,12 @@ def parse_config(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
         errors = exc.errors()
         first = errors[0]
         msg = str(first["msg"]).removeprefix("Value error, ")
+        loc = tuple(first["loc"])
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):
+            loc, msg = (*loc, cause.sub), cause.problem
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(_loc(tuple(first["loc"])), msg + more) from None
+        raise ConfigError(_loc(loc), msg + more) from None
     check_limit_keys(cfg.resilience, cfg.providers)
     return cfg
 
@@ -529,7 +450,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
 
 class Components:
     """The pieces every cascade of one file shares: prices, ledger and budgets (each may be None), and the rate
-    limits and circuit breakers of :class:`~llm_cascade.resilience.config.Hardening` (one quota per provider across
+    limits and circuit breakers of :class:`~llm_cascade.resilience.limits.Resilience` (one quota per provider across
     all cascades)."""
 
     def __init__(
@@ -537,12 +458,12 @@ class Components:
         prices: Pricer | None = None,
         ledger: SpendSink | None = None,
         budget: Guard | None = None,
-        hardening: Hardening | None = None,
+        resilience: Resilience | None = None,
     ):
         self.prices = prices
         self.ledger = ledger
         self.budget = budget
-        self.hardening = hardening
+        self.resilience = resilience
 
     def close(self) -> None:
         """Close the ledger's connections, when it has any."""
@@ -558,8 +479,10 @@ def build_components(cfg: Config, *, sleep: Sleep | None = None, clock: Clock | 
     prices = _build_prices(cfg.prices) if cfg.prices is not None else None
     ledger = _build_ledger(cfg.ledger) if cfg.ledger is not None else None
     budget = _build_budget(cfg.budgets, ledger, prices) if cfg.budgets is not None else None
-    hardening = Hardening(cfg.resilience, cfg.providers, sleep=sleep or asyncio.sleep, clock=clock or time.monotonic)
-    return Components(prices, ledger, budget, hardening)
+    resilience = Resilience.from_config(
+        cfg.resilience, cfg.providers, sleep=sleep or asyncio.sleep, clock=clock or time.monotonic
+    )
+    return Components(prices, ledger, budget, resilience)
 
 
 def _build_prices(pc: PricesConfig) -> Pricer:
@@ -676,15 +599,15 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
             "cascades", f"no cascade {cascade!r}; configured: {', '.join(sorted(cfg.cascades))}"
         ) from None
     comp = components if components is not None else build_components(cfg)
-    if comp.hardening is None:
-        comp.hardening = Hardening(cfg.resilience, cfg.providers)
+    if comp.resilience is None:
+        comp.resilience = Resilience.from_config(cfg.resilience, cfg.providers)
     tiers: list[Tier] = []
     for i, tc in enumerate(cc.tiers):
         field = f"cascades.{cascade}.tiers[{i}]"
         members: list[Backend] = []
         for j, m in enumerate(tc.members):
             provider, backend = _member(m, cfg, f"{field}.members[{j}]")
-            members.append(comp.hardening.wrap(backend, provider, tc.retry, f"{field}.retry"))
+            members.append(comp.resilience.wrap(backend, provider=provider, retry=tc.retry, field=f"{field}.retry"))
         try:
             tiers.append(
                 Tier(
