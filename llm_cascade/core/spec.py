@@ -87,7 +87,9 @@ class CascadeSpec:
             )
         )
 
-    def to_toml(self, name: str, *, provider: str = "recorded", normalizer: str = "exact", header: str = "") -> str:
+    def to_toml(
+        self, name: str, *, provider: str = "recorded", normalizer: str | dict[str, Any] = "exact", header: str = ""
+    ) -> str:
         """This cascade as a config file section (members ``"<provider>:<model>"``); the last tier answers always."""
         from ..serve.config import parse_config
 
@@ -104,7 +106,7 @@ class CascadeSpec:
         for k, t in enumerate(self.tiers):
             lines.append(f"[[cascades.{_toml_key(name)}.tiers]]")
             lines.append(f"name = {_toml(f'tier{k}')}")
-            lines.append(f"members = {_toml([f'{provider}:{m}' for m in t.models])}")
+            lines.append(f"members = {_toml([f'{provider}:{m}' if provider else m for m in t.models])}")
             lines.append(f"rule = {_toml(t.rule.spec())}")
             lines.append("")
         text = "\n".join(lines)

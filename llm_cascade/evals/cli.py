@@ -18,8 +18,35 @@ def register(app: Any) -> None:
 
     @app.command()  # type: ignore[untyped-decorator]
     def calibrate(
-        cal_file: Annotated[Path, typer.Argument(help="recorded runs to calibrate on (JSONL or .jsonl.gz)")],
-        test: Annotated[Path, typer.Option("--test", help="recorded runs to report on (held out)")],
+        cal_file: Annotated[
+            Path | None, typer.Argument(help="recorded runs to calibrate on (JSONL or .jsonl.gz)")
+        ] = None,
+        test: Annotated[Path | None, typer.Option("--test", help="recorded runs to report on (held out)")] = None,
+        from_ledger: Annotated[
+            str | None,
+            typer.Option("--from-ledger", help="calibrate on the shadowed requests observed in this ledger (URL/path)"),
+        ] = None,
+        reference: Annotated[
+            str | None,
+            typer.Option(help="with --from-ledger: the model whose answers count as correct where no gold is known"),
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option(help="with --from-ledger: only requests from this ISO date/time on")
+        ] = None,
+        gold: Annotated[
+            Path | None,
+            typer.Option(help="with --from-ledger: JSONL labels {gold, request_id | example} joined to the requests"),
+        ] = None,
+        suggest_labels: Annotated[
+            int | None,
+            typer.Option(
+                "--suggest-labels", min=1, help="with --from-ledger: list the N requests whose labels matter most"
+            ),
+        ] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="where --suggest-labels writes (JSONL)")] = None,
+        shadow_rate: Annotated[
+            float, typer.Option(help="with --from-ledger --emit: the [shadow] rate of the emitted config (0: none)")
+        ] = 0.05,
         json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON here")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG of the frontier here")] = None,
         markdown: Annotated[Path | None, typer.Option("--markdown", help="write the markdown table here")] = None,
@@ -63,21 +90,55 @@ def register(app: Any) -> None:
             str, typer.Option(help="provider prefix of the emitted members ('<provider>:<model>')")
         ] = "recorded",
         normalizer: Annotated[
-            str, typer.Option(help="the emitted cascade's normalizer (e.g. choice, number)")
+            str,
+            typer.Option(help="the emitted cascade's normalizer (e.g. choice, choice:J, number); checked first"),
         ] = "exact",
     ) -> None:
-        """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model."""
+        """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model; or, with
+        --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..core.errors import ConfigError
         from .calibrate import Target
         from .calibrate import calibrate as calibrate_runs
+        from .emit import checked, normalizer_spec, prices_toml
+        from .from_ledger import fit_prices
         from .records import RecordError, RunMatrix, load_records
         from .report import check_test_models, evaluate, to_markdown
 
         console = Console(stderr=True)
+        if from_ledger is not None:
+            _from_ledger(
+                console,
+                from_ledger,
+                reference,
+                since,
+                gold,
+                suggest_labels,
+                out,
+                models,
+                normalizer,
+                emit,
+                emit_name,
+                shadow_rate,
+                json_out,
+                dict(
+                    min_accuracy=min_accuracy,
+                    budget_usd=budget,
+                    guard_share=guard_share,
+                    margin=margin,
+                    folds=folds,
+                    rivals=rivals,
+                    contender_share=contender_share,
+                    min_saving=min_saving,
+                ),
+            )
+            return
         try:
+            if cal_file is None or test is None:
+                raise ConfigError("calibrate", "give CAL_FILE and --test FILE, or --from-ledger URL --reference MODEL")
+            spec = normalizer_spec(normalizer)  # a typo fails now, not after the search
             cal_records = load_records(cal_file)
             test_records = load_records(test)
             cal = RunMatrix.from_records(cal_records)
@@ -123,11 +184,12 @@ def register(app: Any) -> None:
                 header += (
                     f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
                 )
+            spec = normalizer_spec(normalizer, [a for r in cal_records for a in [r.gold] if a is not None])
+            used = [m for t in chosen.config.tiers for m in t.models]
+            prices = {f"{emit_provider}:{m}": p for m, p in fit_prices(cal_records, used).items()}
+            text = chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=spec, header=header)
             emit.parent.mkdir(parents=True, exist_ok=True)
-            emit.write_text(
-                chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=normalizer, header=header) + "\n",
-                encoding="utf-8",
-            )
+            emit.write_text(checked(text + "\n\n" + prices_toml(prices)), encoding="utf-8")
             report["emitted"] = str(emit)
         md = to_markdown([report])
         print(md)
@@ -160,6 +222,55 @@ def register(app: Any) -> None:
     register_eval(app)
 
 
+def _from_ledger(
+    console: Any,
+    url: str,
+    reference: str | None,
+    since: str | None,
+    gold: Path | None,
+    suggest: int | None,
+    out: Path | None,
+    models: str | None,
+    normalizer: str,
+    emit: Path | None,
+    emit_name: str,
+    shadow_rate: float,
+    json_out: Path | None,
+    target_args: dict[str, Any],
+) -> None:
+    from ..core.errors import ConfigError
+    from ..spend.report import _parse_when
+    from . import ledger_cli, ledger_report
+    from .calibrate import Target
+    from .records import RecordError
+
+    try:
+        if reference is None:
+            raise ConfigError("--reference", "--from-ledger needs the reference model (e.g. --reference gpt-4o)")
+        opts = ledger_cli.Options(
+            url,
+            reference,
+            since=_parse_when(since, "--since"),
+            gold=gold,
+            suggest=suggest,
+            out=out,
+            models=models.split(",") if models else None,
+            normalizer=normalizer,
+            emit=emit,
+            emit_name=emit_name,
+            shadow_rate=shadow_rate,
+            json_out=json_out,
+        )
+        report = ledger_cli.run(opts, Target(**target_args))
+    except (RecordError, ConfigError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if suggest is not None:
+        print(json.dumps(report))
+        return
+    print(ledger_report.to_markdown(report))
+
+
 def register_eval(app: Any) -> None:
     """Add `llm-cascade eval TASK.toml --cascade CASCADE.toml [--replay]`."""
 
@@ -182,6 +293,18 @@ def register_eval(app: Any) -> None:
         ] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="call every model even if answered before")] = False,
         limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N examples only")] = None,
+        rows: Annotated[
+            str | None, typer.Option("--rows", help="a slice START:STOP of the task's examples (e.g. 0:500, 500:)")
+        ] = None,
+        ledger: Annotated[
+            str | None,
+            typer.Option(
+                "--ledger",
+                help="ledger (path or database URL) recording every call, shadow observations included "
+                "(default: <out>/ledger.sqlite3; never the cascade file's own ledger)",
+            ),
+        ] = None,
+        json_out: Annotated[Path | None, typer.Option("--json", help="also write the JSON report here")] = None,
         concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="requests in flight")] = 32,
     ) -> None:
         """Run a cascade over a benchmark task, live or replayed from recorded runs; write the md/json/png report."""
@@ -208,6 +331,10 @@ def register_eval(app: Any) -> None:
             if spec.format == "zeroeval" and spec.models is None:  # 42 models' generations: import the cascade's only
                 spec = dataclasses.replace(spec, models=tuple(cascade_models(cascade_file, spec, name)))
             examples = load_examples(spec)
+            if rows is not None:
+                examples = examples[_row_slice(rows)]
+                if not examples:
+                    raise ConfigError("--rows", f"{rows} selects none of the task's examples")
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             with Progress(*columns, console=console) as bar:
                 job = bar.add_task(f"{spec.name} ({'replay' if replay else 'live'})", total=len(examples))
@@ -220,12 +347,29 @@ def register_eval(app: Any) -> None:
                     cache=None if no_cache else (cache or folder / "responses.sqlite3"),
                     concurrency=concurrency,
                     on_done=lambda done: bar.update(job, completed=done),
+                    ledger=ledger or folder / "ledger.sqlite3",
                 )
         except (ConfigError, RecordError) as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         paths = write_report(report, folder)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(to_markdown(report))
         console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
         keys = ("task", "mode", "n", "accuracy", "escalation_rate", "cost_per_request_usd", "calls")
         print(json.dumps({k: report[k] for k in keys}))
+
+
+def _row_slice(text: str) -> slice:
+    """``START:STOP`` (either may be empty) as a slice of the examples; a ConfigError naming --rows otherwise."""
+    from ..core.errors import ConfigError
+
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise ConfigError("--rows", f"expected START:STOP (e.g. 0:500 or 500:), got {text!r}") from None

@@ -304,10 +304,10 @@ class RunMatrix:
                 present[i, j] = True
                 a = code(run.answer)
                 answers[i, j] = a
-                if run.correct is not None:
-                    correct[i, j], known[i, j] = run.correct, True
-                elif g != NO_ANSWER:
+                if g != NO_ANSWER:  # gold known: the answer is scored against it, as `llm-cascade eval` scores
                     correct[i, j], known[i, j] = a == g, True
+                elif run.correct is not None:  # no gold (free text judged by an LLM): the recorded label
+                    correct[i, j], known[i, j] = run.correct, True
                 if run.cost_usd is not None and math.isfinite(run.cost_usd):
                     cost[i, j] = run.cost_usd
                 if run.confidence is not None:

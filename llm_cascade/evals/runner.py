@@ -117,7 +117,10 @@ async def route_examples(
 
     async def one(ex: Example) -> Outcome:
         nonlocal done
-        request = Request.from_prompt(ex.prompt, system=spec.system, max_tokens=spec.max_tokens)
+        # Tagged with the example's id: the ledger's rows of it (shadow observations included) join its gold labels.
+        request = Request.from_prompt(
+            ex.prompt, system=spec.system, max_tokens=spec.max_tokens, metadata={"example": ex.id}
+        )
         async with gate:
             result: RouteResult | BaseException
             try:
@@ -154,7 +157,8 @@ def member_names(router: Router) -> list[str]:
 def check_replayable(router: Router, records: Sequence[Record]) -> None:
     """Replay answers only ``recorded:<model>`` members whose model has recorded answers: say so before any call."""
     known = {m for r in records for m in r.models}
-    for name in member_names(router):
+    shadow = router.shadow.pool if router.shadow is not None else []
+    for name in [*member_names(router), *shadow]:
         provider, _, model = name.partition(":")
         if provider != REPLAY_PROVIDER:
             raise ConfigError(
@@ -251,9 +255,14 @@ def run_eval(
     cache: Path | None = None,
     concurrency: int = 32,
     on_done: Callable[[int], None] | None = None,
+    ledger: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build the cascade from its file, run it over the examples (live or replayed), return the JSON report."""
-    from ..serve.config import build_router, load_config
+    """Build the cascade from its file, run it over the examples (live or replayed), return the JSON report.
+
+    Every call is recorded in ``ledger`` (a path or database URL), never in the cascade file's own ledger: an eval
+    must not spend a production budget. None records nothing. The file's ``[shadow]`` section applies: its
+    observations are written to the same ledger, and the run waits for them before it reports."""
+    from ..serve.config import LedgerConfig, build_router, load_config
 
     records = task_records(examples) if spec.recorded else None
     if replay and records is None:
@@ -261,6 +270,9 @@ def run_eval(
 
     async def go(env: Mapping[str, str] | None) -> tuple[list[Outcome], str, list[str], ResponseCache | None]:
         cfg = load_config(cascade, env=env)
+        cfg = cfg.model_copy(update={"ledger": None if ledger is None else LedgerConfig(url=str(ledger))})
+        if cfg.ledger is None and cfg.budgets is not None:
+            cfg = cfg.model_copy(update={"budgets": None})  # their periods would be counted in the file's ledger
         chosen = cascade_name(cfg, spec, name)
         responses = None if replay or cache is None else ResponseCache(cache)
         # The task reads every answer (its normalizer), so answers are scored the way the task defines them.
@@ -273,10 +285,17 @@ def run_eval(
             check_replayable(router, records)
         try:
             outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done)
+            if router.shadow is not None:
+                await router.shadow.drain()
         finally:
+            if router.shadow is not None:
+                await router.shadow.aclose()
             await _aclose(router)
             if responses is not None:
                 responses.close()
+            close = getattr(router.ledger, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)
         return outs, chosen, member_names(router), responses
 
     if replay:

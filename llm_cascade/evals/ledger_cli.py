@@ -1,0 +1,108 @@
+"""``llm-cascade calibrate --from-ledger URL --reference MODEL``: the steps behind the command (no typer here).
+
+suggest labels -> (a person labels them) -> calibrate with ``--gold`` -> ``--emit`` a config serving the choice, its
+prices, its normalizer and a ``[shadow]`` section (so the cascade it deploys can be audited and calibrated again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+from .calibrate import Target
+from .calibrate import calibrate as calibrate_runs
+from .emit import build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
+from .from_ledger import fit_prices, ledger_runs, read_gold, read_observations, suggest_labels
+from .records import RunMatrix
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str
+    reference: str
+    since: float | None = None
+    gold: Path | None = None
+    suggest: int | None = None
+    out: Path | None = None
+    models: Sequence[str] | None = None
+    normalizer: str = "exact"
+    emit: Path | None = None
+    emit_name: str = "calibrated"
+    shadow_rate: float = 0.05
+    json_out: Path | None = None
+
+
+def _redacted(url: str) -> str:
+    from ..spend.ledger import _redact
+
+    return _redact(url)
+
+
+def _provider(models: Sequence[str]) -> str | None:
+    """The one provider prefix every model shares, if any."""
+    found = {m.partition(":")[0] for m in models if ":" in m}
+    return found.pop() if len(found) == 1 and all(":" in m for m in models) else None
+
+
+def run(opts: Options, target: Target, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Do what the options ask; returns the JSON report (also written to ``json_out``)."""
+    from . import ledger_report
+
+    if opts.suggest is not None and opts.out is None:
+        raise ConfigError("--out", "--suggest-labels writes its list to --out FILE (JSON lines)")
+    normalizer_spec(opts.normalizer)  # a typo fails now, before any work
+    observations = read_observations(opts.url, since=opts.since)
+    spec = normalizer_spec(opts.normalizer, (o.answer for o in observations if o.answer is not None))
+    gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
+    runs = ledger_runs(observations, opts.reference, gold=gold, models=opts.models)
+    if opts.suggest is not None:
+        assert opts.out is not None
+        asked = suggest_labels(runs, opts.suggest)
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in asked), encoding="utf-8")
+        report = {
+            "source": f"ledger {_redacted(opts.url)}",
+            "reference": runs.reference,
+            "accuracy_means": runs.labels,
+            "suggested": len(asked),
+            "out": str(opts.out),
+            "requests": len(runs.records),
+        }
+        _write(report, opts.json_out)
+        return report
+    matrix = RunMatrix.from_records(runs.records, runs.models)
+    chosen = calibrate_runs(matrix, target, progress=progress)
+    report, serve = ledger_report.build(runs, matrix, chosen, target, source=f"ledger {_redacted(opts.url)}")
+    report["normalizer"] = spec
+    if opts.emit is not None:
+        provider = _provider(runs.models)
+        from ..core.spec import CascadeSpec, TierSpec
+
+        def strip(m: str) -> str:
+            return m.partition(":")[2] if provider is not None else m
+
+        emitted = CascadeSpec(tuple(TierSpec(tuple(strip(m) for m in t.models), t.rule) for t in serve.tiers))
+        header = (
+            f"Calibrated by `llm-cascade calibrate --from-ledger ... --reference {runs.reference}`: verdict "
+            f"{report['verdict']}\nAccuracy here means {runs.labels}.\n{serve.describe()}"
+        )
+        text = emitted.to_toml(opts.emit_name, provider=provider or "", normalizer=spec, header=header)
+        used = [m for t in serve.tiers for m in t.models]
+        text += "\n" + prices_toml(fit_prices(runs.records, used))
+        pool = list(dict.fromkeys([runs.reference, *runs.models]))
+        text += "\n" + shadow_toml(opts.shadow_rate, pool)
+        opts.emit.parent.mkdir(parents=True, exist_ok=True)
+        opts.emit.write_text(checked(text), encoding="utf-8")
+        report["emitted"] = str(opts.emit)
+    _write(report, opts.json_out)
+    return report
+
+
+def _write(report: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
