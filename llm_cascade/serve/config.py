@@ -658,8 +658,8 @@ def _build_shadow(cfg: Config, sc: ShadowConfig, comp: Components, cascade: str)
                 pool.append(m.model)
                 continue
             provider, backend = _member(m, cfg, f"shadow.pool[{j}]")
-            assert comp.hardening is not None
-            pool.append(comp.hardening.wrap(backend, provider, None, f"shadow.pool[{j}]"))
+            assert comp.resilience is not None
+            pool.append(comp.resilience.wrap(backend, provider=provider, retry=None, field=f"shadow.pool[{j}]"))
     try:
         return Shadow(
             sc.rate,
