@@ -81,11 +81,13 @@ def test_a_forked_worker_does_not_repeat_its_parents_request_ids() -> None:
     assert len(child) == 32 and child != _new_request_id()
 
 
-def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_the_backlog_is_bounded(
+def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_memory_is_bounded(
     tmp_path: Path,
 ) -> None:
+    """Requests are never refused because the database is behind (their calls were paid): past max_backlog rows in
+    memory the writer spills the oldest requests to disk, and writes them all once the database answers."""
     path = tmp_path / "l.db"
-    ledger = Ledger(path, max_backlog=5, retry_s=60.0, journal=False)
+    ledger = Ledger(path, max_backlog=5, retry_s=60.0, journal=False, spill=tmp_path / "spill")
     attempts = 0
     write = ledger._store.write
 
@@ -106,10 +108,26 @@ def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_t
     for i in range(1, 5):
         ledger.record(f"r{i}", call, {})
     assert attempts == tried  # four more requests, no more writes: the backlog is not re-sent per request
-    with pytest.raises(LedgerError, match="backlog full"):
-        ledger.record("r5", call, {})
-    assert ledger.pending == 5
+    assert ledger.health()["state"] == "down"
+    for i in range(5, 12):
+        ledger.record(f"r{i}", call, {})  # past max_backlog: accepted, the oldest go to disk
+    deadline = time.monotonic() + 30
+    while ledger.health()["spilled"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    health = ledger.health()
+    assert health["spilled"] > 0 and health["in_memory"] <= 5 + 7 - health["spilled"]
+    assert ledger.pending == 12 and list((tmp_path / "spill").glob("*.spill"))
     blocker.rollback()
     ledger.flush()
-    assert ledger.pending == 0 and ledger.count() == 5
+    assert ledger.pending == 0 and ledger.count() == 12
+    assert sorted(r.request_id for r in ledger.rows()) == sorted(f"r{i}" for i in range(12))
+    assert ledger.health() == {
+        "state": "ok",
+        "backlog": 0,
+        "in_memory": 0,
+        "spilled": 0,
+        "rejected": 0,
+        "journal": "off",
+    }
     ledger.close()
+    assert not list((tmp_path / "spill").glob("*.spill"))

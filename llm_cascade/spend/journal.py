@@ -33,12 +33,14 @@ id, rather than marshalled again for every request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import marshal
 import mmap
 import os
+import stat
 import struct
 import threading
 import uuid
@@ -50,8 +52,9 @@ from typing import Any
 _log = logging.getLogger("llm_cascade.spend.journal")
 Row = tuple[Any, ...]
 SEGMENT_BYTES = 4 << 20
+MAX_FILE = 256 << 20  # a journal file past this size is no segment this library wrote: refused, not read
 _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32 of the payload
-_KINDS = (b"i", b"r", b"c")
+_KINDS = (b"i", b"r", b"c", b"s")  # s: rows spilled while the database was down (llm_cascade.spend.spill)
 _SCALARS = (str, int, float, type(None))
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _ZEROS = bytes(1 << 16)
@@ -67,7 +70,9 @@ class _Segment:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.ftruncate(self.fd, size)
+            # Blocks reserved now, not at the first write to each page: on a full tmpfs (a container's 64 MB
+            # /dev/shm) a sparse mapping is killed by SIGBUS mid-copy; this fails here with ENOSPC instead.
+            _allocate(self.fd, size)
             flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
             self.map = mmap.mmap(self.fd, size, flags=flags)
         except BaseException:
@@ -121,8 +126,9 @@ class Journal:
         """``lock``: the lock that guards the journal, when its owner has one already (the ledger's, which it holds
         anyway when it hands recorded rows over: one lock to take per request instead of two)."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        secure_folder(self.directory)
         self.segment_bytes = segment_bytes
+        self.broken: str | None = None  # why journaling stopped (a full folder), None while it works
         self._lock = threading.Lock() if lock is None else lock
         self._seg: _Segment | None = _Segment(self.directory, segment_bytes)  # created quickly: see prepare()
         self._spare: _Segment | None = None  # zeroed and populated, the next segment
@@ -132,6 +138,31 @@ class Journal:
         self._where: dict[str, _Segment] = {}
         self._more: dict[str, list[_Segment]] = {}
         self._warned = False
+
+    def _stop(self, why: str) -> None:
+        """Stop journaling (the caller holds the lock): what is written stays for a replay, nothing more is added."""
+        self.broken = why
+        _log.warning("journal %s: %s; journaling stopped (calls still recorded, not crash-safe)", self.directory, why)
+        if self._seg is not None:
+            self._full.append(self._seg)
+            self._seg = None
+
+    def after_fork(self, lock: threading.Lock) -> None:
+        """In a child process: let go of the parent's segments (its files, its locks and records stay the
+        parent's) and start segments of this process's own, guarded by ``lock`` (the parent's may have been held by
+        a thread that the child does not have)."""
+        for seg in [*self._full, *(x for x in (self._seg, self._spare) if x is not None)]:
+            with contextlib.suppress(OSError, ValueError):
+                seg.map.close()
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)  # not LOCK_UN: the lock belongs to the open file the parent still holds
+        self._lock = lock
+        self._full, self._spare, self._seg = [], None, None
+        self._where, self._more = {}, {}
+        try:
+            self._seg = _Segment(self.directory, self.segment_bytes)
+        except OSError as exc:
+            self._stop(f"cannot start the child process's segment: {exc}")
 
     @property
     def path(self) -> Path | None:
@@ -153,8 +184,13 @@ class Journal:
             elif not seg.open:
                 seg.reset()
             else:
+                try:
+                    fresh = _Segment(self.directory, max(self.segment_bytes, 2 * len(line)))
+                except OSError as exc:  # the folder is full: the rows still go to the database, undurably
+                    self._stop(f"cannot create a segment: {exc}")
+                    return
                 self._full.append(seg)
-                seg = self._seg = _Segment(self.directory, max(self.segment_bytes, 2 * len(line)))
+                seg = self._seg = fresh
             end = len(line)
         seg.map[seg.pos : end] = line
         seg.pos = end
@@ -300,16 +336,77 @@ def _text(text: str) -> bytes:
     return b"u" + _I32(len(data)) + data
 
 
-def orphans(directory: str | Path) -> list[tuple[Path, int]]:
-    """Journal files in ``directory`` whose owner is gone, each with an fd holding its lock (close it when done)."""
+def _allocate(fd: int, size: int) -> None:
+    """``size`` bytes of real blocks for ``fd`` (``posix_fallocate``; ENOSPC now rather than SIGBUS later)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # pragma: no cover - macOS: no tmpfs /dev/shm there either
+        os.ftruncate(fd, size)
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)  # a file system without it (glibc emulates it on most): sparse, as before
+
+
+class InsecureFolder(OSError):
+    """A journal folder another user could write to: its files would be replayed as this user's spend."""
+
+
+def secure_folder(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) with mode 0700, and refuse it unless it is a real folder (not a
+    link) owned by this user and writable by no one else: a journal replayed from a folder another local user can
+    write to bills what they plant there (a credit to one key, a lockout of another)."""
+    missing: list[Path] = []
+    at = folder
+    while not at.exists() and not at.is_symlink() and at != at.parent:
+        missing.append(at)
+        at = at.parent
+    for level in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(level, 0o700)
+    st = os.lstat(folder)
+    why = None
+    if not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder (a symbolic link?)"
+    elif st.st_uid != os.geteuid():
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by its group or by everyone (mode {stat.S_IMODE(st.st_mode):o}); chmod 700 it"
+    if why is not None:
+        raise InsecureFolder(errno.EPERM, f"journal folder {folder} {why}; refused")
+
+
+def _trusted(fd: int, path: Path) -> bool:
+    """Whether an open journal file is this user's own regular file, writable by no one else (else: refused)."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022 and st.st_size <= MAX_FILE:
+        return True
+    _log.warning(
+        "journal %s: refused (owner uid %d, mode %o, %d bytes): not a journal file this user wrote",
+        path,
+        st.st_uid,
+        stat.S_IMODE(st.st_mode),
+        st.st_size,
+    )
+    return False
+
+
+def orphans(directory: str | Path, patterns: Sequence[str] = ("*.wal", "*.jsonl")) -> list[tuple[Path, int]]:
+    """Journal files in ``directory`` whose owner is gone, each with an fd holding its lock (close it when done).
+    Files that are not this user's own (:func:`_trusted`) are refused with a warning and left where they are."""
     found: list[tuple[Path, int]] = []
     folder = Path(directory)
     if not folder.is_dir():
         return found
-    for path in sorted([*folder.glob("*.wal"), *folder.glob("*.jsonl")]):
+    for path in sorted(p for pattern in patterns for p in folder.glob(pattern)):
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError:
+            continue
+        if not _trusted(fd, path):
+            os.close(fd)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -330,6 +427,7 @@ def pending_rows(*paths: Path) -> dict[str, list[Row]]:
     """
     intents: dict[str, list[Row]] = {}
     recorded: dict[str, list[Row]] = {}
+    spilled: dict[str, list[Row]] = {}
     done: set[str] = set()
     for path in paths:
         entries = _json_entries(path) if path.suffix == ".jsonl" else _records(path)
@@ -338,13 +436,15 @@ def pending_rows(*paths: Path) -> dict[str, list[Row]]:
                 intents.setdefault(entry[0], []).extend(entry[1])
             elif kind == "r":
                 recorded[entry[0]] = list(entry[1])
+            elif kind == "s":  # spilled rows of one request add up (its own and its shadow's may be apart)
+                spilled.setdefault(entry[0], []).extend(entry[1])
             else:
                 done.update(entry)
     out: dict[str, list[Row]] = {}
-    for rid in dict.fromkeys([*intents, *recorded]):
+    for rid in dict.fromkeys([*intents, *recorded, *spilled]):
         if rid in done:
             continue
-        rows = recorded.get(rid) or intents.get(rid) or []
+        rows = spilled.get(rid) or recorded.get(rid) or intents.get(rid) or []
         if rows:
             out[rid] = rows
     return out
@@ -365,8 +465,8 @@ def _records(path: Path) -> list[tuple[str, Any]]:
             break
         pos += _HEAD.size + size
         try:
-            entry = marshal.loads(payload)
-        except (ValueError, EOFError, TypeError):
+            entry = _Decoder(payload).value()
+        except (ValueError, EOFError, TypeError, IndexError, RecursionError, struct.error):
             _log.warning("journal %s: skipping an unreadable record at byte %d", path, pos)
             continue
         if kind == b"c" and _strings(entry):
@@ -376,6 +476,88 @@ def _records(path: Path) -> list[tuple[str, Any]]:
         else:
             _log.warning("journal %s: skipping a record of unexpected shape", path)
     return out
+
+
+class _Decoder:
+    """A reader of the marshal subset the journal writes (tuples and lists of str, int, float, None; references),
+    that never trusts a length: ``marshal.loads`` allocates a list of the length a record claims before reading its
+    items (a crafted 20-byte record asked for 16 GB), and would accept code objects. Every container here must fit in
+    the bytes that remain; nesting is at most three deep (record, rows, row)."""
+
+    __slots__ = ("data", "pos", "refs")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+        self.refs: list[Any] = []
+
+    def value(self) -> Any:
+        out = self._read(0)
+        if self.pos != len(self.data):
+            raise ValueError("bytes after the record's value")
+        return out
+
+    def _len(self, fmt: struct.Struct) -> int:
+        (n,) = fmt.unpack_from(self.data, self.pos)
+        self.pos += fmt.size
+        if n < 0 or n > len(self.data) - self.pos:
+            raise ValueError("a length past the end of the record")
+        return int(n)
+
+    def _read(self, depth: int) -> Any:
+        data = self.data
+        code = data[self.pos]
+        self.pos += 1
+        kind, flagged = chr(code & 0x7F), code & 0x80
+        if kind in ")([":
+            if depth > 2:
+                raise ValueError("nested too deep")
+            n = self._len(_U8 if kind == ")" else _S32)
+            slot = len(self.refs)
+            if flagged:
+                self.refs.append(None)
+            items = [self._read(depth + 1) for _ in range(n)]
+            out: Any = items if kind == "[" else tuple(items)
+            if flagged:
+                self.refs[slot] = out
+            return out
+        if kind == "r":
+            (i,) = _S32.unpack_from(data, self.pos)
+            self.pos += 4
+            return self.refs[i]
+        if kind == "N":
+            out = None
+        elif kind in "zZ":
+            n = self._len(_U8)
+            out = data[self.pos : self.pos + n].decode("ascii")
+            self.pos += n
+        elif kind in "aAut":
+            n = self._len(_S32)
+            out = data[self.pos : self.pos + n].decode("ascii" if kind in "aA" else "utf-8", "surrogatepass")
+            self.pos += n
+        elif kind == "i":
+            (out,) = _S32.unpack_from(data, self.pos)
+            self.pos += 4
+        elif kind == "l":
+            (n,) = _S32.unpack_from(data, self.pos)
+            self.pos += 4
+            if abs(n) > 10:  # 150 bits: far past any count or cost the ledger stores
+                raise ValueError("an integer too large")
+            digits = struct.unpack_from(f"<{abs(n)}H", data, self.pos)
+            self.pos += 2 * abs(n)
+            out = sum(d << (15 * i) for i, d in enumerate(digits)) * (-1 if n < 0 else 1)
+        elif kind == "g":
+            (out,) = _D64.unpack_from(data, self.pos)
+            self.pos += 8
+        else:
+            raise ValueError(f"type {kind!r} is not one the journal writes")
+        if flagged:
+            self.refs.append(out)
+        return out
+
+
+_U8 = struct.Struct("<B")
+_S32 = struct.Struct("<i")
+_D64 = struct.Struct("<d")
 
 
 def _strings(entry: object) -> bool:
@@ -405,9 +587,15 @@ def _json_entries(path: Path) -> list[tuple[str, Any]]:
         except ValueError:
             _log.warning("journal %s: skipping a torn line", path)
             continue
-        kind = entry.get("k")
-        if kind in ("i", "r"):
-            out.append((kind, (entry["id"], [tuple(r) for r in entry["rows"]])))
-        elif kind == "c":
-            out.append(("c", entry["ids"]))
+        kind = entry.get("k") if isinstance(entry, dict) else None
+        rows = entry.get("rows") if kind in ("i", "r") else None
+        if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+            request = (entry.get("id"), tuple(tuple(r) for r in rows))
+            if _request(request):
+                out.append((str(kind), (request[0], list(request[1]))))
+                continue
+        elif kind == "c" and isinstance(entry.get("ids"), list) and _strings(tuple(entry["ids"])):
+            out.append(("c", tuple(entry["ids"])))
+            continue
+        _log.warning("journal %s: skipping a line of unexpected shape", path)
     return out

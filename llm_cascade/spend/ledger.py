@@ -32,6 +32,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -42,7 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError, LedgerError, MissingDependencyError
 from ..core.types import Call
-from .journal import Intents, Journal, orphans, pending_rows
+from .journal import InsecureFolder, Intents, Journal, orphans, pending_rows, secure_folder
+from .rowcheck import clean, problem
+from .rowcheck import text as _text
+from .spill import Spill
 from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
 
 if TYPE_CHECKING:
@@ -74,6 +78,7 @@ _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 _OBSERVED = ("answer", "confidence", "digest", "prompt", "text")
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
+_TAGS_ASCII = json.JSONEncoder(ensure_ascii=True, default=str).encode  # rejected rows: plain ASCII, any value
 _REQUEST_ID = itemgetter(1)  # of a row
 
 
@@ -88,14 +93,27 @@ def default_path() -> Path:
 
 def default_journal_dir(database: str, table: str) -> Path:
     """Where a ledger's journal lives unless told: a folder per (database, table) in memory-backed storage
-    (``$XDG_RUNTIME_DIR`` or ``/dev/shm``), which outlives the process (what the journal is for) and, unlike a disk
-    file, never stalls the event loop while the kernel writes dirty pages back; the data folder when neither exists.
-    Set ``journal=`` to a folder on disk to survive a reboot or a container restart too."""
-    digest = hashlib.sha256(f"{database}|{table}".encode()).hexdigest()[:16]
-    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
-        if base and os.path.isdir(base) and os.access(base, os.W_OK):
-            return Path(base) / "llm-cascade-journal" / digest
-    return default_path().parent / "journal" / digest
+    (``$XDG_RUNTIME_DIR``, or a folder of this user's own in ``/dev/shm``), which outlives the process (what the
+    journal is for) and, unlike a disk file, never stalls the event loop while the kernel writes dirty pages back;
+    the data folder (:func:`disk_journal_dir`) when neither exists. Set ``journal=`` to a folder on disk to survive a
+    reboot or a container restart too. Folders are created 0700 and refused when another user could write to them."""
+    digest = _digest(database, table)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
+        return Path(runtime) / "llm-cascade-journal" / digest
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return Path("/dev/shm") / f"llm-cascade-journal-{os.geteuid()}" / digest  # one folder per user
+    return disk_journal_dir(database, table)
+
+
+def disk_journal_dir(database: str, table: str) -> Path:
+    """The journal's folder on disk, in the data folder: the fallback when memory-backed storage is full or not
+    this user's, and where rows spill while the database is down."""
+    return default_path().parent / "journal" / _digest(database, table)
+
+
+def _digest(database: str, table: str) -> str:
+    return hashlib.sha256(f"{database}|{table}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +226,7 @@ class _SQLite:
     def __init__(self, path: str, table: str) -> None:
         import sqlite3
 
+        self.path, self.table = path, table
         self.conn: sqlite3.Connection
         if path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +299,25 @@ class _SQLite:
     def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """One statement in its own transaction (autocommit), with the rows it returns."""
         return self.query(sql, params)
+
+    def probe(self, sql: str, row: Sequence[Any]) -> bool:
+        """Whether ``row`` can be inserted now (in a transaction rolled back): the table and the file work."""
+        with self.lock:
+            try:
+                self.conn.execute("BEGIN")
+                try:
+                    self.conn.execute(sql, row)
+                finally:
+                    self.conn.execute("ROLLBACK")
+                return True
+            except Exception:
+                return False
+
+    def after_fork(self) -> None:
+        """In a fork child: a connection of its own (SQLite's must not cross a fork; the parent's is left unclosed,
+        since closing it here could disturb the parent's locks)."""
+        _FORKED.append(self.conn)
+        self.__init__(self.path, self.table)  # type: ignore[misc]
 
     def close(self) -> None:
         with self.lock:
@@ -359,8 +397,44 @@ class _SQLAlchemy:
             result = conn.exec_driver_sql(sql, tuple(params))
             return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
 
+    def probe(self, sql: str, row: Sequence[Any]) -> bool:
+        """Whether ``row`` can be inserted now (in a transaction rolled back): the server and the table answer."""
+
+        def body(cursor: Cursor) -> None:
+            cursor.execute(sql, tuple(row))
+            raise _RolledBack
+
+        try:
+            self.raw.transaction(body)
+        except _RolledBack:
+            return True
+        except Exception:
+            return False
+        return False
+
+    def after_fork(self) -> None:
+        """In a fork child: connections of its own; the parent's stay open for the parent (SQLAlchemy's advice)."""
+        self.engine.dispose(close=False)
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+class _RolledBack(Exception):
+    """Raised inside a probe's transaction so that it is rolled back."""
+
+
+_FORKED: list[object] = []  # connections a fork child inherited and must neither use nor close
+_PROBE = (0.0, "llm-cascade-probe", 0, 0, "probe", "ok", 0, 0, 0, 0, None, None, 0.0, None, "{}", 1, *(None,) * 6)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a failed write says the database cannot be reached or used now (kept and retried: an outage), rather
+    than that a row was refused (bisected, the row rejected): connection, lock, timeout and I/O errors."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"})
 
 
 def _redact(url: str) -> str:
@@ -390,14 +464,20 @@ class Ledger:
     ``url``: None for the default SQLite file, a path, ``sqlite:///path``, ``:memory:``, or any SQLAlchemy URL.
     ``clock`` stamps rows (seconds since the epoch); tests inject one to fill past periods.
 
-    Writing is off the caller's thread: :meth:`record` only appends the rows to a bounded backlog (microseconds, safe
-    on the event loop) and one writer thread inserts them in batches (``executemany``, one transaction per batch).
-    A database that refuses writes is retried with a growing pause, not on every request, and the backlog is capped at
-    ``max_backlog`` rows: past it :meth:`record` raises :class:`LedgerError` (nothing is dropped silently).
+    Writing is off the caller's thread: :meth:`record` only appends the rows to a backlog (microseconds, safe on the
+    event loop) and one writer thread inserts them in batches (one transaction per batch). No row can block another:
+    every value is made storable first (:mod:`llm_cascade.spend.rowcheck`), and a batch the database still refuses is
+    split in halves until the refused row is found; it goes to the ``<table>_rejected`` table with the reason
+    (:meth:`rejected`), the others are written. A database that cannot be reached is retried with a growing pause,
+    not on every request; past ``max_backlog`` rows in memory the oldest requests spill to a local file
+    (:mod:`llm_cascade.spend.spill`, in ``spill`` or the data folder) and are written once it answers: a recorded
+    request is never refused because accounting is behind. :meth:`health` says how far behind it is.
     :meth:`flush` / :meth:`aflush` wait until everything recorded is written; reads flush first, so what was recorded
     is what is read. ``journal`` (a folder, or False; by default :func:`default_journal_dir`) keeps each request's
     rows, and the intent of every call before it starts, in a local write-ahead file (:mod:`llm_cascade.spend.journal`),
-    replayed by the next process that opens the ledger if this one dies before committing them.
+    replayed by the next process that opens the ledger if this one dies before committing them; a full or insecure
+    default folder falls back to :func:`disk_journal_dir`, then to no journal, with a warning. A ledger survives
+    ``fork()``: the child writes its own rows through its own connection, journal and writer thread.
     """
 
     def __init__(
@@ -410,6 +490,7 @@ class Ledger:
         max_backlog: int = 100_000,
         retry_s: float = 0.5,
         linger_s: float = 0.005,
+        spill: str | Path | None = None,
     ) -> None:
         if not isinstance(table, str) or not _TABLE.match(table):
             raise ConfigError("Ledger.table", f"must be a plain SQL identifier, got {table!r}")
@@ -434,6 +515,12 @@ class Ledger:
         self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._cost_cache: dict[Decimal, tuple[str, int | None]] = {}
         self._intent_rows: dict[object, tuple[Sequence[Call], Intents]] = {}
+        self._spill: Spill | None = None  # created by the writer thread at the first spill
+        self._spill_wanted = False  # record() asked the writer to spill (once per crossing of max_backlog)
+        self._down_since: float | None = None  # monotonic time of the first failed write of the current outage
+        self.rejected_rows = 0  # rows refused by the database, in <table>_rejected (or only in the log)
+        self.refused_replay = 0  # journal records this ledger would not replay (crafted or damaged)
+        self.journal_state = "off"  # "on", "off", or why it fell back or stopped (health())
         self.url = str(url) if url is not None else str(default_path())
         self._store: _SQLite | _SQLAlchemy
         sqlite_file: str | None = None
@@ -460,32 +547,72 @@ class Ledger:
         ph = self._store.placeholder
         self._insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES ({', '.join([ph] * len(_NAMES))})"
         self.replayed = 0  # rows a dead process's journal added when this ledger was opened
+        # What the journal's folder is named after: the SQLite file's full path, else the URL.
+        self._database = (
+            self.url if sqlite_file in (None, ":memory:") else str(Path(sqlite_file).expanduser().resolve())
+        )
+        self._spill_dir = Path(spill).expanduser() if spill is not None else disk_journal_dir(self._database, table)
+        self._rejects = f"{table}_rejected"
+        self._rejects_made = False
         self._journal = self._open_journal(journal, sqlite_file)
         self._thread = threading.Thread(target=self._run, name=f"llm-cascade-ledger-{table}", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _open_journal(self, journal: str | Path | bool | None, sqlite_file: str | None) -> Journal | None:
+        """Replay what dead processes left (journals and spill files), then open this process's journal: in the
+        folder asked for, else in the default one; a default folder that is full or insecure falls back to the
+        disk folder, then to no journal, with a warning (a folder asked for by name that is insecure is an error)."""
+        disk = disk_journal_dir(self._database, self.table)
         if journal is False or (journal is None and sqlite_file == ":memory:"):
+            self._replay_all([self._spill_dir])
             return None
+        explicit = isinstance(journal, str | Path)
         if journal is None or journal is True:
             if sqlite_file == ":memory:":
                 raise ConfigError("Ledger.journal", "an in-memory ledger has no place for a journal; pass a folder")
-            where = str(Path(sqlite_file).expanduser().resolve()) if sqlite_file is not None else self.url
-            folder = default_journal_dir(where, self.table)
+            folder = default_journal_dir(self._database, self.table)
         elif isinstance(journal, str | Path):
             folder = Path(journal).expanduser()
         else:
             raise ConfigError("Ledger.journal", f"must be a folder, True or False, got {journal!r}")
-        try:
-            self.replayed = self._replay(folder)
-            return Journal(folder, lock=self._lock)
-        except OSError as exc:
-            raise LedgerError(f"cannot open the ledger journal in {folder}: {exc}") from exc
+        self._replay_all([folder, disk, self._spill_dir])
+        for where in dict.fromkeys([folder, disk]):
+            try:
+                opened = Journal(where, lock=self._lock)
+            except InsecureFolder as exc:
+                if explicit:
+                    raise LedgerError(f"cannot open the ledger journal: {exc}") from exc
+                _log.warning("ledger journal: %s", exc)
+            except OSError as exc:
+                _log.warning("ledger journal: cannot start one in %s: %s", where, exc)
+            else:
+                self.journal_state = "on" if where == folder else f"fallback to {where}"
+                if where != folder:
+                    _log.warning("ledger journal: using %s instead of %s", where, folder)
+                return opened
+        self.journal_state = "off: no usable folder (see the log)"
+        _log.warning("ledger journal: none could be opened; calls are recorded but not safe against a crash")
+        return None
+
+    def _replay_all(self, folders: Sequence[Path]) -> None:
+        for folder in dict.fromkeys(folders):
+            try:
+                self.replayed += self._replay(folder)
+            except InsecureFolder as exc:
+                _log.warning("ledger journal: not replayed: %s", exc)
+            except OSError as exc:
+                raise LedgerError(f"cannot replay the ledger journal in {folder}: {exc}") from exc
 
     def _replay(self, folder: Path) -> int:
-        """Insert what dead processes' journals hold and the database lacks; returns the rows added. The files are
-        read together: a request's records may straddle two segments of its process."""
-        found = orphans(folder)
+        """Insert what dead processes' journals (and spill files) hold and the database lacks; returns the rows
+        added. The files are read together: a request's records may straddle two segments of its process. A row
+        this library would not have written (a crafted or damaged record) is refused and reported, never stored;
+        a row the database refuses goes to the rejected table like any other: a replay always finishes."""
+        if not folder.is_dir():
+            return 0
+        secure_folder(folder)
+        found = orphans(folder, ("*.wal", "*.jsonl", "*.spill"))
         try:
             if not found:
                 return 0
@@ -493,14 +620,22 @@ class Ledger:
             pending = pending_rows(*paths)
             have = self._known(list(pending))
             pad = (None,) * len(_NAMES)  # a row journaled by an older version lacks the columns added since
-            rows = [
-                (*r[:2], seq, *r[3:], *pad[len(r) :])
-                for rid, rs in pending.items()
-                if rid not in have
-                for seq, r in enumerate(rs)
-            ]
+            rows: list[Row] = []
+            for rid, rs in pending.items():
+                if rid in have:
+                    continue
+                for seq, r in enumerate(rs):
+                    row = (*r[:2], seq, *r[3:], *pad[len(r) :]) if len(r) > 3 else r
+                    why = problem(row) or (None if row[1] == rid else "a row of another request")
+                    if why is None:
+                        rows.append(row)
+                        continue
+                    self.refused_replay += 1
+                    _log.error("ledger journal %s: refused a record of request %.64r: %s", folder, rid, why)
+            _, error = self._store_rows(rows)
+            if error is not None:
+                raise LedgerError(f"cannot replay the journal in {folder} into {_redact(self.url)}: {error}")
             if rows:
-                self._store.write(self._insert, rows)
                 _log.warning(
                     "ledger journal %s: replayed %d row(s) of a process that ended (%d file(s))",
                     folder,
@@ -650,7 +785,8 @@ class Ledger:
         """Queue one row per call of a request for the writer thread; returns at once.
 
         ``observed`` keeps the calls' answers beside their spend (a shadowed request, :mod:`llm_cascade.core.shadow`).
-        Raises LedgerError only when the backlog is full (the database has refused writes for a while)."""
+        Never refuses a request because the database is behind or down (its provider calls were paid): past
+        ``max_backlog`` rows in memory the writer spills the oldest to disk. Raises LedgerError only once closed."""
         if not calls:
             return
         now = self.clock()
@@ -661,18 +797,14 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise LedgerError(f"ledger {_redact(self.url)} is closed")
-            if len(self._pending) + len(rows) > self.max_backlog:
-                cause = f": {self._error}" if self._error is not None else ""
-                raise LedgerError(
-                    f"ledger backlog full ({len(self._pending)} rows waiting, max_backlog={self.max_backlog}); "
-                    f"request {request_id} not recorded{cause}"
-                )
             # Shadow rows are not journaled: they share the request's id, and a journal record replaces the
             # request's earlier one on replay (the cascade's own rows must never be lost to an observation).
             if self._journal is not None and (observed is None or not observed.shadow):
                 self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
             wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
+            if not wake and len(self._pending) > self.max_backlog and not self._spill_wanted:
+                self._spill_wanted = wake = True  # the writer may be in a retry pause: spill now
         if wake:
             self._signal.put(None)
         if observed is not None and observed.shadow:
@@ -681,83 +813,235 @@ class Ledger:
             listener(now, calls, metadata)
 
     async def arecord(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
-        """:meth:`record` that waits (back-pressure) while the backlog is full, up to ``30 * retry_s`` seconds."""
-        for _ in range(60):
-            with self._lock:
-                room = len(self._pending) + len(calls) <= self.max_backlog
-            if room:
-                break
-            await asyncio.sleep(self.retry_s / 2)
+        """:meth:`record` (it never waits: a full backlog spills to disk)."""
         self.record(request_id, calls, metadata)
 
     def _write_once(self) -> int:
-        """Write the current backlog in one transaction (the caller holds ``_io``); returns the rows written."""
+        """Write the current backlog (the caller holds ``_io``): in one transaction, unless the database refuses a
+        row (then in halves, around it); returns the rows handled. Raises LedgerError, keeping what is not written,
+        when the database cannot be reached."""
         with self._lock:
             batch = list(self._pending)
         if not batch:
             return 0
-        try:
-            self._store.write(self._insert, batch)
-        except Exception as exc:
-            error = LedgerError(f"cannot write {len(batch)} ledger row(s) to {_redact(self.url)}: {exc}")
-            with self._lock:
-                self._error = error
-            raise error from exc
+        kept, failure = self._store_rows(batch)
         with self._lock:
-            del self._pending[: len(batch)]
-            self._error = None
+            self._pending[: len(batch)] = kept
+            if failure is not None:
+                error = LedgerError(f"cannot write {len(batch)} ledger row(s) to {_redact(self.url)}: {failure}")
+                self._error = error
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+            else:
+                self._error = self._down_since = None
+        self._committed(batch, kept)
+        if failure is not None:
+            raise error from failure
         if self._journal is not None:
-            self._journal.committed(map(_REQUEST_ID, batch))
             # Segments: the next one populated here, not page by page on the event loop (the first write swaps the
             # quickly made first segment for one; a ledger only read from never maps one).
             self._journal.prepare()
         return len(batch)
 
+    def _committed(self, batch: Sequence[Row], kept: Sequence[Row]) -> None:
+        """Tell the journal which requests of ``batch`` are stored (or rejected): none of ``kept``'s."""
+        if self._journal is None:
+            return
+        if not kept:
+            self._journal.committed(map(_REQUEST_ID, batch))
+        elif len(kept) < len(batch):
+            waiting = set(map(_REQUEST_ID, kept))
+            self._journal.committed(rid for rid in map(_REQUEST_ID, batch) if rid not in waiting)
+
+    def _store_rows(self, rows: Sequence[Row]) -> tuple[list[Row], BaseException | None]:
+        """Store ``rows``; returns the rows not stored because the database is unavailable, and why (None when all
+        were stored or rejected). Every row is made storable first (:func:`~llm_cascade.spend.rowcheck.clean`);
+        a batch the database still refuses is halved until the refusing row is alone, and that row is rejected
+        (:meth:`_reject`) once a probe shows the table takes a plain row: a refusal of every row (a dropped table)
+        is an outage, not a bad row."""
+        ready: list[Row] = []
+        for row in rows:
+            try:
+                ready.append(clean(row))
+            except (ValueError, TypeError) as exc:
+                self._reject([(row, f"not a ledger row: {exc}")])
+        parts: list[list[Row]] = [ready] if ready else []
+        kept: list[Row] = []
+        suspects: list[tuple[Row, str]] = []
+        failure: BaseException | None = None
+        while parts:
+            part = parts.pop()
+            if failure is not None:
+                kept.extend(part)
+                continue
+            try:
+                self._store.write(self._insert, part)
+            except Exception as exc:
+                if _unavailable(exc):
+                    failure = exc
+                    kept.extend(part)
+                elif len(part) == 1:
+                    suspects.append((part[0], f"{type(exc).__name__}: {exc}"))
+                else:
+                    half = len(part) // 2
+                    parts += [part[half:], part[:half]]  # the first half next
+        if suspects:
+            if failure is None and self._store.probe(self._insert, _PROBE):
+                self._reject(suspects)
+            else:
+                kept.extend(row for row, _ in suspects)
+                failure = failure or LedgerError(suspects[0][1])
+        return kept, failure
+
+    def _reject(self, rows: Sequence[tuple[Row, str]]) -> None:
+        """Rows the database refuses, with why, into ``<table>_rejected`` (as JSON) for someone to look at; only
+        into the log (at ERROR) when even that fails. Never retried: one bad row must not hold up the rest."""
+        self.rejected_rows += len(rows)
+        now = time.time()
+        entries = [
+            (now, str(row[1] if len(row) > 1 else "")[:200], _TAGS_ASCII(why[:2000]), _TAGS_ASCII(list(row)))
+            for row, why in rows
+        ]
+        for _, rid, why, _ in entries:
+            _log.error("ledger: request %.64r: a row the database refuses, kept in %s: %s", rid, self._rejects, why)
+        ph = self._store.placeholder
+        try:
+            if not self._rejects_made:
+                self._store.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._rejects} (ts DOUBLE PRECISION NOT NULL, "
+                    "request_id TEXT NOT NULL, reason TEXT NOT NULL, row_json TEXT NOT NULL)",
+                    (),
+                )
+                self._rejects_made = True
+            sql = f"INSERT INTO {self._rejects} (ts, request_id, reason, row_json) VALUES ({ph}, {ph}, {ph}, {ph})"
+            self._store.write(sql, [(ts, _text(rid, 200), why, row) for ts, rid, why, row in entries])
+        except Exception as exc:
+            for entry in entries:
+                _log.error("ledger: cannot keep a rejected row in %s (%s): %s", self._rejects, exc, entry[3])
+
+    def rejected(self) -> list[tuple[str, str, list[Any]]]:
+        """Rows the database refused, oldest first: (request id, why, the row's values)."""
+        try:
+            found = self._store.query(f"SELECT request_id, reason, row_json FROM {self._rejects} ORDER BY ts", ())
+        except Exception:
+            return []
+        return [(str(rid), json.loads(why), json.loads(row)) for rid, why, row in found]
+
+    def _spill_excess(self) -> None:
+        """Move the oldest requests past ``max_backlog`` rows from memory to the spill file (writer thread)."""
+        with self._lock:
+            self._spill_wanted = False
+            n = len(self._pending) - self.max_backlog // 2
+            if n <= 0 or self._closed:
+                return
+            while n < len(self._pending) and self._pending[n][1] == self._pending[n - 1][1]:
+                n += 1  # whole requests only
+            batch = self._pending[:n]
+        try:
+            if self._spill is None:
+                self._spill = Spill(self._spill_dir)
+            self._spill.append(batch)
+        except OSError as exc:
+            _log.error("ledger: cannot spill %d row(s) to %s (kept in memory): %s", len(batch), self._spill_dir, exc)
+            return
+        with self._lock:
+            del self._pending[:n]
+        _log.warning("ledger: database unavailable; %d row(s) spilled to %s", len(batch), self._spill.path)
+
+    def _drain_spill(self) -> None:
+        """Write spilled rows back, oldest first, while the database takes them (the caller holds ``_io``)."""
+        spill = self._spill
+        while spill is not None and spill.rows:
+            rows, end = spill.take(2048)
+            kept, failure = self._store_rows(rows)
+            if failure is not None:
+                if len(kept) < len(rows):  # some were stored before it went away: the rest go back in memory
+                    spill.done(end, len(rows))
+                    with self._lock:
+                        self._pending[:0] = kept
+                self._committed(rows, kept)
+                raise LedgerError(f"cannot write spilled ledger rows to {_redact(self.url)}: {failure}")
+            spill.done(end, len(rows))
+            self._committed(rows, ())
+
     def _run(self) -> None:
         """The writer: sleep until rows arrive, let a burst gather for ``linger_s``, write it in one transaction, and
-        go on while rows keep coming; a refused write is retried after a growing pause."""
+        go on while rows keep coming; a refused write is retried after a growing pause, spilling to disk what
+        exceeds ``max_backlog`` meanwhile. ``close()`` cuts the linger and the pause short."""
         pause = self.retry_s
         while True:
             self._signal.get()
             while True:
                 with self._lock:
-                    if not self._pending:
+                    spilled = self._spill is not None and self._spill.rows > 0
+                    if not self._pending and not spilled:
                         if self._closed:
                             return
                         break  # wait for the next rows
-                    closed = self._closed
-                if not closed and self.linger_s > 0:
-                    time.sleep(self.linger_s)  # group commit: one transaction for the burst
+                    closed, over = self._closed, len(self._pending) > self.max_backlog
+                if over:
+                    self._spill_excess()
+                if not closed and self.linger_s > 0 and self._error is None:
+                    with contextlib.suppress(queue.Empty):
+                        self._signal.get(timeout=self.linger_s)  # group commit: one transaction for the burst
                 try:
                     with self._io:
                         self._write_once()
+                        self._drain_spill()
                     pause = self.retry_s
                 except LedgerError as exc:
                     _log.warning("%s; %d row(s) kept for the next try in %.1fs", exc, self.pending, pause)
                     if self._closed:
                         return
                     with contextlib.suppress(queue.Empty):
-                        self._signal.get(timeout=pause)  # close() cuts the pause short
+                        self._signal.get(timeout=pause)  # close() and a full backlog cut the pause short
                     pause = min(pause * 2, 30.0)
 
     @property
     def pending(self) -> int:
-        """Rows accepted but not yet written."""
+        """Rows accepted but not yet written (in memory and spilled to disk)."""
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + (self._spill.rows if self._spill is not None else 0)
+
+    def health(self) -> dict[str, Any]:
+        """The writer's state for a health check, from memory (no query): ``state`` is ``ok``, ``behind`` (rows
+        wait but the database answers) or ``down`` (its last write failed; ``down_s`` for how long), with the
+        ``backlog`` (rows not yet written: ``in_memory`` + ``spilled``), rows ``rejected`` and the journal's state.
+        No connection string, table name or driver message: it is served to clients."""
+        with self._lock:
+            memory = len(self._pending)
+            spilled = self._spill.rows if self._spill is not None else 0
+            down = self._down_since
+        journal = self.journal_state
+        if self._journal is not None and self._journal.broken is not None:
+            journal = "stopped: the journal folder is full (see the log)"
+        state = "down" if down is not None else "behind" if memory + spilled > self.max_backlog else "ok"
+        out: dict[str, Any] = {
+            "state": state,
+            "backlog": memory + spilled,
+            "in_memory": memory,
+            "spilled": spilled,
+            "rejected": self.rejected_rows,
+            "journal": journal,
+        }
+        if down is not None:
+            out["down_s"] = round(time.monotonic() - down, 1)
+        return out
 
     def flush(self) -> None:
-        """Write every queued row now; LedgerError if the database still refuses them."""
+        """Write every queued row now (spilled ones too); LedgerError if the database still refuses them."""
         with self._io:
             while self._write_once():
                 pass
+            self._drain_spill()
 
     async def aflush(self) -> None:
         """:meth:`flush` from a worker thread, so the event loop keeps running."""
         await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
-        """Flush, stop the writer, then release the connection (and the journal, removed once all is written)."""
+        """Flush, stop the writer, then release the connection (and the journal, removed once all is written).
+        The writer's linger and retry pause end at once: closing waits for the writes, not for a timer."""
         with self._lock:
             self._closed = True
         self._signal.put(None)
@@ -765,9 +1049,30 @@ class Ledger:
             self.flush()
         finally:
             self._thread.join(timeout=5)
+            if self._spill is not None:
+                self._spill.close()
             if self._journal is not None:
                 self._journal.close(clean=not self._pending)
             self._store.close()
+            _LIVE.discard(self)
+
+    def _after_fork(self) -> None:
+        """In a fork child (``os.register_at_fork``): new locks (a parent thread may have held one at the fork),
+        none of the parent's rows (the parent writes them), a connection, journal segments and a writer thread of
+        its own. Without this the child's rows were never written, and both processes wrote one journal file."""
+        self._lock = threading.Lock()
+        self._io = threading.Lock()
+        self._signal = queue.SimpleQueue()
+        self._pending = []
+        self._error = self._down_since = None
+        self._spill, self._spill_wanted = None, False
+        if self._closed:
+            return
+        self._store.after_fork()
+        if self._journal is not None:
+            self._journal.after_fork(self._lock)
+        self._thread = threading.Thread(target=self._run, name=f"llm-cascade-ledger-{self.table}", daemon=True)
+        self._thread.start()
 
     async def aclose(self) -> None:
         """:meth:`close` off the event loop."""
@@ -855,6 +1160,21 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"Ledger({_redact(self.url)!r})"
+
+
+_LIVE: weakref.WeakSet[Ledger] = weakref.WeakSet()  # open ledgers, for the fork handler
+
+
+def _after_fork_in_child() -> None:
+    for ledger in list(_LIVE):
+        try:
+            ledger._after_fork()
+        except Exception:  # a child must not die of its ledger: it says so, and its rows stay unwritten
+            _log.exception("ledger %s: cannot restart in a fork child", _redact(ledger.url))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _row(r: Sequence[Any]) -> LedgerRow:
