@@ -993,6 +993,10 @@ class Ledger:
                     _log.warning("%s; %d row(s) kept for the next try in %.1fs", exc, self.pending, pause)
                     if self._closed:
                         return
+                    with self._lock:
+                        over = len(self._pending) > self.max_backlog
+                    if over:  # rows that came during the try: the pause may be long
+                        self._spill_excess()
                     with contextlib.suppress(queue.Empty):
                         self._signal.get(timeout=pause)  # close() and a full backlog cut the pause short
                     pause = min(pause * 2, 30.0)

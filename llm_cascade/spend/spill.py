@@ -6,9 +6,9 @@ requests into a spill file, and once the database answers again it writes them b
 file. A request is never failed because accounting is behind: the provider was already paid.
 
 The file uses the journal's record format (:mod:`llm_cascade.spend.journal`: a kind byte, length, CRC-32, then one
-request's rows), one ``s`` record per run of a request's rows, and is locked while its process lives: if the process dies during
-the outage, the next ledger that opens replays it like a journal segment, skipping requests the database already
-has.
+request's rows), one ``s`` record per run of a request's rows, and is locked while its process lives: if the process
+dies during the outage, the next ledger that opens replays it like a journal segment, skipping requests the database
+already has.
 """
 
 from __future__ import annotations
