@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +41,20 @@ class Unavailable(RuntimeError):
     """No PostgreSQL server can be started here (the message says why)."""
 
 
+class PgUrl(str):
+    """The server's SQLAlchemy URL, with ``stop()`` and ``start()`` for outage tests (the data stays)."""
+
+    stop: Callable[[], None]
+    start: Callable[[], None]
+
+    def __new__(cls, url: str, stop: Callable[[], None], start: Callable[[], None]) -> PgUrl:
+        self = super().__new__(cls, url)
+        self.stop, self.start = stop, start
+        return self
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
+def throwaway_postgres() -> Iterator[PgUrl]:
     """Start a fresh PostgreSQL server and yield its SQLAlchemy URL; stopped and deleted on exit. Raises Unavailable
     when the binaries are missing or the server cannot start (benchmarks use it too)."""
     bindir = _bindir()
@@ -74,8 +86,15 @@ def throwaway_postgres() -> Iterator[str]:
         detail = log.read_text()[-800:] if log.exists() else start.stderr
         shutil.rmtree(base, ignore_errors=True)
         raise Unavailable(f"PostgreSQL did not start: {detail.strip()}")
+    def stop() -> None:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+
+    def start() -> None:
+        done = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", opts, "start")
+        assert done.returncode == 0, done.stderr
+
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield PgUrl(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop, start)
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)

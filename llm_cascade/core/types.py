@@ -100,6 +100,11 @@ class Request:
                 )
 
 
+# The largest max_tokens accepted: past every model's output limit, and within every token column (INTEGER) and
+# estimate. A request asking for 2**63 is refused before any call, not priced and sent.
+MAX_TOKENS = 1 << 24
+
+
 def with_params(request: Request | str, **params: Any) -> Request:
     """``request`` (a prompt becomes a one-message Request) with the parameters that are not None, checked here so
     a bad value fails before any model is called, naming the field (``route.max_tokens`` ...)."""
@@ -111,8 +116,9 @@ def with_params(request: Request | str, **params: Any) -> Request:
     if not given:  # the usual call (route(prompt)): nothing to check or copy
         return request
     mt = given.get("max_tokens")
-    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-        raise ConfigError("route.max_tokens", f"must be a positive integer, got {mt!r}")
+    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= MAX_TOKENS):
+        shown = repr(mt) if not isinstance(mt, int) or mt < 10**12 else f"an integer of {mt.bit_length()} bits"
+        raise ConfigError("route.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {shown}")
     for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
         v = given.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high):

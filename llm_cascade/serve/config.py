@@ -235,6 +235,10 @@ class LedgerConfig(_Model):
     # The write-ahead journal's folder (see llm_cascade.spend.journal); None: ledger.default_journal_dir
     # (memory-backed).
     journal: str | None = None
+    # Rows kept in memory while the database is down; past it the oldest spill to ``spill`` (a folder; None: the
+    # data folder), never refusing a request whose calls were made (llm_cascade.spend.spill).
+    max_backlog: int = 100_000
+    spill: str | None = None
 
 
 class ShadowConfig(_Model):
@@ -509,7 +513,13 @@ def _build_ledger(lc: LedgerConfig) -> SpendSink:
     from ..spend.ledger import Ledger
 
     try:
-        return Ledger(None if lc.url == "default" else lc.url, table=lc.table, journal=lc.journal)
+        return Ledger(
+            None if lc.url == "default" else lc.url,
+            table=lc.table,
+            journal=lc.journal,
+            max_backlog=lc.max_backlog,
+            spill=lc.spill,
+        )
     except ConfigError as exc:
         raise ConfigError(f"ledger.{exc.field.removeprefix('Ledger.')}", exc.problem) from None
     except LedgerError as exc:

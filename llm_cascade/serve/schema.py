@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..core.types import Message, Request, Role
+from ..core.types import MAX_TOKENS, Message, Request, Role
 
 _fast_loads: Callable[[bytes], Any]
 try:  # orjson parses a chat body about four times faster than json; what it refuses, json parses again (below)
@@ -79,8 +79,8 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
-    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

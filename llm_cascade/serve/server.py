@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,6 +41,7 @@ from ..core.errors import (
     AllTiersFailed,
     AuthenticationError,
     BudgetExceeded,
+    LedgerError,
     LLMCascadeError,
     MissingDependencyError,
     RequestTimeout,
@@ -242,22 +244,38 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
             headers=no_retry,
         )
     if isinstance(exc, AllTiersFailed):
-        log.warning("request failed: %s", exc)
+        log.warning("request failed: %s", _scrub(str(exc)))
         return error_response(502, str(exc), type="upstream_error", code="all_tiers_failed")
     if isinstance(exc, UnsupportedParameter):
         return error_response(400, str(exc), code="unsupported_parameter", param=exc.param)
     if isinstance(exc, AuthenticationError):
-        log.error("a member's provider refused its key: %s", exc)
+        log.error("a member's provider refused its key: %s", _scrub(str(exc)))
         return error_response(
-            502, f"upstream authentication failed: {exc}", type="upstream_error", code="upstream_auth"
+            502, "upstream authentication failed (see the server log)", type="upstream_error", code="upstream_auth"
         )
     if isinstance(exc, RequestTimeout | TimeoutError):
         return error_response(504, str(exc) or "request timed out", type="timeout_error", code="request_timeout")
-    if isinstance(exc, LLMCascadeError):
-        log.warning("request failed: %s: %s", type(exc).__name__, exc)
-        return error_response(502, f"{type(exc).__name__}: {exc}", type="upstream_error", code="cascade_error")
+    if isinstance(exc, LedgerError):  # the spend database: its URL, tables and driver messages stay in the log
+        log.error("spend accounting failed: %s", _scrub(str(exc)))
+        return error_response(
+            503, "spend accounting is unavailable (see the server log)", type="server_error", code="ledger_unavailable"
+        )
+    if isinstance(exc, LLMCascadeError):  # an upstream body or a connection string may be in it: the log only
+        log.warning("request failed: %s: %s", type(exc).__name__, _scrub(str(exc)))
+        return error_response(
+            502, f"{type(exc).__name__} (see the server log)", type="upstream_error", code="cascade_error"
+        )
     log.exception("unexpected error while routing")
     return error_response(500, "internal error (see the server log)", type="server_error", code="internal_error")
+
+
+_URLS = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def _scrub(text: str) -> str:
+    """A message for the log without connection strings (a database URL names its user, host, port and database;
+    a password may be in it) and cut to a sane length (an upstream body may be long)."""
+    return _URLS.sub("<url>", text)[:2000]
 
 
 def _hold(state: ProxyState) -> AbstractContextManager[Guard | None]:
@@ -404,6 +422,11 @@ async def health(request: HTTPRequest) -> Response:
     body: dict[str, Any] = {"status": "degraded" if problems else "ok", "cascades": sorted(state.routers)}
     if problems:
         body["problems"] = problems
+    ledger_health = getattr(state.components.ledger, "health", None)
+    if ledger_health is not None:  # the spend writer: ok, behind or down, and its backlog (from memory, no query)
+        body["ledger"] = ledger = ledger_health()
+        if ledger["state"] == "down":
+            body["status"] = "degraded"
     return _JSON(body)
 
 
