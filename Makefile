@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: demo test postgres llamacpp chromium models lint typecheck bench clean
+.PHONY: demo test docs postgres llamacpp chromium models lint typecheck bench clean
 
 # torch is pinned to the CPU wheel before the [hf] extra, so that installing it never pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,10 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
+
+# The docs site (docs/, mkdocs.yml) into build/site; the tests build it too, with --strict.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # `llm-cascade compare`'s HTML page is checked by rendering it in headless Chromium (Debian's package). If it cannot
 # be installed the test skips with the reason, so this target never fails the build.

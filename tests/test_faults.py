@@ -1,7 +1,7 @@
 """Every way a provider fails, injected by the local server and met by the real openai SDK through llm-cascade's
 openai backend, the one retry layer and the router; one test per scenario, each stating the expected outcome.
 
-Expected outcomes (the README's fault table is this list):
+Expected outcomes (the fault table of docs/proxy.md summarises this list):
 
 - transient and recovers (429 with/without Retry-After, 500): retried, answered by the same tier;
 - transient and persists (503, connection reset, hang, slow first byte past the deadline): the member fails after its
