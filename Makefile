@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/mmlu_cascade.py
 	$(PY) examples/eval_demo.py --out build/eval
+	# The traffic loop: shadow sampling -> calibrate --from-ledger -> serve reloads (SIGHUP) -> audit: build/traffic
+	$(PY) examples/traffic_loop.py --out build/traffic
 	# The benchmark task specs (evals/tasks) replayed through their example cascades (evals/cascades): build/eval/tasks
 	for t in mmlu medmcqa gsm8k triviaqa zeroeval_gsm8k mot_date; do \
 	  $(VENV)/bin/llm-cascade eval evals/tasks/$$t.toml --replay --out build/eval/tasks/$$t >/dev/null || exit 1; done

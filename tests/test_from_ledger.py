@@ -144,3 +144,17 @@ def test_emitted_config_loads_with_prices(tmp_path: Path) -> None:
     assert cfg["cascades"]["calibrated"]["normalizer"] == {"choice": "J"}
     assert set(cfg["prices"]["overrides"]) >= {"fake:ref"}
     assert cfg["shadow"]["rate"] == 0.1 and "fake:ref" in cfg["shadow"]["pool"]
+
+
+def test_audit_fidelity_interval_and_exit_rule(tmp_path: Path) -> None:
+    from llm_cascade.evals.audit import audit, below, wilson
+
+    _serve(tmp_path / "l.db")
+    faithful = audit(str(tmp_path / "l.db"), "ref")
+    total = faithful["total"]
+    assert total["requests"] == N and total["fidelity"] == 1.0 and total["saving_x"] == 1.0
+    assert total["shadow_usd"] > 0 and not below(faithful, 0.95)
+    versus_bad = audit(str(tmp_path / "l.db"), "bad")  # the deployed cascade (ref alone) rarely says "J"
+    assert versus_bad["total"]["fidelity"] < 0.3 and below(versus_bad, 0.9)
+    lo, hi = wilson(50, 100)
+    assert lo < 0.5 < hi and hi - lo < 0.2

@@ -221,6 +221,39 @@ def register(app: Any) -> None:
 
     register_eval(app)
 
+    @app.command()  # type: ignore[untyped-decorator]
+    def audit(
+        from_ledger: Annotated[str, typer.Option("--from-ledger", help="the ledger (path or database URL)")],
+        reference: Annotated[str, typer.Option(help="the model the cascade must stay faithful to")],
+        since: Annotated[str | None, typer.Option(help="only requests from this ISO date/time on")] = None,
+        min_fidelity: Annotated[
+            float | None,
+            typer.Option("--min-fidelity", help="exit 1 when fidelity is below this with its 95% interval"),
+        ] = None,
+        json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+    ) -> None:
+        """The deployed cascade on its shadowed requests, per day: fidelity to the reference (95% CI), cost per
+        request against always the reference, and the shadow spend."""
+        from rich.console import Console
+
+        from ..core.errors import ConfigError
+        from ..spend.report import _parse_when
+        from . import audit as audit_mod
+
+        console = Console(stderr=True)
+        try:
+            report = audit_mod.audit(from_ledger, reference, since=_parse_when(since, "--since"))
+        except ConfigError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        print(audit_mod.to_markdown(report))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if min_fidelity is not None and audit_mod.below(report, min_fidelity):
+            console.print(f"fidelity below {min_fidelity} (95% interval {report['total']['fidelity_ci95']})")
+            raise typer.Exit(1)
+
 
 def _from_ledger(
     console: Any,

@@ -62,6 +62,7 @@ def register(app: Any) -> None:
                 http=http,
                 check=check,
                 echo=typer.echo,
+                path=config,
             )
         except ConfigError as exc:
             typer.echo(f"configuration error: {exc}", err=True)

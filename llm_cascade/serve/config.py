@@ -292,6 +292,7 @@ class KeyConfig(_Model):
     env: str | None = None
     sha256: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    admin: bool = False  # may POST /admin/reload (llm_cascade.serve.reload)
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:

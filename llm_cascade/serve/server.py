@@ -25,6 +25,7 @@ one still gets a proper status code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -35,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.errors import (
@@ -68,6 +70,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from ..core.router import Guard, Router
     from .check import CheckReport
+    from .reload import Generation
 
 __all__ = ["ProxyState", "create_app", "error_response", "serve"]
 
@@ -111,22 +114,47 @@ def _refuse(exc: InputError) -> JSONResponse:
 
 
 class ProxyState:
-    """What the app holds: one Router per cascade, the shared components, and the key digests (never the keys)."""
+    """What the app holds: one Router per cascade, the shared components, and the key digests (never the keys).
 
-    def __init__(self, config: Config, routers: Mapping[str, Router], components: Components) -> None:
+    They belong to the serving :class:`~llm_cascade.serve.reload.Generation`; a reload (``path``: the config file)
+    installs the next one while requests running on the old one finish there."""
+
+    def __init__(
+        self,
+        config: Config,
+        routers: Mapping[str, Router],
+        components: Components,
+        *,
+        path: Path | None = None,
+        owned: bool = True,
+    ) -> None:
+        from .reload import Generation
+
+        self.path = path
+        self.started = int(time.time())
+        self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
+        self.reload_lock = asyncio.Lock()
+        self.retired: set[asyncio.Task[Any]] = set()  # old generations waiting for their last request
+        self.install(Generation(config, dict(routers), components, owned=owned))
+
+    def install(self, gen: Generation) -> Generation | None:
+        """Serve ``gen`` from now on; returns the generation it replaces."""
+        old: Generation | None = getattr(self, "generation", None)
+        self.generation = gen
+        config, components = gen.config, gen.components
         self.config = config
-        self.routers = dict(routers)
+        self.routers = gen.routers
         self.components = components
         self.keys: dict[str, tuple[str, dict[str, str]]] = {
             k.digest(): (k.name, {**k.tags, "key": k.name}) for k in config.server.keys
         }
-        self.started = int(time.time())
-        self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
+        self.admins = frozenset(k.digest() for k in config.server.keys if k.admin)
         # Per-request constants, looked up once here rather than on every request.
         self.models = frozenset(self.routers)
         self.max_body = config.server.max_body_bytes
         self.tier0 = {name: [m.name for m in r.tiers[0].members] for name, r in self.routers.items() if r.tiers}
         self.hold: Callable[[], AbstractContextManager[Guard]] | None = getattr(components.budget, "hold", None)
+        return old
 
     def authenticate(self, request: HTTPRequest) -> dict[str, str]:
         """The tags of the caller's key; raises a 401 when keys are configured and the caller has no valid one."""
@@ -316,7 +344,9 @@ async def chat_completions(request: HTTPRequest) -> Response:
         routed = chat.to_request(tags)
     except InputError as bad:
         return _refuse(bad)
-    router = state.routers[chat.model]
+    gen = state.generation  # a reload meanwhile leaves this request on the routers it started on
+    router = gen.routers[chat.model]
+    gen.enter()
     try:
         with _hold(state) as guard:
             refused = await _budget_refuses(guard, state, chat.model, routed)
@@ -325,6 +355,8 @@ async def chat_completions(request: HTTPRequest) -> Response:
             result = await router.route(routed)
     except Exception as exc:
         return _route_error(exc, state)
+    finally:
+        gen.leave()
     info = _describe(result, chat.model)
     headers = _headers(result, info)
     completion_id = f"chatcmpl-{result.request_id}"
@@ -430,6 +462,23 @@ async def health(request: HTTPRequest) -> Response:
     return _JSON(body)
 
 
+async def admin_reload(request: HTTPRequest) -> Response:
+    """``POST /admin/reload``: load the config file again (see :mod:`llm_cascade.serve.reload`); an admin key only."""
+    from .reload import reload
+
+    state = _state(request)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not state.admins or scheme.lower() != "bearer" or hash_key(token.strip()) not in state.admins:
+        return error_response(
+            403, "reloading needs an admin key ([[server.keys]] admin = true)", type="permission_error"
+        )
+    if state.path is None:
+        return error_response(409, "this proxy was not started from a config file")
+    result = await reload(state, state.path)
+    return _JSON(result, status_code=200 if result["reloaded"] else 422)
+
+
 async def spend(request: HTTPRequest) -> Response:
     """Spend from the ledger: ``?since=&until=`` (epoch seconds), ``?tag.team=a`` filters by tag.
 
@@ -507,26 +556,32 @@ def create_app(
     *,
     routers: Mapping[str, Router] | None = None,
     components: Components | None = None,
+    path: str | Path | None = None,
 ) -> Starlette:
-    """The ASGI app for ``config``. Pass ``routers`` to serve Routers built in Python under the same rules."""
+    """The ASGI app for ``config``. Pass ``routers`` to serve Routers built in Python under the same rules, ``path``
+    (the file ``config`` was read from) to reload it on SIGHUP or ``POST /admin/reload``."""
     comp = components if components is not None else build_components(config)
     built = dict(routers) if routers is not None else build_routers(config, comp)
-    state = ProxyState(config, built, comp)
+    state = ProxyState(config, built, comp, path=None if path is None else Path(path), owned=routers is None)
 
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _on_sighup(state)
         try:
             yield
         finally:
+            gen = state.generation
             try:
-                if routers is None:  # built here, so closed here (SDK pools, model batchers); each member once
-                    for router in built.values():
+                if state.retired:
+                    await asyncio.wait(list(state.retired))
+                if gen.owned:  # built here, so closed here (SDK pools, model batchers); each member once
+                    for router in gen.routers.values():
                         await router.aclose()
             finally:
-                if components is None:
-                    await asyncio.to_thread(comp.close)  # the ledger's last flush is SQL: off the event loop
+                if components is None or gen.components is not comp:
+                    await asyncio.to_thread(gen.components.close)  # the ledger's last flush is SQL: off the loop
 
     app = Starlette(
         routes=[
@@ -536,12 +591,33 @@ def create_app(
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/v1/spend", spend, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.proxy = state
     return app
+
+
+def _on_sighup(state: ProxyState) -> None:
+    """Reload the config file on SIGHUP (where the platform and the thread allow a signal handler)."""
+    if state.path is None:
+        return
+    import signal
+
+    from .reload import reload
+
+    path = state.path
+    loop = asyncio.get_running_loop()
+
+    def hup() -> None:
+        task = loop.create_task(reload(state, path))
+        state.retired.add(task)
+        task.add_done_callback(state.retired.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, hup)
 
 
 def _log_to_stderr(level: str) -> None:
@@ -580,8 +656,10 @@ def serve(
     http: str = "auto",
     check: bool = True,
     echo: Callable[[str], object] = print,
+    path: str | Path | None = None,
 ) -> None:
-    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``).
+    """Run the proxy with uvicorn until interrupted (``llm-cascade serve``); ``path`` (the config's file) is reloaded
+    on SIGHUP and ``POST /admin/reload``.
 
     First it checks every cascade (keys, prices, reachability; ``check=False`` skips the network part) and prints a
     banner through ``echo``: listen address, cascades and tiers, priced and unpriced members, the ledger, problems.
@@ -594,7 +672,7 @@ def serve(
         raise MissingDependencyError("uvicorn", "server") from None
     from .banner import banner
 
-    app = create_app(config)
+    app = create_app(config, path=path)
     state: ProxyState = app.state.proxy
     listen_host = host or config.server.host
     listen_port = config.server.port if port is None else port
