@@ -83,12 +83,13 @@ async def test_openai_shaped_parameters_reach_the_model_over_http(
     assert "user" not in body  # tags are for the ledger, never request parameters
 
 
-async def test_tags_as_keywords_still_work_with_a_deprecation_warning() -> None:
+async def test_tags_go_through_tags_and_user_is_the_user_tag() -> None:
     fake = FakeBackend("a", "B")
     router = Router([[fake]], normalizer="choice")
-    with pytest.warns(DeprecationWarning, match="tags="):
-        await router.route("q", user="u42")
+    await router.route("q", user="u42")
     assert fake.requests[-1].metadata == {"user": "u42"}
+    with pytest.raises(TypeError, match="'team'"):
+        await router.route("q", team="red")
     await router.route("q", tags={"app": "chat"}, max_tokens=3)
     assert fake.requests[-1].metadata == {"app": "chat"} and fake.requests[-1].max_tokens == 3
 

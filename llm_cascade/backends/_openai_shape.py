@@ -8,14 +8,14 @@ Nothing here imports an SDK.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..core.errors import ContentFilterError, MalformedResponseError, ProviderError
+from ..core.messages import to_openai
+from ..core.messages import tool_calls_text as tool_calls_text  # re-exported: its former home
 from ..core.types import EXTRA_PARAMS, Completion, Request, Usage
 from ._sdk import content_text
 from ._stream import StreamedAnswer, StreamUsage, read_stream
@@ -75,23 +75,13 @@ def tool_calls_of(message: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def tool_calls_text(calls: tuple[dict[str, Any], ...]) -> str:
-    """Canonical text of tool calls (names and parsed arguments, ids left out), so members that call the same tool
-    with the same arguments agree under the exact normaliser."""
-    canon: list[Any] = []
-    for c in calls:
-        args: Any = c["function"]["arguments"]
-        with contextlib.suppress(ValueError):
-            args = json.loads(args) if isinstance(args, str) and args else args
-        canon.append({"name": c["function"]["name"], "arguments": args})
-    return json.dumps(canon, sort_keys=True, separators=(",", ":"))
-
-
 def chat_params(request: Request, stream: bool) -> dict[str, Any]:
     """The call arguments OpenAI's ``chat.completions.create`` and LiteLLM's ``acompletion`` name alike; a streamed
     call asks for the usage chunk, without which its tokens could only be estimated. Log-probabilities come with
     ``top_logprobs=1``: OpenAI needs only ``logprobs``, but llama.cpp's server returns none without it."""
-    params: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    params: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} if m.plain else to_openai(m) for m in request.messages]
+    }
     if request.max_tokens is not None:
         params["max_tokens"] = request.max_tokens
     if request.temperature is not None:
@@ -111,10 +101,13 @@ def chat_body(
 ) -> dict[str, Any]:
     """The whole JSON body of a ``POST /chat/completions``, as the lean HTTP transport sends it: :func:`chat_params`
     (the one place request fields become wire fields, so both transports send the same call) plus the model and the
-    provider-specific ``extra_body``, which wins on a clash exactly as the SDK's ``extra_body`` does."""
+    provider-specific ``extra_body`` (the backend's, then the request's), which wins on a clash exactly as the SDK's
+    ``extra_body`` does."""
     body: dict[str, Any] = {"model": model, **chat_params(request, stream)}
     if extra_body:
         body.update(extra_body)
+    if request.extra_body:
+        body.update(request.extra_body)
     return body
 
 

@@ -4,13 +4,15 @@
     resolve("anthropic:claude-3-5-haiku-latest", max_tokens=256)
 
 The API has no token log-probabilities, so a confidence rule cannot sit on this backend (the router refuses it at
-construction). System messages become the ``system`` parameter; ``max_tokens`` is required by the API and defaults
-to 1024 when the request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
+construction). An OpenAI-shaped conversation (system turns, tool calls, tool results, images) is mapped by
+:mod:`llm_cascade.backends._anthropic_shape`; ``max_tokens`` is required by the API and defaults to 1024 when the
+request sets none. The current Messages API (SDK 2.x) takes no ``temperature``, so
 ``Request.temperature`` is not sent (the default 0 is left out; any other value raises
 :class:`~llm_cascade.core.errors.UnsupportedParameter` rather than being dropped); ``extra_body={"temperature": 0}``
 sends
 it to a model that still accepts it. OpenAI-shaped ``stop``, ``tools`` and ``tool_choice`` are mapped to
-``stop_sequences`` and Anthropic's tool shapes; ``seed``, ``top_p`` and ``response_format`` are refused.
+``stop_sequences`` and Anthropic's tool shapes (``parallel_tool_calls=False`` to ``disable_parallel_tool_use``), a
+``json_schema`` ``response_format`` to ``output_config`` (structured output); ``seed`` and ``top_p`` are refused.
 SDK retries are off; the client is built on the first call.
 
 ``stream=True`` reads the raw event stream of ``messages.create(stream=True)`` with the same rules as the OpenAI
@@ -40,6 +42,7 @@ from ..core.errors import (
     UnsupportedParameter,
 )
 from ..core.types import Completion, Request, Usage
+from ._anthropic_shape import anthropic_messages, output_config
 from ._openai_shape import tool_calls_text
 from ._options import AdapterOptions
 from ._sdk import LazyClient, sdk_call
@@ -108,7 +111,7 @@ def read_anthropic_event(state: StreamState, event: Any) -> None:
 
 # OpenAI-shaped parameters the Messages API (SDK 2.x) can honour: ``seed`` and ``response_format`` have no equivalent,
 # and sampling settings (``top_p``, like ``temperature``) are no longer parameters of ``messages.create``.
-_SUPPORTED = frozenset({"stop", "tools", "tool_choice"})
+_SUPPORTED = frozenset({"stop", "tools", "tool_choice", "parallel_tool_calls", "response_format"})
 
 
 def _tool(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def anthropic_params(
 ) -> dict[str, Any]:
     """The request's OpenAI-shaped parameters as Messages API arguments; one it cannot honour is refused (tool use
     in a stream too: the stream reader assembles text only)."""
-    request.refuse(name, _SUPPORTED - {"tools", "tool_choice"} if stream else _SUPPORTED)
+    request.refuse(name, _SUPPORTED - {"tools", "tool_choice", "parallel_tool_calls"} if stream else _SUPPORTED)
     if request.temperature not in (None, 0) and "temperature" not in (extra_body or {}):
         # 0 is the library's default and is left out; any other value was asked for and cannot be sent silently.
         raise UnsupportedParameter(
@@ -158,6 +161,14 @@ def anthropic_params(
                 model=name,
                 param="tool_choice",
             ) from None
+    if request.parallel_tool_calls is False and request.tools:
+        choice = out.setdefault("tool_choice", {"type": "auto"})
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    if request.response_format is not None:
+        config = output_config(request.response_format, name)
+        if config is not None:
+            out["output_config"] = config
     return out
 
 
@@ -225,17 +236,18 @@ class AnthropicBackend(AdapterOptions, LazyClient):
 
     async def complete(self, request: Request) -> Completion:
         client = self._get_client()
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        system, messages = anthropic_messages(request.messages, self.name)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens or self.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            "messages": messages,
         }
         if system:
             kwargs["system"] = system
-        kwargs.update(anthropic_params(request, self.name, self.stream, self.extra_body))
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        extra = {**self.extra_body, **request.extra_body} if request.extra_body else self.extra_body
+        kwargs.update(anthropic_params(request, self.name, self.stream, extra))
+        if extra:
+            kwargs["extra_body"] = extra
         if self.stream:
             kwargs["stream"] = True
         start = time.perf_counter()

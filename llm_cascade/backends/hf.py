@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.errors import ConfigError, MissingDependencyError
+from ..core.messages import text_only
 from ..core.types import Completion, Request, Usage
 from .batching import MicroBatcher
 
@@ -260,6 +261,8 @@ class HFClassifierBackend:
         # A classifier picks the arg-max label: sampling settings (temperature, top_p, seed) and max_tokens cannot
         # change that, so they are accepted; stop sequences, tools and response formats have no meaning and are refused.
         request.refuse(self.name, ("seed", "top_p"))
+        if not request.plain:  # it reads the last user turn's text: an image or a tool turn would be dropped
+            text_only(request.messages, self.name)
         start = time.perf_counter()
         (probs, tokens), share, size = await self._batcher.submit_timed(request.prompt)
         result = self._classification(probs, tokens, share, size)

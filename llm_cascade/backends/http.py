@@ -309,7 +309,7 @@ class HTTPBackend(OpenAIBackend):
         if self.organization:
             headers["OpenAI-Organization"] = self.organization
         headers.update(self.default_headers)
-        base = (self.base_url or _OPENAI).rstrip("/")
+        base = (self.resolved_base_url or _OPENAI).rstrip("/")
         pool = _acquire(loop, base)
         self._headers = CIMultiDict(headers)
         self._url = URL(f"{base}/chat/completions")

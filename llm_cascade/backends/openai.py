@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -112,11 +113,17 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         self._api_key = api_key
         self._api_key_env = api_key_env
 
+    @property
+    def resolved_base_url(self) -> str | None:
+        """Where calls go: ``base_url``, else ``$OPENAI_BASE_URL`` (as the openai SDK reads it), else None (the
+        public API). Both transports resolve it here, so ``openai:`` and ``openai-compatible:`` go to the same host."""
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
     def _key(self) -> str:
         key = self._env_key()
         if key:
             return key
-        if self.base_url is not None:
+        if self.resolved_base_url is not None:
             return _NO_KEY
         raise AuthenticationError(
             f"{self.name}: no API key: pass api_key=... or set ${self._api_key_env}", model=self.name
@@ -129,7 +136,7 @@ class OpenAIBackend(AdapterOptions, LazyClient):
             raise MissingDependencyError("openai", "openai") from exc
         return AsyncOpenAI(
             api_key=self._key(),
-            base_url=self.base_url,
+            base_url=self.resolved_base_url,
             organization=self.organization,
             timeout=self.timeout,
             max_retries=0,
@@ -140,8 +147,9 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
         client = self._get_client()
         kwargs: dict[str, Any] = {"model": self.model, **chat_params(request, self.stream)}
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        extra = {**self.extra_body, **request.extra_body} if request.extra_body else self.extra_body
+        if extra:
+            kwargs["extra_body"] = extra
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.timeout
         response = await sdk_call(lambda: client.chat.completions.create(**kwargs), self._map)

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -43,15 +42,17 @@ from .errors import (
     AuthenticationError,
     BudgetExceeded,
     ConfigError,
-    LLMCascadeError,
     MalformedResponseError,
     ProviderError,
     RequestTimeout,
     RoutingError,
     UnsupportedParameter,
 )
+from .messages import tool_calls_text
 from .normalize import Normalizer, as_normalizer
-from .types import Call, Completion, Outcome, Request, RouteResult, Usage, with_params
+from .params import ROUTE_PARAMS, prepare, unknown_keyword
+from .sync import SyncRunner
+from .types import Call, Completion, Outcome, Request, RouteResult, Usage
 
 if TYPE_CHECKING:
     from ..serve.check import CheckReport
@@ -404,6 +405,7 @@ class Router:
         self.name = f"router:{name}"
         self.supports_logprobs = False
         self._closed = False
+        self._runner: SyncRunner | None = None
         self._intent_calls: dict[tuple[int, object, int], tuple[Call, ...]] = {}
         if shadow is not None and not callable(getattr(shadow, "bind", None)):
             raise ConfigError("Router.shadow", f"must be a Shadow, got {type(shadow).__name__}")
@@ -413,81 +415,98 @@ class Router:
 
     async def route(
         self,
-        request: Request | str,
+        request: Request | str | Sequence[Mapping[str, Any]],
         *,
         max_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
         temperature: float | None = None,
+        top_p: float | None = None,
         stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
-        seed: int | None = None,
-        top_p: float | None = None,
+        parallel_tool_calls: bool | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        n: int | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        user: str | None = None,
+        metadata: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
-        **legacy_tags: str,
+        **unknown: Any,
     ) -> RouteResult:
-        """Answer ``request`` (a prompt or a :class:`Request`) with the cheapest tier whose rule accepts.
+        """Answer ``request`` (a prompt, an OpenAI-style message list, or a :class:`Request`) with the cheapest tier
+        whose rule accepts.
 
         The keyword arguments are OpenAI's request parameters, passed to every member (each adapter maps them to
         its provider, or raises :class:`~llm_cascade.core.errors.UnsupportedParameter`); given with a Request, they
-        override its fields. ``tags`` go to the ledger and budgets. Tags as bare keyword arguments
-        (``route(p, user="u1")``) still work for one release, with a DeprecationWarning.
+        override its fields; unset ones are not sent at all. ``tags`` (and ``metadata``, ``user``) go to the ledger
+        and budgets. An unknown keyword is a TypeError naming the nearest known one (see
+        :mod:`llm_cascade.core.params`).
         """
-        if isinstance(request, str):  # the usual call: the id goes in now, not through a dataclass copy below
+        if unknown:
+            raise unknown_keyword(list(unknown))
+        given = (
+            max_tokens,
+            max_completion_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            response_format,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            extra_body,
+            n,
+            logprobs,
+            top_logprobs,
+            user,
+            metadata,
+            tags,
+        )
+        if isinstance(request, str) and given.count(None) == len(given):
+            # the usual call, made thousands of times a second: the id goes in now, nothing to check or copy
             request = Request.from_prompt(request, request_id=_new_request_id())
-        if (
-            max_tokens is not None
-            or temperature is not None
-            or stop is not None
-            or response_format is not None
-            or tools is not None
-            or tool_choice is not None
-            or seed is not None
-            or top_p is not None
-            or not isinstance(request, Request)
-        ):  # checked and copied only when given: route(prompt) is the call made thousands of times a second
-            request = with_params(
-                request,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stop=(stop,) if isinstance(stop, str) else None if stop is None else tuple(stop),
-                response_format=response_format,
-                tools=None if tools is None else tuple(tools),
-                tool_choice=tool_choice,
-                seed=seed,
-                top_p=top_p,
-            )
-        if legacy_tags:
-            warnings.warn(
-                f"route(..., {', '.join(f'{k}=' for k in legacy_tags)}) as tags is deprecated: pass "
-                f"tags={{...}}; bare keyword arguments will be request parameters only",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        merged = {**(tags or {}), **legacy_tags}
-        if merged:
-            bad = [k for k, v in merged.items() if not isinstance(k, str) or not isinstance(v, str)]
-            if bad:
-                raise ConfigError("route.tags", f"tags are str -> str, got {bad[0]!r}: {merged[bad[0]]!r}")
-            request = replace(request, metadata={**request.metadata, **merged})
-        if not request.request_id:
-            request = replace(request, request_id=_new_request_id())
+        elif isinstance(request, Request) and request.request_id and given.count(None) == len(given):
+            pass
+        else:
+            request = prepare(request, _new_request_id(), dict(zip(ROUTE_PARAMS, given, strict=True)))
         with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
             result = await self._route_recorded(request)
             observe.result_returned(result, self.on_result, current)
         return result
 
-    def route_sync(self, request: Request | str, **kwargs: Any) -> RouteResult:
+    def route_sync(self, request: Request | str | Sequence[Mapping[str, Any]], **kwargs: Any) -> RouteResult:
         """:meth:`route` for scripts and notebooks without an event loop (same arguments).
 
-        Runs one event loop for the call (``asyncio.run``); inside a running loop (async code, Jupyter) await
-        :meth:`route` instead: a blocking call there would stall every other task.
+        Runs on this Router's own private event loop (one per thread, kept between calls, so connection pools are
+        reused and closed once, by :meth:`close`); inside a running loop (async code, Jupyter) await :meth:`route`
+        instead: a blocking call there would stall every other task.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.route(request, **kwargs))
-        raise LLMCascadeError("route_sync() called inside a running event loop: use 'await router.route(...)'")
+        return self._sync().run(self.route(request, **kwargs))
+
+    def _sync(self) -> SyncRunner:
+        runner = self._runner
+        if runner is None:
+            tiers, shadow = self.tiers, self.shadow  # the finalizer holds the members, not the Router
+
+            async def close_members() -> None:
+                if shadow is not None:
+                    await shadow.aclose()
+                await _close_tiers(tiers)
+
+            runner = self._runner = SyncRunner(close_members)
+        return runner
+
+    def close(self) -> None:
+        """Close the members (:meth:`aclose`) from sync code, and the private loop :meth:`route_sync` ran on."""
+        runner = self._runner
+        if runner is not None:
+            runner.close()
+        else:
+            SyncRunner.run_once(self.aclose())
 
     async def _route_recorded(self, request: Request) -> RouteResult:
         calls: list[Call] = []
@@ -562,10 +581,7 @@ class Router:
         self._closed = True
         if self.shadow is not None:
             await self.shadow.aclose()
-        seen: set[int] = set()
-        for tier in self.tiers:
-            for member in tier.members:
-                await _close_member(member, seen)
+        await _close_tiers(self.tiers)
 
     async def __aenter__(self) -> Router:
         return self
@@ -725,7 +741,8 @@ class Router:
                 )
                 outcome = "ok"
                 acall = getattr(normalizer, "acall", None)
-                if acall is not None:  # a normaliser that may block (Math's sympy child) reads off the event loop
+                # a normaliser that may block (Math's sympy child) reads off the event loop
+                if acall is not None and not completion.tool_calls:
                     read = await _read_async(acall, completion.text)
             except asyncio.CancelledError:
                 # A tier deadline cancels its stragglers; a cancelled request cancels everything. Both are recorded.
@@ -797,7 +814,12 @@ class Router:
                 usage = Usage()
             cost = self._cost(backend, usage, None, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
-        answer, failed = read if read is not None else _read(normalizer, completion.text)
+        answer: str | None
+        failed: str | None
+        if completion.tool_calls:  # a set of tool calls is compared as the calls themselves, under any normaliser
+            answer, failed = tool_calls_text(completion.tool_calls), None
+        else:
+            answer, failed = read if read is not None else _read(normalizer, completion.text)
         error = failed or error
         if answer is not None and not isinstance(answer, str):
             answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
@@ -899,6 +921,14 @@ def _own_price(member: Any) -> Any:
     """The price a member (the backend under its wrappers) declares, or None."""
     price = getattr(innermost(member), "price", None)
     return price if price is not None and callable(getattr(price, "cost", None)) else None
+
+
+async def _close_tiers(tiers: Sequence[Tier]) -> None:
+    """Close every member of ``tiers`` once."""
+    seen: set[int] = set()
+    for tier in tiers:
+        for member in tier.members:
+            await _close_member(member, seen)
 
 
 async def _close_member(member: Any, seen: set[int]) -> None:

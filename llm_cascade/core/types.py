@@ -15,21 +15,42 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 Outcome = Literal["ok", "error", "cancelled", "timeout", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message."""
+    """One chat turn, as OpenAI's API has it (see :mod:`llm_cascade.core.messages`, which reads OpenAI dicts).
+
+    ``content`` is the turn's text; ``parts`` holds its OpenAI content parts when one is not text (an image), for the
+    adapters that can send them. An assistant turn may carry ``tool_calls`` (OpenAI-shaped dicts); a ``tool`` turn
+    answers the call named by ``tool_call_id``.
+    """
 
     role: Role
     content: str
+    # Dicts are not hashable: left out of the hash (not of equality), so message tuples still key caches.
+    parts: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tool_calls: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether this turn is text alone (no image part, no tool call or result)."""
+        return not self.parts and not self.tool_calls and self.tool_call_id is None
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
     """What the application asks: chat messages plus generation settings.
+
+    ``messages`` may be given as OpenAI message dicts (``Request(messages=[{"role": "user", "content": "hi"}])``):
+    they are read into :class:`Message` objects here, each field checked
+    (:func:`llm_cascade.core.messages.as_messages`).
+    Nothing is sent upstream that the caller did not set: ``temperature`` and ``max_tokens`` default to None (the
+    provider's own default). ``extra_body`` is merged into the provider's request body as the SDKs' ``extra_body`` is.
 
     ``logprobs`` is set by the router (not by the user) when a tier's rule needs token confidence, so backends only
     pay for log-probabilities when somebody reads them. ``metadata`` travels untouched to the ledger (tags such as
@@ -43,7 +64,7 @@ class Request:
 
     messages: tuple[Message, ...]
     max_tokens: int | None = None
-    temperature: float | None = 0.0
+    temperature: float | None = None
     logprobs: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
@@ -53,6 +74,15 @@ class Request:
     tool_choice: str | Mapping[str, Any] | None = None
     seed: int | None = None
     top_p: float | None = None
+    parallel_tool_calls: bool | None = None
+    extra_body: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        msgs = self.messages
+        if type(msgs) is not tuple or any(type(m) is not Message for m in msgs):
+            from .messages import as_messages
+
+            object.__setattr__(self, "messages", as_messages(msgs))
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
@@ -85,6 +115,11 @@ class Request:
             if value is not None:
                 out[name] = list(value) if name in ("stop", "tools") else value
         return out
+
+    @property
+    def plain(self) -> bool:
+        """Whether every turn is text alone: what a text-only backend can take."""
+        return all(m.plain for m in self.messages)
 
     def refuse(self, backend: str, supported: Collection[str]) -> None:
         """Raise :class:`~llm_cascade.core.errors.UnsupportedParameter` for the first set parameter not in
@@ -137,7 +172,7 @@ def with_params(request: Request | str, **params: Any) -> Request:
 
 
 # The request parameters past messages/max_tokens/temperature, in the order OpenAI documents them.
-EXTRA_PARAMS = ("stop", "response_format", "tools", "tool_choice", "seed", "top_p")
+EXTRA_PARAMS = ("stop", "response_format", "tools", "tool_choice", "seed", "top_p", "parallel_tool_calls")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """The chat request the proxy accepts, validated into a :class:`~llm_cascade.core.types.Request` or a typed error.
 
-OpenAI's request parameters ``stop``, ``response_format``, ``tools``, ``tool_choice``, ``seed`` and ``top_p`` are
-passed to every member (a member that cannot honour one fails the request with 400 naming it). Every other field that
-would change the answer is refused with 400 naming it rather than silently ignored (``n > 1``, ``logprobs``,
-penalties, ``logit_bias``, image parts, tool messages ...); only bookkeeping fields that cannot change an answer
-(``user``, ``metadata``, ``store``, ``service_tier``, ``stream_options``) are accepted.
+The message list is passed through as the client wrote it (system, user, assistant turns with ``tool_calls``, ``tool``
+turns, image parts: :mod:`llm_cascade.core.messages`); a member that cannot take a turn fails the request with 400
+naming it. OpenAI's request parameters ``stop``, ``response_format``, ``tools``, ``tool_choice``,
+``parallel_tool_calls``, ``seed`` and ``top_p`` are passed to every member (a member that cannot honour one fails the
+request with 400 naming it). Every other field that would change the answer is refused with 400 naming it rather than
+silently ignored (``n > 1``, ``logprobs``, penalties, ``logit_bias`` ...); only bookkeeping fields that cannot change
+an answer (``user``, ``metadata``, ``store``, ``service_tier``, ``stream_options``) are accepted.
 
 Input that could poison storage or crash a parser is refused at the edge, with 400 and the field named: JSON nested
 deeper than :data:`MAX_DEPTH`, a string with a lone surrogate anywhere (it cannot be encoded to UTF-8, so no provider
@@ -20,7 +22,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..core.types import MAX_TOKENS, Message, Request, Role
+from ..core.errors import ConfigError
+from ..core.messages import as_messages
+from ..core.types import MAX_TOKENS, Request
 
 _fast_loads: Callable[[bytes], Any]
 try:  # orjson parses a chat body about four times faster than json; what it refuses, json parses again (below)
@@ -62,7 +66,7 @@ class _Part(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_Part] | None = None
 
 
@@ -92,6 +96,7 @@ class ChatRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     seed: int | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    parallel_tool_calls: bool | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -99,24 +104,10 @@ class ChatRequest(BaseModel):
 
     def to_request(self, metadata: Mapping[str, str] | None = None) -> Request:
         """The :class:`~llm_cascade.core.types.Request` to route, carrying ``metadata`` (the caller's ledger tags)."""
-        msgs: list[Message] = []
-        for i, m in enumerate(self.messages):
-            if m.role in ("tool", "function"):
-                raise InputError(400, "tool messages are not supported by a cascade", param=f"messages[{i}].role")
-            content = m.content
-            if isinstance(content, list):
-                texts: list[str] = []
-                for j, part in enumerate(content):
-                    if part.type != "text" or part.text is None:
-                        raise InputError(
-                            400,
-                            f"content part type {part.type!r} is not supported (text only)",
-                            param=f"messages[{i}].content[{j}]",
-                        )
-                    texts.append(part.text)
-                content = "\n".join(texts)
-            role: Role = "user" if m.role == "user" else "assistant" if m.role == "assistant" else "system"
-            msgs.append(Message(role, content or ""))
+        try:
+            msgs = as_messages([m.model_dump(exclude_none=True) for m in self.messages])
+        except ConfigError as exc:  # names the turn and field: messages[2].tool_call_id
+            raise InputError(400, f"{exc.field}: {exc.problem}", code="invalid_message", param=exc.field) from None
         kwargs: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
@@ -124,7 +115,7 @@ class ChatRequest(BaseModel):
             kwargs["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if self.tools is not None:
             kwargs["tools"] = tuple(self.tools)
-        for name in ("response_format", "tool_choice", "seed", "top_p"):
+        for name in ("response_format", "tool_choice", "seed", "top_p", "parallel_tool_calls"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         if metadata:
@@ -236,4 +227,4 @@ def parse_chat(body: bytes, models: Collection[str]) -> ChatRequest:
 
 
 # Fields of an OpenAI chat request that cannot change the answer, so accepting them without acting on them is honest.
-HARMLESS = frozenset({"metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"})
+HARMLESS = frozenset({"metadata", "store", "service_tier", "stream_options"})

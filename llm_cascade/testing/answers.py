@@ -19,6 +19,9 @@ from typing import Any
 class Answer:
     """One model's answer to one prompt, as the server will report it.
 
+    A prompt is the text of the last user turn, or of the last tool result when the conversation ends with one (so a
+    script can answer a tool result: ``{"18C": "It is 18C in Paris."}``).
+
     ``logprob`` is the log-probability of the first answer token (``conf_raw`` in the recorded runs), None when
     unknown. ``cached_tokens`` is the part of ``tokens_in`` the provider served from its prompt cache.
     """
@@ -29,6 +32,9 @@ class Answer:
     latency_ms: float = 0.0
     logprob: float | None = None
     cached_tokens: int = 0
+    # Tool calls the model makes instead of (or besides) text: ``{"name": ..., "arguments": {...}}`` each, served as
+    # OpenAI ``tool_calls`` or Anthropic ``tool_use`` blocks, for multi-turn tool-use tests.
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
 
 Script = Mapping[str, "str | Answer | Mapping[str, str | Answer]"]

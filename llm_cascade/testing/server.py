@@ -161,9 +161,12 @@ class RecordedAnswerApp:
         logprob = answer.logprob if body.get("logprobs") else None
         top = int(body.get("top_logprobs") or 0)
         rid = f"chatcmpl-{next(self._ids)}"
+        if answer.tool_calls and finish == "stop":
+            finish = "tool_calls"
         if not stream:
             lps = wire.logprobs_content(text, logprob, top) if logprob is not None else None
-            await _respond(send, 200, wire.openai_completion(rid, body["model"], text, usage, finish, lps))
+            reply = wire.openai_completion(rid, body["model"], text, usage, finish, lps, answer.tool_calls)
+            await _respond(send, 200, reply)
             return
         opts = body.get("stream_options") or {}
         chunks = [wire.openai_chunk(rid, body["model"], {"role": "assistant", "content": ""})]
@@ -239,7 +242,7 @@ class RecordedAnswerApp:
         await self._latency(answer)
         text, finish = _shape(answer.text, fault)
         tin, tout = usage_of(answer, prompt)
-        stop = "max_tokens" if finish == "length" else "end_turn"
+        stop = "max_tokens" if finish == "length" else "tool_use" if answer.tool_calls else "end_turn"
         rid = f"msg_{next(self._ids):024d}"
         if stream:
             events, done = wire.anthropic_stream(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)
@@ -247,9 +250,10 @@ class RecordedAnswerApp:
                 events, fault, receive, send, done, wire.ANTHROPIC_BROKEN_EVENT, wire.ANTHROPIC_ERROR_EVENT
             )
             return
-        await _respond(
-            send, 200, wire.anthropic_message(rid, body["model"], text, tin, tout, answer.cached_tokens, stop)
+        reply = wire.anthropic_message(
+            rid, body["model"], text, tin, tout, answer.cached_tokens, stop, answer.tool_calls
         )
+        await _respond(send, 200, reply)
 
     # -- faults -----------------------------------------------------------------------------------------------------
 
@@ -329,9 +333,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def _last_user_text(messages: Any) -> str:
-    """The last user message's text, whether content is a string or a list of text parts (both APIs allow both)."""
+    """The last user message's text, whether content is a string or a list of text parts (both APIs allow both); or,
+    when the conversation ends with a tool result (an OpenAI ``tool`` turn, an Anthropic ``tool_result`` block), that
+    result's text: what a scripted answer to the result keys on."""
     if not isinstance(messages, list):
         return ""
+    last = messages[-1] if messages else None
+    if isinstance(last, dict):
+        if last.get("role") == "tool":
+            return _text_of(last.get("content"))
+        content = last.get("content")
+        if last.get("role") == "user" and isinstance(content, list):
+            results = [p for p in content if isinstance(p, dict) and p.get("type") == "tool_result"]
+            if results:
+                return _text_of(results[-1].get("content"))
     for msg in reversed(messages):
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
@@ -339,6 +354,14 @@ def _last_user_text(messages: Any) -> str:
                 return content
             if isinstance(content, list):
                 return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
 
 

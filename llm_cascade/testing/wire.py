@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -44,6 +45,18 @@ def openai_usage(tokens_in: int, tokens_out: int, cached: int) -> dict[str, Any]
     }
 
 
+def openai_tool_calls(calls: Sequence[Mapping[str, Any]], rid: str) -> list[dict[str, Any]]:
+    """Scripted ``{"name", "arguments"}`` calls as OpenAI ``tool_calls`` (arguments as a JSON string)."""
+    return [
+        {
+            "id": f"call_{rid[-6:]}_{i}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments") or {})},
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
 def openai_completion(
     rid: str,
     model: str,
@@ -51,7 +64,11 @@ def openai_completion(
     usage: dict[str, Any],
     finish_reason: str,
     logprobs: list[dict[str, Any]] | None,
+    tool_calls: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else ""), "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = openai_tool_calls(tool_calls, rid)
     return dumps(
         {
             "id": rid,
@@ -61,7 +78,7 @@ def openai_completion(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                     "finish_reason": finish_reason,
                 }
@@ -117,15 +134,27 @@ def openai_error(message: str, type_: str | None, code: str | None, param: str |
 
 
 def _anthropic_body(
-    rid: str, model: str, text: str, tokens_in: int, tokens_out: int, cached: int, stop_reason: str | None
+    rid: str,
+    model: str,
+    text: str,
+    tokens_in: int,
+    tokens_out: int,
+    cached: int,
+    stop_reason: str | None,
+    tool_calls: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Anthropic counts cache reads apart from ``input_tokens``; the recorded total is split the same way."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for i, c in enumerate(tool_calls):
+        content.append(
+            {"type": "tool_use", "id": f"toolu_{rid[-6:]}_{i}", "name": c["name"], "input": c.get("arguments") or {}}
+        )
     return {
         "id": rid,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {
@@ -138,9 +167,16 @@ def _anthropic_body(
 
 
 def anthropic_message(
-    rid: str, model: str, text: str, tokens_in: int, tokens_out: int, cached: int, stop_reason: str
+    rid: str,
+    model: str,
+    text: str,
+    tokens_in: int,
+    tokens_out: int,
+    cached: int,
+    stop_reason: str,
+    tool_calls: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    return dumps(_anthropic_body(rid, model, text, tokens_in, tokens_out, cached, stop_reason))
+    return dumps(_anthropic_body(rid, model, text, tokens_in, tokens_out, cached, stop_reason, tool_calls))
 
 
 def anthropic_event(data: dict[str, Any]) -> bytes:
