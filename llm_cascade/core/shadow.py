@@ -205,7 +205,13 @@ class Shadow:
     ) -> None:
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.concurrency)
-        await asyncio.gather(*(self._one(ledger, request, entry, tags, seen) for entry in todo))
+        made: list[Call] = []
+        try:
+            await asyncio.gather(*(self._one(ledger, request, entry, made) for entry in todo))
+        finally:  # one write for the request's shadow calls, cancelled ones included (gather waits for them)
+            if made:
+                with contextlib.suppress(Exception):  # a closed or full ledger loses an observation, nothing else
+                    ledger.record(request.request_id, made, tags, observed=seen)
 
     def _spent_today(self, ledger: Any) -> Decimal:
         """Today's shadow spend: read from the ledger once a day (so a restart keeps counting), then kept here."""
@@ -241,8 +247,7 @@ class Shadow:
         ledger: Any,
         request: Request,
         entry: tuple[Backend, int, Normalizer],
-        tags: Mapping[str, str],
-        seen: Observed,
+        made: list[Call],
     ) -> None:
         from .router import _read_async  # the router's own reading of a text, off the loop for a blocking normaliser
 
@@ -278,8 +283,7 @@ class Shadow:
                     if self._day == int(self._clock() // _DAY):
                         self.stats.spent_usd += call.cost_usd
                 self.stats.calls += 1
-                with contextlib.suppress(Exception):  # a closed or full ledger loses an observation, nothing else
-                    ledger.record(request.request_id, [call], tags, observed=seen)
+                made.append(call)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
 
