@@ -90,3 +90,51 @@ def test_the_ledger_stores_tags_postgres_jsonb_accepts(tmp_path: Any) -> None:
         (row,) = ledger.rows()
     assert "\x00" not in row.tags["user"] and row.tags["user"].startswith("a")
     row.tags["user"].encode("utf-8")  # valid Unicode: no lone surrogate left
+
+
+def test_an_absurd_max_tokens_is_refused_before_any_call(proxy: ThreadProxy, upstream: RecordedServer) -> None:
+    """max_tokens = 2**63 used to be priced and sent (and its estimate overflowed the token columns)."""
+    before = sum(upstream.counts.values())
+    for field in ("max_tokens", "max_completion_tokens"):
+        r = post(proxy, chat(**{field: 2**63}))
+        assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == field, r.text
+    assert post(proxy, chat(max_tokens=2**24)).status_code == 200
+    assert sum(upstream.counts.values()) == before + 2  # only the last one reached a provider (tier 0: two calls)
+
+
+async def test_the_router_refuses_an_absurd_max_tokens_before_any_call() -> None:
+    from llm_cascade import FakeBackend, Router, Tier
+    from llm_cascade.core.errors import ConfigError
+
+    member = FakeBackend("m", "B")
+    router = Router([Tier([member])])
+    with pytest.raises(ConfigError, match="max_tokens"):
+        await router.route("q", max_tokens=2**63)
+    assert member.calls == 0
+
+
+def test_error_bodies_carry_no_connection_string_or_upstream_body(caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from llm_cascade.core.errors import AuthenticationError, LedgerError, ProviderError
+    from llm_cascade.serve.server import _route_error
+
+    state: Any = type("S", (), {"config": None})()
+    url = "postgresql+psycopg://spend_user:hunter2@db.internal:5432/billing"
+    cases = [
+        LedgerError(f"cannot write 3 ledger row(s) to {url}: relation llm_cascade_calls does not exist"),
+        ProviderError("upstream said: {'error': 'internal stack trace at db.internal:5432, token sk-abc'}"),
+        AuthenticationError("Incorrect API key provided: sk-live-1234 (body: {...})"),
+    ]
+    for exc in cases:
+        response = _route_error(exc, state)
+        body = json.loads(bytes(response.body))["error"]["message"]
+        for secret in ("hunter2", "spend_user", "db.internal", "5432", "billing", "llm_cascade_calls", "sk-"):
+            assert secret not in body, (secret, body)
+    assert "hunter2" not in caplog.text and "<url>" in caplog.text  # logged, the connection string scrubbed
+
+
+def test_health_reports_the_ledger(proxy: ThreadProxy) -> None:
+    health = httpx.get(f"{proxy.url}/health").json()
+    assert health["ledger"]["state"] == "ok" and health["ledger"]["journal"] == "on"
+    assert {"backlog", "in_memory", "spilled", "rejected"} <= set(health["ledger"])
