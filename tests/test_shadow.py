@@ -283,3 +283,23 @@ def test_shadow_section_of_the_config(tmp_path: Path) -> None:
     assert router.shadow.limit_usd == Decimal(2) and router.shadow.concurrency == 3
     with pytest.raises(ConfigError, match="shadow.rate"):
         parse_config({"cascades": {"c": {"tiers": [{"members": ["fake:ref"]}]}}, "shadow": {"rate": 2}})
+
+
+def test_spend_report_shows_shadow_calls_apart(tmp_path: Path) -> None:
+    from llm_cascade.spend.report import spend_report
+
+    ledger = _ledger(tmp_path)
+    shadow = Shadow(1.0, [FakeBackend("a", "B")])
+    router = Router([[FakeBackend("ref", "B")]], prices=PRICES, ledger=ledger, shadow=shadow, retry=None)
+
+    async def go() -> None:
+        await router.route("Q")
+        await shadow.drain()
+
+    asyncio.run(go())
+    report = spend_report(ledger, prices=PRICES)
+    assert [x.key for x in report.lines] == ["fake:ref"] and report.total.calls == 1
+    assert report.shadow is not None and report.shadow.calls == 1
+    assert report.to_json()["shadow"]["cost_usd"] == pytest.approx(0.000011)
+    assert "shadow calls (observation only" in report.to_markdown()
+    ledger.close()

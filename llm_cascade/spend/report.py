@@ -87,6 +87,9 @@ class SpendReport:
     lines: tuple[SpendLine, ...]
     total: SpendLine
     baseline: Baseline | None
+    # Calls made only to observe (shadow sampling, llm_cascade.core.shadow): shown apart, never in the lines or
+    # the total, which are the cascade's own cost.
+    shadow: SpendLine | None = None
 
     def to_json(self) -> dict[str, Any]:
         b = self.baseline
@@ -94,6 +97,7 @@ class SpendReport:
             "by": self.by,
             "lines": [x.to_json() for x in self.lines],
             "total": self.total.to_json(),
+            "shadow": None if self.shadow is None else self.shadow.to_json(),
             "always_top_tier": None
             if b is None
             else {
@@ -123,6 +127,16 @@ class SpendReport:
     HEADERS = ("{by}", "requests", "calls", "errors", "tokens in", "tokens out", "cost USD", "USD / request", "retries")
 
     def _summary(self) -> str:
+        shadow = ""
+        if self.shadow is not None:
+            shadow = (
+                f"; shadow calls (observation only, not counted above): {self.shadow.calls} calls on "
+                f"{self.shadow.requests} requests, {self.shadow.cost_usd:.6f} USD"
+                + (f" (+{self.shadow.unpriced} unpriced)" if self.shadow.unpriced else "")
+            )
+        return self._baseline_summary() + shadow
+
+    def _baseline_summary(self) -> str:
         b = self.baseline
         if b is None:
             return "always the top tier: no top tier in the selection"
@@ -278,12 +292,16 @@ def spend_report(
     else:
         rows = [r for r in source if (since is None or r.ts >= since) and (until is None or r.ts < until)]
         rows = [r for r in rows if all(r.tags.get(k) == v for k, v in (tags or {}).items())]
+    observed = [r for r in rows if r.tags.get("shadow") == "1"]
+    if observed:
+        rows = [r for r in rows if r.tags.get("shadow") != "1"]
     groups: dict[str, list[LedgerRow]] = defaultdict(list)
     for r in rows:
         groups[key(r)].append(r)
     lines = tuple(_line(k, groups[k]) for k in sorted(groups))
     baseline = always_top_tier(rows, prices or PriceTable.default(), top_models)
-    return SpendReport(by, lines, _line("total", rows), baseline)
+    shadow = _line("shadow", observed) if observed else None
+    return SpendReport(by, lines, _line("total", rows), baseline, shadow)
 
 
 def _parse_when(value: str | None, field: str) -> float | None:
