@@ -377,13 +377,16 @@ def rational_gold(data: Path) -> tuple[list[GoldRow], list[GoldRow]]:
     return numbers, letters
 
 
-# How each synthetic 10-option model ends its chain of thought: (style, share of its outputs). The rest conclude once.
+# How each synthetic 10-option model ends its chain of thought: (style, share of its outputs); the rest conclude once.
+# The shares are set so that the reading before issue 25 ("the last statement wins", a hedge is None) loses and gains
+# against MMLU-Pro's extractor about what the issue measured on real outputs: -5.96 points (appended summary),
+# +1.77 (corrections), -0.62 (statements naming two letters).
 MMLU_PRO_MODELS: dict[str, list[tuple[str, float]]] = {
     "plain": [],
-    "appends-summary": [("summary", 0.10)],  # the issue's worst model: "last wins" cost it 5.96 points
+    "appends-summary": [("summary", 0.10)],
     "restarts": [("restart", 0.10), ("echo", 0.03)],
-    "corrects": [("correction", 0.025), ("reasoned", 0.01)],  # "last" +1.77 points over "first" in the issue
-    "hedges": [("hedge", 0.015), ("aside", 0.03)],  # "(B) or (D)" as None cost 0.62 points in the issue
+    "corrects": [("correction", 0.025), ("reasoned", 0.01)],
+    "hedges": [("hedge", 0.006), ("aside", 0.005)],
     "mixed": [("summary", 0.02), ("restart", 0.02), ("correction", 0.01), ("hedge", 0.005), ("aside", 0.01)],
 }
 
@@ -413,9 +416,10 @@ def mmlu_pro_models(questions: int = 1500, seed: int = 0) -> list[tuple[str, str
             end = _MMLU_PRO_ENDS[style]
             if rng.random() < 0.02:
                 text = body.rsplit(" ", rng.randint(1, 4))[0]
-            elif style == "correction":  # first a wrong letter, then "Wait": the correction is right 80% of the time
-                fill["Y"] = a
+            elif style == "correction":  # "Wait": most corrections fix a wrong first statement
+                fill["Y"] = rng.choice(letters.replace(gold, "")) if rng.random() < 0.85 else gold
                 fill["A"] = gold if rng.random() < 0.8 else rng.choice(letters.replace(gold, ""))
+                fill["A"] = fill["A"] if fill["A"] != fill["Y"] else rng.choice(letters.replace(fill["Y"], ""))
                 text = f"{body} {end.format(**fill)}"
             elif style == "hedge":  # the gold letter first in half of the hedges that name it
                 fill["A"], fill["Y"] = (a, other) if rng.random() < 0.5 else (other, a)

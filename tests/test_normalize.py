@@ -121,7 +121,7 @@ def test_as_normalizer() -> None:
         ("A questioning of authority.", None),
         ("The answer is (C). Looking again at (D), it fails. So the answer is (C).", "C"),
         ("Option B looks tempting.\nAnswer: D", "D"),
-        ("The answer is (B).\nWait, B ignores friction. The answer is (D).", "D"),
+        ("The answer is (B).\nWait, B ignores friction. The answer is (D).", None),  # taken back: undecided (issue 25)
         ("The answer is (B) or (D).", None),  # two final answers
         ("Answer: A or C", None),
         ("...so the answer is (C).\n\nQuestion: Which gas is inert?\nAnswer: Let's think. The answer is (D).", "C"),
@@ -153,9 +153,11 @@ _COT = "Let's think step by step. Option B ignores friction, and option F double
         (_COT + "The answer is (C).\n\nAnswer: Let's think step by step. A ball rolls ... The answer is (A).", "C"),
         # a restart: the model writes the next question of the few-shot prompt
         (_COT + "The answer is (C).\n\nQuestion: Which gas is inert?\nOptions: ...\nThe answer is (H).", "C"),
-        # a correction: the later statement wins
-        (_COT + "So the answer is (B).\nWait, B ignores friction. The answer is (D).", "D"),
-        (_COT + "The answer is (B). However, the question asks for the net force, so the answer is (G).", "G"),
+        # a correction: the reply took its answer back, it is undecided (escalate) until it states the new one again
+        (_COT + "So the answer is (B).\nWait, B ignores friction. The answer is (D).", None),
+        (_COT + "The answer is (B). However, the question asks for the net force, so the answer is (G).", None),
+        (_COT + "The answer is (B). Wait, B ignores friction. The answer is (D). So the final answer is (D).", "D"),
+        (_COT + "The answer is (B). Wait, B ignores friction: (D). Hmm, no: the answer is (F).", None),
         (
             "The answer is (B). Checking the units: the force is 12 N, and at 3 kg the acceleration must be 4 m/s^2, "
             "which only option D gives. So the answer is (D).",

@@ -1,9 +1,9 @@
 """Which answer a reply means when its answer statements disagree: decided from the text between them.
 
 Models state their answer more than once, and neither "the first" nor "the last" statement is right for every model
-(measured on a 10-option benchmark's chain-of-thought outputs: "last" loses 6 points on a model that appends a
-made-up summary, "first" loses 1.8 on a model whose later statements are corrections). So the text is read as a
-writer would read it, statement by statement, looking at what comes between one statement and the next:
+(measured on a 10-option benchmark's chain-of-thought outputs: "last" cost 6 points on a model that appends a made-up
+summary of "all the answers"; "first" misreads a model whose later statements are corrections). So the reply is read
+statement by statement, looking at what comes between one statement and the next:
 
 ==========================  ========================================================================  ===========
 what comes after it         example                                                                   read as
@@ -13,20 +13,25 @@ a few-shot echo             "... the answer is (C).\\n\\nAnswer: Let's think ste
 a summary of "all answers"  "... the answer is (C).\\n\\nNow, combining all the answers: The answer      C
                             is (F)."
 an invented continuation    "... the answer is (C).\\n\\nThe answer is (F)." (nothing in between)        C
-a correction                "The answer is (B). Wait, B ignores friction. The answer is (D)."         D
-more reasoning, no retreat  "The answer is (B). Checking the units: the force is 12 N, and at 3 kg     None
+the same answer again       "The answer is (C). Checking: ... So the answer is (C)."                  C
+a correction                "The answer is (B). Wait, B ignores friction. The answer is (D)."         None
+more reasoning, new answer  "The answer is (B). Checking the units: the force is 12 N, and at 3 kg     None
                             the acceleration must be 4 m/s^2, which only option D gives. So the
                             answer is (D)."
+... then restated           "... The answer is (D). Yes, D: the answer is (D)."                       D
 a tentative statement       "If the answer is (A), then the sum is odd. The answer is (B)."           B
 a hedge (two answers)       "The answer is (B) or (D)."                                               None
 a hedge resolved later      "The answer is (B) or (D). Since D double counts, the answer is (B)."     B
-a correction to a hedge     "The answer is (C). Hmm, actually it is either... the answer is (B) or    None
-                            (D)."
 ==========================  ========================================================================  ===========
 
-"None" is "no answer": it agrees with nothing, so a tier whose member could not make up its mind escalates instead
-of accepting a guess. A statement is ``(start, end, value)`` with ``value`` None where the statement itself names two
-answers; :func:`decide` is shared by the letter, number and math normalizers.
+A reply that takes its answer back, or reaches a second one, has not made up its mind: None ("no answer") agrees
+with nothing, so its tier escalates instead of accepting either answer, unless the reply settles it by stating the
+new answer again. (The alternative, "the correction wins", reads some replies right that the benchmark's reference
+extractor reads wrong, but every such reading that agrees with another model is an agreement the reference calls
+false; escalating costs a call where "first" or "last" would guess.) A statement is ``(start, end, value)``, with
+``value`` None where the statement itself names two answers. :class:`~llm_cascade.core.normalize.ChoiceLetter` reads
+its statements through :func:`decide`; the numeric normalizers keep "the last statement" (measured on GSM8K: their
+corrections are rare and read right).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ def decide(text: str, found: Sequence[tuple[int, int, T | None]]) -> T | None:
         firm = [f for f in stated if not _tentative(text, f[0], f[1])]
         stated = firm or stated
     _, prev_end, current = stated[0]
+    latest = current  # the answer of the statement just read
     for start, end, value in stated[1:]:
         if value == current and value is not None:
             prev_end = end
@@ -93,10 +99,12 @@ def decide(text: str, found: Sequence[tuple[int, int, T | None]]) -> T | None:
         bridge = text[prev_end:start]
         if _APPENDIX.search(bridge):
             break  # everything from a summary of "all the answers" on is not this answer
-        if _CORRECTION.search(bridge) or current is None:
-            current = value  # a correction, or a hedge (or an undecided reply) settled
-        elif _is_reasoning(bridge):
-            current = None  # a second conclusion, nothing takes the first back: undecided until one settles it
+        if current is None:
+            if latest is None or value == latest:
+                current = value  # a hedge resolved, or the new answer stated again: settled
+        elif _CORRECTION.search(bridge) or _is_reasoning(bridge):
+            current = None  # taken back, or a second conclusion reached: undecided until a statement settles it
         # else: restated at once with another answer and nothing in between: an invented continuation
+        latest = value
         prev_end = end
     return current
