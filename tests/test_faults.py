@@ -6,8 +6,11 @@ Expected outcomes (the fault table of docs/proxy.md summarises this list):
 - transient and recovers (429 with/without Retry-After, 500): retried, answered by the same tier;
 - transient and persists (503, connection reset, hang, slow first byte past the deadline): the member fails after its
   attempts and the rest of the tier answers (quorum 2 of 3);
-- misuse (context length, content filter, 401 bad key) and unreadable answers (malformed JSON): never retried, the
-  lone member fails and the request escalates;
+- misuse (context length, 401 bad key) and unreadable answers (malformed JSON): never retried, the lone member fails
+  and the request escalates (a prompt too long for every larger window is raised instead);
+- a content-policy refusal: raised to the caller, never retried, the next tier never called (``on_refusal="escalate"``
+  lets it try);
+- a streamed first token after 20 s: cut at the default first-token limit (10 s), the next tier answers;
 - a usable-looking 200 that holds no answer (empty content, finish_reason=length): no vote, escalation;
 - a flapping model: every request answered, each failure costs one retry;
 - a dead provider behind a circuit breaker: fails fast (no HTTP request) once open;
@@ -36,7 +39,8 @@ from typing import Any
 import pytest
 
 from llm_cascade import AllTiersFailed, Request, Router, Tier, quorum
-from llm_cascade.core.errors import AuthenticationError
+from llm_cascade.core.errors import AuthenticationError, ContentFilterError, ContextLengthError
+from llm_cascade.core.refusal import public_reason
 from llm_cascade.core.types import RouteResult
 from llm_cascade.resilience import ttft
 from llm_cascade.resilience.limits import CircuitBreaker, Resilience
@@ -220,8 +224,7 @@ async def test_slow_first_byte_within_the_deadline_is_a_normal_answer(sc: Scenar
 @pytest.mark.parametrize(
     ("fault", "error"),
     [
-        ("context_length", "ContextLengthError"),
-        ("content_filter", "ContentFilterError"),
+        ("context_length", "ContextLengthError"),  # tier 1's window is not known: it may take the prompt
         ("malformed_json", "MalformedResponseError"),
     ],
 )
@@ -233,6 +236,45 @@ async def test_misuse_and_malformed_bodies_are_not_retried_and_escalate(sc: Scen
     assert sc.time.sleeps == []
     (row,) = sc.rows("a")
     assert row.outcome == "error" and row.error is not None and row.error.startswith(error)
+
+
+# -- refusals (issue 25): the request, not the model, was refused ---------------------------------------------------
+
+
+async def test_a_content_policy_refusal_reaches_the_caller_without_calling_the_next_tier(sc: Scenario) -> None:
+    """failoverbench S13: a pricier model behind the same policy would only cost more to refuse it again."""
+    router = sc.router([sc.model("a", "content_filter")])
+    with pytest.raises(ContentFilterError, match="content filtering policy"):
+        await router.route("q")
+    assert sc.hits("a") == 1 and sc.hits("top") == 0  # one upstream call: not retried, not escalated
+    assert sc.time.sleeps == []
+    (row,) = sc.rows("a")
+    assert row.outcome == "error" and row.error is not None and row.error.startswith("ContentFilterError")
+
+
+async def test_on_refusal_escalate_lets_the_next_tier_try(sc: Scenario) -> None:
+    refused = sc.model("a", "content_filter")
+    res = Resilience(retry=POLICY, sleep=sc.time.sleep, clock=sc.time.clock)
+    router = Router(
+        [Tier([refused], on_refusal="escalate"), Tier([sc.model("top")])], normalizer="number", resilience=res
+    )
+    result = await router.route("q")
+    assert result.tier == 1 and result.answer == "42"
+    assert sc.hits("a") == 1 and sc.hits("top") == 1
+
+
+async def test_a_prompt_too_long_escalates_only_to_a_larger_window(sc: Scenario) -> None:
+    res = Resilience(retry=POLICY, sleep=sc.time.sleep, clock=sc.time.clock)
+
+    def cascade(top_window: int) -> Router:
+        small, top = sc.model(f"small-{top_window}", "context_length"), sc.model(f"top-{top_window}")
+        small.context_window, top.context_window = 8_000, top_window  # type: ignore[attr-defined]
+        return Router([Tier([small]), Tier([top])], normalizer="number", resilience=res)
+
+    assert (await cascade(128_000).route("q")).tier == 1  # a larger window: worth a try
+    with pytest.raises(ContextLengthError):  # no larger window anywhere: the caller must shorten the prompt
+        await cascade(8_000).route("q")
+    assert sc.hits("top-128000") == 1 and sc.hits("top-8000") == 0
 
 
 async def test_a_401_is_raised_loudly_not_outvoted(sc: Scenario) -> None:
@@ -445,3 +487,15 @@ async def test_the_default_first_token_limit_spares_whole_answers_and_can_be_tur
     assert_answered_by_tier0(await off.route("q"))  # None: no limit, the slow stream is waited for
     mine = Router([Tier([streamed], first_token_timeout=0.05), Tier([sc.model("top")])], normalizer="number")
     assert (await mine.route("q")).tier == 1  # a tier's own number wins over the default
+
+
+def test_a_refusal_reason_shown_to_a_client_carries_no_secret() -> None:
+    reason = public_reason(
+        ContentFilterError(
+            "openai:gpt-4o: Error code: 400 - filtered for key sk-proj-abcdefghijkl1234 (Authorization: Bearer "
+            "eyJhbGciOi.eyJzdWIi.sig, api_key=XYZ123secret, url https://x.test/?signature=0a1b2c3d4e5f)"
+        )
+    )
+    for secret in ("sk-proj", "eyJhbGciOi", "XYZ123secret", "0a1b2c3d4e5f"):
+        assert secret not in reason
+    assert reason.startswith("openai:gpt-4o: Error code: 400 - filtered for key ***")

@@ -490,6 +490,33 @@ def test_a_late_first_token_is_cut_by_the_tier_limit(proxy: ThreadProxy) -> None
     assert info["calls"][0]["outcome"] == "timeout" and "first token" in info["calls"][0]["error"]
 
 
+REFUSING = """
+[cascades.refusing]
+[[cascades.refusing.tiers]]
+members = ["recorded:prudish"]
+[[cascades.refusing.tiers]]
+members = ["recorded:bold"]
+"""
+
+
+def test_a_content_policy_400_on_tier_0_reaches_the_client_as_a_400_without_calling_tier_1(tmp_path: Path) -> None:
+    """failoverbench S13 through the proxy: the refusal is the client's to see (its reason, no secret), tier 1 is
+    never called, and the client is told not to retry."""
+    script = {"prudish": Answer("4"), "bold": Answer("4")}
+    with RecordedServer(script=script, faults={"prudish": "content_filter"}) as upstream:
+        text = config_text(f"sqlite:///{tmp_path / 'spend.db'}", REFUSING)
+        with (
+            ThreadProxy(text, {"RECORDED_BASE_URL": upstream.base_url}) as proxy,
+            pytest.raises(openai.BadRequestError) as info,
+        ):
+            ask(proxy.client(), "2+2?", model="refusing")
+        assert upstream.counts["prudish"] == 1 and upstream.counts["bold"] == 0
+    response = info.value.response
+    assert response.status_code == 400 and response.headers["x-should-retry"] == "false"
+    error = response.json()["error"]
+    assert error["code"] == "content_filter" and "content filtering policy" in error["message"]
+
+
 NO_KEY = """
 [providers.claude]
 type = "anthropic"

@@ -35,7 +35,7 @@ from ..backends.base import Backend, innermost, resolve
 from ..resilience import ttft
 from ..resilience.retry import Retrying, RetryPolicy, attempt_log
 from ..spend.tokens import TokenEstimator
-from . import observe
+from . import observe, refusal
 from .agreement import Rule, TierVotes, Unanimous
 from .errors import (
     AllTiersFailed,
@@ -150,10 +150,22 @@ class Tier:
     every member (retries, rate limits, circuit breaker; see :class:`llm_cascade.resilience.limits.Resilience`).
     ``first_token_timeout`` cuts a member whose first token has not arrived in time: by default 10 s for members
     that stream, none for members that answer whole; a number applies to every member, None turns it off (see
-    :mod:`llm_cascade.resilience.ttft`).
+    :mod:`llm_cascade.resilience.ttft`). ``on_refusal="raise"`` (the default) sends a content-policy refusal to the
+    caller, and a prompt too long for every member that could take it; ``"escalate"`` lets the next tier try (see
+    :mod:`llm_cascade.core.refusal`).
     """
 
-    __slots__ = ("first_token_timeout", "members", "name", "normalizer", "on_error", "resilience", "rule", "timeout")
+    __slots__ = (
+        "first_token_timeout",
+        "members",
+        "name",
+        "normalizer",
+        "on_error",
+        "on_refusal",
+        "resilience",
+        "rule",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -166,6 +178,7 @@ class Tier:
         normalizer: Normalizer | str | None = None,
         resilience: Hardener | None = None,
         first_token_timeout: ttft.FirstTokenTimeout = "default",
+        on_refusal: refusal.OnRefusal = "raise",
     ) -> None:
         if isinstance(members, str) or not isinstance(members, Sequence):
             raise ConfigError("Tier.members", f"must be a list of backends, got {members!r}")
@@ -189,6 +202,7 @@ class Tier:
         if on_error not in ("ignore", "escalate"):
             raise ConfigError("Tier.on_error", f"must be 'ignore' or 'escalate', got {on_error!r}")
         self.on_error: OnError = on_error
+        self.on_refusal = refusal.check(on_refusal)
         self.normalizer: Normalizer | None = (
             None if normalizer is None else as_normalizer(normalizer, "Tier.normalizer")
         )
@@ -754,6 +768,8 @@ class Router:
             except _MEMBER_ERRORS as exc:  # a provider failure is data: the rule decides over the rest
                 outcome = "timeout" if isinstance(exc, TimeoutError | RequestTimeout) else "error"
                 error = f"{type(exc).__name__}: {exc}"
+                if refusal.reaches_caller(exc, self.tiers, k, backend, self.prices):  # the request was refused
+                    raise
                 billed = _billed(exc)
                 nested = getattr(exc, "calls", None) if isinstance(exc, RoutingError) else None
                 found = _FAILURES.get()

@@ -164,6 +164,7 @@ class TierConfig(_Model):
     # seconds, "default" (10 s for streamed members) or "off"; see llm_cascade.resilience.ttft
     first_token_timeout: Annotated[float, Field(gt=0)] | Literal["default", "off"] = "default"
     on_error: Literal["ignore", "escalate"] = "ignore"
+    on_refusal: Literal["raise", "escalate"] = "raise"  # see llm_cascade.core.refusal
     retry: RetryField = None
 
     @field_validator("members", mode="before")
@@ -628,6 +629,7 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
                     timeout=tc.timeout,
                     first_token_timeout=None if tc.first_token_timeout == "off" else tc.first_token_timeout,
                     on_error=tc.on_error,
+                    on_refusal=tc.on_refusal,
                     normalizer=None
                     if tc.normalizer is None
                     else parse_normalizer(tc.normalizer, f"{field}.normalizer"),

@@ -43,12 +43,15 @@ from ..core.errors import (
     AllTiersFailed,
     AuthenticationError,
     BudgetExceeded,
+    ContentFilterError,
+    ContextLengthError,
     LedgerError,
     LLMCascadeError,
     MissingDependencyError,
     RequestTimeout,
     UnsupportedParameter,
 )
+from ..core.refusal import public_reason
 from ..core.types import Request, RouteResult
 from .config import Components, Config, build_components, build_routers, hash_key
 from .schema import ChatRequest, InputError, parse_chat, tag_problem
@@ -276,6 +279,18 @@ def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
         return error_response(502, str(exc), type="upstream_error", code="all_tiers_failed")
     if isinstance(exc, UnsupportedParameter):
         return error_response(400, str(exc), code="unsupported_parameter", param=exc.param)
+    if isinstance(exc, ContentFilterError):  # the request was refused, not a model failed: the client's to change
+        log.info("request refused by a content policy: %s", exc)
+        reason = public_reason(exc)
+        return error_response(400, f"refused by a content policy: {reason}", code="content_filter", headers=no_retry)
+    if isinstance(exc, ContextLengthError):
+        return error_response(
+            400,
+            f"the prompt is too long for every model that could take it: {public_reason(exc)}",
+            code="context_length_exceeded",
+            param="messages",
+            headers=no_retry,
+        )
     if isinstance(exc, AuthenticationError):
         log.error("a member's provider refused its key: %s", _scrub(str(exc)))
         return error_response(
