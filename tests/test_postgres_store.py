@@ -229,6 +229,7 @@ def test_a_batch_through_copy_stores_exactly_what_single_inserts_store(store: tu
             "{}",
             1,
             None,
+            *(None,) * 5,  # a shadowed request's observation columns
         )
         for i, text in enumerate(awkward)
     ]
