@@ -38,8 +38,12 @@ def test_a_cascade_costlier_than_a_cheaper_contender_is_declined_and_the_reason_
     assert old.verdict == "cascade"  # cheaper than "best", but costlier than "twin", which is nearly as accurate
     assert sim.score(old.config)[1] > _single(sim, "twin")[1]
     new = calibrate(m, Target())
-    assert new.verdict == "best_single"
+    # declined by the rivals rule against "twin", but it beats "best" on both cost and accuracy: never "best" then
+    # (issue 21); the reason names the candidate's rival
+    assert new.verdict == "cascade" and "beats best on both cost and accuracy" in new.reason
     assert "twin" in new.reason and "contender_share" in new.reason
+    acc, cost = sim.score(new.config)
+    assert cost < _single(sim, "best")[1] and acc > _single(sim, "best")[0]
     relaxed = calibrate(m, Target(contender_share=1.0))  # only the calibration best is undercut, as before
     assert relaxed.verdict == "cascade"
     acc, cost = sim.score(relaxed.config)
