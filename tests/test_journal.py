@@ -220,3 +220,17 @@ def test_threads_recording_while_the_writer_commits_leave_nothing_outstanding(tm
 def test_a_ledger_says_whether_it_journals_intents(tmp_path: Path) -> None:
     with Ledger(tmp_path / "a.db", journal=False) as plain, Ledger(tmp_path / "b.db", journal=tmp_path / "j") as kept:
         assert not plain.journaled and kept.journaled
+
+
+def test_a_tier_that_ended_is_replayed_at_its_real_usage_and_the_next_at_its_estimate(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    est = (1.5e9, "r1", 0, 0, "a", "cancelled", 50, 0, 0, 1, "0.5", 500_000_000_000, 0.0, "ended", "{}", 1, None)
+    journal.intent("r1", [est, (*est[:4], "b", *est[5:])])
+    real = (1.5e9, "r1", 0, 0, "a", "ok", 40, 3, 0, 0, "0.25", 250_000_000_000, 0.5, None, "{}", 1, "stop")
+    journal.finished("r1", [real, (*real[:4], "b", *real[5:])])
+    top = (*est[:3], 1, "top", *est[5:])
+    journal.intent("r1", [top])
+    path = journal.path
+    assert path is not None
+    assert pending_rows(path) == {"r1": [real, (*real[:4], "b", *real[5:]), top]}
+    journal.close(clean=False)

@@ -95,6 +95,10 @@ def test_kill_9_loses_no_billable_call_with_the_journal(tmp_path: Path) -> None:
     interrupted = [r for r in rows if r.error is not None and "journal" in r.error]
     assert interrupted and all(r.outcome == "cancelled" and r.estimated for r in interrupted)
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in interrupted)  # billed an estimate, not 0
+    # Requests killed during tier 1: tier 0 had ended, and its calls are billed at their real usage, not estimated.
+    cut = {r.request_id for r in interrupted if r.tier == 1}
+    real = [r for r in rows if r.request_id in cut and r.tier == 0]
+    assert cut and real and all(r.outcome == "ok" and not r.estimated and r.input_tokens == 100 for r in real)
     ledger.close()
     assert not [*(tmp_path / "journal").glob("*.wal"), *(tmp_path / "journal").glob("*.jsonl")]  # all replayed
 

@@ -625,6 +625,9 @@ class Router:
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
             intent = getattr(ledger, "intent", None)  # the ledger this request records to (None when nested)
             if intent is not None and getattr(ledger, "journaled", True):  # no journal: no intent calls to build
+                finished = getattr(ledger, "finished", None) if k else None
+                if finished is not None:  # the tier before is done: a kill from now on bills its real usage
+                    finished(request.request_id, [c for c in calls if c.tier == k - 1], request.metadata)
                 intent(request.request_id, self._intents(k, tier, request), request.metadata)
             votes, texts, failed = await self._run_tier(k, tier, request, calls)
             answer, _ = votes.majority()

@@ -54,7 +54,9 @@ Row = tuple[Any, ...]
 SEGMENT_BYTES = 4 << 20
 MAX_FILE = 256 << 20  # a journal file past this size is no segment this library wrote: refused, not read
 _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32 of the payload
-_KINDS = (b"i", b"r", b"c", b"s")  # s: rows spilled while the database was down (llm_cascade.spend.spill)
+# i: intents, r: recorded rows, c: committed ids, s: rows spilled while the database was down
+# (llm_cascade.spend.spill), f: the real rows of a tier that ended (Journal.finished)
+_KINDS = (b"i", b"r", b"c", b"s", b"f")
 _SCALARS = (str, int, float, type(None))
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _ZEROS = bytes(1 << 16)
@@ -218,6 +220,13 @@ class Journal:
         payload = _PAIR + rid + (b"g" + _F64(now) + rid).join(intents.pieces)
         with self._lock:
             self._put(b"i", payload, request_id)
+
+    def finished(self, request_id: str, rows: Sequence[Row]) -> None:
+        """The real rows of a tier whose calls have all ended, the request going on: on replay they replace that
+        tier's intent (its estimates), so a kill during a later tier bills the earlier ones at their real usage."""
+        payload = marshal.dumps((request_id, tuple(rows)), 4)
+        with self._lock:
+            self._put(b"f", payload, request_id)
 
     def recorded(self, request_id: str, rows: Sequence[Row], *, locked: bool = False) -> None:
         """The request's real rows, handed to the ledger's writer (replaces its intents). ``locked``: the caller
@@ -428,6 +437,7 @@ def pending_rows(*paths: Path) -> dict[str, list[Row]]:
     intents: dict[str, list[Row]] = {}
     recorded: dict[str, list[Row]] = {}
     spilled: dict[str, list[Row]] = {}
+    finished: dict[str, list[Row]] = {}
     done: set[str] = set()
     for path in paths:
         entries = _json_entries(path) if path.suffix == ".jsonl" else _records(path)
@@ -438,16 +448,27 @@ def pending_rows(*paths: Path) -> dict[str, list[Row]]:
                 recorded[entry[0]] = list(entry[1])
             elif kind == "s":  # spilled rows of one request add up (its own and its shadow's may be apart)
                 spilled.setdefault(entry[0], []).extend(entry[1])
+            elif kind == "f":
+                finished.setdefault(entry[0], []).extend(entry[1])
             else:
                 done.update(entry)
     out: dict[str, list[Row]] = {}
     for rid in dict.fromkeys([*intents, *recorded, *spilled]):
         if rid in done:
             continue
-        rows = spilled.get(rid) or recorded.get(rid) or intents.get(rid) or []
+        rows = spilled.get(rid) or recorded.get(rid) or _merged(finished.get(rid), intents.get(rid)) or []
         if rows:
             out[rid] = rows
     return out
+
+
+def _merged(finished: list[Row] | None, intents: list[Row] | None) -> list[Row] | None:
+    """A request's rows when it was not recorded: the real rows of the tiers that ended, and the intents (estimates)
+    of the tiers that did not (the tier is a row's fourth value)."""
+    if not finished:
+        return intents
+    ended = {r[3] for r in finished if len(r) > 3}
+    return [*finished, *(r for r in intents or () if len(r) > 3 and r[3] not in ended)]
 
 
 def _records(path: Path) -> list[tuple[str, Any]]:

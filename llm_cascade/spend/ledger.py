@@ -770,6 +770,14 @@ class Ledger:
                 self._intent_rows[key] = hit
         journal.stamp(request_id, self.clock(), hit[1])
 
+    def finished(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """Journal the real rows of a tier's calls that have ended while the request goes on to another tier: a
+        process killed from now on bills them at their real usage, not at the tier's intent (estimates)."""
+        journal = self._journal
+        if journal is None or not calls:
+            return
+        journal.finished(request_id, self._rows(request_id, calls, metadata, self.clock()))
+
     @property
     def journaled(self) -> bool:
         """Whether :meth:`intent` journals anything: a caller may skip building intent calls when it does not."""
