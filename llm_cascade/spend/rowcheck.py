@@ -79,21 +79,31 @@ def clean(row: Row) -> Row:
     answer, confidence, digest, prompt, said = row[BASE:]
     if (
         ts.__class__ is float
-        and -_BIG <= ts <= _BIG
         and lat.__class__ is float
+        and -_BIG <= ts <= _BIG
         and -_BIG <= lat <= _BIG
-        and all(row[i].__class__ is int and 0 <= row[i] <= INT32 for i in _INTS)
+        and seq.__class__ is tier.__class__ is tin.__class__ is tout.__class__ is int
+        and tcached.__class__ is attempt.__class__ is int
+        and 0 <= seq <= INT32
+        and 0 <= tier <= INT32
+        and 0 <= tin <= INT32
+        and 0 <= tout <= INT32
+        and 0 <= tcached <= INT32
+        and 0 <= attempt <= INT32
         and (est == 0 or est == 1)
         and (pusd is None or (pusd.__class__ is int and -INT64 <= pusd <= INT64))
-        and all(
-            (v.__class__ is str and len(v) <= TEXT_CAPS[i] and v.isascii() and "\x00" not in v)
-            or (v is None and i in (10, 13, 16))
-            for i, v in ((1, rid), (4, model), (5, outcome), (10, usd), (13, err), (16, finish))
-        )
-        and tags.__class__ is str
-        and tags.isascii()
+        and rid.__class__ is model.__class__ is outcome.__class__ is tags.__class__ is str
+        and (usd is None or usd.__class__ is str)
+        and (err is None or err.__class__ is str)
+        and (finish is None or finish.__class__ is str)
+        and len(rid) <= 200
+        and len(model) <= 256
+        and len(outcome) <= 32
         and len(tags) <= TAGS_CAP
-        and "\x00" not in tags
+        and (usd is None or len(usd) <= 64)
+        and (err is None or len(err) <= 4000)
+        and (finish is None or len(finish) <= 64)
+        and _plain(rid + model + outcome + tags + (usd or "") + (err or "") + (finish or ""))
         and (answer is confidence is digest is prompt is said is None or _observed_ok(row))
     ):
         return row
@@ -119,6 +129,11 @@ def clean(row: Row) -> Row:
         None if confidence is None else _float(confidence),
         *(None if v is None else text(v, TEXT_CAPS[i]) for i, v in ((19, digest), (20, prompt), (21, said))),
     )
+
+
+def _plain(s: str) -> bool:
+    """ASCII without NUL: stored as is by every database (the common case, checked in two C calls)."""
+    return s.isascii() and "\x00" not in s
 
 
 def _observed_ok(row: Row) -> bool:
