@@ -158,3 +158,35 @@ def test_audit_fidelity_interval_and_exit_rule(tmp_path: Path) -> None:
     assert versus_bad["total"]["fidelity"] < 0.3 and below(versus_bad, 0.9)
     lo, hi = wilson(50, 100)
     assert lo < 0.5 < hi and hi - lo < 0.2
+
+
+def test_file_calibration_emits_prices_and_the_full_letter_range_and_checks_the_normalizer_first(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from llm_cascade.evals.records import ModelRun, Record, save_records
+    from llm_cascade.serve.cli import _app
+
+    rng = random.Random(0)
+    records = []
+    for i in range(120):
+        gold = rng.choice("ABCDEF")
+        runs = {
+            "big": ModelRun(gold if rng.random() < 0.9 else "A", tokens_in=100, tokens_out=1, cost_usd=101e-6),
+            "small": ModelRun(gold if rng.random() < 0.6 else "F", tokens_in=100, tokens_out=2, cost_usd=102e-8),
+        }
+        records.append(Record(f"r{i}", f"q{i}", runs, gold))
+    save_records(records[:60], tmp_path / "cal.jsonl")
+    save_records(records[60:], tmp_path / "test.jsonl")
+    app = _app()
+    runner = CliRunner()
+    base = ["calibrate", str(tmp_path / "cal.jsonl"), "--test", str(tmp_path / "test.jsonl"), "--folds", "2"]
+    typo = runner.invoke(app, [*base, "--normalizer", "chioce", "--emit", str(tmp_path / "x.toml")])
+    assert typo.exit_code == 2 and "--normalizer" in typo.output and not (tmp_path / "x.toml").exists()
+    done = runner.invoke(app, [*base, "--normalizer", "choice", "--emit", str(tmp_path / "c.toml")])
+    assert done.exit_code == 0, done.output
+    cfg = tomllib.loads((tmp_path / "c.toml").read_text())
+    assert cfg["cascades"]["calibrated"]["normalizer"] == {"choice": "F"}
+    members = [m for t in cfg["cascades"]["calibrated"]["tiers"] for m in t["members"]]
+    assert set(cfg["prices"]["overrides"]) == set(members)
