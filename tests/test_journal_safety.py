@@ -156,3 +156,18 @@ def test_a_fork_childs_rows_are_written_by_its_own_writer(tmp_path: Path) -> Non
     ledger.flush()
     assert sorted(r.request_id for r in ledger.rows()) == ["child", "parent-after", "parent-before"]
     ledger.close()
+
+
+def test_a_journal_folder_that_fills_up_later_moves_to_the_disk_folder(tiny_tmpfs: Path, tmp_path: Path) -> None:
+    """ENOSPC while running (other workers filled /dev/shm): the next segments go to the fallback folder on disk,
+    and every record stays replayable from the two folders together."""
+    disk = tmp_path / "disk"
+    journal = Journal(tiny_tmpfs / "j", segment_bytes=256 << 10, fallback=disk)
+    for i in range(12_000):  # ~1.5 MB of records: the 1 MiB tmpfs fills after three or four segments
+        journal.intent(f"r{i}", [(*ROW[:1], f"r{i}", *ROW[2:])])
+        if i % 100 == 0:
+            journal.prepare()
+    assert journal.broken is None and journal.directory == disk
+    paths = [*sorted((tiny_tmpfs / "j").glob("*.wal")), *sorted(disk.glob("*.wal"))]
+    assert len(pending_rows(*paths)) == 12_000
+    journal.close(clean=True)

@@ -123,14 +123,21 @@ class Journal:
     """This process's journal in ``directory`` (created): memory-mapped segments, locked until :meth:`close`."""
 
     def __init__(
-        self, directory: str | Path, *, segment_bytes: int = SEGMENT_BYTES, lock: threading.Lock | None = None
+        self,
+        directory: str | Path,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        lock: threading.Lock | None = None,
+        fallback: Path | None = None,
     ) -> None:
         """``lock``: the lock that guards the journal, when its owner has one already (the ledger's, which it holds
-        anyway when it hands recorded rows over: one lock to take per request instead of two)."""
+        anyway when it hands recorded rows over: one lock to take per request instead of two). ``fallback``: a
+        folder (on disk) for the next segments once ``directory`` is full (ENOSPC); the owner replays both."""
         self.directory = Path(directory)
         secure_folder(self.directory)
         self.segment_bytes = segment_bytes
         self.broken: str | None = None  # why journaling stopped (a full folder), None while it works
+        self.fallback = fallback
         self._lock = threading.Lock() if lock is None else lock
         self._seg: _Segment | None = _Segment(self.directory, segment_bytes)  # created quickly: see prepare()
         self._spare: _Segment | None = None  # zeroed and populated, the next segment
@@ -140,6 +147,19 @@ class Journal:
         self._where: dict[str, _Segment] = {}
         self._more: dict[str, list[_Segment]] = {}
         self._warned = False
+
+    def _segment(self, size: int, *, populate: bool) -> _Segment:
+        """A new segment in the folder, or, once it is full, in the fallback folder (from then on, with a warning)."""
+        try:
+            return _Segment(self.directory, size, populate=populate)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or self.fallback is None or self.fallback == self.directory:
+                raise
+            secure_folder(self.fallback)
+            seg = _Segment(self.fallback, size, populate=populate)
+            _log.warning("journal %s is full (%s): new segments go to %s", self.directory, exc, self.fallback)
+            self.directory = self.fallback
+            return seg
 
     def _stop(self, why: str) -> None:
         """Stop journaling (the caller holds the lock): what is written stays for a replay, nothing more is added."""
@@ -187,8 +207,8 @@ class Journal:
                 seg.reset()
             else:
                 try:
-                    fresh = _Segment(self.directory, max(self.segment_bytes, 2 * len(line)))
-                except OSError as exc:  # the folder is full: the rows still go to the database, undurably
+                    fresh = self._segment(max(self.segment_bytes, 2 * len(line)), populate=False)
+                except OSError as exc:  # no room anywhere: the rows still go to the database, undurably
                     self._stop(f"cannot create a segment: {exc}")
                     return
                 self._full.append(seg)
@@ -283,7 +303,7 @@ class Journal:
                 else:
                     seg.close(unlink=True)
             if need and ready is None and _POPULATE and (early or current.pos > current.size // 2):
-                ready = _Segment(self.directory, self.segment_bytes, populate=True)
+                ready = self._segment(self.segment_bytes, populate=True)
         except Exception as exc:  # the folder is full, say: the event loop creates a segment when it must
             if not self._warned:
                 self._warned = True

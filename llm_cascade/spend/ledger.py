@@ -579,7 +579,7 @@ class Ledger:
         self._replay_all([folder, disk, self._spill_dir])
         for where in dict.fromkeys([folder, disk]):
             try:
-                opened = Journal(where, lock=self._lock)
+                opened = Journal(where, lock=self._lock, fallback=disk)
             except InsecureFolder as exc:
                 if explicit:
                     raise LedgerError(f"cannot open the ledger journal: {exc}") from exc
