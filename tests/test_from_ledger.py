@@ -136,7 +136,7 @@ def test_emitted_config_loads_with_prices(tmp_path: Path) -> None:
 
     _serve(tmp_path / "l.db")
     out = tmp_path / "c.toml"
-    opts = ledger_cli.Options(str(tmp_path / "l.db"), "fake:ref", normalizer="choice", emit=out, shadow_rate=0.1)
+    opts = ledger_cli.Options(str(tmp_path / "l.db"), "fake:ref", emit=out, shadow_rate=0.1)  # letters: choice
     report = ledger_cli.run(opts, Target(folds=2, bootstrap=50))
     assert report["accuracy_means"].startswith("fidelity")
     assert report["verdict"] in ("best_single", "too_few", "cascade")

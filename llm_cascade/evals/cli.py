@@ -90,9 +90,12 @@ def register(app: Any) -> None:
             str, typer.Option(help="provider prefix of the emitted members ('<provider>:<model>')")
         ] = "recorded",
         normalizer: Annotated[
-            str,
-            typer.Option(help="the emitted cascade's normalizer (e.g. choice, choice:J, number); checked first"),
-        ] = "exact",
+            str | None,
+            typer.Option(
+                help="the emitted cascade's normalizer (e.g. choice, choice:J, number; checked first); default: "
+                "exact, or with --from-ledger choice when every observed answer is a letter"
+            ),
+        ] = None,
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model; or, with
         --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
@@ -138,7 +141,7 @@ def register(app: Any) -> None:
         try:
             if cal_file is None or test is None:
                 raise ConfigError("calibrate", "give CAL_FILE and --test FILE, or --from-ledger URL --reference MODEL")
-            spec = normalizer_spec(normalizer)  # a typo fails now, not after the search
+            spec = normalizer_spec(normalizer or "exact")  # a typo fails now, not after the search
             cal_records = load_records(cal_file)
             test_records = load_records(test)
             cal = RunMatrix.from_records(cal_records)
@@ -184,7 +187,7 @@ def register(app: Any) -> None:
                 header += (
                     f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
                 )
-            spec = normalizer_spec(normalizer, [a for r in cal_records for a in [r.gold] if a is not None])
+            spec = normalizer_spec(normalizer or "exact", [r.gold for r in cal_records if r.gold is not None])
             used = [m for t in chosen.config.tiers for m in t.models]
             prices = {f"{emit_provider}:{m}": p for m, p in fit_prices(cal_records, used).items()}
             text = chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=spec, header=header)
@@ -264,7 +267,7 @@ def _from_ledger(
     suggest: int | None,
     out: Path | None,
     models: str | None,
-    normalizer: str,
+    normalizer: str | None,
     emit: Path | None,
     emit_name: str,
     shadow_rate: float,

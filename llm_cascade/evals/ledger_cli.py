@@ -15,7 +15,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from .calibrate import Target
 from .calibrate import calibrate as calibrate_runs
-from .emit import build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
+from .emit import LETTER, build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
 from .from_ledger import fit_prices, ledger_runs, read_gold, read_observations, suggest_labels
 from .records import RunMatrix
 
@@ -29,7 +29,7 @@ class Options:
     suggest: int | None = None
     out: Path | None = None
     models: Sequence[str] | None = None
-    normalizer: str = "exact"
+    normalizer: str | None = None  # None: choice when every observed answer is a letter, else exact
     emit: Path | None = None
     emit_name: str = "calibrated"
     shadow_rate: float = 0.05
@@ -54,9 +54,12 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
 
     if opts.suggest is not None and opts.out is None:
         raise ConfigError("--out", "--suggest-labels writes its list to --out FILE (JSON lines)")
-    normalizer_spec(opts.normalizer)  # a typo fails now, before any work
+    if opts.normalizer is not None:
+        normalizer_spec(opts.normalizer)  # a typo fails now, before any work
     observations = read_observations(opts.url, since=opts.since)
-    spec = normalizer_spec(opts.normalizer, (o.answer for o in observations if o.answer is not None))
+    answers = [o.answer for o in observations if o.answer is not None]
+    name = opts.normalizer or ("choice" if answers and all(LETTER.match(a) for a in answers) else "exact")
+    spec = normalizer_spec(name, answers)
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
     runs = ledger_runs(observations, opts.reference, gold=gold, models=opts.models)
     if opts.suggest is not None:
