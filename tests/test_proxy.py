@@ -325,6 +325,7 @@ def test_a_budget_that_forbids_escalation(
         raw = ask(p.client("key-b"), "split")
         info = raw.parse().model_extra["llm_cascade"]
         assert (info["tier"], info["accepted"], info["answer"]) == (0, False, "B")
+        assert info["forced_by"] == "budget"  # the body says the budget forced it, not only a header
         assert raw.headers["x-llm-cascade-accepted"] == "false"
 
 

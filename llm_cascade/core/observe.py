@@ -7,9 +7,11 @@
 - Callbacks: ``Router(on_call=f, on_result=g)``: ``f(call)`` for every :class:`~llm_cascade.core.types.Call` as it is
   recorded, ``g(result)`` for every :class:`~llm_cascade.core.types.RouteResult` returned. A callback that raises is
   logged and ignored: observing must never change an answer.
-- Spans: when ``opentelemetry-api`` is installed, ``llm_cascade.route`` per request and ``llm_cascade.call`` per
-  member call, with model, tier, outcome, tokens and cost as attributes. Without it (or without an SDK configured,
-  when the API's no-op tracer is used) this costs nothing. The import happens on first use, never at import time.
+- Spans: when ``opentelemetry-api`` is installed, ``llm_cascade.route`` per request and, as its children, one
+  ``chat <model>`` span per member call (each attempt) with the GenAI semantic conventions (``gen_ai.*``: provider,
+  model, tokens, finish reason, ``error.type``) and the cascade's tier, attempt, outcome and cost. Without it (or
+  without an SDK configured, when the API's no-op tracer is used) this costs nothing. The import happens on first
+  use, never at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 from .types import Call, RouteResult
 
 log = logging.getLogger("llm_cascade.core.router")
+# A library logs to its own logger and leaves handlers to the application: without this, Python's last-resort
+# handler would print the library's warnings to stderr in an application that configured no logging.
+logging.getLogger("llm_cascade").addHandler(logging.NullHandler())
 
 OnCall = Callable[[Call], object]
 OnResult = Callable[[RouteResult], object]
@@ -90,8 +95,60 @@ def call_recorded(call: Call, request_id: str, hook: OnCall | None) -> None:
             call.outcome,
             call.error or "no error text",
         )
+    tracer = _get_tracer()
+    if tracer is not None:
+        _call_span(tracer, call, request_id)
     if hook is not None:
         _safely(hook, call, "on_call")
+
+
+def _call_span(tracer: Any, call: Call, request_id: str) -> None:
+    """One child span of the request's span per member call (each retried attempt too), with OpenTelemetry's GenAI
+    semantic conventions (``gen_ai.*``: operation, provider, model, tokens, finish reason, ``error.type``) and the
+    cascade's own (``llm_cascade.*``: tier, attempt, outcome, cost). It is recorded when the call ends, with the
+    call's measured start, so a trace shows each member's latency inside the request and nothing runs per call
+    without a tracer."""
+    import time
+
+    provider, sep, model = call.model.partition(":")
+    if not sep:
+        provider, model = "unknown", call.model
+    end = time.time_ns()
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # the attribute's name before semantic conventions 1.37
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": call.usage.input_tokens,
+        "gen_ai.usage.output_tokens": call.usage.output_tokens,
+        "llm_cascade.request_id": request_id,
+        "llm_cascade.member": call.model,
+        "llm_cascade.tier": call.tier,
+        "llm_cascade.attempt": call.attempt,
+        "llm_cascade.outcome": call.outcome,
+    }
+    if call.finish_reason:
+        attributes["gen_ai.response.finish_reasons"] = [call.finish_reason]
+    if call.cost_usd is not None:
+        attributes["llm_cascade.cost_usd"] = float(call.cost_usd)
+    if call.usage.cached_tokens:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = call.usage.cached_tokens
+    if not call.ok:
+        attributes["error.type"] = (call.error or call.outcome).split(":", 1)[0]
+    current = tracer.start_span(
+        f"chat {model}", start_time=end - int(call.latency_s * 1e9), attributes=attributes, kind=_client_kind()
+    )
+    if not call.ok:
+        from opentelemetry.trace import Status, StatusCode
+
+        current.set_status(Status(StatusCode.ERROR, call.error or call.outcome))
+    current.end(end_time=end)
+
+
+def _client_kind() -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.CLIENT
 
 
 def escalated(request_id: str, tier: int, tier_name: str, why: str) -> None:

@@ -335,7 +335,8 @@ class Router:
 
     ``tiers`` is a list of :class:`Tier` (or plain lists of members, which get the unanimous rule). ``normalizer``
     maps raw text to comparable answers (a tier may override it). ``prices``, ``ledger`` and ``budget`` are optional:
-    without a price table costs are unknown (None), without a ledger nothing is stored. ``timeout`` is the whole
+    without ``prices`` calls are priced by the table shipped with the package (``prices=False`` opts out: costs are
+    then unknown, None), without a ledger nothing is stored. ``timeout`` is the whole
     request's deadline in seconds. ``resilience`` wraps the members of every tier that has none of its own.
 
     Retries are on by default: with neither ``resilience`` (here or on the tier) nor a member that already retries,
@@ -349,7 +350,7 @@ class Router:
         tiers: Sequence[Tier | Sequence[str | Backend]],
         *,
         normalizer: Normalizer | str | None = "exact",
-        prices: Pricer | None = None,
+        prices: Pricer | Literal[False] | None = None,
         ledger: SpendSink | None = None,
         budget: Guard | None = None,
         estimator: UsageEstimator | None = None,
@@ -408,7 +409,11 @@ class Router:
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("Router.timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
-        self.prices = prices
+        if prices is None:  # prices are opt-out: the table shipped with the package (loaded once per process)
+            from ..spend.pricing import shipped_prices
+
+            prices = shipped_prices()
+        self.prices: Pricer | None = prices if prices is not False else None
         self.ledger = ledger
         self.budget = budget
         if estimator is None:  # failed and cancelled calls are billed an estimate, never 0

@@ -329,3 +329,70 @@ class RouteResult:
 
     def models_for(self, tier: int) -> Sequence[str]:
         return [c.model for c in self.calls if c.tier == tier]
+
+    @property
+    def forced_by(self) -> Literal["last_tier", "budget"] | None:
+        """Why an answer the tier's rule did not accept was returned: the last tier answers whatever it decided
+        ("last_tier"), a budget stopped the escalation ("budget"); None for an accepted answer."""
+        if self.accepted:
+            return None
+        return "last_tier" if self.reason == "last tier majority" else "budget"
+
+    def usage_by_model(self) -> dict[str, Usage]:
+        """Tokens per model over every call made (failed attempts included), in call order."""
+        out: dict[str, Usage] = {}
+        for c in self.calls:
+            out[c.model] = out[c.model] + c.usage if c.model in out else c.usage
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """This result as JSON-ready data (``json.dumps`` takes it): costs as exact decimal strings
+        (``cost_usd``) and as floats (``cost_usd_float``), None when unknown; usage in total and per model; every
+        call. The shape :meth:`model_dump` of a pydantic model would give, for applications that log or return it."""
+        cost = self.cost_usd
+        return {
+            "request_id": self.request_id,
+            "answer": self.answer,
+            "text": self.text,
+            "model": self.model,
+            "tier": self.tier,
+            "tier_name": self.tier_name,
+            "accepted": self.accepted,
+            "forced_by": self.forced_by,
+            "reason": self.reason,
+            "cost_usd": None if cost is None else format(cost, "f"),
+            "cost_usd_float": None if cost is None else float(cost),
+            "latency_s": self.latency_s,
+            "usage": _usage_dict(self.usage),
+            "usage_by_model": {m: _usage_dict(u) for m, u in self.usage_by_model().items()},
+            "votes": [{"answer": v.answer, "models": list(v.models)} for v in self.votes],
+            "tool_calls": [dict(t) for t in self.tool_calls],
+            "calls": [
+                {
+                    "model": c.model,
+                    "tier": c.tier,
+                    "attempt": c.attempt,
+                    "outcome": c.outcome,
+                    "answer": c.answer,
+                    "usage": _usage_dict(c.usage),
+                    "cost_usd": None if c.cost_usd is None else format(c.cost_usd, "f"),
+                    "cost_usd_float": None if c.cost_usd is None else float(c.cost_usd),
+                    "latency_s": c.latency_s,
+                    "error": c.error,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in self.calls
+            ],
+        }
+
+    model_dump = to_dict  # the name pydantic users reach for
+
+
+def _usage_dict(u: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cached_tokens": u.cached_tokens,
+        "total_tokens": u.total_tokens,
+        "estimated": u.estimated,
+    }

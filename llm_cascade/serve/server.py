@@ -54,6 +54,7 @@ from ..core.errors import (
 from ..core.refusal import public_reason
 from ..core.types import Request, RouteResult
 from .config import Components, Config, build_components, build_routers, hash_key
+from .failures import failure_headers
 from .schema import ChatRequest, InputError, parse_chat, tag_problem
 
 try:  # a response body rendered by orjson costs a fifth of json's; what orjson cannot render, json does (_dumps)
@@ -212,6 +213,7 @@ def _describe(result: RouteResult, cascade: str) -> dict[str, Any]:
         "models": supporters,
         "tier_models": list(dict.fromkeys(c.model for c in result.calls if c.tier == result.tier)),
         "accepted": result.accepted,
+        "forced_by": result.forced_by,  # "budget": a budget stopped the escalation; this is the best answer so far
         "answer": result.answer,
         "reason": result.reason,
         "cost_usd": _cost_number(result.cost_usd),
@@ -264,7 +266,15 @@ def _usage(result: RouteResult) -> dict[str, Any]:
 
 
 def _route_error(exc: Exception, state: ProxyState) -> JSONResponse:
-    """Turn what the router raised into a typed error response (the traceback stays in the server log)."""
+    """Turn what the router raised into a typed error response, with whether a retry can help and what the failed
+    request's calls cost (:mod:`llm_cascade.serve.failures`)."""
+    response = _typed_error(exc, state)
+    response.headers.update(failure_headers(exc))
+    return response
+
+
+def _typed_error(exc: Exception, state: ProxyState) -> JSONResponse:
+    """What the router raised as a typed error response (the traceback stays in the server log)."""
     no_retry = {"x-should-retry": "false"}
     if isinstance(exc, BudgetExceeded):
         return error_response(

@@ -265,6 +265,19 @@ class PriceTable:
             return self._litellm
 
 
+_SHIPPED: PriceTable | None = None
+
+
+def shipped_prices() -> PriceTable:
+    """The shipped table, loaded once per process and shared: what a Router prices its calls with when given no
+    ``prices`` (prices are opt-out: ``Router(..., prices=False)``). Add to it with :meth:`PriceTable.add` only if every
+    Router in the process should see the price; otherwise pass a table of your own."""
+    global _SHIPPED
+    if _SHIPPED is None:
+        _SHIPPED = PriceTable.default()
+    return _SHIPPED
+
+
 def Price(
     input: Decimal | float | str = 0,
     output: Decimal | float | str = 0,
