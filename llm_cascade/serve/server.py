@@ -649,7 +649,8 @@ def _log_to_stderr(level: str) -> None:
     """Show the library's log (failed member calls, escalations at INFO) next to uvicorn's, unless the application
     configured logging itself."""
     lib = logging.getLogger("llm_cascade")
-    if lib.handlers or logging.getLogger().handlers:
+    own = [h for h in lib.handlers if not isinstance(h, logging.NullHandler)]  # the library's own NullHandler aside
+    if own or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
