@@ -283,6 +283,9 @@ def run_eval(
         if replay:
             assert records is not None
             check_replayable(router, records)
+        if router.shadow is not None:  # an eval observes every sampled request: none is dropped for being late
+            router.shadow.max_pending = max(router.shadow.max_pending, len(examples))
+            router.shadow.concurrency = max(router.shadow.concurrency, concurrency)
         try:
             outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done)
             if router.shadow is not None:
