@@ -125,9 +125,11 @@ def test_ledger_rows_give_price_and_escalation_per_cascade(tmp_path: Path) -> No
     assert comp.cascade.cost_per_request == pytest.approx(0.0014 / 4)
     assert "no accuracy" in comp.compared
     top = next(s for s in comp.singles if s.label == "top")
-    # "top" sent every request: its one recorded call, and the three others priced from the table (unknown model:
-    # unknown, never 0)
-    assert top.cost_per_request is None
+    # "top" sent every request: its one recorded call, and the three others priced at the rate that call was billed
+    # (it is in no price table): 0.001 for the same 110 tokens each
+    assert top.cost_per_request == pytest.approx(0.001)
+    assert comp.saving(next(s for s in comp.singles if s.label == "cheap")) == "3.50× costlier than cheap"
+    assert comp.saving(top) == "2.86× cheaper than top"
 
 
 # --- the HTML page, rendered by headless Chromium (Debian's package; `make test` installs it) --------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,14 @@ def test_baseline_is_exact_when_every_request_reached_the_top_and_unknown_withou
     assert report.baseline is not None
     assert (report.baseline.cost_usd, report.baseline.saving_usd) == (c * 17, Decimal(0) - c)
     ledger.record("r3", [Call("a", 0, "ok", Usage(10, 1), cost_usd=c)], {})
-    unknown = spend_report(ledger, prices=PriceTable({}, fallback=None)).baseline
-    assert unknown is not None and unknown.cost_usd is None
-    assert "unknown" in spend_report(ledger, prices=PriceTable({}, fallback=None)).to_markdown()
+    # "t" is in no price table (a member priced next to itself): r3 is priced at the rate its recorded calls were
+    # billed, 0.017 USD for 22 tokens, i.e. 0.0085 for r3's 11
+    rated = spend_report(ledger, prices=PriceTable({}, fallback=None)).baseline
+    assert rated is not None and rated.from_recorded_rate == ("t",) and rated.cost_usd == c * 17 + c * Decimal("8.5")
+    ledger.record("r4", [Call("u", 0, "ok", Usage(10, 1)), Call("v", 1, "ok", Usage(10, 1))], {})
+    unknown = spend_report(ledger, prices=PriceTable({}, fallback=None), top_models=["v"]).baseline
+    assert unknown is not None and unknown.cost_usd is None  # no price anywhere: unknown, never 0
+    assert "unknown" in spend_report(ledger, prices=PriceTable({}, fallback=None), top_models=["v"]).to_markdown()
     with pytest.raises(ConfigError, match="tag:NAME"):
         spend_report(ledger, by="colour")
 
@@ -141,7 +147,7 @@ def test_retried_attempts_and_their_cost_per_model(tmp_path: Path) -> None:
     doc = report.to_json()
     assert doc["lines"][0]["retries"] == 2 and doc["lines"][0]["retry_cost_usd"] == pytest.approx(0.005)
     md = report.to_markdown()
-    assert "| retries |" in md and "| 2 (0.005000 USD) |" in md
+    assert "| retries |" in md and "| 2 (0.005 USD) |" in md
 
 
 async def test_retries_made_by_the_router_reach_the_report(tmp_path: Path) -> None:
@@ -182,9 +188,11 @@ def test_cli_spend_table_is_readable_in_80_columns(tmp_path: Path) -> None:
     out = CliRunner().invoke(_app(), ["spend", "--db", str(db)], env={"COLUMNS": "80"})
     assert out.exit_code == 0, out.output
     assert max(len(line) for line in out.output.splitlines()) <= 80
-    # the two models stay apart (names wrap, never end in a shared "openai:ll…") and small costs keep their digits
-    assert "…" not in out.output
-    assert "openai:llama3.1-70b" in out.output and "openai:llama3.1-405b" in out.output
+    # one line per model, never wrapped mid-word: a name too long is cut in its middle, so the two models keep their
+    # distinct ends ("…70b-instruct", "…405b-instruct") and small costs keep their digits
+    rows = [line for line in out.output.splitlines() if "0.000113" in line or "0.00387" in line]
+    assert len(rows) == 2
+    assert any("70b-instruct" in r for r in rows) and any("405b-instruct" in r for r in rows)
     assert "0.000113" in out.output and "0.00387" in out.output
     doc = json.loads(CliRunner().invoke(_app(), ["spend", "--db", str(db), "--json"]).output)
     assert {line["key"] for line in doc["lines"]} == {"openai:llama3.1-70b-instruct", "openai:llama3.1-405b-instruct"}
@@ -209,3 +217,83 @@ def test_cli_spend_bad_options_are_one_line_errors_not_tracebacks(tmp_path: Path
         out = CliRunner().invoke(_app(), ["spend", "--db", str(db), *args])
         assert out.exit_code == 2 and expected in out.output and "Traceback" not in out.output
         assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def _three_tier_ledger(db: Path) -> None:
+    """Two cascades in one ledger; "qa" has three tiers and no request reached its third."""
+    ledger = Ledger(db)
+    cheap, mid, top = Decimal("0.0001"), Decimal("0.001"), Decimal("0.01")
+    for i in range(4):
+        calls = [Call("openai:gpt-4o-mini", 0, "ok", Usage(1000, 10), cost_usd=cheap)]
+        if i == 0:
+            calls.append(Call("openai:gpt-4o", 1, "ok", Usage(1000, 10), cost_usd=mid))
+        ledger.record(f"qa{i}", calls, {"cascade": "qa"})
+    ledger.record("m0", [Call("local:small", 0, "ok", Usage(500, 5), cost_usd=Decimal("0.00002"))], {"cascade": "math"})
+    ledger.record("m1", [Call("local:big", 1, "ok", Usage(500, 5), cost_usd=top)], {"cascade": "math"})
+    ledger.close()
+
+
+def test_saving_is_per_cascade_against_its_configured_top_tier(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _three_tier_ledger(db)
+    ledger = Ledger(db)
+    cascades = {"qa": [["openai:gpt-4o-mini"], ["openai:gpt-4o"], ["anthropic:claude-sonnet-4-5"]]}
+    report = spend_report(ledger, cascades=cascades)
+    ledger.close()
+    by = {b.cascade: b for b in report.baselines}
+    assert set(by) == {"qa", "math"}
+    qa = by["qa"]
+    # the configured top tier (never reached) priced from the table at each request's tokens, not tier 1 "seen"
+    assert qa.configured and qa.models == ("anthropic:claude-sonnet-4-5",) and qa.estimated_requests == 4
+    sonnet = PriceTable.default().cost("anthropic:claude-sonnet-4-5", Usage(1000, 10))
+    assert sonnet is not None and qa.cost_usd == 4 * sonnet
+    assert qa.saving_share is not None and qa.saving_share > 0.5
+    # "math" is not in the configuration: its highest tier seen, its member priced at its recorded rate
+    assert not by["math"].configured and by["math"].models == ("local:big",)
+    assert by["math"].from_recorded_rate == ("local:big",) and by["math"].cost_usd == Decimal("0.02")
+    md = report.to_markdown()
+    assert "| qa | 4 |" in md and "cheaper than the top tier" in md and "X's $ per request" in md
+
+
+def test_cli_spend_formats_and_config(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _three_tier_ledger(db)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[cascades.qa]\nnormalizer = "choice"\ntiers = [{ members = ["openai:gpt-4o-mini"] }, '
+        '{ members = ["openai:gpt-4o"] }, { members = ["local:big"], price = { input = 10, output = 30 } }]\n'
+        '[providers.local]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n',
+        encoding="utf-8",
+    )
+    config.write_text(
+        config.read_text().replace(
+            '{ members = ["local:big"], price = { input = 10, output = 30 } }',
+            '{ members = [{ model = "local:big", price = { input = 10, output = 30 } }] }',
+        )
+    )
+    runner = CliRunner()
+    csv_out = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "csv", "--by", "cascade"])
+    assert csv_out.exit_code == 0, csv_out.output
+    first = csv_out.output.splitlines()
+    assert first[0].startswith("cascade,requests,calls") and first[1].startswith("math,2,2")
+    doc = json.loads(runner.invoke(_app(), ["spend", "--db", str(db), "--json", "--config", str(config)]).output)
+    qa = next(b for b in doc["always_top_tier_per_cascade"] if b["cascade"] == "qa")
+    # local:big's own price from the configuration: 1000 in x 10 + 10 out x 30 per 1M tokens = 0.0103 per request
+    assert qa["configured"] and qa["models"] == ["local:big"] and qa["cost_usd"] == pytest.approx(4 * 0.0103)
+    table = runner.invoke(_app(), ["spend", "--db", str(db)], env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and max(len(line) for line in table.output.splitlines()) <= 80
+    assert "costlier than the top tier" in table.output or "cheaper than the top tier" in table.output
+    assert not re.search(r"\d[eE][-+]?\d", table.output)  # no exponent
+
+
+def test_cli_price_several_models_list_and_default_mix() -> None:
+    runner = CliRunner()
+    out = runner.invoke(_app(), ["price", "openai:gpt-4o-mini", "openai:gpt-4o", "nope"])
+    assert out.exit_code == 0, out.output
+    assert "1,000 tokens in, 200 out (default mix)" in out.output and "no known price" in out.output
+    last = json.loads(out.output.strip().splitlines()[-1])
+    assert [x["model"] for x in last] == ["openai:gpt-4o-mini", "openai:gpt-4o", "nope"]
+    mini = PriceTable.default().cost("openai:gpt-4o-mini", Usage(1000, 200))
+    assert mini is not None and last[0]["cost_usd"] == pytest.approx(float(mini)) and last[2]["cost_usd"] is None
+    listed = runner.invoke(_app(), ["price", "--list", "gpt-4o"])
+    assert listed.exit_code == 0 and "gpt-4o-mini" in listed.output and "claude" not in listed.output

@@ -204,6 +204,8 @@ def from_ledger(db: str | None, *, prices: Any = None) -> list[TaskComparison]:
     table = prices or PriceTable.default()
     groups: dict[str, list[Any]] = {}
     for r in rows:
+        if r.tags.get("shadow") == "1":  # observation calls (shadow sampling) are not the cascade's cost
+            continue
         groups.setdefault(r.tags.get("cascade", "all requests"), []).append(r)
     out = []
     for name, grp in sorted(groups.items()):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.spec import CascadeSpec, TierSpec
+from ..spend.money import LEGEND, dollars, versus
 from .calibrate import Calibration, Target
 from .from_ledger import LedgerRuns
 from .records import RunMatrix
@@ -123,9 +124,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- accuracy means: {report['accuracy_means']}",
         f"- requests: {report['requests']['used']} used of {report['requests']['observed']} observed",
         f"- chosen: {report['chosen']}",
-        f"- accuracy {report['accuracy']:.4f} at ${cost:.6g}/request; {report['reference']} alone "
-        f"{report['reference_accuracy']:.4f} at ${ref_cost:.6g}/request"
-        + (f" ({report['saving_x']:.2f}x cheaper)" if report.get("saving_x") else ""),
+        f"- accuracy {report['accuracy']:.4f} at {dollars(cost)}/request; {report['reference']} alone "
+        f"{report['reference_accuracy']:.4f} at {dollars(ref_cost)}/request"
+        + (f" (the chosen is {versus(cost, ref_cost, report['reference'])})" if report.get("saving_x") else ""),
+        f"- {LEGEND}",
         f"- reason: {report['reason']}",
     ]
     if report.get("needed") is not None:

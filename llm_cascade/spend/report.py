@@ -1,31 +1,28 @@
-"""Spend reports from the ledger: cost and price per request by model, tier, tag or day, and the saving against
-"always the top tier"; as JSON, markdown or a rich table. Also the ``spend`` and ``price`` CLI commands.
+"""Spend reports from the ledger: cost and price per request by model, tier, cascade, tag or day, and the saving
+of each cascade against sending every request to its top tier (:mod:`.baseline`); as a terminal table, markdown, CSV
+or JSON. The ``spend`` and ``price`` commands are in :mod:`.commands`.
 
-The saving needs what the top tier *would* have cost on requests that never reached it. For a request that did
-reach it, that is its recorded top-tier cost. For the others it is estimated: each top-tier model priced at the
-request's prompt tokens (the largest input count among its calls) and the mean output tokens that model produced in
-the selection (the request's own output when the model has no calls there). The report says how many requests were
-estimated; an unknown price makes the baseline unknown rather than wrong.
-
-Retries are shown apart: ``retries`` counts the calls that were a retry-layer attempt after the first (``attempt > 1``,
-successful or not) and ``retry_cost_usd`` what they cost, i.e. what retrying added on top of one attempt per member.
+Money is written as :mod:`.money` says (fixed notation, 3 significant digits) in the table and markdown; CSV and JSON
+keep every figure in full. Retries are shown apart: ``retries`` counts the calls that were a retry-layer attempt after
+the first (``attempt > 1``, successful or not) and ``retry_cost_usd`` what they cost.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.types import Usage
+from .baseline import Baseline, baselines, top_tier_baseline
 from .ledger import Ledger, LedgerRow
-from .pricing import PriceTable
+from .money import LEGEND, versus
+from .money import usd as money_usd
+from .pricing import PriceEntry, PriceTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,30 +63,19 @@ class SpendLine:
 
 
 @dataclass(frozen=True, slots=True)
-class Baseline:
-    """What sending every request to the top tier would have cost, and the saving of the cascade against it."""
-
-    models: tuple[str, ...]
-    cost_usd: Decimal | None
-    saving_usd: Decimal | None
-    estimated_requests: int
-
-    @property
-    def saving_share(self) -> float | None:
-        if self.cost_usd is None or self.saving_usd is None or not self.cost_usd:
-            return None
-        return float(self.saving_usd / self.cost_usd)
-
-
-@dataclass(frozen=True, slots=True)
 class SpendReport:
     by: str
     lines: tuple[SpendLine, ...]
     total: SpendLine
-    baseline: Baseline | None
-    # Calls made only to observe (shadow sampling, llm_cascade.core.shadow): shown apart, never in the lines or
-    # the total, which are the cascade's own cost.
+    baselines: tuple[Baseline, ...] = ()
+    # Calls made only to observe (shadow sampling, llm_cascade.core.shadow): shown apart, never in the lines, the
+    # total or the baselines, which are the cascade's own cost.
     shadow: SpendLine | None = None
+
+    @property
+    def baseline(self) -> Baseline | None:
+        """The baseline when the selection holds one cascade (the first one otherwise)."""
+        return self.baselines[0] if self.baselines else None
 
     def to_json(self) -> dict[str, Any]:
         b = self.baseline
@@ -98,20 +84,14 @@ class SpendReport:
             "lines": [x.to_json() for x in self.lines],
             "total": self.total.to_json(),
             "shadow": None if self.shadow is None else self.shadow.to_json(),
-            "always_top_tier": None
-            if b is None
-            else {
-                "models": list(b.models),
-                "cost_usd": None if b.cost_usd is None else float(b.cost_usd),
-                "saving_usd": None if b.saving_usd is None else float(b.saving_usd),
-                "saving_share": b.saving_share,
-                "estimated_requests": b.estimated_requests,
-            },
+            "always_top_tier": None if b is None else b.to_json(),
+            "always_top_tier_per_cascade": [x.to_json() for x in self.baselines],
         }
+
+    HEADERS = ("{by}", "requests", "calls", "errors", "tokens in", "tokens out", "USD", "USD / request", "retries")
 
     def _cells(self, line: SpendLine) -> list[str]:
         per = line.cost_per_request
-        cost = f"{line.cost_usd:.6f}" + (f" (+{line.unpriced} unpriced)" if line.unpriced else "")
         return [
             line.key,
             str(line.requests),
@@ -119,51 +99,130 @@ class SpendReport:
             str(line.errors),
             str(line.tokens_in),
             str(line.tokens_out),
-            cost,
-            "-" if per is None else f"{per:.8f}",
-            str(line.retries) + (f" ({line.retry_cost_usd:.6f} USD)" if line.retry_cost_usd else ""),
+            usd(line.cost_usd) + (f" (+{line.unpriced} unpriced)" if line.unpriced else ""),
+            "-" if per is None else usd(per),
+            str(line.retries) + (f" ({usd(line.retry_cost_usd)} USD)" if line.retry_cost_usd else ""),
         ]
 
-    HEADERS = ("{by}", "requests", "calls", "errors", "tokens in", "tokens out", "cost USD", "USD / request", "retries")
+    BASELINE_HEADERS = ("cascade", "requests", "spent USD", "top tier", "top tier USD", "saving", "vs top tier")
 
-    def _summary(self) -> str:
-        shadow = ""
-        if self.shadow is not None:
-            shadow = (
-                f"; shadow calls (observation only, not counted above): {self.shadow.calls} calls on "
-                f"{self.shadow.requests} requests, {self.shadow.cost_usd:.6f} USD"
-                + (f" (+{self.shadow.unpriced} unpriced)" if self.shadow.unpriced else "")
-            )
-        return self._baseline_summary() + shadow
-
-    def _baseline_summary(self) -> str:
-        b = self.baseline
-        if b is None:
-            return "always the top tier: no top tier in the selection"
+    def _baseline_cells(self, b: Baseline) -> list[str]:
+        top = ", ".join(b.models) + ("" if b.configured else " (top tier seen)")
         if b.cost_usd is None or b.saving_usd is None:
-            return f"always the top tier ({', '.join(b.models)}): unknown (a price is missing)"
+            why = "a price is unknown" if b.spent_usd is not None else "a call of ours has no price"
+            return [b.cascade, str(b.requests), usd(b.spent_usd), top, "unknown", f"unknown ({why})", "unknown"]
         share = b.saving_share
-        return (
-            f"always the top tier ({', '.join(b.models)}): {b.cost_usd:.6f} USD"
-            f" ({b.estimated_requests} of {self.total.requests} requests estimated); saving {b.saving_usd:.6f} USD"
-            + ("" if share is None else f" ({share:.1%})")
-        )
+        return [
+            b.cascade,
+            str(b.requests),
+            usd(b.spent_usd),
+            top,
+            usd(b.cost_usd),
+            usd(b.saving_usd) + ("" if share is None else f" ({share:.1%})"),
+            versus(b.spent_usd, b.cost_usd, "the top tier"),
+        ]
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if not self.baselines:
+            notes.append("always the top tier: no request in the selection")
+        if any(not b.configured for b in self.baselines):
+            notes.append(
+                "top tier seen: the highest tier in the ledger; pass --config for each cascade's configured one"
+            )
+        estimated = sum(b.estimated_requests for b in self.baselines)
+        if estimated:
+            notes.append(
+                f"{estimated} of {self.total.requests} requests never reached the top tier: its cost estimated"
+            )
+        rated = sorted({m for b in self.baselines for m in b.from_recorded_rate})
+        if rated:
+            notes.append(f"priced at the rate of their recorded calls (not in the price table): {', '.join(rated)}")
+        if self.shadow is not None:
+            sh = self.shadow
+            notes.append(
+                f"shadow calls (observation only, not counted above): {sh.calls} calls on {sh.requests} requests, "
+                f"{usd(sh.cost_usd)} USD" + (f" (+{sh.unpriced} unpriced)" if sh.unpriced else "")
+            )
+        notes.append(LEGEND)
+        return notes
 
     def to_markdown(self) -> str:
         headers = [h.format(by=self.by) for h in self.HEADERS]
         out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         out += ["| " + " | ".join(self._cells(x)) + " |" for x in self.lines]
         out.append("| " + " | ".join(f"**{c}**" for c in self._cells(self.total)) + " |")
-        return "\n".join(out) + "\n\n" + self._summary() + "\n"
+        out += ["", "Saving against sending every request to the cascade's top tier:", ""]
+        out += ["| " + " | ".join(self.BASELINE_HEADERS) + " |", "|" + "---|" * len(self.BASELINE_HEADERS)]
+        out += ["| " + " | ".join(self._baseline_cells(b)) + " |" for b in self.baselines]
+        out += [""] + [f"*{n}*" for n in self._notes()]
+        return "\n".join(out) + "\n"
 
-    def _short_cells(self, line: SpendLine) -> list[str]:
-        """The terminal table's cells: tokens in/out in one column, money to 3 significant digits, so the table
-        fits 80 columns; the full key wraps instead of being cut (two models sharing a prefix stay apart)."""
+    def to_csv(self) -> str:
+        """One row per group and the total, every figure in full (cost as exact decimals); then the baselines."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(
+            [
+                self.by,
+                "requests",
+                "calls",
+                "errors",
+                "tokens_in",
+                "tokens_out",
+                "cost_usd",
+                "cost_per_request_usd",
+                "unpriced_calls",
+                "retries",
+                "retry_cost_usd",
+            ]
+        )
+        for x in (*self.lines, self.total):
+            per = x.cost_per_request
+            w.writerow(
+                [
+                    x.key,
+                    x.requests,
+                    x.calls,
+                    x.errors,
+                    x.tokens_in,
+                    x.tokens_out,
+                    f"{x.cost_usd:f}",
+                    "" if per is None else f"{per:f}",
+                    x.unpriced,
+                    x.retries,
+                    f"{x.retry_cost_usd:f}",
+                ]
+            )
+        w.writerow([])
+        w.writerow(
+            ["cascade", "requests", "spent_usd", "top_tier", "top_tier_usd", "saving_usd", "top_tier_configured"]
+        )
+        for b in self.baselines:
+            w.writerow(
+                [
+                    b.cascade,
+                    b.requests,
+                    "" if b.spent_usd is None else f"{b.spent_usd:f}",
+                    " ".join(b.models),
+                    "" if b.cost_usd is None else f"{b.cost_usd:f}",
+                    "" if b.saving_usd is None else f"{b.saving_usd:f}",
+                    b.configured,
+                ]
+            )
+        return buf.getvalue()
+
+    def _short_cells(self, line: SpendLine, keys: Mapping[str, str] | None = None) -> list[str]:
+        """The terminal table's cells: tokens in/out in one column, money to 3 significant digits, the key cut in
+        its middle as ``keys`` says (never wrapped mid-word; two models sharing a prefix keep their distinct ends)."""
         per = line.cost_per_request
         cost = usd(line.cost_usd) + (f" +{line.unpriced}?" if line.unpriced else "")
         retries = str(line.retries) + (f" ({usd(line.retry_cost_usd)})" if line.retry_cost_usd else "")
         return [
-            line.key,
+            keys.get(line.key, line.key) if keys is not None else line.key,
             f"{line.requests}/{line.calls}",
             str(line.errors),
             f"{_count(line.tokens_in)}/{_count(line.tokens_out)}",
@@ -174,30 +233,63 @@ class SpendReport:
 
     SHORT_HEADERS = ("{by}", "req/calls", "err", "tok in/out", "USD", "USD/req", "retries")
 
-    def to_rich(self) -> Any:
-        """A rich Table that fits 80 columns (rich is imported here, not at module import). ``+N?`` after a cost
-        counts calls with an unknown price; the JSON and markdown outputs keep every figure in full."""
+    def to_rich(self, width: int = 80) -> Any:
+        """What fits ``width`` columns (rich is imported here, not at module import): a table of spend per group, its
+        key cut in the middle when too long, then one line per cascade with its saving against its top tier (words
+        wrap, never mid-word), then the notes. ``+N?`` after a cost counts calls with an unknown price."""
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"spend by {self.by}", caption=self._summary(), box=None, pad_edge=False)
-        for i, h in enumerate(self.SHORT_HEADERS):
-            if i == 0:
-                table.add_column(h.format(by=self.by), justify="left", overflow="fold", ratio=1, min_width=12)
-            else:
-                table.add_column(h, justify="right", no_wrap=True)
+        headers = [h.format(by=self.by) for h in self.SHORT_HEADERS]
+        full = [self._short_cells(x) for x in (*self.lines, self.total)]
+        widths = [max(len(headers[i]), *(len(r[i]) for r in full)) for i in range(1, len(headers))]
+        keys = shorten_all([x.key for x in self.lines], max(12, width - sum(widths) - 2 * len(widths)))
+        table = Table(title=f"spend by {self.by}", box=None, pad_edge=False, collapse_padding=True)
+        for i, h in enumerate(headers):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True, min_width=None if i else 4)
         for x in self.lines:
-            table.add_row(*self._short_cells(x))
+            table.add_row(*self._short_cells(x, keys))
         table.add_row(*self._short_cells(self.total), style="bold")
-        return table
+        parts: list[Any] = [table, Text("")]
+        for b in self.baselines:
+            c = self._baseline_cells(b)
+            parts.append(
+                Text(f"{c[0]}: {c[1]} requests, spent {c[2]} USD; always {c[3]}: {c[4]} USD; saving {c[5]}; {c[6]}")
+            )
+        parts.append(Text("\n".join(self._notes()), style="dim"))
+        return Group(*parts)
 
 
-def usd(value: Decimal) -> str:
-    """Dollars to 3 significant digits without an exponent (0.000123, 0.0457, 12.35): small per-request prices
-    stay readable in a narrow column."""
-    if not value:
-        return "0"
-    digits = max(2, 2 - value.adjusted())
-    return f"{value:.{digits}f}"
+def shorten(text: str, width: int, head: int | None = None) -> str:
+    """``text`` in at most ``width`` characters, cut in the middle with an ellipsis: the head and the distinctive end
+    both stay (``openai:llama…70b-instruct``), and nothing wraps mid-word."""
+    if len(text) <= width:
+        return text
+    head = max(1, (width - 1) // 3) if head is None else head
+    tail = width - 1 - head
+    return text[:head] + "…" + text[len(text) - tail :]
+
+
+def shorten_all(texts: Sequence[str], width: int) -> dict[str, str]:
+    """:func:`shorten` for a column: the head is given up, a character at a time, until no two texts read alike."""
+    for head in range(max(1, (width - 1) // 3), 0, -1):
+        out = {t: shorten(t, width, head) for t in texts}
+        if len(set(out.values())) == len(out):
+            return out
+    long = [t for t in texts if len(t) > width]
+    n = 0
+    while long and all(len(t) > n and t[n] == long[0][n] for t in long):
+        n += 1
+    if n:  # the long names differ only in their middle: drop what they share, keep where they differ
+        rest = shorten_all([t[n:] for t in long], width - 1)
+        return {t: "…" + rest[t[n:]] if len(t) > width else t for t in texts}
+    return {t: shorten(t, width) for t in texts}
+
+
+def usd(value: Decimal | float | None) -> str:
+    """Dollars in fixed notation, 3 significant digits (0.000123, 0.0457, 12.35): see :mod:`.money`."""
+    return money_usd(value)
 
 
 def _count(n: int) -> str:
@@ -214,13 +306,15 @@ def _key_fn(by: str) -> Callable[[LedgerRow], str]:
         return lambda r: r.model
     if by == "tier":
         return lambda r: str(r.tier)
+    if by == "cascade":
+        return lambda r: r.tags.get("cascade", "-")
     if by == "day":
         return lambda r: dt.datetime.fromtimestamp(r.ts, dt.UTC).date().isoformat()
     if by.startswith("tag:") and len(by) > 4:
         tag = by[4:]
         return lambda r: r.tags.get(tag, "-")
     hint = f" (to group by the tag {by!r}: --by tag:{by})" if by and ":" not in by else ""
-    raise ConfigError("by", f"must be model, tier, day or tag:NAME, got {by!r}{hint}")
+    raise ConfigError("by", f"must be model, tier, cascade, day or tag:NAME, got {by!r}{hint}")
 
 
 def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
@@ -242,37 +336,8 @@ def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
 def always_top_tier(
     rows: Sequence[LedgerRow], prices: PriceTable, top_models: Sequence[str] | None = None
 ) -> Baseline | None:
-    """The cost of sending every request of ``rows`` to the top tier (see the module docstring)."""
-    if not rows:
-        return None
-    if top_models is None:
-        top = max(r.tier for r in rows)
-        top_models = sorted({r.model for r in rows if r.tier == top})
-    requests: dict[str, list[LedgerRow]] = defaultdict(list)
-    for r in rows:
-        requests[r.request_id].append(r)
-    mean_out: dict[str, int] = {}
-    for m in top_models:
-        outs = [r.output_tokens for r in rows if r.model == m and r.outcome == "ok"]
-        if outs:
-            mean_out[m] = round(sum(outs) / len(outs))
-    total, estimated = Decimal(0), 0
-    for calls in requests.values():
-        done = {r.model: r for r in calls if r.model in top_models and r.outcome == "ok"}
-        if len(done) == len(top_models) and all(r.cost_usd is not None for r in done.values()):
-            total += sum((r.cost_usd for r in done.values() if r.cost_usd is not None), Decimal(0))
-            continue
-        estimated += 1
-        prompt = max(r.input_tokens for r in calls)
-        own_out = max(r.output_tokens for r in calls)
-        for m in top_models:
-            cost = prices.cost(m, Usage(prompt, mean_out.get(m, own_out)))
-            if cost is None:
-                return Baseline(tuple(top_models), None, None, estimated)
-            total += cost
-    actual = _line("total", rows)
-    saving = None if actual.unpriced else total - actual.cost_usd
-    return Baseline(tuple(top_models), total, saving, estimated)
+    """The cost of sending every request of ``rows`` to the top tier, all rows as one cascade (see :mod:`.baseline`)."""
+    return top_tier_baseline(rows, prices, top_models)
 
 
 def spend_report(
@@ -284,8 +349,12 @@ def spend_report(
     tags: Mapping[str, str] | None = None,
     prices: PriceTable | None = None,
     top_models: Sequence[str] | None = None,
+    cascades: Mapping[str, Sequence[Sequence[str]]] | None = None,
+    own_prices: Mapping[str, PriceEntry] | None = None,
 ) -> SpendReport:
-    """Spend and price per request grouped ``by`` model, tier, day (UTC) or ``tag:NAME``."""
+    """Spend and price per request grouped ``by`` model, tier, cascade, day (UTC) or ``tag:NAME``; the saving of each
+    cascade against its top tier (``cascades``: name → member names per tier, e.g. from :func:`.baseline.from_config`;
+    ``top_models``: one top tier for all rows instead)."""
     key = _key_fn(by)
     if isinstance(source, Ledger):
         rows = source.rows(since=since, until=until, tags=tags)
@@ -299,9 +368,13 @@ def spend_report(
     for r in rows:
         groups[key(r)].append(r)
     lines = tuple(_line(k, groups[k]) for k in sorted(groups))
-    baseline = always_top_tier(rows, prices or PriceTable.default(), top_models)
-    shadow = _line("shadow", observed) if observed else None
-    return SpendReport(by, lines, _line("total", rows), baseline, shadow)
+    table = prices or PriceTable.default()
+    if top_models is not None:
+        one = top_tier_baseline(rows, table, top_models, own_prices=own_prices)
+        found: tuple[Baseline, ...] = () if one is None else (one,)
+    else:
+        found = baselines(rows, table, cascades, own_prices=own_prices)
+    return SpendReport(by, lines, _line("total", rows), found, _line("shadow", observed) if observed else None)
 
 
 def _parse_when(value: str | None, field: str) -> float | None:
@@ -332,69 +405,7 @@ def _missing_sqlite_file(db: str | None) -> Path | None:
 
 
 def register(app: Any) -> None:
-    """Add ``spend`` and ``price`` to the typer app."""
-    import typer
+    """Add ``spend`` and ``price`` to the typer app (kept here for the old import path; see :mod:`.commands`)."""
+    from .commands import register as register_commands
 
-    def command() -> Callable[[Callable[..., None]], Callable[..., None]]:
-        return cast(Callable[[Callable[..., None]], Callable[..., None]], app.command())
-
-    @command()
-    def spend(
-        db: str | None = typer.Option(None, "--db", help="ledger path or database URL (default: the SQLite ledger)"),
-        by: str = typer.Option("model", help="model, tier, day or tag:NAME"),
-        since: str | None = typer.Option(None, help="ISO date/time (UTC), inclusive"),
-        until: str | None = typer.Option(None, help="ISO date/time (UTC), exclusive"),
-        tag: list[str] = typer.Option([], help="only requests with this tag, NAME=VALUE (repeatable)"),  # noqa: B008
-        fmt: str = typer.Option("table", "--format", help="table, markdown or json"),
-        as_json: bool = typer.Option(False, "--json", help="same as --format json"),
-        create: bool = typer.Option(False, "--create", help="create the ledger if it does not exist"),
-    ) -> None:
-        """Spend and price per request from the ledger, and the saving against always using the top tier."""
-        from ..core.errors import LLMCascadeError
-
-        tags = dict(t.split("=", 1) for t in tag if "=" in t)
-        if len(tags) != len(tag) or fmt not in ("table", "markdown", "json"):
-            raise typer.BadParameter("--tag takes NAME=VALUE; --format is table, markdown or json")
-        fmt = "json" if as_json else fmt
-        try:
-            _key_fn(by)  # a bad --by fails before the ledger is opened
-            missing = _missing_sqlite_file(db)
-            if missing is not None and not create:
-                raise ConfigError(
-                    "--db", f"no ledger at {missing} (check the path, or pass --create to start an empty one)"
-                )
-            ledger = Ledger(db)
-            try:
-                report = spend_report(
-                    ledger, by=by, since=_parse_when(since, "since"), until=_parse_when(until, "until"), tags=tags
-                )
-            finally:
-                ledger.close()
-        except LLMCascadeError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        if fmt == "table":
-            from rich.console import Console
-
-            Console().print(report.to_rich())
-        elif fmt == "markdown":
-            print(report.to_markdown())
-        else:
-            print(json.dumps(report.to_json()))
-
-    @command()
-    def price(
-        model: str = typer.Argument(..., help="model or backend name, e.g. openai:gpt-4o-mini"),
-        tokens_in: int = typer.Option(0, "--tokens-in", min=0, help="input tokens (cached ones included)"),
-        tokens_out: int = typer.Option(0, "--tokens-out", min=0, help="output tokens"),
-        cached: int = typer.Option(0, "--cached", min=0, help="how many of the input tokens were cache hits"),
-    ) -> None:
-        """The price of one call; the last line is JSON {"model", "cost_usd"} (null when the price is unknown)."""
-        table = PriceTable.default()
-        entry = table.lookup(model)
-        cost = table.cost(model, Usage(tokens_in, tokens_out, cached))
-        if entry is None:
-            print(f"{model}: no known price")
-        else:
-            print(f"{model}: {cost} USD  (in {entry.input}, out {entry.output} USD/1M; {entry.source}, {entry.as_of})")
-        print(json.dumps({"model": model, "cost_usd": None if cost is None else float(cost)}))
+    register_commands(app)
