@@ -103,13 +103,15 @@ def test_an_absurd_max_tokens_is_refused_before_any_call(proxy: ThreadProxy, ups
 
 
 async def test_the_router_refuses_an_absurd_max_tokens_before_any_call() -> None:
-    from llm_cascade import FakeBackend, Router, Tier
+    from llm_cascade import FakeBackend, Request, Router, Tier
     from llm_cascade.core.errors import ConfigError
 
     member = FakeBackend("m", "B")
     router = Router([Tier([member])])
     with pytest.raises(ConfigError, match="max_tokens"):
         await router.route("q", max_tokens=2**63)
+    with pytest.raises(ConfigError, match="max_tokens"):
+        await router.route(Request.from_prompt("q", max_tokens=2**63))  # a Request built by hand: the same
     assert member.calls == 0
 
 

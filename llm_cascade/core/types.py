@@ -83,6 +83,9 @@ class Request:
             from .messages import as_messages
 
             object.__setattr__(self, "messages", as_messages(msgs))
+        mt = self.max_tokens
+        if mt is not None and mt.__class__ is int and not 1 <= mt <= MAX_TOKENS:  # 2**63 is never sent or priced
+            raise ConfigError("Request.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {_shown(mt)}")
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
@@ -135,6 +138,10 @@ class Request:
                 )
 
 
+def _shown(n: int) -> str:
+    return repr(n) if n < 10**12 else f"an integer of {n.bit_length()} bits"
+
+
 # The largest max_tokens accepted: past every model's output limit, and within every token column (INTEGER) and
 # estimate. A request asking for 2**63 is refused before any call, not priced and sent.
 MAX_TOKENS = 1 << 24
@@ -152,7 +159,7 @@ def with_params(request: Request | str, **params: Any) -> Request:
         return request
     mt = given.get("max_tokens")
     if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= MAX_TOKENS):
-        shown = repr(mt) if not isinstance(mt, int) or mt < 10**12 else f"an integer of {mt.bit_length()} bits"
+        shown = _shown(mt) if isinstance(mt, int) else repr(mt)
         raise ConfigError("route.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {shown}")
     for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
         v = given.get(key)
