@@ -4,8 +4,8 @@
 
 The benchmarks are task specs (evals/tasks/*.toml): their data file, and how its recorded answers are read.
 
-Prints the held-out table (accuracy and $ per 1,000 requests with 95% bootstrap CIs, the cost ratio against the best
-single model on the test half, baselines) and writes eval_report.json/.md and one PNG frontier plot per run.
+Prints the held-out table (accuracy and $ per 1,000 requests with 95% bootstrap CIs, "N× cheaper/costlier" against
+the best single model on the test half, baselines) and writes eval_report.json/.md and one PNG frontier plot per run.
 """
 
 from __future__ import annotations

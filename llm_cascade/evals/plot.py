@@ -90,7 +90,7 @@ def plot_frontier(report: dict[str, Any], path: str | Path) -> Path:
             color="tab:red",
             label="chosen: best single (no cascade met the target)"
             if report.get("verdict") == "best_single"
-            else "chosen cascade",
+            else ("the cascade as configured" if "mode" in report else "chosen cascade"),
             zorder=4,
         )
     base = report["baselines"]
