@@ -307,3 +307,16 @@ def test_pathological_replies_are_read_in_linear_time(text: str) -> None:
     # Each of these took seconds to minutes with backtracking regular expressions; now they finish at once.
     for normalizer in (ChoiceLetter("J"), Number(), YesNo(), LabelSet(["positive", "negative"])):
         assert normalizer(text) is None or isinstance(normalizer(text), str)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Step 5: so n = 96 / 24 = 4.\n\nStep 6:  Therefore, there are 4 levels in the tower.", "4"),  # not "6"
+        ("$550 - $250 = $300\n\nTherefore, the price of the tennis racket is $300.####", "300"),  # an empty ####
+        ("Answer: 20% of 50 is 50 * 0.2 = 10 that won't fit.\nSo 40 / 2 = 20 pairs.\nans = 20", "20"),  # ans = 20
+    ],
+)
+def test_number_reads_recorded_endings(text: str, expected: str) -> None:
+    """Endings measured on recorded outputs (rational llama3.2-1b, MoT gpt-4) that the reference extractors read."""
+    assert Number()(text) == expected

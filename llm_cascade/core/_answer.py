@@ -121,9 +121,10 @@ def boxed(text: str) -> list[tuple[int, str]]:
     return [(m.start(), text[m.end() : closing[m.end() - 1]]) for m in starts if m.end() - 1 in closing]
 
 
-# "The answer is X", "Final answer: X", "answer = X" up to the end of its sentence or line.
+# "The answer is X", "Final answer: X", "answer = X", "ans = X" (a program-of-thought ending) up to the end of its
+# sentence or line.
 _STATEMENT_RE = re.compile(
-    r"(?i:\b(?:final\s+answer|answer)(?:\s*+[:=]|\s++(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*+:?))"
+    r"(?i:\b(?:final\s+answer|answer|ans(?=\s*+=))(?:\s*+[:=]|\s++(?:is|would\s+be|will\s+be|should\s+be|must\s+be)\b\s*+:?))"
     r"\s*+(?P<span>[^\n]*)"
 )
 _SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.(?=\s+[A-Z])|[!?;](?:\s|$)")

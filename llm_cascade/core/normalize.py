@@ -183,6 +183,7 @@ _CLAUSE_BREAK = re.compile(
 _PLAIN_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
 _STATES_NUMBER = re.compile(r"[\s*_\"'`$(\[]*(?:[-\u2212+$\\\d.]|[A-Za-z]\w{0,10}\s*=)")
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_STEP = re.compile(r"^\W*(?:(?i:step)\s*)?\d+\s*[:.)]\s+")  # "Step 6:  Therefore ...", "3. So ...": not the answer
 
 
 def _canonical_number(raw: str) -> str | None:
@@ -246,7 +247,7 @@ def _number(text: str, strict: bool) -> str | None:
         return number_in(value.strip().strip('"')) or (
             None if value.strip() == text.strip() else _number(value, strict)
         )
-    found = [(m.start(), m.group(1)) for m in _HASH_RE.finditer(text)] + boxed(text)
+    found = [(m.start(), m.group(1)) for m in _HASH_RE.finditer(text) if m.group(1).strip()] + boxed(text)
     if not strict:  # "Answer: Janet uses 3 eggs ..." opens a reasoning, it does not state a number
         found += [f for f in statements(text) if _STATES_NUMBER.match(f[1])]
     if found:
@@ -256,7 +257,7 @@ def _number(text: str, strict: bool) -> str | None:
     if strict:
         return None
     sentences = [p for p in re.split(r"(?<=[.!?])\s+(?=\D)|\n", text) if any(c.isdigit() for c in p)]
-    return number_in(sentences[-1].rstrip(". ")) if sentences else None
+    return number_in(_STEP.sub("", sentences[-1]).rstrip(". ")) if sentences else None
 
 
 @dataclass(frozen=True, slots=True)
