@@ -180,3 +180,68 @@ def test_equal_answers_still_agree() -> None:
     assert math("\\frac{1}{2}") == math("0.5") == math("1/2")
     assert math("x = \\frac{\\sqrt{2}}{2}") == math("\\frac{1}{\\sqrt{2}}")
     assert ChoiceLetter("J")("**Answer: (H)**") == ChoiceLetter("J")("H") == "H"
+
+
+# -- against gold (issue 25) ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gold(conf: ModuleType, data_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    report: dict[str, dict[str, dict[str, Any]]] = conf.gold_report(data_dir, ZEROEVAL_SAMPLE)
+    for title, results in report.items():
+        _show_gold(conf, title, results)
+    return report
+
+
+def _show_gold(conf: ModuleType, title: str, results: dict[str, dict[str, Any]]) -> None:
+    print("\n".join(conf.gold_table(title, results)))
+
+
+def _gap(r: dict[str, Any]) -> float:
+    """Our accuracy against gold minus the best reference extractor's, in points."""
+    return float(r["ours"]) - max(float(v) for k, v in r.items() if k.startswith("ref:"))
+
+
+def test_our_reading_is_never_half_a_point_less_accurate_than_a_reference_on_recorded_outputs(gold: Any) -> None:
+    for title, results in gold.items():
+        if title.startswith("synthetic"):
+            continue
+        for model, r in results.items():
+            assert _gap(r) >= -0.5, (title, model, r)
+
+
+def test_gold_figures_on_the_shared_data(gold: Any) -> None:
+    """The measured figures (benchmarks/README.md), pinned: accuracy of ours and of each reference, and false
+    agreement among agreeing pairs."""
+    pinned = {  # title: (ours, {reference: accuracy}, false agreement at most)
+        "mot Number()": (95.19, {"ref:mot": 95.19}, 0.0),
+        "rational-gsm8k Number()": (89.74, {"ref:authors": 89.74}, 0.1),
+        "rational-letters ChoiceLetter()": (72.50, {"ref:mmlu_pro": 72.48}, 0.1),
+    }
+    for title, (ours, refs, false) in pinned.items():
+        r = gold[title]["all"]
+        assert r["ours"] == pytest.approx(ours, abs=0.011), title
+        for ref, acc in refs.items():
+            assert r[ref] == pytest.approx(acc, abs=0.011), (title, ref)
+        assert r["false"] <= false, title
+    # ZeroEval, the 9 sampled models (hard ones among them: several JSON blocks, broken JSON): ours reads more right
+    for title, ours in (("zeroeval Number(strict=True)", 79.96), ("zeroeval Number()", 80.10)):
+        r = gold[title]["all"]
+        assert r["ours"] == pytest.approx(ours, abs=0.011), title
+        assert (r["ref:zeroeval"], r["ref:authors"]) == pytest.approx((79.02, 79.06), abs=0.011), title
+        assert r["parse_fail"] < 2.5 and r["false"] < 3.0, title
+
+
+def test_on_ten_option_chain_of_thought_a_misread_is_only_ever_no_answer(conf: ModuleType, gold: Any) -> None:
+    """Synthetic MMLU-Pro-style models writing each pattern of issue 25 (appended summary, restarts and echoes,
+    corrections, hedges): where MMLU-Pro's extractor reads the gold letter and we do not, we read no answer (a
+    hedge, a reply that took its answer back), never another letter; false agreement stays under 0.5%."""
+    results = gold["synthetic-mmlu-pro ChoiceLetter('J')"]
+    assert results["all"]["false"] <= 0.5
+    for model in ("plain", "appends-summary", "restarts", "mixed"):
+        assert _gap(results[model]) >= -0.5, model
+    read = ChoiceLetter("J")
+    for _, model, text, gold_letter in conf.mmlu_pro_models():
+        ours = read(text)
+        if conf.mmlu_pro_reference(text) == gold_letter and ours != gold_letter:
+            assert ours is None, (model, text[-200:])
