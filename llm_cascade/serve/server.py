@@ -531,7 +531,13 @@ async def spend(request: HTTPRequest) -> Response:
             return error_response(400, f"tag filter {name[:40]!r} {problem}", code="invalid_query", param=f"tag.{name}")
     if "key" in tags:
         wanted["key"] = tags["key"]  # a key sees only its own spend
-    t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
+    try:
+        t = await asyncio.to_thread(totals, since=since, until=until, tags=wanted)
+    except Exception as exc:  # the database is down, say: its URL and driver message go to the log only
+        log.error("spend query failed: %s: %s", type(exc).__name__, _scrub(str(exc)))
+        return error_response(
+            503, "spend accounting is unavailable (see the server log)", type="server_error", code="ledger_unavailable"
+        )
     return _JSON(
         {
             "object": "spend",
