@@ -44,10 +44,41 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from lean_http import measure as lean_measure
 from lean_http import report as lean_report
 
-from llm_cascade import FakeBackend, Router, Tier, unanimous
+from llm_cascade import Completion, FakeBackend, Request, Router, Tier, Usage, unanimous
 from llm_cascade.backends.openai import OpenAIBackend
 
 PROMPT = "Which letter comes second? A) a B) b C) c D) d"
+
+
+class Prompts:
+    """The prompts routed: distinct ones by default (each request a new text, so nothing keyed by the prompt, a
+    token count or an estimate, is served from a cache the way one repeated prompt would be), or ``PROMPT`` alone
+    (``fixed``, the figures of earlier rounds)."""
+
+    def __init__(self, fixed: bool) -> None:
+        self.fixed = fixed
+        self.i = 0
+
+    def __call__(self) -> str:
+        if self.fixed:
+            return PROMPT
+        self.i += 1
+        return f"{PROMPT} (question {self.i}: {'context ' * (self.i % 37)})"
+
+
+class Varying(FakeBackend):
+    """A FakeBackend whose usage changes from call to call (as a provider's does), unless ``fixed``: costs, rows and
+    running totals are then computed for new numbers rather than read back from a cache."""
+
+    def __init__(self, model: str, script: str, fixed: bool) -> None:
+        super().__init__(model, script)
+        self.rng = random.Random(model) if not fixed else None
+
+    async def complete(self, request: Request) -> Completion:
+        if self.rng is not None:
+            self.usage = Usage(self.rng.randint(10, 4000), self.rng.randint(1, 300))
+        self.requests.clear()  # a benchmark routes many thousands of requests: keep none of them
+        return await super().complete(request)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -68,21 +99,24 @@ async def time_calls(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 200
     return out
 
 
-def bare_routers() -> dict[str, Router]:
+def bare_routers(fixed: bool = False) -> dict[str, Router]:
+    def fake(model: str, script: str) -> FakeBackend:
+        return Varying(model, script, fixed)
+
     return {
-        "single": Router([Tier([FakeBackend("a", "B")])], normalizer="choice"),
-        "agree": Router([Tier([FakeBackend("a", "B"), FakeBackend("b", "B")], unanimous())], normalizer="choice"),
+        "single": Router([Tier([fake("a", "B")])], normalizer="choice"),
+        "agree": Router([Tier([fake("a", "B"), fake("b", "B")], unanimous())], normalizer="choice"),
         "escalate": Router(
             [
-                Tier([FakeBackend("a", "B"), FakeBackend("b", "C")], unanimous()),
-                Tier([FakeBackend("c", "B")]),
+                Tier([fake("a", "B"), fake("b", "C")], unanimous()),
+                Tier([fake("c", "B")]),
             ],
             normalizer="choice",
         ),
     }
 
 
-def full_stack_router(folder: str, members: int = 2) -> Router:
+def full_stack_router(folder: str, members: int = 2, fixed: bool = False) -> Router:
     """The two-member agreeing tier again (or one member), with everything a production router has around it: a price
     table, the SQLite ledger (its writer thread and journal), a per-day budget (gating tier 0) and the retry layer."""
     from llm_cascade.resilience.limits import Resilience
@@ -96,7 +130,7 @@ def full_stack_router(folder: str, members: int = 2) -> Router:
     ledger = Ledger(os.path.join(folder, f"ledger-{members}.sqlite3"))
     budget = Budget(Limit("1000000", per="day"), ledger=ledger, prices=prices)
     return Router(
-        [Tier([FakeBackend("a", "B"), FakeBackend("b", "B")][:members], unanimous())],
+        [Tier([Varying("a", "B", fixed), Varying("b", "B", fixed)][:members], unanimous())],
         normalizer="choice",
         prices=prices,
         ledger=ledger,
@@ -105,18 +139,23 @@ def full_stack_router(folder: str, members: int = 2) -> Router:
     )
 
 
-async def router_cost(n: int, block: int = 100) -> dict[str, list[float]]:
+async def router_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str, list[float]]:
     """Per-request time of every shape, bare and full-stack, measured in interleaved blocks of ``block`` requests
     (shapes in a new random order each round), so that a shared machine's changes of speed, which come and go over
     seconds, hit every shape alike instead of whichever one happened to run then."""
     with tempfile.TemporaryDirectory() as tmp:
-        routers = {**bare_routers(), "full": full_stack_router(tmp, 2), "full_single": full_stack_router(tmp, 1)}
+        routers = {
+            **bare_routers(fixed),
+            "full": full_stack_router(tmp, 2, fixed),
+            "full_single": full_stack_router(tmp, 1, fixed),
+        }
+        prompt = Prompts(fixed)
         for name, router in routers.items():
-            result = await router.route(PROMPT)
+            result = await router.route(prompt())
             assert result.answer == "B" and result.tier == (1 if name == "escalate" else 0)
             assert name not in ("full", "full_single") or (result.cost_usd is not None and result.cost_usd > 0)
             for _ in range(200):
-                await router.route(PROMPT)
+                await router.route(prompt())
         out: dict[str, list[float]] = {name: [] for name in routers}
         order = list(routers)
         rng = random.Random(0)
@@ -126,8 +165,9 @@ async def router_cost(n: int, block: int = 100) -> dict[str, list[float]]:
             for name in order:
                 route, times = routers[name].route, out[name]
                 for _ in range(block):
+                    text = prompt()
                     t0 = time.perf_counter_ns()
-                    await route(PROMPT)
+                    await route(text)
                     times.append((time.perf_counter_ns() - t0) / 1000)
         for name, members in (("full", 2), ("full_single", 1)):
             ledger = routers[name].ledger
@@ -209,10 +249,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--http-n", type=int, default=1500, help="HTTP calls per client")
     parser.add_argument("--lean-cpu-n", type=int, default=2000, help="(c) sequential calls per transport")
     parser.add_argument("--lean-calls", type=int, default=6000, help="(c) routed calls per transport at c=64")
+    parser.add_argument(
+        "--fixed", action="store_true", help="(a) one repeated prompt and fixed usage (earlier rounds' figures)"
+    )
+    parser.add_argument("--router-only", action="store_true", help="(a) alone: no HTTP client, no transports")
     args = parser.parse_args(argv)
 
-    cost = asyncio.run(router_cost(args.n))
-    print(f"(a) router's own cost per request, FakeBackend members, {args.n} requests each, in interleaved blocks")
+    cost = asyncio.run(router_cost(args.n, fixed=args.fixed))
+    kind = "one repeated prompt, fixed usage" if args.fixed else "a new prompt per request, varying usage"
+    print(f"(a) router's own cost per request, FakeBackend members ({kind}), {args.n} requests each, interleaved")
     print(f"    {'shape':<42}{'p50 µs':>9}{'p99 µs':>9}")
     labels = {
         "single": "1 member",
@@ -226,6 +271,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     full, full_single = cost["full"], cost["full_single"]
     spend_path = pct(full, 0.5) - pct(cost["agree"], 0.5)
     print(f"    the spend path (prices, ledger, budget, retry) adds {spend_path:.1f} µs p50 to the 2-member tier")
+    if args.router_only:
+        figures = {
+            "prompts": "fixed" if args.fixed else "distinct",
+            "overhead_us_p50": round(pct(cost["agree"], 0.5), 1),
+            "overhead_full_us_p50": round(pct(full, 0.5), 1),
+            "overhead_full_single_us_p50": round(pct(full_single, 0.5), 1),
+            "spend_path_us_p50": round(spend_path, 1),
+            "single_us_p50": round(pct(cost["single"], 0.5), 1),
+            "spend_path_single_us_p50": round(pct(full_single, 0.5) - pct(cost["single"], 0.5), 1),
+        }
+        print(json.dumps(figures))
+        return figures
 
     proc, url = start_server()
     try:

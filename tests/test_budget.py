@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,17 @@ async def test_raise_policy_raises_and_still_records_the_calls_made(tmp_path: Pa
     assert top.calls == 1
 
 
+def recorder(ledger: Ledger, budget: Budget, now: list[float]) -> Callable[[str, list[Call], dict[str, str]], None]:
+    """What a router's request tab does with a request's calls: rows to the ledger, then the budget's running totals
+    (a budget follows what the routers that use it record; llm_cascade.spend.meter)."""
+
+    def record(request_id: str, calls: list[Call], tags: dict[str, str]) -> None:
+        ledger.record(request_id, calls, tags)
+        budget.recorded(now[0], calls, tags)
+
+    return record
+
+
 def test_period_limits_count_only_their_period_and_tags(tmp_path: Path) -> None:
     now = [1_767_225_600.0 + 3600 * 30]  # 2026-01-02 06:00 UTC
     ledger = Ledger(tmp_path / "l.db", clock=lambda: now[0])
@@ -112,16 +124,17 @@ def test_period_limits_count_only_their_period_and_tags(tmp_path: Path) -> None:
         usage=lambda r, m: Usage(500_000, 0),  # 0.5 USD per call
         clock=lambda: now[0],
     )
+    record = recorder(ledger, budget, now)
     req = Request.from_prompt("q", metadata={"app": "chat"})
     assert budget.check(req, 1, ["m"], Decimal(0)) is None
     now[0] -= 86400  # yesterday
-    ledger.record("old", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {"app": "chat"})
+    record("old", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {"app": "chat"})
     now[0] += 86400
     assert budget.check(req, 1, ["m"], Decimal(0)) is None  # yesterday's spend is not today's
-    ledger.record("r", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "other"})
+    record("r", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "other"})
     assert budget.check(req, 1, ["m"], Decimal(0)) is None  # another app's spend is not chat's
     assert budget.check(req, 1, ["m"], Decimal("0.51")) is not None
-    ledger.record("r2", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "chat"})
+    record("r2", [Call("m", 0, "ok", cost_usd=Decimal("0.5"))], {"app": "chat"})
     assert "per day" in (budget.check(req, 1, ["m"], Decimal("0.01")) or "")
     assert budget.remaining({"app": "chat"}) == {
         "1 USD per day (app=chat)": Decimal("0.5"),
@@ -148,14 +161,15 @@ def test_running_totals_start_again_when_a_period_ends(
         Limit(1, per=per), ledger=ledger, prices=prices, usage=lambda r, m: Usage(500_000, 0), clock=lambda: now[0]
     )
     req = Request.from_prompt("q")
-    ledger.record("a", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {})
+    record = recorder(ledger, budget, now)
+    record("a", [Call("m", 0, "ok", cost_usd=Decimal("0.9"))], {})
     assert "per " + per in (budget.check(req, 0, ["m"], Decimal(0)) or "")
     now[0] = after
     assert budget.check(req, 0, ["m"], Decimal(0)) is None  # a new period: 0 spent
-    ledger.record("b", [Call("m", 0, "ok", cost_usd=Decimal("0.6"))], {})
+    record("b", [Call("m", 0, "ok", cost_usd=Decimal("0.6"))], {})
     assert "spent 0.6 in this" in (budget.check(req, 0, ["m"], Decimal(0)) or "")
     now[0] = before  # a row of the old period, recorded late
-    ledger.record("c", [Call("m", 0, "ok", cost_usd=Decimal("0.3"))], {})
+    record("c", [Call("m", 0, "ok", cost_usd=Decimal("0.3"))], {})
     now[0] = after
     assert budget.remaining() == {f"1 USD per {per} (all)": Decimal("0.4")}
     ledger.close()

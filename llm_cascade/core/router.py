@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ..backends.base import Backend, innermost, resolve
 from ..resilience import ttft
 from ..resilience.retry import Retrying, RetryPolicy, attempt_log
-from ..spend.tokens import TokenEstimator
+from ..spend.meter import Guard as Guard
+from ..spend.meter import Holds, SpendMeter, Tab, own_price
+from ..spend.meter import Pricer as Pricer
+from ..spend.meter import SpendSink as SpendSink
 from . import observe, refusal
 from .agreement import Rule, TierVotes, Unanimous
 from .errors import (
@@ -68,51 +71,12 @@ DEFAULT_RETRY = RetryPolicy()
 LOUD_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, UnsupportedParameter, ConfigError)
 
 
-class Pricer(Protocol):
-    """What the router needs from a price table (:class:`~llm_cascade.spend.pricing.PriceTable` is one): the cost of one
-    call, or None when unknown. ``seconds`` is the local compute a call used, for models priced per hour; the router
-    passes it only for calls that report it and whose backend did not price itself (``Completion.cost_usd``)."""
-
-    def cost(self, model: str, usage: Usage, seconds: float | None = None) -> Decimal | None: ...
-
-
+# The spend seam's contracts (Pricer, SpendSink, Guard) live in llm_cascade.spend.meter, still importable from here.
 TimedPricer = Pricer  # the name an older release used for a Pricer that takes ``seconds``
-
-
-class SpendSink(Protocol):
-    """What the router needs from a ledger: store every call of a request, whatever its outcome. It must return
-    quickly (it runs on the event loop): :class:`~llm_cascade.spend.ledger.Ledger` only queues the rows. A sink that
-    also
-    has ``intent(request_id, calls, metadata)`` is told the estimated calls of each tier before they start, so a
-    crash cannot lose a billed call (see :mod:`llm_cascade.spend.journal`)."""
-
-    def record(self, request_id: str, calls: Sequence[Call], metadata: dict[str, str]) -> None: ...
-
 
 # Provider failures are data (the tier's rule decides over the other members); anything else is a bug and raises.
 # A nested Router's routing errors and budget stops count as that member's failure.
 _MEMBER_ERRORS = (ProviderError, TimeoutError, RoutingError, RequestTimeout, BudgetExceeded)
-# Set while a Router calls its members: a nested Router then leaves recording to the outer one (flattened, once).
-_outer_ledger: ContextVar[SpendSink | None] = ContextVar("llm_cascade_outer_ledger", default=None)
-
-
-class Guard(Protocol):
-    """What the router needs from budgets: may it escalate to ``tier`` after spending ``spent`` on this request?
-
-    Returns None to allow, or a reason to stop. ``policy`` says what a stop means: return the best answer so far
-    ("best_so_far") or raise :class:`BudgetExceeded` ("raise"). A guard that also has ``hold()`` (Budget does) gets
-    one per request, a :class:`Held` guard whose allowed tiers stay reserved until the request's calls are recorded.
-    """
-
-    policy: Literal["best_so_far", "raise"]
-
-    def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
-
-
-class Held(Guard, Protocol):
-    """One request's guard (:class:`llm_cascade.spend.budget.Hold`): released once its calls are in the ledger."""
-
-    def release(self) -> None: ...
 
 
 class Hardener(Protocol):
@@ -352,7 +316,7 @@ class Router:
         normalizer: Normalizer | str | None = "exact",
         prices: Pricer | Literal[False] | None = None,
         ledger: SpendSink | None = None,
-        budget: Guard | None = None,
+        budget: Guard | Holds | None = None,
         estimator: UsageEstimator | None = None,
         timeout: float | None = None,
         name: str = "cascade",
@@ -395,13 +359,9 @@ class Router:
                         f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
                     )
         self.tiers: tuple[Tier, ...] = tuple(built)
-        # Members that carry their own price (OpenAIBackend(..., price=Price(...)); a wrapper's ``inner`` is looked
-        # through): priced by it before the table, and the budget's estimates use it too.
-        self._member_prices = {m.name: p for t in built for m in t.members if (p := _own_price(m)) is not None}
-        if self._member_prices and budget is not None:
-            known = getattr(budget, "member_prices", None)
-            if isinstance(known, dict):
-                known.update(self._member_prices)
+        # A member that is itself a Router (not behind a wrapper) routes with this request's tab: its calls are this
+        # request's, journaled and recorded once, here (llm_cascade.spend.meter).
+        self._nested = {id(m): m for t in built for m in t.members if isinstance(m, Router)}
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self._models = tuple(tuple(m.name for m in t.members) for t in built)  # what a budget check is told per tier
@@ -413,22 +373,68 @@ class Router:
             from ..spend.pricing import shipped_prices
 
             prices = shipped_prices()
-        self.prices: Pricer | None = prices if prices is not False else None
-        self.ledger = ledger
-        self.budget = budget
         if estimator is None:  # failed and cancelled calls are billed an estimate, never 0
             from ..spend.tokens import default_estimator
 
             estimator = default_estimator()
-        self.estimator = estimator
+        self._prices: Pricer | None = prices if prices is not False else None
+        self._ledger: SpendSink | None = ledger
+        self._budget: Guard | Holds | None = budget
+        self._estimator: UsageEstimator | None = estimator
+        self.meter: SpendMeter = self._meter()
         self.name = f"router:{name}"
         self.supports_logprobs = False
         self._closed = False
         self._runner: SyncRunner | None = None
-        self._intent_calls: dict[tuple[int, object, int], tuple[Call, ...]] = {}
         if shadow is not None and not callable(getattr(shadow, "bind", None)):
             raise ConfigError("Router.shadow", f"must be a Shadow, got {type(shadow).__name__}")
         self.shadow = shadow.bind(self) if shadow is not None else None  # see llm_cascade.core.shadow
+
+    def _meter(self) -> SpendMeter:
+        """The spend seam of this router's components (llm_cascade.spend.meter), built again when one is replaced."""
+        return SpendMeter(
+            [t.members for t in self.tiers],
+            prices=self._prices,
+            ledger=self._ledger,
+            budget=self._budget,
+            estimator=self._estimator,
+        )
+
+    @property
+    def prices(self) -> Pricer | None:
+        return self._prices
+
+    @prices.setter
+    def prices(self, prices: Pricer | None) -> None:
+        self._prices = prices
+        self.meter = self._meter()
+
+    @property
+    def ledger(self) -> SpendSink | None:
+        return self._ledger
+
+    @ledger.setter
+    def ledger(self, ledger: SpendSink | None) -> None:
+        self._ledger = ledger
+        self.meter = self._meter()
+
+    @property
+    def budget(self) -> Guard | Holds | None:
+        return self._budget
+
+    @budget.setter
+    def budget(self, budget: Guard | Holds | None) -> None:
+        self._budget = budget
+        self.meter = self._meter()
+
+    @property
+    def estimator(self) -> UsageEstimator | None:
+        return self._estimator
+
+    @estimator.setter
+    def estimator(self, estimator: UsageEstimator | None) -> None:
+        self._estimator = estimator
+        self.meter = self._meter()
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -453,6 +459,7 @@ class Router:
         user: str | None = None,
         metadata: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
+        tab: Tab | None = None,
         **unknown: Any,
     ) -> RouteResult:
         """Answer ``request`` (a prompt, an OpenAI-style message list, or a :class:`Request`) with the cheapest tier
@@ -462,7 +469,9 @@ class Router:
         its provider, or raises :class:`~llm_cascade.core.errors.UnsupportedParameter`); given with a Request, they
         override its fields; unset ones are not sent at all. ``tags`` (and ``metadata``, ``user``) go to the ledger
         and budgets. An unknown keyword is a TypeError naming the nearest known one (see
-        :mod:`llm_cascade.core.params`).
+        :mod:`llm_cascade.core.params`). ``tab``: this request's spend tab, opened beforehand
+        with ``router.meter.open(request)`` (the proxy checks tier 0's budget on it before routing); by default the
+        router opens one.
         """
         if unknown:
             raise unknown_keyword(list(unknown))
@@ -493,7 +502,7 @@ class Router:
         else:
             request = prepare(request, _new_request_id(), dict(zip(ROUTE_PARAMS, given, strict=True)))
         with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
-            result = await self._route_recorded(request)
+            result = await self._route_recorded(request, tab)
             observe.result_returned(result, self.on_result, current)
         return result
 
@@ -527,48 +536,39 @@ class Router:
         else:
             SyncRunner.run_once(self.aclose())
 
-    async def _route_recorded(self, request: Request) -> RouteResult:
+    async def _route_recorded(self, request: Request, tab: Tab | None = None) -> RouteResult:
+        """Route with this request's tab (``parent``'s child when this router is a member of another), and close it
+        whatever happens: every call recorded, the budget's claim released."""
         calls: list[Call] = []
         errors = _FAILURES.set([])
-        # Called as a member of an outer Router that has a ledger: the outer one records these calls (flattened).
-        ledger = self.ledger if _outer_ledger.get() is None else None
-        reserve = getattr(self.budget, "hold", None) if self.budget is not None else None
-        hold: Held | None = reserve() if reserve is not None else None
-        guard = hold if hold is not None else self.budget
-        scope = _outer_ledger.set(ledger) if ledger is not None else None
+        if tab is None:
+            tab = self.meter.open(request)
+        else:
+            tab.request = request  # opened before routing (the proxy): the same request, now with its id
         result: RouteResult | None = None
-        shadowed = self.shadow.sample(request) if self.shadow is not None and ledger is not None else None
+        shadowed = self.shadow.sample(request) if self.shadow is not None and self.ledger is not None else None
         if shadowed is not None:
             request = shadowed
         try:
             if self.timeout is None:
-                result = await self._route(request, calls, guard, ledger)
+                result = await self._route(request, calls, tab)
                 return result
             try:
                 async with asyncio.timeout(self.timeout):
-                    result = await self._route(request, calls, guard, ledger)
+                    result = await self._route(request, calls, tab)
                     return result
             except TimeoutError:
                 raise RequestTimeout(f"request {request.request_id} ran past {self.timeout}s") from None
         finally:
-            if scope is not None:
-                _outer_ledger.reset(scope)
-            try:
-                if ledger is not None and calls:
-                    if result is None and len(calls) > 1:  # a result has sorted them; rows go in the result's order
-                        calls.sort(key=self._call_order)
-                    if shadowed is not None and self.shadow is not None:  # with observations, then the shadow calls
-                        self.shadow.record(ledger, request, calls, result is not None)
-                    else:
-                        ledger.record(request.request_id, calls, dict(request.metadata))
-            finally:
-                _FAILURES.reset(errors)
-                if hold is not None:  # after the write: counted twice for a moment, never not at all
-                    arelease = getattr(hold, "arelease", None)
-                    if arelease is not None:
-                        await arelease()
-                    else:
-                        hold.release()
+            _FAILURES.reset(errors)
+            if result is None and len(calls) > 1:  # a result has sorted them; rows go in the result's order
+                calls.sort(key=self._call_order)
+            shadow = self.shadow if shadowed is not None else None
+            if shadow is None:
+                await tab.close(calls)
+            else:  # with observations, then the shadow calls
+                answered = result is not None
+                await tab.close(calls, lambda ledger: shadow.record(ledger, request, calls, answered))
 
     async def check(self, *, reach: bool = True, ping_timeout: float = 10.0) -> CheckReport:
         """Check keys, prices and (with ``reach``) that each provider answers, before the first request: see
@@ -580,7 +580,14 @@ class Router:
 
     async def complete(self, request: Request) -> Completion:
         """Backend protocol: the cascade's answer as a Completion, with the usage of every call it made."""
-        result = await self.route(request)
+        return self._completion(await self.route(request))
+
+    async def _complete_in(self, request: Request, parent: Tab) -> Completion:
+        """:meth:`complete` as a member of another Router: routed on ``parent``'s child tab, so these calls are
+        journaled and recorded once, as the parent request's (which lists them among its calls)."""
+        return self._completion(await self.route(request, tab=self.meter.open(request, parent)))
+
+    def _completion(self, result: RouteResult) -> Completion:
         return Completion(
             text=result.text or "",
             model=self.name,
@@ -610,31 +617,22 @@ class Router:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    async def _route(
-        self, request: Request, calls: list[Call], guard: Guard | None, ledger: SpendSink | None
-    ) -> RouteResult:
+    async def _route(self, request: Request, calls: list[Call], tab: Tab) -> RouteResult:
         start = time.perf_counter()
         last = len(self.tiers) - 1
         best: tuple[int, TierVotes, str | None, str | None] | None = None  # (tier, votes, answer, text)
+        gate_first = self.meter.gate_first_tier
         for k, tier in enumerate(self.tiers):
-            if guard is not None and (k or getattr(guard, "gate_first_tier", False)):
-                acheck = getattr(guard, "acheck", None)
-                models = self._models[k]
-                spent = self._spent(calls) if calls else _ZERO
-                reason = await acheck(request, k, models, spent) if acheck else guard.check(request, k, models, spent)
+            if k or gate_first:
+                reason = await tab.admit(k, calls)
                 if reason is not None:
                     observe.log.info("request %s: budget stops before tier %d: %s", request.request_id, k, reason)
-                    if guard.policy == "raise" or best is None:
+                    if tab.policy == "raise" or best is None:
                         raise BudgetExceeded(reason)
                     bk, bvotes, banswer, btext = best
                     return self._result(request, bk, bvotes, banswer, btext, False, calls, start, reason)
-            intent = getattr(ledger, "intent", None)  # the ledger this request records to (None when nested)
-            if intent is not None and getattr(ledger, "journaled", True):  # no journal: no intent calls to build
-                finished = getattr(ledger, "finished", None) if k else None
-                if finished is not None:  # the tier before is done: a kill from now on bills its real usage
-                    finished(request.request_id, [c for c in calls if c.tier == k - 1], request.metadata)
-                intent(request.request_id, self._intents(k, tier, request), request.metadata)
-            votes, texts, failed = await self._run_tier(k, tier, request, calls)
+            tab.intend(k, calls)
+            votes, texts, failed = await self._run_tier(k, tier, request, calls, tab)
             answer, _ = votes.majority()
             text = texts.get(answer) if answer is not None else None
             if answer is not None and (best is None or k > best[0]):
@@ -669,7 +667,7 @@ class Router:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run_tier(
-        self, k: int, tier: Tier, request: Request, calls: list[Call]
+        self, k: int, tier: Tier, request: Request, calls: list[Call], tab: Tab
     ) -> tuple[TierVotes, dict[str, str], bool]:
         """Call every member concurrently; returns the votes, one raw text per answer, and whether any failed."""
         req = request.with_logprobs() if tier.rule.needs_confidence else request
@@ -677,13 +675,14 @@ class Router:
         members = tier.members
         deadline = _Deadline()
         if len(members) == 1 and tier.timeout is None:
-            outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline)]
+            outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline, tab)]
         else:
             tasks: list[asyncio.Future[_Outcome]] = []
             spawn: asyncio.Handle | None = None
 
             def start(rest: Sequence[Backend]) -> None:
-                tasks.extend(asyncio.ensure_future(self._call(m, k, req, normalizer, calls, deadline)) for m in rest)
+                call = self._call
+                tasks.extend(asyncio.ensure_future(call(m, k, req, normalizer, calls, deadline, tab)) for m in rest)
 
             try:
                 if tier.timeout is None:
@@ -696,7 +695,7 @@ class Router:
                     for i, member in enumerate(members):
                         if i < last_member:
                             spawn = asyncio.get_running_loop().call_soon(start, members[i + 1 :])
-                        outcomes.append(await self._call(member, k, req, normalizer, calls, deadline))
+                        outcomes.append(await self._call(member, k, req, normalizer, calls, deadline, tab))
                         if tasks:  # it yielded: the others started then; collect them in order
                             outcomes += [await t for t in tasks]
                             break
@@ -744,6 +743,7 @@ class Router:
         normalizer: Normalizer,
         calls: list[Call],
         deadline: _Deadline,
+        tab: Tab,
     ) -> _Outcome:
         """One member call. Always appends one Call to ``calls``, even when cancelled, after one Call per attempt
         that the retry layer made and retried (see :mod:`llm_cascade.resilience.retry`)."""
@@ -757,7 +757,8 @@ class Router:
         with attempt_log() as retried:
             try:
                 limit = ttft.limit_for(self.tiers[k].first_token_timeout, backend) if k < len(self.tiers) else None
-                pending = backend.complete(request)
+                router = self._nested.get(id(backend))
+                pending = backend.complete(request) if router is None else router._complete_in(request, tab)
                 completion = _checked(
                     await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
                 )
@@ -798,10 +799,14 @@ class Router:
                         f"{type(a.error).__name__}: {a.error}",
                         start,
                         _billed(a.error),
+                        None,
+                        tab,
                     )
                     calls.append(replace(failed, latency_s=a.latency_s, attempt=a.attempt))
                     observe.call_recorded(calls[-1], request.request_id, self.on_call)
-                call = self._to_call(backend, k, request, normalizer, completion, outcome, error, start, billed, read)
+                call = self._to_call(
+                    backend, k, request, normalizer, completion, outcome, error, start, billed, read, tab
+                )
                 call = replace(call, attempt=len(retried) + 1) if retried else call
                 raw = completion.raw if completion is not None else None
                 inner = raw.calls if isinstance(raw, RouteResult) else nested
@@ -825,7 +830,10 @@ class Router:
         start: float,
         billed: Usage | None = None,
         read: tuple[str | None, str | None] | None = None,
+        tab: Tab | None = None,
     ) -> Call:
+        """One Call, priced on the request's ``tab`` (none: a shadow call, priced as the router prices)."""
+        price = tab.price if tab is not None else self._cost
         if completion is None:
             # A provider that answered with an error billed nothing, unless the error says what it billed (a stream
             # cut mid-answer); one cut off mid-call (deadline, cancellation) may have processed the prompt, so its
@@ -836,7 +844,7 @@ class Router:
                 usage = self.estimator(request, None)
             else:
                 usage = Usage()
-            cost = self._cost(backend, usage, None, None)
+            cost = price(backend, usage, None, None)
             return Call(backend.name, k, outcome, usage, time.perf_counter() - start, cost_usd=cost, error=error)
         answer: str | None
         failed: str | None
@@ -848,7 +856,7 @@ class Router:
         if answer is not None and not isinstance(answer, str):
             answer, error = None, f"normalizer returned {type(answer).__name__}, not str"
         conf = _probability(completion.confidence, completion.logprob)
-        cost = self._cost(backend, completion.usage, completion.compute_s, completion.cost_usd)
+        cost = price(backend, completion.usage, completion.compute_s, completion.cost_usd)
         return Call(
             backend.name,
             k,
@@ -865,51 +873,12 @@ class Router:
         )
 
     def _cost(self, backend: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
-        """Price one call: what the backend says it cost (``Completion.cost_usd``: local compute, a nested cascade,
-        a provider-reported cost), else the member's own ``price`` (a :class:`~llm_cascade.spend.pricing.PriceEntry`),
-        else the price table; None when none of them knows."""
-        if known is not None:
-            return known
-        own = self._member_prices.get(backend.name)
-        if own is not None:
-            found: Decimal | None = own.cost(usage, seconds)
-            return found
-        if self.prices is None:
-            return None
-        if seconds is not None:
-            return self.prices.cost(backend.name, usage, seconds)
-        return self.prices.cost(backend.name, usage)
-
-    def _intents(self, k: int, tier: Tier, request: Request) -> Sequence[Call]:
-        """The calls tier ``k`` is about to make, as the ledger should bill them if the process dies during them:
-        prompt tokens estimated, no output, outcome "cancelled". Calls are immutable and depend only on the tier
-        and the estimated usage, so they are built once per (tier, usage) (prompt sizes repeat) and reused."""
-        estimator = self.estimator
-        usage: Usage | None = None
-        if type(estimator) is TokenEstimator:  # its estimate depends on the prompt's size alone: keyed by that
-            size: object = estimator.prompt_tokens(request)
-        else:
-            size = usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
-        key = (k, size, getattr(self.prices, "version", 0))  # a price added since: built again
-        found = self._intent_calls.get(key)
-        if found is None:
-            if usage is None:
-                usage = estimator(request, None)
-            why = "process ended during the call (replayed from the ledger journal)"
-            found = tuple(
-                Call(m.name, k, "cancelled", usage, cost_usd=self._cost(m, usage, None, None), error=why)
-                for m in tier.members
-            )
-            if len(self._intent_calls) >= 4096:
-                self._intent_calls.clear()
-            self._intent_calls[key] = found
-        return found
+        """Price one call of ``backend`` as this router's tabs do (llm_cascade.spend.meter: the completion's own
+        cost, the member's own price, the table)."""
+        return known if known is not None else self.meter.cost(backend, usage, seconds)
 
     def _call_order(self, call: Call) -> tuple[int, int, int]:
         return call.tier, self._position.get((call.tier, call.model), 0), call.attempt
-
-    def _spent(self, calls: Sequence[Call]) -> Decimal:
-        return sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
 
     def _result(
         self,
@@ -941,10 +910,7 @@ class Router:
         return f"Router({self.name!r}, tiers={list(self.tiers)!r})"
 
 
-def _own_price(member: Any) -> Any:
-    """The price a member (the backend under its wrappers) declares, or None."""
-    price = getattr(innermost(member), "price", None)
-    return price if price is not None and callable(getattr(price, "cost", None)) else None
+_own_price = own_price  # the name llm_cascade.serve.check used
 
 
 async def _close_tiers(tiers: Sequence[Tier]) -> None:

@@ -34,7 +34,6 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,7 +51,7 @@ from ..core.errors import (
     UnsupportedParameter,
 )
 from ..core.refusal import public_reason
-from ..core.types import Request, RouteResult
+from ..core.types import RouteResult
 from .config import Components, Config, build_components, build_routers, hash_key
 from .failures import failure_headers
 from .schema import ChatRequest, InputError, parse_chat, tag_problem
@@ -72,7 +71,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("starlette", "server") from None
 
 if TYPE_CHECKING:
-    from ..core.router import Guard, Router
+    from ..core.router import Router
+    from ..spend.meter import Tab
     from .check import CheckReport
     from .reload import Generation
 
@@ -156,8 +156,7 @@ class ProxyState:
         # Per-request constants, looked up once here rather than on every request.
         self.models = frozenset(self.routers)
         self.max_body = config.server.max_body_bytes
-        self.tier0 = {name: [m.name for m in r.tiers[0].members] for name, r in self.routers.items() if r.tiers}
-        self.hold: Callable[[], AbstractContextManager[Guard]] | None = getattr(components.budget, "hold", None)
+        self.budgeted = components.budget is not None
         return old
 
     def authenticate(self, request: HTTPRequest) -> dict[str, str]:
@@ -331,30 +330,16 @@ def _scrub(text: str) -> str:
     return _URLS.sub("<url>", text)[:2000]
 
 
-def _hold(state: ProxyState) -> AbstractContextManager[Guard | None]:
-    """The request's budget hold (:class:`llm_cascade.spend.budget.Hold`), open around the tier-0 check and ``route()``,
-    which takes it over: tier 0's estimate stays held until the router has recorded the request's calls."""
-    hold = state.hold
-    return hold() if hold is not None else nullcontext(state.components.budget)
-
-
-async def _budget_refuses(
-    guard: Guard | None, state: ProxyState, cascade: str, request: Request
-) -> JSONResponse | None:
+async def _budget_refuses(tab: Tab, state: ProxyState) -> JSONResponse | None:
     """Check the budgets before tier 0 too, so a key whose budget is used up stops spending at once.
 
-    The router checks budgets only before an escalation (tier 0 always runs); here tier 0 gets the same check
-    (spent in the period + held in flight + the tier's estimated cost > limit?), from memory, or from the shared
-    counters on a worker thread; the router then finds tier 0 already claimed.
+    A router with ``gate_first_tier=False`` checks budgets only before an escalation; here tier 0 gets the same
+    check (spent in the period + held in flight + the tier's estimated cost, priced by the cascade's own members >
+    limit?) on the request's tab, from memory or from the shared counters; ``route()`` then finds tier 0 claimed.
     """
-    if guard is None:
+    if not state.budgeted:
         return None
-    models = state.tier0[cascade]
-    acheck = getattr(guard, "acheck", None)  # a Hold: pure memory, or its database check on a worker thread
-    if acheck is not None:
-        reason = await acheck(request, 0, models, Decimal(0))
-    else:
-        reason = await asyncio.to_thread(guard.check, request, 0, models, Decimal(0))
+    reason = await tab.admit(0, ())
     return None if reason is None else _route_error(BudgetExceeded(reason), state)
 
 
@@ -373,11 +358,16 @@ async def chat_completions(request: HTTPRequest) -> Response:
     router = gen.routers[chat.model]
     gen.enter()
     try:
-        with _hold(state) as guard:
-            refused = await _budget_refuses(guard, state, chat.model, routed)
-            if refused is not None:
-                return refused
-            result = await router.route(routed)
+        tab = router.meter.open(routed)  # the request's spend, passed to route(): tier 0's claim is its claim
+        try:
+            refused = await _budget_refuses(tab, state)
+        except BaseException:
+            await tab.close(())
+            raise
+        if refused is not None:
+            await tab.close(())
+            return refused
+        result = await router.route(routed, tab=tab)
     except Exception as exc:
         return _route_error(exc, state)
     finally:

@@ -9,10 +9,11 @@ Before tier k runs (tier 0 too unless ``gate_first_tier=False``), each limit who
     spent in the period + held by other requests in flight + spent by this request so far
         + estimated cost of tier k  >  limit ?
 
-The estimate of tier k is, for each of its models, the price (the member's own ``Price`` first, else the table) of
-``Usage(prompt tokens, expected output tokens)``: prompt tokens counted with tiktoken (the ``tokens`` extra, resolved
-when the Budget is built; counts cached per prompt, huge prompts estimated from their length), expected output tokens
-= ``output_tokens`` if given, else the request's ``max_tokens``, else 256. ``usage=`` replaces both.
+The estimate of tier k is, for each of its members, the price (the router's one precedence: the member's own ``Price``
+first, else the router's table; :mod:`llm_cascade.spend.meter`) of ``Usage(prompt tokens, expected output tokens)``:
+prompt tokens counted with tiktoken (the ``tokens`` extra, checked when the Budget is built, loaded on first use;
+counts cached per prompt, huge prompts estimated from their length), expected output tokens = ``output_tokens`` if
+given, else the request's ``max_tokens``, else 256. ``usage=`` replaces both.
 
 If the limit would be exceeded, ``policy`` decides: "best_so_far" returns the best answer of the tiers already run,
 marked ``accepted=False`` with the budget's reason (raises when there is none yet, i.e. at tier 0); "raise" raises
@@ -26,8 +27,8 @@ Periods are calendar periods in UTC ("hour", "day", "week" from Monday, "month")
 Where "spent in the period" comes from, without SQL on the event loop:
 
 - one process (SQLite, or any ledger when ``shared=False``): running totals per limit in memory, seeded once from the
-  ledger when the Budget is built and advanced by every request the ledger records (:meth:`Ledger.subscribe`), so a
-  check is a few dictionary lookups under a lock, whatever the ledger's size;
+  ledger when the Budget is built and advanced by every request a router records (the request's tab calls
+  :meth:`Budget.recorded`), so a check is a few dictionary lookups under a lock, whatever the ledger's size;
 - several processes (a PostgreSQL ledger, or ``shared=True``): counters in the ledger's database, reserved atomically
   (:mod:`llm_cascade.spend.reservations`), so N processes with a limit that fits K escalations run exactly K. Those
   checks
@@ -62,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from ..core.errors import ConfigError
 from ..core.types import Call, Request, Usage
 from .ledger import PICO, Ledger, to_pusd
-from .pricing import PriceEntry, PriceTable
+from .pricing import PriceTable
 from .reservations import SharedCounters, scope_key
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ Policy = Literal["best_so_far", "raise"]
 PERIODS: tuple[str, ...] = ("request", "hour", "day", "week", "month", "total")
 DEFAULT_OUTPUT_TOKENS = 256
 UsageGuess = Callable[[Request, str], Usage]
+Estimate = Callable[[], "Decimal | None"]  # a tier's expected cost, worked out only when a limit applies
 _ZERO = Decimal(0)
 _UNSEEN: Any = object()
 
@@ -187,14 +189,12 @@ class Budget:
         self.clock = clock
         self._usage = usage  # None: prompt tokens counted here with tiktoken, estimates keyed by ints
         self._counters: dict[str, PromptCounter] = {}
-        # Prices members declare themselves (a Router fills it from its members): used before the table.
-        self.member_prices: dict[str, PriceEntry] = {}
         self._model_encoding: dict[str, str] = {}
         self._last_count: tuple[object, object, int] = (None, None, 0)  # (request, counter, its prompt tokens)
-        # (model, prompt tokens, output tokens) or (model, usage) -> cost, valid for _estimates_version (the price
-        # table's version, member prices known)
-        self._estimates: dict[tuple[str, int, int] | tuple[str, Usage], Decimal | None] = {}
-        self._estimates_version: tuple[int, int] = (getattr(self.prices, "version", 0), 0)
+        # (model, usage) -> cost by the table, valid for _estimates_version (the price table's version)
+        self._estimates: dict[tuple[str, Usage], Decimal | None] = {}
+        self._estimates_version = getattr(self.prices, "version", 0)
+        self._usages: dict[tuple[int, int], Usage] = {}  # (prompt tokens, output tokens) -> its estimated Usage
         if usage is None:  # resolved now: a missing tokens extra fails here, naming it, not at the first request
             from .tokens import PromptCounter
 
@@ -216,9 +216,6 @@ class Budget:
             raise ConfigError("Budget.shared", "shared counters live in the ledger's database: pass ledger=")
         self.counters: SharedCounters | None = None
         if ledger is not None:
-            subscribe = getattr(ledger, "subscribe", None)
-            if callable(subscribe):
-                subscribe(self._recorded)
             if shared:
                 from .reservations import SharedCounters
 
@@ -259,8 +256,9 @@ class Budget:
             self._applicable[key] = found
         return found
 
-    def _recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
-        """Ledger listener: advance the running totals of the limits this request's tags fall under."""
+    def recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """A request's calls were recorded at ``ts``: advance the running totals of the limits its tags fall under.
+        The router's request tab calls it right after the ledger write (:mod:`llm_cascade.spend.meter`)."""
         priced = _ZERO
         unknown = 0
         for c in calls:  # one pass, no generators: this runs once per request on the event loop
@@ -335,34 +333,38 @@ class Budget:
             counter = self._counters[name] = PromptCounter(name)
         return counter
 
+    def usage_for(self, request: Request, model: str) -> Usage:
+        """The usage a call of ``model`` is expected to bill for ``request``: prompt tokens counted (or ``usage=``),
+        expected output tokens. Priced by the router's members (:mod:`llm_cascade.spend.meter`) or by
+        :meth:`estimate`."""
+        guess = self._usage
+        if guess is not None:
+            return guess(request, model)
+        key = (self._prompt_tokens(request, model), self._expected_output(request))
+        usage = self._usages.get(key)
+        if usage is None:  # the same few sizes recur: one Usage each, not one per check
+            if len(self._usages) >= 4096:
+                self._usages.clear()
+            usage = self._usages[key] = Usage(key[0], key[1], 0, estimated=True)
+        return usage
+
     def estimate(self, request: Request, models: Sequence[str]) -> Decimal | None:
-        """Expected cost of asking every one of ``models`` this request; None if a price is unknown."""
+        """Expected cost of asking every one of ``models`` this request, priced by this budget's table; None if a
+        price is unknown. A Router's checks price its own members instead (their own prices first)."""
         total = Decimal(0)
-        version = (getattr(self.prices, "version", 0), len(self.member_prices))
+        version = getattr(self.prices, "version", 0)
         if version != self._estimates_version:  # a price added since: the cached costs may be wrong
             self._estimates = {}
             self._estimates_version = version
         estimates = self._estimates
-        guess = self._usage
-        out = self._expected_output(request)
         for model in models:
-            # The key is (model, prompt tokens, output tokens): ints, no Usage built or hashed unless it is new.
-            key: tuple[str, int, int] | tuple[str, Usage]
-            usage: Usage | None = None
-            if guess is None:
-                key = (model, self._prompt_tokens(request, model), out)
-            else:
-                usage = guess(request, model)
-                key = (model, usage)
-            cost = estimates.get(key, _UNSEEN)
-            if cost is _UNSEEN:  # one model, one size: the same Decimal arithmetic as last time, else priced now
-                if usage is None:
-                    usage = Usage(key[1], out, 0, estimated=True)  # type: ignore[arg-type]
-                own = self.member_prices.get(model)
-                cost = own.cost(usage) if own is not None else self.prices.cost(model, usage)
+            usage = self.usage_for(request, model)
+            cost = estimates.get((model, usage), _UNSEEN)
+            if cost is _UNSEEN:
+                cost = self.prices.cost(model, usage)
                 if len(estimates) >= 4096:
                     estimates = self._estimates = {}
-                estimates[key] = cost
+                estimates[(model, usage)] = cost
             if cost is None:
                 return None
             total += cost
@@ -397,24 +399,30 @@ class Budget:
             )
 
     def _admit(
-        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold | None
+        self,
+        request: Request,
+        tier: int,
+        models: Sequence[str],
+        spent: Decimal,
+        hold: Hold | None,
+        estimated: Estimate | None = None,
     ) -> str | None:
         indexed = self._applying(request.metadata)
         if not indexed:
             return None
         if hold is not None and tier in hold.tiers:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
-        estimate = self.estimate(request, models)
+        estimate = estimated() if estimated is not None else self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         now = self.clock()
         if self.counters is not None:
             steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
             return _run_blocking(self.counters, steps)
-        if hold is not None:
-            hold.tiers.add(tier)
         with self._lock:
             reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
+            if hold is not None and reason is None:
+                hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
             if hold is not None and not hold.released:
                 # The request's claim: what it has spent, plus the tier it may now run. A refused request stops here.
                 hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
@@ -447,7 +455,13 @@ class Budget:
         return None
 
     async def _aadmit(
-        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, hold: Hold
+        self,
+        request: Request,
+        tier: int,
+        models: Sequence[str],
+        spent: Decimal,
+        hold: Hold,
+        estimated: Estimate | None = None,
     ) -> str | None:
         """:meth:`_admit` with shared counters, for the event loop: the memory work runs here, each database step
         on a thread (a reservation in the reserver thread's next batch), so no thread is held per request."""
@@ -455,7 +469,7 @@ class Budget:
         indexed = self._applying(request.metadata)
         if not indexed or tier in hold.tiers:
             return None
-        estimate = self.estimate(request, models)
+        estimate = estimated() if estimated is not None else self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)
@@ -612,20 +626,25 @@ class Hold:
     def policy(self) -> Policy:
         return self.budget.policy
 
-    def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
+    def check(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, estimate: Estimate | None = None
+    ) -> str | None:
         """:meth:`Budget.check`, not counting this hold's own claim (``spent`` is the request's own spend), and
-        claiming ``spent`` + the tier's estimate when it allows (``spent`` alone when it refuses)."""
-        return self.budget._admit(request, tier, models, spent, self)
+        claiming ``spent`` + the tier's estimate when it allows (``spent`` alone when it refuses). ``estimate``: the
+        tier's expected cost as its router prices it (by default the budget's table prices ``models``)."""
+        return self.budget._admit(request, tier, models, spent, self, estimate)
 
     @property
     def gate_first_tier(self) -> bool:
         return self.budget.gate_first_tier
 
-    async def acheck(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None:
+    async def acheck(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, estimate: Estimate | None = None
+    ) -> str | None:
         """:meth:`check` for the event loop: pure memory in one process; on a worker thread with shared counters."""
         if self.budget.counters is None:
-            return self.budget._admit(request, tier, models, spent, self)
-        return await self.budget._aadmit(request, tier, models, spent, self)
+            return self.budget._admit(request, tier, models, spent, self, estimate)
+        return await self.budget._aadmit(request, tier, models, spent, self, estimate)
 
     def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
         """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
@@ -727,7 +746,17 @@ async def _run_async(counters: SharedCounters, steps: Generator[_Step, object, s
             step = steps.send(result)
             ask = counters.ask(*step[1:]) if step[0] == "reserve" else None
             if ask is not None:
-                granted: bool = await asyncio.wrap_future(ask)
+                answer = asyncio.wrap_future(ask)
+                try:
+                    granted: bool = await answer
+                except asyncio.CancelledError:
+                    # Granted, but the request was cancelled before it could note the reservation on its hold, which
+                    # is what release() gives back: give it back here. (Cancelled before the answer: the counters'
+                    # worker gives back what it grants to an answer nobody waits for.)
+                    if answer.done() and not answer.cancelled() and answer.exception() is None and answer.result():
+                        _, scope, period, amount, *_ = step
+                        counters.later(scope, period, -amount)
+                    raise
                 result = granted
             else:
                 result = await asyncio.to_thread(_step, counters, step)

@@ -511,7 +511,6 @@ class Ledger:
         self._io = threading.Lock()  # one writer at a time: the thread, or a caller's flush
         self._error: LedgerError | None = None
         self._closed = False
-        self._listeners: list[Callable[[float, Sequence[Call], Mapping[str, str]], None]] = []
         self._tag_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._cost_cache: dict[Decimal, tuple[str, int | None]] = {}
         self._intent_rows: dict[object, tuple[Sequence[Call], Intents]] = {}
@@ -783,10 +782,6 @@ class Ledger:
         """Whether :meth:`intent` journals anything: a caller may skip building intent calls when it does not."""
         return self._journal is not None
 
-    def subscribe(self, listener: Callable[[float, Sequence[Call], Mapping[str, str]], None]) -> None:
-        """Call ``listener(ts, calls, metadata)`` for every recorded request (in-memory budgets follow the spend)."""
-        self._listeners.append(listener)
-
     def record(
         self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], *, observed: Observed | None = None
     ) -> None:
@@ -815,10 +810,6 @@ class Ledger:
                 self._spill_wanted = wake = True  # the writer may be in a retry pause: spill now
         if wake:
             self._signal.put(None)
-        if observed is not None and observed.shadow:
-            return  # made to observe, not to answer: the shadow limit counts them, the cascade's budgets do not
-        for listener in self._listeners:
-            listener(now, calls, metadata)
 
     async def arecord(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """:meth:`record` (it never waits: a full backlog spills to disk)."""

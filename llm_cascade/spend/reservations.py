@@ -68,6 +68,10 @@ _Adjust = tuple[str, float, int, int, "concurrent.futures.Future[None]", "asynci
 # back to back (about 2.5 ms measured in benchmarks/loop_lag.py), and nothing else on the loop (a timer, a socket)
 # runs meanwhile. So a batch's answers are handed over a few per iteration, in arrival order.
 WAKE_PER_ITERATION = 8
+# Gives back a granted reservation whose request was cancelled before the answer reached it.
+_Undo = Callable[[], object]
+# A future to settle: its answer, the event loop that awaits it (if any), and what undoes a grant nobody waits for.
+_Settle = tuple["_Answer[Any]", object, "asyncio.AbstractEventLoop | None", "_Undo | None"]
 
 
 def _awaiting_loop() -> asyncio.AbstractEventLoop | None:
@@ -255,7 +259,7 @@ class SharedCounters:
                     acc[1] += unpriced
             totals = {key: (d, u) for key, (d, u) in sums.items() if d or u}
             rows = [(scope, period, d, u) for (scope, period), (d, u) in totals.items()]
-            answers: list[tuple[_Answer[Any], object, asyncio.AbstractEventLoop | None]] = []
+            answers: list[_Settle] = []
             applied = False
             if asks:
                 try:
@@ -264,30 +268,35 @@ class SharedCounters:
                     applied = True
                 except Exception as exc:
                     granted = [LedgerError(f"cannot reserve budget in {self.table}: {exc}") for _ in asks]
-                answers.extend((ask[5], ok, ask[6]) for ok, ask in zip(granted, asks, strict=True))
+                answers.extend(
+                    (ask[5], ok, ask[6], functools.partial(self.later, ask[0], ask[1], -ask[2]) if ok is True else None)
+                    for ok, ask in zip(granted, asks, strict=True)
+                )
             if rows and not applied:  # no reservation asked, or their transaction failed: the adjustments alone
                 try:
                     self._store.write(self._upsert, rows)
                 except Exception as exc:
                     _log.error("budget counters: cannot apply %d adjustment(s): %s", len(rows), exc)
-            answers.extend((adjusted[4], None, adjusted[5]) for adjusted in batch)
+            answers.extend((adjusted[4], None, adjusted[5], None) for adjusted in batch)
             self._answer(answers)
 
-    def _answer(self, answers: Sequence[tuple[_Answer[Any], object, asyncio.AbstractEventLoop | None]]) -> None:
+    def _answer(self, answers: Sequence[_Settle]) -> None:
         """Settle each future: now when no event loop awaits it, else handed to its loop a few per iteration."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Answer[Any], object]]] = {}
-        for future, value, loop in answers:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Answer[Any], object, _Undo | None]]] = {}
+        for future, value, loop, undo in answers:
             if loop is None:
-                _settle(future, value)
+                _settle(future, value, undo)
             else:
-                by_loop.setdefault(loop, []).append((future, value))
+                by_loop.setdefault(loop, []).append((future, value, undo))
         for loop, settle in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_settle_some, settle, 0)
             except RuntimeError:  # that loop is closed: nobody awaits there any more
-                for future, value in settle:
+                for future, value, undo in settle:
                     if isinstance(future, concurrent.futures.Future):  # a loop's own future cannot be settled now
-                        _settle(future, value)
+                        _settle(future, value, undo)
+                    elif undo is not None:
+                        undo()
 
     def _grant(
         self,
@@ -327,8 +336,10 @@ class SharedCounters:
         self._worker.join(timeout=10)
 
 
-def _settle(future: _Answer[Any], value: object) -> None:
-    if future.done():  # cancelled: the request that asked is gone (a granted reservation then over-counts, safely)
+def _settle(future: _Answer[Any], value: object, undo: _Undo | None = None) -> None:
+    if future.done():  # cancelled: the request that asked is gone, and so is its hold: give a grant back
+        if undo is not None:
+            undo()
         return
     if isinstance(value, BaseException):
         future.set_exception(value)
@@ -336,11 +347,11 @@ def _settle(future: _Answer[Any], value: object) -> None:
         future.set_result(value)
 
 
-def _settle_some(answers: Sequence[tuple[_Answer[Any], object]], start: int) -> None:
+def _settle_some(answers: Sequence[tuple[_Answer[Any], object, _Undo | None]], start: int) -> None:
     """On the event loop: settle ``WAKE_PER_ITERATION`` answers from ``start``, the rest in the next iterations."""
     end = start + WAKE_PER_ITERATION
-    for future, value in answers[start:end]:
-        _settle(future, value)
+    for future, value, undo in answers[start:end]:
+        _settle(future, value, undo)
     if end < len(answers):
         asyncio.get_running_loop().call_soon(_settle_some, answers, end)
 

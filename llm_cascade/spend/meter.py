@@ -1,0 +1,369 @@
+"""The spend seam: the one path between a Router and money (prices, ledger, journal, budget).
+
+    meter = SpendMeter(tiers, prices=..., ledger=..., budget=..., estimator=...)   # once per Router
+    tab = meter.open(request)                   # once per request, passed explicitly
+    await tab.admit(k, calls)                   # budget check + claim of tier k (None: go on)
+    tab.intend(k)                               # journal tier k's calls before they start (kill -9 loses nothing)
+    tab.price(member, usage, seconds, known)    # the one price precedence
+    tab.child(meter)                            # the tab of a nested Router: its calls are the parent's
+    await tab.close(calls)                      # rows -> journal -> writer; running totals; release the hold
+
+Why one object instead of the router probing its components: every accounting bug of consequence lived on that seam
+(a member's price looked up by model name across cascades and written into a dict the budget shared, so the last
+router built priced everyone's estimates; a nested Router that skipped its ledger through a context variable, so a
+judge's calls were recorded nowhere; budget totals advanced by a listener the ledger called). Here the capabilities of
+each component are resolved once, when the Router is built, against the Protocols below (which mypy checks), and the
+request's tab carries them.
+
+One price precedence, keyed by the member object (not its model name, which two cascades may price differently):
+the completion's own cost (a backend that prices itself: local compute, a nested cascade, a provider-reported
+cost) -> the member's own ``price`` (a :class:`~llm_cascade.spend.pricing.PriceEntry` declared next to it) -> the
+router's price table -> None (unknown, never 0). Budget estimates use the same function on an estimated usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..backends.base import Backend, innermost
+from ..core.types import Call, Request, Usage
+
+Policy = Literal["best_so_far", "raise"]
+_ZERO = Decimal(0)
+_UNSEEN: Any = object()
+_WHY = "process ended during the call (replayed from the ledger journal)"
+
+
+class Pricer(Protocol):
+    """What the router needs from a price table (:class:`~llm_cascade.spend.pricing.PriceTable` is one): the cost of one
+    call, or None when unknown. ``seconds`` is the local compute a call used, for models priced per hour."""
+
+    def cost(self, model: str, usage: Usage, seconds: float | None = None) -> Decimal | None: ...
+
+
+class OwnPrice(Protocol):
+    """A price a member declares itself (:class:`~llm_cascade.spend.pricing.PriceEntry`)."""
+
+    def cost(self, usage: Usage, seconds: float | None = None) -> Decimal: ...
+
+
+class SpendSink(Protocol):
+    """What the router needs from a ledger: store every call of a request, whatever its outcome. It must return
+    quickly (it runs on the event loop): :class:`~llm_cascade.spend.ledger.Ledger` only queues the rows."""
+
+    def record(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+
+
+@runtime_checkable
+class Journaled(SpendSink, Protocol):
+    """A sink with a crash journal (:class:`~llm_cascade.spend.ledger.Ledger`): told the estimated calls of each tier
+    before they start, so a crash cannot lose a billed call (see :mod:`llm_cascade.spend.journal`)."""
+
+    @property
+    def journaled(self) -> bool: ...
+
+    def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+
+    def finished(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+
+
+class Guard(Protocol):
+    """What the router needs from a plain budget guard: may it run ``tier`` after spending ``spent`` on this request?
+    None to allow, or a reason to stop; ``policy`` says what a stop means (return the best answer so far, or raise
+    :class:`~llm_cascade.core.errors.BudgetExceeded`)."""
+
+    policy: Policy
+
+    def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
+
+
+Estimate = Callable[[], "Decimal | None"]
+Write = Callable[[SpendSink], None]  # stores a request's rows in its own way (a shadowed request's observations)
+
+
+class Claim(Protocol):
+    """One request's claim on a budget (:class:`~llm_cascade.spend.budget.Hold`)."""
+
+    async def acheck(
+        self, request: Request, tier: int, models: Sequence[str], spent: Decimal, estimate: Estimate | None = None
+    ) -> str | None: ...
+
+    async def arelease(self) -> None: ...
+
+
+@runtime_checkable
+class Holds(Protocol):
+    """A budget that claims what it allows per request and keeps running totals (:class:`~llm_cascade.spend.budget.
+    Budget`): the tab opens one claim per request, estimates its tiers with the router's member prices
+    (:meth:`usage_for`), and tells it what was recorded (:meth:`recorded`)."""
+
+    policy: Policy
+    gate_first_tier: bool
+    clock: Callable[[], float]
+
+    def hold(self) -> Any: ...
+
+    def usage_for(self, request: Request, model: str) -> Usage: ...
+
+    def recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+
+
+class Tab(Protocol):
+    """One request's spend: what the router calls, in this order, for every request it routes."""
+
+    request: Request
+
+    @property
+    def policy(self) -> Policy: ...
+
+    async def admit(self, tier: int, calls: Sequence[Call]) -> str | None: ...
+
+    def intend(self, tier: int, calls: Sequence[Call]) -> None: ...
+
+    def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None: ...
+
+    def child(self, meter: Meter) -> Tab: ...
+
+    async def close(self, calls: Sequence[Call], write: Write | None = None) -> None: ...
+
+
+class Meter(Protocol):
+    """A Router's spend components, resolved once: opens a :class:`Tab` per request."""
+
+    @property
+    def gate_first_tier(self) -> bool: ...
+
+    def open(self, request: Request, parent: Tab | None = None) -> Tab: ...
+
+
+def own_price(member: object) -> OwnPrice | None:
+    """The price a member (the backend under its wrappers) declares, or None."""
+    price = getattr(innermost(member), "price", None)
+    return price if price is not None and callable(getattr(price, "cost", None)) else None
+
+
+class SpendMeter:
+    """The :class:`Meter` of one Router: its members' own prices (by member), its price table, ledger and budget.
+
+    ``tiers`` are the Router's members per tier. ``estimator`` prices the calls journaled before a tier starts
+    (prompt tokens estimated, no output)."""
+
+    def __init__(
+        self,
+        tiers: Sequence[Sequence[Backend]],
+        *,
+        prices: Pricer | None = None,
+        ledger: SpendSink | None = None,
+        budget: Guard | Holds | None = None,
+        estimator: Callable[[Request, str | None], Usage] | None = None,
+    ) -> None:
+        self.tiers = tuple(tuple(t) for t in tiers)
+        self.models = tuple(tuple(m.name for m in t) for t in self.tiers)
+        self.prices = prices
+        self.ledger = ledger
+        self.journal: Journaled | None = ledger if isinstance(ledger, Journaled) and ledger.journaled else None
+        self.holds: Holds | None = budget if isinstance(budget, Holds) else None
+        self.guard: Guard | None = None if self.holds is not None or budget is None else budget  # type: ignore[assignment]
+        self.budget = budget
+        self.estimator = estimator
+        self._own: dict[int, OwnPrice] = {id(m): p for t in self.tiers for m in t if (p := own_price(m)) is not None}
+        self._members = {id(m) for t in self.tiers for m in t}
+        self._others: dict[int, tuple[Backend, OwnPrice | None]] = {}  # backends priced here that are not members
+        self._version = getattr(prices, "version", 0)
+        self._estimates: dict[tuple[int, Usage], Decimal | None] = {}
+        self._intents: dict[tuple[int, object], tuple[Call, ...]] = {}
+        from .tokens import TokenEstimator  # light: tiktoken itself loads when an estimator is built
+
+        self._counted = type(estimator) is TokenEstimator
+
+    @property
+    def policy(self) -> Policy:
+        """What a budget's stop means: the best answer so far, or BudgetExceeded."""
+        return self.budget.policy if self.budget is not None else "best_so_far"
+
+    @property
+    def gate_first_tier(self) -> bool:
+        """Whether tier 0 is checked too (a plain guard's always are)."""
+        holds = self.holds
+        return holds.gate_first_tier if holds is not None else self.budget is not None
+
+    def open(self, request: Request, parent: Tab | None = None) -> Tab:
+        """The tab of one request; ``parent``: the tab of the Router this one is a member of."""
+        if parent is not None:
+            return parent.child(self)
+        hold = self.holds.hold() if self.holds is not None else None
+        return SpendTab(self, request, hold, None)
+
+    def _fresh(self) -> None:
+        """A price added to the table since: cached costs are built again."""
+        version = getattr(self.prices, "version", 0)
+        if version != self._version:
+            self._version = version
+            self._estimates = {}
+            self._intents = {}
+
+    def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
+        """The member's own price, else the table's; None when neither knows."""
+        key = id(member)
+        own = self._own.get(key)
+        if own is None and key not in self._members:  # not a member (a shadow pool's model): its price, once
+            found = self._others.get(key)
+            if found is None or found[0] is not member:
+                found = self._others[key] = (member, own_price(member))
+            own = found[1]
+        if own is not None:
+            return own.cost(usage, seconds)
+        prices = self.prices
+        if prices is None:
+            return None
+        if seconds is not None:
+            return prices.cost(member.name, usage, seconds)
+        return prices.cost(member.name, usage)
+
+    def estimate(self, request: Request, tier: int) -> Decimal | None:
+        """Expected cost of tier ``tier`` for ``request``: the budget's expected usage per member, priced by
+        :meth:`cost`; None when a member's price is unknown."""
+        holds = self.holds
+        assert holds is not None
+        self._fresh()
+        estimates = self._estimates
+        total = _ZERO
+        for member in self.tiers[tier]:
+            usage = holds.usage_for(request, member.name)
+            key = (id(member), usage)
+            cost = estimates.get(key, _UNSEEN)
+            if cost is _UNSEEN:
+                cost = self.cost(member, usage)
+                if len(estimates) >= 4096:
+                    estimates = self._estimates = {}
+                estimates[key] = cost
+            if cost is None:
+                return None
+            total += cost
+        return total
+
+    def intents(self, tier: int, request: Request) -> tuple[Call, ...]:
+        """The calls tier ``tier`` is about to make, as the ledger should bill them if the process dies during them:
+        prompt tokens estimated, no output, outcome "cancelled". Built once per (tier, estimated usage) and reused
+        (Calls are immutable, prompt sizes repeat)."""
+        estimator = self.estimator
+        self._fresh()
+        usage: Usage | None = None
+        size: object
+        if self._counted:  # a TokenEstimator's estimate depends on the prompt's token count alone
+            size = estimator.prompt_tokens(request)  # type: ignore[union-attr]
+        else:
+            size = usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
+        key = (tier, size)
+        found = self._intents.get(key)
+        if found is None:
+            if usage is None:
+                usage = estimator(request, None)  # type: ignore[misc]
+            members = self.tiers[tier]
+            found = tuple(
+                Call(m.name, tier, "cancelled", usage, cost_usd=self.cost(m, usage), error=_WHY) for m in members
+            )
+            if len(self._intents) >= 4096:
+                self._intents.clear()
+            self._intents[key] = found
+        return found
+
+
+def spent(calls: Sequence[Call]) -> Decimal:
+    """What the priced calls of a request cost so far."""
+    total = _ZERO
+    for c in calls:
+        cost = c.cost_usd
+        if cost is not None:
+            total += cost
+    return total
+
+
+class SpendTab:
+    """The :class:`Tab` of one request under a :class:`SpendMeter`. A child tab (a nested Router's) prices with its
+    own meter's members but journals and records through the root tab: the nested calls are the parent request's
+    calls, recorded once, with the parent's rows (the parent lists them in its result)."""
+
+    __slots__ = ("hold", "meter", "parent", "request")
+
+    def __init__(self, meter: SpendMeter, request: Request, hold: Claim | None, parent: SpendTab | None) -> None:
+        self.meter = meter
+        self.request = request
+        self.hold = hold
+        self.parent = parent
+
+    @property
+    def policy(self) -> Policy:
+        return self.meter.policy
+
+    async def admit(self, tier: int, calls: Sequence[Call]) -> str | None:
+        """None to run tier ``tier``; else the budget's reason to stop. A budget's claim covers what the request
+        spent (``calls``) plus the tier's estimate until :meth:`close`."""
+        meter = self.meter
+        hold = self.hold
+        if hold is not None:
+            request = self.request
+            return await hold.acheck(
+                request, tier, meter.models[tier], spent(calls), lambda: meter.estimate(request, tier)
+            )
+        guard = meter.guard
+        if guard is not None:
+            return guard.check(self.request, tier, meter.models[tier], spent(calls))
+        return None
+
+    def intend(self, tier: int, calls: Sequence[Call]) -> None:
+        """Journal tier ``tier``'s calls before they start (the root request's ledger, under its id), after the real
+        rows of the tier before (in ``calls``): a kill from now on bills those at their real usage."""
+        root = self._root()
+        journal = root.meter.journal
+        if journal is not None:
+            rid, metadata = root.request.request_id, root.request.metadata
+            if tier:
+                journal.finished(rid, [c for c in calls if c.tier == tier - 1], metadata)
+            journal.intent(rid, self.meter.intents(tier, self.request), metadata)
+
+    def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
+        """The one precedence: ``known`` (the completion's own cost), the member's own price, the table."""
+        if known is not None:
+            return known
+        return self.meter.cost(member, usage, seconds)
+
+    def child(self, meter: Meter) -> Tab:
+        """The tab of a nested Router (``meter``) routing this request: its own prices and budget claim, this
+        request's journal and ledger (its calls come back to the parent, which records them)."""
+        assert isinstance(meter, SpendMeter)
+        hold = meter.holds.hold() if meter.holds is not None else None
+        return SpendTab(meter, self.request, hold, self)
+
+    def _root(self) -> SpendTab:
+        tab = self
+        while tab.parent is not None:
+            tab = tab.parent
+        return tab
+
+    async def close(self, calls: Sequence[Call], write: Write | None = None) -> None:
+        """Record the request's calls (a root tab: rows to the ledger, by ``write`` when given, then running totals
+        to the budget), then release the claim: counted twice for a moment, never not at all."""
+        meter = self.meter
+        try:
+            if self.parent is None and calls:
+                ledger = meter.ledger
+                metadata = self.request.metadata
+                if ledger is not None:
+                    if write is None:
+                        ledger.record(self.request.request_id, calls, dict(metadata))
+                    else:
+                        write(ledger)
+                self._count(calls, metadata)
+            elif calls:  # a nested Router's calls: recorded by the root; its own budget still counts them
+                self._count(calls, self.request.metadata)
+        finally:
+            if self.hold is not None:
+                await self.hold.arelease()
+
+    def _count(self, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        holds = self.meter.holds
+        if holds is not None:
+            holds.recorded(holds.clock(), calls, metadata)
