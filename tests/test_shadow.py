@@ -16,6 +16,7 @@ from llm_cascade.backends.fake import FakeBackend
 from llm_cascade.core.errors import ConfigError
 from llm_cascade.core.shadow import Shadow, digest
 from llm_cascade.core.types import Request, Usage
+from llm_cascade.spend.budget import Budget, Limit
 from llm_cascade.spend.ledger import Ledger
 from llm_cascade.spend.pricing import PriceTable
 
@@ -210,15 +211,10 @@ def test_concurrency_bounds_shadow_calls(tmp_path: Path) -> None:
 
 def test_shadow_rows_are_not_counted_by_the_cascade_budget(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path)
-    seen: list[int] = []
-    ledger.subscribe(lambda ts, calls, md: seen.append(len(calls)))
-    router = Router(
-        [[FakeBackend("ref", "B")]],
-        prices=PRICES,
-        ledger=ledger,
-        shadow=Shadow(1.0, [FakeBackend("a", "B")]),
-        retry=None,
-    )
+    budget = Budget(Limit(1000, per="day"), ledger=ledger, prices=PRICES, usage=lambda r, m: Usage(1, 0))
+    ref = FakeBackend("ref", "B", usage=Usage(2, 0))  # $2 a call at $1 per token
+    shadowed = FakeBackend("a", "B", usage=Usage(5, 0))
+    router = Router([[ref]], prices=PRICES, ledger=ledger, budget=budget, shadow=Shadow(1.0, [shadowed]), retry=None)
 
     async def go() -> None:
         await router.route("Q")
@@ -226,7 +222,8 @@ def test_shadow_rows_are_not_counted_by_the_cascade_budget(tmp_path: Path) -> No
         await router.shadow.drain()
 
     asyncio.run(go())
-    assert seen == [1]
+    assert shadowed.calls == 1 and ledger.spend() == Decimal(2 + 5) / 1_000_000
+    assert budget.remaining() == {"1000 USD per day (all)": 1000 - Decimal(2) / 1_000_000}  # the cascade's call only
     ledger.close()
 
 
