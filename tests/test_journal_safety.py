@@ -29,7 +29,8 @@ CALL = [Call("m", 0, "ok", Usage(10, 2), 0.1, cost_usd=Decimal("0.001"))]
 ROW = (1.5e9, "r1", 0, 0, "m", "cancelled", 10, 0, 0, 1, "0.5", 500_000_000_000, 0.0, "ended", "{}", 1, None)
 
 FILL = """
-import sys
+import logging, sys
+logging.basicConfig(level=logging.WARNING)
 from decimal import Decimal
 from llm_cascade.core.types import Call, Usage
 from llm_cascade.spend.ledger import Ledger

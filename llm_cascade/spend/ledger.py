@@ -575,7 +575,10 @@ class Ledger:
             folder = Path(journal).expanduser()
         else:
             raise ConfigError("Ledger.journal", f"must be a folder, True or False, got {journal!r}")
-        self._replay_all([folder, disk, self._spill_dir])
+        # The shared /dev/shm folder of releases before per-user folders: what a process killed before the upgrade
+        # left there is replayed too (when it is this user's own, like any folder).
+        legacy = Path("/dev/shm/llm-cascade-journal") / _digest(self._database, self.table)
+        self._replay_all([folder, disk, self._spill_dir, *([legacy] if not explicit else [])])
         for where in dict.fromkeys([folder, disk]):
             try:
                 opened = Journal(where, lock=self._lock, fallback=disk)
