@@ -180,6 +180,10 @@ _COT = "Let's think step by step. Option B ignores friction, and option F double
         (_COT + "The answer is (E), 120 J/mol.", "E"),
         (_COT + "The answer is (E) and A is wrong.", "E"),
         (_COT + "The answer is (D), where A = 5 cm^2.", "D"),
+        (_COT + "The answer is (E), I and III.", "E"),
+        # words of ordinary reasoning do not make a conclusion a hypothesis
+        (_COT + "The answer is (B). Since the rate could not exceed 5, which would halve it, the answer is (C).", None),
+        (_COT + "Even if friction is ignored entirely here, the answer is (C).", "C"),
         # the same answer stated twice is that answer
         (_COT + "The answer is (C).\n\nNow, combining all the answers: The answer is (C)", "C"),
     ],

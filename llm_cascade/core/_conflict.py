@@ -61,10 +61,10 @@ _CORRECTION = re.compile(
 )
 # A statement that is a hypothesis, not a conclusion: "if the answer were (A)", "the answer is (A) only if ...".
 _TENTATIVE_BEFORE = re.compile(
-    r"(?i:\b(?:if|whether|suppose|supposing|assume|assuming|unless|might|could|may|maybe|perhaps|possibly|not\s+sure"
-    r"|tempting|tempted)\b)[^.\n!?]{0,40}$"
+    r"(?i:\b(?:if|whether|suppose|supposing|assume|assuming|unless|not\s+sure)\b)[^.\n!?]{0,20}$"
 )
-_TENTATIVE_AFTER = re.compile(r"[^.\n!?]{0,12}?(?:\?|(?i:\b(?:only\s+if|if|unless|would)\b))")
+_TENTATIVE_AFTER = re.compile(r"[^.\n!?]{0,12}?(?:\?|(?i:\b(?:only\s+if|if|unless)\b))")
+_INFERENCE = re.compile(r"(?i:\b(?:since|because|so|therefore|thus|hence|given|as\s+a\s+result|which\s+means)\b)")
 _SENTENCE = re.compile(r"[.!?](?=\s|$)|\n")
 # How much text between two statements counts as reasoning rather than a tag-on ("Now, in short:").
 _REASONING_CHARS = 100
@@ -79,7 +79,7 @@ def _tentative(text: str, start: int, end: int) -> bool:
 
 def _is_reasoning(bridge: str) -> bool:
     prose = bridge.strip(" \t\n*_#>-:.,;")
-    return len(prose) >= _REASONING_CHARS or len(_SENTENCE.findall(prose)) >= 2
+    return len(prose) >= _REASONING_CHARS or len(_SENTENCE.findall(prose)) >= 2 or bool(_INFERENCE.search(prose))
 
 
 def decide(text: str, found: Sequence[tuple[int, int, T | None]]) -> T | None:

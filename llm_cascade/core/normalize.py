@@ -104,6 +104,7 @@ _SECOND = (
     r"[)\]}}*_$]*+\s*+(?:,|/|&|\bor\b|\band\b)\s*+(?:(?i:option|choice)\s++)?[*_(\[]*+"
     r"([{0}])(?![A-Za-z0-9'\u2019/=^_-])"
 )
+_ROMAN = re.compile(r"I\s*+(?:,|&|\band\b)\s*+I[IV]")  # "(E), I and III": the option's roman numerals
 _CLAUSE = re.compile(
     r"[)\]*_]*+\s++(?:is|are|was|were|would|does|do|has|have|seems|can|could|should|must|will|may|might|cannot)\b"
     r"|\s*+[=<>+*^\d]"
@@ -127,7 +128,7 @@ def _letter_statements(s: str, letters: str) -> list[tuple[int, int, str | None]
         other = two.match(s, m.end())
         if other is not None and other.group(1) != letter:
             second = other.group(1)
-            if _is_word(s, other.end(1), second) or _CLAUSE.match(s, other.end(1)):
+            if _is_word(s, other.end(1), second) or _CLAUSE.match(s, other.end(1)) or _ROMAN.match(s, other.start(1)):
                 other = None
         out.append((m.start(), stop, None if other and other.group(1) != letter else letter))
     return out
