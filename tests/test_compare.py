@@ -235,7 +235,7 @@ def test_the_html_page_renders_in_chromium_with_the_json_figures(tmp_path: Path)
 @pytest.mark.data
 @pytest.mark.slow
 def test_compare_of_real_eval_runs_from_the_command_line(data_dir: Path, tmp_path: Path) -> None:
-    """`llm-cascade eval ... --replay` for two tasks, then `llm-cascade compare <out>/*/eval_report.json --html`."""
+    """`llm-cascade eval ... --replay` for two tasks, then `llm-cascade compare <out>/*/report.json --html`."""
     exe = [sys.executable, "-m", "llm_cascade.serve.cli"]
     env = {**os.environ, "LLM_CASCADE_DATA": str(data_dir), "PYTHONPATH": str(REPO)}
     for task in ("mmlu", "triviaqa"):
@@ -247,7 +247,7 @@ def test_compare_of_real_eval_runs_from_the_command_line(data_dir: Path, tmp_pat
             env=env,
             cwd=tmp_path,
         )
-    files = sorted((tmp_path / "eval").glob("*/eval_report.json"))
+    files = sorted((tmp_path / "eval").glob("*/report.json"))
     page = tmp_path / "out.html"
     done = subprocess.run(
         [*exe, "compare", *map(str, files), "--html", str(page)], capture_output=True, text=True, env=env

@@ -172,10 +172,15 @@ def from_calibrate(report: dict[str, Any], source: str) -> TaskComparison:
 
 
 def load_reports(paths: Sequence[str | Path]) -> list[TaskComparison]:
-    """Read eval / calibrate JSON reports; a folder is searched for ``*report*.json`` files."""
+    """Read eval / calibrate JSON reports; a folder is searched for ``*report.json`` files (an eval folder's
+    ``report.json`` and ``eval_report.json`` are the same report, read once)."""
     files: list[Path] = []
     for p in map(Path, paths):
-        files += sorted(p.rglob("*report*.json")) if p.is_dir() else [p]
+        if p.is_dir():
+            found = sorted(p.rglob("*report.json"))
+            files += [f for f in found if not (f.name == "eval_report.json" and (f.parent / "report.json").exists())]
+        else:
+            files.append(p)
     out: list[TaskComparison] = []
     for f in files:
         data = json.loads(f.read_text(encoding="utf-8"))

@@ -164,7 +164,8 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
-    """``eval_report.json`` / ``.md``, and ``eval_frontier.png`` when there are single models to draw against."""
+    """``eval_report.json`` / ``.md``, ``eval_frontier.png`` when there are single models to draw against, and
+    ``report.json``: the same JSON under the name ``llm-cascade compare build/eval/*/report.json`` reads."""
     from .plot import plot_frontier, why_no_plot
 
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +175,8 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         paths["png"] = plot_frontier(report, out / "eval_frontier.png")
     else:
         report["plot_note"] = note
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(report, indent=2) + "\n"
+    paths["json"].write_text(text, encoding="utf-8")
     paths["md"].write_text(to_markdown(report) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(text, encoding="utf-8")
     return paths
