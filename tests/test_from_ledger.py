@@ -190,3 +190,30 @@ def test_file_calibration_emits_prices_and_the_full_letter_range_and_checks_the_
     assert cfg["cascades"]["calibrated"]["normalizer"] == {"choice": "F"}
     members = [m for t in cfg["cascades"]["calibrated"]["tiers"] for m in t["members"]]
     assert set(cfg["prices"]["overrides"]) == set(members)
+
+
+def test_replay_answers_each_row_by_its_id_not_by_its_prompt(tmp_path: Path) -> None:
+    """Two examples with the same prompt are two recorded answers: --replay names the row, the server answers it."""
+    from llm_cascade.evals.records import ModelRun, Record, save_records
+    from llm_cascade.evals.runner import run_eval
+    from llm_cascade.evals.tasks import load_examples, load_task
+
+    rows = [
+        Record(f"r{i}", "the same question", {"m": ModelRun("AB"[i % 2], tokens_in=5, tokens_out=1)}, "A")
+        for i in range(6)
+    ]
+    save_records(rows, tmp_path / "runs.jsonl")
+    (tmp_path / "task.toml").write_text(
+        f'name = "dup"\n[data]\nformat = "records"\npath = {json.dumps(str(tmp_path / "runs.jsonl"))}\n'
+        '[answer]\nnormalizer = "choice"\n'
+    )
+    (tmp_path / "c.toml").write_text(
+        '[providers.recorded]\ntype = "openai"\nbase_url = "${RECORDED_BASE_URL:-http://127.0.0.1:1/v1}"\n'
+        'api_key_env = "RECORDED_API_KEY"\n[cascades.dup]\n[[cascades.dup.tiers]]\nmembers = ["recorded:m"]\n'
+    )
+    spec = load_task(tmp_path / "task.toml")
+    report = run_eval(spec, load_examples(spec), tmp_path / "c.toml", replay=True, ledger=tmp_path / "l.db")
+    assert report["accuracy"] == pytest.approx(0.5)  # r0, r2, r4 said A; by prompt all six would say the same
+    ledger = Ledger(tmp_path / "l.db", journal=False)
+    assert sorted(r.tags["example"] for r in ledger.rows()) == [f"r{i}" for i in range(6)]
+    ledger.close()

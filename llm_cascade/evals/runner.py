@@ -109,9 +109,14 @@ async def route_examples(
     *,
     concurrency: int = 32,
     on_done: Callable[[int], None] | None = None,
+    replay: bool = False,
 ) -> list[Outcome]:
     """Every example through the router, ``concurrency`` at a time. A request no tier could answer is kept with the
-    calls it billed (the cascade's cost includes them)."""
+    calls it billed (the cascade's cost includes them). ``replay``: each request names its example to the
+    recorded-answer server (body field ``llm_cascade_row``), which answers that row, not whichever row has the same
+    prompt."""
+    from ..testing.answers import ROW_FIELD
+
     gate = asyncio.Semaphore(concurrency)
     done = 0
 
@@ -119,7 +124,11 @@ async def route_examples(
         nonlocal done
         # Tagged with the example's id: the ledger's rows of it (shadow observations included) join its gold labels.
         request = Request.from_prompt(
-            ex.prompt, system=spec.system, max_tokens=spec.max_tokens, metadata={"example": ex.id}
+            ex.prompt,
+            system=spec.system,
+            max_tokens=spec.max_tokens,
+            metadata={"example": ex.id},
+            extra_body={ROW_FIELD: ex.id} if replay else None,
         )
         async with gate:
             result: RouteResult | BaseException
@@ -215,17 +224,20 @@ def replay_server(spec: TaskSpec, records: Sequence[Record]) -> Iterator[Any]:
         server = RecordedServer(spec.path)
     else:
         script: dict[str, dict[str, Answer]] = {}
+        rows: dict[str, dict[str, Answer]] = {}
         for r in records:
             for model, run in r.models.items():
                 text = run.answer or ""  # what the importer read from the text: the task's normalizer keeps it
                 conf = run.confidence
-                script.setdefault(model, {})[r.prompt] = Answer(
+                answer = Answer(
                     text,
                     tokens_in=run.tokens_in or None,  # 0 means "not counted": the server estimates, never bills 0
                     tokens_out=run.tokens_out or None,
                     logprob=math.log(conf) if conf is not None and conf > 0 else None,
                 )
-        server = RecordedServer(script=script)
+                script.setdefault(model, {})[r.prompt] = answer
+                rows.setdefault(model, {})[r.id] = answer
+        server = RecordedServer(script=script, rows=rows)
     with server:
         yield server
 
@@ -287,7 +299,7 @@ def run_eval(
             router.shadow.max_pending = max(router.shadow.max_pending, len(examples))
             router.shadow.concurrency = max(router.shadow.concurrency, concurrency)
         try:
-            outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done)
+            outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done, replay=replay)
             if router.shadow is not None:
                 await router.shadow.drain()
         finally:

@@ -3,6 +3,8 @@
 Recorded runs are the ``rational`` files (``{user_prompt, models: {name: {answer, tokens_in, tokens_out, latency_ms,
 conf_raw}}}`` per line, gzip or plain JSON lines). The lookup keys on the prompt text exactly as the SDK sends it, so a
 client that sends the recorded ``user_prompt`` gets what that model really answered, with the tokens it was billed.
+A client that names the row (the body field :data:`ROW_FIELD`, which ``llm-cascade eval --replay`` sends with each
+example's id) gets that row's answer: two rows with the same prompt are two recorded answers, not one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Answer:
 
 
 Script = Mapping[str, "str | Answer | Mapping[str, str | Answer]"]
+ROW_FIELD = "llm_cascade_row"  # the request-body field naming the recorded row to answer from (its id)
 
 
 def _estimate_tokens(text: str) -> int:
@@ -56,10 +59,19 @@ class AnswerBook:
     A script maps a model name to either one answer for every prompt or a ``{prompt: answer}`` dict.
     """
 
-    __slots__ = ("_by_model", "_constant", "default")
+    __slots__ = ("_by_model", "_by_row", "_constant", "default")
 
-    def __init__(self, script: Script | None = None, *, default: str | Answer | None = None) -> None:
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        default: str | Answer | None = None,
+        rows: Mapping[str, Mapping[str, str | Answer]] | None = None,
+    ) -> None:
         self._by_model: dict[str, dict[str, Answer]] = {}
+        self._by_row: dict[str, dict[str, Answer]] = {  # model -> row id -> answer
+            model_key(m): {str(r): _as_answer(a) for r, a in table.items()} for m, table in (rows or {}).items()
+        }
         self._constant: dict[str, Answer] = {}
         self.default: Answer | None = _as_answer(default) if default is not None else None
         for model, value in (script or {}).items():
@@ -84,8 +96,12 @@ class AnswerBook:
                 if not isinstance(prompt, str):
                     continue
                 n += 1
+                rid = row.get("id")
                 for model, rec in row.get("models", {}).items():
-                    self._by_model.setdefault(model_key(model), {}).setdefault(prompt, _from_record(rec))
+                    answer = _from_record(rec)
+                    self._by_model.setdefault(model_key(model), {}).setdefault(prompt, answer)
+                    if rid is not None:
+                        self._by_row.setdefault(model_key(model), {}).setdefault(str(rid), answer)
         return n
 
     def load_many(self, paths: Iterable[str | Path]) -> int:
@@ -97,8 +113,13 @@ class AnswerBook:
     def models(self) -> list[str]:
         return sorted(set(self._by_model) | set(self._constant))
 
-    def lookup(self, model: str, prompt: str) -> Answer | None:
-        """The answer of ``model`` (already a :func:`model_key`) to ``prompt``, or None."""
+    def lookup(self, model: str, prompt: str, row: str | None = None) -> Answer | None:
+        """The answer of ``model`` (already a :func:`model_key`) on recorded row ``row`` when given and known, else
+        to ``prompt``, or None."""
+        if row is not None:
+            found = self._by_row.get(model, {}).get(row)
+            if found is not None:
+                return found
         table = self._by_model.get(model)
         if table is not None:
             found = table.get(prompt)

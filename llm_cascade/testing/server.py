@@ -35,7 +35,7 @@ from typing import Any
 
 from ..core.errors import MissingDependencyError
 from . import wire
-from .answers import Answer, AnswerBook, Script, model_key, usage_of
+from .answers import ROW_FIELD, Answer, AnswerBook, Script, model_key, usage_of
 from .faults import Fault, FaultPlan, FaultSpec
 
 Scope = MutableMapping[str, Any]
@@ -126,9 +126,10 @@ class RecordedAnswerApp:
 
     # -- OpenAI -----------------------------------------------------------------------------------------------------
 
-    def _lookup(self, model: str, prompt: str) -> tuple[Answer | None, str]:
-        """The recorded answer, or None and the reason; a miss is counted in ``unknown`` (the load checks read it)."""
-        answer = self.book.lookup(model, prompt)
+    def _lookup(self, model: str, prompt: str, row: Any = None) -> tuple[Answer | None, str]:
+        """The recorded answer (of the row the body names, else to the prompt), or None and the reason; a miss is
+        counted in ``unknown`` (the load checks read it)."""
+        answer = self.book.lookup(model, prompt, None if row is None else str(row))
         if answer is not None:
             return answer, ""
         self.unknown[model] += 1
@@ -150,7 +151,7 @@ class RecordedAnswerApp:
         if fault is not None and not await self._before_answer(fault, "openai", receive, send):
             return
         prompt = _last_user_text(body.get("messages"))
-        answer, missing = self._lookup(model, prompt)
+        answer, missing = self._lookup(model, prompt, body.get(ROW_FIELD))
         if answer is None:
             await _respond(send, 404, wire.openai_error(missing, "invalid_request_error", "model_not_found"))
             return
@@ -235,7 +236,7 @@ class RecordedAnswerApp:
         if fault is not None and not await self._before_answer(fault, "anthropic", receive, send):
             return
         prompt = _last_user_text(body.get("messages"))
-        answer, missing = self._lookup(model, prompt)
+        answer, missing = self._lookup(model, prompt, body.get(ROW_FIELD))
         if answer is None:
             await _respond(send, 404, wire.anthropic_error("not_found_error", missing))
             return
@@ -428,8 +429,10 @@ class RecordedServer:
     """Runs :class:`RecordedAnswerApp` on uvicorn in a background thread, on 127.0.0.1 and a free port.
 
     ``data``: recorded-run files or folders; ``script``: ``{model: answer}`` or ``{model: {prompt: answer}}`` (wins over
-    data); ``default``: the answer for any other model and prompt; ``faults``: ``{model or "*": FaultSpec}``;
-    ``latency_scale``: recorded latency x this factor is slept before answering (0 = answer at once).
+    data); ``rows``: ``{model: {row id: answer}}``, answered to a request whose body names the row
+    (``llm_cascade_row``); ``default``: the answer for any other model and prompt; ``faults``:
+    ``{model or "*": FaultSpec}``; ``latency_scale``: recorded latency x this factor is slept before answering
+    (0 = answer at once).
     """
 
     def __init__(
@@ -438,13 +441,14 @@ class RecordedServer:
         *,
         script: Script | None = None,
         default: str | Answer | None = None,
+        rows: Mapping[str, Mapping[str, str | Answer]] | None = None,
         faults: Mapping[str, FaultSpec | str] | None = None,
         seed: int = 0,
         latency_scale: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        book = AnswerBook(script, default=default)
+        book = AnswerBook(script, default=default, rows=rows)
         book.load_many(_data_files(data))
         self.app = RecordedAnswerApp(book, faults=faults, seed=seed, latency_scale=latency_scale)
         self.host = host
