@@ -8,10 +8,11 @@ different providers with different policies.
 
 A prompt over a model's context window (:class:`~llm_cascade.core.errors.ContextLengthError`) is escalated only where
 that can help: when a member of a later tier (or another member of the same tier) has a larger window, or one that is
-not known. A window is known from the member's backend (a ``context_window`` attribute, in tokens) or from the price
-table (a ``context_window(model)`` method, when the table has one); with nothing known, the request escalates as it
-always did. When every other member's window is known and no larger, the error reaches the caller: the prompt must
-be shortened, and no model of this cascade can take it. ``on_refusal="escalate"`` escalates it regardless.
+not known. A window is known from the member's backend (a ``context_window`` attribute, in tokens), the price table
+(a ``context_window(model)`` method, when the table has one) or the model information litellm bundles
+(:mod:`llm_cascade.spend.windows`: ``max_input_tokens``); with nothing known, the request escalates as it always did.
+When every other member's window is known and no larger, the error reaches the caller: the prompt must be shortened,
+and no model of this cascade can take it. ``on_refusal="escalate"`` escalates it regardless.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ def window(backend: object, prices: object = None) -> int | None:
     own = getattr(innermost(backend), "context_window", None)
     if isinstance(own, int) and not isinstance(own, bool) and own > 0:
         return own
+    name = getattr(backend, "name", "")
     lookup = getattr(prices, "context_window", None)
     if callable(lookup):
-        found = lookup(getattr(backend, "name", ""))
+        found = lookup(name)
         if isinstance(found, int) and not isinstance(found, bool) and found > 0:
             return found
-    return None
+    from ..spend.windows import context_window  # read once, and only when a prompt was too long
+
+    return context_window(name) if isinstance(name, str) and name else None
 
 
 def reaches_caller(exc: BaseException, tiers: Sequence[_Tier], k: int, backend: object, prices: object = None) -> bool:
