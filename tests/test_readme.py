@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -126,15 +127,21 @@ def test_every_shell_command_of_the_readme_names_something_that_exists() -> None
     assert not found
 
 
-def test_the_server_command_and_exports_run_the_provider_snippet(tmp_path: Path) -> None:
-    """The README's own shell lines start the recorded-answer server, export the variables, and the snippet runs."""
-    shell = next(b for b in blocks(README, "bash") if "llm_cascade.testing.server" in b)
-    start, *rest = commands(shell)
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _readme_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The recorded-answer server started by the README's own shell lines (on a free port), and the environment its
+    ``export`` line gives."""
+    shell = next(b for b in blocks(README, "bash") if "llm_cascade.testing.server" in b)
+    start, *rest = commands(shell)
+    port = _free_port()
     argv = [sys.executable if w == "python" else w for w in start]
     argv[argv.index("--port") + 1] = str(port)
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
@@ -145,9 +152,65 @@ def test_the_server_command_and_exports_run_the_provider_snippet(tmp_path: Path)
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert server.stdout is not None and "serving" in server.stdout.readline()
-        out = _run(_blocks()[1], env)
+        env["_PORT"] = str(port)
+        yield env
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_server_command_and_exports_run_the_provider_snippet(tmp_path: Path) -> None:
+    """The README's own shell lines start the recorded-answer server, export the variables, and the snippet runs."""
+    with _readme_server(tmp_path) as env:
+        out = _run(_blocks()[1], env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["B", "0", "openai:gpt-4o-mini", "True"]
+
+
+@pytest.mark.slow
+def test_the_proxy_lines_run_as_written(tmp_path: Path) -> None:
+    """check, serve and curl from the README's proxy block, against the server its quickstart starts."""
+    import json
+    import time
+    import urllib.request
+
+    proxy = next(b for b in blocks(README, "bash") if "llm-cascade serve" in b)
+    cmds = commands(proxy)
+    with _readme_server(tmp_path) as env:
+        port = _free_port()
+        served: subprocess.Popen[str] | None = None
+        try:
+            for cmd in cmds:
+                if cmd[0] == "export":
+                    env |= dict(w.replace(":8000", f":{env['_PORT']}").split("=", 1) for w in cmd[1:])
+                elif cmd[:2] == ["llm-cascade", "check"]:
+                    done = subprocess.run(
+                        [sys.executable, "-m", "llm_cascade.serve.cli", *cmd[1:]],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                        cwd=REPO,
+                    )
+                    assert done.returncode == 0, done.stdout + done.stderr
+                elif cmd[:2] == ["llm-cascade", "serve"]:
+                    argv = [sys.executable, "-m", "llm_cascade.serve.cli", *cmd[1:]]
+                    argv[argv.index("--port") + 1] = str(port)
+                    served = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+                    for _ in range(300):
+                        try:
+                            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                            break
+                        except OSError:
+                            time.sleep(0.1)
+                else:
+                    assert cmd[0] == "curl"
+                    url = next(w for w in cmd if "/v1/" in w).replace("localhost:8080", f"127.0.0.1:{port}")
+                    body = cmd[cmd.index("-d") + 1].encode()
+                    with urllib.request.urlopen(urllib.request.Request("http://" + url, data=body), timeout=30) as r:
+                        reply = json.loads(r.read())
+        finally:
+            if served is not None:
+                served.terminate()
+                served.wait(10)
+    assert reply["choices"][0]["message"]["content"] == "B"
+    assert reply["llm_cascade"]["tier"] == 0 and reply["llm_cascade"]["cost_usd"] > 0
