@@ -214,3 +214,26 @@ def test_the_proxy_lines_run_as_written(tmp_path: Path) -> None:
                 served.wait(10)
     assert reply["choices"][0]["message"]["content"] == "B"
     assert reply["llm_cascade"]["tier"] == 0 and reply["llm_cascade"]["cost_usd"] > 0
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_the_eval_harness_lines_run_as_written(data_dir: Path, tmp_path: Path) -> None:
+    """The split the README names, then its eval, calibrate and compare lines, with build/ in a temporary folder."""
+    text = README.read_text()
+    split = re.search(r"\(`(llm-cascade split [^`]+)`", text)
+    assert split is not None
+    harness = next(b for b in blocks(README, "bash") if "llm-cascade calibrate" in b)
+    build = tmp_path / "build"
+    env = {**os.environ, "LLM_CASCADE_DATA": str(data_dir)}
+    for cmd in [split.group(1).split(), *commands(harness)]:
+        assert cmd[0] == "llm-cascade"
+        args = [a.replace("../shared/data", str(data_dir)).replace("build/", f"{build}/") for a in cmd[1:]]
+        if cmd[1] == "eval":  # the task's default report folder is build/eval/<task>, relative to the caller
+            args += ["--out", str(build / "eval" / "mmlu")]
+        done = subprocess.run(
+            [sys.executable, "-m", "llm_cascade.serve.cli", *args], capture_output=True, text=True, env=env, cwd=REPO
+        )
+        assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+    page = (build / "compare.html").read_text()
+    assert "mmlu" in page and "held out" in page and (build / "cascade.toml").exists()
