@@ -71,8 +71,9 @@ _REASONING_CHARS = 100
 
 
 def _tentative(text: str, start: int, end: int) -> bool:
-    line_start = text.rfind("\n", 0, start) + 1
-    return bool(_TENTATIVE_BEFORE.search(text, max(line_start, start - 60), start)) or bool(
+    since = max(0, start - 60)
+    line_start = text.rfind("\n", since, start) + 1  # bounded: linear in the number of statements
+    return bool(_TENTATIVE_BEFORE.search(text, max(line_start, since), start)) or bool(
         _TENTATIVE_AFTER.match(text, end, min(len(text), end + 40))
     )
 
