@@ -86,6 +86,7 @@ def throwaway_postgres() -> Iterator[PgUrl]:
         detail = log.read_text()[-800:] if log.exists() else start.stderr
         shutil.rmtree(base, ignore_errors=True)
         raise Unavailable(f"PostgreSQL did not start: {detail.strip()}")
+
     def stop() -> None:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
 

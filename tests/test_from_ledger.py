@@ -144,6 +144,7 @@ def test_emitted_config_loads_with_prices(tmp_path: Path) -> None:
     assert cfg["cascades"]["calibrated"]["normalizer"] == {"choice": "J"}
     assert set(cfg["prices"]["overrides"]) >= {"fake:ref"}
     assert cfg["shadow"]["rate"] == 0.1 and "fake:ref" in cfg["shadow"]["pool"]
+    assert cfg["audit"] == {"reference": "fake:ref"}
 
 
 def test_audit_fidelity_interval_and_exit_rule(tmp_path: Path) -> None:

@@ -63,3 +63,33 @@ def test_reload_keeps_in_flight_requests_and_refuses_bad_configs(tmp_path: Path)
             assert still.json()["choices"][0]["message"]["content"] == "new"
 
     asyncio.run(go())
+
+
+def test_health_reports_the_audit_when_configured(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[cascades.c]\n[[cascades.c.tiers]]\nmembers = [{model = "fake:m", options = {script = "yes"}}]\n'
+        f"[ledger]\nurl = {str(tmp_path / 'l.sqlite3')!r}\njournal = {str(tmp_path / 'j')!r}\n"
+        '[shadow]\nrate = 1.0\npool = ["fake:m", {model = "fake:ref", options = {script = "no"}}]\n'
+        '[audit]\nreference = "fake:ref"\nmin_fidelity = 0.9\nevery_s = 0\n'
+    )
+    app = create_app(load_config(path), path=path)
+
+    async def go() -> dict[str, object]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            body = {"model": "c", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(20):
+                assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+            router = app.state.proxy.routers["c"]
+            await router.shadow.drain()
+            health: dict[str, object] = (await client.get("/health")).json()
+            await router.aclose()
+            return health
+
+    health = asyncio.run(go())
+    app.state.proxy.components.close()
+    audit = health["audit"]
+    assert isinstance(audit, dict)
+    assert audit["requests"] == 20 and audit["fidelity"] == 0.0 and audit["below"] is True
+    assert health["status"] == "degraded"

@@ -69,15 +69,18 @@ def _resolve(reference: str, models: set[str]) -> str:
     )
 
 
-def audit(url: str, reference: str, *, since: float | None = None) -> dict[str, Any]:
-    """The audit report (JSON-ready): per day and in all."""
+def audit(source: Any, reference: str, *, since: float | None = None) -> dict[str, Any]:
+    """The audit report (JSON-ready): per day and in all. ``source``: a ledger URL or path, or an open Ledger."""
     from ..spend.ledger import Ledger
 
-    ledger = Ledger(url, journal=False)
-    try:
-        rows = [r for r in ledger.rows(since=since) if r.digest is not None]
-    finally:
-        ledger.close()
+    if isinstance(source, Ledger):
+        rows = [r for r in source.rows(since=since) if r.digest is not None]
+    else:
+        ledger = Ledger(source, journal=False)
+        try:
+            rows = [r for r in ledger.rows(since=since) if r.digest is not None]
+        finally:
+            ledger.close()
     by_request: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
         by_request[r.request_id].append(r)

@@ -98,6 +98,8 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         text += "\n" + prices_toml(fit_prices(runs.records, used))
         pool = list(dict.fromkeys([runs.reference, *runs.models]))
         text += "\n" + shadow_toml(opts.shadow_rate, pool)
+        if opts.shadow_rate > 0:  # /health then reports the deployed cascade's fidelity (needs a [ledger])
+            text += f"\n[audit]\nreference = {json.dumps(runs.reference)}\n"
         opts.emit.parent.mkdir(parents=True, exist_ok=True)
         opts.emit.write_text(checked(text), encoding="utf-8")
         report["emitted"] = str(opts.emit)

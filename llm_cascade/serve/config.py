@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from ..resilience.retry import Clock, Sleep
 
 __all__ = [
+    "AuditConfig",
     "BreakerConfig",
     "CascadeConfig",
     "Components",
@@ -262,6 +263,17 @@ class ShadowConfig(_Model):
         return v
 
 
+class AuditConfig(_Model):
+    """What ``/health`` reports of the deployed cascade on its shadowed requests (``llm-cascade audit``): fidelity to
+    ``reference`` over the last ``window_hours``, ``degraded`` when below ``min_fidelity`` with its whole 95%
+    interval. Recomputed at most every ``every_s`` seconds (it reads the ledger)."""
+
+    reference: str
+    min_fidelity: Annotated[float, Field(ge=0, le=1)] | None = None
+    window_hours: Annotated[float, Field(gt=0)] = 24.0
+    every_s: Annotated[float, Field(ge=0)] = 60.0
+
+
 class LimitConfig(_Model):
     """At most ``usd`` per period for requests carrying every one of ``tags`` (e.g. ``{key = "team-a"}``)."""
 
@@ -344,6 +356,7 @@ class Config(_Model):
     budgets: BudgetsConfig | None = None
     resilience: ResilienceConfig | None = None
     shadow: ShadowConfig | None = None
+    audit: AuditConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("prices", mode="before")

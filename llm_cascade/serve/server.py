@@ -139,6 +139,7 @@ class ProxyState:
         self.checks: dict[str, CheckReport] = {}  # set by serve() after its start-up check
         self.reload_lock = asyncio.Lock()
         self.retired: set[asyncio.Task[Any]] = set()  # old generations waiting for their last request
+        self.audit_cache: tuple[float, dict[str, Any], Generation] | None = None  # /health's [audit] figures
         self.install(Generation(config, dict(routers), components, owned=owned))
 
     def install(self, gen: Generation) -> Generation | None:
@@ -474,7 +475,50 @@ async def health(request: HTTPRequest) -> Response:
         body["ledger"] = ledger = ledger_health()
         if ledger["state"] == "down":
             body["status"] = "degraded"
+    if state.config.audit is not None:
+        body["audit"] = found = await _audit(state)
+        if found.get("below"):
+            body["status"] = "degraded"
     return _JSON(body)
+
+
+async def _audit(state: ProxyState) -> dict[str, Any]:
+    """The ``[audit]`` figures for /health, recomputed at most every ``every_s`` seconds, off the event loop."""
+    cfg = state.config.audit
+    assert cfg is not None
+    cached = state.audit_cache
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < cfg.every_s and cached[2] is state.generation:
+        return cached[1]
+
+    def measure() -> dict[str, Any]:
+        from ..evals import audit as audit_mod
+        from ..spend.ledger import Ledger
+
+        ledger = state.components.ledger
+        if not isinstance(ledger, Ledger):
+            return {"error": "[audit] needs a [ledger]"}
+        try:
+            report = audit_mod.audit(ledger, cfg.reference, since=time.time() - cfg.window_hours * 3600)
+        except LLMCascadeError as exc:
+            return {"reference": cfg.reference, "requests": 0, "note": str(exc)}
+        total = report["total"]
+        out = {
+            "reference": report["reference"],
+            "window_hours": cfg.window_hours,
+            "requests": total["requests"],
+            "fidelity": total["fidelity"],
+            "fidelity_ci95": total["fidelity_ci95"],
+            "saving_x": total["saving_x"],
+            "shadow_usd": total["shadow_usd"],
+        }
+        if cfg.min_fidelity is not None:
+            out["below"] = audit_mod.below(report, cfg.min_fidelity)
+        return out
+
+    found = await asyncio.to_thread(measure)
+    state.audit_cache = (now, found, state.generation)
+    return found
 
 
 async def admin_reload(request: HTTPRequest) -> Response:
