@@ -85,13 +85,15 @@ def test_gold_joins_by_example_tag_and_request_id(tmp_path: Path) -> None:
         + "\n"
         + json.dumps({"request_id": some, "gold": "A"})
         + "\n"
+        + json.dumps({"id": "q11", "gold": gold["q11"]})
+        + "\n"
         + json.dumps({"example": "nowhere", "gold": "A"})
         + "\n"
     )
     parsed = read_gold(labels, normalize=lambda t: t.strip("()"))
     runs = ledger_runs(obs, "fake:ref", gold=parsed)
-    assert runs.gold_known == 10 and runs.gold_unmatched == 1
-    assert "gold on 10 of 60" in runs.labels
+    assert runs.gold_known == 11 and runs.gold_unmatched == 1  # "id" matched the example tag q11
+    assert "gold on 11 of 60" in runs.labels
     m = RunMatrix.from_records(runs.records, runs.models)
     # with gold on q1..q9 the cheap model is right where the reference is wrong (q3, q6, q9)
     assert m.correct[:, m.index("fake:cheap")].sum() > m.correct[:, m.index("fake:ref")].sum()

@@ -29,7 +29,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from .records import ModelRun, Record, RecordError
 
-GOLD_KEYS = ("request_id", "example")  # how a label names its request: the ledger's id, or the eval's example tag
+GOLD_KEYS = ("request_id", "example", "id")  # how a label names its request: the ledger's id, the example tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +143,8 @@ def read_gold(path: str | Path, normalize: Callable[[str], str | None] | None = 
 
 def _gold_for(obs: Observation, gold: Mapping[tuple[str, str], str]) -> str | None:
     found = gold.get(("request_id", obs.request_id))
+    if found is None:  # a plain "id" names the request or the example, whichever it matches
+        found = gold.get(("id", obs.request_id)) or gold.get(("id", obs.tags.get("example", "")))
     if found is not None:
         return found
     for key, value in obs.tags.items():
@@ -194,7 +196,7 @@ def ledger_runs(
         label = _gold_for(any_obs, gold) if gold else None
         if label is not None:
             runs.gold_known += 1
-            matched.add(("request_id", rid))
+            matched.update({("request_id", rid), ("id", rid), ("id", any_obs.tags.get("example", ""))})
             matched.update(any_obs.tags.items())
         elif obs[ref].answer is None:
             runs.no_reference += 1
