@@ -167,7 +167,7 @@ def test_running_totals_start_again_when_a_period_ends(
     now[0] = after
     assert budget.check(req, 0, ["m"], Decimal(0)) is None  # a new period: 0 spent
     record("b", [Call("m", 0, "ok", cost_usd=Decimal("0.6"))], {})
-    assert "spent 0.6 in this" in (budget.check(req, 0, ["m"], Decimal(0)) or "")
+    assert "spent 0.60 in this" in (budget.check(req, 0, ["m"], Decimal(0)) or "")
     now[0] = before  # a row of the old period, recorded late
     record("c", [Call("m", 0, "ok", cost_usd=Decimal("0.3"))], {})
     now[0] = after

@@ -148,8 +148,10 @@ def below(report: dict[str, Any], min_fidelity: float) -> bool:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    from ..spend.money import LEGEND, dollars, times
+
     def usd(x: float | None) -> str:
-        return "unknown" if x is None else f"${x:.6g}"
+        return dollars(x)
 
     lines = [
         f"## audit: fidelity to {report['reference']}",
@@ -163,9 +165,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             if d["fidelity"] is None
             else f"{d['fidelity']:.3f} ({d['fidelity_ci95'][0]:.3f}-{d['fidelity_ci95'][1]:.3f})"
         )
-        saving = "n/a" if d["saving_x"] is None else f"{d['saving_x']:.2f}x"
+        r = d["saving_x"]  # the reference's $ per request ÷ ours
+        saving = "n/a" if r is None else (f"{times(r)} cheaper" if r >= 1 else f"{times(1 / r)} costlier")
         lines.append(
             f"| {d['day']} | {d['requests']} | {fid} | {usd(d['cost_per_request_usd'])} | "
-            f"{usd(d['reference_cost_per_request_usd'])} | {saving} | ${d['shadow_usd']:.6g} |"
+            f"{usd(d['reference_cost_per_request_usd'])} | {saving} | {dollars(d['shadow_usd'])} |"
         )
+    lines += ["", f"*saving: against always the reference. {LEGEND}*"]
     return "\n".join(lines)

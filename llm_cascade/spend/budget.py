@@ -79,6 +79,14 @@ _ZERO = Decimal(0)
 _UNSEEN: Any = object()
 
 
+def _usd(value: Decimal) -> str:
+    """An amount in a refusal's reason: fixed notation (never ``0E-12``), six significant digits, so two figures
+    compared against a limit stay distinguishable."""
+    from .money import usd
+
+    return usd(value, digits=6)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Limit:
     """At most ``usd`` per ``per`` for requests carrying every one of ``tags`` (no tags: every request)."""
@@ -447,10 +455,10 @@ class Budget:
                         " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
                     )
             if before + held + spent + estimate > limit.usd:
-                in_flight = f" + {held} held by requests in flight" if held else ""
+                in_flight = f" + {_usd(held)} held by requests in flight" if held else ""
                 return (
-                    f"budget {limit}: spent {before} in this {limit.per}{in_flight} + {spent} on this request"
-                    f" + {estimate} estimated for tier {tier} > {limit.usd}"
+                    f"budget {limit}: spent {_usd(before)} in this {limit.per}{in_flight} + {_usd(spent)} on this"
+                    f" request + {_usd(estimate)} estimated for tier {tier} > {_usd(limit.usd)}"
                 )
         return None
 
@@ -494,7 +502,9 @@ class Budget:
         applicable = [x for _, x in indexed]
         for limit in applicable:
             if limit.per == "request" and spent + estimate > limit.usd:
-                return f"budget {limit}: {spent} spent on this request + {estimate} estimated for tier {tier}"
+                return (
+                    f"budget {limit}: {_usd(spent)} spent on this request + {_usd(estimate)} estimated for tier {tier}"
+                )
         taken: list[tuple[str, float, int]] = []
         reason: str | None = None
         for limit in applicable:
@@ -517,15 +527,18 @@ class Budget:
                 break
             if used + amount > cap:
                 reason = (
-                    f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} (recorded + reserved in flight,"
-                    f" all processes) + {Decimal(amount) / PICO} for tier {tier} > {limit.usd}"
+                    f"budget {limit}: {_usd(Decimal(used) / PICO)} used in this {limit.per} (recorded + reserved in"
+                    f" flight, all processes) + {_usd(Decimal(amount) / PICO)} for tier {tier} > {_usd(limit.usd)}"
                 )
                 break
             if hold is not None:  # fitted when read: the reservation lost a race, so the counter moved; try again
                 if (yield ("reserve", scope, period, amount, cap, unknown_ok)):
                     taken.append((scope, period, amount))
                     continue
-                reason = f"budget {limit}: {Decimal(used) / PICO} used in this {limit.per} + {Decimal(amount) / PICO}"
+                reason = (
+                    f"budget {limit}: {_usd(Decimal(used) / PICO)} used in this {limit.per} + "
+                    f"{_usd(Decimal(amount) / PICO)}"
+                )
                 break
         if hold is not None:
             if reason is not None:
@@ -702,7 +715,7 @@ class Hold:
                 self._token = None
 
     def __repr__(self) -> str:
-        state = "released" if self.released else f"{self.claimed} USD"
+        state = "released" if self.released else f"{_usd(self.claimed)} USD"
         return f"Hold({state}, {dict(self.metadata)!r})"
 
 
