@@ -192,7 +192,7 @@ async def test_answers_for_a_closed_event_loop_are_still_settled(tmp_path: Any) 
     other.close()
     try:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        counters._answer([(done, None, other)])
+        counters._answer([(done, None, other, None)])
         assert done.result(timeout=0) is None
     finally:
         counters.close()
