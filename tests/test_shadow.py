@@ -300,3 +300,35 @@ def test_spend_report_shows_shadow_calls_apart(tmp_path: Path) -> None:
     assert report.to_json()["shadow"]["cost_usd"] == pytest.approx(0.000011)
     assert "shadow calls (observation only" in report.to_markdown()
     ledger.close()
+
+
+def test_postgresql_ledger_gets_the_columns_and_keeps_observations(pg_url: str) -> None:
+    import uuid
+
+    import sqlalchemy as sa
+
+    table = f"old_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:  # a table as the first release wrote it
+        conn.exec_driver_sql(
+            f"CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL, "
+            "seq INTEGER NOT NULL, tier INTEGER NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, "
+            "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+            "estimated INTEGER NOT NULL, cost_usd TEXT, cost_pusd BIGINT, latency_s DOUBLE PRECISION NOT NULL, "
+            "error TEXT, tags TEXT NOT NULL)"
+        )
+    engine.dispose()
+    ledger = Ledger(pg_url, table=table, journal=False, linger_s=0)
+    shadow = Shadow(1.0, [FakeBackend("a", "C", confidence=0.25)])
+    router = Router([[FakeBackend("ref", "B")]], normalizer="choice", prices=PRICES, ledger=ledger, shadow=shadow)
+
+    async def go() -> None:
+        await router.route("Q")
+        await shadow.drain()
+
+    asyncio.run(go())
+    rows = {r.model: r for r in ledger.rows()}
+    assert rows["fake:ref"].answer == "B" and rows["fake:a"].answer == "C"
+    assert rows["fake:a"].confidence == pytest.approx(0.25) and rows["fake:a"].tags == {"shadow": "1"}
+    assert ledger.spend(tags={"shadow": "1"}) == Decimal("0.000011")
+    ledger.close()
