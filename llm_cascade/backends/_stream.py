@@ -40,6 +40,7 @@ from ..core.errors import (
     RetryableError,
     StreamError,
 )
+from ..core.stream import token_sink
 from ..core.types import Request, Usage
 from ..resilience.ttft import arrived as first_token_arrived
 from ..spend.tokens import CharEstimator, TokenEstimator
@@ -171,6 +172,8 @@ async def read_stream(
     n = n_parts = 0
     last: Any = None
     it = stream.__aiter__()
+    sink = token_sink()  # a Router.stream() caller reading this answer as it comes (llm_cascade.core.stream)
+    sent = 0
     try:
         while True:
             now = loop.time()
@@ -197,6 +200,10 @@ async def read_stream(
             n += 1
             last = chunk
             on_chunk(state, chunk)
+            if sink is not None and len(state.parts) > sent:
+                for part in state.parts[sent:]:
+                    sink(part)
+                sent = len(state.parts)
             if state.parts and n_parts == 0:
                 n_parts = len(state.parts)
                 first_token_arrived()  # a tier's first_token_timeout stops counting (llm_cascade.resilience.ttft)

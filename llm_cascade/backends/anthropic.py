@@ -41,6 +41,7 @@ from ..core.errors import (
     ProviderError,
     UnsupportedParameter,
 )
+from ..core.stream import wants_tokens
 from ..core.types import Completion, Request, Usage
 from ._anthropic_shape import anthropic_messages, output_config
 from ._openai_shape import tool_calls_text
@@ -236,6 +237,7 @@ class AnthropicBackend(AdapterOptions, LazyClient):
 
     async def complete(self, request: Request) -> Completion:
         client = self._get_client()
+        stream = self.stream or (request.tools is None and wants_tokens())  # see OpenAIBackend.complete
         system, messages = anthropic_messages(request.messages, self.name)
         kwargs: dict[str, Any] = {
             "model": self.model,
@@ -245,15 +247,15 @@ class AnthropicBackend(AdapterOptions, LazyClient):
         if system:
             kwargs["system"] = system
         extra = {**self.extra_body, **request.extra_body} if request.extra_body else self.extra_body
-        kwargs.update(anthropic_params(request, self.name, self.stream, extra))
+        kwargs.update(anthropic_params(request, self.name, stream, extra))
         if extra:
             kwargs["extra_body"] = extra
-        if self.stream:
+        if stream:
             kwargs["stream"] = True
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.timeout
         response = await sdk_call(lambda: client.messages.create(**kwargs), self._map)
-        if self.stream:
+        if stream:
             return await self._read(response, request, start, deadline)
         latency = time.perf_counter() - start
         try:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.errors import ConfigError, MissingDependencyError
+from ..core.stream import wants_tokens
 from ..core.types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_body, completion_from_openai_response, stream_completion
 from ._sdk import WireError, sdk_call
@@ -324,14 +325,15 @@ class HTTPBackend(OpenAIBackend):
             await _release(loop, self._pool_base)
 
     async def complete(self, request: Request) -> Completion:
-        request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
+        stream = self.stream or (request.tools is None and wants_tokens())  # see OpenAIBackend.complete
+        request.refuse(self.name, STREAM_PARAMS if stream else ALL_PARAMS)
         loop = asyncio.get_running_loop()
         session = self._session
         if session is None or self._pool_loop is not loop or session.closed:
             session = self._session_for(loop)
-        body = orjson.dumps(chat_body(self.model, request, self.stream, self.extra_body))
+        body = orjson.dumps(chat_body(self.model, request, stream, self.extra_body))
         start = time.perf_counter()
-        if self.stream:
+        if stream:
             deadline = loop.time() + self.timeout
             events = await sdk_call(lambda: self._open_stream(session, body), self._map)
             return await stream_completion(

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.errors import AuthenticationError, ConfigError, MissingDependencyError
+from ..core.stream import wants_tokens
 from ..core.types import Completion, Request
 from ._openai_shape import ALL_PARAMS, STREAM_PARAMS, chat_params, completion_from_openai_response, stream_completion
 from ._openai_shape import first_token_logprob as first_token_logprob  # re-exported: its former home
@@ -144,16 +145,18 @@ class OpenAIBackend(AdapterOptions, LazyClient):
         )
 
     async def complete(self, request: Request) -> Completion:
-        request.refuse(self.name, STREAM_PARAMS if self.stream else ALL_PARAMS)
+        # streamed when built so, or when a Router.stream() caller reads this answer live (never with tools)
+        stream = self.stream or (request.tools is None and wants_tokens())
+        request.refuse(self.name, STREAM_PARAMS if stream else ALL_PARAMS)
         client = self._get_client()
-        kwargs: dict[str, Any] = {"model": self.model, **chat_params(request, self.stream)}
+        kwargs: dict[str, Any] = {"model": self.model, **chat_params(request, stream)}
         extra = {**self.extra_body, **request.extra_body} if request.extra_body else self.extra_body
         if extra:
             kwargs["extra_body"] = extra
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.timeout
         response = await sdk_call(lambda: client.chat.completions.create(**kwargs), self._map)
-        if self.stream:
+        if stream:
             return await stream_completion(
                 self, response, request, self._stream_usage, start=start, deadline=deadline, map_exc=self._map
             )

@@ -25,7 +25,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -54,6 +54,7 @@ from .errors import (
 from .messages import tool_calls_text
 from .normalize import Normalizer, as_normalizer
 from .params import ROUTE_PARAMS, prepare, unknown_keyword
+from .stream import StreamChunk, stream_route, tier_scope
 from .sync import SyncRunner
 from .types import Call, Completion, Outcome, Request, RouteResult, Usage
 
@@ -506,6 +507,16 @@ class Router:
             observe.result_returned(result, self.on_result, current)
         return result
 
+    async def stream(
+        self, request: Request | str | Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """:meth:`route`, streamed (same arguments): ``async for chunk in router.stream(...)`` yields the answer's
+        text as :class:`~llm_cascade.core.stream.StreamChunk` pieces, the last one ``done`` with the RouteResult.
+        A one-member last tier streams its model's tokens as they come; any other tier's answer arrives once decided
+        (see :mod:`llm_cascade.core.stream`)."""
+        async for chunk in stream_route(lambda: self.route(request, **kwargs)):
+            yield chunk
+
     def route_sync(self, request: Request | str | Sequence[Mapping[str, Any]], **kwargs: Any) -> RouteResult:
         """:meth:`route` for scripts and notebooks without an event loop (same arguments).
 
@@ -675,7 +686,8 @@ class Router:
         members = tier.members
         deadline = _Deadline()
         if len(members) == 1 and tier.timeout is None:
-            outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline, tab)]
+            with tier_scope(k == len(self.tiers) - 1):  # a stream() gets a one-member last tier's tokens live
+                outcomes = [await self._call(members[0], k, req, normalizer, calls, deadline, tab)]
         else:
             tasks: list[asyncio.Future[_Outcome]] = []
             spawn: asyncio.Handle | None = None

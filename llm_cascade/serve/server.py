@@ -51,9 +51,11 @@ from ..core.errors import (
     UnsupportedParameter,
 )
 from ..core.refusal import public_reason
-from ..core.types import RouteResult
+from ..core.stream import stream_route
+from ..core.types import Request, RouteResult
 from .config import Components, Config, build_components, build_routers, hash_key
 from .failures import failure_headers
+from .live import live_response
 from .schema import ChatRequest, InputError, parse_chat, tag_problem
 
 try:  # a response body rendered by orjson costs a fifth of json's; what orjson cannot render, json does (_dumps)
@@ -344,6 +346,21 @@ async def _budget_refuses(tab: Tab, state: ProxyState) -> JSONResponse | None:
     return None if reason is None else _route_error(BudgetExceeded(reason), state)
 
 
+async def _route_held(state: ProxyState, router: Router, request: Request) -> RouteResult:
+    """``router.route(request)`` on a tab opened and admitted to tier 0 first (a refusal raised as BudgetExceeded):
+    the whole of a streamed request, run in the task that streams it."""
+    tab = router.meter.open(request)
+    try:
+        reason = await tab.admit(0, ()) if state.budgeted else None
+    except BaseException:
+        await tab.close(())
+        raise
+    if reason is not None:
+        await tab.close(())
+        raise BudgetExceeded(reason)
+    return await router.route(request, tab=tab)
+
+
 async def chat_completions(request: HTTPRequest) -> Response:
     state = _state(request)
     try:
@@ -358,21 +375,33 @@ async def chat_completions(request: HTTPRequest) -> Response:
     gen = state.generation  # a reload meanwhile leaves this request on the routers it started on
     router = gen.routers[chat.model]
     gen.enter()
+    handed_over = False  # a live stream leaves the generation when its last chunk is sent
     try:
-        tab = router.meter.open(routed)  # the request's spend, passed to route(): tier 0's claim is its claim
-        try:
-            refused = await _budget_refuses(tab, state)
-        except BaseException:
-            await tab.close(())
-            raise
-        if refused is not None:
-            await tab.close(())
-            return refused
-        result = await router.route(routed, tab=tab)
+        if chat.stream:  # a one-member last tier streams live; any other answer is decided first, then chunked
+            chunks = stream_route(lambda: _route_held(state, router, routed))
+            first = await chunks.__anext__()
+            if first.live:
+                handed_over = True
+                return live_response(chat, router, first, chunks, gen.leave, lambda exc: _route_error(exc, state))
+            while first.result is None:  # the decided answer's text, then the chunk with the result
+                first = await chunks.__anext__()
+            result = first.result
+        else:
+            tab = router.meter.open(routed)  # the request's spend, passed to route(): tier 0's claim is its claim
+            try:
+                refused = await _budget_refuses(tab, state)
+            except BaseException:
+                await tab.close(())
+                raise
+            if refused is not None:
+                await tab.close(())
+                return refused
+            result = await router.route(routed, tab=tab)
     except Exception as exc:
         return _route_error(exc, state)
     finally:
-        gen.leave()
+        if not handed_over:
+            gen.leave()
     info = _describe(result, chat.model)
     headers = _headers(result, info)
     completion_id = f"chatcmpl-{result.request_id}"
