@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,7 +356,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em aut
 color:#222}
 h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}.overview td{text-align:left}
+th:first-child,td:first-child{text-align:left}.overview td,.overview th{text-align:left}
 tr.cascade{font-weight:600;background:#fff6e6}
 .verdict{font-weight:600}.legend,.note,.compared{color:#555;font-size:.9em}.plot svg{max-width:100%;height:auto}
 """
@@ -363,7 +364,10 @@ tr.cascade{font-weight:600;background:#fff6e6}
 
 def to_html(comparisons: Sequence[TaskComparison]) -> str:
     """The page as one self-contained HTML file: no script, no external link, the plots inline."""
-    e = html.escape
+
+    def e(text: str) -> str:  # escaped, with `code` spans as <code>
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<title>llm-cascade: price per request</title>",
