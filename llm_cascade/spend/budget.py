@@ -65,6 +65,7 @@ from ..core.types import Call, Request, Usage
 from .ledger import PICO, Ledger, to_pusd
 from .pricing import PriceTable
 from .reservations import SharedCounters, scope_key
+from .tokens import prompt_bound
 
 if TYPE_CHECKING:
     from .tokens import PromptCounter
@@ -74,7 +75,8 @@ Policy = Literal["best_so_far", "raise"]
 PERIODS: tuple[str, ...] = ("request", "hour", "day", "week", "month", "total")
 DEFAULT_OUTPUT_TOKENS = 256
 UsageGuess = Callable[[Request, str], Usage]
-Estimate = Callable[[], "Decimal | None"]  # a tier's expected cost, worked out only when a limit applies
+# A tier's expected cost, worked out only when a limit applies: exact (False: an upper bound will do, see _admit).
+Estimate = Callable[[bool], "Decimal | None"]
 _ZERO = Decimal(0)
 _UNSEEN: Any = object()
 
@@ -341,14 +343,16 @@ class Budget:
             counter = self._counters[name] = PromptCounter(name)
         return counter
 
-    def usage_for(self, request: Request, model: str) -> Usage:
+    def usage_for(self, request: Request, model: str, exact: bool = True) -> Usage:
         """The usage a call of ``model`` is expected to bill for ``request``: prompt tokens counted (or ``usage=``),
         expected output tokens. Priced by the router's members (:mod:`llm_cascade.spend.meter`) or by
-        :meth:`estimate`."""
+        :meth:`estimate`. ``exact=False``: the prompt's UTF-8 bytes may stand in for its tokens (never fewer: a
+        token is at least one byte), without tokenizing it."""
         guess = self._usage
         if guess is not None:
             return guess(request, model)
-        key = (self._prompt_tokens(request, model), self._expected_output(request))
+        tokens = self._prompt_tokens(request, model) if exact else prompt_bound(request)
+        key = (tokens, self._expected_output(request))
         usage = self._usages.get(key)
         if usage is None:  # the same few sizes recur: one Usage each, not one per check
             if len(self._usages) >= 4096:
@@ -356,7 +360,7 @@ class Budget:
             usage = self._usages[key] = Usage(key[0], key[1], 0, estimated=True)
         return usage
 
-    def estimate(self, request: Request, models: Sequence[str]) -> Decimal | None:
+    def estimate(self, request: Request, models: Sequence[str], exact: bool = True) -> Decimal | None:
         """Expected cost of asking every one of ``models`` this request, priced by this budget's table; None if a
         price is unknown. A Router's checks price its own members instead (their own prices first)."""
         total = Decimal(0)
@@ -366,7 +370,7 @@ class Budget:
             self._estimates_version = version
         estimates = self._estimates
         for model in models:
-            usage = self.usage_for(request, model)
+            usage = self.usage_for(request, model, exact)
             cost = estimates.get((model, usage), _UNSEEN)
             if cost is _UNSEEN:
                 cost = self.prices.cost(model, usage)
@@ -420,21 +424,29 @@ class Budget:
             return None
         if hold is not None and tier in hold.tiers:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
-        estimate = estimated() if estimated is not None else self.estimate(request, models)
-        if estimate is None and self.unknown_price == "refuse":
-            return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
-        now = self.clock()
-        if self.counters is not None:
-            steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
-            return _run_blocking(self.counters, steps)
-        with self._lock:
-            reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
-            if hold is not None and reason is None:
-                hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
-            if hold is not None and not hold.released:
-                # The request's claim: what it has spent, plus the tier it may now run. A refused request stops here.
-                hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
-        return reason
+        # In memory, a tier is first checked at an upper bound of its prompt tokens (its bytes), which costs no
+        # tokenizing on the event loop: if even that fits, so does the exact count, and the claim errs high. Only a
+        # tier the bound does not fit is counted exactly and checked again (the same answer as an exact check).
+        exact = self.counters is not None or self._usage is not None
+        while True:
+            estimate = estimated(exact) if estimated is not None else self.estimate(request, models, exact)
+            if estimate is None and self.unknown_price == "refuse":
+                return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
+            now = self.clock()
+            if self.counters is not None:
+                steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
+                return _run_blocking(self.counters, steps)
+            with self._lock:
+                reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
+                if reason is not None and not exact:
+                    exact = True
+                    continue
+                if hold is not None and reason is None:
+                    hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
+                if hold is not None and not hold.released:
+                    # The request's claim: what it spent, plus the tier it may now run. A refused request stops here.
+                    hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
+            return reason
 
     def _refusal(
         self,
@@ -477,7 +489,7 @@ class Budget:
         indexed = self._applying(request.metadata)
         if not indexed or tier in hold.tiers:
             return None
-        estimate = estimated() if estimated is not None else self.estimate(request, models)
+        estimate = estimated(True) if estimated is not None else self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..backends.base import Backend, innermost
 from ..core.types import Call, Request, Usage
+from .pricing import PriceEntry, PriceTable
 
 Policy = Literal["best_so_far", "raise"]
 _ZERO = Decimal(0)
@@ -79,7 +80,7 @@ class Guard(Protocol):
     def check(self, request: Request, tier: int, models: Sequence[str], spent: Decimal) -> str | None: ...
 
 
-Estimate = Callable[[], "Decimal | None"]
+Estimate = Callable[[bool], "Decimal | None"]  # a tier's expected cost: exact, or (False) an upper bound
 Write = Callable[[SpendSink], None]  # stores a request's rows in its own way (a shadowed request's observations)
 
 
@@ -105,7 +106,7 @@ class Holds(Protocol):
 
     def hold(self) -> Any: ...
 
-    def usage_for(self, request: Request, model: str) -> Usage: ...
+    def usage_for(self, request: Request, model: str, exact: bool = True) -> Usage: ...
 
     def recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
 
@@ -172,6 +173,10 @@ class SpendMeter:
         self._members = {id(m) for t in self.tiers for m in t}
         self._others: dict[int, tuple[Backend, OwnPrice | None]] = {}  # backends priced here that are not members
         self._version = getattr(prices, "version", 0)
+        # A member's entry in a (non-strict) PriceTable, found once per table version: a call is then priced by its
+        # entry, without the table's per-usage cache (a miss there costs more than the arithmetic).
+        self._table = prices if isinstance(prices, PriceTable) and not prices.strict else None
+        self._entries: dict[int, PriceEntry | None] = {}
         self._estimates: dict[tuple[int, Usage], Decimal | None] = {}
         self._intents: dict[tuple[int, object], tuple[Call, ...]] = {}
         from .tokens import TokenEstimator  # light: tiktoken itself loads when an estimator is built
@@ -203,6 +208,7 @@ class SpendMeter:
             self._version = version
             self._estimates = {}
             self._intents = {}
+            self._entries = {}
 
     def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
         """The member's own price, else the table's; None when neither knows."""
@@ -215,6 +221,14 @@ class SpendMeter:
             own = found[1]
         if own is not None:
             return own.cost(usage, seconds)
+        table = self._table
+        if table is not None and key in self._members:
+            if table.version != self._version:
+                self._fresh()
+            entry = self._entries.get(key, _UNSEEN)
+            if entry is _UNSEEN:
+                entry = self._entries[key] = table.lookup(member.name)
+            return None if entry is None else entry.cost(usage, seconds)
         prices = self.prices
         if prices is None:
             return None
@@ -222,16 +236,16 @@ class SpendMeter:
             return prices.cost(member.name, usage, seconds)
         return prices.cost(member.name, usage)
 
-    def estimate(self, request: Request, tier: int) -> Decimal | None:
-        """Expected cost of tier ``tier`` for ``request``: the budget's expected usage per member, priced by
-        :meth:`cost`; None when a member's price is unknown."""
+    def estimate(self, request: Request, tier: int, exact: bool = True) -> Decimal | None:
+        """Expected cost of tier ``tier`` for ``request``: the budget's expected usage per member (``exact=False``:
+        an upper bound of it), priced by :meth:`cost`; None when a member's price is unknown."""
         holds = self.holds
         assert holds is not None
         self._fresh()
         estimates = self._estimates
         total = _ZERO
         for member in self.tiers[tier]:
-            usage = holds.usage_for(request, member.name)
+            usage = holds.usage_for(request, member.name, exact)
             key = (id(member), usage)
             cost = estimates.get(key, _UNSEEN)
             if cost is _UNSEEN:
@@ -253,14 +267,14 @@ class SpendMeter:
         usage: Usage | None = None
         size: object
         if self._counted:  # a TokenEstimator's estimate depends on the prompt's token count alone
-            size = estimator.prompt_tokens(request)  # type: ignore[union-attr]
+            size = estimator.prompt_estimate(request)  # type: ignore[union-attr]
         else:
             size = usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
         key = (tier, size)
         found = self._intents.get(key)
         if found is None:
             if usage is None:
-                usage = estimator(request, None)  # type: ignore[misc]
+                usage = Usage(size, estimator.expected_output, 0, estimated=True)  # type: ignore[arg-type,union-attr]
             members = self.tiers[tier]
             found = tuple(
                 Call(m.name, tier, "cancelled", usage, cost_usd=self.cost(m, usage), error=_WHY) for m in members
@@ -306,7 +320,7 @@ class SpendTab:
         if hold is not None:
             request = self.request
             return await hold.acheck(
-                request, tier, meter.models[tier], spent(calls), lambda: meter.estimate(request, tier)
+                request, tier, meter.models[tier], spent(calls), lambda exact: meter.estimate(request, tier, exact)
             )
         guard = meter.guard
         if guard is not None:

@@ -151,14 +151,38 @@ def count_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     return len(get_encoding(encoding).encode(text, disallowed_special=()))
 
 
+_ROLES: dict[tuple[str, str], int] = {}  # (encoding, role) -> its tokens: a handful of roles, counted once
+
+
 def count_messages(messages: Iterable[Message], encoding: str = DEFAULT_ENCODING) -> int:
     """Prompt tokens of a chat request, with the chat format's framing tokens."""
     enc = get_encoding(encoding)
     n = TOKENS_PER_REPLY
     for m in messages:
-        n += TOKENS_PER_MESSAGE + len(enc.encode(m.role, disallowed_special=()))
-        n += len(enc.encode(m.content, disallowed_special=()))
+        role = _ROLES.get((encoding, m.role))
+        if role is None:
+            role = _ROLES[(encoding, m.role)] = len(enc.encode_ordinary(m.role))
+        n += TOKENS_PER_MESSAGE + role + len(enc.encode_ordinary(m.content))
     return n
+
+
+def prompt_bound(request: Request) -> int:
+    """At least as many prompt tokens as any BPE encoding counts (a token is at least one byte of UTF-8), without
+    tokenizing: what a budget check needs when there is room enough (:mod:`llm_cascade.spend.budget`)."""
+    n = TOKENS_PER_REPLY
+    for m in request.messages:
+        content, role = m.content, m.role
+        n += TOKENS_PER_MESSAGE + (len(role) if role.isascii() else len(role.encode("utf-8", "surrogatepass")))
+        n += len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
+    return n
+
+
+def length_estimate(messages: tuple[Message, ...]) -> int:
+    """Prompt tokens estimated from the text's length (:data:`CHARS_PER_TOKEN`, rounded up: errs high)."""
+    chars = 0
+    for m in messages:
+        chars += len(m.content)
+    return TOKENS_PER_REPLY + len(messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
 
 
 class TokenEstimator:
@@ -197,6 +221,12 @@ class TokenEstimator:
     def prompt_tokens(self, request: Request) -> int:
         return self._counter.count(request.messages)
 
+    def prompt_estimate(self, request: Request) -> int:
+        """:meth:`prompt_tokens` when the prompt was counted already, else its length estimate (errs high), without
+        tokenizing: for the calls journaled before a tier starts, which are billed only if the process dies."""
+        found = self._counter.cached(request.messages)
+        return found if found is not None else length_estimate(request.messages)
+
 
 class PromptCounter:
     """Prompt token counts that are cheap enough for the event loop: one encoding resolved at construction
@@ -210,6 +240,13 @@ class PromptCounter:
         self.encoding = encoding
         self._cache = _COUNTS.setdefault(encoding, {})  # shared by every counter of this encoding in the process
         self._cache_size = cache_size
+
+    def cached(self, messages: tuple[Message, ...]) -> int | None:
+        """The count of ``messages`` if it is in the cache."""
+        chars = 0
+        for m in messages:
+            chars += len(m.content)
+        return self._cache.get((len(messages), chars, hash(messages)))
 
     def count(self, messages: tuple[Message, ...]) -> int:
         chars = 0
@@ -232,7 +269,7 @@ class PromptCounter:
     def text(self, text: str) -> int:
         if len(text) > LARGE_PROMPT_CHARS:
             return -(-len(text) // CHARS_PER_TOKEN)
-        return len(get_encoding(self.encoding).encode(text, disallowed_special=()))
+        return len(get_encoding(self.encoding).encode_ordinary(text))
 
 
 class CharEstimator:
