@@ -237,3 +237,12 @@ def test_the_eval_harness_lines_run_as_written(data_dir: Path, tmp_path: Path) -
         assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
     page = (build / "compare.html").read_text()
     assert "mmlu" in page and "held out" in page and (build / "cascade.toml").exists()
+
+
+def test_the_extras_table_lists_every_extra_of_pyproject() -> None:
+    import tomllib
+
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    table = README.read_text().split("## Install", 1)[1].split("## ", 1)[0]
+    listed = set(re.findall(r"^\| `([\w-]+)` \|", table, flags=re.M))
+    assert listed == extras
