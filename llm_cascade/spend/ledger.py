@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import ConfigError, LedgerError, MissingDependencyError
 from ..core.types import Call
 from .journal import InsecureFolder, Intents, Journal, orphans, pending_rows, secure_folder
-from .rowcheck import clean, problem
-from .rowcheck import text as _text
+from .rowcheck import problem
 from .spill import Spill
 from .sqlpool import Cursor, PooledDBAPI, copy_of, fetched, plain_insert
+from .writeout import RowWriter
 
 if TYPE_CHECKING:
     import sqlite3
@@ -78,7 +78,6 @@ _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 _OBSERVED = ("answer", "confidence", "digest", "prompt", "text")
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
-_TAGS_ASCII = json.JSONEncoder(ensure_ascii=True, default=str).encode  # rejected rows: plain ASCII, any value
 _REQUEST_ID = itemgetter(1)  # of a row
 
 
@@ -425,16 +424,6 @@ class _RolledBack(Exception):
 
 
 _FORKED: list[object] = []  # connections a fork child inherited and must neither use nor close
-_PROBE = (0.0, "llm-cascade-probe", 0, 0, "probe", "ok", 0, 0, 0, 0, None, None, 0.0, None, "{}", 1, *(None,) * 6)
-
-
-def _unavailable(exc: BaseException) -> bool:
-    """Whether a failed write says the database cannot be reached or used now (kept and retried: an outage), rather
-    than that a row was refused (bisected, the row rejected): connection, lock, timeout and I/O errors."""
-    if isinstance(exc, OSError | TimeoutError):
-        return True
-    names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"})
 
 
 def _redact(url: str) -> str:
@@ -517,7 +506,6 @@ class Ledger:
         self._spill: Spill | None = None  # created by the writer thread at the first spill
         self._spill_wanted = False  # record() asked the writer to spill (once per crossing of max_backlog)
         self._down_since: float | None = None  # monotonic time of the first failed write of the current outage
-        self.rejected_rows = 0  # rows refused by the database, in <table>_rejected (or only in the log)
         self.refused_replay = 0  # journal records this ledger would not replay (crafted or damaged)
         self.journal_state = "off"  # "on", "off", or why it fell back or stopped (health())
         self.url = str(url) if url is not None else str(default_path())
@@ -551,8 +539,7 @@ class Ledger:
             self.url if sqlite_file in (None, ":memory:") else str(Path(sqlite_file).expanduser().resolve())
         )
         self._spill_dir = Path(spill).expanduser() if spill is not None else disk_journal_dir(self._database, table)
-        self._rejects = f"{table}_rejected"
-        self._rejects_made = False
+        self._rows_out = RowWriter(self._store, self._insert, f"{table}_rejected")
         self._journal = self._open_journal(journal, sqlite_file)
         self._thread = threading.Thread(target=self._run, name=f"llm-cascade-ledger-{table}", daemon=True)
         self._thread.start()
@@ -856,78 +843,16 @@ class Ledger:
             self._journal.committed(rid for rid in map(_REQUEST_ID, batch) if rid not in waiting)
 
     def _store_rows(self, rows: Sequence[Row]) -> tuple[list[Row], BaseException | None]:
-        """Store ``rows``; returns the rows not stored because the database is unavailable, and why (None when all
-        were stored or rejected). Every row is made storable first (:func:`~llm_cascade.spend.rowcheck.clean`);
-        a batch the database still refuses is halved until the refusing row is alone, and that row is rejected
-        (:meth:`_reject`) once a probe shows the table takes a plain row: a refusal of every row (a dropped table)
-        is an outage, not a bad row."""
-        ready: list[Row] = []
-        for row in rows:
-            try:
-                ready.append(clean(row))
-            except (ValueError, TypeError) as exc:
-                self._reject([(row, f"not a ledger row: {exc}")])
-        parts: list[list[Row]] = [ready] if ready else []
-        kept: list[Row] = []
-        suspects: list[tuple[Row, str]] = []
-        failure: BaseException | None = None
-        while parts:
-            part = parts.pop()
-            if failure is not None:
-                kept.extend(part)
-                continue
-            try:
-                self._store.write(self._insert, part)
-            except Exception as exc:
-                if _unavailable(exc):
-                    failure = exc
-                    kept.extend(part)
-                elif len(part) == 1:
-                    suspects.append((part[0], f"{type(exc).__name__}: {exc}"))
-                else:
-                    half = len(part) // 2
-                    parts += [part[half:], part[:half]]  # the first half next
-        if suspects:
-            if failure is None and self._store.probe(self._insert, _PROBE):
-                self._reject(suspects)
-            else:
-                kept.extend(row for row, _ in suspects)
-                failure = failure or LedgerError(suspects[0][1])
-        return kept, failure
-
-    def _reject(self, rows: Sequence[tuple[Row, str]]) -> None:
-        """Rows the database refuses, with why, into ``<table>_rejected`` (as JSON) for someone to look at; only
-        into the log (at ERROR) when even that fails. Never retried: one bad row must not hold up the rest."""
-        self.rejected_rows += len(rows)
-        now = time.time()
-        entries = [
-            (now, str(row[1] if len(row) > 1 else "")[:200], _TAGS_ASCII(why[:2000]), _TAGS_ASCII(list(row)))
-            for row, why in rows
-        ]
-        for _, rid, why, _ in entries:
-            _log.error("ledger: request %.64r: a row the database refuses, kept in %s: %s", rid, self._rejects, why)
-        ph = self._store.placeholder
-        try:
-            if not self._rejects_made:
-                self._store.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._rejects} (ts DOUBLE PRECISION NOT NULL, "
-                    "request_id TEXT NOT NULL, reason TEXT NOT NULL, row_json TEXT NOT NULL)",
-                    (),
-                )
-                self._rejects_made = True
-            sql = f"INSERT INTO {self._rejects} (ts, request_id, reason, row_json) VALUES ({ph}, {ph}, {ph}, {ph})"
-            self._store.write(sql, [(ts, _text(rid, 200), why, row) for ts, rid, why, row in entries])
-        except Exception as exc:
-            for entry in entries:
-                _log.error("ledger: cannot keep a rejected row in %s (%s): %s", self._rejects, exc, entry[3])
+        return self._rows_out.store_rows(rows)
 
     def rejected(self) -> list[tuple[str, str, list[Any]]]:
         """Rows the database refused, oldest first: (request id, why, the row's values)."""
-        try:
-            found = self._store.query(f"SELECT request_id, reason, row_json FROM {self._rejects} ORDER BY ts", ())
-        except Exception:
-            return []
-        return [(str(rid), json.loads(why), json.loads(row)) for rid, why, row in found]
+        return self._rows_out.rejected()
+
+    @property
+    def rejected_rows(self) -> int:
+        """Rows the database refused since this ledger opened (kept in ``<table>_rejected``)."""
+        return self._rows_out.count
 
     def _spill_excess(self) -> None:
         """Move the oldest requests past ``max_backlog`` rows from memory to the spill file (writer thread)."""
@@ -1011,8 +936,9 @@ class Ledger:
 
     def health(self) -> dict[str, Any]:
         """The writer's state for a health check, from memory (no query): ``state`` is ``ok``, ``behind`` (rows
-        wait but the database answers) or ``down`` (its last write failed; ``down_s`` for how long), with the
-        ``backlog`` (rows not yet written: ``in_memory`` + ``spilled``), rows ``rejected`` and the journal's state.
+        wait on disk or past ``max_backlog`` though the database answers: draining after an outage) or ``down`` (its
+        last write failed; ``down_s`` for how long), with the ``backlog`` (rows not yet written: ``in_memory`` +
+        ``spilled``), rows ``rejected`` and the journal's state.
         No connection string, table name or driver message: it is served to clients."""
         with self._lock:
             memory = len(self._pending)
@@ -1021,7 +947,7 @@ class Ledger:
         journal = self.journal_state
         if self._journal is not None and self._journal.broken is not None:
             journal = "stopped: the journal folder is full (see the log)"
-        state = "down" if down is not None else "behind" if memory + spilled > self.max_backlog else "ok"
+        state = "down" if down is not None else "behind" if spilled or memory > self.max_backlog else "ok"
         out: dict[str, Any] = {
             "state": state,
             "backlog": memory + spilled,
