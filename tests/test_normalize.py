@@ -147,6 +147,8 @@ _COT = "Let's think step by step. Option B ignores friction, and option F double
         # an appended made-up summary, with a letter from the few-shot examples: the real answer stands
         (_COT + "The answer is (C).\n\nNow, combining all the answers: The answer is (F)", "C"),
         (_COT + "The answer is (C).\nCombining the answers of all the questions above:\nthe answer is (F).", "C"),
+        (_COT + "The answer is (C).\n\nCombining all of the above answers, the answer is (F).", "C"),
+        (_COT + "The answer is (C).\n\nNow, let's combine all the answers.\nThe answer is (F)", "C"),
         # restated at once with another letter, nothing in between: an invented continuation
         (_COT + "The answer is (C).\n\nThe answer is (F).", "C"),
         # a few-shot echo: the prompt's worked-answer opener, then an example's answer

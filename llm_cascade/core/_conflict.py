@@ -46,9 +46,8 @@ T = TypeVar("T")
 
 # A summary of several answers, as if every few-shot question had been the model's: its letters are not this answer.
 _APPENDIX = re.compile(
-    r"(?i:\b(?:combin\w*|summar\w*|collect\w*|compil\w*|list\w*)\s++(?:of\s++)?(?:all\s++)?(?:of\s++)?"
-    r"(?:the\s++|these\s++|my\s++|our\s++)?answers\b"
-    r"|\ball\s++(?:of\s++)?(?:the\s++|these\s++|my\s++)?(?:answers|questions)\b"
+    r"(?i:\b(?:combin\w*|summar\w*|collect\w*|compil\w*|list\w*|putting)\s++(?:[\w-]+\s++){0,4}?answers\b"
+    r"|\ball\s++(?:[\w-]+\s++){0,3}?(?:answers|questions)\b"
     r"|\b(?:final\s++)?answers\s++(?:to|for|of)\s++(?:all|each|every|the\s+(?:above|previous|other))\b"
     r"|\bfinal\s++answers\b|\bfor\s++(?:each|every)\s++question\b)"
 )
