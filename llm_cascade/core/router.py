@@ -40,6 +40,7 @@ from ..spend.meter import Pricer as Pricer
 from ..spend.meter import SpendSink as SpendSink
 from . import observe, refusal
 from .agreement import Rule, TierVotes, Unanimous
+from .cache import ResponseCache, as_cache, hit_result
 from .errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -307,7 +308,9 @@ class Router:
     Retries are on by default: with neither ``resilience`` (here or on the tier) nor a member that already retries,
     each member is wrapped in :class:`~llm_cascade.resilience.retry.Retrying` under ``retry`` (:data:`DEFAULT_RETRY`: 3
     attempts, jittered back-off from 0.5 s, 30 s in all, Retry-After honoured). ``retry=None`` opts out.
-    ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.core.observe`).
+    ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.core.observe`). ``cache=True`` (or a
+    :class:`~llm_cascade.core.cache.ResponseCache`) answers a repeated request from memory, recorded as a
+    ``cache_hit`` row of cost 0.
     """
 
     def __init__(
@@ -326,7 +329,9 @@ class Router:
         on_call: observe.OnCall | None = None,
         on_result: observe.OnResult | None = None,
         shadow: Shadow | None = None,
+        cache: ResponseCache | bool | None = None,
     ) -> None:
+        self.cache = as_cache(cache)  # exact-match response cache, off unless asked (llm_cascade.core.cache)
         if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
             raise ConfigError("Router.tiers", f"must be a list of tiers, got {tiers!r}")
         if not tiers:
@@ -502,9 +507,19 @@ class Router:
             pass
         else:
             request = prepare(request, _new_request_id(), dict(zip(ROUTE_PARAMS, given, strict=True)))
+        cache = self.cache
+        if cache is not None and tab is None:  # a response cache (llm_cascade.core.cache): a hit calls no model
+            cached = cache.get(request)
+            if cached is not None:
+                result = hit_result(cached, request)
+                await self.meter.open(request).close(result.calls)  # one cache_hit row, cost 0
+                observe.result_returned(result, self.on_result, None)
+                return result
         with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
             result = await self._route_recorded(request, tab)
             observe.result_returned(result, self.on_result, current)
+        if cache is not None:
+            cache.put(request, result)
         return result
 
     async def stream(

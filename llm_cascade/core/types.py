@@ -16,7 +16,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 Role = Literal["system", "user", "assistant", "tool"]
-Outcome = Literal["ok", "error", "cancelled", "timeout", "skipped"]
+Outcome = Literal["ok", "error", "cancelled", "timeout", "skipped", "cache_hit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +318,8 @@ class RouteResult:
     def answering_call(self) -> Call | None:
         """The first successful call of the answering tier that gave the returned answer (None without one)."""
         for c in self.calls:
-            if c.tier == self.tier and c.ok and c.answer is not None and c.answer == self.answer:
+            answered = c.ok or c.outcome == "cache_hit"  # a cache hit repeats the answering model's answer
+            if c.tier == self.tier and answered and c.answer is not None and c.answer == self.answer:
                 return c
         return None
 

@@ -25,7 +25,7 @@ _BIG = 1.7e308  # finite floats lie within +-_BIG: a NaN or an infinity fails `-
 TEXT_CAPS = {1: 200, 4: 256, 5: 32, 10: 64, 13: 4000, 16: 64, 17: 4000, 19: 200, 20: 1 << 20, 21: 1 << 20}
 TAGS_CAP = 65536
 _INTS = (2, 3, 6, 7, 8, 15)
-OUTCOMES = frozenset({"ok", "error", "timeout", "cancelled", "skipped", "rate_limited", "filtered"})
+OUTCOMES = frozenset({"ok", "error", "timeout", "cancelled", "skipped", "rate_limited", "filtered", "cache_hit"})
 
 
 def text(value: object, cap: int) -> str:
