@@ -131,3 +131,42 @@ def test_a_refusing_database_is_retried_by_the_writer_not_by_every_request_and_m
     }
     ledger.close()
     assert not list((tmp_path / "spill").glob("*.spill"))
+
+
+SPILLER = """
+import os, signal, sys, time
+from decimal import Decimal
+from llm_cascade.core.types import Call, Usage
+from llm_cascade.spend.ledger import Ledger
+
+import sqlite3
+ledger = Ledger(sys.argv[1], journal=False, spill=sys.argv[2], max_backlog=10, retry_s=60.0)
+ledger._store.conn.execute("PRAGMA busy_timeout=0")
+blocker = sqlite3.connect(sys.argv[1], timeout=0)
+blocker.execute("BEGIN EXCLUSIVE")  # the database is down for this process's writer
+for i in range(50):
+    ledger.record(f"r{i}", [Call("x", 0, "ok", Usage(1, 1), cost_usd=Decimal(1))], {})
+deadline = time.monotonic() + 30
+while ledger.health()["spilled"] == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(ledger.health()["spilled"], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_rows_spilled_by_a_process_killed_during_an_outage_are_replayed(tmp_path: Path) -> None:
+    """Without a journal, the spill file alone carries the rows of a process that died while the database was
+    down: the next ledger to open replays it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "l.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", SPILLER, str(path), str(tmp_path / "spill")], capture_output=True, timeout=120
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    with Ledger(path, journal=False, spill=tmp_path / "spill") as ledger:
+        stored = {r.request_id for r in ledger.rows()}
+    spilled = int(proc.stdout.split()[0])
+    assert stored == {f"r{i}" for i in range(spilled)}  # the oldest rows, spilled to disk before the kill
+    assert not list((tmp_path / "spill").glob("*.spill"))  # replayed, then removed
