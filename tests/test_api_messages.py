@@ -223,3 +223,17 @@ async def test_anthropic_maps_a_json_schema_to_structured_output(upstream: Recor
             await Router([[an]]).route("q", response_format={"type": "json_object"})
     finally:
         await an.aclose()
+
+
+async def test_multi_turn_tool_use_streamed_from_the_python_api(router: Router) -> None:
+    conversation: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]
+    chunks = [c async for c in router.stream(conversation, tools=[WEATHER])]
+    first = chunks[-1].result
+    assert first is not None and len(first.tool_calls) == 1 and "".join(c.text for c in chunks) == ""
+    call = dict(first.tool_calls[0])
+    conversation += [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": RESULT},
+    ]
+    chunks = [c async for c in router.stream(conversation, tools=[WEATHER])]
+    assert "".join(c.text for c in chunks) == "It is 18 degrees Celsius in Paris." and chunks[-1].done

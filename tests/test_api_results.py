@@ -138,3 +138,30 @@ async def test_all_tiers_failed_still_raises_cleanly() -> None:
 
     with pytest.raises(AllTiersFailed):
         await Router([[Broken("x", "B")]], retry=None).route("q")
+
+
+LEDGER_SCRIPT = """
+import sys
+from llm_cascade import FakeBackend, Router
+from llm_cascade.spend.ledger import Ledger
+
+ledger = Ledger(sys.argv[1])  # never closed
+router = Router([[FakeBackend("a", "B")]], ledger=ledger)
+for i in range(3):
+    router.route_sync(f"q{i}")
+"""
+
+
+def test_a_ledger_never_closed_is_flushed_at_exit(tmp_path: Path) -> None:
+    import os
+
+    from llm_cascade.spend.ledger import Ledger
+
+    script = tmp_path / "script.py"
+    script.write_text(LEDGER_SCRIPT)
+    db = tmp_path / "spend.db"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    with Ledger(db, journal=False) as ledger:
+        assert ledger.count() == 3

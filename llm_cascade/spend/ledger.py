@@ -23,6 +23,7 @@ read as attempt 1, finish reason unknown), so a ledger file survives an upgrade 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import json
@@ -1107,6 +1108,19 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_at_exit() -> None:
+    """A script that never closes its ledger still gets its rows into the database at interpreter exit (before,
+    they were left in the journal until the next process replayed it). Failures are logged, never raised."""
+    for ledger in list(_LIVE):
+        try:
+            ledger.close()
+        except Exception:
+            _log.exception("ledger %s: cannot flush at exit; its rows stay in the journal", _redact(ledger.url))
+
+
+atexit.register(_close_at_exit)
 
 
 def _row(r: Sequence[Any]) -> LedgerRow:
