@@ -35,7 +35,7 @@ from ..backends.base import Backend, innermost, resolve
 from ..resilience import ttft
 from ..resilience.retry import Retrying, RetryPolicy, attempt_log
 from ..spend.meter import Guard as Guard
-from ..spend.meter import Holds, SpendMeter, Tab, own_price
+from ..spend.meter import Holds, SpendMeter, Tab
 from ..spend.meter import Pricer as Pricer
 from ..spend.meter import SpendSink as SpendSink
 from . import observe, refusal
@@ -935,9 +935,6 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router({self.name!r}, tiers={list(self.tiers)!r})"
-
-
-_own_price = own_price  # the name llm_cascade.serve.check used
 
 
 async def _close_tiers(tiers: Sequence[Tier]) -> None:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..backends.base import innermost
 from ..core.errors import ConfigError
-from ..core.router import _own_price
 from ..core.types import Usage
+from ..spend.meter import own_price
 
 if TYPE_CHECKING:
     from ..core.router import Router
@@ -112,7 +112,7 @@ async def check_router(router: Router, *, reach: bool = True, ping_timeout: floa
             env = getattr(adapter, "_api_key_env", "the key variable")
             problems.append(f"{name}: no API key (pass api_key=... or set ${env})")
         price: Status = "skipped"
-        if _own_price(adapter) is not None:  # a price declared next to the member wins over the table
+        if own_price(adapter) is not None:  # a price declared next to the member wins over the table
             price = "ok"
         elif router.prices is not None and not hasattr(adapter, "tiers"):  # a nested cascade prices its own members
             price = "ok" if router.prices.cost(name, Usage(1000, 1000)) is not None else "unknown"
