@@ -172,3 +172,20 @@ def test_a_journal_folder_that_fills_up_later_moves_to_the_disk_folder(tiny_tmpf
     paths = [*sorted((tiny_tmpfs / "j").glob("*.wal")), *sorted(disk.glob("*.wal"))]
     assert len(pending_rows(*paths)) == 12_000
     journal.close(clean=True)
+
+
+def test_a_default_journal_folder_another_user_could_write_to_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone made the per-user folder first, writable by everyone: the ledger journals to its disk folder
+    instead, with a warning, and still records."""
+    runtime = tmp_path / "run"
+    (runtime / "llm-cascade-journal").mkdir(parents=True)
+    (runtime / "llm-cascade-journal").chmod(0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("LLM_CASCADE_LEDGER", str(tmp_path / "data" / "ledger.sqlite3"))
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.journal_state.startswith("fallback to ") and str(tmp_path / "data") in ledger.journal_state
+        ledger.record("r", CALL, {})
+        assert ledger.count() == 1
+    assert not list((runtime / "llm-cascade-journal").iterdir())

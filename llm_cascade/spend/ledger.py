@@ -569,6 +569,8 @@ class Ledger:
         self._replay_all([folder, disk, self._spill_dir, *([legacy] if not explicit else [])])
         for where in dict.fromkeys([folder, disk]):
             try:
+                if not explicit:  # the per-user folder above it too: whoever owns it could swap ours
+                    secure_folder(where.parent)
                 opened = Journal(where, lock=self._lock, fallback=disk)
             except InsecureFolder as exc:
                 if explicit:
