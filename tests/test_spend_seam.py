@@ -91,6 +91,17 @@ async def test_a_nested_router_member_records_its_calls_once_under_the_outer_req
     ledger.close()
 
 
+async def test_a_nested_router_under_the_same_budget_is_counted_once(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db", journal=False)
+    budget = Budget(Limit("1", per="day"), ledger=ledger, prices=NO_TABLE, usage=lambda r, m: ONE_TOKEN)
+    budget.unknown_price = "allow"  # the outer tier's estimate of a nested cascade is unknown
+    inner = Router([Tier([priced("a", "0.01"), priced("b", "0.02")])], ledger=ledger, budget=budget, retry=None)
+    outer = Router([Tier([inner])], ledger=ledger, budget=budget, retry=None)
+    assert (await outer.route("q")).cost_usd == Decimal("0.03")
+    assert budget.remaining() == {"1 USD per day (all)": Decimal("0.97")}
+    ledger.close()
+
+
 def test_a_tier_refused_by_the_budget_is_refused_again_on_the_same_hold(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db", journal=False)
     table = PriceTable({"m": {"input": 1_000_000, "output": 0, "source": "t", "as_of": "2026-01"}}, fallback=None)

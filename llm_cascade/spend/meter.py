@@ -371,11 +371,21 @@ class SpendTab:
                     else:
                         write(ledger)
                 self._count(calls, metadata)
-            elif calls:  # a nested Router's calls: recorded by the root; its own budget still counts them
-                self._count(calls, self.request.metadata)
+            elif calls and not self._counted_above():  # a nested Router's calls: recorded by the root; a budget of
+                self._count(calls, self.request.metadata)  # its own (not one a tab above counts) still counts them
         finally:
             if self.hold is not None:
                 await self.hold.arelease()
+
+    def _counted_above(self) -> bool:
+        """Whether a tab above this one counts into the same budget (which then sees these calls once, there)."""
+        holds = self.meter.holds
+        tab = self.parent
+        while tab is not None:
+            if tab.meter.holds is holds:
+                return True
+            tab = tab.parent
+        return False
 
     def _count(self, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         holds = self.meter.holds
