@@ -237,3 +237,14 @@ async def test_multi_turn_tool_use_streamed_from_the_python_api(router: Router) 
     ]
     chunks = [c async for c in router.stream(conversation, tools=[WEATHER])]
     assert "".join(c.text for c in chunks) == "It is 18 degrees Celsius in Paris." and chunks[-1].done
+
+
+def test_the_supported_parameter_table_in_the_docs_is_generated_from_the_code() -> None:
+    from pathlib import Path
+
+    from llm_cascade.backends.param_table import markdown, table
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
+    assert doc.read_text() == markdown(), "run: python -m llm_cascade.backends.param_table > docs/parameters.md"
+    rows = table()
+    assert rows["response_format json_schema"]["anthropic"] and not rows["seed"]["anthropic"]

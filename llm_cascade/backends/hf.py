@@ -111,6 +111,10 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, Any]:
     return device, getattr(torch, dtype)
 
 
+# A classifier picks the arg-max label: sampling settings cannot change it (accepted); the rest has no meaning here.
+SUPPORTED_PARAMS = ("seed", "top_p")
+
+
 class HFClassifierBackend:
     """A transformers sequence-classification model answering with a label and its confidence.
 
@@ -260,7 +264,7 @@ class HFClassifierBackend:
     async def complete(self, request: Request) -> Completion:
         # A classifier picks the arg-max label: sampling settings (temperature, top_p, seed) and max_tokens cannot
         # change that, so they are accepted; stop sequences, tools and response formats have no meaning and are refused.
-        request.refuse(self.name, ("seed", "top_p"))
+        request.refuse(self.name, SUPPORTED_PARAMS)
         if not request.plain:  # it reads the last user turn's text: an image or a tool turn would be dropped
             text_only(request.messages, self.name)
         start = time.perf_counter()
