@@ -177,6 +177,7 @@ class SpendMeter:
         # entry, without the table's per-usage cache (a miss there costs more than the arithmetic).
         self._table = prices if isinstance(prices, PriceTable) and not prices.strict else None
         self._entries: dict[int, PriceEntry | None] = {}
+        self._costs: dict[tuple[int, int, int, int], Decimal] = {}
         self._estimates: dict[tuple[int, Usage], Decimal | None] = {}
         self._intents: dict[tuple[int, object], tuple[Call, ...]] = {}
         from .tokens import TokenEstimator  # light: tiktoken itself loads when an estimator is built
@@ -209,6 +210,7 @@ class SpendMeter:
             self._estimates = {}
             self._intents = {}
             self._entries = {}
+            self._costs = {}
 
     def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
         """The member's own price, else the table's; None when neither knows."""
@@ -228,7 +230,20 @@ class SpendMeter:
             entry = self._entries.get(key, _UNSEEN)
             if entry is _UNSEEN:
                 entry = self._entries[key] = table.lookup(member.name)
-            return None if entry is None else entry.cost(usage, seconds)
+            if entry is None:
+                return None
+            if seconds is not None:
+                timed: Decimal = entry.cost(usage, seconds)
+                return timed
+            # The same sizes recur (a service's prompts, a model's usual answers): their cost is kept, bounded.
+            sized = (key, usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+            cost = self._costs.get(sized)
+            if cost is None:
+                cost = entry.cost(usage)
+                if len(self._costs) >= 4096:
+                    self._costs.clear()
+                self._costs[sized] = cost
+            return cost
         prices = self.prices
         if prices is None:
             return None
