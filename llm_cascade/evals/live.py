@@ -130,7 +130,12 @@ async def record_benchmark(
     on_done: Callable[[int], None] | None = None,
 ) -> list[Record]:
     """Ask every backend every row's prompt; returns records (unknown prices stay None)."""
-    router = Router([Tier(list(backends), Always(), name="all")], normalizer=normalizer, prices=prices)
+    # no table given: costs stay unknown in the records (the Router would otherwise price by the shipped table)
+    router = Router(
+        [Tier(list(backends), Always(), name="all")],
+        normalizer=normalizer,
+        prices=prices if prices is not None else False,
+    )
     gate = asyncio.Semaphore(concurrency)
     done = 0
 
@@ -138,7 +143,8 @@ async def record_benchmark(
         nonlocal done
         prompt = str(row[prompt_field])
         async with gate:
-            result = await router.route(Request.from_prompt(prompt, logprobs=logprobs))
+            # greedy, as before Request stopped defaulting to temperature 0: the same answers and cache keys
+            result = await router.route(Request.from_prompt(prompt, logprobs=logprobs, temperature=0.0))
         runs = {}
         gold = None if gold_field is None or row.get(gold_field) is None else str(row[gold_field])
         for call in result.calls:

@@ -127,6 +127,7 @@ async def route_examples(
             ex.prompt,
             system=spec.system,
             max_tokens=spec.max_tokens,
+            temperature=0.0,  # evaluations are greedy, as before Request stopped defaulting to 0 (same cache keys)
             metadata={"example": ex.id},
             extra_body={ROW_FIELD: ex.id} if replay else None,
         )
