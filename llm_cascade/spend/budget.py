@@ -35,14 +35,16 @@ Where "spent in the period" comes from, without SQL on the event loop:
   run on a worker thread (:meth:`Hold.acheck`).
 
 Concurrent requests in one process: a tier that is allowed is *held* against the period limits until its calls are
-recorded, so fifty requests in flight cannot all pass a check that none of them has been recorded against. The router
-opens one :class:`Hold` per request (:meth:`Budget.hold`); each tier it allows claims on that hold what the request
-has spent so far plus the tier's estimate, and the checks of every other request count it. The check and the claim
-run under one lock. The router records a request's calls in the ``finally`` of ``route()`` (which advances the
-running totals at once, before the rows reach the database) and releases the hold right after, whether the request
-answered, failed or was cancelled: counted twice for a moment, never not at all. The proxy opens the hold itself with
-``with budget.hold():`` around its tier-0 check and ``route()``, which takes it over; a tier already claimed is not
-claimed again.
+recorded, so fifty requests in flight cannot all pass a check that none of them has been recorded against. Each
+request's tab (:mod:`llm_cascade.spend.meter`) opens one :class:`Hold` (:meth:`Budget.hold`); each tier it allows
+claims on that hold what the request has spent so far plus the tier's estimate, and the checks of every other request
+count it. The check and the claim run under one lock; a refused tier claims nothing and is checked again if asked
+again. The tab records a request's calls in the ``finally`` of ``route()``, advances the running totals
+(:meth:`Budget.recorded`) at once, before the rows reach the database, and releases the hold right after, whether the
+request answered, failed or was cancelled: counted twice for a moment, never not at all. The proxy opens the request's
+tab itself (``router.meter.open(request)``) for its tier-0 check and passes it to ``route(..., tab=tab)``; a tier
+already claimed is not claimed again. (Code of its own can still open a hold with ``with budget.hold():`` around a
+check and ``route()``, which takes it over.)
 
 What still overshoots: a tier that costs more than its estimate, by the difference (estimates are estimates).
 """
