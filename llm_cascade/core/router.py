@@ -591,7 +591,8 @@ class Router:
                 calls.sort(key=self._call_order)
             shadow = self.shadow if shadowed is not None else None
             if shadow is None:
-                await tab.close(calls)
+                if not tab.idle:  # a router without ledger or budget: nothing to record or release
+                    await tab.close(calls)
             else:  # with observations, then the shadow calls
                 answered = result is not None
                 await tab.close(calls, lambda ledger: shadow.record(ledger, request, calls, answered))

@@ -121,6 +121,9 @@ class Tab(Protocol):
 
     async def admit(self, tier: int, calls: Sequence[Call]) -> str | None: ...
 
+    @property
+    def idle(self) -> bool: ...
+
     def intend(self, tier: int, calls: Sequence[Call]) -> None: ...
 
     def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None: ...
@@ -342,9 +345,17 @@ class SpendTab:
             return guard.check(self.request, tier, meter.models[tier], spent(calls))
         return None
 
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`close` has nothing to do: no claim to release, no budget to tell, no ledger (at the root)."""
+        meter = self.meter
+        return self.hold is None and meter.holds is None and (self.parent is not None or meter.ledger is None)
+
     def intend(self, tier: int, calls: Sequence[Call]) -> None:
         """Journal tier ``tier``'s calls before they start (the root request's ledger, under its id), after the real
         rows of the tier before (in ``calls``): a kill from now on bills those at their real usage."""
+        if self.parent is None and self.meter.journal is None:
+            return
         root = self._root()
         journal = root.meter.journal
         if journal is not None:
