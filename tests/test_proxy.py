@@ -506,12 +506,14 @@ def test_a_content_policy_400_on_tier_0_reaches_the_client_as_a_400_without_call
     script = {"prudish": Answer("4"), "bold": Answer("4")}
     with RecordedServer(script=script, faults={"prudish": "content_filter"}) as upstream:
         text = config_text(f"sqlite:///{tmp_path / 'spend.db'}", REFUSING)
-        with (
-            ThreadProxy(text, {"RECORDED_BASE_URL": upstream.base_url}) as proxy,
-            pytest.raises(openai.BadRequestError) as info,
-        ):
-            ask(proxy.client(), "2+2?", model="refusing")
-        assert upstream.counts["prudish"] == 1 and upstream.counts["bold"] == 0
+        with ThreadProxy(text, {"RECORDED_BASE_URL": upstream.base_url}) as proxy:
+            with pytest.raises(openai.BadRequestError) as info:
+                ask(proxy.client(), "2+2?", model="refusing")
+            assert upstream.counts["prudish"] == 1 and upstream.counts["bold"] == 0
+            with pytest.raises(openai.BadRequestError) as streamed:  # a streamed request is refused alike
+                ask(proxy.client(), "2+2?", model="refusing", stream=True)
+            assert streamed.value.response.json()["error"]["code"] == "content_filter"
+        assert upstream.counts["prudish"] == 2 and upstream.counts["bold"] == 0
     response = info.value.response
     assert response.status_code == 400 and response.headers["x-should-retry"] == "false"
     error = response.json()["error"]
