@@ -98,3 +98,47 @@ async def test_a_database_outage_under_load_loses_no_call_and_fails_no_paid_requ
         print(f"outage {OUTAGE_S:.0f}s: {statuses[200]} requests answered, {sum(paid.values())} calls paid, 0 missing")
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.mark.postgres
+async def test_a_shared_budget_whose_database_is_down_stops_escalating_rather_than_failing_paid_requests() -> None:
+    """The budget's counters live in the ledger's database: while it is down, a request whose tier 0 was paid is
+    answered with what it has (no escalation), never failed; a request not yet started is refused before any call."""
+    from llm_cascade import FakeBackend, Router, Tier, Usage
+    from llm_cascade.spend.budget import Budget, Limit
+    from llm_cascade.spend.pricing import PriceTable
+
+    try:
+        server = throwaway_postgres()
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        entry = {"input": "1", "output": "0", "source": "test", "as_of": "2026-01"}
+        prices = PriceTable({"cheap-a": entry, "cheap-b": entry, "top": entry}, fallback=None)
+        ledger = Ledger(url, journal=False)
+        budget = Budget(Limit("1000", per="day"), ledger=ledger, prices=prices)
+        one = Usage(1, 0)
+
+        def paid_then_down(request: object) -> str:
+            if getattr(request, "prompt", "") == "q1":
+                url.stop()  # the database goes down while tier 0 runs (its calls are paid)
+            return "B"
+
+        tiers = [
+            Tier([FakeBackend("cheap-a", paid_then_down, usage=one), FakeBackend("cheap-b", "C", usage=one)]),
+            Tier([FakeBackend("top", "D", usage=one)]),
+        ]
+        router = Router(tiers, normalizer="choice", prices=prices, ledger=ledger, budget=budget)
+        assert (await router.route("q0")).tier == 1  # the counters answer: tier 0 disagrees, it escalates
+        try:
+            result = await router.route("q1")  # tier 0 is paid, then the counters cannot be reached
+            assert result.tier == 0 and not result.accepted and "unavailable" in result.reason
+        finally:
+            await asyncio.to_thread(url.start)
+        await asyncio.to_thread(ledger.flush)
+        stored = sorted(r.model for r in ledger.rows() if r.request_id == result.request_id)
+        assert stored == ["fake:cheap-a", "fake:cheap-b"]  # its paid calls, written once the database is back
+        await ledger.aclose()
+    finally:
+        server.__exit__(None, None, None)

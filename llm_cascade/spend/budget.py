@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -72,6 +73,7 @@ from .tokens import prompt_bound
 if TYPE_CHECKING:
     from .tokens import PromptCounter
 
+_log = logging.getLogger("llm_cascade.spend.budget")
 Period = Literal["request", "hour", "day", "week", "month", "total"]
 Policy = Literal["best_so_far", "raise"]
 PERIODS: tuple[str, ...] = ("request", "hour", "day", "week", "month", "total")
@@ -437,7 +439,10 @@ class Budget:
             now = self.clock()
             if self.counters is not None:
                 steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
-                return _run_blocking(self.counters, steps)
+                try:
+                    return _run_blocking(self.counters, steps)
+                except Exception as exc:
+                    return _unreachable(exc, tier, spent)
             with self._lock:
                 reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
                 if reason is not None and not exact:
@@ -495,7 +500,10 @@ class Budget:
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
         steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)
-        return await _run_async(self.counters, steps)
+        try:
+            return await _run_async(self.counters, steps)
+        except Exception as exc:
+            return _unreachable(exc, tier, spent)
 
     def _shared_steps(
         self,
@@ -752,6 +760,16 @@ def _step(counters: SharedCounters, step: _Step) -> object:
         return counters.read(*args)
     counters.adjust(*args)
     return None
+
+
+def _unreachable(exc: Exception, tier: int, spent: Decimal) -> str:
+    """The shared counters' database failed during a check. Before any call of the request (tier 0, nothing spent)
+    the error stands: the request is refused before a provider is paid. After calls were made, the request must
+    not fail because accounting is behind: the tier is refused (no escalation; the answer so far stands)."""
+    if tier == 0 and not spent:
+        raise exc
+    _log.warning("budget counters unavailable (%s); tier %d not run", type(exc).__name__, tier)
+    return f"budget counters unavailable (the spend database is unreachable): tier {tier} not run"
 
 
 def _run_blocking(counters: SharedCounters, steps: Generator[_Step, object, str | None]) -> str | None:
