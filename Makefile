@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	for t in mmlu medmcqa gsm8k triviaqa zeroeval_gsm8k mot_date; do \
 	  $(VENV)/bin/llm-cascade eval evals/tasks/$$t.toml --replay --out build/eval/$$t >/dev/null || exit 1; done
 	# One page of every run above: where a cascade saves against its own models, where it does not, and why
-	$(VENV)/bin/llm-cascade compare build/eval/*/report.json build/eval/eval_report.json \
+	$(VENV)/bin/llm-cascade compare build/eval/*/report.json build/eval/eval_report.json build/traffic/audit.json \
 	  --html build/eval/compare.html --markdown build/eval/compare.md --json build/eval/compare.json
 	@echo "compare page: build/eval/compare.html (self-contained; open it in a browser)"
 

@@ -100,6 +100,27 @@ def test_a_calibrate_report_reads_as_held_out(tmp_path: Path) -> None:
     assert comp.verdict().startswith("SAVING") and "3.00× cheaper than c" in comp.verdict()
 
 
+def test_an_audit_report_reads_as_fidelity_to_the_reference(tmp_path: Path) -> None:
+    """The shape `llm-cascade audit --from-ledger` writes: served traffic against its reference model."""
+    audit = {
+        "reference": "big",
+        "fidelity_means": "the cascade's answer equals big's on the shadowed requests",
+        "days": [],
+        "total": {
+            "requests": 602,
+            "fidelity": 0.99,
+            "fidelity_ci95": [0.98, 1.0],
+            "cost_per_request_usd": 0.000337,
+            "reference_cost_per_request_usd": 0.001005,
+        },
+    }
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(audit), encoding="utf-8")
+    (comp,) = load_reports([path])
+    assert "fidelity to big" in comp.compared and comp.singles[0].cost_per_request == 0.001005
+    assert comp.verdict().startswith("TRADE-OFF") and "2.98× cheaper than big" in comp.verdict()
+
+
 def test_a_plot_that_cannot_be_drawn_says_why(tmp_path: Path) -> None:
     page = to_html(load_reports(_write(tmp_path, UNPRICED)))
     assert "<svg" not in page and "no plot: the cascade cannot be placed (its price is unknown)" in page

@@ -172,8 +172,22 @@ def from_calibrate(report: dict[str, Any], source: str) -> TaskComparison:
     )
 
 
+def from_audit(report: dict[str, Any], source: str) -> TaskComparison:
+    """An ``llm-cascade audit --from-ledger`` report: served traffic, accuracy read as fidelity to the reference."""
+    total, ref = report["total"], report["reference"]
+    cascade = Point(
+        "cascade (served)", total["fidelity"], _ci(total.get("fidelity_ci95")), total["cost_per_request_usd"], None
+    )
+    reference = Point(ref, 1.0, None, total["reference_cost_per_request_usd"])
+    compared = (
+        f"{total['requests']} served requests from the ledger; accuracy is fidelity to {ref} "
+        f"({report['fidelity_means']})"
+    )
+    return TaskComparison(f"traffic, audited against {ref}", source, compared, total["requests"], cascade, (reference,))
+
+
 def load_reports(paths: Sequence[str | Path]) -> list[TaskComparison]:
-    """Read eval / calibrate JSON reports; a folder is searched for ``*report.json`` files (an eval folder's
+    """Read eval / calibrate / audit JSON reports; a folder is searched for ``*report.json`` files (an eval folder's
     ``report.json`` and ``eval_report.json`` are the same report, read once)."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -188,10 +202,12 @@ def load_reports(paths: Sequence[str | Path]) -> list[TaskComparison]:
         for report in data if isinstance(data, list) else [data]:
             if "n_test" in report and "cascade" in report:
                 out.append(from_calibrate(report, str(f)))
+            elif "fidelity_means" in report and "total" in report:
+                out.append(from_audit(report, str(f)))
             elif "escalation_rate" in report and "singles" in report:
                 out.append(from_eval(report, str(f)))
             else:
-                raise ValueError(f"{f}: neither an `eval` nor a `calibrate` report (no n_test / escalation_rate)")
+                raise ValueError(f"{f}: not an `eval`, `calibrate` or `audit` report")
     return out
 
 
