@@ -4,6 +4,7 @@ answer; a member failing before its first token still falls back."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from llm_cascade import Router, Tier
 from llm_cascade.backends.openai import OpenAIBackend
 from llm_cascade.core.errors import AllTiersFailed
 from llm_cascade.core.stream import StreamChunk
+from llm_cascade.spend.ledger import Ledger
 from llm_cascade.testing import Answer, FaultSpec, RecordedServer
 
 openai = pytest.importorskip("openai")
@@ -148,3 +150,18 @@ def test_a_stream_failing_before_its_first_token_gets_a_status(proxy: ThreadProx
             )
         )
     assert info.value.status_code == 502
+
+
+async def test_leaving_a_stream_early_cancels_the_request_and_records_its_call(
+    upstream: RecordedServer, ledger: Ledger
+) -> None:
+    router = Router([[_member(upstream, "stalls")]], retry=None, ledger=ledger)
+    start = time.perf_counter()
+    async with contextlib.aclosing(router.stream("q")) as chunks:
+        async for chunk in chunks:
+            assert chunk.live
+            break
+    await router.aclose()
+    assert time.perf_counter() - start < STALL  # not waited out
+    ledger.flush()
+    assert [r.outcome for r in ledger.rows()] == ["cancelled"]

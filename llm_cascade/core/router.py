@@ -20,6 +20,7 @@ member errors. Retries are on by default (:data:`DEFAULT_RETRY`); logging, hooks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import math
 import os
@@ -529,8 +530,9 @@ class Router:
         text as :class:`~llm_cascade.core.stream.StreamChunk` pieces, the last one ``done`` with the RouteResult.
         A one-member last tier streams its model's tokens as they come; any other tier's answer arrives once decided
         (see :mod:`llm_cascade.core.stream`)."""
-        async for chunk in stream_route(lambda: self.route(request, **kwargs)):
-            yield chunk
+        async with contextlib.aclosing(stream_route(lambda: self.route(request, **kwargs))) as chunks:
+            async for chunk in chunks:  # leaving early closes it: the request is cancelled, its calls recorded
+                yield chunk
 
     def route_sync(self, request: Request | str | Sequence[Mapping[str, Any]], **kwargs: Any) -> RouteResult:
         """:meth:`route` for scripts and notebooks without an event loop (same arguments).

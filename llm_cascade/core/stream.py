@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -70,7 +70,7 @@ class StreamChunk:
     result: RouteResult | None = None
 
 
-async def stream_route(route: Callable[[], Awaitable[RouteResult]]) -> AsyncIterator[StreamChunk]:
+async def stream_route(route: Callable[[], Awaitable[RouteResult]]) -> AsyncGenerator[StreamChunk, None]:
     """Run ``route()`` (a Router's route with its arguments bound) and yield its answer as chunks.
 
     Leaving the loop early cancels the request (its calls are still recorded, as for any cancelled request)."""

@@ -65,7 +65,12 @@ def live_response(
             error = on_error(exc)
             yield b"data: " + bytes(error.body) + b"\n\n"
         finally:
-            leave()
+            closer = getattr(rest, "aclose", None)
+            try:
+                if closer is not None:  # a client gone mid-stream: the request is cancelled, its calls recorded
+                    await closer()
+            finally:
+                leave()
 
     headers = {
         "cache-control": "no-cache",
