@@ -186,6 +186,7 @@ def test_a_default_journal_folder_another_user_could_write_to_is_not_used(
     monkeypatch.setenv("LLM_CASCADE_LEDGER", str(tmp_path / "data" / "ledger.sqlite3"))
     with Ledger(tmp_path / "l.db") as ledger:
         assert ledger.journal_state.startswith("fallback to ") and str(tmp_path / "data") in ledger.journal_state
+        assert ledger.health()["journal"] == "fallback"  # served without the folder's name
         ledger.record("r", CALL, {})
         assert ledger.count() == 1
     assert not list((runtime / "llm-cascade-journal").iterdir())

@@ -673,15 +673,16 @@ class Ledger:
         """The writer's state for a health check, from memory (no query): ``state`` is ``ok``, ``behind`` (rows
         wait on disk or past ``max_backlog`` though the database answers: draining after an outage) or ``down`` (its
         last write failed; ``down_s`` for how long), with the ``backlog`` (rows not yet written: ``in_memory`` +
-        ``spilled``), rows ``rejected`` and the journal's state.
-        No connection string, table name or driver message: it is served to clients."""
+        ``spilled``), rows ``rejected`` and the journal's state (``on``, ``fallback`` to the disk folder, ``off``,
+        ``stopped``; :attr:`journal_state` and the log say where and why). No connection string, table name, folder
+        or driver message: it is served to clients."""
         with self._lock:
             memory = len(self._pending)
             spilled = self._spill.rows if self._spill is not None else 0
             down = self._down_since
-        journal = self.journal_state
+        journal = self.journal_state.split(" ", 1)[0].rstrip(":")  # on, fallback, off: no folder names served
         if self._journal is not None and self._journal.broken is not None:
-            journal = "stopped: the journal folder is full (see the log)"
+            journal = "stopped"
         state = "down" if down is not None else "behind" if spilled or memory > self.max_backlog else "ok"
         out: dict[str, Any] = {
             "state": state,
