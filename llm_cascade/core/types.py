@@ -79,10 +79,15 @@ class Request:
 
     def __post_init__(self) -> None:
         msgs = self.messages
-        if type(msgs) is not tuple or any(type(m) is not Message for m in msgs):
-            from .messages import as_messages
+        if type(msgs) is tuple:  # the usual case (from_prompt, replace): a loop, not a generator, on the hot path
+            for m in msgs:
+                if type(m) is not Message:
+                    break
+            else:
+                return
+        from .messages import as_messages
 
-            object.__setattr__(self, "messages", as_messages(msgs))
+        object.__setattr__(self, "messages", as_messages(msgs))
         mt = self.max_tokens
         if mt is not None and mt.__class__ is int and not 1 <= mt <= MAX_TOKENS:  # 2**63 is never sent or priced
             raise ConfigError("Request.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {_shown(mt)}")
