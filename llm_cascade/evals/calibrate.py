@@ -19,7 +19,6 @@ Otherwise the verdict is plainly "use the best single model".
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,10 +26,11 @@ from typing import Literal
 import numpy as np
 
 from ..core.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Unanimous
-from ..core.deferral import Learned, features, fit
+from ..core.deferral import Learned
 from ..core.errors import ConfigError
 from .records import BoolArray, FloatArray, RunMatrix
-from .simulate import CascadeSpec, Simulator, TierSpec
+from .search import Decider, Fits, LearnedAt, Point, Pool, Resamples, Scan, group_means
+from .simulate import CACHE_BYTES, CascadeSpec, Simulator, TierSpec
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 LEARNED_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -113,17 +113,10 @@ class Calibration:
     reason: str = ""
     best_single: str | None = None
     folds: int = 0
+    pruned: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Learned:
-    """A learned rule before its final fit: its group and threshold (the mask comes from the fold fits)."""
-
-    threshold: float
-
-
-Decider = Rule | _Learned
-Point = tuple[float, float, tuple[tuple[tuple[int, ...], Decider], ...]]  # cost, accuracy, ((members, decider), ...)
+_Learned = LearnedAt  # a learned rule before its final fit (see llm_cascade.evals.search)
 
 
 def _rules(size: int, thresholds: Sequence[float], with_learned: bool = True) -> list[Decider]:
@@ -157,47 +150,28 @@ def _frontier(points: list[tuple[float, float, CascadeSpec]]) -> list[tuple[floa
 
 
 class _Search:
-    """Per-calibration caches: groups, their held-out learned scores, masks."""
+    """What the choice asks of the search: each candidate's held-out masks and outcome, and the rule to serve."""
 
-    def __init__(self, sim: Simulator, fold: np.ndarray[tuple[int], np.dtype[np.intp]], k: int) -> None:
+    def __init__(
+        self, sim: Simulator, fold: np.ndarray[tuple[int], np.dtype[np.intp]], k: int, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         self.sim = sim
         self.fold = fold
         self.k = k
-        self._scores: dict[tuple[int, ...], FloatArray] = {}
-        self._masks: dict[tuple[tuple[int, ...], Decider], BoolArray] = {}
-
-    def held_out_scores(self, g: tuple[int, ...]) -> FloatArray:
-        """Logit of P(correct) for each example, from the learned model fitted on the folds it is not in."""
-        cached = self._scores.get(g)
-        if cached is None:
-            st = self.sim.stats(g)
-            x, y, has = features(st), st.correct, st.has_answer
-            cached = np.full(self.sim.m.n, -np.inf)
-            for f in range(self.k):
-                train = (self.fold != f) & has
-                w, b = fit(x[train], y[train])
-                rows = self.fold == f
-                cached[rows] = x[rows] @ np.asarray(w) + b
-            self._scores[g] = cached
-        return cached
+        self.fits = Fits(sim, fold, k, cache_bytes // 4)
 
     def mask(self, g: tuple[int, ...], d: Decider) -> BoolArray:
         if isinstance(d, Rule):
             return self.sim.mask(g, d)
-        key = (g, d)
-        cached = self._masks.get(key)
-        if cached is None:
-            cut = math.log(d.threshold / (1 - d.threshold))
-            cached = self.sim.stats(g).has_answer & (self.held_out_scores(g) >= cut)
-            self._masks[key] = cached
-        return cached
+        st = self.sim.stats(g)
+        out: BoolArray = st.has_answer & (self.fits.held_out(g, st) >= d.cut)
+        return out
 
     def final(self, g: tuple[int, ...], d: Decider) -> Rule:
-        """The rule to serve: a learned one refitted on all calibration examples."""
+        """The rule to serve: a learned one refitted on all calibration examples (once per group)."""
         if isinstance(d, Rule):
             return d
-        st = self.sim.stats(g)
-        w, b = fit(features(st)[st.has_answer], st.correct[st.has_answer])
+        w, b = self.fits.final(g)
         return Learned(w, b, d.threshold)
 
     def outcome(self, tiers: Sequence[tuple[tuple[int, ...], Decider]]) -> tuple[BoolArray, FloatArray]:
@@ -217,10 +191,13 @@ def calibrate(
     thresholds: Sequence[float] = THRESHOLDS,
     learned: bool = True,
     progress: Progress | None = None,
+    prune: bool = True,
 ) -> Calibration:
     """Search cascades on ``matrix`` (the calibration runs) for ``target``, judged on fold-held-out outcomes.
 
     ``learned=False`` leaves the learned deferral rule out (the confidence-chain baseline uses only thresholds).
+    ``prune=False`` scores every candidate, even those that provably cannot be chosen nor be on the frontier (the
+    choice is the same; ``Calibration.pruned`` says how many were skipped).
     """
     target = target or Target()
     if not 1 <= max_tiers <= 3:
@@ -248,38 +225,28 @@ def calibrate(
         tuple(sorted(g, key=order.index)) for r in range(1, max_members + 1) for g in itertools.combinations(names, r)
     ]
     col = {g: sim.members(g) for g in groups}
-    cost_of = {g: float(np.mean(sim.stats(col[g]).cost)) for g in groups}
-    acc_of = {g: float(sim.stats(col[g]).correct.mean()) for g in groups}
+    members = [col[g] for g in groups]
+    cost_m, acc_m = group_means(sim, members, progress)
+    cost_of, acc_of = {g: cost_m[col[g]] for g in groups}, {g: acc_m[col[g]] for g in groups}
     # every single model is a candidate last tier (bug: a pair listing the best model first was always preferred,
     # so the chosen last tier carried a paid passenger), plus the most accurate groups
     lasts = list(dict.fromkeys([*[(m,) for m in order], *sorted(groups, key=lambda g: -acc_of[g])[: len(names)]]))
-    points: list[Point] = [(cost_of[g], acc_of[g], ((col[g], Unanimous()),)) for g in lasts]
-    firsts = [(g, d) for g in groups for d in _rules(len(g), thresholds, learned)] if max_tiers >= 2 else []
-    evaluated = 0
-    for i, (g0, d) in enumerate(firsts):
-        m0 = search.mask(col[g0], d)
-        for g1 in lasts:
-            if set(g0) & set(g1) or cost_of[g0] >= cost_of[g1]:
-                continue
-            acc, cost = sim.score_masks([col[g0], col[g1]], [m0])
-            points.append((cost, acc, ((col[g0], d), (col[g1], Unanimous()))))
-            evaluated += 1
-        if progress is not None and i % 200 == 0:
-            progress("two tiers", i + 1, len(firsts))
+    rules = {size: _rules(size, thresholds, learned) for size in range(1, max_members + 1)}
+    firsts = [(col[g], d) for g in groups for d in rules[len(g)]] if max_tiers >= 2 else []
+    pool = Pool(floor - target.margin, target.budget_usd)
+    scan = Scan(sim, search.fits, pool, prune and bool((np.nan_to_num(matrix.cost) >= 0).all()), progress)
+    scan.singles([col[g] for g in lasts], [cost_of[g] for g in lasts], [acc_of[g] for g in lasts])
+    if max_tiers >= 2:
+        scan.two_tiers(members, rules, cost_m)
     if max_tiers == 3:
-        suffixes = [p for p in _point_frontier(points) if len(p[2]) == 2]
         median = float(np.median(list(cost_of.values())))
-        cheap = [(g, d) for g, d in firsts if cost_of[g] <= median]
-        for i, (g0, d) in enumerate(cheap):
-            m0 = search.mask(col[g0], d)
-            for _, _, ((mid, dm), (last, _r)) in suffixes:
-                if set(col[g0]) & (set(mid) | set(last)) or cost_of[g0] >= float(np.mean(sim.stats(mid).cost)):
-                    continue
-                acc, cost = sim.score_masks([col[g0], mid, last], [m0, search.mask(mid, dm)])
-                points.append((cost, acc, ((col[g0], d), (mid, dm), (last, Unanimous()))))
-                evaluated += 1
-            if progress is not None and i % 200 == 0:
-                progress("three tiers", i + 1, len(cheap))
+        scan.three_tiers(members, rules, cost_m, median)
+    cost_arr, acc_arr, _, desc = pool.arrays()
+    points: list[Point] = []
+    for c, a, (f0, f1, li) in zip(cost_arr.tolist(), acc_arr.tolist(), desc.tolist(), strict=True):
+        tiers = [firsts[i] for i in (f0, f1) if i >= 0]
+        points.append((c, a, (*tiers, (col[lasts[li]], Unanimous()))))
+    evaluated = pool.scored - len(lasts)
 
     def spec(p: Point) -> CascadeSpec:
         return CascadeSpec(tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2]))
@@ -296,9 +263,11 @@ def calibrate(
     if not passed:
         cfg = CascadeSpec((TierSpec((best,)),))
         chosen = (singles[best][1], singles[best][0], chosen[2])
-    return Calibration(
+    out = Calibration(
         cfg, chosen[1], chosen[0], floor, floor_model, evaluated, passed, excluded, frontier, verdict, reason, best, k
     )
+    out.pruned = scan.pruned
+    return out
 
 
 def _point_frontier(points: list[Point]) -> list[Point]:
@@ -322,14 +291,16 @@ def _choose(
     """The cheapest configuration meeting the target robustly on fold-held-out outcomes, or the reason none did."""
     n = search.sim.m.n
     rng = np.random.default_rng(target.seed)
-    idx = rng.integers(0, n, size=(target.bootstrap, n)) if target.guard_share > 0 else None
+    counts = Resamples(rng, target.bootstrap, n) if target.guard_share > 0 else None
     folds = [search.fold == f for f in range(search.k)]
     if target.budget_usd is not None:
         within = sorted((p for p in points if p[0] <= target.budget_usd + 1e-15), key=lambda p: (-p[1], p[0]))
         for p in within[:400]:
             _, cost = search.outcome(p[2])
             fold_ok = all(cost[f].mean() <= target.budget_usd + 1e-15 for f in folds)
-            boot_ok = idx is None or (cost[idx].mean(axis=1) <= target.budget_usd + 1e-15).mean() >= target.guard_share
+            boot_ok = (
+                counts is None or (counts.sums(cost) / n <= target.budget_usd + 1e-15).mean() >= target.guard_share
+            )
             if fold_ok and boot_ok:
                 return p, True, f"most accurate configuration within ${target.budget_usd:g}/request in every fold"
         cheapest = min(points, key=lambda p: p[0])
@@ -337,9 +308,10 @@ def _choose(
     ref: tuple[BoolArray, FloatArray] | None = None
     if ref_members is not None:
         ref = search.outcome(((ref_members, Unanimous()),))
-    counts = None if idx is None else _counts(idx, n)
+    ref_best: FloatArray | None = None
     if ref is not None:
         ref_ok, cost_ref, contenders = _rivals(search, ref, rivals, target, counts)
+        ref_best = None if counts is None else counts.sums(ref_ok).max(axis=1)
     ok = sorted((p for p in points if p[1] >= floor - target.margin - 1e-12), key=lambda p: (p[0], -p[1]))
     declined = ""
     for p in ok[:400]:
@@ -347,7 +319,7 @@ def _choose(
             return p, True, "no configuration beat the best single model on cost at non-inferior accuracy" + declined
         correct, cost = search.outcome(p[2])
         if ref is None:
-            good = correct[idx].mean(axis=1) >= floor - target.margin - 1e-12 if idx is not None else None
+            good = counts.sums(correct) / n >= floor - target.margin - 1e-12 if counts is not None else None
             if good is None or good.mean() >= target.guard_share:
                 return p, True, f"cheapest configuration with accuracy >= {floor:.3f} robustly"
             continue
@@ -360,8 +332,8 @@ def _choose(
             correct[f].sum() - ref_ok[f].sum(axis=0).max() >= -target.margin * f.sum() - slack - 1e-9 for f in folds
         ):
             continue
-        if counts is not None:
-            wins = counts @ correct.astype(np.float64) - (counts @ ref_ok).max(axis=1)
+        if counts is not None and ref_best is not None:
+            wins = counts.sums(correct) - ref_best
             if (wins >= max(target.min_gain, 0) - allowed - 1e-9).mean() < target.guard_share:
                 continue
         if not all(cost[f].mean() < keep * cost_ref[f].mean() for f in folds):
@@ -392,19 +364,12 @@ def _describe(search: _Search, p: Point) -> str:
     return " -> ".join(f"[{' + '.join(names[j] for j in g)}]" for g, _ in p[2])
 
 
-def _counts(idx: np.ndarray[tuple[int, int], np.dtype[np.int64]], n: int) -> FloatArray:
-    """How often each example appears in each bootstrap resample: (resamples, n), so that a sum over a resample is
-    one matrix product."""
-    out: FloatArray = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
-    return out
-
-
 def _rivals(
     search: _Search,
     ref: tuple[BoolArray, FloatArray],
     rivals: Sequence[tuple[tuple[int, ...], str]],
     target: Target,
-    counts: FloatArray | None,
+    counts: Resamples | None,
 ) -> tuple[FloatArray, FloatArray, list[str]]:
     """What a cascade must match and undercut: (per-example correctness of each single model to match, as columns;
     the per-example cost to undercut; the contenders' names, costliest first).
@@ -419,7 +384,7 @@ def _rivals(
     ok = np.stack([o[0] for o in outcomes], axis=1).astype(np.float64)
     share = np.zeros(len(rivals))
     if counts is not None:
-        share = np.bincount((counts @ ok).argmax(axis=1), minlength=len(rivals)) / counts.shape[0]
+        share = np.bincount(counts.sums(ok).argmax(axis=1), minlength=len(rivals)) / counts.counts.shape[0]
     picked = [j for j in range(len(rivals)) if j == 0 or share[j] >= target.contender_share]
     picked.sort(key=lambda j: -float(outcomes[j][1].mean()))
     return ok, outcomes[picked[-1]][1], [rivals[j][1] for j in picked]

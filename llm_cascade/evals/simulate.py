@@ -14,8 +14,10 @@ tier that had one is returned. Cost is the sum over every member of every tier v
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,38 @@ class TierStats:
     def size(self) -> int:
         return len(self.members)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays (what the simulator's bounded cache counts)."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self) if f.name != "members")
+
+
+#: Default memory the simulator may keep in per-tier facts and acceptance masks, least recently used dropped first:
+#: a search over thousands of groups on a million rows must not keep every group's arrays for the whole run.
+CACHE_BYTES = 512 * 1024 * 1024
+
+
+class _Lru(OrderedDict[Any, Any]):
+    """A cache bounded by the bytes of its values (numpy arrays or :class:`TierStats`), least recently used out."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.used = 0
+
+    def get_fresh(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.used += int(value.nbytes)
+        while self.used > self.limit and len(self) > 1:
+            _, old = self.popitem(last=False)
+            self.used -= int(old.nbytes)
+
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
@@ -97,13 +131,13 @@ class SimResult:
 class Simulator:
     """Evaluates cascade configurations over one :class:`RunMatrix`, caching per-tier work across configurations."""
 
-    def __init__(self, matrix: RunMatrix, *, need_accuracy: bool = True) -> None:
+    def __init__(self, matrix: RunMatrix, *, need_accuracy: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
         self.m = matrix
         self.need_accuracy = need_accuracy
         self._conf0 = np.nan_to_num(matrix.confidence, nan=0.0)
         self._surprise: FloatArray | None = None
-        self._stats: dict[tuple[int, ...], TierStats] = {}
-        self._masks: dict[tuple[tuple[int, ...], Rule], BoolArray] = {}
+        self._stats = _Lru(cache_bytes // 2)
+        self._masks = _Lru(cache_bytes // 2)
         self._checked: set[int] = set()
 
     # -- per-tier precomputation -----------------------------------------------------------------------------------
@@ -126,9 +160,16 @@ class Simulator:
         return tuple(self._column(n) for n in names)
 
     def stats(self, members: tuple[int, ...]) -> TierStats:
-        cached = self._stats.get(members)
-        if cached is not None:
-            return cached
+        """A tier's facts, kept in a cache bounded in bytes (see :data:`CACHE_BYTES`)."""
+        cached = self._stats.get_fresh(members)
+        if cached is None:
+            cached = self.compute_stats(members)
+            self._stats.put(members, cached)
+        assert isinstance(cached, TierStats)
+        return cached
+
+    def compute_stats(self, members: tuple[int, ...]) -> TierStats:
+        """A tier's facts, not cached: what a search that visits each group once asks for."""
         cols = list(members)
         a = self.m.answers[:, cols]
         n = a.shape[0]
@@ -146,25 +187,31 @@ class Simulator:
         correct = self.m.correct[:, cols][rows, pos] & has
         cost = self.m.cost[:, cols].sum(axis=1)
         surprise = self._surprises()[:, cols]
-        st = TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf, surprise)
-        self._stats[members] = st
-        return st
+        return TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf, surprise)
 
     def _surprises(self) -> FloatArray:
+        """:func:`llm_cascade.core.deferral.surprise` of every confidence, by the very ``math.log`` the Router calls
+        (numpy's log differs from it in the last bit on a fraction of values), once per distinct value."""
         if self._surprise is None:
-            from ..core.deferral import surprise
-
-            flat = [surprise(c) for c in self._conf0.ravel().tolist()]
-            self._surprise = np.asarray(flat, dtype=np.float64).reshape(self._conf0.shape)
+            values, inverse = np.unique(self._conf0, return_inverse=True)
+            # max(1 - c, 1e-6) as in deferral.surprise, then the same math.log, mapped over distinct values only
+            doubt = np.maximum(1.0 - values, 1e-6).tolist()
+            logs = np.fromiter(map(math.log, doubt), dtype=np.float64, count=len(doubt))
+            self._surprise = (-logs)[inverse].reshape(self._conf0.shape)
         return self._surprise
 
     def mask(self, members: tuple[int, ...], rule: Rule) -> BoolArray:
         key = (members, rule)
-        cached = self._masks.get(key)
+        cached = self._masks.get_fresh(key)
         if cached is None:
-            cached = self._accept(rule, self.stats(members))
-            self._masks[key] = cached
+            cached = self.accept(rule, self.stats(members))
+            self._masks.put(key, cached)
+        assert isinstance(cached, np.ndarray)
         return cached
+
+    def accept(self, rule: Rule, st: TierStats) -> BoolArray:
+        """A rule's acceptance over every example (its vectorised face, else replayed example by example)."""
+        return self._accept(rule, st)
 
     def _accept(self, rule: Rule, st: TierStats) -> BoolArray:
         try:

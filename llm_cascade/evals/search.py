@@ -1,0 +1,424 @@
+"""The calibration search's inner loop: every rule of a first-tier group scored against every later tier at once.
+
+Why batches: a group's rules (thresholds, agreement rules, the learned rule at a ladder of thresholds) share the
+group's facts, and each candidate's score is two sums over examples: how many it gets right and what it costs. For
+all rules of a group and all last tiers these sums are one matrix product of the rules' *reach* masks (which examples
+go on to the next tier) by a few columns per last tier (its correctness with the first tier's answer as fallback, its
+cost), over chunks of rows. Counts are exact integers, so accuracies are the same numbers the one-candidate path
+(:meth:`llm_cascade.evals.simulate.Simulator.score_masks`) gives; costs are the same sums, added in another order.
+
+Why bounded: nothing is kept per (group, rule) for the whole run. A group's facts and masks live while the group is
+scored; the learned rule's weights (a few numbers per group and fold) are the only thing kept per group
+(:class:`Fits`). Scored points go into a :class:`Pool` that keeps only those that can still be chosen or be on the
+frontier, and a group whose candidates provably cannot (see :meth:`Pool.hopeless`) is not scored at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.agreement import Rule
+from ..core.deferral import features, fit
+from .records import BoolArray, FloatArray
+from .simulate import Simulator, TierStats, _Lru
+
+#: Rows per matrix product: bounds the temporaries of a batch (rules x rows as floats) whatever the row count.
+CHUNK_ROWS = 1 << 15
+#: How many of the cheapest target-meeting points the choice may try (as ``calibrate._choose`` does).
+KEEP = 400
+
+IntArray64 = np.ndarray[tuple[int, ...], np.dtype[np.int64]]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedAt:
+    """A learned rule before its final fit: its threshold (the weights come from the group's :class:`Fits`)."""
+
+    threshold: float
+
+    @property
+    def cut(self) -> float:
+        return math.log(self.threshold / (1 - self.threshold))
+
+
+Decider = Rule | LearnedAt
+Tier = tuple[tuple[int, ...], Decider]
+Point = tuple[float, float, tuple[Tier, ...]]  # cost, accuracy, ((members, decider), ...)
+
+
+class Fits:
+    """The learned rule's weights per group, fitted once and reused by every threshold, frontier point and fold.
+
+    One fit per calibration fold on the other folds (held-out decisions) and one on every example (the rule served).
+    The held-out score arrays (one float per example) are kept in a cache bounded in bytes, the weights for good.
+    """
+
+    def __init__(self, sim: Simulator, fold: np.ndarray[tuple[int], np.dtype[np.intp]], k: int, cache_bytes: int):
+        self.sim = sim
+        self.k = k
+        self._rows = [fold == f for f in range(k)]
+        self._folds: dict[tuple[int, ...], list[tuple[FloatArray, float]]] = {}
+        self._final: dict[tuple[int, ...], tuple[tuple[float, ...], float]] = {}
+        self._scores = _Lru(cache_bytes)
+        self.fitted = 0
+
+    def held_out(self, g: tuple[int, ...], st: TierStats | None = None) -> FloatArray:
+        """Logit of P(correct) for each example, from the fit on the folds it is not in."""
+        cached = self._scores.get_fresh(g)
+        if cached is not None:
+            assert isinstance(cached, np.ndarray)
+            return cached
+        st = st if st is not None else self.sim.stats(g)
+        x = features(st)
+        weights = self._folds.get(g)
+        if weights is None:
+            weights = []
+            for rows in self._rows:
+                train = ~rows & st.has_answer
+                w, b = fit(x[train], st.correct[train])
+                weights.append((np.asarray(w), b))
+            self._folds[g] = weights
+            self.fitted += self.k
+        out: FloatArray = np.full(self.sim.m.n, -np.inf)
+        for rows, (w, b) in zip(self._rows, weights, strict=True):
+            out[rows] = x[rows] @ w + b
+        self._scores.put(g, out)
+        return out
+
+    def final(self, g: tuple[int, ...]) -> tuple[tuple[float, ...], float]:
+        """The weights fitted on every calibration example (what is served)."""
+        cached = self._final.get(g)
+        if cached is None:
+            st = self.sim.stats(g)
+            cached = fit(features(st)[st.has_answer], st.correct[st.has_answer])
+            self._final[g] = cached
+            self.fitted += 1
+        return cached
+
+
+def masks(sim: Simulator, fits: Fits, g: tuple[int, ...], st: TierStats, deciders: Sequence[Decider]) -> BoolArray:
+    """(rules, examples): whether each rule accepts each example, learned rules by their held-out decisions."""
+    out: BoolArray = np.empty((len(deciders), sim.m.n), dtype=bool)
+    scores: FloatArray | None = None
+    for i, d in enumerate(deciders):
+        if isinstance(d, LearnedAt):
+            if scores is None:
+                scores = fits.held_out(g, st)
+            np.greater_equal(scores, d.cut, out=out[i])
+            out[i] &= st.has_answer
+        else:
+            out[i] = sim.accept(d, st)
+    return out
+
+
+def reach_sums(accept: BoolArray, columns: Callable[[int, int], FloatArray], width: int) -> FloatArray:
+    """For every rule (row of ``accept``) and column: the column's sum over the examples the rule passes on.
+
+    ``columns(a, b)`` gives rows a..b of the columns, so nothing of size examples x columns is ever built whole.
+    """
+    rules, n = accept.shape
+    out: FloatArray = np.zeros((rules, width))
+    for a in range(0, n, CHUNK_ROWS):
+        b = min(n, a + CHUNK_ROWS)
+        reach = np.logical_not(accept[:, a:b]).astype(np.float64)
+        out += reach @ columns(a, b)
+    return out
+
+
+class Pool:
+    """The scored points that can still matter to the choice or the frontier, in their enumeration order.
+
+    A point matters while it is on the frontier so far (no point before it in (cost, -accuracy, order) is as
+    accurate), among the :data:`KEEP` cheapest points at or above the accuracy floor, the most accurate one, or (for
+    a budget) among the :data:`KEEP` most accurate within the budget or the cheapest. Accuracies are counts over the
+    same examples, so ties are exact and dropping the rest never changes what :func:`_choose` or the frontier sees.
+    """
+
+    def __init__(self, floor: float, budget: float | None, compact_at: int = 200_000) -> None:
+        self.floor = floor
+        self.budget = budget
+        self.compact_at = compact_at
+        self._cost: list[FloatArray] = []
+        self._acc: list[FloatArray] = []
+        self._seq: list[IntArray64] = []
+        self._desc: list[IntArray64] = []
+        self._size = 0
+        self.scored = 0
+
+    def add(self, cost: FloatArray, acc: FloatArray, seq: IntArray64, desc: IntArray64) -> None:
+        self._cost.append(cost.ravel())
+        self._acc.append(acc.ravel())
+        self._seq.append(seq.ravel())
+        self._desc.append(desc.reshape(-1, desc.shape[-1]))
+        self._size += cost.size
+        self.scored += cost.size
+        if self._size > self.compact_at:
+            self.compact()
+
+    def arrays(self) -> tuple[FloatArray, FloatArray, IntArray64, IntArray64]:
+        """(cost, accuracy, order, descriptor) of the points kept, in enumeration order."""
+        self.compact()
+        return self._cost[0], self._acc[0], self._seq[0], self._desc[0]
+
+    def compact(self) -> None:
+        if not self._cost:
+            self._cost, self._acc = [np.zeros(0)], [np.zeros(0)]
+            self._seq, self._desc = [np.zeros(0, dtype=np.int64)], [np.zeros((0, 3), dtype=np.int64)]
+            return
+        cost, acc = np.concatenate(self._cost), np.concatenate(self._acc)
+        seq, desc = np.concatenate(self._seq), np.concatenate(self._desc)
+        keep = np.zeros(cost.size, dtype=bool)
+        order = np.lexsort((seq, -acc, cost))  # as sorted((cost, -acc)) over the enumeration order
+        acc_sorted = acc[order]
+        before = np.maximum.accumulate(np.concatenate([[-1.0], acc_sorted[:-1]]))
+        keep[order[acc_sorted > before]] = True  # the frontier so far
+        ok = order[acc_sorted >= self.floor - 1e-12]
+        keep[ok[:KEEP]] = True
+        by_acc = np.lexsort((seq, cost, -acc))
+        keep[by_acc[:1]] = True  # the most accurate (ties to the cheaper, then the first)
+        if self.budget is not None:
+            within = by_acc[cost[by_acc] <= self.budget + 1e-15]
+            keep[within[:KEEP]] = True
+            keep[order[:1]] = True
+        idx = np.flatnonzero(keep)
+        idx = idx[np.argsort(seq[idx], kind="stable")]
+        self._cost, self._acc, self._seq, self._desc = [cost[idx]], [acc[idx]], [seq[idx]], [desc[idx]]
+        self._size = idx.size
+
+    def hopeless(self, low_cost: FloatArray, high_acc: FloatArray) -> BoolArray:
+        """For each (lowest cost, highest accuracy) bound of a family of candidates: whether none of them can matter,
+        because a point already scored is cheaper and as accurate, and either the bound is under the floor or
+        :data:`KEEP` cheaper points already meet it. Never in budget mode (the choice there is by accuracy)."""
+        out: BoolArray = np.zeros(low_cost.shape, dtype=bool)
+        if self.budget is None and self._size:
+            if len(self._cost) > 1:
+                self.compact()
+            cost, acc = self._cost[0], self._acc[0]
+            cheaper = cost[None, :] < low_cost[:, None]
+            dominated = (cheaper & (acc[None, :] >= high_acc[:, None])).any(axis=1)
+            meeting = np.count_nonzero(cheaper & (acc >= self.floor - 1e-12)[None, :], axis=1)
+            out = dominated & ((high_acc < self.floor - 1e-12) | (meeting >= KEEP))
+        return out
+
+
+class Resamples:
+    """Paired bootstrap resamples as counts (how often each example is drawn in each resample), one byte each.
+
+    The same draws as ``rng.integers(0, n, size=(resamples, n))`` (one resample at a time, so the int64 indices are
+    never held whole); a sum over a resample is then a product with the counts, done over chunks of examples.
+    """
+
+    def __init__(self, rng: np.random.Generator, resamples: int, n: int) -> None:
+        self.n = n
+        self.counts = np.empty((resamples, n), dtype=np.uint8)
+        for i in range(resamples):
+            row = np.bincount(rng.integers(0, n, size=n), minlength=n)
+            if row.max(initial=0) > 255:  # pragma: no cover - needs ~e^-1/255! odds per example
+                raise OverflowError("a bootstrap count over 255")
+            self.counts[i] = row
+
+    def sums(self, x: np.ndarray[tuple[int, ...], np.dtype[np.generic]]) -> FloatArray:
+        """Sum of ``x`` (examples, or examples x columns) over each resample: exact for integer or boolean ``x``."""
+        cols = np.asarray(x, dtype=np.float64)
+        out: FloatArray = np.zeros((self.counts.shape[0], *cols.shape[1:]))
+        for a in range(0, self.n, CHUNK_ROWS):
+            b = min(self.n, a + CHUNK_ROWS)
+            out += self.counts[:, a:b].astype(np.float64) @ cols[a:b]
+        return out
+
+
+Light = tuple[BoolArray, BoolArray, FloatArray]  # a later tier's correctness, whether it answered, its cost
+
+
+class Scan:
+    """Enumerates and scores the candidates, group by group, in the order calibration always listed them.
+
+    Each point is numbered by its place in that enumeration (singles, then every first tier x last tier, then every
+    cheap first tier x two-tier suffix on the frontier), so groups can be scored cheapest first (which lets
+    :meth:`Pool.hopeless` skip more) without changing which of two tied points comes first.
+    """
+
+    def __init__(self, sim: Simulator, fits: Fits, pool: Pool, prune: bool, progress: Progress | None) -> None:
+        self.sim = sim
+        self.fits = fits
+        self.pool = pool
+        self.prune = prune
+        self.progress = progress
+        self.n = sim.m.n
+        self.pruned = 0
+        self._light: dict[tuple[int, ...], Light] = {}
+        self._lasts: list[tuple[int, ...]] = []
+        self._firsts: list[tuple[tuple[int, ...], Decider]] = []
+
+    def light(self, g: tuple[int, ...]) -> Light:
+        out = self._light.get(g)
+        if out is None:
+            st = self.sim.compute_stats(g)
+            out = self._light[g] = (st.correct, st.has_answer, st.cost)
+        return out
+
+    def singles(self, lasts: Sequence[tuple[int, ...]], cost: Sequence[float], acc: Sequence[float]) -> None:
+        """The one-tier points (every candidate last tier, Unanimous as in calibration)."""
+        self._lasts = list(lasts)
+        idx = np.arange(len(lasts), dtype=np.int64)
+        desc = np.stack([np.full_like(idx, -1), np.full_like(idx, -1), idx], axis=1)
+        self.pool.add(np.asarray(cost, dtype=np.float64), np.asarray(acc, dtype=np.float64), idx, desc)
+
+    def _batch(
+        self,
+        g0: tuple[int, ...],
+        deciders: Sequence[Decider],
+        first: int,
+        later: list[tuple[int, Light, BoolArray | None, Light | None]],
+        seq: Callable[[int, int], int],
+        desc: Callable[[int, int], tuple[int, int, int]],
+    ) -> None:
+        """Score ``deciders`` of group ``g0`` against each later part: (number, last tier, mid mask, mid tier)."""
+        st0 = self.sim.compute_stats(g0)
+        c0 = st0.correct
+        sum0 = float(st0.cost.sum())
+        if self.prune:
+            low = np.full(len(later), sum0 / self.n)
+            high = np.empty(len(later))
+            for j, (_, (c2, _h2, _k2), _m1, mid) in enumerate(later):
+                reach = c0 | c2 if mid is None else c0 | c2 | mid[0]
+                high[j] = np.count_nonzero(reach) / self.n
+            drop = self.pool.hopeless(low, high)
+            self.pruned += int(drop.sum()) * len(deciders)
+            later = [x for x, d in zip(later, drop.tolist(), strict=True) if not d]
+        if not later:
+            return
+        accept = masks(self.sim, self.fits, g0, st0, deciders)
+        right0 = np.count_nonzero(accept & c0, axis=1).astype(np.float64)
+        width = 2 if later[0][2] is None else 4
+
+        def columns(a: int, b: int) -> FloatArray:
+            out: FloatArray = np.empty((b - a, width * len(later)))
+            for j, (_, (c2, h2, k2), m1, mid) in enumerate(later):
+                if m1 is None or mid is None:
+                    out[:, 2 * j] = np.where(h2[a:b], c2[a:b], c0[a:b])
+                    out[:, 2 * j + 1] = k2[a:b]
+                    continue
+                c1, h1, k1 = (v[a:b] for v in mid)
+                pass_on = ~m1[a:b]
+                final = np.where(h2[a:b], c2[a:b], np.where(h1, c1, c0[a:b]))
+                out[:, 4 * j] = m1[a:b] & c1
+                out[:, 4 * j + 1] = pass_on & final
+                out[:, 4 * j + 2] = k1
+                out[:, 4 * j + 3] = pass_on * k2[a:b]
+            return out
+
+        sums = reach_sums(accept, columns, width * len(later))
+        if width == 2:
+            correct = right0[:, None] + sums[:, 0::2]
+            cost = (sum0 + sums[:, 1::2]) / self.n
+        else:
+            correct = right0[:, None] + sums[:, 0::4] + sums[:, 1::4]
+            cost = (sum0 + sums[:, 2::4] + sums[:, 3::4]) / self.n
+        rows = range(len(deciders))
+        seqs = np.array([[seq(first + r, x[0]) for x in later] for r in rows], dtype=np.int64)
+        descs = np.array([[desc(first + r, x[0]) for x in later] for r in rows], dtype=np.int64)
+        self.pool.add(cost, correct / self.n, seqs, descs)
+
+    def two_tiers(
+        self,
+        groups: Sequence[tuple[int, ...]],
+        rules: dict[int, list[Decider]],
+        cost_of: dict[tuple[int, ...], float],
+    ) -> None:
+        """Every first tier (group x rule) in front of every last tier it is cheaper than and disjoint from."""
+        starts, at = {}, 0
+        for g in groups:
+            starts[g] = at
+            self._firsts += [(g, d) for d in rules[len(g)]]
+            at += len(rules[len(g)])
+        n_lasts, base = len(self._lasts), len(self._lasts)
+        todo = sorted(groups, key=lambda g: cost_of[g])
+        for i, g0 in enumerate(todo):
+            later = [
+                (li, self.light(g1), None, None)
+                for li, g1 in enumerate(self._lasts)
+                if not set(g0) & set(g1) and cost_of[g0] < cost_of[g1]
+            ]
+            if later:
+                self._batch(
+                    g0,
+                    rules[len(g0)],
+                    starts[g0],
+                    later,
+                    lambda f, li: base + f * n_lasts + li,
+                    lambda f, li: (f, -1, li),
+                )
+            if self.progress is not None:
+                self.progress("two tiers", i + 1, len(todo))
+        self._base3 = base + len(self._firsts) * n_lasts
+
+    def frontier(self) -> list[tuple[int, int]]:
+        """The two-tier points on the frontier so far, cheapest first, as (first-tier number, last-tier number)."""
+        cost, acc, seq, desc = self.pool.arrays()
+        order = np.lexsort((seq, -acc, cost))
+        best = np.maximum.accumulate(np.concatenate([[-1.0], acc[order][:-1]]))
+        on = order[acc[order] > best]
+        return [(int(f0), int(li)) for f0, f1, li in desc[on].tolist() if f0 >= 0 and f1 < 0]
+
+    def three_tiers(
+        self,
+        groups: Sequence[tuple[int, ...]],
+        rules: dict[int, list[Decider]],
+        cost_of: dict[tuple[int, ...], float],
+        median: float,
+    ) -> None:
+        """A cheap first tier (group cost at most the median) in front of every two-tier suffix on the frontier."""
+        suffixes = self.frontier()
+        n_suffixes, base = len(suffixes), self._base3
+        starts, cheap_starts, at, cheap_at = {}, {}, 0, 0
+        for g in groups:
+            starts[g] = at
+            at += len(rules[len(g)])
+            if cost_of[g] <= median:
+                cheap_starts[g] = cheap_at
+                cheap_at += len(rules[len(g)])
+        mids: list[tuple[tuple[int, ...], tuple[int, ...], BoolArray, Light, Light]] = []
+        for fi, li in suffixes:
+            mid, dm = self._firsts[fi]
+            m1 = masks(self.sim, self.fits, mid, self.sim.stats(mid), [dm])[0]
+            mids.append((mid, self._lasts[li], m1, self.light(mid), self.light(self._lasts[li])))
+        todo = sorted(cheap_starts, key=lambda g: cost_of[g])
+        for i, g0 in enumerate(todo):
+            later = [
+                (s, last_l, m1, mid_l)
+                for s, (mid, last, m1, mid_l, last_l) in enumerate(mids)
+                if not set(g0) & (set(mid) | set(last)) and not cost_of[g0] >= cost_of[mid]
+            ]
+            if later:
+                cs = cheap_starts[g0] - starts[g0]
+                self._batch(
+                    g0,
+                    rules[len(g0)],
+                    starts[g0],
+                    later,
+                    lambda f, s, cs=cs: base + (f + cs) * n_suffixes + s,
+                    lambda f, s: (f, suffixes[s][0], suffixes[s][1]),
+                )
+            if self.progress is not None:
+                self.progress("three tiers", i + 1, len(todo))
+
+
+def group_means(
+    sim: Simulator, groups: Sequence[tuple[int, ...]], progress: Progress | None = None
+) -> tuple[dict[tuple[int, ...], float], dict[tuple[int, ...], float]]:
+    """Each group's mean cost and accuracy as a tier of its own, without keeping its facts."""
+    cost: dict[tuple[int, ...], float] = {}
+    acc: dict[tuple[int, ...], float] = {}
+    for i, g in enumerate(groups):
+        st = sim.compute_stats(g)
+        cost[g] = float(np.mean(st.cost))
+        acc[g] = float(st.correct.mean())
+        if progress is not None and (i % 50 == 0 or i + 1 == len(groups)):
+            progress("groups", i + 1, len(groups))
+    return cost, acc
