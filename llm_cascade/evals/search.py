@@ -28,6 +28,8 @@ from .simulate import Simulator, TierStats, _Lru
 
 #: Rows per matrix product: bounds the temporaries of a batch (rules x rows as floats) whatever the row count.
 CHUNK_ROWS = 1 << 15
+#: Memory the later parts' columns may keep for a whole stage (above it they are rebuilt per first tier).
+COLUMN_BYTES = 256 * 1024 * 1024
 #: How many of the cheapest target-meeting points the choice may try (as ``calibrate._choose`` does).
 KEEP = 400
 
@@ -85,8 +87,8 @@ class Fits:
             self._folds[g] = weights
             self.fitted += self.k
         out: FloatArray = np.full(self.sim.m.n, -np.inf)
-        for rows, (w, b) in zip(self._rows, weights, strict=True):
-            out[rows] = x[rows] @ w + b
+        for rows, (wf, bf) in zip(self._rows, weights, strict=True):
+            out[rows] = x[rows] @ wf + bf
         self._scores.put(g, out)
         return out
 
@@ -113,20 +115,6 @@ def masks(sim: Simulator, fits: Fits, g: tuple[int, ...], st: TierStats, decider
             out[i] &= st.has_answer
         else:
             out[i] = sim.accept(d, st)
-    return out
-
-
-def reach_sums(accept: BoolArray, columns: Callable[[int, int], FloatArray], width: int) -> FloatArray:
-    """For every rule (row of ``accept``) and column: the column's sum over the examples the rule passes on.
-
-    ``columns(a, b)`` gives rows a..b of the columns, so nothing of size examples x columns is ever built whole.
-    """
-    rules, n = accept.shape
-    out: FloatArray = np.zeros((rules, width))
-    for a in range(0, n, CHUNK_ROWS):
-        b = min(n, a + CHUNK_ROWS)
-        reach = np.logical_not(accept[:, a:b]).astype(np.float64)
-        out += reach @ columns(a, b)
     return out
 
 
@@ -235,6 +223,50 @@ class Resamples:
 Light = tuple[BoolArray, BoolArray, FloatArray]  # a later tier's correctness, whether it answered, its cost
 
 
+@dataclass(frozen=True, slots=True)
+class Later:
+    """What a first tier is put in front of: a last tier, or a mid tier (with its held-out mask) and a last tier.
+
+    ``right``: the examples the part gets right when the first tier passes them on, where the answer does not
+    fall back to the first tier's; ``fallback``: examples where no later tier has an answer, so the first tier's
+    own answer is returned (None when there are none: the usual case); ``cost``: what the part costs per example
+    passed on. The first tier must be cheaper than ``dearer`` and share no model with ``models``.
+    """
+
+    number: int
+    right: BoolArray
+    fallback: BoolArray | None
+    cost: FloatArray
+    models: frozenset[int]
+    dearer: float
+
+    @classmethod
+    def last(cls, number: int, g: tuple[int, ...], light: Light, dearer: float) -> Later:
+        c1, h1, k1 = light
+        return cls(number, c1, _some(~h1), k1, frozenset(g), dearer)
+
+    @classmethod
+    def suffix(
+        cls,
+        number: int,
+        mid: tuple[int, ...],
+        last: tuple[int, ...],
+        m1: BoolArray,
+        lm: Light,
+        ll: Light,
+        dearer: float,
+    ) -> Later:
+        (c1, h1, k1), (c2, h2, k2) = lm, ll
+        on = ~m1
+        # the mid tier's answer where it accepts; else the last tier's, or the mid tier's when the last has none
+        right = (m1 & c1) | (on & (c2 | (~h2 & c1)))
+        return cls(number, right, _some(on & ~h2 & ~h1), k1 + on * k2, frozenset(mid) | frozenset(last), dearer)
+
+
+def _some(mask: BoolArray) -> BoolArray | None:
+    return mask if mask.any() else None
+
+
 class Scan:
     """Enumerates and scores the candidates, group by group, in the order calibration always listed them.
 
@@ -254,6 +286,7 @@ class Scan:
         self._light: dict[tuple[int, ...], Light] = {}
         self._lasts: list[tuple[int, ...]] = []
         self._firsts: list[tuple[tuple[int, ...], Decider]] = []
+        self._base3 = 0
 
     def light(self, g: tuple[int, ...]) -> Light:
         out = self._light.get(g)
@@ -269,61 +302,60 @@ class Scan:
         desc = np.stack([np.full_like(idx, -1), np.full_like(idx, -1), idx], axis=1)
         self.pool.add(np.asarray(cost, dtype=np.float64), np.asarray(acc, dtype=np.float64), idx, desc)
 
+    def _stage(
+        self,
+        phase: str,
+        todo: Sequence[tuple[tuple[int, ...], int]],
+        rules: dict[int, list[Decider]],
+        cost_of: dict[tuple[int, ...], float],
+        parts: list[Later],
+        seq: Callable[[int, int, int], int],
+        desc: Callable[[int, int], tuple[int, int, int]],
+    ) -> None:
+        """Score every (group, start) of ``todo`` against each of ``parts`` it may precede."""
+        columns = _Columns(parts, self.n)
+        for i, (g0, start) in enumerate(todo):
+            allowed = [j for j, p in enumerate(parts) if cost_of[g0] < p.dearer and not p.models.intersection(g0)]
+            if allowed:
+                self._batch(g0, rules[len(g0)], start, parts, allowed, columns, seq, desc)
+            if self.progress is not None:
+                self.progress(phase, i + 1, len(todo))
+
     def _batch(
         self,
         g0: tuple[int, ...],
         deciders: Sequence[Decider],
-        first: int,
-        later: list[tuple[int, Light, BoolArray | None, Light | None]],
-        seq: Callable[[int, int], int],
+        start: int,
+        parts: list[Later],
+        allowed: list[int],
+        columns: _Columns,
+        seq: Callable[[int, int, int], int],
         desc: Callable[[int, int], tuple[int, int, int]],
     ) -> None:
-        """Score ``deciders`` of group ``g0`` against each later part: (number, last tier, mid mask, mid tier)."""
+        """Score ``deciders`` of group ``g0`` (numbered from ``start``) against the ``allowed`` parts."""
         st0 = self.sim.compute_stats(g0)
         c0 = st0.correct
         sum0 = float(st0.cost.sum())
         if self.prune:
-            low = np.full(len(later), sum0 / self.n)
-            high = np.empty(len(later))
-            for j, (_, (c2, _h2, _k2), _m1, mid) in enumerate(later):
-                reach = c0 | c2 if mid is None else c0 | c2 | mid[0]
-                high[j] = np.count_nonzero(reach) / self.n
-            drop = self.pool.hopeless(low, high)
+            packed = np.packbits(c0)
+            high = np.array([columns.union_count(packed, j) for j in allowed]) / self.n
+            drop = self.pool.hopeless(np.full(len(allowed), sum0 / self.n), high)
             self.pruned += int(drop.sum()) * len(deciders)
-            later = [x for x, d in zip(later, drop.tolist(), strict=True) if not d]
-        if not later:
+            allowed = [j for j, d in zip(allowed, drop.tolist(), strict=True) if not d]
+        if not allowed:
             return
         accept = masks(self.sim, self.fits, g0, st0, deciders)
         right0 = np.count_nonzero(accept & c0, axis=1).astype(np.float64)
-        width = 2 if later[0][2] is None else 4
-
-        def columns(a: int, b: int) -> FloatArray:
-            out: FloatArray = np.empty((b - a, width * len(later)))
-            for j, (_, (c2, h2, k2), m1, mid) in enumerate(later):
-                if m1 is None or mid is None:
-                    out[:, 2 * j] = np.where(h2[a:b], c2[a:b], c0[a:b])
-                    out[:, 2 * j + 1] = k2[a:b]
-                    continue
-                c1, h1, k1 = (v[a:b] for v in mid)
-                pass_on = ~m1[a:b]
-                final = np.where(h2[a:b], c2[a:b], np.where(h1, c1, c0[a:b]))
-                out[:, 4 * j] = m1[a:b] & c1
-                out[:, 4 * j + 1] = pass_on & final
-                out[:, 4 * j + 2] = k1
-                out[:, 4 * j + 3] = pass_on * k2[a:b]
-            return out
-
-        sums = reach_sums(accept, columns, width * len(later))
-        if width == 2:
-            correct = right0[:, None] + sums[:, 0::2]
-            cost = (sum0 + sums[:, 1::2]) / self.n
-        else:
-            correct = right0[:, None] + sums[:, 0::4] + sums[:, 1::4]
-            cost = (sum0 + sums[:, 2::4] + sums[:, 3::4]) / self.n
-        rows = range(len(deciders))
-        seqs = np.array([[seq(first + r, x[0]) for x in later] for r in rows], dtype=np.int64)
-        descs = np.array([[desc(first + r, x[0]) for x in later] for r in rows], dtype=np.int64)
-        self.pool.add(cost, correct / self.n, seqs, descs)
+        right, cost = columns.reach_sums(accept, allowed)
+        for k, j in enumerate(allowed):
+            fb = parts[j].fallback
+            if fb is not None:  # rows where the first tier's own answer is returned after all
+                rows = np.flatnonzero(fb & c0)
+                right[:, k] += np.count_nonzero(~accept[:, rows], axis=1)
+        rows_r = range(len(deciders))
+        seqs = np.array([[seq(start, r, parts[j].number) for j in allowed] for r in rows_r], dtype=np.int64)
+        descs = np.array([[desc(start + r, parts[j].number) for j in allowed] for r in rows_r], dtype=np.int64)
+        self.pool.add((sum0 + cost) / self.n, (right0[:, None] + right) / self.n, seqs, descs)
 
     def two_tiers(
         self,
@@ -338,24 +370,17 @@ class Scan:
             self._firsts += [(g, d) for d in rules[len(g)]]
             at += len(rules[len(g)])
         n_lasts, base = len(self._lasts), len(self._lasts)
-        todo = sorted(groups, key=lambda g: cost_of[g])
-        for i, g0 in enumerate(todo):
-            later = [
-                (li, self.light(g1), None, None)
-                for li, g1 in enumerate(self._lasts)
-                if not set(g0) & set(g1) and cost_of[g0] < cost_of[g1]
-            ]
-            if later:
-                self._batch(
-                    g0,
-                    rules[len(g0)],
-                    starts[g0],
-                    later,
-                    lambda f, li: base + f * n_lasts + li,
-                    lambda f, li: (f, -1, li),
-                )
-            if self.progress is not None:
-                self.progress("two tiers", i + 1, len(todo))
+        parts = [Later.last(li, g, self.light(g), cost_of[g]) for li, g in enumerate(self._lasts)]
+        todo = [(g, starts[g]) for g in sorted(groups, key=lambda g: cost_of[g])]
+        self._stage(
+            "two tiers",
+            todo,
+            rules,
+            cost_of,
+            parts,
+            lambda start, r, li: base + (start + r) * n_lasts + li,
+            lambda f, li: (f, -1, li),
+        )
         self._base3 = base + len(self._firsts) * n_lasts
 
     def frontier(self) -> list[tuple[int, int]]:
@@ -383,30 +408,66 @@ class Scan:
             if cost_of[g] <= median:
                 cheap_starts[g] = cheap_at
                 cheap_at += len(rules[len(g)])
-        mids: list[tuple[tuple[int, ...], tuple[int, ...], BoolArray, Light, Light]] = []
-        for fi, li in suffixes:
+        parts = []
+        for s, (fi, li) in enumerate(suffixes):
             mid, dm = self._firsts[fi]
+            last = self._lasts[li]
             m1 = masks(self.sim, self.fits, mid, self.sim.stats(mid), [dm])[0]
-            mids.append((mid, self._lasts[li], m1, self.light(mid), self.light(self._lasts[li])))
-        todo = sorted(cheap_starts, key=lambda g: cost_of[g])
-        for i, g0 in enumerate(todo):
-            later = [
-                (s, last_l, m1, mid_l)
-                for s, (mid, last, m1, mid_l, last_l) in enumerate(mids)
-                if not set(g0) & (set(mid) | set(last)) and not cost_of[g0] >= cost_of[mid]
-            ]
-            if later:
-                cs = cheap_starts[g0] - starts[g0]
-                self._batch(
-                    g0,
-                    rules[len(g0)],
-                    starts[g0],
-                    later,
-                    lambda f, s, cs=cs: base + (f + cs) * n_suffixes + s,
-                    lambda f, s: (f, suffixes[s][0], suffixes[s][1]),
-                )
-            if self.progress is not None:
-                self.progress("three tiers", i + 1, len(todo))
+            parts.append(Later.suffix(s, mid, last, m1, self.light(mid), self.light(last), cost_of[mid]))
+        shift = {starts[g]: cheap_starts[g] - starts[g] for g in cheap_starts}
+        todo = [(g, starts[g]) for g in sorted(cheap_starts, key=lambda g: cost_of[g])]
+        self._stage(
+            "three tiers",
+            todo,
+            rules,
+            cost_of,
+            parts,
+            lambda start, r, s: base + (start + shift[start] + r) * n_suffixes + s,
+            lambda f, s: (f, suffixes[s][0], suffixes[s][1]),
+        )
+
+
+class _Columns:
+    """The later parts' columns (what each gets right, what each costs), built once per stage in chunks of rows
+    and kept while they fit :data:`COLUMN_BYTES` (else rebuilt for each first tier, never held whole)."""
+
+    def __init__(self, parts: list[Later], n: int) -> None:
+        self.parts = parts
+        self.n = n
+        self._packed = [np.packbits(p.right) for p in parts]
+        self._chunks: list[tuple[np.ndarray[tuple[int, int], np.dtype[np.float32]], FloatArray]] | None = None
+        if len(parts) * n * 12 <= COLUMN_BYTES:
+            self._chunks = [self._build(a, min(n, a + CHUNK_ROWS)) for a in range(0, n, CHUNK_ROWS)]
+
+    def _build(self, a: int, b: int) -> tuple[np.ndarray[tuple[int, int], np.dtype[np.float32]], FloatArray]:
+        right = np.empty((b - a, len(self.parts)), dtype=np.float32)
+        cost = np.empty((b - a, len(self.parts)))
+        for j, p in enumerate(self.parts):
+            right[:, j] = p.right[a:b]
+            cost[:, j] = p.cost[a:b]
+        return right, cost
+
+    def union_count(self, packed0: np.ndarray[tuple[int], np.dtype[np.uint8]], j: int) -> int:
+        """How many examples the first tier or part ``j`` gets right (a bound on any cascade of the two)."""
+        return int(np.bitwise_count(packed0 | self._packed[j]).sum())
+
+    def reach_sums(self, accept: BoolArray, allowed: list[int]) -> tuple[FloatArray, FloatArray]:
+        """For every rule (row of ``accept``) and allowed part: how many examples passed on to the part it gets
+        right (exact: float32 products of 0/1 over at most :data:`CHUNK_ROWS` rows), and what they cost."""
+        rules = accept.shape[0]
+        sel = np.asarray(allowed)
+        whole = len(allowed) == len(self.parts)
+        right: FloatArray = np.zeros((rules, len(allowed)))
+        cost: FloatArray = np.zeros((rules, len(allowed)))
+        for c, a in enumerate(range(0, self.n, CHUNK_ROWS)):
+            b = min(self.n, a + CHUNK_ROWS)
+            rc, cc = self._chunks[c] if self._chunks is not None else self._build(a, b)
+            if not whole:
+                rc, cc = rc[:, sel], cc[:, sel]
+            reach = np.logical_not(accept[:, a:b])
+            right += reach.astype(np.float32) @ rc
+            cost += reach.astype(np.float64) @ cc
+        return right, cost
 
 
 def group_means(

@@ -1,0 +1,109 @@
+"""The batched, bounded search chooses what the one-candidate-at-a-time search chose, and pruning changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llm_cascade.evals.calibrate import Target, calibrate
+from llm_cascade.evals.records import RunMatrix, load_records, split_records
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What calibrate() chose on the recorded rational files before the search was batched (commit 238bc9e, measured
+# 2026-12-07): (set, calibration half?, chosen, verdict, accuracy, cost, frontier points, sum of frontier
+# accuracies, sum of frontier costs).
+BEFORE = [
+    ("mmlu", False, "[qwen2.5-72b-instruct]", "best_single", 0.8771929824561403, 0.00016561578947368424, 24,
+     19.659649122807018, 0.002546121754385965),
+    ("mmlu", True, "[qwen2.5-72b-instruct]", "best_single", 0.8450704225352113, 0.00016349577464788733, 16,
+     12.563380281690142, 0.001574212323943662),
+    ("medmcqa", False, "[llama3.1-405b]", "best_single", 0.9133333333333333, 0.00049607, 53, 44.01666666666666,
+     0.004978011000000001),
+    ("medmcqa", True, "[llama3.1-70b]", "best_single", 0.8933333333333333, 0.000148842, 21, 17.96,
+     0.002509878666666667),
+    ("gsm8k", False, "[llama3.1-70b]", "best_single", 0.9766666666666667, 0.00033364500000000004, 11, 10.02,
+     0.001959814333333333),
+    ("gsm8k", True, "[llama3.1-405b]", "best_single", 0.98, 0.0011397000000000002, 8, 7.693333333333333,
+     0.0013225296666666668),
+    ("triviaqa", False, "[llama3.1-405b]", "best_single", 0.97, 0.00025569, 12, 11.053333333333333,
+     0.0011980983333333332),
+    ("triviaqa", True, "[llama3.1-405b]", "best_single", 0.9866666666666667, 0.00025726, 9, 8.26,
+     0.0007250526666666668),
+    ("truthfulqa", False, "[gpt-4o]", "best_single", 0.76, 0.00033145, 18, 11.950000000000001, 0.0034261393333333335),
+    ("truthfulqa", True, "[gpt-4o]", "best_single", 0.76, 0.0003242, 19, 13.006666666666666, 0.004178442),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", BEFORE, ids=[f"{r[0]}{'/half' if r[1] else ''}" for r in BEFORE])
+def test_choice_and_frontier_equal_the_unbatched_search(data_dir: Path, row: tuple[Any, ...]) -> None:
+    name, half, chosen, verdict, acc, cost, points, acc_sum, cost_sum = row
+    records = load_records(data_dir / "rational" / f"{name}_train.jsonl.gz")
+    if half:
+        records, _ = split_records(records, 0.5, seed=0)
+    cal = calibrate(RunMatrix.from_records(records))
+    assert (cal.config.describe(), cal.verdict) == (chosen, verdict)
+    assert cal.accuracy == acc and cal.cost_per_request == pytest.approx(cost, rel=1e-12)
+    assert len(cal.frontier) == points
+    assert sum(p[1] for p in cal.frontier) == pytest.approx(acc_sum, rel=1e-14)
+    assert sum(p[0] for p in cal.frontier) == pytest.approx(cost_sum, rel=1e-12)
+
+
+def _synthetic(n: int, k: int, seed: int) -> RunMatrix:
+    spec = importlib.util.spec_from_file_location("calibrate_scale", REPO / "benchmarks" / "calibrate_scale.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.generate(n, k, seed)
+    letters = ("A", "B", "C", "D")
+    ids = tuple(str(i) for i in range(n))
+    present = np.ones((n, k), dtype=bool)
+    return RunMatrix(
+        ids,
+        tuple(c["names"]),
+        letters,
+        c["answer"].astype(np.int32),
+        present,
+        c["correct"],
+        present.copy(),
+        c["cost"],
+        c["conf"],
+        c["gold"].astype(np.int32),
+    )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [Target(), Target(min_accuracy=0.6), Target(min_saving=0.0, margin=0.01)],
+    ids=["default", "floor", "margin"],
+)
+def test_pruned_search_chooses_what_the_exhaustive_search_chooses(target: Target) -> None:
+    base = _synthetic(400, 5, seed=3)
+    # the dearest model is made useless (always the same wrong answer): a first tier with it can never matter
+    answers, correct, conf = base.answers.copy(), base.correct.copy(), base.confidence.copy()
+    answers[:, 4], correct[:, 4], conf[:, 4] = (base.gold + 1) % 4, False, 0.3
+    matrix = dataclasses.replace(base, answers=answers, correct=correct, confidence=conf)
+    pruned = calibrate(matrix, target)
+    full = calibrate(matrix, target, prune=False)
+    assert full.pruned == 0 and pruned.pruned > 0
+    assert (pruned.config, pruned.accuracy, pruned.cost_per_request, pruned.verdict, pruned.reason) == (
+        full.config,
+        full.accuracy,
+        full.cost_per_request,
+        full.verdict,
+        full.reason,
+    )
+    assert [(c, a, s) for c, a, s in pruned.frontier] == [(c, a, s) for c, a, s in full.frontier]
+    assert pruned.evaluated + pruned.pruned == full.evaluated
+
+
+def test_synthetic_runs_hide_a_cascade_that_the_search_finds() -> None:
+    """The benchmark's data is worth calibrating: a cascade beats the best single model on held-out folds."""
+    cal = calibrate(_synthetic(3000, 6, seed=0))
+    assert cal.verdict == "cascade" and len(cal.config.tiers) >= 2
+    assert cal.evaluated > 1000
