@@ -15,7 +15,7 @@ from llm_cascade.evals.records import RunMatrix, load_records, split_records
 
 REPO = Path(__file__).resolve().parent.parent
 
-# What calibrate() chose on the recorded rational files before the search was batched (commit 238bc9e, measured
+# What calibrate() chose on the recorded rational files before the search was batched (commit 8da4fdd, measured
 # 2026-12-07): (set, calibration half?, chosen, verdict, accuracy, cost, frontier points, sum of frontier
 # accuracies, sum of frontier costs).
 BEFORE = [
@@ -23,12 +23,13 @@ BEFORE = [
      19.659649122807018, 0.002546121754385965),
     ("mmlu", True, "[qwen2.5-72b-instruct]", "best_single", 0.8450704225352113, 0.00016349577464788733, 16,
      12.563380281690142, 0.001574212323943662),
-    ("medmcqa", False, "[llama3.1-405b]", "best_single", 0.9133333333333333, 0.00049607, 53, 44.01666666666666,
-     0.004978011000000001),
+    ("medmcqa", False,
+     "[llama3.1-70b learned(P>=0.8)] -> [qwen2.5-72b-instruct + llama3.2-3b learned(P>=0.85)] -> [llama3.1-405b]",
+     "cascade", 0.93, 0.000271717, 48, 40.01333333333333, 0.004711582333333335),
     ("medmcqa", True, "[llama3.1-70b]", "best_single", 0.8933333333333333, 0.000148842, 21, 17.96,
      0.002509878666666667),
-    ("gsm8k", False, "[llama3.1-70b]", "best_single", 0.9766666666666667, 0.00033364500000000004, 11, 10.02,
-     0.001959814333333333),
+    ("gsm8k", False, "[llama3.1-70b]", "best_single", 0.9766666666666667, 0.00033364500000000004, 11,
+     10.003333333333332, 0.001959814333333333),
     ("gsm8k", True, "[llama3.1-405b]", "best_single", 0.98, 0.0011397000000000002, 8, 7.693333333333333,
      0.0013225296666666668),
     ("triviaqa", False, "[llama3.1-405b]", "best_single", 0.97, 0.00025569, 12, 11.053333333333333,

@@ -415,7 +415,7 @@ def _reconsider(
     n = search.sim.m.n
     folds = [search.fold == f for f in range(search.k)]
     keep = 1.0 - target.min_saving
-    idx = np.random.default_rng(target.seed).integers(0, n, size=(target.bootstrap, n)) if target.guard_share else None
+    counts = Resamples(np.random.default_rng(target.seed), target.bootstrap, n) if target.guard_share else None
     first: tuple[float, str] | None = None  # the most accurate affordable candidate: (accuracy gap, its tiers)
     # the frontier (not beaten on both cost and accuracy in-sample): a few dozen configurations, cheapest first
     for p in (q for q in _point_frontier(points) if q[2] != ((ref_members, Unanimous()),)):
@@ -429,8 +429,8 @@ def _reconsider(
             continue
         if not all(correct[f].sum() - ref_ok[f].sum() >= -target.fold_slack for f in folds):
             continue
-        if idx is not None:
-            wins = correct[idx].sum(axis=1) - ref_ok[idx].sum(axis=1)
+        if counts is not None:
+            wins = counts.sums(correct) - counts.sums(ref_ok)
             if (wins >= max(target.min_gain, 0) - 1e-9).mean() < target.guard_share:
                 continue
         rival, lost = best, 0
