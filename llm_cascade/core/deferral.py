@@ -152,29 +152,48 @@ def features(tier: TierArrays) -> FloatArray:
     return out
 
 
-def fit(x: FloatArray, y: BoolArray, *, l2: float = 1.0, iterations: int = 25) -> tuple[tuple[float, ...], float]:
+def fit(
+    x: FloatArray,
+    y: BoolArray,
+    *,
+    l2: float = 1.0,
+    iterations: int = 25,
+    start: tuple[tuple[float, ...], float] | None = None,
+) -> tuple[tuple[float, ...], float]:
     """L2-regularised logistic regression by Newton's method: (weights, bias). The bias is not penalised.
 
     Small calibration sets (a few hundred examples) and few features: Newton converges in a handful of steps, and
     the penalty keeps weights finite when the classes separate (a member that is always right when it agrees).
+
+    ``start``: weights to start from (a fit on most of the same rows, e.g. another calibration fold's): Newton then
+    needs two or three steps instead of eight to eleven, and the products run on a column-major copy (faster, same
+    optimum to the 1e-8 step tolerance, not the same last bits as a cold fit).
     """
     import numpy as np
 
     n, d = x.shape
     if n == 0:  # nothing answered in this training part: a rule that never accepts
         return (0.0,) * d, -30.0
-    a = np.hstack([x, np.ones((n, 1))])
     t = y.astype(np.float64)
     beta = np.zeros(d + 1)
-    prior = np.clip(t.mean() if n else 0.5, 1e-3, 1 - 1e-3)
-    beta[-1] = math.log(prior / (1 - prior))
+    if start is None:
+        a = np.hstack([x, np.ones((n, 1))])
+        at = a.T
+        prior = np.clip(t.mean() if n else 0.5, 1e-3, 1 - 1e-3)
+        beta[-1] = math.log(prior / (1 - prior))
+    else:
+        a = np.empty((n, d + 1), order="F")
+        a[:, :d] = x
+        a[:, d] = 1.0
+        at = a.T
+        beta[:d], beta[d] = start[0], start[1]
     penalty = np.full(d + 1, l2)
     penalty[-1] = 1e-6
     for _ in range(iterations):
         z = np.clip(a @ beta, -30, 30)
         p = 1.0 / (1.0 + np.exp(-z))
-        grad = a.T @ (p - t) + penalty * beta
-        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(penalty)
+        grad = at @ (p - t) + penalty * beta
+        hess = ((a * (p * (1 - p))[:, None]).T if start is None else at * (p * (1 - p))) @ a + np.diag(penalty)
         step = np.linalg.solve(hess, grad)
         beta = beta - step
         if float(np.abs(step).max()) < 1e-8:

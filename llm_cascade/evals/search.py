@@ -60,7 +60,14 @@ class Fits:
     The held-out score arrays (one float per example) are kept in a cache bounded in bytes, the weights for good.
     """
 
-    def __init__(self, sim: Simulator, fold: np.ndarray[tuple[int], np.dtype[np.intp]], k: int, cache_bytes: int):
+    def __init__(
+        self,
+        sim: Simulator,
+        fold: np.ndarray[tuple[int], np.dtype[np.intp]],
+        k: int,
+        cache_bytes: int,
+        warm: bool = True,
+    ) -> None:
         self.sim = sim
         self.k = k
         self._rows = [fold == f for f in range(k)]
@@ -68,6 +75,7 @@ class Fits:
         self._final: dict[tuple[int, ...], tuple[tuple[float, ...], float]] = {}
         self._scores = _Lru(cache_bytes)
         self.fitted = 0
+        self.warm = warm
 
     def held_out(self, g: tuple[int, ...], st: TierStats | None = None) -> FloatArray:
         """Logit of P(correct) for each example, from the fit on the folds it is not in."""
@@ -80,9 +88,11 @@ class Fits:
         weights = self._folds.get(g)
         if weights is None:
             weights = []
+            warm: tuple[tuple[float, ...], float] | None = None
             for rows in self._rows:
                 train = ~rows & st.has_answer
-                w, b = fit(x[train], st.correct[train])
+                w, b = fit(x[train], st.correct[train], start=warm if self.warm else None)
+                warm = (w, b)  # the folds share most of their rows: the next fit starts here
                 weights.append((np.asarray(w), b))
             self._folds[g] = weights
             self.fitted += self.k
