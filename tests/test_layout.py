@@ -18,7 +18,7 @@ PUBLIC = sorted((Path(__file__).parent / "public_api.txt").read_text().split())
 
 
 def test_public_api_snapshot() -> None:
-    """A name added to or dropped from ``llm_cascade.__all__`` must be a decision: update tests/public_api.txt with it."""
+    """A name added to or dropped from ``llm_cascade.__all__`` is a decision: record it in tests/public_api.txt."""
     assert sorted(llm_cascade.__all__) == PUBLIC
     for name in llm_cascade.__all__:
         assert getattr(llm_cascade, name) is not None
