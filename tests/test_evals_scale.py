@@ -108,3 +108,14 @@ def test_synthetic_runs_hide_a_cascade_that_the_search_finds() -> None:
     cal = calibrate(_synthetic(3000, 6, seed=0))
     assert cal.verdict == "cascade" and len(cal.config.tiers) >= 2
     assert cal.evaluated > 1000
+
+
+def test_max_memory_narrows_the_search_and_says_so() -> None:
+    matrix = _synthetic(2000, 5, seed=1)
+    full = calibrate(matrix)
+    tight = calibrate(matrix, max_memory=2_000_000)
+    assert full.limited == "" and "at most" in tight.limited and "max_memory" in tight.limited
+    assert tight.evaluated < full.evaluated
+    assert all(len(t.models) < 3 for _, _, cfg in tight.frontier for t in cfg.tiers)
+    roomy = calibrate(matrix, max_memory=8 * 2**30)
+    assert roomy.limited == "" and (roomy.config, roomy.evaluated) == (full.config, full.evaluated)

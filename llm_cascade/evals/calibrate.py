@@ -19,6 +19,7 @@ Otherwise the verdict is plainly "use the best single model".
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -114,6 +115,7 @@ class Calibration:
     best_single: str | None = None
     folds: int = 0
     pruned: int = 0
+    limited: str = ""
 
 
 _Learned = LearnedAt  # a learned rule before its final fit (see llm_cascade.evals.search)
@@ -192,8 +194,12 @@ def calibrate(
     learned: bool = True,
     progress: Progress | None = None,
     prune: bool = True,
+    max_memory: int | None = None,
 ) -> Calibration:
     """Search cascades on ``matrix`` (the calibration runs) for ``target``, judged on fold-held-out outcomes.
+
+    ``max_memory`` (bytes): when the search as asked would need more (see :func:`search_plan`), it is narrowed to
+    smaller groups rather than failing, and ``Calibration.limited`` says so (empty when nothing was narrowed).
 
     ``learned=False`` leaves the learned deferral rule out (the confidence-chain baseline uses only thresholds).
     ``prune=False`` scores every candidate, even those that provably cannot be chosen nor be on the frontier (the
@@ -202,7 +208,17 @@ def calibrate(
     target = target or Target()
     if not 1 <= max_tiers <= 3:
         raise ConfigError("max_tiers", f"must be 1, 2 or 3, got {max_tiers!r}")
-    sim = Simulator(matrix)
+    cache_bytes, limited = CACHE_BYTES, ""
+    if max_memory is not None:
+        k_models = len(matrix.models if models is None else models)
+        cache_bytes, fitted = search_plan(matrix.n, k_models, max_members, target.bootstrap, max_memory)
+        if fitted < max_members:
+            limited = (
+                f"search narrowed to groups of at most {fitted} model(s) (asked: {max_members}) to stay within "
+                f"max_memory={max_memory / 2**30:.2f} GiB"
+            )
+            max_members = fitted
+    sim = Simulator(matrix, cache_bytes=cache_bytes)
     names = list(matrix.models if models is None else models)
     for m in names:
         matrix.index(m)
@@ -212,7 +228,7 @@ def calibrate(
         raise ConfigError("models", f"no priced model to calibrate with (unpriced: {', '.join(excluded)})")
     k = min(target.folds, matrix.n)
     fold = np.random.default_rng(target.seed).permutation(matrix.n) % k
-    search = _Search(sim, fold.astype(np.intp), k)
+    search = _Search(sim, fold.astype(np.intp), k, cache_bytes)
     singles = {m: sim.score(CascadeSpec((TierSpec((m,)),))) for m in names}
     order = sorted(names, key=lambda m: (-singles[m][0], singles[m][1]))
     best = order[0]
@@ -267,7 +283,27 @@ def calibrate(
         cfg, chosen[1], chosen[0], floor, floor_model, evaluated, passed, excluded, frontier, verdict, reason, best, k
     )
     out.pruned = scan.pruned
+    out.limited = limited
     return out
+
+
+def search_plan(n: int, models: int, max_members: int, bootstrap: int, max_memory: int) -> tuple[int, int]:
+    """(cache bytes, largest group size) that keep a search of ``n`` examples x ``models`` within ``max_memory``.
+
+    What grows with the search: the dense matrix and its per-example confidences (about 40 bytes per cell), the
+    bootstrap counts (one byte per example and resample), the later tiers' columns (each candidate last tier and
+    two-tier suffix: about 12 bytes per example) and a group's masks (one byte per example and rule). The caches get
+    an eighth of what is left; groups shrink from ``max_members`` until the rest fits.
+    """
+    fixed = n * models * 40 + n * bootstrap + 2 * n * 12 * models
+    for size in range(max_members, 0, -1):
+        rules = len(_rules(size, THRESHOLDS))
+        suffixes = min(math.comb(models, size) * rules, 200)
+        need = fixed + n * rules * 9 + n * 12 * suffixes
+        if need <= max_memory or size == 1:
+            cache = max(16 * 2**20, min(CACHE_BYTES, (max_memory - need) // 8))
+            return cache, size
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _point_frontier(points: list[Point]) -> list[Point]:

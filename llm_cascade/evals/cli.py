@@ -96,11 +96,19 @@ def register(app: Any) -> None:
                 "exact, or with --from-ledger choice when every observed answer is a letter"
             ),
         ] = None,
+        max_memory: Annotated[
+            float | None,
+            typer.Option(
+                "--max-memory",
+                help="GiB the search may use: above it the search is narrowed (smaller groups, said in the report) "
+                "rather than failing",
+            ),
+        ] = None,
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model; or, with
         --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from ..core.errors import ConfigError
         from .calibrate import Target
@@ -158,13 +166,19 @@ def register(app: Any) -> None:
                 contender_share=contender_share,
                 min_saving=min_saving,
             )
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+            columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
                 task = bar.add_task("calibrating", total=1)
+                phase = [""]
 
                 def progress(stage: str, done: int, total: int) -> None:
-                    bar.update(task, description=stage, completed=done, total=max(total, 1))
+                    if stage != phase[0]:  # a new phase: its own bar, so the ETA is the phase's
+                        phase[0] = stage
+                        bar.reset(task, total=max(total, 1), description=stage)
+                    bar.update(task, completed=done, total=max(total, 1))
 
-                chosen = calibrate_runs(cal, target, models=names, progress=progress)
+                limit = None if max_memory is None else int(max_memory * 2**30)
+                chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit)
                 report = evaluate(
                     cal,
                     test_m,

@@ -204,6 +204,8 @@ def evaluate(
             "calibration_heldout_accuracy": chosen.accuracy,
             "calibration_heldout_cost_per_request_usd": _num(chosen.cost_per_request),
             "configurations_evaluated": chosen.evaluated,
+            "configurations_pruned": chosen.pruned,
+            "search_limited": chosen.limited,
         },
         "cost_ratio": _num(cost_ratio),
         "cost_ratio_ci": ratio_ci,
@@ -292,6 +294,10 @@ def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
         reach = ", ".join(f"tier {k}: {_pct(v)}" for k, v in enumerate(c["reach_rate_per_tier"]))
         cc = r["baselines"]["confidence_cascade"]
         lines.append(f"- **{r['name']}**: `{c['description']}`; requests reaching {reach}. {r['compared']}.")
+        if "configurations_evaluated" in c:
+            scored = f"Candidates scored: {c['configurations_evaluated']:,}"
+            scored += f" ({c.get('configurations_pruned', 0):,} skipped as dominated)"
+            lines.append(scored + (f"; {c['search_limited']}." if c.get("search_limited") else "."))
         if "skipped" in cc:
             conf_line = f"Confidence cascade baseline skipped: {cc['skipped']}."
         else:
