@@ -78,6 +78,9 @@ class Request:
     extra_body: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        mt = self.max_tokens
+        if mt is not None and mt.__class__ is int and not 1 <= mt <= MAX_TOKENS:  # 2**63 is never sent or priced
+            raise ConfigError("Request.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {_shown(mt)}")
         msgs = self.messages
         if type(msgs) is tuple:  # the usual case (from_prompt, replace): a loop, not a generator, on the hot path
             for m in msgs:
@@ -88,9 +91,6 @@ class Request:
         from .messages import as_messages
 
         object.__setattr__(self, "messages", as_messages(msgs))
-        mt = self.max_tokens
-        if mt is not None and mt.__class__ is int and not 1 <= mt <= MAX_TOKENS:  # 2**63 is never sent or priced
-            raise ConfigError("Request.max_tokens", f"must be an integer from 1 to {MAX_TOKENS}, got {_shown(mt)}")
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
