@@ -108,3 +108,76 @@ def test_without_the_journal_the_same_kill_loses_calls(tmp_path: Path) -> None:
     billed, ledger = killed_run(tmp_path, "off")
     assert missing(billed, ledger) > 0  # the window the journal closes (at least the call that killed it)
     ledger.close()
+
+
+SHADOW_WORKER = """
+import asyncio, os, signal, sys
+from llm_cascade import Router, Tier
+from llm_cascade.core.shadow import Shadow
+from llm_cascade.spend.ledger import Ledger
+from llm_cascade.spend.pricing import PriceTable
+from llm_cascade.core.types import Completion, Usage
+
+db, calls_file, journal = sys.argv[1], sys.argv[2], sys.argv[3]
+fd = os.open(calls_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+shadowed = 0
+
+class Billing:
+    supports_logprobs = False
+
+    def __init__(self, name: str, answer: str, pause: float) -> None:
+        self.name, self.answer, self.pause = f"fake:{name}", answer, pause
+
+    async def complete(self, request):
+        global shadowed
+        os.write(fd, f"{request.request_id} {self.name}\\n".encode())  # the provider has the call: it is billed
+        if self.name != "fake:a":
+            shadowed += 1
+            if shadowed == 200:
+                os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(self.pause)
+        return Completion(self.answer, self.name, Usage(100, 2), 0.01, "stop")
+
+entry = {"input": "1", "output": "1", "source": "test", "as_of": "2026-01"}
+prices = PriceTable({"a": entry, "s1": entry, "s2": entry}, fallback=None)
+ledger = Ledger(db, journal=journal)
+shadow = Shadow(1.0, ["fake:a", Billing("s1", "B", 0.004), Billing("s2", "C", 0.013)], concurrency=8)
+router = Router([Tier([Billing("a", "B", 0.001)])], normalizer="choice", prices=prices, ledger=ledger, shadow=shadow)
+
+async def main() -> None:
+    for i in range(10_000):
+        await router.route(f"q{i}")
+        await asyncio.sleep(0.001)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_shadow_call(tmp_path: Path) -> None:
+    """Shadow calls are billed like the cascade's: killed while some are in flight and others recorded but not
+    committed, the replay stores every one of them, priced, tagged shadow, and the cascade's rows of the same
+    requests stay as they were (a shadow call's journal record never replaces them)."""
+    db, calls, folder = tmp_path / "ledger.db", tmp_path / "calls.txt", tmp_path / "journal"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHADOW_WORKER, str(db), str(calls), str(folder)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    billed = collections.Counter(tuple(line.split()) for line in calls.read_text().splitlines())
+    assert sum(n for (_, model), n in billed.items() if model != "fake:a") == 200
+    ledger = Ledger(db, journal=folder)
+    assert ledger.replayed > 0
+    assert missing(billed, ledger) == 0
+    rows = ledger.rows()
+    keys = [(r.request_id, r.model, r.tier, r.attempt) for r in rows]
+    assert len(keys) == len(set(keys))  # nothing stored twice
+    shadow = [r for r in rows if r.tags.get("shadow") == "1"]
+    assert {r.model for r in shadow} == {"fake:s1", "fake:s2"}
+    assert all(r.cost_usd is not None and r.cost_usd > 0 for r in shadow)  # priced, in flight ones at an estimate
+    assert any(r.outcome == "cancelled" and r.estimated for r in shadow)  # some were cut mid-call
+    assert all(r.model == "fake:a" for r in rows if r.tags.get("shadow") != "1")
+    ledger.close()
+    assert not [*folder.glob("*.wal")]

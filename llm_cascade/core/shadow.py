@@ -16,7 +16,10 @@ Shadow calls are real calls and cost real money, so they are:
   prompt's estimated cost, or at what the member's previous shadow call cost when that is more);
 - bounded: at most ``concurrency`` shadow calls at once, and at most ``max_pending`` sampled requests waiting (more
   are not shadowed, and counted in :attr:`Shadow.stats`);
-- cancelled on :meth:`Router.aclose`, each cancelled call still recorded (outcome ``cancelled``) like any other.
+- cancelled on :meth:`Router.aclose`, each cancelled call still recorded (outcome ``cancelled``) like any other;
+- journaled like the cascade's calls (:mod:`llm_cascade.spend.journal`): an intent before each call starts, its
+  row when it ends, each shadow call in its own journal unit, so a ``kill -9`` loses none and bills one that was in
+  flight at its estimate, without ever replacing the cascade's rows of the same request.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend, resolve
+from ..spend.meter import interrupted
 from .errors import ConfigError
 from .normalize import Normalizer
 from .types import Call, Completion, Request, Usage
@@ -205,13 +209,7 @@ class Shadow:
     ) -> None:
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.concurrency)
-        made: list[Call] = []
-        try:
-            await asyncio.gather(*(self._one(ledger, request, entry, made) for entry in todo))
-        finally:  # one write for the request's shadow calls, cancelled ones included (gather waits for them)
-            if made:
-                with contextlib.suppress(Exception):  # a closed or full ledger loses an observation, nothing else
-                    ledger.record(request.request_id, made, tags, observed=seen)
+        await asyncio.gather(*(self._one(ledger, request, entry, tags, seen) for entry in todo))
 
     def _spent_today(self, ledger: Any) -> Decimal:
         """Today's shadow spend: read from the ledger once a day (so a restart keeps counting), then kept here."""
@@ -226,13 +224,10 @@ class Shadow:
             self.stats.spent_usd = Decimal(spent)
         return self.stats.spent_usd
 
-    def _admit(self, ledger: Any, router: Router, backend: Backend, request: Request) -> Decimal | None:
+    def _admit(self, ledger: Any, backend: Backend, estimate: Decimal | None) -> Decimal | None:
         """The estimated cost held for a shadow call about to start, or None when it must not start."""
         if self.limit_usd is None:
             return Decimal(0)
-        estimator = router.estimator
-        usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
-        estimate = router._cost(backend, usage, None, None)
         if estimate is None:  # no price: its cost could not be counted against the limit
             return None
         # The prompt alone under-counts a call that writes a long answer: hold what the member's last call cost.
@@ -247,7 +242,8 @@ class Shadow:
         ledger: Any,
         request: Request,
         entry: tuple[Backend, int, Normalizer],
-        made: list[Call],
+        tags: Mapping[str, str],
+        seen: Observed,
     ) -> None:
         from .router import _read_async  # the router's own reading of a text, off the loop for a blocking normaliser
 
@@ -255,10 +251,17 @@ class Shadow:
         assert router is not None and self._gate is not None
         backend, tier, normalizer = entry
         async with self._gate:
-            held = self._admit(ledger, router, backend, request)
+            estimator = router.estimator
+            usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
+            estimate = router._cost(backend, usage, None, None)
+            held = self._admit(ledger, backend, estimate)
             if held is None:
                 self.stats.skipped += 1
                 return
+            rid = request.request_id
+            if getattr(ledger, "journaled", False):  # billed by a replay if the process dies during the call
+                with contextlib.suppress(Exception):
+                    ledger.intent(rid, (interrupted(backend.name, tier, usage, estimate),), tags, observed=seen)
             req = request.with_logprobs() if getattr(backend, "supports_logprobs", False) else request
             start = time.perf_counter()
             completion: Completion | None = None
@@ -283,7 +286,8 @@ class Shadow:
                     if self._day == int(self._clock() // _DAY):
                         self.stats.spent_usd += call.cost_usd
                 self.stats.calls += 1
-                made.append(call)
+                with contextlib.suppress(Exception):  # a closed ledger loses an observation (its intent stays)
+                    ledger.record(rid, [call], tags, observed=seen)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
 

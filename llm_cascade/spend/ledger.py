@@ -37,14 +37,13 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, LedgerError
 from ..core.types import Call
-from .journal import InsecureFolder, Intents, Journal, orphans, pending_rows, secure_folder
-from .rowcheck import problem
+from .journal import InsecureFolder, Intents, Journal, orphans, pending_rows, secure_folder, unit, unit_of
+from .rowcheck import clean, problem
 from .spill import Spill
 from .stores import _COLUMNS, _NAMES, _lock_key, _redact, _SQLAlchemy, _SQLite
 from .writeout import RowWriter
@@ -76,7 +75,6 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OBSERVED = ("answer", "confidence", "digest", "prompt", "text")
 Row = tuple[Any, ...]
 _TAGS = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per json.dumps call
-_REQUEST_ID = itemgetter(1)  # of a row
 
 
 def default_path() -> Path:
@@ -161,6 +159,15 @@ class Totals:
     calls: int
     requests: int
     unpriced: int
+
+
+def _units(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
+    """Rows grouped by journal unit (:func:`~llm_cascade.spend.journal.unit`), in their order, each as it will be
+    stored (a replay refuses what the database would not take as is: a pool model outside the cascade's tier -1)."""
+    out: dict[str, list[Row]] = {}
+    for row in rows:
+        out.setdefault(unit(row), []).append(clean(row))
+    return list(out.items())
 
 
 def _safe(text: str) -> str:
@@ -342,7 +349,7 @@ class Ledger:
                 return 0
             paths = [path for path, _ in found]
             pending = pending_rows(*paths)
-            have = self._known(list(pending))
+            have = self._known(pending)
             pad = (None,) * len(_NAMES)  # a row journaled by an older version lacks the columns added since
             rows: list[Row] = []
             for rid, rs in pending.items():
@@ -350,7 +357,7 @@ class Ledger:
                     continue
                 for seq, r in enumerate(rs):
                     row = (*r[:2], seq, *r[3:], *pad[len(r) :]) if len(r) > 3 else r
-                    why = problem(row) or (None if row[1] == rid else "a row of another request")
+                    why = problem(row) or (None if unit(row) == rid else "a row of another request")
                     if why is None:
                         rows.append(row)
                         continue
@@ -373,13 +380,19 @@ class Ledger:
             for _, fd in found:
                 os.close(fd)
 
-    def _known(self, request_ids: Sequence[str]) -> set[str]:
+    def _known(self, pending: Mapping[str, Sequence[Row]]) -> set[str]:
+        """The journal units (:func:`~llm_cascade.spend.journal.unit`) of ``pending`` the database has rows of: a
+        request's cascade rows and each of its shadow calls are stored, and so replayed, apart."""
+        request_ids = list(dict.fromkeys(str(rs[0][1]) for rs in pending.values() if rs and len(rs[0]) > 1))
         ph = self._store.placeholder
         found: set[str] = set()
         for i in range(0, len(request_ids), 500):
             chunk = request_ids[i : i + 500]
-            sql = f"SELECT DISTINCT request_id FROM {self.table} WHERE request_id IN ({', '.join([ph] * len(chunk))})"
-            found.update(str(r[0]) for r in self._store.query(sql, chunk))
+            sql = (
+                f"SELECT DISTINCT request_id, model, tags FROM {self.table} "
+                f"WHERE request_id IN ({', '.join([ph] * len(chunk))})"
+            )
+            found.update(unit_of(str(r[0]), r[1], r[2]) for r in self._store.query(sql, chunk))
         return found
 
     # -- writing ----------------------------------------------------------------------------------------------------
@@ -473,13 +486,21 @@ class Ledger:
             out.append((*row[: -len(_OBSERVED)], answer, conf, seen.digest, prompt, text))
         return out
 
-    def intent(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+    def intent(
+        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], *, observed: Observed | None = None
+    ) -> None:
         """Journal the estimated rows of calls about to start (see :mod:`llm_cascade.spend.journal`); no-op without one.
 
-        The router passes the same tuple of intent calls for every request of a tier and prompt size, so the rows
-        are built once per (calls, tags) and only stamped with the time and the request id here."""
+        ``observed`` marking shadow calls (:mod:`llm_cascade.core.shadow`): each is journaled in its own unit
+        (:func:`~llm_cascade.spend.journal.unit`), which its :meth:`record` replaces. The router passes the same
+        tuple of intent calls for every request of a tier and prompt size, so the rows are built once per (calls,
+        tags) and only stamped with the time and the request id here."""
         journal = self._journal
         if journal is None:
+            return
+        if observed is not None and observed.shadow:
+            for name, rows in _units(self._observed_rows(request_id, calls, metadata, self.clock(), observed)):
+                journal.intent(name, rows)
             return
         key: object = (id(calls), tuple(metadata.items())) if metadata else id(calls)
         try:
@@ -525,10 +546,12 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise LedgerError(f"ledger {_redact(self.url)} is closed")
-            # Shadow rows are not journaled: they share the request's id, and a journal record replaces the
-            # request's earlier one on replay (the cascade's own rows must never be lost to an observation).
-            if self._journal is not None and (observed is None or not observed.shadow):
-                self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
+            if self._journal is not None:
+                if observed is None or not observed.shadow:
+                    self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
+                else:  # shadow calls: each in its own unit, never replacing the cascade's record (or another's)
+                    for key, part in _units(rows):
+                        self._journal.recorded(key, part, locked=True)
             wake = not self._pending  # the writer sleeps only on an empty backlog: wake it once, not per request
             self._pending.extend(rows)
             if not wake and len(self._pending) > self.max_backlog and not self._spill_wanted:
@@ -572,10 +595,10 @@ class Ledger:
         if self._journal is None:
             return
         if not kept:
-            self._journal.committed(map(_REQUEST_ID, batch))
+            self._journal.committed(map(unit, batch))
         elif len(kept) < len(batch):
-            waiting = set(map(_REQUEST_ID, kept))
-            self._journal.committed(rid for rid in map(_REQUEST_ID, batch) if rid not in waiting)
+            waiting = set(map(unit, kept))
+            self._journal.committed(rid for rid in map(unit, batch) if rid not in waiting)
 
     def _store_rows(self, rows: Sequence[Row]) -> tuple[list[Row], BaseException | None]:
         return self._rows_out.store_rows(rows)

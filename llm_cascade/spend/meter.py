@@ -294,13 +294,17 @@ class SpendMeter:
             if usage is None:
                 usage = Usage(size, estimator.expected_output, 0, estimated=True)  # type: ignore[arg-type,union-attr]
             members = self.tiers[tier]
-            found = tuple(
-                Call(m.name, tier, "cancelled", usage, cost_usd=self.cost(m, usage), error=_WHY) for m in members
-            )
+            found = tuple(interrupted(m.name, tier, usage, self.cost(m, usage)) for m in members)
             if len(self._intents) >= 4096:
                 self._intents.clear()
             self._intents[key] = found
         return found
+
+
+def interrupted(model: str, tier: int, usage: Usage, cost: Decimal | None) -> Call:
+    """The row a call about to start is journaled as (its intent): what the ledger bills if the process dies during
+    it, at its estimated ``usage`` and ``cost``; the call's real row replaces it once it ends."""
+    return Call(model, tier, "cancelled", usage, cost_usd=cost, error=_WHY)
 
 
 def spent(calls: Sequence[Call]) -> Decimal:

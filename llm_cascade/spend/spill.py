@@ -21,14 +21,12 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from itertools import groupby
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from .journal import _HEAD, _Decoder, _request, secure_folder
+from .journal import _HEAD, _Decoder, _request, secure_folder, unit
 
 Row = tuple[Any, ...]
-_REQUEST_ID = itemgetter(1)
 _READ = 4 << 20  # bytes read back per step
 
 
@@ -47,7 +45,7 @@ class Spill:
     def append(self, rows: Sequence[Row]) -> None:
         """Add whole requests' rows (the caller never splits a request: its rows are replayed together)."""
         parts: list[bytes] = []
-        for rid, group in groupby(rows, key=_REQUEST_ID):
+        for rid, group in groupby(rows, key=unit):  # a journal unit's rows, replayed like its journal records
             payload = marshal.dumps((rid, tuple(group)), 4)
             parts.append(_HEAD.pack(b"s", len(payload), zlib.crc32(payload)) + payload)
         data = b"".join(parts)
