@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: demo test docs postgres llamacpp chromium models lint typecheck bench clean
+.PHONY: demo test docs postgres redis llamacpp chromium models lint typecheck bench clean
 
 # torch is pinned to the CPU wheel before the [hf] extra, so that installing it never pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -36,7 +36,7 @@ demo: $(VENV)/.installed
 	  --html build/eval/compare.html --markdown build/eval/compare.md --json build/eval/compare.json
 	@echo "compare page: build/eval/compare.html (self-contained; open it in a browser)"
 
-test: $(VENV)/.installed postgres llamacpp chromium
+test: $(VENV)/.installed postgres redis llamacpp chromium
 	$(PY) -m pytest
 
 # The ledger's PostgreSQL tests start their own throwaway server from Debian's postgresql package; install it when
@@ -45,6 +45,12 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
+
+# The Redis response-cache tests start their own redis-server from Debian's redis-server package, like PostgreSQL.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+	  echo "redis-server could not be installed: its tests will be skipped"
 
 # The docs site (docs/, mkdocs.yml) into build/site; the tests build it too, with --strict.
 docs: $(VENV)/.installed

@@ -11,8 +11,8 @@ import pytest
 from llm_cascade.spend.ledger import Ledger
 from llm_cascade.testing import Answer, RecordedServer
 
-# A throwaway PostgreSQL server (fixture `pg_url`), started only by tests that ask for it.
-pytest_plugins = ["pg_server"]
+# Throwaway PostgreSQL and Redis servers (fixtures `pg_url`, `redis_url`), started only by tests that ask for them.
+pytest_plugins = ["pg_server", "redis_server"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("LLM_CASCADE_DATA", REPO.parent / "shared" / "data"))

@@ -9,8 +9,13 @@ answer it repeats, so spend reports count the requests served and what they did 
 decided are stored (never a budget-forced one, never a failure). Entries expire after ``ttl`` seconds and the
 oldest-used go first past ``maxsize``; the clock is injectable for tests.
 
-It lives in this process's memory. (Sharing it between processes through the ledger's database or Redis is not
-built yet.)
+:class:`ResponseCache` lives in this process's memory and keeps the result objects themselves (a hit costs a few
+microseconds). To share answers between processes, :class:`~llm_cascade.core.cache_shared.SharedCache` keeps them
+as JSON under a digest of the request in a :class:`CacheBackend`: a table of the ledger's database
+(:mod:`llm_cascade.spend.cachestore`, SQLite or PostgreSQL) or Redis (:mod:`llm_cascade.core.cache_redis`).
+
+A hit's ledger row carries the tag ``cache_saved_usd``: what the cached answer's calls cost when they were made,
+which ``llm-cascade spend`` sums as the cache's saving.
 """
 
 from __future__ import annotations
@@ -21,13 +26,35 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigError
 from .types import Call, Request, RouteResult, Usage
 
 _NO_USAGE = Usage()
 _ZERO = Decimal(0)
+SAVED_TAG = "cache_saved_usd"  # on a hit's ledger row: what the cached answer cost when it was made
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What the Router needs from a response cache. Neither method may raise for a cache that is down (a failing
+    cache is a miss, never a failed request), nor block the event loop."""
+
+    async def get(self, request: Request) -> RouteResult | None: ...
+
+    async def put(self, request: Request, result: RouteResult) -> None: ...
+
+
+class CacheBackend(Protocol):
+    """Where a shared cache keeps its entries: text values under text keys, each kept for ``ttl`` seconds (None:
+    until evicted). Async, and never blocking the event loop (database I/O runs in a thread)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str, ttl: float | None) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _frozen(value: Any) -> Any:
@@ -79,7 +106,7 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, request: Request) -> RouteResult | None:
+    async def get(self, request: Request) -> RouteResult | None:
         """The stored result for ``request``, or None (absent or expired)."""
         key = request_key(request)
         found = self._entries.get(key)
@@ -95,7 +122,7 @@ class ResponseCache:
         self.hits += 1
         return result
 
-    def put(self, request: Request, result: RouteResult) -> None:
+    async def put(self, request: Request, result: RouteResult) -> None:
         """Store a decided result (a failure or a budget-forced answer is not stored)."""
         if result.answer is None or result.forced_by == "budget":
             return
@@ -109,16 +136,43 @@ class ResponseCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    async def aclose(self) -> None:
+        self._entries.clear()
 
-def as_cache(value: object) -> ResponseCache | None:
-    """``Router(cache=...)``: True for a default cache, a ResponseCache, or None/False for none."""
+
+def as_cache(value: object) -> Cache | None:
+    """``Router(cache=...)``: True for a default cache, a ResponseCache or SharedCache, or None/False for none."""
     if value is None or value is False:
         return None
     if value is True:
         return ResponseCache()
-    if isinstance(value, ResponseCache):
+    if isinstance(value, Cache) and not isinstance(value, type):
         return value
-    raise ConfigError("Router.cache", f"must be True, False or a ResponseCache, got {type(value).__name__}")
+    raise ConfigError(
+        "Router.cache", f"must be True, False, a ResponseCache or a SharedCache, got {type(value).__name__}"
+    )
+
+
+def saved_usd(cached: RouteResult) -> Decimal | None:
+    """What the cached answer's calls cost when they were made (None when a call's price was unknown)."""
+    total = _ZERO
+    for c in cached.calls:
+        if c.outcome == "cache_hit":
+            continue
+        if c.cost_usd is None:
+            if c.usage.total_tokens or c.outcome == "ok":
+                return None
+            continue
+        total += c.cost_usd
+    return total
+
+
+def hit_request(request: Request, cached: RouteResult) -> Request:
+    """The request as the hit's ledger row records it: its tags, and :data:`SAVED_TAG` when the saving is known."""
+    saved = saved_usd(cached)
+    if saved is None:
+        return request
+    return replace(request, metadata={**request.metadata, SAVED_TAG: format(saved, "f")})
 
 
 def hit_result(cached: RouteResult, request: Request) -> RouteResult:

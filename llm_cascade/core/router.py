@@ -41,7 +41,7 @@ from ..spend.meter import Pricer as Pricer
 from ..spend.meter import SpendSink as SpendSink
 from . import observe, refusal
 from .agreement import Rule, TierVotes, Unanimous
-from .cache import ResponseCache, as_cache, hit_result
+from .cache import Cache, ResponseCache, as_cache, hit_request, hit_result
 from .errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -311,7 +311,8 @@ class Router:
     attempts, jittered back-off from 0.5 s, 30 s in all, Retry-After honoured). ``retry=None`` opts out.
     ``on_call`` / ``on_result`` are callbacks (see :mod:`llm_cascade.core.observe`). ``cache=True`` (or a
     :class:`~llm_cascade.core.cache.ResponseCache`) answers a repeated request from memory, recorded as a
-    ``cache_hit`` row of cost 0.
+    ``cache_hit`` row of cost 0; a :class:`~llm_cascade.core.cache_shared.SharedCache` shares answers between
+    processes (the ledger's database, Redis).
     """
 
     def __init__(
@@ -330,7 +331,7 @@ class Router:
         on_call: observe.OnCall | None = None,
         on_result: observe.OnResult | None = None,
         shadow: Shadow | None = None,
-        cache: ResponseCache | bool | None = None,
+        cache: Cache | ResponseCache | bool | None = None,
     ) -> None:
         self.cache = as_cache(cache)  # exact-match response cache, off unless asked (llm_cascade.core.cache)
         if isinstance(tiers, str | Tier) or not isinstance(tiers, Sequence):
@@ -510,17 +511,17 @@ class Router:
             request = prepare(request, _new_request_id(), dict(zip(ROUTE_PARAMS, given, strict=True)))
         cache = self.cache
         if cache is not None and tab is None:  # a response cache (llm_cascade.core.cache): a hit calls no model
-            cached = cache.get(request)
+            cached = await cache.get(request)
             if cached is not None:
                 result = hit_result(cached, request)
-                await self.meter.open(request).close(result.calls)  # one cache_hit row, cost 0
+                await self.meter.open(hit_request(request, cached)).close(result.calls)  # one cache_hit row, cost 0
                 observe.result_returned(result, self.on_result, None)
                 return result
         with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
             result = await self._route_recorded(request, tab)
             observe.result_returned(result, self.on_result, current)
         if cache is not None:
-            cache.put(request, result)
+            await cache.put(request, result)
         return result
 
     async def stream(

@@ -243,6 +243,19 @@ class LedgerConfig(_Model):
     spill: str | None = None
 
 
+class CacheConfig(_Model):
+    """The response cache (:mod:`llm_cascade.core.cache`): exact-match answers to repeated requests, recorded as
+    ``cache_hit`` rows of cost 0. ``memory``: in this process; ``ledger``: a table in the ledger's database (``url``:
+    another database than ``[ledger]``'s), shared by every process on it; ``redis``: the Redis server at ``url``.
+    Each cascade has its own entries (the cascade's name is part of the key)."""
+
+    backend: Literal["memory", "ledger", "redis"] = "memory"
+    ttl: Annotated[float, Field(gt=0)] | None = 3600.0
+    maxsize: Annotated[int, Field(ge=1)] = 10_000
+    url: str | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+
 class ShadowConfig(_Model):
     """Shadow sampling (:mod:`llm_cascade.core.shadow`): on a ``rate`` share of requests, every model of ``pool``
     (default: every member of the cascade; models outside it allowed, as members are written) answers too, in the
@@ -356,6 +369,7 @@ class Config(_Model):
     budgets: BudgetsConfig | None = None
     resilience: ResilienceConfig | None = None
     shadow: ShadowConfig | None = None
+    cache: CacheConfig | None = None
     audit: AuditConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
@@ -478,17 +492,20 @@ class Components:
         ledger: SpendSink | None = None,
         budget: Guard | None = None,
         resilience: Resilience | None = None,
+        cache: Any = None,
     ):
         self.prices = prices
         self.ledger = ledger
         self.budget = budget
         self.resilience = resilience
+        self.cache = cache  # the [cache] section's shared backend (a CacheBackend), None for memory or none
 
     def close(self) -> None:
-        """Close the ledger's connections, when it has any."""
-        close = getattr(self.ledger, "close", None)
-        if callable(close):
-            close()
+        """Close the ledger's and the cache table's connections, when they have any."""
+        for part in (self.cache, self.ledger):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
 
 
 def build_components(cfg: Config, *, sleep: Sleep | None = None, clock: Clock | None = None) -> Components:
@@ -501,7 +518,43 @@ def build_components(cfg: Config, *, sleep: Sleep | None = None, clock: Clock | 
     resilience = Resilience.from_config(
         cfg.resilience, cfg.providers, sleep=sleep or asyncio.sleep, clock=clock or time.monotonic
     )
-    return Components(prices, ledger, budget, resilience)
+    cache = _build_cache_backend(cfg.cache, cfg.ledger) if cfg.cache is not None else None
+    return Components(prices, ledger, budget, resilience, cache)
+
+
+def _build_cache_backend(cc: CacheConfig, lc: LedgerConfig | None) -> Any:
+    """The shared store of a ``ledger`` or ``redis`` cache (None for ``memory``): one for all cascades."""
+    if cc.backend == "memory":
+        return None
+    if cc.backend == "redis":
+        from ..core.cache_redis import RedisCache
+
+        return RedisCache(cc.url or "redis://localhost:6379/0")
+    from ..spend.cachestore import DatabaseCache
+    from ..spend.ledger import default_path
+
+    if cc.url is None and lc is None:
+        raise ConfigError("cache.backend", "'ledger' keeps answers in the ledger's database: add [ledger] or cache.url")
+    url = cc.url or (lc.url if lc is not None else "default")
+    try:
+        return DatabaseCache(
+            default_path() if url == "default" else url,
+            table=lc.table if lc is not None else "llm_cascade_calls",
+            maxsize=cc.maxsize,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"cache.{exc.field.removeprefix('DatabaseCache.')}", exc.problem) from None
+
+
+def _build_cache(cc: CacheConfig, comp: Components, cascade: str) -> Any:
+    """The cascade's response cache: its own in memory, or its namespace in the file's shared store."""
+    if comp.cache is None:
+        from ..core.cache import ResponseCache
+
+        return ResponseCache(maxsize=cc.maxsize, ttl=cc.ttl)
+    from ..core.cache_shared import SharedCache
+
+    return SharedCache(comp.cache, ttl=cc.ttl, timeout_s=cc.timeout_s, namespace=cascade)
 
 
 def _build_prices(pc: PricesConfig) -> Pricer:
@@ -663,6 +716,8 @@ def build_router(cfg: Config, cascade: str, *, components: Components | None = N
     }
     if cfg.shadow is not None and "shadow" not in overrides:
         kwargs["shadow"] = _build_shadow(cfg, cfg.shadow, comp, cascade)
+    if cfg.cache is not None and "cache" not in overrides:
+        kwargs["cache"] = _build_cache(cfg.cache, comp, cascade)
     kwargs.update(overrides)
     try:
         return Router(tiers, **kwargs)
