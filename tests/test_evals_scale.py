@@ -119,3 +119,16 @@ def test_max_memory_narrows_the_search_and_says_so() -> None:
     assert all(len(t.models) < 3 for _, _, cfg in tight.frontier for t in cfg.tiers)
     roomy = calibrate(matrix, max_memory=8 * 2**30)
     assert roomy.limited == "" and (roomy.config, roomy.evaluated) == (full.config, full.evaluated)
+
+
+def test_blas_runs_on_one_thread_during_the_search_and_is_restored_after() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+    calibrate(_synthetic(300, 4, seed=2), progress=lambda *_: seen.append(blas_threads()))
+    assert seen and all(t == [1] * len(t) for t in seen)
+    assert blas_threads() == before

@@ -30,7 +30,7 @@ from ..core.agreement import All, AnyOf, Confidence, Majority, Quorum, Rule, Una
 from ..core.deferral import Learned
 from ..core.errors import ConfigError
 from .records import BoolArray, FloatArray, RunMatrix
-from .search import Decider, Fits, LearnedAt, Point, Pool, Resamples, Scan, group_means
+from .search import Decider, Fits, LearnedAt, Point, Pool, Resamples, Scan, group_means, one_blas_thread
 from .simulate import CACHE_BYTES, CascadeSpec, Simulator, TierSpec
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
@@ -205,6 +205,24 @@ def calibrate(
     ``prune=False`` scores every candidate, even those that provably cannot be chosen nor be on the frontier (the
     choice is the same; ``Calibration.pruned`` says how many were skipped).
     """
+    with one_blas_thread():
+        return _calibrate(
+            matrix, target, models, max_members, max_tiers, thresholds, learned, progress, prune, max_memory
+        )
+
+
+def _calibrate(
+    matrix: RunMatrix,
+    target: Target | None,
+    models: Sequence[str] | None,
+    max_members: int,
+    max_tiers: int,
+    thresholds: Sequence[float],
+    learned: bool,
+    progress: Progress | None,
+    prune: bool,
+    max_memory: int | None,
+) -> Calibration:
     target = target or Target()
     if not 1 <= max_tiers <= 3:
         raise ConfigError("max_tiers", f"must be 1, 2 or 3, got {max_tiers!r}")
