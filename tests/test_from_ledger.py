@@ -220,3 +220,41 @@ def test_replay_answers_each_row_by_its_id_not_by_its_prompt(tmp_path: Path) -> 
     ledger = Ledger(tmp_path / "l.db", journal=False)
     assert sorted(r.tags["example"] for r in ledger.rows()) == [f"r{i}" for i in range(6)]
     ledger.close()
+
+
+def test_audit_and_calibrate_read_the_reference_the_ledger_records(tmp_path: Path) -> None:
+    """Served by the reference alone, the shadowed rows name it: `audit --from-ledger URL` and `calibrate
+    --from-ledger URL` need no --reference (which still overrides it); a ledger naming none says to pass it."""
+    from typer.testing import CliRunner
+
+    from llm_cascade.evals.audit import audit
+    from llm_cascade.serve.cli import _app
+
+    _serve(tmp_path / "l.db")
+    rows = read_observations(str(tmp_path / "l.db"))
+    assert {o.tags.get("reference") for o in rows} == {"fake:ref"}
+    assert audit(str(tmp_path / "l.db"))["reference"] == "fake:ref"
+    assert audit(str(tmp_path / "l.db"), "bad")["reference"] == "fake:bad"  # the option overrides it
+    cli, app = CliRunner(), _app()
+    done = cli.invoke(app, ["audit", "--from-ledger", str(tmp_path / "l.db"), "--json", str(tmp_path / "a.json")])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "a.json").read_text())["total"]["fidelity"] == 1.0
+    done = cli.invoke(
+        app,
+        ["calibrate", "--from-ledger", str(tmp_path / "l.db"), "--suggest-labels", "5", "--out", str(tmp_path / "a")],
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["reference"] == "fake:ref"
+
+    ledger = Ledger(tmp_path / "m.db", journal=False, linger_s=0)  # two members: no reference unless configured
+
+    async def go() -> None:
+        members = [FakeBackend("ref", "A"), FakeBackend("cheap", "A")]
+        router = Router([members], normalizer="choice", ledger=ledger, shadow=Shadow(1.0), retry=None)
+        await router.route("Q")
+        await router.aclose()
+
+    asyncio.run(go())
+    ledger.close()
+    with pytest.raises(ConfigError, match="--reference"):
+        audit(str(tmp_path / "m.db"))

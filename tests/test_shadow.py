@@ -69,10 +69,11 @@ def test_sampled_request_observes_every_pool_member_after_the_answer(tmp_path: P
     rows = ledger.rows()
     by = {r.model: r for r in rows}
     assert set(by) == {"fake:ref", "fake:a", "fake:b"}
-    assert by["fake:a"].tags == {"example": "7", "shadow": "1"} and by["fake:a"].answer == "C"
+    assert by["fake:a"].tags == {"example": "7", "reference": "fake:ref", "shadow": "1"}
+    assert by["fake:a"].answer == "C"
     assert by["fake:a"].confidence == pytest.approx(0.6)  # the shadow call asked for log-probabilities
     assert by["fake:a"].cost_usd == Decimal("0.000011")  # 10 in + 1 out at $1/M
-    assert by["fake:ref"].tags == {"example": "7"}
+    assert by["fake:ref"].tags == {"example": "7", "reference": "fake:ref"}  # the reference alone serves
     assert len({r.request_id for r in rows}) == 1
     assert ledger.spend(tags={"shadow": "1"}) == Decimal("0.000022")
     ledger.close()
@@ -178,7 +179,7 @@ def test_close_cancels_shadow_calls_and_records_them(tmp_path: Path) -> None:
 
     asyncio.run(go())
     rows = {r.model: r for r in ledger.rows()}
-    assert rows["fake:a"].outcome == "cancelled" and rows["fake:a"].tags == {"shadow": "1"}
+    assert rows["fake:a"].outcome == "cancelled" and rows["fake:a"].tags["shadow"] == "1"
     ledger.close()
 
 
@@ -329,6 +330,6 @@ def test_postgresql_ledger_gets_the_columns_and_keeps_observations(pg_url: str) 
     asyncio.run(go())
     rows = {r.model: r for r in ledger.rows()}
     assert rows["fake:ref"].answer == "B" and rows["fake:a"].answer == "C"
-    assert rows["fake:a"].confidence == pytest.approx(0.25) and rows["fake:a"].tags == {"shadow": "1"}
+    assert rows["fake:a"].confidence == pytest.approx(0.25) and rows["fake:a"].tags["shadow"] == "1"
     assert ledger.spend(tags={"shadow": "1"}) == Decimal("0.000011")
     ledger.close()

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .router import Router
 
 SHADOW_TAG = "shadow"  # the tag of a shadow call's ledger row (value "1")
+REFERENCE_TAG = "reference"  # the tag naming the reference model on a shadowed request's rows (audit, calibrate)
 _log = logging.getLogger("llm_cascade.core.shadow")
 _DAY = 86_400
 
@@ -80,7 +81,10 @@ class Shadow:
     ``rate``: the share of requests sampled (0..1). ``pool``: the models to observe, names or backends (default:
     every member of the cascade); models outside the cascade are allowed. ``limit_usd``: the most shadow calls may
     cost per UTC day (None: no limit). ``concurrency``: shadow calls at once. ``store_text``: also store the prompt and
-    each raw answer (off: only a digest and the normalised answers). ``rng`` and ``clock`` are injectable for tests.
+    each raw answer (off: only a digest and the normalised answers). ``reference``: the model the cascade answers
+    for (its answers are "correct" for ``calibrate --from-ledger`` and ``audit``); default: the cascade's only member
+    when it has one (the start of the traffic loop). Written on every shadowed request's rows as the tag
+    ``reference``, so the ledger says what it was observed against. ``rng`` and ``clock`` are injectable for tests.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Shadow:
         concurrency: int = 4,
         max_pending: int = 1000,
         store_text: bool = False,
+        reference: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -111,6 +116,9 @@ class Shadow:
         self.concurrency = concurrency
         self.max_pending = max_pending
         self.store_text = bool(store_text)
+        if reference is not None and (not isinstance(reference, str) or not reference):
+            raise ConfigError("Shadow.reference", f"must be a model name, got {reference!r}")
+        self.reference = reference
         self.stats = ShadowStats()
         self._rng = rng or random.Random()
         self._clock = clock
@@ -136,6 +144,8 @@ class Shadow:
             for m in tier.members:
                 members.setdefault(m.name, (m, k, tier.normalizer or router.normalizer))
         self._logprobs = all(getattr(m, "supports_logprobs", False) for m, _, _ in members.values())
+        if self.reference is None and len(members) == 1:  # the reference alone serves: it is the reference
+            self.reference = next(iter(members))
         if self.pool_spec is None:
             self._pool = list(members.values())
             return self
@@ -176,6 +186,8 @@ class Shadow:
         from ..spend.ledger import Ledger, Observed
 
         metadata = dict(request.metadata)
+        if self.reference is not None:
+            metadata.setdefault(REFERENCE_TAG, self.reference)
         if not isinstance(ledger, Ledger):  # a sink that cannot keep observations: spend only, nothing to shadow
             ledger.record(request.request_id, calls, metadata)
             return

@@ -69,8 +69,23 @@ def _resolve(reference: str, models: set[str]) -> str:
     )
 
 
-def audit(source: Any, reference: str, *, since: float | None = None) -> dict[str, Any]:
-    """The audit report (JSON-ready): per day and in all. ``source``: a ledger URL or path, or an open Ledger."""
+def recorded_reference(rows: Sequence[Any], option: str = "--reference") -> str:
+    """The reference model the ledger's shadowed requests were observed against: the ``reference`` tag their rows
+    carry (:class:`~llm_cascade.core.shadow.Shadow`), the latest one when it changed; ConfigError naming ``option``
+    when none says."""
+    tagged = [r for r in rows if r.tags.get("reference")]
+    if not tagged:
+        raise ConfigError(
+            option,
+            "the ledger's shadowed requests name no reference model (recorded before it was, or a cascade of several "
+            "members with no [audit] reference): pass it, e.g. --reference gpt-4o",
+        )
+    return str(max(tagged, key=lambda r: r.ts).tags["reference"])
+
+
+def audit(source: Any, reference: str | None = None, *, since: float | None = None) -> dict[str, Any]:
+    """The audit report (JSON-ready): per day and in all. ``source``: a ledger URL or path, or an open Ledger.
+    ``reference``: default, the one the ledger records (:func:`recorded_reference`)."""
     from ..spend.ledger import Ledger
 
     if isinstance(source, Ledger):
@@ -86,7 +101,7 @@ def audit(source: Any, reference: str, *, since: float | None = None) -> dict[st
         by_request[r.request_id].append(r)
     if not by_request:
         raise ConfigError("--from-ledger", "no shadowed requests in the ledger: serve with a [shadow] section")
-    ref = _resolve(reference, {r.model for r in rows})
+    ref = _resolve(reference if reference is not None else recorded_reference(rows), {r.model for r in rows})
     days: dict[str, _Day] = defaultdict(_Day)
     for rs in by_request.values():
         own = [r for r in rs if "shadow" not in r.tags]

@@ -28,7 +28,10 @@ def register(app: Any) -> None:
         ] = None,
         reference: Annotated[
             str | None,
-            typer.Option(help="with --from-ledger: the model whose answers count as correct where no gold is known"),
+            typer.Option(
+                help="with --from-ledger: the model whose answers count as correct where no gold is known "
+                "(default: the one the ledger records)"
+            ),
         ] = None,
         since: Annotated[
             str | None, typer.Option(help="with --from-ledger: only requests from this ISO date/time on")
@@ -241,7 +244,10 @@ def register(app: Any) -> None:
     @app.command()  # type: ignore[untyped-decorator]
     def audit(
         from_ledger: Annotated[str, typer.Option("--from-ledger", help="the ledger (path or database URL)")],
-        reference: Annotated[str, typer.Option(help="the model the cascade must stay faithful to")],
+        reference: Annotated[
+            str | None,
+            typer.Option(help="the model the cascade must stay faithful to (default: the one the ledger records)"),
+        ] = None,
         since: Annotated[str | None, typer.Option(help="only requests from this ISO date/time on")] = None,
         min_fidelity: Annotated[
             float | None,
@@ -295,8 +301,6 @@ def _from_ledger(
     from .records import RecordError
 
     try:
-        if reference is None:
-            raise ConfigError("--reference", "--from-ledger needs the reference model (e.g. --reference gpt-4o)")
         opts = ledger_cli.Options(
             url,
             reference,

@@ -17,13 +17,13 @@ from .calibrate import Target
 from .calibrate import calibrate as calibrate_runs
 from .emit import LETTER, build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
 from .from_ledger import fit_prices, ledger_runs, read_gold, read_observations, suggest_labels
-from .records import RunMatrix
+from .records import RecordError, RunMatrix
 
 
 @dataclass(frozen=True)
 class Options:
     url: str
-    reference: str
+    reference: str | None  # None: the one the ledger records (evals.audit.recorded_reference)
     since: float | None = None
     gold: Path | None = None
     suggest: int | None = None
@@ -61,7 +61,8 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
     name = opts.normalizer or ("choice" if answers and all(LETTER.match(a) for a in answers) else "exact")
     spec = normalizer_spec(name, answers)
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
-    runs = ledger_runs(observations, opts.reference, gold=gold, models=opts.models)
+    reference = opts.reference or _recorded(observations)
+    runs = ledger_runs(observations, reference, gold=gold, models=opts.models)
     if opts.suggest is not None:
         assert opts.out is not None
         asked = suggest_labels(runs, opts.suggest)
@@ -105,6 +106,14 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         report["emitted"] = str(opts.emit)
     _write(report, opts.json_out)
     return report
+
+
+def _recorded(observations: Sequence[Any]) -> str:
+    from .audit import recorded_reference
+
+    if not observations:
+        raise RecordError("the ledger holds no observations: serve with a [shadow] section (or Router(shadow=...))")
+    return recorded_reference(observations)
 
 
 def _write(report: dict[str, Any], path: Path | None) -> None:

@@ -749,6 +749,7 @@ def _build_shadow(cfg: Config, sc: ShadowConfig, comp: Components, cascade: str)
             concurrency=sc.concurrency,
             max_pending=sc.max_pending,
             store_text=sc.store_text,
+            reference=cfg.audit.reference if cfg.audit is not None else None,
         )
     except ConfigError as exc:
         raise ConfigError(f"shadow.{exc.field.removeprefix('Shadow.')}", exc.problem) from None
