@@ -261,3 +261,39 @@ async def test_the_cache_section_defaults_to_memory_and_checks_its_fields(tmp_pa
         _config(tmp_path, 'backend = "memcached"')
     with pytest.raises(Exception, match="cache.ttl"):
         _config(tmp_path, "ttl = 0")
+
+
+async def test_spend_shows_the_cache_hits_and_what_they_saved(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llm_cascade.serve.cli import _app
+
+    db = tmp_path / "spend.db"
+    with Ledger(db) as ledger:
+        router = Router(
+            [[FakeBackend("a", "B"), FakeBackend("b", "B")]],
+            normalizer="choice",
+            prices=_prices(),
+            ledger=ledger,
+            cache=SharedCache(DatabaseCache.of(ledger)),
+        )
+        await router.route("q")
+        for _ in range(3):
+            await router.route("q")
+        await router.route("other")
+    runner = CliRunner()
+    out = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    import json
+
+    total = json.loads(out.output)["total"]
+    assert (total["requests"], total["errors"], total["cache_hits"]) == (5, 0, 3)
+    assert total["cache_saved_usd"] == pytest.approx(3 * 0.000057) and total["cache_unpriced_hits"] == 0
+    assert total["cost_usd"] == pytest.approx(2 * 0.000057)  # what was spent: the two misses
+    table = runner.invoke(_app(), ["spend", "--db", str(db)], env={"COLUMNS": "160"})
+    assert "response cache: 3 of 5 requests answered from it at no cost, saving 0.000171 USD" in table.output
+    md = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "markdown"]).output
+    assert "saving 0.000171 USD" in md
+    csv_text = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "csv"]).output
+    header, *_ = csv_text.splitlines()
+    assert header.endswith("cache_hits,cache_saved_usd,cache_unpriced_hits")

@@ -5,6 +5,10 @@ or JSON. The ``spend`` and ``price`` commands are in :mod:`.commands`.
 Money is written as :mod:`.money` says (fixed notation, 3 significant digits) in the table and markdown; CSV and JSON
 keep every figure in full. Retries are shown apart: ``retries`` counts the calls that were a retry-layer attempt after
 the first (``attempt > 1``, successful or not) and ``retry_cost_usd`` what they cost.
+
+Requests answered by the response cache (:mod:`llm_cascade.core.cache`) are rows of outcome ``cache_hit`` and cost
+0: counted as ``cache_hits`` (not as errors), and ``cache_saved_usd`` sums what their cached answers cost when they
+were made (each hit row's ``cache_saved_usd`` tag); ``cache_unpriced`` counts hits whose saving is unknown.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..core.cache import SAVED_TAG
 from ..core.errors import ConfigError
 from .baseline import Baseline, baselines, top_tier_baseline
 from .ledger import Ledger, LedgerRow
@@ -40,6 +45,9 @@ class SpendLine:
     unpriced: int
     retries: int = 0
     retry_cost_usd: Decimal = Decimal(0)
+    cache_hits: int = 0
+    cache_saved_usd: Decimal = Decimal(0)
+    cache_unpriced: int = 0
 
     @property
     def cost_per_request(self) -> Decimal | None:
@@ -59,6 +67,9 @@ class SpendLine:
             "unpriced_calls": self.unpriced,
             "retries": self.retries,
             "retry_cost_usd": float(self.retry_cost_usd),
+            "cache_hits": self.cache_hits,
+            "cache_saved_usd": float(self.cache_saved_usd),
+            "cache_unpriced_hits": self.cache_unpriced,
         }
 
 
@@ -138,6 +149,12 @@ class SpendReport:
         rated = sorted({m for b in self.baselines for m in b.from_recorded_rate})
         if rated:
             notes.append(f"priced at the rate of their recorded calls (not in the price table): {', '.join(rated)}")
+        t = self.total
+        if t.cache_hits:
+            notes.append(
+                f"response cache: {t.cache_hits} of {t.requests} requests answered from it at no cost, saving "
+                f"{usd(t.cache_saved_usd)} USD" + (f" (+{t.cache_unpriced} hits unpriced)" if t.cache_unpriced else "")
+            )
         if self.shadow is not None:
             sh = self.shadow
             notes.append(
@@ -178,6 +195,9 @@ class SpendReport:
                 "unpriced_calls",
                 "retries",
                 "retry_cost_usd",
+                "cache_hits",
+                "cache_saved_usd",
+                "cache_unpriced_hits",
             ]
         )
         for x in (*self.lines, self.total):
@@ -195,6 +215,9 @@ class SpendReport:
                     x.unpriced,
                     x.retries,
                     f"{x.retry_cost_usd:f}",
+                    x.cache_hits,
+                    f"{x.cache_saved_usd:f}",
+                    x.cache_unpriced,
                 ]
             )
         w.writerow([])
@@ -317,19 +340,41 @@ def _key_fn(by: str) -> Callable[[LedgerRow], str]:
     raise ConfigError("by", f"must be model, tier, cascade, day or tag:NAME, got {by!r}{hint}")
 
 
+def _saved(rows: Sequence[LedgerRow]) -> tuple[Decimal, int]:
+    """What the cache hits among ``rows`` saved, and how many of them have no known saving (no tag, or not a
+    number: a row written by hand or by an older version)."""
+    saved, unknown = Decimal(0), 0
+    for r in rows:
+        try:
+            value = Decimal(r.tags[SAVED_TAG])
+        except (KeyError, ArithmeticError):
+            unknown += 1
+            continue
+        if value.is_finite():
+            saved += value
+        else:
+            unknown += 1
+    return saved, unknown
+
+
 def _line(key: str, rows: Sequence[LedgerRow]) -> SpendLine:
     retried = [r for r in rows if r.attempt > 1]
+    hits = [r for r in rows if r.outcome == "cache_hit"]
+    saved, unpriced_hits = _saved(hits)
     return SpendLine(
         key=key,
         requests=len({r.request_id for r in rows}),
         calls=len(rows),
-        errors=sum(1 for r in rows if r.outcome != "ok"),
+        errors=sum(1 for r in rows if r.outcome != "ok" and r.outcome != "cache_hit"),
         tokens_in=sum(r.input_tokens for r in rows),
         tokens_out=sum(r.output_tokens for r in rows),
         cost_usd=sum((r.cost_usd for r in rows if r.cost_usd is not None), Decimal(0)),
         unpriced=sum(1 for r in rows if r.cost_usd is None and (r.input_tokens or r.output_tokens)),
         retries=len(retried),
         retry_cost_usd=sum((r.cost_usd for r in retried if r.cost_usd is not None), Decimal(0)),
+        cache_hits=len(hits),
+        cache_saved_usd=saved,
+        cache_unpriced=unpriced_hits,
     )
 
 
