@@ -47,6 +47,23 @@ def register(app: Any) -> None:
             ),
         ] = None,
         out: Annotated[Path | None, typer.Option("--out", help="where --suggest-labels writes (JSONL)")] = None,
+        judge: Annotated[
+            str | None,
+            typer.Option(
+                help="with --from-ledger: a stronger model labels the requests --suggest-labels would list (default "
+                "200); its calls are priced and recorded in the ledger, tagged judge"
+            ),
+        ] = None,
+        judge_config: Annotated[
+            Path | None,
+            typer.Option("--judge-config", help="a serve config defining the judge's provider and price"),
+        ] = None,
+        judge_check: Annotated[
+            int,
+            typer.Option(
+                "--judge-check", min=0, help="gold-labelled requests the judge also answers, to report its agreement"
+            ),
+        ] = 50,
         shadow_rate: Annotated[
             float, typer.Option(help="with --from-ledger --emit: the [shadow] rate of the emitted config (0: none)")
         ] = 0.05,
@@ -147,6 +164,9 @@ def register(app: Any) -> None:
                     contender_share=contender_share,
                     min_saving=min_saving,
                 ),
+                judge=judge,
+                judge_config=judge_config,
+                judge_check=judge_check,
             )
             return
         try:
@@ -293,6 +313,10 @@ def _from_ledger(
     shadow_rate: float,
     json_out: Path | None,
     target_args: dict[str, Any],
+    *,
+    judge: str | None = None,
+    judge_config: Path | None = None,
+    judge_check: int = 50,
 ) -> None:
     from ..core.errors import ConfigError
     from ..spend.report import _parse_when
@@ -314,12 +338,15 @@ def _from_ledger(
             emit_name=emit_name,
             shadow_rate=shadow_rate,
             json_out=json_out,
+            judge=judge,
+            judge_config=judge_config,
+            judge_check=judge_check,
         )
         report = ledger_cli.run(opts, Target(**target_args))
     except (RecordError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    if suggest is not None:
+    if suggest is not None and judge is None:
         print(json.dumps(report))
         return
     print(ledger_report.to_markdown(report))

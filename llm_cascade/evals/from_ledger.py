@@ -64,6 +64,8 @@ class LedgerRuns:
     incomplete: int = 0
     gold_known: int = 0
     gold_unmatched: int = 0
+    judged: int = 0  # of gold_known: labels a judge model gave (evals.judge)
+    judge: str | None = None
     tags: dict[str, Mapping[str, str]] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
 
@@ -72,9 +74,10 @@ class LedgerRuns:
         """What "accuracy" means in every report of these runs."""
         if self.gold_known == 0:
             return f"fidelity to {self.reference} (no gold labels: correct = the reference's answer)"
+        judged = f" ({self.judged} of them labelled by the judge {self.judge})" if self.judged else ""
         return (
-            f"gold on {self.gold_known} of {len(self.records)} requests, fidelity to {self.reference} on the rest "
-            "(correct = the gold answer where known, else the reference's answer)"
+            f"gold on {self.gold_known} of {len(self.records)} requests{judged}, fidelity to {self.reference} on "
+            "the rest (correct = the gold answer where known, else the reference's answer)"
         )
 
 

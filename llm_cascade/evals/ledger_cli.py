@@ -6,6 +6,7 @@ prices, its normalizer and a ``[shadow]`` section (so the cascade it deploys can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from .calibrate import calibrate as calibrate_runs
 from .emit import LETTER, build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
 from .from_ledger import fit_prices, ledger_runs, read_gold, read_observations, suggest_labels
 from .records import RecordError, RunMatrix
+
+DEFAULT_JUDGED = 200  # requests a judge labels when --suggest-labels does not say
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Options:
     emit_name: str = "calibrated"
     shadow_rate: float = 0.05
     json_out: Path | None = None
+    judge: str | None = None  # a model that labels the suggested requests (evals.judge)
+    judge_config: Path | None = None  # the serve config that defines the judge's provider and price
+    judge_check: int = 50  # gold-labelled requests the judge also answers, to measure its agreement
 
 
 def _redacted(url: str) -> str:
@@ -52,7 +58,7 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
     """Do what the options ask; returns the JSON report (also written to ``json_out``)."""
     from . import ledger_report
 
-    if opts.suggest is not None and opts.out is None:
+    if opts.suggest is not None and opts.out is None and opts.judge is None:
         raise ConfigError("--out", "--suggest-labels writes its list to --out FILE (JSON lines)")
     if opts.normalizer is not None:
         normalizer_spec(opts.normalizer)  # a typo fails now, before any work
@@ -63,7 +69,10 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
     reference = opts.reference or _recorded(observations)
     runs = ledger_runs(observations, reference, gold=gold, models=opts.models)
-    if opts.suggest is not None:
+    judged: dict[str, Any] | None = None
+    if opts.judge is not None:
+        runs, judged = _judged(opts, observations, runs, gold, spec)
+    elif opts.suggest is not None:
         assert opts.out is not None
         asked = suggest_labels(runs, opts.suggest)
         opts.out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +91,8 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
     chosen = calibrate_runs(matrix, target, progress=progress)
     report, serve = ledger_report.build(runs, matrix, chosen, target, source=f"ledger {_redacted(opts.url)}")
     report["normalizer"] = spec
+    if judged is not None:
+        report["judge"] = judged
     if opts.emit is not None:
         provider = _provider(runs.models)
         from ..core.spec import CascadeSpec, TierSpec
@@ -106,6 +117,38 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         report["emitted"] = str(opts.emit)
     _write(report, opts.json_out)
     return report
+
+
+def _judged(
+    opts: Options, observations: Sequence[Any], runs: Any, gold: dict[tuple[str, str], str] | None, spec: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The judge labels the requests ``--suggest-labels`` would list (``--out`` gets them with its answers); the runs
+    are built again with those labels (a ``--gold`` label wins)."""
+    from .judge import judge
+
+    assert opts.judge is not None
+    asked = suggest_labels(runs, opts.suggest or DEFAULT_JUDGED)
+    done = judge(
+        runs,
+        [a["request_id"] for a in asked],
+        opts.judge,
+        opts.url,
+        spec,
+        config=opts.judge_config,
+        check=opts.judge_check,
+    )
+    labels = {("request_id", rid): answer for rid, answer in done.labels.items()}
+    again = ledger_runs(observations, runs.reference, gold={**labels, **(gold or {})}, models=opts.models)
+    for i, r in enumerate(again.records):
+        if r.id in done.labels and r.meta.get("label") == "gold":
+            again.records[i] = dataclasses.replace(r, meta={**r.meta, "label": "judge"})
+            again.judged += 1
+    again.judge = opts.judge
+    if opts.out is not None:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{**a, "judge_answer": done.labels.get(a["request_id"])} for a in asked]
+        opts.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return again, done.to_json()
 
 
 def _recorded(observations: Sequence[Any]) -> str:

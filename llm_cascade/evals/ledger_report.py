@@ -132,4 +132,17 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("needed") is not None:
         lines.append(f"- needed: about {report['needed']} more shadowed requests")
+    judge = report.get("judge")
+    if judge is not None:
+        agreement = judge.get("agreement_with_gold")
+        checked = (
+            f"agrees with gold on {agreement:.1%} of {judge['checked_against_gold']} "
+            f"(95% CI {judge['agreement_ci95'][0]:.1%}-{judge['agreement_ci95'][1]:.1%})"
+            if agreement is not None
+            else "no gold to check it against"
+        )
+        lines.append(
+            f"- judge {judge['model']}: labelled {judge['labelled']} of {judge['asked']} suggested requests, "
+            f"{judge['calls']} calls, ${judge['cost_usd']:.4f}; {checked}"
+        )
     return "\n".join(lines)
