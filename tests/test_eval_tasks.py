@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from llm_cascade.evals.importers import RecordedLayout, rational_record
 from llm_cascade.evals.records import RecordError, load_records
 from llm_cascade.evals.tasks import load_examples, load_task
 from llm_cascade.serve.config import load_config
+from llm_cascade.spend.ledger import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = sorted((REPO / "evals" / "tasks").glob("*.toml"))
@@ -225,13 +227,30 @@ def test_live_run_goes_through_the_response_cache(data_dir: Path, tmp_path: Path
     served = sum(recorded_server.counts.values())
     first = json.loads((tmp_path / "out" / "eval_report.json").read_text())
     assert first["mode"] == "live" and served == first["calls"] > 0
-    assert first["response_cache"]["misses"] == first["calls"] and first["response_cache"]["hits"] == 0
+    assert (first["response_cache"]["misses"], first["response_cache"]["hits"]) == (20, 0)
     code, second_out = _cli(args)
     assert code == 0, second_out
     second = json.loads((tmp_path / "out" / "eval_report.json").read_text())
     assert sum(recorded_server.counts.values()) == served  # nothing new reached the server
-    assert second["response_cache"]["hits"] == first["calls"]
+    assert (second["response_cache"]["hits"], second["response_cache"]["misses"]) == (20, 0)
+    # Scored and priced by the calls that made each answer: the configuration's figures, answered now or before ...
     assert (second["accuracy"], second["cost_per_request_usd"]) == (first["accuracy"], first["cost_per_request_usd"])
+    assert second["calls"] == first["calls"]
+    assert second["response_cache"]["saved_usd"] == pytest.approx(20 * first["cost_per_request_usd"])
+    # ... but the hits cost nothing: the ledger bills them at 0, with what each saved.
+    with Ledger(tmp_path / "out" / "ledger.sqlite3") as ledger:
+        rows = ledger.rows()
+    hits = [r for r in rows if r.outcome == "cache_hit"]
+    assert len(hits) == 20 and all(r.cost_usd == 0 for r in hits)
+    billed = sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0))
+    assert float(billed) == pytest.approx(20 * first["cost_per_request_usd"])  # the first run's calls only
+    changed = cascade.read_text().replace('normalizer = "choice"', 'normalizer = "choice"\ntimeout = 999', 1)
+    assert changed != cascade.read_text()
+    cascade.write_text(changed, encoding="utf-8")
+    code, third_out = _cli(args)
+    assert code == 0, third_out
+    third = json.loads((tmp_path / "out" / "eval_report.json").read_text())
+    assert third["response_cache"]["hits"] == 0  # another configuration: none of its decisions reused
 
 
 @pytest.mark.data

@@ -3,8 +3,10 @@
 Both modes go through the production Router built from the cascade file (``llm_cascade.serve.config.build_router``), so
 the figures are what that configuration does, not what a model of it predicts:
 
-- **live**: every member is called through its configured backend; completions are kept in a SQLite response cache
-  (:class:`~llm_cascade.evals.live.CachingBackend`), so a rerun costs nothing;
+- **live**: every member is called through its configured backend; decided answers are kept in the Router's response
+  cache (:class:`EvalCache`: a :class:`~llm_cascade.core.cache_shared.SharedCache` on a SQLite file in the report
+  folder, kept between runs), so a rerun costs nothing: its requests are ledger rows of outcome ``cache_hit`` and cost
+  0, while the report still scores and prices each answer by the calls that made it;
 - **replay**: the task's recorded runs are served by the local recorded-answer server
   (:class:`~llm_cascade.testing.RecordedServer`) to the members written ``recorded:<model>``, so each model answers
   what it really answered, with the tokens it was really billed. No key, no network.
@@ -18,16 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.cache import saved_usd
+from ..core.cache_shared import SharedCache
 from ..core.errors import AllTiersFailed, ConfigError, RequestTimeout
 from ..core.types import Call, Request, RouteResult
+from ..spend.cachestore import DatabaseCache
 from .records import Record
 from .tasks import Example, TaskSpec, task_records
 
@@ -110,11 +116,12 @@ async def route_examples(
     concurrency: int = 32,
     on_done: Callable[[int], None] | None = None,
     replay: bool = False,
+    cache: EvalCache | None = None,
 ) -> list[Outcome]:
     """Every example through the router, ``concurrency`` at a time. A request no tier could answer is kept with the
     calls it billed (the cascade's cost includes them). ``replay``: each request names its example to the
     recorded-answer server (body field ``llm_cascade_row``), which answers that row, not whichever row has the same
-    prompt."""
+    prompt. ``cache``: the Router's response cache, whose hits are scored by the calls that made the answer."""
     from ..testing.answers import ROW_FIELD
 
     gate = asyncio.Semaphore(concurrency)
@@ -135,6 +142,8 @@ async def route_examples(
             result: RouteResult | BaseException
             try:
                 result = await router.route(request)
+                if cache is not None:
+                    result = cache.restore(result)
             except (AllTiersFailed, RequestTimeout) as exc:
                 result = exc
         done += 1
@@ -187,31 +196,64 @@ def cascade_models(cascade: Path, spec: TaskSpec, name: str | None = None) -> li
     return list(dict.fromkeys(m.partition(":")[2] or m for m in member_names(router)))
 
 
-class ResponseCache:
-    """A Router resilience hook that keeps every member's completions in one SQLite file (live mode)."""
+class _Remembering(SharedCache):
+    """A SharedCache that keeps each hit's cached result by request id until the scorer asks for it, and sums what
+    the hits saved."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, backend: DatabaseCache, namespace: str) -> None:
+        super().__init__(backend, ttl=None, namespace=namespace, timeout_s=60.0)
+        self.found: dict[str, RouteResult] = {}
+        self.saved: Decimal | None = Decimal(0)
+
+    async def get(self, request: Request) -> RouteResult | None:
+        found = await super().get(request)
+        if found is not None:
+            self.found[request.request_id] = found
+            cost = saved_usd(found)
+            self.saved = None if cost is None or self.saved is None else self.saved + cost
+        return found
+
+
+class EvalCache:
+    """The live eval's response cache: the Router's own (:class:`~llm_cascade.core.cache_shared.SharedCache`) on
+    the ledger-database backend, in a SQLite file that outlives the run (entries never expire), so a rerun of the same
+    cascade on the same questions calls no model.
+
+    Entries are kept apart per cascade configuration (``namespace``: the cascade's section and the task's
+    normalizer), so a changed rule or member list never reuses another configuration's decisions. A hit is a ledger
+    row of cost 0 (no money was spent); :meth:`restore` gives the scorer back the calls that made the answer, so
+    accuracy, escalations and the cost per request are the configuration's, whether answered now or before."""
+
+    def __init__(self, path: Path, namespace: str) -> None:
         self.path = path
-        self.backends: list[Any] = []
+        self.store = DatabaseCache(path, table="eval", maxsize=10_000_000)
+        self.cache = _Remembering(self.store, namespace)
 
-    def wrap(self, backend: Any) -> Any:
-        from .live import CachingBackend
-
-        cached = CachingBackend(backend, self.path)
-        self.backends.append(cached)
-        return cached
-
-    def close(self) -> None:
-        for b in self.backends:
-            b.close()
+    def restore(self, result: RouteResult) -> RouteResult:
+        """``result`` as the scorer needs it: a hit carries the calls of the cached answer again."""
+        original = self.cache.found.pop(result.request_id, None)
+        if original is None or [c.outcome for c in result.calls] != ["cache_hit"]:
+            return result
+        return replace(result, calls=original.calls)
 
     @property
     def hits(self) -> int:
-        return sum(b.hits for b in self.backends)
+        return self.cache.hits
 
     @property
     def misses(self) -> int:
-        return sum(b.misses for b in self.backends)
+        return self.cache.misses
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def config_namespace(cfg: Any, chosen: str, spec: TaskSpec) -> str:
+    """What keeps one configuration's cached decisions apart from another's: the cascade's section as the file
+    wrote it (members, rules, normalizer, timeouts) and the task whose normalizer reads the answers."""
+    section = cfg.cascades[chosen].model_dump_json()
+    digest = hashlib.sha256(f"{section}|{spec.name}|{spec.format}".encode()).hexdigest()[:16]
+    return f"eval:{chosen}:{digest}"
 
 
 @contextlib.contextmanager
@@ -281,17 +323,17 @@ def run_eval(
     if replay and records is None:
         raise ConfigError("--replay", f"{spec.file.name}: data format {spec.format!r} holds no recorded answers")
 
-    async def go(env: Mapping[str, str] | None) -> tuple[list[Outcome], str, list[str], ResponseCache | None]:
+    async def go(env: Mapping[str, str] | None) -> tuple[list[Outcome], str, list[str], EvalCache | None]:
         cfg = load_config(cascade, env=env)
         cfg = cfg.model_copy(update={"ledger": None if ledger is None else LedgerConfig(url=str(ledger))})
         if cfg.ledger is None and cfg.budgets is not None:
             cfg = cfg.model_copy(update={"budgets": None})  # their periods would be counted in the file's ledger
         chosen = cascade_name(cfg, spec, name)
-        responses = None if replay or cache is None else ResponseCache(cache)
+        responses = None if replay or cache is None else EvalCache(cache, config_namespace(cfg, chosen, spec))
         # The task reads every answer (its normalizer), so answers are scored the way the task defines them.
         overrides: dict[str, Any] = {"normalizer": spec.normalizer()}
         if responses is not None:
-            overrides["resilience"] = responses
+            overrides["cache"] = responses.cache
         router = build_router(cfg, chosen, **overrides)
         if replay:
             assert records is not None
@@ -300,7 +342,9 @@ def run_eval(
             router.shadow.max_pending = max(router.shadow.max_pending, len(examples))
             router.shadow.concurrency = max(router.shadow.concurrency, concurrency)
         try:
-            outs = await route_examples(router, spec, examples, concurrency=concurrency, on_done=on_done, replay=replay)
+            outs = await route_examples(
+                router, spec, examples, concurrency=concurrency, on_done=on_done, replay=replay, cache=responses
+            )
             if router.shadow is not None:
                 await router.shadow.drain()
         finally:
@@ -327,5 +371,11 @@ def run_eval(
         spec, outcomes, members, records, cascade=f"{cascade}#{chosen}", mode="replay" if replay else "live"
     )
     if responses is not None:
-        report["response_cache"] = {"path": str(cache), "hits": responses.hits, "misses": responses.misses}
+        saved = responses.cache.saved
+        report["response_cache"] = {
+            "path": str(cache),
+            "hits": responses.hits,
+            "misses": responses.misses,
+            "saved_usd": None if saved is None else float(saved),
+        }
     return report
