@@ -162,3 +162,43 @@ def test_shipped_table_is_valid_and_every_entry_is_sourced() -> None:
     for name in table.models():
         entry = table.entry(name)
         assert entry.source and re.match(r"^\d{4}-\d{2}", entry.as_of), name
+
+
+def _decimal_cost(entry: PriceEntry, usage: Usage) -> Decimal:
+    """The cost as plain Decimal arithmetic (what PriceEntry.cost's integer path must reproduce exactly)."""
+    cached = min(max(usage.cached_tokens, 0), max(usage.input_tokens, 0))
+    fresh = max(usage.input_tokens, 0) - cached
+    cached_price = entry.input if entry.cached_input is None else entry.cached_input
+    total = (fresh * entry.input + cached * cached_price + max(usage.output_tokens, 0) * entry.output) / Decimal(10**6)
+    if usage.input_tokens > 0 or usage.output_tokens > 0:
+        total += entry.per_request
+    return total
+
+
+def test_integer_cost_path_is_the_decimal_arithmetic_digit_for_digit() -> None:
+    """The integer path gives the same Decimal (value and exponent, so the ledger's cost_usd text is unchanged) for
+    prices of any precision, fees, cached tokens and token counts too large for the path (which falls back)."""
+    import random
+
+    rng = random.Random(7)
+    prices = ["0", "0.15", "0.6", "2", "15", "0.075", "1.25", "0.000001", "3.5E+1", "0.10", "1e-7", "100.000"]
+    checked = 0
+    for _ in range(400):
+        entry = PriceEntry(
+            Decimal(rng.choice(prices)),
+            Decimal(rng.choice(prices)),
+            "test",
+            "2026-01",
+            cached_input=rng.choice([None, Decimal(rng.choice(prices))]),
+            per_request=Decimal(rng.choice(["0", "0.00", "0.001", "0E+2", "1"])),
+        )
+        for _ in range(20):
+            usage = Usage(
+                rng.choice([0, rng.randint(1, 5000), rng.randint(0, 10**24)]),
+                rng.choice([0, rng.randint(1, 500)]),
+                rng.choice([0, rng.randint(0, 6000)]),
+            )
+            got, want = entry.cost(usage), _decimal_cost(entry, usage)
+            assert got.as_tuple() == want.as_tuple(), (entry, usage)
+            checked += 1
+    assert checked == 8000

@@ -46,9 +46,39 @@ class PriceEntry:
     per_hour: Decimal | None = None
     provider: str = ""
     aliases: tuple[str, ...] = field(default=())
+    # The token prices as integers at one common exponent, for :meth:`cost`'s integer path (None: not applicable).
+    _scaled: tuple[int, int, int, int, bool] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_scaled", _scaled(self))
 
     def cost(self, usage: Usage, seconds: float | None = None) -> Decimal:
         """Exact cost of one call. A call that billed no tokens (rejected before the model ran) pays no fee."""
+        scaled = self._scaled
+        if scaled is not None and (seconds is None or self.per_hour is None):
+            # The same Decimal as the arithmetic below (value and exponent), from integer products: the token sums
+            # are exact integers at the prices' common exponent, and a division by 10**6 only moves the point and
+            # drops trailing zeros down to that exponent. A third of the Decimal version's time, on every call.
+            inp, cin, out, exp, fee = scaled
+            tokens = usage.input_tokens
+            fresh = tokens if tokens > 0 else 0
+            cached = usage.cached_tokens
+            cached = 0 if cached < 0 else (fresh if cached > fresh else cached)
+            output = usage.output_tokens
+            output = output if output > 0 else 0
+            n = (fresh - cached) * inp + cached * cin + output * out
+            if n < _EXACT:
+                if n:
+                    shift = -6
+                    while shift < 0 and not n % 10:
+                        n //= 10
+                        shift += 1
+                    total = Decimal(n).scaleb(exp + shift)
+                else:
+                    total = _ZEROS[exp] if exp in _ZEROS else Decimal(0).scaleb(exp)
+                if fee and (tokens > 0 or output > 0):
+                    total += self.per_request
+                return total
         cached = min(max(usage.cached_tokens, 0), max(usage.input_tokens, 0))
         fresh = max(usage.input_tokens, 0) - cached
         cached_price = self.input if self.cached_input is None else self.cached_input
@@ -63,6 +93,28 @@ class PriceEntry:
     def local(cls, usd_per_hour: Decimal | float | str, *, source: str, as_of: str) -> PriceEntry:
         """A locally run model priced by compute time (GPU $/hour × seconds); tokens are free."""
         return cls(Decimal(0), Decimal(0), source, as_of, per_hour=_decimal("per_hour", usd_per_hour, "local"))
+
+
+_EXACT = 10**27  # below it, Decimal's default 28 digits hold the products exactly (the integer path applies)
+_ZEROS = {e: Decimal(0).scaleb(e) for e in range(-12, 1)}
+
+
+def _scaled(entry: PriceEntry) -> tuple[int, int, int, int, bool] | None:
+    """(input, cached input, output) as integers at their common exponent, that exponent, and whether the fee must
+    be added (a zero fee whose exponent cannot change the sum's is not): :meth:`PriceEntry.cost`'s integer path.
+    None for prices that are not plain finite decimals (the Decimal arithmetic then handles them)."""
+    cached = entry.input if entry.cached_input is None else entry.cached_input
+    prices = (entry.input, cached, entry.output)
+    if not all(isinstance(p, Decimal) and p.is_finite() for p in (*prices, entry.per_request)):
+        return None
+    exps = [int(p.as_tuple().exponent) for p in prices]
+    exp = min(exps)
+    if exp > 0 or exp < -12:
+        return None
+    ints = [int(p.scaleb(-exp)) for p in prices]
+    fee = entry.per_request
+    add = not (fee.is_zero() and int(fee.as_tuple().exponent) >= exp)
+    return ints[0], ints[1], ints[2], exp, add
 
 
 def _decimal(name: str, value: Any, model: str) -> Decimal:
