@@ -233,3 +233,15 @@ async def test_by_default_a_budget_stops_tier_0_too(tmp_path: Path) -> None:
     with pytest.raises(BudgetExceeded, match="tier 0"):
         await router.route("q3")  # the third $1 call would pass $2.5: stopped before it is made
     assert ledger.spend() == 2 and ledger.count() == 2
+
+
+def test_bounded_usage_is_each_requests_own() -> None:
+    """The byte bound of a prompt is found once per request (for all of a tier's members), never carried over to the
+    next request: requests of different sizes, one after another, each get their own bound."""
+    budget = Budget(Limit("10", per="request"), output_tokens=5)
+    short, long = Request.from_prompt("hi"), Request.from_prompt("x" * 500)
+    for _ in range(2):
+        a = budget.usage_for(short, "gpt-4o-mini", exact=False)
+        assert budget.usage_for(short, "claude-3-haiku", exact=False) is a  # the same request: the same bound
+        b = budget.usage_for(long, "gpt-4o-mini", exact=False)
+        assert b.input_tokens - a.input_tokens == 498 and a.output_tokens == b.output_tokens == 5

@@ -205,6 +205,8 @@ class Budget:
         self._counters: dict[str, PromptCounter] = {}
         self._model_encoding: dict[str, str] = {}
         self._last_count: tuple[object, object, int] = (None, None, 0)  # (request, counter, its prompt tokens)
+        self._last_bound: tuple[object, Usage | None] = (None, None)  # (request, its bounded usage): per tier, once
+        self._period_limits: dict[int, tuple[object, tuple[int, ...]]] = {}  # id(applicable) -> its period limits
         # (model, usage) -> cost by the table, valid for _estimates_version (the price table's version)
         self._estimates: dict[tuple[str, Usage], Decimal | None] = {}
         self._estimates_version = getattr(self.prices, "version", 0)
@@ -355,6 +357,10 @@ class Budget:
         guess = self._usage
         if guess is not None:
             return guess(request, model)
+        if not exact:  # the bound does not depend on the model: one per request, not one per member
+            last = self._last_bound
+            if last[0] is request and last[1] is not None:
+                return last[1]
         tokens = self._prompt_tokens(request, model) if exact else prompt_bound(request)
         key = (tokens, self._expected_output(request))
         usage = self._usages.get(key)
@@ -362,6 +368,8 @@ class Budget:
             if len(self._usages) >= 4096:
                 self._usages.clear()
             usage = self._usages[key] = Usage(key[0], key[1], 0, estimated=True)
+        if not exact:
+            self._last_bound = (request, usage)  # one tuple, swapped whole: safe across threads
         return usage
 
     def estimate(self, request: Request, models: Sequence[str], exact: bool = True) -> Decimal | None:
@@ -573,11 +581,22 @@ class Budget:
                 hold.metadata = dict(metadata)
         return reason
 
+    def _limits_of(self, applicable: Sequence[tuple[int, Limit]]) -> tuple[int, ...]:
+        """The indices of the period limits among ``applicable`` (the cached tuple of :meth:`_applying`), once per
+        tag set rather than once per request."""
+        found = self._period_limits.get(id(applicable))
+        if found is None or found[0] is not applicable:  # `is`: the id of a tuple since freed may have been reused
+            found = (applicable, tuple(i for i, x in applicable if x.per != "request"))
+            if len(self._period_limits) >= 4096:
+                self._period_limits.clear()
+            self._period_limits[id(applicable)] = found
+        return found[1]
+
     def _move(self, hold: Hold, delta: Decimal) -> None:
         """Add ``delta`` to the held sums of the limits ``hold`` falls under (lock held)."""
         if delta:
             for i in hold.limits:
-                self._held[i] = self._held.get(i, Decimal(0)) + delta
+                self._held[i] = self._held.get(i, _ZERO) + delta
 
     def remaining(self, metadata: Mapping[str, str] | None = None) -> dict[str, Decimal]:
         """What is left of each period limit that applies to ``metadata`` (all limits when None), after what is
@@ -647,7 +666,7 @@ class Hold:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.claimed = Decimal(0)
+        self.claimed = _ZERO
         self.metadata: Mapping[str, str] = {}
         self._source: Mapping[str, str] | None = None  # the mapping ``metadata`` was copied from
         self.taken = False
@@ -689,7 +708,7 @@ class Hold:
             self.claimed = _ZERO
             self._source = metadata
             self.metadata = dict(metadata)
-            self.limits = tuple(i for i, x in applicable if x.per != "request")
+            self.limits = budget._limits_of(applicable)
         budget._move(self, amount - self.claimed)
         self.claimed = amount
         if amount:
@@ -707,7 +726,7 @@ class Hold:
                 return None
             self.released = True
             self.budget._move(self, -self.claimed)
-            self.claimed = Decimal(0)
+            self.claimed = _ZERO
             self.budget._holds.discard(self)
             reserved, self.reserved = self.reserved, {}
         counters = self.budget.counters
