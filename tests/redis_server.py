@@ -6,6 +6,7 @@ Uses ``redis-server`` from Debian's package of that name (``make redis`` install
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -32,12 +33,17 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The URL of a fresh redis-server owned by this test session."""
+class Unavailable(RuntimeError):
+    """No Redis server can be started here (the message says why)."""
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """Start a fresh redis-server and yield its URL; stopped and its folder deleted on exit. Raises Unavailable when
+    the binary is missing or the server does not start (benchmarks use it too)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server not found (run `make redis` to install Debian's redis-server)")
+        raise Unavailable("redis-server not found (run `make redis` to install Debian's redis-server)")
     port = _free_port()
     folder = tempfile.mkdtemp(prefix="llmc-redis-")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder]
@@ -46,7 +52,7 @@ def redis_url() -> Iterator[str]:
         deadline = time.monotonic() + 20
         while not _answers(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"redis-server did not start (exit status {proc.poll()})")
+                raise Unavailable(f"redis-server did not start (exit status {proc.poll()})")
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -56,3 +62,17 @@ def redis_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a fresh redis-server owned by this test session."""
+    server = throwaway_redis()
+    try:
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
