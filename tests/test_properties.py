@@ -281,7 +281,31 @@ def test_malformed_http_bodies_become_typed_errors(
     backend = Retrying(
         OpenAIBackend("m", base_url=garbage_server, api_key="sk-prop", timeout=5), RetryPolicy(attempts=1)
     )
-    router = Router([[backend], [FakeBackend("top", "B")]], normalizer="choice")
+    # A 400 whose garbage happens to read as a content-policy refusal would reach the caller by default (the request,
+    # not the model, was refused); here the first tier lets the next one try, so garbage is only ever a failed call.
+    router = Router([Tier([backend], on_refusal="escalate"), [FakeBackend("top", "B")]], normalizer="choice")
     result = route(router)
     assert result is not None  # the second tier always answers; the garbage is one failed or unanswered call
     assert result.calls[0].outcome in ("ok", "error")
+
+
+def test_a_member_with_an_absurd_latency_still_gets_its_span() -> None:
+    """A latency of 1.8e299 s (a broken clock in a backend) once made the span's start time overflow and fail the
+    request under a tracer; the span now starts at its end instead."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), sdk.TracerProvider):
+        trace.set_tracer_provider(sdk.TracerProvider())
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, sdk.TracerProvider):
+        pytest.skip("another kind of tracer provider was set earlier in this process")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reply = Completion(text="B", model="m", usage=Usage(1, 1, 0), latency_s=1.797693134862316e299)
+    router = Router([[Garbage("fake:g0", reply)]], normalizer="choice")
+    result = asyncio.run(router.route("Which letter?"))
+    assert result.answer == "B"
+    assert any(span.name == "chat g0" for span in exporter.get_finished_spans())

@@ -135,8 +135,9 @@ def _call_span(tracer: Any, call: Call, request_id: str) -> None:
         attributes["gen_ai.usage.cache_read.input_tokens"] = call.usage.cached_tokens
     if not call.ok:
         attributes["error.type"] = (call.error or call.outcome).split(":", 1)[0]
+    latency = call.latency_s if 0.0 <= call.latency_s < 1e9 else 0.0  # a clock gone wrong never breaks a trace
     current = tracer.start_span(
-        f"chat {model}", start_time=end - int(call.latency_s * 1e9), attributes=attributes, kind=_client_kind()
+        f"chat {model}", start_time=end - int(latency * 1e9), attributes=attributes, kind=_client_kind()
     )
     if not call.ok:
         from opentelemetry.trace import Status, StatusCode
