@@ -297,3 +297,16 @@ async def test_spend_shows_the_cache_hits_and_what_they_saved(tmp_path: Path) ->
     csv_text = runner.invoke(_app(), ["spend", "--db", str(db), "--format", "csv"]).output
     header, *_ = csv_text.splitlines()
     assert header.endswith("cache_hits,cache_saved_usd,cache_unpriced_hits")
+
+
+async def test_the_cache_section_shares_answers_through_redis(tmp_path: Path, redis_url: str) -> None:
+    from llm_cascade.serve.config import build_components, build_router
+
+    cfg = _config(tmp_path, f'backend = "redis"\nurl = "{redis_url}"\nttl = 60')
+    comps = [build_components(cfg) for _ in range(2)]  # type: ignore[arg-type]
+    one_a, one_b = (build_router(cfg, "one", components=c) for c in comps)  # type: ignore[arg-type]
+    assert (await one_a.route("redis q")).calls[0].outcome == "ok"
+    assert (await one_b.route("redis q")).calls[0].outcome == "cache_hit"
+    for c in comps:
+        await c.cache.aclose()
+        c.ledger.close()  # type: ignore[union-attr]
