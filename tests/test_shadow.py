@@ -333,3 +333,36 @@ def test_postgresql_ledger_gets_the_columns_and_keeps_observations(pg_url: str) 
     assert rows["fake:a"].confidence == pytest.approx(0.25) and rows["fake:a"].tags["shadow"] == "1"
     assert ledger.spend(tags={"shadow": "1"}) == Decimal("0.000011")
     ledger.close()
+
+
+def test_limit_is_shared_by_the_processes_on_one_ledger(tmp_path: Path) -> None:
+    """Two services (two Ledger connections and Shadows, as two processes have) taking turns on one ledger: the
+    day's limit holds for both together, since each reads the day's shadow spend from the ledger again (every
+    ``refresh_s``), not once a day; a third started later counts what the two spent."""
+    now = [86_400.0 * 100 + 10]
+    path = tmp_path / "l.sqlite3"
+    ledgers = [Ledger(path, journal=False, linger_s=0, clock=lambda: now[0]) for _ in range(3)]
+    a = [FakeBackend("a", "B", usage=Usage(1000, 0)) for _ in range(3)]  # $0.001 per call at $1/M
+    shadows = [Shadow(1.0, [a[k]], limit_usd="0.005", refresh_s=0, clock=lambda: now[0]) for k in range(3)]
+
+    async def go() -> None:
+        routers = [
+            Router([[FakeBackend("ref", "B")]], prices=PRICES, ledger=ledgers[k], shadow=shadows[k], retry=None)
+            for k in range(3)
+        ]
+        for i in range(8):
+            for k in (0, 1):  # turns: each one's rows are in the database before the other's next request
+                await routers[k].route(f"Q{i}")
+                await shadows[k].drain()
+                ledgers[k].flush()
+        await routers[2].route("R")
+        await shadows[2].drain()
+        for router in routers:
+            await router.aclose()
+
+    asyncio.run(go())
+    assert a[0].calls + a[1].calls == 5 and a[2].calls == 0  # not 5 each: one limit for all of them
+    assert shadows[2].stats.skipped == 1
+    assert ledgers[2].spend(tags={"shadow": "1"}) == Decimal("0.005")
+    for ledger in ledgers:
+        ledger.close()

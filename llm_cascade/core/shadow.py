@@ -13,7 +13,10 @@ Shadow calls are real calls and cost real money, so they are:
   count them (they are not the cascade's cost);
 - counted against ``limit_usd`` per UTC day: a call whose price is unknown is never made under a limit, and a call is
   not started when the day's shadow spend plus the calls in flight would pass it (a call in flight is held at its
-  prompt's estimated cost, or at what the member's previous shadow call cost when that is more);
+  prompt's estimated cost, or at what the member's previous shadow call cost when that is more). The day's spend is
+  the ledger's, read again (on a worker thread) at most every ``refresh_s`` seconds, plus this process's shadow calls
+  since: several processes on one ledger share one limit, overshooting it by at most what the others spend within
+  ``refresh_s``;
 - bounded: at most ``concurrency`` shadow calls at once, and at most ``max_pending`` sampled requests waiting (more
   are not shadowed, and counted in :attr:`Shadow.stats`);
 - cancelled on :meth:`Router.aclose`, each cancelled call still recorded (outcome ``cancelled``) like any other;
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +99,7 @@ class Shadow:
         limit_usd: Decimal | float | str | None = None,
         concurrency: int = 4,
         max_pending: int = 1000,
+        refresh_s: float = 5.0,
         store_text: bool = False,
         reference: str | None = None,
         rng: random.Random | None = None,
@@ -114,6 +119,9 @@ class Shadow:
         self.pool_spec = None if pool is None else list(pool)
         self.limit_usd = limit
         self.concurrency = concurrency
+        if isinstance(refresh_s, bool) or not isinstance(refresh_s, int | float) or not refresh_s >= 0:
+            raise ConfigError("Shadow.refresh_s", f"must be seconds >= 0, got {refresh_s!r}")
+        self.refresh_s = float(refresh_s)
         self.max_pending = max_pending
         self.store_text = bool(store_text)
         if reference is not None and (not isinstance(reference, str) or not reference):
@@ -128,6 +136,10 @@ class Shadow:
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate: asyncio.Semaphore | None = None
         self._day = -1
+        self._base = Decimal(0)  # the day's shadow spend in the ledger, at its last read
+        self._since = Decimal(0)  # this process's shadow spend recorded since that read started
+        self._read_at = -math.inf  # when it was read (clock)
+        self._reading: asyncio.Lock | None = None
         self._held = Decimal(0)  # estimated cost of the shadow calls in flight
         self._last: dict[str, Decimal] = {}  # each member's last shadow call's cost
         self._logprobs = False
@@ -223,20 +235,34 @@ class Shadow:
             self._gate = asyncio.Semaphore(self.concurrency)
         await asyncio.gather(*(self._one(ledger, request, entry, tags, seen) for entry in todo))
 
-    def _spent_today(self, ledger: Any) -> Decimal:
-        """Today's shadow spend: read from the ledger once a day (so a restart keeps counting), then kept here."""
-        day = int(self._clock() // _DAY)
-        if day != self._day:
-            self._day = day
+    async def _refresh(self, ledger: Any) -> None:
+        """Read today's shadow spend from the ledger (every process's, so a restart and the other processes on it are
+        counted) when the last read is ``refresh_s`` old or of another day: on a worker thread, one read at a time."""
+        if self._reading is None:
+            self._reading = asyncio.Lock()
+        async with self._reading:
+            now = self._clock()
+            day = int(now // _DAY)
+            if day == self._day and now - self._read_at < self.refresh_s:
+                return  # read meanwhile, by the call this one waited for
+            if day != self._day:
+                self._day, self._base, self._since = day, Decimal(0), Decimal(0)
+            mark = self._since
             try:
-                spent = ledger.spend(since=day * _DAY, tags={SHADOW_TAG: "1"})
-            except Exception as exc:  # an unreadable ledger: count from zero, and say so
-                _log.warning("shadow: cannot read today's shadow spend from the ledger (%s); counting from 0", exc)
-                spent = Decimal(0)
-            self.stats.spent_usd = Decimal(spent)
-        return self.stats.spent_usd
+                spent = await asyncio.to_thread(ledger.spend, since=day * _DAY, tags={SHADOW_TAG: "1"})
+            except Exception as exc:  # an unreadable ledger: keep counting what this process knows, and say so
+                _log.warning("shadow: cannot read today's shadow spend from the ledger (%s); counting locally", exc)
+            else:
+                if day == self._day:  # the ledger has this process's calls recorded before the read (it flushes)
+                    self._base, self._since = Decimal(spent), self._since - mark
+            self._read_at = now
+            self.stats.spent_usd = self._base + self._since
 
-    def _admit(self, ledger: Any, backend: Backend, estimate: Decimal | None) -> Decimal | None:
+    def _spent_today(self) -> Decimal:
+        """Today's shadow spend as last read from the ledger, plus this process's shadow calls since."""
+        return self._base + self._since if self._day == int(self._clock() // _DAY) else Decimal(0)
+
+    def _admit(self, backend: Backend, estimate: Decimal | None) -> Decimal | None:
         """The estimated cost held for a shadow call about to start, or None when it must not start."""
         if self.limit_usd is None:
             return Decimal(0)
@@ -244,7 +270,7 @@ class Shadow:
             return None
         # The prompt alone under-counts a call that writes a long answer: hold what the member's last call cost.
         estimate = max(estimate, self._last.get(backend.name, estimate))
-        if self._spent_today(ledger) + self._held + estimate > self.limit_usd:
+        if self._spent_today() + self._held + estimate > self.limit_usd:
             return None
         self._held += estimate
         return estimate
@@ -266,7 +292,11 @@ class Shadow:
             estimator = router.estimator
             usage = estimator(request, None) if estimator is not None else Usage(estimated=True)
             estimate = router._cost(backend, usage, None, None)
-            held = self._admit(ledger, backend, estimate)
+            if self.limit_usd is not None:
+                now = self._clock()
+                if int(now // _DAY) != self._day or now - self._read_at >= self.refresh_s:
+                    await self._refresh(ledger)
+            held = self._admit(backend, estimate)
             if held is None:
                 self.stats.skipped += 1
                 return
@@ -296,7 +326,8 @@ class Shadow:
                 if call.cost_usd is not None:
                     self._last[backend.name] = call.cost_usd
                     if self._day == int(self._clock() // _DAY):
-                        self.stats.spent_usd += call.cost_usd
+                        self._since += call.cost_usd
+                        self.stats.spent_usd = self._base + self._since
                 self.stats.calls += 1
                 with contextlib.suppress(Exception):  # a closed ledger loses an observation (its intent stays)
                     ledger.record(rid, [call], tags, observed=seen)

@@ -265,6 +265,7 @@ class ShadowConfig(_Model):
     pool: list[str | MemberConfig] | None = None
     limit_usd: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
     concurrency: Annotated[int, Field(ge=1)] = 4
+    refresh_s: Annotated[float, Field(ge=0)] = 5.0  # how often the day's shadow spend is read from the ledger
     max_pending: Annotated[int, Field(ge=1)] = 1000
     store_text: bool = False
 
@@ -747,6 +748,7 @@ def _build_shadow(cfg: Config, sc: ShadowConfig, comp: Components, cascade: str)
             pool,
             limit_usd=sc.limit_usd,
             concurrency=sc.concurrency,
+            refresh_s=sc.refresh_s,
             max_pending=sc.max_pending,
             store_text=sc.store_text,
             reference=cfg.audit.reference if cfg.audit is not None else None,
