@@ -88,3 +88,23 @@ def mmlu_rows(data_dir: Path, n: int | None = None) -> dict[str, dict[str, Any]]
             if len(rows) == n:
                 break
     return rows
+
+
+def span_exporter() -> Any:
+    """An in-memory exporter on the process's OpenTelemetry SDK tracer provider (set once, shared by every test: the
+    API lets a process set its provider only once); skips when the SDK is missing or another provider was set."""
+    import pytest
+
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), sdk.TracerProvider):
+        trace.set_tracer_provider(sdk.TracerProvider())
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, sdk.TracerProvider):
+        pytest.skip("another kind of tracer provider was set earlier in this process")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

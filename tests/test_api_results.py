@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from _fakes import span_exporter
 
 from llm_cascade import FakeBackend, Router, Tier
 from llm_cascade.core.errors import AllTiersFailed
@@ -55,18 +56,7 @@ async def test_a_forced_answer_says_why() -> None:
 
 
 async def test_one_span_per_member_call_with_genai_attributes() -> None:
-    sdk = pytest.importorskip("opentelemetry.sdk.trace")
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    if not isinstance(trace.get_tracer_provider(), sdk.TracerProvider):
-        trace.set_tracer_provider(sdk.TracerProvider())
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, sdk.TracerProvider):
-        pytest.skip("another kind of tracer provider was set earlier in this process")
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = span_exporter()
     member = Priced("gpt-4o-mini", "B")
     member.name = "openai:gpt-4o-mini"
     router = Router([Tier([member, FakeBackend("b", "B")])], normalizer="choice", name="genai")

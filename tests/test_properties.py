@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from _fakes import span_exporter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -292,18 +293,7 @@ def test_malformed_http_bodies_become_typed_errors(
 def test_a_member_with_an_absurd_latency_still_gets_its_span() -> None:
     """A latency of 1.8e299 s (a broken clock in a backend) once made the span's start time overflow and fail the
     request under a tracer; the span now starts at its end instead."""
-    sdk = pytest.importorskip("opentelemetry.sdk.trace")
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    if not isinstance(trace.get_tracer_provider(), sdk.TracerProvider):
-        trace.set_tracer_provider(sdk.TracerProvider())
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, sdk.TracerProvider):
-        pytest.skip("another kind of tracer provider was set earlier in this process")
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = span_exporter()
     reply = Completion(text="B", model="m", usage=Usage(1, 1, 0), latency_s=1.797693134862316e299)
     router = Router([[Garbage("fake:g0", reply)]], normalizer="choice")
     result = asyncio.run(router.route("Which letter?"))
