@@ -72,33 +72,41 @@ class _SQLiteCache:
 
 
 class _SQLAlchemyCache:
+    """Any SQLAlchemy URL. Statements run straight on the pool's DBAPI connections, as the ledger's writer does
+    (:mod:`llm_cascade.spend.sqlpool` says why: a third of the Python time of SQLAlchemy Core per statement)."""
+
     def __init__(self, url: str, table: str) -> None:
         try:
             import sqlalchemy
         except ImportError:  # pragma: no cover - depends on the environment
-            raise MissingDependencyError("sqlalchemy", "postgres") from None
-        self._text = sqlalchemy.text
-        self._engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+            raise MissingDependencyError("sqlalchemy", "ledger") from None
+        from .sqlpool import PooledDBAPI
+
+        self._engine = sqlalchemy.create_engine(url, pool_pre_ping=False)
         self.dialect = self._engine.dialect.name
+        self._qmark = self._engine.dialect.paramstyle == "qmark"
         with self._engine.begin() as conn:
             conn.exec_driver_sql(_schema(table))
+        self._raw = PooledDBAPI(self._engine)
 
-    @staticmethod
-    def _named(sql: str, params: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
-        parts = sql.split("?")
-        out = parts[0] + "".join(f":p{i}{rest}" for i, rest in enumerate(parts[1:]))
-        return out, {f"p{i}": v for i, v in enumerate(params)}
+    def _sql(self, sql: str) -> str:
+        return sql if self._qmark else sql.replace("?", "%s")
 
     def query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        named, bound = self._named(sql, params)
-        with self._engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(self._text(named), bound)]
+        from .sqlpool import fetched
+
+        def body(cursor: Any) -> list[tuple[Any, ...]]:
+            cursor.execute(self._sql(sql), params)
+            return fetched(cursor)
+
+        return self._raw.transaction(body)
 
     def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        with self._engine.begin() as conn:
+        def body(cursor: Any) -> None:
             for sql, params in statements:
-                named, bound = self._named(sql, params)
-                conn.execute(self._text(named), bound)
+                cursor.execute(self._sql(sql), params)
+
+        self._raw.transaction(body)
 
     def close(self) -> None:
         self._engine.dispose()
