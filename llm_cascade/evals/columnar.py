@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import MissingDependencyError
-from .records import NO_ANSWER, RecordError, RunMatrix
+from .records import NO_ANSWER, RecordError, RunMatrix, blank_columns
 
 BATCH_ROWS = 65536
 
@@ -47,13 +47,7 @@ def read_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMat
     n, k = fh.metadata.num_rows, len(names)
     if n == 0:
         raise RecordError(f"{p}: no records")
-    answers = np.full((n, k), NO_ANSWER, dtype=np.int32)
-    present = np.zeros((n, k), dtype=bool)
-    correct = np.zeros((n, k), dtype=bool)
-    known = np.zeros((n, k), dtype=bool)
-    cost = np.full((n, k), np.nan)
-    conf = np.full((n, k), np.nan)
-    gold = np.full(n, NO_ANSWER, dtype=np.int32)
+    answers, present, correct, known, cost, conf, gold = blank_columns(n, k)
     ids: list[str] = []
     codes: dict[str, int] = {}
 

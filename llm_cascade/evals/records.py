@@ -213,6 +213,20 @@ def split_records(records: Sequence[Record], fraction: float = 0.5, seed: int = 
     return [records[i] for i in first], [records[i] for i in second]
 
 
+def blank_columns(n: int, k: int) -> tuple[np.ndarray[Any, Any], ...]:
+    """A run matrix's columns for ``n`` examples by ``k`` models, before anything is read: answers (codes, none yet),
+    present, correct, known, cost and confidence (NaN: unknown), and gold (none). Readers fill them in place."""
+    return (
+        np.full((n, k), NO_ANSWER, dtype=np.int32),
+        np.zeros((n, k), dtype=bool),
+        np.zeros((n, k), dtype=bool),
+        np.zeros((n, k), dtype=bool),
+        np.full((n, k), np.nan),
+        np.full((n, k), np.nan),
+        np.full(n, NO_ANSWER, dtype=np.int32),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RunMatrix:
     """Dense arrays over (example, model): what the simulator reads.
@@ -287,13 +301,7 @@ class RunMatrix:
                 return NO_ANSWER
             return codes.setdefault(a, len(codes))
 
-        answers = np.full((n, k), NO_ANSWER, dtype=np.int32)
-        present = np.zeros((n, k), dtype=bool)
-        correct = np.zeros((n, k), dtype=bool)
-        known = np.zeros((n, k), dtype=bool)
-        cost = np.full((n, k), np.nan)
-        conf = np.full((n, k), np.nan)
-        gold = np.full(n, NO_ANSWER, dtype=np.int32)
+        answers, present, correct, known, cost, conf, gold = blank_columns(n, k)
         for i, r in enumerate(records):
             g = code(r.gold) if r.gold is not None else NO_ANSWER
             gold[i] = g
