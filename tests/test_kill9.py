@@ -181,3 +181,30 @@ def test_kill_9_loses_no_shadow_call(tmp_path: Path) -> None:
     assert all(r.model == "fake:a" for r in rows if r.tags.get("shadow") != "1")
     ledger.close()
     assert not [*folder.glob("*.wal")]
+
+
+def test_a_clients_own_shadow_tag_does_not_make_its_rows_shadow_units(tmp_path: Path) -> None:
+    """A request a client tagged ``shadow = "1"`` itself (not sampled) is journaled, committed and replayed as one
+    unit under its id: its journal empties once written, and opening the ledger again stores nothing twice."""
+    import asyncio
+
+    from llm_cascade import Router
+    from llm_cascade.backends.fake import FakeBackend
+
+    folder = tmp_path / "journal"
+    ledger = Ledger(tmp_path / "l.db", journal=folder, linger_s=0)
+    router = Router([[FakeBackend("a", "B")], [FakeBackend("b", "B")]], ledger=ledger, retry=None)
+
+    async def go() -> None:
+        for i in range(5):
+            await router.route(f"Q{i}", tags={"shadow": "1"})
+        await router.aclose()
+
+    asyncio.run(go())
+    ledger.flush()
+    assert ledger.journal_state == "on" and ledger._journal is not None and ledger._journal.outstanding == 0
+    ledger.close()
+    assert not [*folder.glob("*.wal")]
+    again = Ledger(tmp_path / "l.db", journal=folder)
+    assert again.replayed == 0 and len(again.rows()) == 5
+    again.close()

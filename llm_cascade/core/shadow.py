@@ -198,6 +198,7 @@ class Shadow:
         from ..spend.ledger import Ledger, Observed
 
         metadata = dict(request.metadata)
+        metadata.pop(SHADOW_TAG, None)  # the cascade's own calls: never shadow rows, whatever a client tagged
         if self.reference is not None:
             metadata.setdefault(REFERENCE_TAG, self.reference)
         if not isinstance(ledger, Ledger):  # a sink that cannot keep observations: spend only, nothing to shadow

@@ -62,7 +62,7 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _ZEROS = bytes(1 << 16)
 
 
-_TAGS_AT, _MODEL_AT = 14, 4  # a ledger row's tags (JSON, keys sorted) and model
+_TAGS_AT, _MODEL_AT, _DIGEST_AT = 14, 4, 19  # a ledger row's tags (JSON, keys sorted), model, observation digest
 _SHADOW_TAGGED = '"shadow": "1"'  # as the ledger's JSON encoder writes the shadow tag (a value's quotes are escaped)
 UNIT_SEP = "\x1f"
 
@@ -71,13 +71,16 @@ def unit(row: Row) -> str:
     """The journal unit a ledger row belongs to: its request id, or for a shadow call's row (tagged ``shadow``) the
     request id and the model. A request's shadow calls are billed apart from its cascade's calls, each in its own
     unit: an intent before it starts, its real row once it ends, committed on its own. Under the bare request id a
-    shadow call's row would replace the cascade's rows on replay, and the cascade's commit would skip it."""
-    return unit_of(row[1], row[_MODEL_AT], row[_TAGS_AT] if len(row) > _TAGS_AT else None)
+    shadow call's row would replace the cascade's rows on replay, and the cascade's commit would skip it. A shadow
+    call's row is an observation (it has a digest) tagged ``shadow``: a client's own ``shadow`` tag on a request that
+    was not sampled does not make its rows one."""
+    tags = row[_TAGS_AT] if len(row) > _TAGS_AT else None
+    return unit_of(row[1], row[_MODEL_AT], tags, row[_DIGEST_AT] if len(row) > _DIGEST_AT else None)
 
 
-def unit_of(request_id: str, model: object, tags: object) -> str:
-    """:func:`unit` of a row given by its request id, model and stored tags."""
-    if isinstance(tags, str) and _SHADOW_TAGGED in tags:
+def unit_of(request_id: str, model: object, tags: object, digest: object) -> str:
+    """:func:`unit` of a row given by its request id, model, stored tags and observation digest."""
+    if digest is not None and isinstance(tags, str) and _SHADOW_TAGGED in tags:
         return f"{request_id}{UNIT_SEP}{model}"
     return str(request_id)
 

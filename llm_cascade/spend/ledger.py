@@ -389,10 +389,10 @@ class Ledger:
         for i in range(0, len(request_ids), 500):
             chunk = request_ids[i : i + 500]
             sql = (
-                f"SELECT DISTINCT request_id, model, tags FROM {self.table} "
+                f"SELECT DISTINCT request_id, model, tags, digest FROM {self.table} "
                 f"WHERE request_id IN ({', '.join([ph] * len(chunk))})"
             )
-            found.update(unit_of(str(r[0]), r[1], r[2]) for r in self._store.query(sql, chunk))
+            found.update(unit_of(str(r[0]), r[1], r[2], r[3]) for r in self._store.query(sql, chunk))
         return found
 
     # -- writing ----------------------------------------------------------------------------------------------------
