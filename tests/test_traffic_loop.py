@@ -30,6 +30,7 @@ def test_the_whole_loop(tmp_path: Path) -> None:
     assert rest["accuracy"] >= rest["reference_accuracy"] - 0.01
     assert rest["cost_per_request_usd"] * 2 <= rest["reference_cost_per_request_usd"]
     audit = result["audit"]
+    assert result["audit_reference"] == "recorded:big"  # as the ledger records it: audit was given no --reference
     assert audit["requests"] >= 600 and audit["fidelity"] >= 0.99 and audit["shadow_usd"] > 0
     assert result["audit_exit"] == 0
     emitted = (tmp_path / "calibrated.toml").read_text()
