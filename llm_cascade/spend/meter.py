@@ -180,8 +180,6 @@ class SpendMeter:
         # entry, without the table's per-usage cache (a miss there costs more than the arithmetic).
         self._table = prices if isinstance(prices, PriceTable) and not prices.strict else None
         self._entries: dict[int, PriceEntry | None] = {}
-        self._costs: dict[tuple[int, int, int, int], Decimal] = {}
-        self._estimates: dict[tuple[int, Usage], Decimal | None] = {}
         self._intents: dict[tuple[int, object], tuple[Call, ...]] = {}
         from .tokens import TokenEstimator  # light: tiktoken itself loads when an estimator is built
 
@@ -210,10 +208,8 @@ class SpendMeter:
         version = getattr(self.prices, "version", 0)
         if version != self._version:
             self._version = version
-            self._estimates = {}
             self._intents = {}
             self._entries = {}
-            self._costs = {}
 
     def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
         """The member's own price, else the table's; None when neither knows."""
@@ -235,17 +231,11 @@ class SpendMeter:
                 entry = self._entries[key] = table.lookup(member.name)
             if entry is None:
                 return None
-            if seconds is not None:
-                timed: Decimal = entry.cost(usage, seconds)
-                return timed
-            # The same sizes recur (a service's prompts, a model's usual answers): their cost is kept, bounded.
-            sized = (key, usage.input_tokens, usage.output_tokens, usage.cached_tokens)
-            cost = self._costs.get(sized)
-            if cost is None:
-                cost = entry.cost(usage)
-                if len(self._costs) >= 4096:
-                    self._costs.clear()
-                self._costs[sized] = cost
+            # Not cached: a provider's usage varies from call to call, and the entry's integer arithmetic (see
+            # PriceEntry.cost) costs less than a cache's key, lookup and insertion when it misses (measured: a cache
+            # of sizes, or of the last Usage object, saves 1-3 us on one repeated prompt and costs 1.5-3 us on
+            # distinct ones).
+            cost: Decimal = entry.cost(usage, seconds)
             return cost
         prices = self.prices
         if prices is None:
@@ -259,18 +249,9 @@ class SpendMeter:
         an upper bound of it), priced by :meth:`cost`; None when a member's price is unknown."""
         holds = self.holds
         assert holds is not None
-        self._fresh()
-        estimates = self._estimates
         total = _ZERO
         for member in self.tiers[tier]:
-            usage = holds.usage_for(request, member.name, exact)
-            key = (id(member), usage)
-            cost = estimates.get(key, _UNSEEN)
-            if cost is _UNSEEN:
-                cost = self.cost(member, usage)
-                if len(estimates) >= 4096:
-                    estimates = self._estimates = {}
-                estimates[key] = cost
+            cost = self.cost(member, holds.usage_for(request, member.name, exact))  # (see cost)
             if cost is None:
                 return None
             total += cost
