@@ -23,6 +23,7 @@ from .core.agreement import (
     unanimous,
     vote_share,
 )
+from .core.cache import ResponseCache
 from .core.errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -50,6 +51,7 @@ from .core.errors import (
 from .core.normalize import ChoiceLetter, ExactText, JsonField, LabelSet, Normalizer, Number, Regex, YesNo
 from .core.normalize_math import Math
 from .core.router import Router, Tier
+from .core.shadow import Shadow
 from .core.types import Call, Completion, Message, Request, RouteResult, Usage, Vote
 from .resilience.limits import CircuitBreaker, RateLimit, Resilience, harden
 from .resilience.retry import Retrying, RetryPolicy
@@ -100,6 +102,7 @@ __all__ = [
     "Request",
     "RequestTimeout",
     "Resilience",
+    "ResponseCache",
     "RetryPolicy",
     "RetryableError",
     "Retrying",
@@ -107,6 +110,7 @@ __all__ = [
     "Router",
     "RoutingError",
     "Rule",
+    "Shadow",
     "StreamError",
     "Tier",
     "TierVotes",
