@@ -204,6 +204,9 @@ async def read_stream(
                 for part in state.parts[sent:]:
                     sink(part)
                 sent = len(state.parts)
+                # Let the caller forward it now: the rest of a burst already received would otherwise be read
+                # (tens of chunks, each under its own timeout) before the first token left the process.
+                await asyncio.sleep(0)
             if state.parts and n_parts == 0:
                 n_parts = len(state.parts)
                 first_token_arrived()  # a tier's first_token_timeout stops counting (llm_cascade.resilience.ttft)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -73,30 +74,41 @@ class StreamChunk:
 async def stream_route(route: Callable[[], Awaitable[RouteResult]]) -> AsyncGenerator[StreamChunk, None]:
     """Run ``route()`` (a Router's route with its arguments bound) and yield its answer as chunks.
 
-    Leaving the loop early cancels the request (its calls are still recorded, as for any cancelled request)."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    token = _REQUESTED.set(queue.put_nowait)
+    The member's reader appends each text delta and wakes this generator through one future (one loop step, where
+    a queue getter raced against the task by ``asyncio.wait`` took three, during which the reader went on through
+    every chunk already received: the first token waited for the last). Leaving the loop early cancels the request
+    (its calls are still recorded, as for any cancelled request)."""
+    loop = asyncio.get_running_loop()
+    parts: deque[str] = deque()
+    waiting: list[asyncio.Future[None]] = []  # the future this generator sleeps on, while it does
+
+    def wake(_: object = None) -> None:
+        if waiting and not waiting[0].done():
+            waiting[0].set_result(None)
+
+    def sink(text: str) -> None:
+        parts.append(text)
+        wake()
+
+    token = _REQUESTED.set(sink)
     try:
         task: asyncio.Future[RouteResult] = asyncio.ensure_future(route())  # the task copies the context: sink set
     finally:
         _REQUESTED.reset(token)
+    task.add_done_callback(wake)
     live = False
     try:
         while True:
-            if queue.empty():
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                if getter.done() and not getter.cancelled():
-                    live = True
-                    yield StreamChunk(getter.result(), live=True)
-                    continue
-            while not queue.empty():
+            if not parts and not task.done():
+                waiting.append(loop.create_future())
+                try:
+                    await waiting[0]
+                finally:
+                    waiting.clear()
+                continue
+            while parts:
                 live = True
-                yield StreamChunk(queue.get_nowait(), live=True)
+                yield StreamChunk(parts.popleft(), live=True)
             if not task.done():
                 continue
             result = task.result()  # the router's exception, if it raised
@@ -105,6 +117,7 @@ async def stream_route(route: Callable[[], Awaitable[RouteResult]]) -> AsyncGene
             yield StreamChunk("", done=True, live=live, result=result)
             return
     finally:
+        task.remove_done_callback(wake)
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
