@@ -165,3 +165,19 @@ async def test_leaving_a_stream_early_cancels_the_request_and_records_its_call(
     assert time.perf_counter() - start < STALL  # not waited out
     ledger.flush()
     assert [r.outcome for r in ledger.rows()] == ["cancelled"]
+
+
+@pytest.mark.parametrize("transport", ["sdk", "http"])
+async def test_the_first_token_of_a_burst_is_handed_over_before_the_rest_is_read(
+    upstream: RecordedServer, ledger: Ledger, transport: str
+) -> None:
+    """The recorded server writes the whole answer at once: the caller still gets the first token before the reader
+    goes on through the rest (leaving then cancels a request that was still reading, not one already answered)."""
+    router = Router([[_member(upstream, "solo", transport)]], retry=None, ledger=ledger)
+    async with contextlib.aclosing(router.stream("q")) as chunks:
+        async for chunk in chunks:
+            assert chunk.live and chunk.text == "The"
+            break
+    await router.aclose()
+    ledger.flush()
+    assert [r.outcome for r in ledger.rows()] == ["cancelled"]
