@@ -108,6 +108,14 @@ class _Segment:
         self.populated = populate and _POPULATE != 0
         self.pos = 0
         self.open = 0  # requests with a record here and not yet committed
+        self.life = 0  # bumped when what was written is gone (zeroed, or the file closed)
+        # Commits written here of requests whose records are in an earlier segment: (request id, that segment, its
+        # life then). While that segment still holds them, this commit is what keeps a replay from billing them.
+        self.cancels: list[tuple[str, _Segment, int]] = []
+
+    def live_cancels(self) -> list[tuple[str, _Segment, int]]:
+        """The commits here still needed: those of records that the earlier segment still holds."""
+        return [c for c in self.cancels if c[1].life == c[2]]
 
     def reset(self) -> None:
         """Zero what was written (from a buffer of zeros, not a new one of the segment's size) and start again."""
@@ -115,12 +123,15 @@ class _Segment:
             end = min(self.pos, start + len(_ZEROS))
             self.map[start:end] = _ZEROS[: end - start]
         self.pos = 0
+        self.cancels = []
+        self.life += 1  # after the zeroing: until it is done, commits elsewhere of these records still matter
 
     def close(self, unlink: bool) -> None:
         self.map.close()
         if unlink:
             self.path.unlink(missing_ok=True)
         os.close(self.fd)
+        self.life += 1
 
 
 class Intents:
@@ -226,7 +237,7 @@ class Journal:
                 self._full.append(seg)
                 seg = self._seg = spare
                 self._spare = None
-            elif not seg.open:
+            elif not seg.open and not seg.live_cancels():  # (else prepare() carries its commits forward)
                 seg.reset()
             else:
                 try:
@@ -292,14 +303,33 @@ class Journal:
         payload = marshal.dumps(ids, 4)
         with self._lock:
             self._put(b"c", payload, None)
-            more = self._more
+            here, more = self._seg, self._more
             for rid in ids:
                 seg = where.pop(rid, None)
                 if seg is not None:
                     seg.open -= 1
+                    if seg is not here and here is not None:  # its records are in an earlier segment (rare)
+                        here.cancels.append((rid, seg, seg.life))
                 if more:
                     for seg in more.pop(rid, ()):
                         seg.open -= 1
+                        if seg is not here and here is not None:
+                            here.cancels.append((rid, seg, seg.life))
+
+    def _carry(self, seg: _Segment) -> bool:
+        """Before ``seg`` is zeroed or removed, write again in the current segment the commits in it that are still
+        needed (of requests whose records an earlier, kept segment holds): else a replay would bill them again.
+        False if journaling stopped meanwhile (``seg`` must then stay as it is)."""
+        with self._lock:
+            live = seg.live_cancels()
+            if not live:
+                return True
+            self._put(b"c", marshal.dumps(tuple(dict.fromkeys(c[0] for c in live)), 4), None)
+            here = self._seg
+            if here is None:
+                return False
+            here.cancels.extend(live)
+            return True
 
     def prepare(self) -> None:
         """Housekeeping off the event loop (the ledger's writer thread calls it after each write, after
@@ -319,7 +349,11 @@ class Journal:
             early = not current.populated and _POPULATE != 0  # the first segment: swap it for a populated one
         ready: _Segment | None = None
         try:
-            for seg in drained:
+            for seg in drained:  # oldest first: one zeroed first makes the commits of its records moot
+                if not self._carry(seg):
+                    with self._lock:
+                        self._full.append(seg)
+                    continue
                 if need and ready is None and (seg.populated or not _POPULATE) and seg.size == self.segment_bytes:
                     seg.reset()
                     ready = seg
@@ -354,8 +388,14 @@ class Journal:
         with self._lock:
             segs = [*self._full, *(seg for seg in (self._seg, self._spare) if seg is not None)]
             self._seg, self._spare, self._full = None, None, []
+            kept = {seg for seg in segs if seg.open or not clean}
+            grew = True
+            while grew:  # a segment holding commits of records in a kept one is kept with it
+                more = {seg for seg in segs if seg not in kept and any(c[1] in kept for c in seg.live_cancels())}
+                kept |= more
+                grew = bool(more)
             for seg in segs:
-                seg.close(unlink=clean and not seg.open)
+                seg.close(unlink=seg not in kept)
         with contextlib.suppress(OSError):  # the folder goes with its last file (another process may still use it)
             self.directory.rmdir()
 
