@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -181,3 +182,21 @@ async def test_the_first_token_of_a_burst_is_handed_over_before_the_rest_is_read
     await router.aclose()
     ledger.flush()
     assert [r.outcome for r in ledger.rows()] == ["cancelled"]
+
+
+def test_a_client_leaving_a_live_proxy_stream_cancels_its_request(upstream: RecordedServer, tmp_path: Path) -> None:
+    """The live response hears the disconnect itself (no task group): the member call is cancelled, and recorded."""
+    db = tmp_path / "spend.db"
+    text = CONFIG + f'\n[ledger]\nurl = "sqlite:///{db}"\n'
+    with ThreadProxy(text, {"UP_URL": upstream.base_url, "STREAM_TEST_KEY": "sk-unused"}) as p:
+        body = {"model": "stalls", "messages": [{"role": "user", "content": "q"}], "stream": True}
+        start = time.perf_counter()
+        with httpx.stream("POST", f"{p.url}/v1/chat/completions", json=body, timeout=10) as r:
+            assert r.headers["x-llm-cascade-streamed"] == "live"
+            assert '"The"' in next(line for line in r.iter_lines() if line)
+        deadline = time.monotonic() + 5
+        while p.app.state.proxy.generation.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert time.perf_counter() - start < STALL  # the request ended with the client, not with the stall
+    with Ledger(db) as ledger:
+        assert [r.outcome for r in ledger.rows()] == ["cancelled"]
