@@ -106,7 +106,7 @@ class Fits:
             warm: tuple[tuple[float, ...], float] | None = None
             for rows in self._rows:
                 train = ~rows & st.has_answer
-                w, b = fit(x[train], st.correct[train], start=warm if self.warm else None)
+                w, b = fit(x, st.correct, start=warm if self.warm else None, rows=train)
                 warm = (w, b)  # the folds share most of their rows: the next fit starts here
                 weights.append((np.asarray(w), b))
             self._folds[g] = weights
@@ -122,7 +122,7 @@ class Fits:
         cached = self._final.get(g)
         if cached is None:
             st = self.sim.stats(g)
-            cached = fit(features(st)[st.has_answer], st.correct[st.has_answer])
+            cached = fit(features(st), st.correct, rows=st.has_answer)
             self._final[g] = cached
             self.fitted += 1
         return cached
