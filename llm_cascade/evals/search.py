@@ -31,6 +31,8 @@ from .simulate import Simulator, TierStats, _Lru
 CHUNK_ROWS = 1 << 15
 #: Memory the later parts' columns may keep for a whole stage (above it they are rebuilt per first tier).
 COLUMN_BYTES = 256 * 1024 * 1024
+#: Examples from which the first fold's fit starts from a fit on every eighth example (see :meth:`Fits.held_out`).
+SEED_ROWS = 2048
 #: How many of the cheapest target-meeting points the choice may try (as ``calibrate._choose`` does).
 KEEP = 400
 
@@ -86,6 +88,7 @@ class Fits:
         self.sim = sim
         self.k = k
         self._rows = [fold == f for f in range(k)]
+        self._eighth = np.arange(sim.m.n) % 8 == 0
         self._folds: dict[tuple[int, ...], list[tuple[FloatArray, float]]] = {}
         self._final: dict[tuple[int, ...], tuple[tuple[float, ...], float]] = {}
         self._scores = _Lru(cache_bytes)
@@ -104,6 +107,10 @@ class Fits:
         if weights is None:
             weights = []
             warm: tuple[tuple[float, ...], float] | None = None
+            if self.warm and self.sim.m.n >= 8 * SEED_ROWS:
+                # the first fold starts from a cold fit on every eighth example (ten cheap Newton steps) instead of
+                # cold: four full steps instead of ten to twelve, to the same optimum within the 1e-8 step tolerance
+                warm = fit(x, st.correct, rows=st.has_answer & self._eighth)
             for rows in self._rows:
                 train = ~rows & st.has_answer
                 w, b = fit(x, st.correct, start=warm if self.warm else None, rows=train)
