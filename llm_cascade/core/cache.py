@@ -153,6 +153,14 @@ def as_cache(value: object) -> Cache | None:
     )
 
 
+async def close_cache(cache: object) -> None:
+    """Close a cache the Router owns (:meth:`~llm_cascade.core.router.Router.aclose`): its ``aclose``, when it has one
+    (a shared cache's connections; an in-memory cache's entries are dropped)."""
+    aclose = getattr(cache, "aclose", None)
+    if callable(aclose):
+        await aclose()
+
+
 def saved_usd(cached: RouteResult) -> Decimal | None:
     """What the cached answer's calls cost when they were made (None when a call's price was unknown)."""
     total = _ZERO

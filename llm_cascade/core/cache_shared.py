@@ -14,9 +14,11 @@ value this version cannot read (another version's, or damaged) is a miss too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import weakref
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +27,9 @@ from .errors import ConfigError
 from .types import Call, Message, Request, RouteResult, Usage, Vote
 
 _log = logging.getLogger("llm_cascade.core.cache")
+# Open SharedCaches that own each backend: the backend closes with the last of them (the config file's one store, say,
+# behind every cascade's cache). Weak keys: a backend dropped unclosed takes its count with it.
+_HOLDERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 VERSION = "v1"  # in every key: a change of the key or value format starts an empty cache instead of misreading one
 
 
@@ -131,10 +136,21 @@ def decode(text: str) -> RouteResult:
 class SharedCache:
     """Decided answers by request digest in ``backend``, each kept ``ttl`` seconds (None: until the backend evicts
     it). Backend failures and calls slower than ``timeout_s`` are misses, logged and counted in ``errors``.
-    ``namespace`` keeps apart the entries of cascades that share one backend but would answer differently."""
+    ``namespace`` keeps apart the entries of cascades that share one backend but would answer differently.
+
+    Ownership, as an httpx client owns the transport it is given: the backend is this cache's, and :meth:`aclose`
+    (which :meth:`Router.aclose() <llm_cascade.core.router.Router.aclose>` calls for its cache) closes its
+    connections. Several caches over one backend (one per cascade) share it: it closes with the last of them.
+    ``owns_backend=False`` leaves it open for its owner to close (a backend used outside any cache too)."""
 
     def __init__(
-        self, backend: CacheBackend, *, ttl: float | None = 3600.0, timeout_s: float = 2.0, namespace: str = ""
+        self,
+        backend: CacheBackend,
+        *,
+        ttl: float | None = 3600.0,
+        timeout_s: float = 2.0,
+        namespace: str = "",
+        owns_backend: bool = True,
     ) -> None:
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
             raise ConfigError("SharedCache.ttl", f"must be a positive number of seconds or None, got {ttl!r}")
@@ -144,6 +160,11 @@ class SharedCache:
         self.ttl = ttl
         self.timeout_s = timeout_s
         self.namespace = namespace
+        self.owns_backend = owns_backend
+        self._open = owns_backend
+        if owns_backend:
+            with contextlib.suppress(TypeError):  # not weakly referable, or unhashable: this cache alone closes it
+                _HOLDERS[backend] = _HOLDERS.get(backend, 0) + 1
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -184,4 +205,16 @@ class SharedCache:
             self._failed("write", exc)
 
     async def aclose(self) -> None:
+        """Close the backend's connections, if this cache owns it and is the last open one that does; idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            left = _HOLDERS.get(self.backend, 1) - 1
+            if left > 0:
+                _HOLDERS[self.backend] = left
+                return
+            _HOLDERS.pop(self.backend, None)
+        except TypeError:
+            pass
         await self.backend.aclose()

@@ -41,7 +41,7 @@ from ..spend.meter import Pricer as Pricer
 from ..spend.meter import SpendSink as SpendSink
 from . import observe, refusal
 from .agreement import Rule, TierVotes, Unanimous
-from .cache import Cache, ResponseCache, as_cache, hit_request, hit_result
+from .cache import Cache, ResponseCache, as_cache, close_cache, hit_request, hit_result
 from .errors import (
     AllTiersFailed,
     AuthenticationError,
@@ -547,12 +547,13 @@ class Router:
     def _sync(self) -> SyncRunner:
         runner = self._runner
         if runner is None:
-            tiers, shadow = self.tiers, self.shadow  # the finalizer holds the members, not the Router
+            tiers, shadow, cache = self.tiers, self.shadow, self.cache  # the finalizer holds them, not the Router
 
             async def close_members() -> None:
                 if shadow is not None:
                     await shadow.aclose()
                 await _close_tiers(tiers)
+                await close_cache(cache)
 
             runner = self._runner = SyncRunner(close_members)
         return runner
@@ -629,15 +630,19 @@ class Router:
         )
 
     async def aclose(self) -> None:
-        """Close every member once (SDK connection pools, model batchers, nested routers); idempotent.
+        """Close every member once (SDK connection pools, model batchers, nested routers) and the cache; idempotent.
 
-        The ledger and budget are not closed: they are passed in and may be shared (close the ledger yourself)."""
+        The cache is the Router's, passed in or built from a config file, as an httpx client's transport is: a
+        shared cache's connections close here (:class:`~llm_cascade.core.cache_shared.SharedCache` says how caches
+        over one backend share it). The ledger and budget are not closed: they are passed in and may be shared
+        (close the ledger yourself)."""
         if self._closed:
             return
         self._closed = True
         if self.shadow is not None:
             await self.shadow.aclose()
         await _close_tiers(self.tiers)
+        await close_cache(self.cache)
 
     async def __aenter__(self) -> Router:
         return self
