@@ -175,7 +175,9 @@ class Simulator:
         n = a.shape[0]
         answered = a != NO_ANSWER
         same = (a[:, :, None] == a[:, None, :]) & answered[:, None, :]
-        counts = same.sum(axis=2) * answered
+        # one-byte vote counts (a tier has a few members): the same integers as int64, 8x less to scan
+        counts = same.sum(axis=2, dtype=np.int8 if len(cols) < 128 else np.int64)
+        counts *= answered
         pos = counts.argmax(axis=1).astype(np.int32)  # first maximum = first appearance of the majority answer
         rows = np.arange(n)
         votes = counts[rows, pos].astype(np.int32)
