@@ -567,3 +567,24 @@ def test_serve_prints_a_banner_with_what_it_serves_and_what_is_wrong(
     assert failed.status_code == 502 and "RetryableError" in failed.json()["error"]["message"]
     log = (tmp_path / f"serve-{port}.log").read_text()
     assert "WARNING llm_cascade.core.router" in log and "recorded:down" in log  # a failed request is in the server log
+
+
+def test_the_config_files_cache_answers_repeated_requests_at_the_proxy(
+    upstream: RecordedServer, tmp_path: Path
+) -> None:
+    """A ``[cache]`` section serves the proxy too: the second identical request, streamed or not, calls no model,
+    says so, and costs nothing."""
+    text = config_text(f"sqlite:///{tmp_path / 'spend.db'}", '[cache]\nbackend = "memory"\nttl = 60\n')
+    with ThreadProxy(text, {"RECORDED_BASE_URL": upstream.base_url}) as p:
+        client = p.client()
+        first = ask(client, "agree").parse()
+        before = dict(upstream.counts)
+        again = ask(client, "agree").parse()
+        assert again.choices[0].message.content == first.choices[0].message.content == "B"
+        assert [c["outcome"] for c in again.model_extra["llm_cascade"]["calls"]] == ["cache_hit"]
+        assert Decimal(str(again.model_extra["llm_cascade"]["cost_usd"])) == 0
+        streamed = client.chat.completions.create(
+            model="qa", messages=[{"role": "user", "content": "agree"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "B"
+        assert dict(upstream.counts) == before  # neither repeat reached a model

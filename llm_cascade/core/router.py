@@ -511,17 +511,29 @@ class Router:
             request = prepare(request, _new_request_id(), dict(zip(ROUTE_PARAMS, given, strict=True)))
         cache = self.cache
         if cache is not None and tab is None:  # a response cache (llm_cascade.core.cache): a hit calls no model
-            cached = await cache.get(request)
-            if cached is not None:
-                result = hit_result(cached, request)
-                await self.meter.open(hit_request(request, cached)).close(result.calls)  # one cache_hit row, cost 0
-                observe.result_returned(result, self.on_result, None)
-                return result
+            hit = await self.from_cache(request)
+            if hit is not None:
+                return hit
         with observe.span("llm_cascade.route", **{"llm_cascade.cascade": self.name}) as current:
             result = await self._route_recorded(request, tab)
             observe.result_returned(result, self.on_result, current)
         if cache is not None:
             await cache.put(request, result)
+        return result
+
+    async def from_cache(self, request: Request) -> RouteResult | None:
+        """The response cache's answer to ``request``, recorded as one ``cache_hit`` row of cost 0; None on a miss or
+        without a cache. :meth:`route` asks it first; the proxy asks it before it opens a spend tab (a hit spends
+        nothing, so no budget is claimed for it)."""
+        cache = self.cache
+        if cache is None:
+            return None
+        cached = await cache.get(request)
+        if cached is None:
+            return None
+        result = hit_result(cached, request)
+        await self.meter.open(hit_request(request, cached)).close(result.calls)  # one cache_hit row, cost 0
+        observe.result_returned(result, self.on_result, None)
         return result
 
     async def stream(

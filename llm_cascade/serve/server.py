@@ -377,7 +377,10 @@ async def chat_completions(request: HTTPRequest) -> Response:
     gen.enter()
     handed_over = False  # a live stream leaves the generation when its last chunk is sent
     try:
-        if chat.stream:  # a one-member last tier streams live; any other answer is decided first, then chunked
+        hit = await router.from_cache(routed)  # a [cache] hit calls no model and claims no budget
+        if hit is not None:
+            result = hit
+        elif chat.stream:  # a one-member last tier streams live; any other answer is decided first, then chunked
             chunks = stream_route(lambda: _route_held(state, router, routed))
             first = await chunks.__anext__()
             if first.live:
