@@ -1,15 +1,17 @@
 """Time to first byte of a streamed answer through the proxy, on a one-member tier, against the upstream's own.
 
-    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02]
+    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02] [--rounds 3]
 
 The upstream is the recorded-answer server (its own process), answering every prompt with a 40-word text after
 ``--slow`` seconds of silence (a slow first byte, as a model's prefill); the proxy (``llm-cascade serve``'s app on
 uvicorn, its own process) serves a cascade of one tier with that one member, on the lean HTTP transport. The client
-sends ``stream: true`` requests alternately to the upstream and to the proxy and times each response's first body
-line (httpx, one keep-alive connection each). A proxy that decided the answer first would show the whole answer's
+sends ``stream: true`` requests alternately to the upstream and to the proxy (which goes first alternates too), each
+with a prompt of its own, and times each response's first line with answer text (httpx, one keep-alive connection
+each). A proxy that decided the answer first would show the whole answer's
 time; one that streams shows the upstream's first byte plus its own overhead.
 
-Last line: JSON with ``upstream_ttfb_ms_p50``, ``proxy_ttfb_ms_p50``, their difference (``overhead_ms_p50``), and p90s.
+One JSON line per round with ``upstream_ttfb_ms_p50``, ``proxy_ttfb_ms_p50``, their difference (``overhead_ms_p50``),
+p90s and the load average (the figure moves with it on a shared machine); the rounds share the servers.
 """
 
 from __future__ import annotations
@@ -91,8 +93,11 @@ members = ["up:solo"]
                 p.wait(10)
 
 
+_PROMPTS = iter(range(10**9))
+
+
 def _ttfb(client: httpx.Client, url: str, model: str) -> float:
-    body = {"model": model, "messages": [{"role": "user", "content": "q"}], "stream": True}
+    body = {"model": model, "messages": [{"role": "user", "content": f"q{next(_PROMPTS)}"}], "stream": True}
     start = time.perf_counter()
     with client.stream("POST", f"{url}/chat/completions", json=body, headers={"authorization": "Bearer x"}) as r:
         first = None
@@ -108,14 +113,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--slow", type=float, default=0.02, help="upstream's silence before its answer, seconds")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with _servers(args.slow) as (upstream, proxy), httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
         for _ in range(20):  # warm-up: connections, the proxy's pool, tokenizer
             _ttfb(a, upstream, "solo"), _ttfb(b, proxy, "solo")
-        up, px = [], []
-        for _ in range(args.requests):
-            up.append(_ttfb(a, upstream, "solo"))
-            px.append(_ttfb(b, proxy, "solo"))
+        for _ in range(args.rounds):
+            up, px = [], []
+            for i in range(args.requests):
+                if i % 2:
+                    px.append(_ttfb(b, proxy, "solo"))
+                    up.append(_ttfb(a, upstream, "solo"))
+                else:
+                    up.append(_ttfb(a, upstream, "solo"))
+                    px.append(_ttfb(b, proxy, "solo"))
+            _report(args, up, px)
+
+
+def _report(args: argparse.Namespace, up: list[float], px: list[float]) -> None:
     ms = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1] * 1000  # noqa: E731
     out = {
         "requests": args.requests,
@@ -125,8 +140,9 @@ def main() -> None:
         "overhead_ms_p50": round((statistics.median(px) - statistics.median(up)) * 1000, 3),
         "upstream_ttfb_ms_p90": round(ms(up, 90), 3),
         "proxy_ttfb_ms_p90": round(ms(px, 90), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
