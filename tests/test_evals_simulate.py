@@ -133,3 +133,18 @@ def test_tie_goes_to_first_listed_member_and_no_answer_agrees_with_nothing() -> 
     assert two.correct.tolist() == [False, False, False, True]
     acc, cost = sim.score(CascadeConfig((TierSpec(("a", "b")), TierSpec(("c",)))))
     assert acc == pytest.approx(0.25) and cost == pytest.approx(np.mean([13, 13, 13, 3]))
+
+
+def test_distinct_values_equal_np_unique_on_rounded_and_continuous_confidences() -> None:
+    """The surprise transform's fast path (sort + binary search) returns np.unique's arrays exactly."""
+    from llm_cascade.evals.simulate import _distinct
+
+    rng = np.random.default_rng(3)
+    rounded = np.round(rng.random((1 << 17, 9)), 3)
+    rounded[::5, 2] = 0.0
+    for x in (rounded, rng.random((1 << 17, 9)), rounded[:100]):
+        values, inverse = _distinct(x)
+        want_values, want_inverse = np.unique(x, return_inverse=True)
+        assert np.array_equal(values, want_values)
+        assert np.array_equal(inverse, want_inverse.reshape(-1))
+        assert np.array_equal(values[inverse].reshape(x.shape), x)
