@@ -18,8 +18,11 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 
 def _bindir() -> Path | None:
@@ -101,15 +104,19 @@ def throwaway_postgres() -> Iterator[PgUrl]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A SQLAlchemy URL of a fresh PostgreSQL server owned by this test session."""
-    server = throwaway_postgres()
+def serve_or_skip(server: contextlib.AbstractContextManager[T]) -> Iterator[T]:
+    """A session fixture's body: the throwaway server's value, or the test skipped with the reason it cannot start."""
     try:
-        url = server.__enter__()
+        value = server.__enter__()
     except Unavailable as exc:
         pytest.skip(str(exc))
     try:
-        yield url
+        yield value
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh PostgreSQL server owned by this test session."""
+    yield from serve_or_skip(throwaway_postgres())

@@ -15,13 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from pg_server import Unavailable, _free_port, serve_or_skip
 
 
 def _answers(port: int) -> bool:
@@ -31,10 +25,6 @@ def _answers(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
-
-
-class Unavailable(RuntimeError):
-    """No Redis server can be started here (the message says why)."""
 
 
 @contextlib.contextmanager
@@ -67,12 +57,4 @@ def throwaway_redis() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The URL of a fresh redis-server owned by this test session."""
-    server = throwaway_redis()
-    try:
-        url = server.__enter__()
-    except Unavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield url
-    finally:
-        server.__exit__(None, None, None)
+    yield from serve_or_skip(throwaway_redis())
