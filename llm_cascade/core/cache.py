@@ -161,23 +161,9 @@ async def close_cache(cache: object) -> None:
         await aclose()
 
 
-def saved_usd(cached: RouteResult) -> Decimal | None:
-    """What the cached answer's calls cost when they were made (None when a call's price was unknown)."""
-    total = _ZERO
-    for c in cached.calls:
-        if c.outcome == "cache_hit":
-            continue
-        if c.cost_usd is None:
-            if c.usage.total_tokens or c.outcome == "ok":
-                return None
-            continue
-        total += c.cost_usd
-    return total
-
-
 def hit_request(request: Request, cached: RouteResult) -> Request:
     """The request as the hit's ledger row records it: its tags, and :data:`SAVED_TAG` when the saving is known."""
-    saved = saved_usd(cached)
+    saved = cached.cost_usd  # what its calls cost when they were made (a cache_hit call among them adds 0)
     if saved is None:
         return request
     return replace(request, metadata={**request.metadata, SAVED_TAG: format(saved, "f")})

@@ -29,7 +29,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.cache import saved_usd
 from ..core.cache_shared import SharedCache
 from ..core.errors import AllTiersFailed, ConfigError, RequestTimeout
 from ..core.types import Call, Request, RouteResult
@@ -209,7 +208,7 @@ class _Remembering(SharedCache):
         found = await super().get(request)
         if found is not None:
             self.found[request.request_id] = found
-            cost = saved_usd(found)
+            cost = found.cost_usd
             self.saved = None if cost is None or self.saved is None else self.saved + cost
         return found
 
