@@ -13,7 +13,11 @@ from llm_cascade import FakeBackend, Request, Router, Tier
 from llm_cascade.backends.anthropic import AnthropicBackend
 from llm_cascade.backends.base import resolve
 from llm_cascade.backends.openai import OpenAIBackend
+from llm_cascade.core.cache import SAVED_TAG
 from llm_cascade.core.errors import ConfigError, UnsupportedParameter
+from llm_cascade.core.params import RESERVED_TAGS
+from llm_cascade.core.shadow import REFERENCE_TAG, SHADOW_TAG
+from llm_cascade.evals.judge import JUDGE_TAG
 from llm_cascade.testing import Answer, RecordedServer
 
 KEY = "sk-test-issue23"
@@ -72,6 +76,10 @@ async def test_an_unknown_keyword_is_a_type_error_naming_the_nearest_known_one()
     assert fake.requests == []  # nothing was called, nothing stored as a tag
 
 
+def test_every_tag_the_library_writes_is_reserved() -> None:
+    assert {SHADOW_TAG, REFERENCE_TAG, JUDGE_TAG, "judged", SAVED_TAG} <= RESERVED_TAGS
+
+
 def test_route_sync_is_as_strict() -> None:
     fake = FakeBackend("a", "B")
     router = Router([[fake]])
@@ -106,6 +114,9 @@ async def test_openai_and_litellm_parameters_are_accepted_or_refused_by_name(ups
             assert info.value.param == name
         with pytest.raises(ConfigError, match="route.metadata"):
             await router.route("q", metadata={"n": 1})
+        for name in RESERVED_TAGS:  # tags the library writes and reads back (shadow, reference, cache saving ...)
+            with pytest.raises(ConfigError, match=f"route.tags.{name}"):
+                await router.route("q", tags={name: "1"})
     finally:
         await oa.aclose()
 

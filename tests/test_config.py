@@ -152,6 +152,18 @@ def test_tier_settings_reach_the_router() -> None:
             "64 hex",
         ),
         ('[server]\nport = 70000\n[cascades.x]\ntiers = [{members = ["fake:a"]}]', "server.port", "less than"),
+        (  # a key's tag named like one the library writes would turn its paid calls into shadow calls in reports
+            '[server]\nkeys = [{name = "a", env = "K", tags = {shadow = "1"}}]\n'
+            '[cascades.x]\ntiers = [{members = ["fake:a"]}]',
+            "server.keys[0]",
+            "tags.shadow",
+        ),
+        (
+            '[server]\nkeys = [{name = "a", env = "K", tags = {key = "b"}}]\n'
+            '[cascades.x]\ntiers = [{members = ["fake:a"]}]',
+            "server.keys[0]",
+            "tags.key",
+        ),
         ("[cascades]", "cascades", "at least 1"),
     ],
 )

@@ -185,10 +185,11 @@ def test_kill_9_loses_no_shadow_call(tmp_path: Path) -> None:
 
 def test_a_clients_own_shadow_tag_does_not_make_its_rows_shadow_units(tmp_path: Path) -> None:
     """A request a client tagged ``shadow = "1"`` itself (not sampled) is journaled, committed and replayed as one
-    unit under its id: its journal empties once written, and opening the ledger again stores nothing twice."""
+    unit under its id: its journal empties once written, and opening the ledger again stores nothing twice.
+    (``route(tags=)`` refuses the reserved name; a Request built by hand still carries it.)"""
     import asyncio
 
-    from llm_cascade import Router
+    from llm_cascade import Request, Router
     from llm_cascade.backends.fake import FakeBackend
 
     folder = tmp_path / "journal"
@@ -197,7 +198,7 @@ def test_a_clients_own_shadow_tag_does_not_make_its_rows_shadow_units(tmp_path: 
 
     async def go() -> None:
         for i in range(5):
-            await router.route(f"Q{i}", tags={"shadow": "1"})
+            await router.route(Request.from_prompt(f"Q{i}", metadata={"shadow": "1"}))
         await router.aclose()
 
     asyncio.run(go())

@@ -18,7 +18,8 @@ What each OpenAI parameter becomes:
 ``parallel_tool_calls``
 ``extra_body``                    merged into each member's request body (provider-specific fields)
 ``user``                          the ledger tag ``user`` (as the proxy does with OpenAI's ``user`` field)
-``metadata``, ``tags``            ledger tags (str -> str)
+``metadata``, ``tags``            ledger tags (str -> str); the names the library writes itself (``shadow``,
+                                  ``reference``, ``judge``, ``judged``, ``cache_saved_usd``) are refused
 ``n``                             1 accepted; more refused (a cascade decides one answer)
 ``logprobs``, ``top_logprobs``    refused: a cascade returns no token log-probabilities (a confidence rule asks its
                                   members for them itself)
@@ -67,12 +68,29 @@ def unknown_keyword(names: Sequence[str], where: str = "route") -> TypeError:
     return TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}{tags}")
 
 
+# Tags the library writes itself and reads back: a caller's tag of the same name would turn paid calls into shadow
+# calls in reports and in the shadow pool's daily limit (shadow), change which model an audit compares against
+# (reference), count as judge spend (judge, judged), or credit a made-up saving to the cache (cache_saved_usd).
+RESERVED_TAGS = frozenset({"shadow", "reference", "judge", "judged", "cache_saved_usd"})
+
+
+def reserved_tag(tags: Mapping[str, object]) -> str | None:
+    """The first of ``tags`` the library reserves for its own rows (:data:`RESERVED_TAGS`), else None."""
+    return next((k for k in tags if k in RESERVED_TAGS), None)
+
+
 def _tags(value: object, field: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"route.{field}", f"must be a dict of str -> str, got {type(value).__name__}")
     bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise ConfigError(f"route.{field}", f"tags are str -> str, got {bad[0]!r}: {value[bad[0]]!r}")
+    taken = reserved_tag(value)
+    if taken is not None:
+        raise ConfigError(
+            f"route.{field}.{taken}",
+            f"the tag {taken!r} is written by llm-cascade itself (reserved: {sorted(RESERVED_TAGS)})",
+        )
     return dict(value)
 
 

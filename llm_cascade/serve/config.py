@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ..backends.base import Backend, resolve, split_name
 from ..core.forms import parse_normalizer, parse_rule
+from ..core.params import reserved_tag
 from ..resilience.config import (
     BreakerConfig,
     FieldProblem,
@@ -329,6 +330,9 @@ class KeyConfig(_Model):
             raise ValueError("sha256 must be 64 hex digits")
         if self.env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env):
             raise ValueError("env must be the NAME of an environment variable (never the key itself)")
+        taken = "key" if "key" in self.tags else reserved_tag(self.tags)
+        if taken is not None:  # "key" is the key's name, added by the proxy; the rest the library writes itself
+            raise ValueError(f"tags.{taken}: the tag {taken!r} is set by llm-cascade itself, choose another name")
         return self
 
     def digest(self) -> str:
