@@ -19,9 +19,11 @@ def register(app: Any) -> None:
     @app.command()  # type: ignore[untyped-decorator]
     def calibrate(
         cal_file: Annotated[
-            Path | None, typer.Argument(help="recorded runs to calibrate on (JSONL or .jsonl.gz)")
+            Path | None, typer.Argument(help="recorded runs to calibrate on (JSONL, .jsonl.gz or Parquet)")
         ] = None,
-        test: Annotated[Path | None, typer.Option("--test", help="recorded runs to report on (held out)")] = None,
+        test: Annotated[
+            Path | None, typer.Option("--test", help="recorded runs to report on (held out; JSONL or Parquet)")
+        ] = None,
         from_ledger: Annotated[
             str | None,
             typer.Option("--from-ledger", help="calibrate on the shadowed requests observed in this ledger (URL/path)"),
@@ -127,15 +129,16 @@ def register(app: Any) -> None:
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model; or, with
         --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
+        import numpy as np
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from ..core.errors import ConfigError
+        from ..core.errors import ConfigError, MissingDependencyError
         from .calibrate import Target
         from .calibrate import calibrate as calibrate_runs
+        from .columnar import file_prices, load_matrix
         from .emit import checked, normalizer_spec, prices_toml
-        from .from_ledger import fit_prices
-        from .records import RecordError, RunMatrix, load_records
+        from .records import RecordError
         from .report import check_test_models, evaluate, to_markdown
 
         console = Console(stderr=True)
@@ -173,10 +176,8 @@ def register(app: Any) -> None:
             if cal_file is None or test is None:
                 raise ConfigError("calibrate", "give CAL_FILE and --test FILE, or --from-ledger URL --reference MODEL")
             spec = normalizer_spec(normalizer or "exact")  # a typo fails now, not after the search
-            cal_records = load_records(cal_file)
-            test_records = load_records(test)
-            cal = RunMatrix.from_records(cal_records)
-            test_m = RunMatrix.from_records(test_records, cal.models)
+            cal = load_matrix(cal_file)  # JSONL or Parquet, told by the content
+            test_m = load_matrix(test, cal.models)
             names = models.split(",") if models else None
             check_test_models(cal, test_m, names or cal.models)
             target = Target(
@@ -212,7 +213,7 @@ def register(app: Any) -> None:
                     calibration=chosen,
                 )
                 bar.update(task, description="done", completed=1, total=1)
-        except (RecordError, ConfigError) as exc:
+        except (RecordError, ConfigError, MissingDependencyError) as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         if emit is not None:
@@ -224,9 +225,15 @@ def register(app: Any) -> None:
                 header += (
                     f"\nMembers are '{emit_provider}:<model>': add a [providers.{emit_provider}] section if needed."
                 )
-            spec = normalizer_spec(normalizer or "exact", [r.gold for r in cal_records if r.gold is not None])
+            golds = [cal.vocab[g] for g in np.unique(cal.gold).tolist() if g >= 0]
+            spec = normalizer_spec(normalizer or "exact", golds)
             used = [m for t in chosen.config.tiers for m in t.models]
-            prices = {f"{emit_provider}:{m}": p for m, p in fit_prices(cal_records, used).items()}
+            try:
+                fitted = file_prices(cal_file, used)
+            except RecordError as exc:
+                console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+                raise typer.Exit(2) from None
+            prices = {f"{emit_provider}:{m}": p for m, p in fitted.items()}
             text = chosen.config.to_toml(emit_name, provider=emit_provider, normalizer=spec, header=header)
             emit.parent.mkdir(parents=True, exist_ok=True)
             emit.write_text(checked(text + "\n\n" + prices_toml(prices)), encoding="utf-8")
@@ -251,13 +258,42 @@ def register(app: Any) -> None:
         fraction: Annotated[float, typer.Option(help="share of examples in the first part")] = 0.5,
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
     ) -> None:
-        """Split a recorded-run file into two parts, seeded (both written in the recorded-run format)."""
-        from .records import load_records, save_records, split_records
+        """Split a recorded-run file into two parts, seeded (each written as Parquet when its name ends in .parquet,
+        else as JSONL)."""
+        from rich.console import Console
 
-        a, b = split_records(load_records(file), fraction, seed)
-        save_records(a, out_a)
-        save_records(b, out_b)
+        from .columnar import load_runs, save_runs
+        from .records import RecordError, split_records
+
+        try:
+            a, b = split_records(load_runs(file), fraction, seed)
+            save_runs(a, out_a)
+            save_runs(b, out_b)
+        except RecordError as exc:
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
         print(json.dumps({"first": str(out_a), "n_first": len(a), "second": str(out_b), "n_second": len(b)}))
+
+    @app.command()  # type: ignore[untyped-decorator]
+    def convert(
+        source: Annotated[Path, typer.Argument(help="recorded runs (JSONL, .jsonl.gz or Parquet)")],
+        dest: Annotated[Path, typer.Argument(help="where to write them: Parquet for a .parquet name, else JSONL")],
+    ) -> None:
+        """Convert recorded runs between JSONL and Parquet, a batch at a time (Parquet calibrates a million rows
+        without parsing JSON); the last line is JSON."""
+        from rich.console import Console
+
+        from ..core.errors import MissingDependencyError
+        from .columnar import convert as convert_runs
+        from .columnar import runs_format
+        from .records import RecordError
+
+        try:
+            n = convert_runs(source, dest)
+        except (RecordError, MissingDependencyError) as exc:
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        print(json.dumps({"source": str(source), "dest": str(dest), "records": n, "format": runs_format(dest)}))
 
     register_eval(app)
 

@@ -2,22 +2,39 @@
 
 The layout is the JSONL one as columns: ``id``, ``gold`` (optional) and a struct column ``models`` with one struct
 field per model, holding ``answer``, ``correct``, ``cost_usd`` and ``confidence`` (each optional, null = unknown;
-other fields such as ``tokens_in`` are ignored here). A million rows x twenty models read in seconds where JSON
-parsing takes minutes and holds every row as Python objects. Needs pyarrow (``pip install 'llm-cascade[columnar]'``).
+other fields such as ``tokens_in`` are ignored by :func:`read_matrix`). :func:`write_parquet` writes that layout
+(plus ``prompt``, ``meta`` as JSON text, and every model field of the JSONL form, so nothing is lost converting), and
+:func:`load_matrix` / :func:`load_runs` read either format, told apart by the file's first bytes, for every command
+that reads recorded runs. A million rows x twenty models read in seconds where JSON parsing takes minutes and holds
+every row as Python objects. Needs pyarrow (``pip install 'llm-cascade[columnar]'``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import MissingDependencyError
-from .records import NO_ANSWER, RecordError, RunMatrix, blank_columns
+from .records import NO_ANSWER, Record, RecordError, RunMatrix, blank_columns, iter_records, load_records, save_records
 
 BATCH_ROWS = 65536
+PARQUET_MAGIC = b"PAR1"
+GZIP_MAGIC = b"\x1f\x8b"
+# The per-model fields of the recorded-run format (records.ModelRun), as Parquet columns.
+_RUN_FIELDS = (
+    ("answer", "string"),
+    ("text", "string"),
+    ("correct", "bool_"),
+    ("tokens_in", "int64"),
+    ("tokens_out", "int64"),
+    ("cost_usd", "float64"),
+    ("latency_ms", "float64"),
+    ("confidence", "float64"),
+)
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -89,3 +106,194 @@ def read_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMat
         at = b
     vocab = tuple(sorted(codes, key=codes.__getitem__))
     return RunMatrix(tuple(ids), tuple(names), vocab, answers, present, correct, known, cost, conf, gold)
+
+
+def runs_format(path: str | Path) -> str:
+    """``"parquet"`` or ``"jsonl"`` (gzipped or not), told by the file's first bytes, not its name: a renamed file is
+    read as what it is. A RecordError naming the file for anything else (a CSV, a spreadsheet, a Parquet file cut
+    short), or a missing file."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecordError(f"{p}: no such recorded-run file")
+    with p.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(GZIP_MAGIC):
+        return "jsonl"
+    text = head.lstrip(b" \t\r\n\xef\xbb\xbf")  # blank lines and a UTF-8 byte-order mark before the first record
+    if not text or text[:1] in (b"{", b"["):  # an empty file is JSONL with no records (load_records says so)
+        return "jsonl"
+    shown = head[:16].decode("latin-1").encode("unicode_escape").decode("ascii")
+    kind = "a Parquet file whose header is damaged" if p.suffix == ".parquet" else "neither JSONL nor Parquet"
+    raise RecordError(
+        f"{p}: not recorded runs ({kind}; it starts with {shown!r}): expected JSON lines (.jsonl, .jsonl.gz) or "
+        "Parquet (llm-cascade convert writes it)"
+    )
+
+
+def load_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMatrix:
+    """The dense matrix of a recorded-run file in either format: Parquet read in batches (:func:`read_matrix`), JSONL
+    through its records."""
+    if runs_format(path) == "parquet":
+        return read_matrix(path, models)
+    return RunMatrix.from_records(load_records(path), models)
+
+
+def load_runs(path: str | Path) -> list[Record]:
+    """Every record of a recorded-run file in either format (for what needs records: splitting, replaying a task).
+    Calibration reads :func:`load_matrix` instead, which holds no Python object per row."""
+    if runs_format(path) == "parquet":
+        records = list(iter_parquet_records(path))
+        if not records:
+            raise RecordError(f"{path}: no records")
+        return records
+    return load_records(path)
+
+
+def save_runs(records: Iterable[Record], path: str | Path) -> int:
+    """Write records as Parquet when ``path`` ends in ``.parquet``, else as JSONL (gzip for ``.gz``)."""
+    if Path(path).suffix == ".parquet":
+        return write_parquet(records, path)
+    return save_records(records, path)
+
+
+def iter_parquet_records(path: str | Path) -> Iterator[Record]:
+    """The records of a Parquet recorded-run file, a batch at a time (a model null on a row was not recorded there)."""
+    _, pq = _pyarrow()
+    p = Path(path)
+    fh = pq.ParquetFile(p)
+    at = 0
+    for batch in fh.iter_batches(batch_size=BATCH_ROWS):
+        for row in batch.to_pylist():
+            at += 1
+            models = {m: run for m, run in (row.get("models") or {}).items() if run is not None}
+            meta = row.get("meta")
+            obj = {**row, "prompt": row.get("prompt") or "", "models": models}
+            obj["meta"] = json.loads(meta) if isinstance(meta, str) else meta
+            yield Record.from_json(obj, f"{p.name}:row {at}")
+
+
+def write_parquet(records: Iterable[Record], path: str | Path, models: Sequence[str] | None = None) -> int:
+    """Write records as Parquet (:func:`read_matrix`'s layout), ``BATCH_ROWS`` rows per row group; returns how many.
+
+    ``models`` names the model columns; by default every model of the records, in first-seen order, which needs a
+    first pass over them (``records`` is then read twice if it is a re-iterable such as a list, or materialised once
+    if it is an iterator). A model a record lacks is null there. Written to a temporary name and renamed, so a
+    failed conversion leaves no half file behind.
+    """
+    pa, pq = _pyarrow()
+    if models is None:
+        if not isinstance(records, Sequence):
+            records = list(records)
+        seen: dict[str, None] = {}
+        for r in records:
+            for m in r.models:
+                seen.setdefault(m, None)
+        models = list(seen)
+    names = list(models)
+    run_type = pa.struct([(name, getattr(pa, kind)()) for name, kind in _RUN_FIELDS])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", pa.string()),
+            ("gold", pa.string()),
+            ("meta", pa.string()),
+            ("models", pa.struct([(m, run_type) for m in names])),
+        ]
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    n = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            rows: list[dict[str, Any]] = []
+            for r in records:
+                extra = [m for m in r.models if m not in names]
+                if extra:
+                    raise RecordError(f"record {r.id!r} has model(s) {', '.join(extra)} outside {', '.join(names)}")
+                rows.append(
+                    {
+                        "id": r.id,
+                        "prompt": r.prompt,
+                        "gold": r.gold,
+                        "meta": json.dumps(dict(r.meta), ensure_ascii=False) if r.meta else None,
+                        "models": {m: _run_row(r, m) for m in names},
+                    }
+                )
+                if len(rows) == BATCH_ROWS:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    n += len(rows)
+                    rows = []
+            if rows or n == 0:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                n += len(rows)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _run_row(record: Record, model: str) -> dict[str, Any] | None:
+    run = record.models.get(model)
+    if run is None:
+        return None
+    return {name: getattr(run, name) for name, _ in _RUN_FIELDS}
+
+
+def convert(source: str | Path, dest: str | Path) -> int:
+    """Recorded runs from ``source`` (either format) into ``dest`` (Parquet for ``.parquet``, else JSONL), a batch
+    at a time where the formats allow; returns the records written. JSONL to Parquet reads the source twice (the
+    model columns first), never holding it whole."""
+    src, out = Path(source), Path(dest)
+    if src.resolve() == out.resolve():
+        raise RecordError(f"{out}: the output would overwrite the input")
+    fmt = runs_format(src)
+    records: Iterable[Record]
+    if out.suffix == ".parquet" and fmt == "jsonl":
+        seen: dict[str, None] = {}
+        for r in iter_records(src):
+            for m in r.models:
+                seen.setdefault(m, None)
+        if not seen:
+            raise RecordError(f"{src}: no records")
+        return write_parquet(iter_records(src), out, list(seen))
+    records = iter_parquet_records(src) if fmt == "parquet" else iter_records(src)
+    n = save_runs(records, out)
+    if n == 0:
+        out.unlink(missing_ok=True)
+        raise RecordError(f"{src}: no records")
+    return n
+
+
+def file_prices(path: str | Path, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`~llm_cascade.evals.from_ledger.fit_prices` on a recorded-run file of either format: a Parquet file's
+    token and cost columns only, read in batches (what ``calibrate --emit`` writes beside the chosen cascade)."""
+    from .from_ledger import fit_price, fit_prices
+
+    if runs_format(path) != "parquet":
+        return fit_prices(load_records(path), models)
+    pa, pq = _pyarrow()
+    fh = pq.ParquetFile(Path(path))
+    parts: dict[str, list[np.ndarray[Any, Any]]] = {m: [] for m in models}
+    for batch in fh.iter_batches(batch_size=BATCH_ROWS, columns=["models"]):
+        runs = batch.column("models")
+        for m in models:
+            run = runs.field(m)
+            fields = {f.name for f in run.type}
+            cols = []
+            for name in ("tokens_in", "tokens_out", "cost_usd"):
+                col = run.field(name) if name in fields else pa.nulls(batch.num_rows, pa.float64())
+                cols.append(col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
+            valid = run.is_valid().to_numpy(zero_copy_only=False)
+            tokens_in, tokens_out, cost = (np.where(valid, c, np.nan) for c in cols)
+            keep = ~np.isnan(cost)
+            parts[m].append(np.stack([np.nan_to_num(tokens_in[keep]), np.nan_to_num(tokens_out[keep]), cost[keep]]))
+    out: dict[str, dict[str, Any]] = {}
+    for m, chunks in parts.items():
+        tin, tout, cost = np.concatenate(chunks, axis=1) if chunks else np.zeros((3, 0))
+        entry = fit_price(tin, tout, cost)
+        if entry is not None:
+            out[m] = entry
+    return out

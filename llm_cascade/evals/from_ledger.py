@@ -317,21 +317,32 @@ def fit_prices(runs: Sequence[Record], models: Sequence[str]) -> dict[str, dict[
     for m in models:
         rows = [(r.models[m].tokens_in, r.models[m].tokens_out, r.models[m].cost_usd) for r in runs if m in r.models]
         rows = [t for t in rows if t[2] is not None]
-        if not rows:
-            continue
-        x = np.array([[a, b] for a, b, _ in rows], dtype=float)
-        y = np.array([c for _, _, c in rows], dtype=float)
-        entry: dict[str, Any] | None = None
-        if len(rows) >= 2 and np.linalg.matrix_rank(x) == 2:
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-            fitted = x @ coef
-            if (coef >= 0).all() and np.all(np.abs(fitted - y) <= 0.005 * np.maximum(np.abs(y), 1e-12)):
-                entry = {"input": _price(coef[0] * 1e6), "output": _price(coef[1] * 1e6)}
-        if entry is None:
-            entry = {"input": 0, "output": 0, "per_request": _price(float(y.mean()))}
-        entry["source"] = f"fitted by llm-cascade calibrate to {len(rows)} observed calls"
-        out[m] = entry
+        x = np.array([[a, b] for a, b, _ in rows], dtype=float).reshape(-1, 2)
+        entry = fit_price(x[:, 0], x[:, 1], np.array([c for _, _, c in rows], dtype=float))
+        if entry is not None:
+            out[m] = entry
     return out
+
+
+def fit_price(tokens_in: Any, tokens_out: Any, cost: Any) -> dict[str, Any] | None:
+    """One model's price from its priced calls' token counts and costs (arrays of one length): what
+    :func:`fit_prices` does per model, for callers that hold columns rather than records. None without a call."""
+    import numpy as np
+
+    y = np.asarray(cost, dtype=float)
+    if len(y) == 0:
+        return None
+    x = np.column_stack([np.asarray(tokens_in, dtype=float), np.asarray(tokens_out, dtype=float)])
+    entry: dict[str, Any] | None = None
+    if len(y) >= 2 and np.linalg.matrix_rank(x) == 2:
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        fitted = x @ coef
+        if (coef >= 0).all() and np.all(np.abs(fitted - y) <= 0.005 * np.maximum(np.abs(y), 1e-12)):
+            entry = {"input": _price(coef[0] * 1e6), "output": _price(coef[1] * 1e6)}
+    if entry is None:
+        entry = {"input": 0, "output": 0, "per_request": _price(float(y.mean()))}
+    entry["source"] = f"fitted by llm-cascade calibrate to {len(y)} observed calls"
+    return entry
 
 
 def _price(value: float) -> str:

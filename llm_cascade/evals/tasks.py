@@ -47,7 +47,7 @@ from typing import Any, Literal, cast
 
 from ..core.errors import ConfigError
 from ..core.normalize import ChoiceLetter, LabelSet, Normalizer, as_normalizer
-from .records import Record, RecordError, load_records
+from .records import Record, RecordError
 
 Format = Literal["rational", "zeroeval", "mot", "records", "rows", "dataset"]
 FORMATS: tuple[str, ...] = ("rational", "zeroeval", "mot", "records", "rows", "dataset")
@@ -279,7 +279,9 @@ def _record_rows(spec: TaskSpec) -> list[tuple[dict[str, Any], Record | None]]:
 
         records = import_mot(spec.files, normalizer=spec.normalizer(), samples=spec.samples)
     else:
-        records = load_records(spec.path)
+        from .columnar import load_runs
+
+        records = load_runs(spec.path)  # JSONL or Parquet
     return [({"id": r.id, "prompt": r.prompt, "gold": r.gold, **r.meta}, r) for r in records]
 
 
