@@ -6,7 +6,9 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +133,6 @@ def register(app: Any) -> None:
         --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
         import numpy as np
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from ..core.errors import ConfigError, MissingDependencyError
         from .calibrate import Target
@@ -170,6 +171,7 @@ def register(app: Any) -> None:
                 judge=judge,
                 judge_config=judge_config,
                 judge_check=judge_check,
+                max_memory=max_memory,
             )
             return
         try:
@@ -190,17 +192,7 @@ def register(app: Any) -> None:
                 contender_share=contender_share,
                 min_saving=min_saving,
             )
-            columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-                task = bar.add_task("calibrating", total=1)
-                phase = [""]
-
-                def progress(stage: str, done: int, total: int) -> None:
-                    if stage != phase[0]:  # a new phase: its own bar, so the ETA is the phase's
-                        phase[0] = stage
-                        bar.reset(task, total=max(total, 1), description=stage)
-                    bar.update(task, completed=done, total=max(total, 1))
-
+            with _phases(console) as progress:
                 limit = None if max_memory is None else int(max_memory * 2**30)
                 chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit)
                 report = evaluate(
@@ -212,7 +204,6 @@ def register(app: Any) -> None:
                     name=f"{cal_file.name} -> {test.name}",
                     calibration=chosen,
                 )
-                bar.update(task, description="done", completed=1, total=1)
         except (RecordError, ConfigError, MissingDependencyError) as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
@@ -353,6 +344,7 @@ def _from_ledger(
     judge: str | None = None,
     judge_config: Path | None = None,
     judge_check: int = 50,
+    max_memory: float | None = None,
 ) -> None:
     from ..core.errors import ConfigError
     from ..spend.report import _parse_when
@@ -377,8 +369,10 @@ def _from_ledger(
             judge=judge,
             judge_config=judge_config,
             judge_check=judge_check,
+            max_memory=None if max_memory is None else int(max_memory * 2**30),
         )
-        report = ledger_cli.run(opts, Target(**target_args))
+        with _phases(console) as progress:
+            report = ledger_cli.run(opts, Target(**target_args), progress=progress)
     except (RecordError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -386,6 +380,27 @@ def _from_ledger(
         print(json.dumps(report))
         return
     print(ledger_report.to_markdown(report))
+
+
+@contextlib.contextmanager
+def _phases(console: Any) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar with an ETA on a terminal, one phase at a time: ``progress(stage, done, total)`` starts a new
+    bar when the stage changes (so the ETA is the phase's own: reading the ledger, fitting, scoring candidates)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("calibrating", total=1)
+        phase = [""]
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage != phase[0]:
+                phase[0] = stage
+                bar.reset(task, total=max(total, 1), description=stage)
+            bar.update(task, completed=done, total=max(total, 1))
+
+        yield progress
+        bar.update(task, description="done", completed=1, total=1)
 
 
 def register_eval(app: Any) -> None:

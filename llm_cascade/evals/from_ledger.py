@@ -70,15 +70,29 @@ class LedgerRuns:
     prompts: dict[str, str] = field(default_factory=dict)
 
     @property
+    def used(self) -> int:
+        """Requests calibrated on."""
+        return len(self.records)
+
+    @property
     def labels(self) -> str:
         """What "accuracy" means in every report of these runs."""
-        if self.gold_known == 0:
-            return f"fidelity to {self.reference} (no gold labels: correct = the reference's answer)"
-        judged = f" ({self.judged} of them labelled by the judge {self.judge})" if self.judged else ""
-        return (
-            f"gold on {self.gold_known} of {len(self.records)} requests{judged}, fidelity to {self.reference} on "
-            "the rest (correct = the gold answer where known, else the reference's answer)"
-        )
+        return labels_text(self.reference, self.gold_known, len(self.records), self.judged, self.judge)
+
+    def prices(self, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:func:`fit_prices` on these runs."""
+        return fit_prices(self.records, models)
+
+
+def labels_text(reference: str, gold_known: int, used: int, judged: int = 0, judge: str | None = None) -> str:
+    """What "accuracy" means in every report of runs from the ledger (:attr:`LedgerRuns.labels`)."""
+    if gold_known == 0:
+        return f"fidelity to {reference} (no gold labels: correct = the reference's answer)"
+    by_judge = f" ({judged} of them labelled by the judge {judge})" if judged else ""
+    return (
+        f"gold on {gold_known} of {used} requests{by_judge}, fidelity to {reference} on "
+        "the rest (correct = the gold answer where known, else the reference's answer)"
+    )
 
 
 def read_observations(url: str, *, since: float | None = None) -> list[Observation]:
@@ -145,12 +159,17 @@ def read_gold(path: str | Path, normalize: Callable[[str], str | None] | None = 
 
 
 def _gold_for(obs: Observation, gold: Mapping[tuple[str, str], str]) -> str | None:
-    found = gold.get(("request_id", obs.request_id))
+    return _label_for(obs.request_id, obs.tags, gold)
+
+
+def _label_for(request_id: str, tags: Mapping[str, str], gold: Mapping[tuple[str, str], str]) -> str | None:
+    """The label of a request named by its id or one of its tags (``example`` first), if ``gold`` has one."""
+    found = gold.get(("request_id", request_id))
     if found is None:  # a plain "id" names the request or the example, whichever it matches
-        found = gold.get(("id", obs.request_id)) or gold.get(("id", obs.tags.get("example", "")))
+        found = gold.get(("id", request_id)) or gold.get(("id", tags.get("example", "")))
     if found is not None:
         return found
-    for key, value in obs.tags.items():
+    for key, value in tags.items():
         found = gold.get((key, value))
         if found is not None:
             return found

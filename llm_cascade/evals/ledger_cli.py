@@ -17,7 +17,8 @@ from ..core.errors import ConfigError
 from .calibrate import Target
 from .calibrate import calibrate as calibrate_runs
 from .emit import LETTER, build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
-from .from_ledger import fit_prices, ledger_runs, read_gold, read_observations, suggest_labels
+from .from_ledger import LedgerRuns, ledger_runs, read_gold, read_observations, suggest_labels
+from .ledger_columns import LedgerMatrix, read_grid
 from .records import RecordError, RunMatrix
 
 DEFAULT_JUDGED = 200  # requests a judge labels when --suggest-labels does not say
@@ -40,6 +41,7 @@ class Options:
     judge: str | None = None  # a model that labels the suggested requests (evals.judge)
     judge_config: Path | None = None  # the serve config that defines the judge's provider and price
     judge_check: int = 50  # gold-labelled requests the judge also answers, to measure its agreement
+    max_memory: int | None = None  # bytes the search may use (calibrate's max_memory): narrowed above it
 
 
 def _redacted(url: str) -> str:
@@ -56,16 +58,19 @@ def _provider(models: Sequence[str]) -> str | None:
 
 def run(opts: Options, target: Target, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Do what the options ask; returns the JSON report (also written to ``json_out``)."""
-    from . import ledger_report
 
     if opts.suggest is not None and opts.out is None and opts.judge is None:
         raise ConfigError("--out", "--suggest-labels writes its list to --out FILE (JSON lines)")
     if opts.normalizer is not None:
         normalizer_spec(opts.normalizer)  # a typo fails now, before any work
+    if opts.suggest is None and opts.judge is None:  # calibration alone: aggregated in the database, in batches
+        grid = read_grid(opts.url, opts.reference, since=opts.since, with_tags=opts.gold is not None, progress=progress)
+        spec = _spec(opts, grid.answers_seen)
+        gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
+        columns = grid.runs(gold=gold, models=opts.models)
+        return _calibrated(opts, target, columns, columns.matrix, spec, None, progress)
     observations = read_observations(opts.url, since=opts.since)
-    answers = [o.answer for o in observations if o.answer is not None]
-    name = opts.normalizer or ("choice" if answers and all(LETTER.match(a) for a in answers) else "exact")
-    spec = normalizer_spec(name, answers)
+    spec = _spec(opts, [o.answer for o in observations if o.answer is not None])
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
     reference = opts.reference or _recorded(observations)
     runs = ledger_runs(observations, reference, gold=gold, models=opts.models)
@@ -87,8 +92,28 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         }
         _write(report, opts.json_out)
         return report
-    matrix = RunMatrix.from_records(runs.records, runs.models)
-    chosen = calibrate_runs(matrix, target, progress=progress)
+    return _calibrated(opts, target, runs, RunMatrix.from_records(runs.records, runs.models), spec, judged, progress)
+
+
+def _spec(opts: Options, answers: Sequence[str]) -> str | dict[str, Any]:
+    """The normalizer asked for, else ``choice`` when every observed answer is a letter, else ``exact``."""
+    name = opts.normalizer or ("choice" if answers and all(LETTER.match(a) for a in answers) else "exact")
+    return normalizer_spec(name, answers)
+
+
+def _calibrated(
+    opts: Options,
+    target: Target,
+    runs: LedgerRuns | LedgerMatrix,
+    matrix: RunMatrix,
+    spec: str | dict[str, Any],
+    judged: dict[str, Any] | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, Any]:
+    """Calibrate on the runs, build the report, ``--emit`` the config; returns the report."""
+    from . import ledger_report
+
+    chosen = calibrate_runs(matrix, target, progress=progress, max_memory=opts.max_memory)
     report, serve = ledger_report.build(runs, matrix, chosen, target, source=f"ledger {_redacted(opts.url)}")
     report["normalizer"] = spec
     if judged is not None:
@@ -107,7 +132,7 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         )
         text = emitted.to_toml(opts.emit_name, provider=provider or "", normalizer=spec, header=header)
         used = [m for t in serve.tiers for m in t.models]
-        text += "\n" + prices_toml(fit_prices(runs.records, used))
+        text += "\n" + prices_toml(runs.prices(used))
         pool = list(dict.fromkeys([runs.reference, *runs.models]))
         text += "\n" + shadow_toml(opts.shadow_rate, pool)
         if opts.shadow_rate > 0:  # /health then reports the deployed cascade's fidelity (needs a [ledger])

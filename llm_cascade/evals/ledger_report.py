@@ -18,6 +18,7 @@ from ..core.spec import CascadeSpec, TierSpec
 from ..spend.money import LEGEND, dollars, versus
 from .calibrate import Calibration, Target
 from .from_ledger import LedgerRuns
+from .ledger_columns import LedgerMatrix
 from .records import RunMatrix
 from .simulate import Simulator
 
@@ -52,7 +53,7 @@ def reference_only(reference: str) -> CascadeSpec:
 
 
 def build(
-    runs: LedgerRuns,
+    runs: LedgerRuns | LedgerMatrix,
     matrix: RunMatrix,
     cal: Calibration,
     target: Target,
@@ -75,7 +76,7 @@ def build(
         "accuracy_means": runs.labels,
         "requests": {
             "observed": runs.requests,
-            "used": len(runs.records),
+            "used": runs.used,
             "incomplete": runs.incomplete,
             "no_reference_answer": runs.no_reference,
             "gold_labels": runs.gold_known,
@@ -91,17 +92,20 @@ def build(
         "reference_cost_per_request_usd": ref_cost,
         "singles": singles,
         "margin": target.margin,
+        "configurations_evaluated": cal.evaluated,
+        "configurations_pruned": cal.pruned,
+        "search_limited": cal.limited,
     }
     cost = report["cost_per_request_usd"]
     report["saving_x"] = ref_cost / cost if cost else None
     if verdict != "cascade":
         needed, candidate = needed_requests(matrix, ref, cal, target)
-        if needed is not None and needed > len(runs.records):
+        if needed is not None and needed > runs.used:
             report["verdict"] = "too_few"
-            report["needed"] = needed - len(runs.records)
+            report["needed"] = needed - runs.used
             report["reason"] = (
-                f"too_few: {len(runs.records)} observed requests cannot show that {candidate} saves at margin "
-                f"{target.margin:g}; about {needed - len(runs.records)} more shadowed requests are needed "
+                f"too_few: {runs.used} observed requests cannot show that {candidate} saves at margin "
+                f"{target.margin:g}; about {needed - runs.used} more shadowed requests are needed "
                 f"({cal.reason})"
             )
         elif candidate is not None and needed is None:
@@ -132,6 +136,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("needed") is not None:
         lines.append(f"- needed: about {report['needed']} more shadowed requests")
+    if "configurations_evaluated" in report:
+        scored = f"- candidates scored: {report['configurations_evaluated']:,}"
+        scored += f" ({report.get('configurations_pruned', 0):,} skipped as dominated)"
+        lines.append(scored + (f"; {report['search_limited']}" if report.get("search_limited") else ""))
     judge = report.get("judge")
     if judge is not None:
         agreement = judge.get("agreement_with_gold")
