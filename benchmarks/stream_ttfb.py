@@ -1,22 +1,30 @@
 """Time to first byte of a streamed answer through the proxy, on a one-member tier, against the upstream's own.
 
-    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02] [--rounds 3]
+    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02] [--rounds 3] [--no-relay]
 
 The upstream is the recorded-answer server (its own process), answering every prompt with a 40-word text after
 ``--slow`` seconds of silence (a slow first byte, as a model's prefill); the proxy (``llm-cascade serve``'s app on
 uvicorn, its own process) serves a cascade of one tier with that one member, on the lean HTTP transport. The client
-sends ``stream: true`` requests alternately to the upstream and to the proxy (which goes first alternates too), each
-with a prompt of its own, and times each response's first line with answer text (httpx, one keep-alive connection
-each). A proxy that decided the answer first would show the whole answer's
-time; one that streams shows the upstream's first byte plus its own overhead.
+sends ``stream: true`` requests in turn to the upstream, to the proxy and to a relay (which goes first rotates too),
+each with a prompt of its own, and times each response's first line with answer text (httpx, one keep-alive
+connection each). A proxy that decided the answer first would show the whole answer's time; one that streams shows
+the upstream's first byte plus its own overhead.
+
+The relay (``--relay``: its own process, on uvloop like the proxy) forwards bytes between client and upstream and does
+nothing else: the proxy path's process count and wake-ups (client -> relay -> upstream and back) at no work of its
+own. The proxy's overhead over the upstream (the issue's figure) is then the hop's (relay over upstream: what any
+process in between costs on this machine) plus the proxy's own work (proxy over relay). On a 2-core machine shared with
+other jobs the hop's part moves with the load: with three processes on two cores a wake-up can wait for a core.
 
 One JSON line per round with ``upstream_ttfb_ms_p50``, ``proxy_ttfb_ms_p50``, their difference (``overhead_ms_p50``),
-p90s and the load average (the figure moves with it on a shared machine); the rounds share the servers.
+``relay_ttfb_ms_p50`` with ``hop_ms_p50`` (relay - upstream) and ``proxy_over_relay_ms_p50``, p90s and the load
+average (the figure moves with it on a shared machine); the rounds share the servers.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import cast
 from pathlib import Path
 
 import httpx
@@ -52,9 +61,65 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
+class _Pipe(asyncio.Protocol):
+    """One direction of the relay: what arrives here is written to ``peer`` (the other side's transport)."""
+
+    def __init__(self) -> None:
+        self.peer: asyncio.Transport | None = None
+        self.early: list[bytes] = []  # what the client sent before the upstream connection was open
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+        else:
+            self.peer.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+
+def _relay(port: int, target: int) -> None:
+    """Forward every connection to ``port`` to ``target`` (bytes only), until killed."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+
+        def accept() -> _Pipe:
+            down = _Pipe()
+
+            async def connect() -> None:
+                _, up = await loop.create_connection(_Pipe, "127.0.0.1", target)
+                assert down.transport is not None and up.transport is not None
+                up.peer, down.peer = down.transport, up.transport
+                for data in down.early:
+                    up.transport.write(data)
+                down.early.clear()
+
+            loop.create_task(connect())
+            return down
+
+        server = await loop.create_server(accept, "127.0.0.1", port)
+        await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+
+
 @contextlib.contextmanager
-def _servers(slow: float) -> Iterator[tuple[str, str]]:
-    up_port, proxy_port = _free_port(), _free_port()
+def _servers(slow: float) -> Iterator[tuple[str, str, str]]:
+    up_port, proxy_port, relay_port = _free_port(), _free_port(), _free_port()
     upstream = subprocess.Popen(
         [sys.executable, "-m", "llm_cascade.testing.server", "--port", str(up_port), "--default", TEXT,
          "--fault", f"solo=slow:delay_s={slow}"],
@@ -83,12 +148,18 @@ members = ["up:solo"]
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        relay = subprocess.Popen([sys.executable, __file__, "--relay", str(relay_port), str(up_port)])
         try:
             _wait(f"http://127.0.0.1:{up_port}/v1/models", upstream)
             _wait(f"http://127.0.0.1:{proxy_port}/health", proxy)
-            yield f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{proxy_port}/v1"
+            _wait(f"http://127.0.0.1:{relay_port}/v1/models", relay)
+            yield (
+                f"http://127.0.0.1:{up_port}/v1",
+                f"http://127.0.0.1:{proxy_port}/v1",
+                f"http://127.0.0.1:{relay_port}/v1",
+            )
         finally:
-            for p in (proxy, upstream):
+            for p in (relay, proxy, upstream):
                 p.terminate()
                 p.wait(10)
 
@@ -114,23 +185,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--slow", type=float, default=0.02, help="upstream's silence before its answer, seconds")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-relay", action="store_true", help="time the upstream and the proxy only (alternately)")
+    parser.add_argument("--relay", nargs=2, type=int, metavar=("PORT", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with _servers(args.slow) as (upstream, proxy), httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
+    if args.relay:
+        return _relay(*args.relay)
+    with contextlib.ExitStack() as stack:
+        upstream, proxy, relay = stack.enter_context(_servers(args.slow))
+        a, b, c = (stack.enter_context(httpx.Client(timeout=30)) for _ in range(3))
+        paths = [(a, upstream), (b, proxy)] + ([] if args.no_relay else [(c, relay)])
         for _ in range(20):  # warm-up: connections, the proxy's pool, tokenizer
-            _ttfb(a, upstream, "solo"), _ttfb(b, proxy, "solo")
+            for client, url in paths:
+                _ttfb(client, url, "solo")
         for _ in range(args.rounds):
-            up, px = [], []
+            times: list[list[float]] = [[] for _ in paths]
             for i in range(args.requests):
-                if i % 2:
-                    px.append(_ttfb(b, proxy, "solo"))
-                    up.append(_ttfb(a, upstream, "solo"))
-                else:
-                    up.append(_ttfb(a, upstream, "solo"))
-                    px.append(_ttfb(b, proxy, "solo"))
-            _report(args, up, px)
+                for j in range(len(paths)):  # each path goes first, second ... equally often
+                    k = (i + j) % len(paths)
+                    times[k].append(_ttfb(*paths[k], "solo"))
+            _report(args, *times)
 
 
-def _report(args: argparse.Namespace, up: list[float], px: list[float]) -> None:
+def _report(args: argparse.Namespace, up: list[float], px: list[float], relay: list[float] | None = None) -> None:
     ms = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1] * 1000  # noqa: E731
     out = {
         "requests": args.requests,
@@ -142,6 +218,11 @@ def _report(args: argparse.Namespace, up: list[float], px: list[float]) -> None:
         "proxy_ttfb_ms_p90": round(ms(px, 90), 3),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
+    if relay:
+        out["relay_ttfb_ms_p50"] = round(statistics.median(relay) * 1000, 3)
+        out["hop_ms_p50"] = round((statistics.median(relay) - statistics.median(up)) * 1000, 3)
+        out["proxy_over_relay_ms_p50"] = round((statistics.median(px) - statistics.median(relay)) * 1000, 3)
+        out["relay_ttfb_ms_p90"] = round(ms(relay, 90), 3)
     print(json.dumps(out), flush=True)
 
 
