@@ -762,7 +762,8 @@ def serve(
     First it checks every cascade (keys, prices, reachability; ``check=False`` skips the network part) and prints a
     banner through ``echo``: listen address, cascades and tiers, priced and unpriced members, the ledger, problems.
     ``loop`` and ``http`` are uvicorn's (``llm-cascade serve`` passes uvloop and httptools when installed, see
-    :mod:`llm_cascade.serve.command`).
+    :mod:`llm_cascade.serve.command`); the HTTP protocol sends a streamed response's headers with its first chunk
+    (:mod:`llm_cascade.serve.coalesce`).
     """
     try:
         import uvicorn
@@ -783,6 +784,14 @@ def serve(
     # (measured in benchmarks/loop_lag.py: such a collection is the worst event-loop stall under load).
     gc.collect()
     gc.freeze()
+    from .coalesce import protocol_class
+
     uvicorn.run(
-        app, host=listen_host, port=listen_port, log_level=log_level, access_log=access_log, loop=loop, http=http
+        app,
+        host=listen_host,
+        port=listen_port,
+        log_level=log_level,
+        access_log=access_log,
+        loop=loop,
+        http=protocol_class(http),
     )
