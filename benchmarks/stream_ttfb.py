@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import cast
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -92,6 +92,8 @@ def _relay(port: int, target: int) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
 
+        connecting: set[asyncio.Task[None]] = set()
+
         def accept() -> _Pipe:
             down = _Pipe()
 
@@ -103,7 +105,9 @@ def _relay(port: int, target: int) -> None:
                     up.transport.write(data)
                 down.early.clear()
 
-            loop.create_task(connect())
+            task = loop.create_task(connect())
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
             return down
 
         server = await loop.create_server(accept, "127.0.0.1", port)
