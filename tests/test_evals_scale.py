@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from llm_cascade.core.deferral import Learned, features, fit, fit_with_hessian
 from llm_cascade.evals.calibrate import Target, calibrate
 from llm_cascade.evals.records import RunMatrix, load_records, split_records
+from llm_cascade.evals.simulate import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,3 +134,42 @@ def test_blas_runs_on_one_thread_during_the_search_and_is_restored_after() -> No
     calibrate(_synthetic(300, 4, seed=2), progress=lambda *_: seen.append(blas_threads()))
     assert seen and all(t == [1] * len(t) for t in seen)
     assert blas_threads() == before
+
+
+def _cold(sim: Simulator, names: tuple[str, ...]) -> tuple[tuple[float, ...], float]:
+    st = sim.stats(sim.members(names))
+    return fit(features(st), st.correct, rows=st.has_answer)
+
+
+def test_chosen_rules_are_cold_fits_and_frontier_rules_reach_the_same_optimum() -> None:
+    """Above 16,384 examples the frontier's other learned rules start from a fold's fit and step with its Hessian;
+    the rule chosen (what is served) is the cold fit to the last bit, and the others are the same optimum."""
+    matrix = _synthetic(20_000, 5, seed=4)
+    cal = calibrate(matrix)
+    sim = Simulator(matrix)
+    chosen = [t for t in cal.config.tiers if isinstance(t.rule, Learned)]
+    assert chosen, "the synthetic runs are meant to choose a learned rule"
+    for t in chosen:
+        assert isinstance(t.rule, Learned)
+        assert (t.rule.weights, t.rule.bias) == _cold(sim, t.models)
+    seen = 0
+    for _, _, cfg in cal.frontier:
+        for t in cfg.tiers:
+            if isinstance(t.rule, Learned):
+                w, b = _cold(sim, t.models)
+                assert np.abs(np.subtract(t.rule.weights, w)).max() < 1e-7 and abs(t.rule.bias - b) < 1e-7
+                seen += 1
+    assert seen > len(chosen)
+
+
+def test_a_fit_given_a_poor_hessian_still_reaches_the_optimum() -> None:
+    """A Hessian far from the fit's own (a tenth of it, then a hundredfold) only costs exact Newton steps."""
+    matrix = _synthetic(5_000, 3, seed=6)
+    sim = Simulator(matrix)
+    st = sim.stats((0, 1, 2))
+    x = features(st)
+    cold, bias, hess = fit_with_hessian(x, st.correct, rows=st.has_answer)
+    assert hess is not None
+    for scale in (1.0, 0.1, 100.0):
+        w, b = fit(x, st.correct, rows=st.has_answer, start=(tuple(0.0 for _ in cold), 0.0), hessian=hess * scale)
+        assert np.abs(np.subtract(w, cold)).max() < 1e-7 and abs(b - bias) < 1e-7

@@ -166,6 +166,7 @@ def fit(
     iterations: int = 25,
     start: tuple[tuple[float, ...], float] | None = None,
     rows: BoolArray | None = None,
+    hessian: FloatArray | None = None,
 ) -> tuple[tuple[float, ...], float]:
     """L2-regularised logistic regression by Newton's method: (weights, bias). The bias is not penalised.
 
@@ -180,25 +181,58 @@ def fit(
     A warm fit reuses the last Hessian once the steps are under :data:`CHORD` (near the optimum it barely changes:
     the steps still shrink by about a factor ``CHORD`` each, and only the gradient, which sets the optimum, is new).
 
+    ``hessian``: the data part of a Hessian *per row* near this fit's optimum (from :func:`fit_with_hessian` on most
+    of the same rows: another calibration fold's fit), over every column of ``x`` and the bias. Every step then uses
+    it (scaled to the rows fitted, plus the penalty) with the exact gradient: quasi-Newton steps of two products each
+    instead of the rows x d x d of a Hessian. The optimum is where the exact gradient vanishes, so it is the same
+    one; the steps shrink by about the Hessian's relative error each (measured: 8 steps from a fold's weights to all
+    rows' at 100k rows, against 10-11 full Newton steps cold), and the fit stops at :data:`QUASI_TOL`, tighter than
+    the 1e-8 of Newton steps. Should the steps stop shrinking, the fit goes on with exact Newton steps.
+
     ``rows``: fit on these rows of ``x`` only (gathered column by column, without a row-major copy). Feature columns
     that are zero on every row (a first member never dissents) are left out of the products: their weight is 0
     either way (zero gradient, a penalty-only Hessian row), and the other weights are the same solution.
     """
+    w, b, _ = fit_with_hessian(x, y, l2=l2, iterations=iterations, start=start, rows=rows, hessian=hessian)
+    return w, b
+
+
+#: Step size at which a fit with a given Hessian (see :func:`fit`) stops.
+QUASI_TOL = 1e-10
+
+
+def fit_with_hessian(
+    x: FloatArray,
+    y: BoolArray,
+    *,
+    l2: float = 1.0,
+    iterations: int = 25,
+    start: tuple[tuple[float, ...], float] | None = None,
+    rows: BoolArray | None = None,
+    hessian: FloatArray | None = None,
+) -> tuple[tuple[float, ...], float, FloatArray | None]:
+    """:func:`fit`, and the data part of its last exact Hessian per row, over every column and the bias (zero rows
+    and columns for the features left out): what later fits on most of the same rows may pass as ``hessian``. None
+    when no exact Hessian was computed (a fit that was given one and never needed its own)."""
     import numpy as np
 
     full = x.shape[1]
-    if rows is not None:
-        t = y[rows].astype(np.float64)
+    index = None if rows is None else np.flatnonzero(rows)
+    if index is not None:
+        t = y[index].astype(np.float64)
         n = t.shape[0]
     else:
         t = y.astype(np.float64)
         n = x.shape[0]
     if n == 0:  # nothing answered in this training part: a rule that never accepts
-        return (0.0,) * full, -30.0
+        return (0.0,) * full, -30.0, None
     # the design matrix with its column of ones, column-major: its products run 2x faster than row-major ones
     a = np.empty((n, full + 1), order="F")
     for j in range(full):
-        a[:, j] = x[:, j][rows] if rows is not None else x[:, j]
+        if index is not None:
+            np.take(x[:, j], index, out=a[:, j])  # the rows gathered by index: 3x faster than a boolean mask
+        else:
+            a[:, j] = x[:, j]
     a[:, full] = 1.0
     live = np.flatnonzero(np.concatenate([a[:, :full].any(axis=0), [True]]))
     if live.size < full + 1:  # drop the all-zero columns (weight 0; the rest solve the same system)
@@ -219,23 +253,27 @@ def fit(
     z = np.empty(n)
     p = np.empty(n)
     w = np.empty(n)
-    weighted = np.empty((d + 1, n))
+    weighted: FloatArray | None = None
     hess: FloatArray | None = None
+    data: FloatArray | None = None
     last = math.inf
+    if hessian is not None:
+        beta, done = _quasi(a, at, t, beta, penalty, np.linalg.inv(n * hessian[np.ix_(live, live)] + ridge), z, p)
+        if done:
+            iterations = 0
     for _ in range(iterations):
-        np.matmul(a, beta, out=z)
-        np.clip(z, -30, 30, out=z)
-        np.negative(z, out=z)
-        np.exp(z, out=z)
-        np.add(1.0, z, out=z)
-        np.divide(1.0, z, out=p)  # p = 1 / (1 + exp(-clip(a @ beta)))
+        _probabilities(a, beta, z, p)
         np.subtract(p, t, out=z)
         grad = at @ z + penalty * beta
         if hess is None or start is None or last > CHORD:
             np.subtract(1, p, out=w)
             np.multiply(p, w, out=w)  # p * (1 - p)
+            if weighted is None:
+                weighted = np.empty((d + 1, n))
             np.multiply(at, w, out=weighted)
-            hess = weighted @ a + ridge
+            data = weighted @ a
+            hess = data + ridge
+        assert hess is not None
         step = np.linalg.solve(hess, grad)
         beta = beta - step
         last = float(np.abs(step).max())
@@ -243,7 +281,57 @@ def fit(
             break
     weights = np.zeros(full + 1)
     weights[live] = beta
-    return tuple(float(b) for b in weights[:-1]), float(weights[-1])
+    per_row: FloatArray | None = None
+    if data is not None:
+        per_row = np.zeros((full + 1, full + 1))
+        per_row[np.ix_(live, live)] = data / n
+    return tuple(float(b) for b in weights[:-1]), float(weights[-1]), per_row
+
+
+#: Quasi-Newton steps (see :func:`fit`'s ``hessian``) tried before exact Newton steps take over from the start.
+QUASI_STEPS = 30
+
+
+def _probabilities(a: FloatArray, beta: FloatArray, z: FloatArray, p: FloatArray) -> None:
+    """``p = 1 / (1 + exp(-clip(a @ beta)))`` into the buffers given (``z`` is overwritten)."""
+    import numpy as np
+
+    np.matmul(a, beta, out=z)
+    np.clip(z, -30, 30, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    np.add(1.0, z, out=z)
+    np.divide(1.0, z, out=p)
+
+
+def _quasi(
+    a: FloatArray,
+    at: FloatArray,
+    t: FloatArray,
+    beta: FloatArray,
+    penalty: FloatArray,
+    inverse: FloatArray,
+    z: FloatArray,
+    p: FloatArray,
+) -> tuple[FloatArray, bool]:
+    """Steps ``inverse @ gradient`` (exact gradient, fixed Hessian) from ``beta``: (the optimum, True) once a step is
+    under :data:`QUASI_TOL`; else (``beta`` as given, False) when the steps stop halving or
+    :data:`QUASI_STEPS` pass. A step that small means a gradient that small (the Hessian given is positive
+    definite), and the objective is strictly convex: it is the optimum, whatever the Hessian was."""
+    import numpy as np
+
+    current, last = beta, math.inf
+    for _ in range(QUASI_STEPS):
+        _probabilities(a, current, z, p)
+        np.subtract(p, t, out=z)
+        step = inverse @ (at @ z + penalty * current)
+        size = float(np.abs(step).max())
+        if size < QUASI_TOL or (size < 1e-8 and size > 0.5 * last):  # converged, or stalled at the rounding floor
+            return current - step, True
+        if size > 0.5 * last:
+            break
+        current, last = current - step, size
+    return beta, False
 
 
 def parse(spec: Any, field: str) -> Learned:

@@ -169,11 +169,12 @@ class _Search:
         out: BoolArray = st.has_answer & (self.fits.held_out(g, st) >= d.cut)
         return out
 
-    def final(self, g: tuple[int, ...], d: Decider) -> Rule:
-        """The rule to serve: a learned one refitted on all calibration examples (once per group)."""
+    def final(self, g: tuple[int, ...], d: Decider, exact: bool = True) -> Rule:
+        """The rule to serve: a learned one refitted on all calibration examples (once per group; see
+        :meth:`Fits.final` for ``exact``)."""
         if isinstance(d, Rule):
             return d
-        w, b = self.fits.final(g)
+        w, b = self.fits.final(g, exact)
         return Learned(w, b, d.threshold)
 
     def outcome(self, tiers: Sequence[tuple[tuple[int, ...], Decider]]) -> tuple[BoolArray, FloatArray]:
@@ -282,16 +283,17 @@ def _calibrate(
         points.append((c, a, (*tiers, (col[lasts[li]], Unanimous()))))
     evaluated = pool.scored - len(lasts)
 
-    def spec(p: Point) -> CascadeSpec:
-        return CascadeSpec(tuple(TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d)) for g, d in p[2]))
+    def spec(p: Point, exact: bool = True) -> CascadeSpec:
+        tiers = (TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d, exact)) for g, d in p[2])
+        return CascadeSpec(tuple(tiers))
 
     ref = None if floor_model is None else sim.members((floor_model,))
     rivals = [(sim.members((m,)), m) for m in order] if target.rivals == "all" and floor_model is not None else []
     chosen, passed, reason = _choose(search, points, target, floor, ref, rivals)
     if target.budget_usd is None and ref is not None and (not passed or chosen[2] == ((ref, Unanimous()),)):
         chosen, passed, reason = _reconsider(search, points, target, ref, rivals, chosen, passed, reason)
-    frontier = [(p[0], p[1], spec(p)) for p in _point_frontier(points)]
-    cfg = spec(chosen)
+    cfg = spec(chosen)  # fitted exactly, before the frontier (whose other learned rules may start warm)
+    frontier = [(p[0], p[1], spec(p, exact=False)) for p in _point_frontier(points)]
     single = cfg == CascadeSpec((TierSpec((best,)),))
     verdict: Verdict = "best_single" if single or not passed else "cascade"
     if not passed:
