@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..core.errors import ConfigError
@@ -81,8 +81,21 @@ DEFAULT_OUTPUT_TOKENS = 256
 UsageGuess = Callable[[Request, str], Usage]
 # A tier's expected cost, worked out only when a limit applies: exact (False: an upper bound will do, see _admit).
 Estimate = Callable[[bool], "Decimal | None"]
+# The same in pico-dollars (rounded up), of (request, tier, exact), as the router's request tab works it out
+# (llm_cascade.spend.meter: SpendMeter.estimate_pusd).
+PicoEstimate = Callable[[Request, int, bool], "int | None"]
 _ZERO = Decimal(0)
 _UNSEEN: Any = object()
+
+
+def pusd_up(value: Decimal) -> int:
+    """``value`` USD in pico-dollars, rounded up: what a claim or an estimate counts is never less than the cost."""
+    return int((value * PICO).to_integral_value(ROUND_CEILING))
+
+
+def _dollars(pusd: int) -> Decimal:
+    """Pico-dollars as USD, for what a budget reports (its totals are kept in integer pico-dollars)."""
+    return Decimal(pusd) / PICO
 
 
 def _usd(value: Decimal) -> str:
@@ -117,6 +130,11 @@ class Limit:
         object.__setattr__(self, "usd", amount)
         object.__setattr__(self, "per", per)
         object.__setattr__(self, "tags", dict(tags or {}))
+
+    @property
+    def cap(self) -> int:
+        """The limit in pico-dollars, rounded down (what the in-memory checks compare against)."""
+        return int((self.usd * PICO).to_integral_value(ROUND_FLOOR))
 
     def applies(self, metadata: Mapping[str, str]) -> bool:
         return all(metadata.get(k) == v for k, v in self.tags.items())
@@ -206,7 +224,6 @@ class Budget:
         self._model_encoding: dict[str, str] = {}
         self._last_count: tuple[object, object, int] = (None, None, 0)  # (request, counter, its prompt tokens)
         self._last_bound: tuple[object, Usage | None] = (None, None)  # (request, its bounded usage): per tier, once
-        self._period_limits: dict[int, tuple[object, tuple[int, ...]]] = {}  # id(applicable) -> its period limits
         # (model, usage) -> cost by the table, valid for _estimates_version (the price table's version)
         self._estimates: dict[tuple[str, Usage], Decimal | None] = {}
         self._estimates_version = getattr(self.prices, "version", 0)
@@ -216,14 +233,18 @@ class Budget:
 
             self._counters["cl100k_base"] = PromptCounter("cl100k_base")
         self._lock = threading.Lock()
-        # tags of a request -> (index, limit) of the limits that apply to it: a check is then a dictionary lookup,
-        # not a scan of every limit's tags (a service sends the same few tag sets over and over)
-        self._applicable: dict[tuple[tuple[str, str], ...], tuple[tuple[int, Limit], ...]] = {}
+        # tags of a request -> the limits that apply to it (a _Scope): a check is then a dictionary lookup, not a
+        # scan of every limit's tags (a service sends the same few tag sets over and over)
+        self._applicable: dict[tuple[tuple[str, str], ...], _Scope] = {}
         self._applicable_to = self.limits
         self._holds: set[Hold] = set()
-        # Per limit (by index): the sum of what holds in flight claim, kept as holds change, so a check does not
-        # scan every request in flight.
-        self._held: dict[int, Decimal] = {}
+        # Per limit (by index): the sum of what holds in flight claim, in pico-dollars, kept as holds change, so a
+        # check does not scan every request in flight. Integers: a check is a few additions and one comparison per
+        # limit, with no Decimal made on the event loop (amounts become USD only in what the budget reports).
+        self._held: dict[int, int] = {}
+        # Whether checks are answered in this process's memory (no shared counters): the router's request tab then
+        # calls Hold.admit and settle, synchronously.
+        self.local = True
         # (limit index) -> its current period's running totals, seeded once from the ledger.
         self._running: dict[int, _Running] = {}
         if shared is None:
@@ -236,6 +257,7 @@ class Budget:
                 from .reservations import SharedCounters
 
                 self.counters = SharedCounters(ledger)
+                self.local = False
                 self._ensure(self.clock())
             else:
                 self._seed(self.clock())
@@ -249,7 +271,7 @@ class Budget:
             start = period_start(limit.per, now)
             t = self.ledger.totals(since=start, tags=limit.tags or None)
             with self._lock:
-                self._running[i] = _Running(limit.per, start, t.cost_usd, t.unpriced)
+                self._running[i] = _Running(limit.per, start, pusd_up(t.cost_usd), t.unpriced)
 
     def _ensure(self, now: float) -> None:
         """Create (seeded from the ledger) the shared counters of the current periods, if no process has yet."""
@@ -259,14 +281,14 @@ class Budget:
                 start = period_start(limit.per, now)
                 self.counters.ensure(scope_key(limit.per, limit.tags), start or 0.0, start, limit.tags or None)
 
-    def _applying(self, metadata: Mapping[str, str]) -> tuple[tuple[int, Limit], ...]:
-        """(index, limit) of every limit whose tags ``metadata`` carries, cached per tag set."""
+    def _applying(self, metadata: Mapping[str, str]) -> _Scope:
+        """The limits whose tags ``metadata`` carries, cached per tag set."""
         if self._applicable_to is not self.limits:  # limits replaced on a live budget: resolve again
             self._applicable, self._applicable_to = {}, self.limits
         key = tuple(metadata.items())
         found = self._applicable.get(key)
         if found is None:
-            found = tuple((i, x) for i, x in enumerate(self.limits) if x.applies(metadata))
+            found = _Scope(tuple((i, x) for i, x in enumerate(self.limits) if x.applies(metadata)))
             if len(self._applicable) >= 4096:
                 self._applicable.clear()
             self._applicable[key] = found
@@ -274,15 +296,9 @@ class Budget:
 
     def recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
         """A request's calls were recorded at ``ts``: advance the running totals of the limits its tags fall under.
-        The router's request tab calls it right after the ledger write (:mod:`llm_cascade.spend.meter`)."""
-        priced = _ZERO
-        unknown = 0
-        for c in calls:  # one pass, no generators: this runs once per request on the event loop
-            cost = c.cost_usd
-            if cost is not None:
-                priced += cost
-            elif c.outcome == "ok" or c.usage.total_tokens:
-                unknown += 1
+        The router's request tab calls it right after the ledger write (:mod:`llm_cascade.spend.meter`), or
+        :meth:`settle`, which also releases the request's hold."""
+        priced, unknown = _priced(calls)
         if not priced and not unknown:
             return
         if self.counters is not None:
@@ -294,29 +310,66 @@ class Budget:
             for scope, period in scopes:
                 self.counters.later(scope, period, to_pusd(priced) or 0, unknown)
             return
+        pusd = to_pusd(priced) or 0
         with self._lock:
-            for i, _ in self._applying(metadata):
-                run = self._running.get(i)
-                if run is None:
-                    continue
-                run.catch_up(ts)
-                if ts < run.start:
-                    continue  # a row stamped in a period already over
-                run.usd += priced
-                run.unknown += unknown
+            self._count(ts, pusd, unknown, self._applying(metadata).period)
 
-    def _period_sums(self, index: int, now: float, hold: Hold | None) -> tuple[Decimal, int, Decimal]:
-        """Of period limit ``index`` (lock held): the priced spend and the unknown-price calls recorded in its current
-        period, and what requests in flight hold against it, ``hold``'s own claim not counted."""
-        spent, unknown = _ZERO, 0
+    def settle(self, hold: Hold, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+        """:meth:`recorded`, then ``hold``'s release (:meth:`Hold.release`), in memory under one lock: the end of a
+        request in one process (the router's tab calls it; with shared counters it calls both, in that order)."""
+        if self.counters is not None:
+            try:
+                self.recorded(ts, calls, metadata)
+            finally:
+                hold.release()
+            return
+        priced, unknown = _priced(calls)
+        pusd = (to_pusd(priced) or 0) if priced else 0
+        period: tuple[int, ...] = ()
+        if priced or unknown:  # the limits of the tags the hold claimed under, else resolved again
+            period = hold.limits if hold._source is metadata else self._applying(metadata).period
+        with self._lock:
+            try:
+                if period:
+                    self._count(ts, pusd, unknown, period)
+            finally:
+                hold._drop()
+
+    def _count(self, ts: float, pusd: int, unknown: int, period: tuple[int, ...]) -> None:
+        """Add a recorded request to the running totals of the period limits ``period`` (lock held)."""
+        running = self._running
+        for i in period:
+            run = running.get(i)
+            if run is None:
+                continue
+            if ts >= run.end:
+                run.catch_up(ts)
+            if ts < run.start:
+                continue  # a row stamped in a period already over
+            run.pusd += pusd
+            run.unknown += unknown
+
+    def _period_sums(self, index: int, now: float, hold: Hold | None) -> tuple[int, int, int]:
+        """Of period limit ``index`` (lock held): the priced spend (pico-dollars) and the unknown-price calls recorded
+        in its current period, and what requests in flight hold against it, ``hold``'s own claim not counted."""
+        spent, unknown = 0, 0
         run = self._running.get(index)
         if run is not None:
-            run.catch_up(now)
-            spent, unknown = run.usd, run.unknown
-        held = self._held.get(index, _ZERO)
+            if now >= run.end:
+                run.catch_up(now)
+            spent, unknown = run.pusd, run.unknown
+        held = self._held.get(index, 0)
         if hold is not None and index in hold.limits:
             held -= hold.claimed
         return spent, unknown, held
+
+    def bound(self, request: Request) -> tuple[int, int] | None:
+        """(prompt tokens, output tokens) that every member's call of ``request`` is expected to stay within, as the
+        first in-memory check estimates them (:meth:`usage_for` with ``exact=False``, whatever the model); None when
+        the estimate depends on the model (a ``usage=`` guess)."""
+        if self._usage is not None:
+            return None
+        return prompt_bound(request), self._expected_output(request)
 
     def _expected_output(self, request: Request) -> int:
         out = self.output_tokens
@@ -413,13 +466,12 @@ class Budget:
     def held(self, metadata: Mapping[str, str] | None = None) -> Decimal:
         """What requests in flight in this process hold (those whose tags include ``metadata``; all when None)."""
         with self._lock:
-            return sum(
-                (
+            return _dollars(
+                sum(
                     h.claimed
                     for h in self._holds
                     if metadata is None or all(h.metadata.get(k) == v for k, v in metadata.items())
-                ),
-                Decimal(0),
+                )
             )
 
     def _admit(
@@ -431,61 +483,85 @@ class Budget:
         hold: Hold | None,
         estimated: Estimate | None = None,
     ) -> str | None:
-        indexed = self._applying(request.metadata)
-        if not indexed:
+        """A check from a thread or a plain guard's caller, in USD (:meth:`check`, :meth:`Hold.check`)."""
+        if self.counters is None:
+
+            def pico(request: Request, tier: int, exact: bool) -> int | None:
+                found = estimated(exact) if estimated is not None else self.estimate(request, models, exact)
+                return None if found is None else pusd_up(found)
+
+            return self._admit_local(request, tier, models, pusd_up(spent), pico, hold)
+        scope = self._applying(request.metadata)
+        if not scope.indexed or (hold is not None and tier in hold.tiers):
+            return None
+        estimate = estimated(True) if estimated is not None else self.estimate(request, models, True)
+        if estimate is None and self.unknown_price == "refuse":
+            return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
+        steps = self._shared_steps(
+            scope.indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata
+        )
+        try:
+            return _run_blocking(self.counters, steps)
+        except Exception as exc:
+            return _unreachable(exc, tier, spent)
+
+    def _admit_local(
+        self,
+        request: Request,
+        tier: int,
+        models: Sequence[str],
+        spent: int,
+        estimated: PicoEstimate,
+        hold: Hold | None,
+    ) -> str | None:
+        """The in-memory check of one process, in pico-dollars (``spent``: this request's spend so far, rounded up;
+        ``estimated``: the tier's expected cost): the router's tab calls it for every tier (:meth:`Hold.admit`)."""
+        scope = self._applying(request.metadata)
+        if not scope.indexed:
             return None
         if hold is not None and tier in hold.tiers:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
-        # In memory, a tier is first checked at an upper bound of its prompt tokens (its bytes), which costs no
-        # tokenizing on the event loop: if even that fits, so does the exact count, and the claim errs high. Only a
-        # tier the bound does not fit is counted exactly and checked again (the same answer as an exact check).
-        exact = self.counters is not None or self._usage is not None
+        # A tier is first checked at an upper bound of its prompt tokens (its bytes), which costs no tokenizing on
+        # the event loop: if even that fits, so does the exact count, and the claim errs high. Only a tier the bound
+        # does not fit is counted exactly and checked again (the same answer as an exact check).
+        exact = self._usage is not None
         while True:
-            estimate = estimated(exact) if estimated is not None else self.estimate(request, models, exact)
+            estimate = estimated(request, tier, exact)
             if estimate is None and self.unknown_price == "refuse":
                 return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
             now = self.clock()
-            if self.counters is not None:
-                steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), now, hold, request.metadata)
-                try:
-                    return _run_blocking(self.counters, steps)
-                except Exception as exc:
-                    return _unreachable(exc, tier, spent)
             with self._lock:
-                reason = None if estimate is None else self._refusal(indexed, tier, spent, estimate, now, hold)
+                reason = None if estimate is None else self._refusal(scope, tier, spent, estimate, now, hold)
                 if reason is not None and not exact:
                     exact = True
                     continue
-                if hold is not None and reason is None:
-                    hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
-                if hold is not None and not hold.released:
-                    # The request's claim: what it spent, plus the tier it may now run. A refused request stops here.
-                    hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, indexed)
+                if hold is not None:
+                    if reason is None:
+                        hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
+                    if not hold.released:
+                        # The request's claim: what it spent, plus the tier it may now run. A refused one stops here.
+                        hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, scope)
             return reason
 
     def _refusal(
-        self,
-        applicable: Sequence[tuple[int, Limit]],
-        tier: int,
-        spent: Decimal,
-        estimate: Decimal,
-        now: float,
-        hold: Hold | None,
+        self, scope: _Scope, tier: int, spent: int, estimate: int, now: float, hold: Hold | None
     ) -> str | None:
-        for i, limit in applicable:
-            before = held = _ZERO
-            if limit.per != "request":
+        """Why tier ``tier`` would break a limit of ``scope`` (lock held; amounts in pico-dollars), or None."""
+        for i, limit, cap, per_request in scope.caps:
+            before = held = 0
+            if not per_request:
                 before, unknown, held = self._period_sums(i, now, hold)
                 if unknown and self.unknown_price == "refuse":
                     return (
                         f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
                         " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
                     )
-            if before + held + spent + estimate > limit.usd:
-                in_flight = f" + {_usd(held)} held by requests in flight" if held else ""
+            if before + held + spent + estimate > cap:
+                in_flight = f" + {_usd(_dollars(held))} held by requests in flight" if held else ""
                 return (
-                    f"budget {limit}: spent {_usd(before)} in this {limit.per}{in_flight} + {_usd(spent)} on this"
-                    f" request + {_usd(estimate)} estimated for tier {tier} > {_usd(limit.usd)}"
+                    f"budget {limit}: spent {_usd(_dollars(before))} in this {limit.per}{in_flight} +"
+                    f" {_usd(_dollars(spent))} on this request + {_usd(_dollars(estimate))} estimated for tier {tier}"
+                    f" > {_usd(limit.usd)}"
                 )
         return None
 
@@ -501,13 +577,15 @@ class Budget:
         """:meth:`_admit` with shared counters, for the event loop: the memory work runs here, each database step
         on a thread (a reservation in the reserver thread's next batch), so no thread is held per request."""
         assert self.counters is not None
-        indexed = self._applying(request.metadata)
-        if not indexed or tier in hold.tiers:
+        scope = self._applying(request.metadata)
+        if not scope.indexed or tier in hold.tiers:
             return None
         estimate = estimated(True) if estimated is not None else self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
             return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
-        steps = self._shared_steps(indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata)
+        steps = self._shared_steps(
+            scope.indexed, tier, spent, estimate or Decimal(0), self.clock(), hold, request.metadata
+        )
         try:
             return await _run_async(self.counters, steps)
         except Exception as exc:
@@ -581,22 +659,12 @@ class Budget:
                 hold.metadata = dict(metadata)
         return reason
 
-    def _limits_of(self, applicable: Sequence[tuple[int, Limit]]) -> tuple[int, ...]:
-        """The indices of the period limits among ``applicable`` (the cached tuple of :meth:`_applying`), once per
-        tag set rather than once per request."""
-        found = self._period_limits.get(id(applicable))
-        if found is None or found[0] is not applicable:  # `is`: the id of a tuple since freed may have been reused
-            found = (applicable, tuple(i for i, x in applicable if x.per != "request"))
-            if len(self._period_limits) >= 4096:
-                self._period_limits.clear()
-            self._period_limits[id(applicable)] = found
-        return found[1]
-
-    def _move(self, hold: Hold, delta: Decimal) -> None:
-        """Add ``delta`` to the held sums of the limits ``hold`` falls under (lock held)."""
+    def _move(self, hold: Hold, delta: int) -> None:
+        """Add ``delta`` pico-dollars to the held sums of the limits ``hold`` falls under (lock held)."""
         if delta:
+            held = self._held
             for i in hold.limits:
-                self._held[i] = self._held.get(i, _ZERO) + delta
+                held[i] = held.get(i, 0) + delta
 
     def remaining(self, metadata: Mapping[str, str] | None = None) -> dict[str, Decimal]:
         """What is left of each period limit that applies to ``metadata`` (all limits when None), after what is
@@ -609,23 +677,35 @@ class Budget:
             with self._lock:
                 spent, _, held = self._period_sums(i, now, None)
                 used = spent + held
-            out[str(limit)] = limit.usd - used
+            out[str(limit)] = limit.usd - _dollars(used)
         return out
 
     def __repr__(self) -> str:
         return f"Budget({[str(x) for x in self.limits]!r}, policy={self.policy!r})"
 
 
+class _Scope:
+    """The limits one tag set falls under, resolved once per tag set (:meth:`Budget._applying`): the (index, limit)
+    pairs, each with its cap in pico-dollars and whether it is per request, and the indices of the period limits."""
+
+    __slots__ = ("caps", "indexed", "period")
+
+    def __init__(self, indexed: tuple[tuple[int, Limit], ...]) -> None:
+        self.indexed = indexed
+        self.caps = tuple((i, x, x.cap, x.per == "request") for i, x in indexed)
+        self.period = tuple(i for i, x in indexed if x.per != "request")
+
+
 class _Running:
     """One period limit's totals in this process: its period (``start`` to ``end``; all time for "total"), the
-    period's priced spend and its billed calls of unknown price. Knowing where the period ends, a check or a recorded
-    call tells whether it is still in it by two comparisons, without working out the calendar."""
+    period's priced spend in pico-dollars and its billed calls of unknown price. Knowing where the period ends, a
+    check or a recorded call tells whether it is still in it by one comparison, without working out the calendar."""
 
-    __slots__ = ("end", "per", "start", "unknown", "usd")
+    __slots__ = ("end", "per", "pusd", "start", "unknown")
 
-    def __init__(self, per: Period, start: float | None, usd: Decimal, unknown: int) -> None:
+    def __init__(self, per: Period, start: float | None, pusd: int, unknown: int) -> None:
         self.per = per
-        self.usd = usd
+        self.pusd = pusd
         self.unknown = unknown
         self._period(start)
 
@@ -638,7 +718,21 @@ class _Running:
         """If ``now`` is past this period, a new one began: its totals start from zero."""
         if now >= self.end:
             self._period(period_start(self.per, now))
-            self.usd, self.unknown = _ZERO, 0
+            self.pusd, self.unknown = 0, 0
+
+
+def _priced(calls: Sequence[Call]) -> tuple[Decimal, int]:
+    """The priced cost of ``calls`` and how many billed calls among them have no price (one pass, no generators:
+    it runs once per request on the event loop)."""
+    priced = _ZERO
+    unknown = 0
+    for c in calls:
+        cost = c.cost_usd
+        if cost is not None:
+            priced += cost
+        elif c.outcome == "ok" or c.usage.total_tokens:
+            unknown += 1
+    return priced, unknown
 
 
 class Hold:
@@ -666,13 +760,13 @@ class Hold:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.claimed = _ZERO
+        self.claimed = 0  # pico-dollars, rounded up (in memory; shared counters keep theirs in ``reserved``)
         self.metadata: Mapping[str, str] = {}
         self._source: Mapping[str, str] | None = None  # the mapping ``metadata`` was copied from
         self.taken = False
         self.released = False
         self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
-        self.limits: tuple[int, ...] = ()  # indices of the period limits its tags fall under
+        self.limits: tuple[int, ...] = ()  # indices of the period limits its tags fall under (of its _Scope)
         self.reserved: dict[tuple[str, float], int] = {}  # shared counters: pico-dollars reserved per counter
         self._token: Token[Hold | None] | None = None
 
@@ -700,35 +794,52 @@ class Hold:
             return self.budget._admit(request, tier, models, spent, self, estimate)
         return await self.budget._aadmit(request, tier, models, spent, self, estimate)
 
-    def _claim(self, amount: Decimal, metadata: Mapping[str, str], applicable: Sequence[tuple[int, Limit]]) -> None:
-        """Called with the budget's lock held; ``applicable``: the (index, limit) pairs ``metadata`` falls under."""
+    def admit(
+        self, request: Request, tier: int, models: Sequence[str], spent: int, estimate: PicoEstimate
+    ) -> str | None:
+        """:meth:`check` in pico-dollars, synchronous: what the router's request tab calls when the budget answers in
+        memory (:attr:`Budget.local`): ``spent`` rounded up, ``estimate`` the tier's expected cost, rounded up."""
+        return self.budget._admit_local(request, tier, models, spent, estimate, self)
+
+    def _claim(self, amount: int, metadata: Mapping[str, str], scope: _Scope) -> None:
+        """Called with the budget's lock held; ``scope``: the limits ``metadata`` falls under."""
         budget = self.budget
         if self._source is not metadata:  # a later tier of the same request: the same tags, already resolved
             budget._move(self, -self.claimed)
-            self.claimed = _ZERO
+            self.claimed = 0
             self._source = metadata
-            self.metadata = dict(metadata)
-            self.limits = budget._limits_of(applicable)
+            self.metadata = dict(metadata) if metadata else {}
+            self.limits = scope.period
         budget._move(self, amount - self.claimed)
         self.claimed = amount
         if amount:
-            self.budget._holds.add(self)
+            budget._holds.add(self)
         else:
-            self.budget._holds.discard(self)
+            budget._holds.discard(self)
 
     def release(self) -> None:
         """Stop counting this request's claim: call it once its calls are in the ledger. Idempotent and final."""
         self._release()
 
+    def _drop(self) -> dict[tuple[str, float], int]:
+        """Released: stop counting the claim in memory (the budget's lock held); returns the shared counters'
+        reservations to give back."""
+        if self.released:
+            return {}
+        self.released = True
+        budget = self.budget
+        if self.claimed:
+            budget._move(self, -self.claimed)
+            self.claimed = 0
+            budget._holds.discard(self)
+        reserved, self.reserved = self.reserved, {}
+        return reserved
+
     def _release(self) -> concurrent.futures.Future[None] | None:
         with self.budget._lock:
             if self.released:
                 return None
-            self.released = True
-            self.budget._move(self, -self.claimed)
-            self.claimed = _ZERO
-            self.budget._holds.discard(self)
-            reserved, self.reserved = self.reserved, {}
+            reserved = self._drop()
         counters = self.budget.counters
         if counters is None:
             return None
@@ -756,7 +867,7 @@ class Hold:
                 self._token = None
 
     def __repr__(self) -> str:
-        state = "released" if self.released else f"{_usd(self.claimed)} USD"
+        state = "released" if self.released else f"{_usd(_dollars(self.claimed))} USD"
         return f"Hold({state}, {dict(self.metadata)!r})"
 
 

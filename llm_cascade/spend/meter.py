@@ -24,7 +24,7 @@ router's price table -> None (unknown, never 0). Budget estimates use the same f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..backends.base import Backend, innermost
@@ -33,6 +33,7 @@ from .pricing import PriceEntry, PriceTable
 
 Policy = Literal["best_so_far", "raise"]
 _ZERO = Decimal(0)
+_PICO = Decimal("1e12")
 _UNSEEN: Any = object()
 _WHY = "process ended during the call (replayed from the ledger journal)"
 
@@ -81,6 +82,7 @@ class Guard(Protocol):
 
 
 Estimate = Callable[[bool], "Decimal | None"]  # a tier's expected cost: exact, or (False) an upper bound
+PicoEstimate = Callable[[Request, int, bool], "int | None"]  # a request's tier, in pico-dollars, rounded up
 Write = Callable[[SpendSink], None]  # stores a request's rows in its own way (a shadowed request's observations)
 
 
@@ -90,6 +92,14 @@ class Claim(Protocol):
     async def acheck(
         self, request: Request, tier: int, models: Sequence[str], spent: Decimal, estimate: Estimate | None = None
     ) -> str | None: ...
+
+    def admit(
+        self, request: Request, tier: int, models: Sequence[str], spent: int, estimate: PicoEstimate
+    ) -> str | None:
+        """:meth:`acheck` in pico-dollars, synchronous: for a budget that answers in memory (:class:`Settles`)."""
+        ...
+
+    def release(self) -> None: ...
 
     async def arelease(self) -> None: ...
 
@@ -109,6 +119,20 @@ class Holds(Protocol):
     def usage_for(self, request: Request, model: str, exact: bool = True) -> Usage: ...
 
     def recorded(self, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+
+
+@runtime_checkable
+class Settles(Holds, Protocol):
+    """A budget whose checks may be answered in this process's memory (:class:`~llm_cascade.spend.budget.Budget`
+    without shared counters: ``local``). Then the tab checks a tier synchronously in pico-dollars
+    (:meth:`Claim.admit`), estimating it from :meth:`bound` with its members' prices resolved once per tier, and ends
+    the request with one :meth:`settle` (running totals and release under one lock) instead of a coroutine each."""
+
+    local: bool
+
+    def bound(self, request: Request) -> tuple[int, int] | None: ...
+
+    def settle(self, hold: Any, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
 
 
 class Tab(Protocol):
@@ -169,6 +193,7 @@ class SpendMeter:
         self.ledger = ledger
         self.journal: Journaled | None = ledger if isinstance(ledger, Journaled) and ledger.journaled else None
         self.holds: Holds | None = budget if isinstance(budget, Holds) else None
+        self.settles: Settles | None = budget if isinstance(budget, Settles) and budget.local else None
         self.guard: Guard | None = None if self.holds is not None or budget is None else budget  # type: ignore[assignment]
         self.budget = budget
         self.estimator = estimator
@@ -179,7 +204,9 @@ class SpendMeter:
         # A member's entry in a (non-strict) PriceTable, found once per table version: a call is then priced by its
         # entry, without the table's per-usage cache (a miss there costs more than the arithmetic).
         self._table = prices if isinstance(prices, PriceTable) and not prices.strict else None
-        self._entries: dict[int, PriceEntry | None] = {}
+        self._priced: dict[int, OwnPrice | None] = {}  # id(member) -> its own price or its entry in _table
+        # tier -> its members' token prices summed, in pico-dollars per token (see estimate_pusd)
+        self._linear: dict[int, tuple[int, int, int] | None] = {}
         self._intents: dict[tuple[int, object], tuple[Call, ...]] = {}
         from .tokens import TokenEstimator  # light: tiktoken itself loads when an estimator is built
 
@@ -209,34 +236,46 @@ class SpendMeter:
         if version != self._version:
             self._version = version
             self._intents = {}
-            self._entries = {}
+            self._priced = {}
+            self._linear = {}
 
     def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
         """The member's own price, else the table's; None when neither knows."""
+        table = self._table
+        if table is not None and table.version != self._version:
+            self._fresh()
+        # A member's price (its own, or its entry in a non-strict PriceTable), found once per table version: a call
+        # is then one dictionary look-up and the entry's integer arithmetic. Not cached per usage: a provider's usage
+        # varies from call to call, and the entry's arithmetic (see PriceEntry.cost) costs less than a cache's key,
+        # lookup and insertion when it misses (measured: a cache of sizes, or of the last Usage object, saves 1-3 us
+        # on one repeated prompt and costs 1.5-3 us on distinct ones).
+        found = self._priced.get(id(member), _UNSEEN)
+        if found is _UNSEEN:
+            return self._first_cost(member, usage, seconds)
+        if found is None:
+            return None
+        cost: Decimal = found.cost(usage, seconds)
+        return cost
+
+    def _first_cost(self, member: Backend, usage: Usage, seconds: float | None) -> Decimal | None:
+        """:meth:`cost` of a backend whose price is not resolved yet, resolving a member's for the next calls."""
         key = id(member)
-        own = self._own.get(key)
-        if own is None and key not in self._members:  # not a member (a shadow pool's model): its price, once
+        if key not in self._members:  # not a member (a shadow pool's model): its own price, once, else the table's
             found = self._others.get(key)
             if found is None or found[0] is not member:
                 found = self._others[key] = (member, own_price(member))
             own = found[1]
-        if own is not None:
-            return own.cost(usage, seconds)
-        table = self._table
-        if table is not None and key in self._members:
-            if table.version != self._version:
-                self._fresh()
-            entry = self._entries.get(key, _UNSEEN)
-            if entry is _UNSEEN:
-                entry = self._entries[key] = table.lookup(member.name)
-            if entry is None:
-                return None
-            # Not cached: a provider's usage varies from call to call, and the entry's integer arithmetic (see
-            # PriceEntry.cost) costs less than a cache's key, lookup and insertion when it misses (measured: a cache
-            # of sizes, or of the last Usage object, saves 1-3 us on one repeated prompt and costs 1.5-3 us on
-            # distinct ones).
-            cost: Decimal = entry.cost(usage, seconds)
-            return cost
+            if own is not None:
+                return own.cost(usage, seconds)
+        else:
+            own = self._own.get(key)
+            if own is not None:
+                self._priced[key] = own
+                return own.cost(usage, seconds)
+            table = self._table
+            if table is not None:
+                entry = self._priced[key] = table.lookup(member.name)
+                return None if entry is None else entry.cost(usage, seconds)
         prices = self.prices
         if prices is None:
             return None
@@ -256,6 +295,58 @@ class SpendMeter:
                 return None
             total += cost
         return total
+
+    def estimate_pusd(self, request: Request, tier: int, exact: bool = True) -> int | None:
+        """:meth:`estimate` in pico-dollars, rounded up. The first check of a tier (``exact=False``) asks the budget
+        for one (prompt tokens, output tokens) bound that holds for every member (:meth:`Settles.bound`): the tier's
+        cost is then ``prompt * A + output * B + F``, with A, B and F its members' prices summed once per tier (and
+        price table version), in integers: no Usage, no Decimal, no call per member on the event loop."""
+        settles = self.settles
+        if not exact and settles is not None:
+            sizes = settles.bound(request)
+            if sizes is not None:
+                linear = self._linear_of(tier)
+                if linear is not None:
+                    a, b, fee = linear
+                    if a < 0:
+                        return None  # a member without a price
+                    prompt, output = sizes
+                    return prompt * a + output * b + (fee if prompt > 0 or output > 0 else 0)
+        total = self.estimate(request, tier, exact)
+        return None if total is None else pusd_up(total)
+
+    def _linear_of(self, tier: int) -> tuple[int, int, int] | None:
+        """(A, B, F) of :meth:`estimate_pusd` for ``tier``; (-1, 0, 0) when a member has no price; None when a
+        member's price is not a plain per-token one (:meth:`estimate` then prices each member)."""
+        table = self._table
+        if table is not None and table.version != self._version:
+            self._fresh()
+        found = self._linear.get(tier, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._linear[tier] = self._linearize(tier)
+        return found  # type: ignore[no-any-return]
+
+    def _linearize(self, tier: int) -> tuple[int, int, int] | None:
+        a = b = fee = 0
+        for member in self.tiers[tier]:
+            entry: object = self._own.get(id(member))
+            if entry is None:
+                if self._table is None:
+                    return None  # another kind of price table: asked per member
+                entry = self._table.lookup(member.name)
+                if entry is None:
+                    return (-1, 0, 0)
+            if not isinstance(entry, PriceEntry):
+                return None
+            scaled = entry._scaled
+            if scaled is None or scaled[3] < -6:  # not plain decimals, or finer than a pico-dollar per token
+                return None
+            inp, _, out, exp, _ = scaled
+            unit = 10 ** (exp + 6)  # a price per 1M tokens at 10**exp USD is 10**(exp + 6) pico-dollars per token
+            a += inp * unit
+            b += out * unit
+            fee += pusd_up(entry.per_request)
+        return a, b, fee
 
     def intents(self, tier: int, request: Request) -> tuple[Call, ...]:
         """The calls tier ``tier`` is about to make, as the ledger should bill them if the process dies during them:
@@ -286,6 +377,16 @@ def interrupted(model: str, tier: int, usage: Usage, cost: Decimal | None) -> Ca
     """The row a call about to start is journaled as (its intent): what the ledger bills if the process dies during
     it, at its estimated ``usage`` and ``cost``; the call's real row replaces it once it ends."""
     return Call(model, tier, "cancelled", usage, cost_usd=cost, error=_WHY)
+
+
+def pusd_up(value: Decimal) -> int:
+    """``value`` USD in pico-dollars, rounded up."""
+    return int((value * _PICO).to_integral_value(ROUND_CEILING))
+
+
+def spent_pusd(calls: Sequence[Call]) -> int:
+    """:func:`spent` in pico-dollars, rounded up (0 at once for a request's first tier)."""
+    return pusd_up(spent(calls)) if calls else 0
 
 
 def spent(calls: Sequence[Call]) -> Decimal:
@@ -322,6 +423,8 @@ class SpendTab:
         hold = self.hold
         if hold is not None:
             request = self.request
+            if meter.settles is not None:  # in memory: no coroutine below this one, amounts in pico-dollars
+                return hold.admit(request, tier, meter.models[tier], spent_pusd(calls), meter.estimate_pusd)
             return await hold.acheck(
                 request, tier, meter.models[tier], spent(calls), lambda exact: meter.estimate(request, tier, exact)
             )
@@ -372,6 +475,7 @@ class SpendTab:
         """Record the request's calls (a root tab: rows to the ledger, by ``write`` when given, then running totals
         to the budget), then release the claim: counted twice for a moment, never not at all."""
         meter = self.meter
+        hold = self.hold
         try:
             if self.parent is None and calls:
                 ledger = meter.ledger
@@ -381,12 +485,20 @@ class SpendTab:
                         ledger.record(self.request.request_id, calls, dict(metadata))
                     else:
                         write(ledger)
+                settles = meter.settles
+                if settles is not None and hold is not None:  # running totals and release, in memory, at once
+                    settles.settle(hold, settles.clock(), calls, metadata)
+                    self.hold = None
+                    return
                 self._count(calls, metadata)
             elif calls and not self._counted_above():  # a nested Router's calls: recorded by the root; a budget of
                 self._count(calls, self.request.metadata)  # its own (not one a tab above counts) still counts them
         finally:
             if self.hold is not None:
-                await self.hold.arelease()
+                if meter.settles is not None:
+                    self.hold.release()
+                else:
+                    await self.hold.arelease()
 
     def _counted_above(self) -> bool:
         """Whether a tab above this one counts into the same budget (which then sees these calls once, there)."""

@@ -228,6 +228,19 @@ class TokenEstimator:
         return found if found is not None else length_estimate(request.messages)
 
 
+def _key(messages: tuple[Message, ...]) -> tuple[int, int, int]:
+    """A prompt's key in the count cache: its number of turns and characters and a 64-bit hash of their roles and
+    texts (a collision would cost one estimate, never a prompt held in memory). Hashed here rather than as a tuple of
+    Messages, whose dataclass hash is a Python call per turn."""
+    chars = 0
+    h = 0
+    for m in messages:
+        content = m.content
+        chars += len(content)
+        h = hash((h, m.role, content))
+    return len(messages), chars, h
+
+
 class PromptCounter:
     """Prompt token counts that are cheap enough for the event loop: one encoding resolved at construction
     (MissingDependencyError naming the ``tokens`` extra if it cannot be) and loaded on first use, once per process;
@@ -242,21 +255,16 @@ class PromptCounter:
         self._cache_size = cache_size
 
     def cached(self, messages: tuple[Message, ...]) -> int | None:
-        """The count of ``messages`` if it is in the cache."""
-        chars = 0
-        for m in messages:
-            chars += len(m.content)
-        return self._cache.get((len(messages), chars, hash(messages)))
+        """The count of ``messages`` if it is in the cache (an empty cache is not asked: nothing to hash)."""
+        cache = self._cache
+        return cache.get(_key(messages)) if cache else None
 
     def count(self, messages: tuple[Message, ...]) -> int:
-        chars = 0
-        for m in messages:
-            chars += len(m.content)
-        # A 64-bit hash with the sizes: a collision would cost one estimate, never a prompt held in memory.
-        key = (len(messages), chars, hash(messages))
+        key = _key(messages)
         found = self._cache.get(key)
         if found is not None:
             return found
+        chars = key[1]
         if chars > LARGE_PROMPT_CHARS:
             n = TOKENS_PER_REPLY + len(messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
         else:
