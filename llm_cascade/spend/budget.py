@@ -330,8 +330,16 @@ class Budget:
             period = hold.limits if hold._source is metadata else self._applying(metadata).period
         with self._lock:
             try:
-                if period:
-                    self._count(ts, pusd, unknown, period)
+                running = self._running
+                for i in period:  # (_count, inline)
+                    run = running.get(i)
+                    if run is None:
+                        continue
+                    if ts >= run.end:
+                        run.catch_up(ts)
+                    if ts >= run.start:  # else a row stamped in a period already over
+                        run.pusd += pusd
+                        run.unknown += unknown
             finally:
                 hold._drop()
 
@@ -546,16 +554,27 @@ class Budget:
     def _refusal(
         self, scope: _Scope, tier: int, spent: int, estimate: int, now: float, hold: Hold | None
     ) -> str | None:
-        """Why tier ``tier`` would break a limit of ``scope`` (lock held; amounts in pico-dollars), or None."""
+        """Why tier ``tier`` would break a limit of ``scope`` (lock held; amounts in pico-dollars), or None. (Period
+        sums read inline: this runs for every tier of every request, on the event loop.)"""
+        running, held_by = self._running, self._held
+        mine = hold.limits if hold is not None else ()
         for i, limit, cap, per_request in scope.caps:
             before = held = 0
             if not per_request:
-                before, unknown, held = self._period_sums(i, now, hold)
-                if unknown and self.unknown_price == "refuse":
-                    return (
-                        f"budget {limit}: {unknown} call(s) of unknown price billed in this {limit.per}, so its"
-                        " spend cannot be proven under the limit (unknown_price='allow' counts only priced calls)"
-                    )
+                run = running.get(i)
+                if run is not None:
+                    if now >= run.end:
+                        run.catch_up(now)
+                    before = run.pusd
+                    if run.unknown and self.unknown_price == "refuse":
+                        return (
+                            f"budget {limit}: {run.unknown} call(s) of unknown price billed in this {limit.per}, so"
+                            " its spend cannot be proven under the limit (unknown_price='allow' counts only priced"
+                            " calls)"
+                        )
+                held = held_by.get(i, 0)
+                if i in mine:
+                    held -= hold.claimed  # type: ignore[union-attr]
             if before + held + spent + estimate > cap:
                 in_flight = f" + {_usd(_dollars(held))} held by requests in flight" if held else ""
                 return (
@@ -810,7 +829,11 @@ class Hold:
             self._source = metadata
             self.metadata = dict(metadata) if metadata else {}
             self.limits = scope.period
-        budget._move(self, amount - self.claimed)
+        delta = amount - self.claimed
+        if delta:  # (_move, inline)
+            held = budget._held
+            for i in self.limits:
+                held[i] = held.get(i, 0) + delta
         self.claimed = amount
         if amount:
             budget._holds.add(self)

@@ -68,12 +68,14 @@ class PriceEntry:
             output = output if output > 0 else 0
             n = (fresh - cached) * inp + cached * cin + output * out
             if n < _EXACT:
-                if n:
+                if n % 10:  # most sums: no trailing zero to drop (a product by 10**e is scaleb(e), a third cheaper)
+                    total = Decimal(n) * _SCALE[exp - 6]
+                elif n:
                     shift = -6
                     while shift < 0 and not n % 10:
                         n //= 10
                         shift += 1
-                    total = Decimal(n).scaleb(exp + shift)
+                    total = Decimal(n) * _SCALE[exp + shift]
                 else:
                     total = _ZEROS[exp] if exp in _ZEROS else Decimal(0).scaleb(exp)
                 if fee and (tokens > 0 or output > 0):
@@ -97,6 +99,7 @@ class PriceEntry:
 
 _EXACT = 10**27  # below it, Decimal's default 28 digits hold the products exactly (the integer path applies)
 _ZEROS = {e: Decimal(0).scaleb(e) for e in range(-12, 1)}
+_SCALE = {e: Decimal(f"1E{e}") for e in range(-18, 1)}  # Decimal(n) * _SCALE[e]: n at exponent e, exactly (n < _EXACT)
 
 
 def _scaled(entry: PriceEntry) -> tuple[int, int, int, int, bool] | None:
