@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
+from llm_cascade.spend import journal as journal_module
 from llm_cascade.spend.journal import Intents, Journal, pending_rows
 from llm_cascade.spend.ledger import Ledger
 
@@ -28,6 +31,40 @@ def test_records_round_trip_and_the_last_word_on_a_request_wins(tmp_path: Path) 
     pending = pending_rows(path)
     assert pending == {"r1": [row("r1", 0, "a", "0.25")], "r2": [row("r2", 0, "a", "0.5")]}
     journal.close(clean=False)
+
+
+def test_records_of_the_earlier_marshal_version_replay_as_todays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are written in marshal version 2 (no back-references: faster); a journal left by a release that wrote
+    version 4 replays to the same rows, and so does one with both (a process upgraded between two segments)."""
+
+    def write(folder: Path, p: str) -> Path:
+        journal = Journal(folder)
+        journal.intent(f"{p}1", [row(f"{p}1", 0, "a", "0.5"), row(f"{p}1", 1, "b", "0.5")])
+        journal.recorded(f"{p}1", [row(f"{p}1", 0, "a", "0.25"), row(f"{p}1", 1, "b", "0.125")])
+        journal.intent(f"{p}2", [row(f"{p}2", 0, "a", "0.5")])
+        journal.finished(f"{p}2", [row(f"{p}2", 0, "a", "0.375")])
+        journal.intent(f"{p}3", [row(f"{p}3", 0, "a", "0.5")])
+        journal.committed([f"{p}3"])
+        path = journal.path
+        assert path is not None
+        journal.close(clean=False)
+        return path
+
+    def want(p: str) -> dict[str, list[tuple[object, ...]]]:
+        return {
+            f"{p}1": [row(f"{p}1", 0, "a", "0.25"), row(f"{p}1", 1, "b", "0.125")],
+            f"{p}2": [row(f"{p}2", 0, "a", "0.375")],
+        }
+
+    today = write(tmp_path / "v2", "n")
+    monkeypatch.setattr(journal_module, "_VERSION", 4)
+    earlier = write(tmp_path / "v4", "o")
+    assert today.read_bytes().rstrip(b"\0") != earlier.read_bytes().rstrip(b"\0").replace(b"o", b"n")
+    assert pending_rows(today) == want("n")
+    assert pending_rows(earlier) == want("o")
+    assert pending_rows(earlier, today) == {**want("o"), **want("n")}
 
 
 def test_a_torn_last_record_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:

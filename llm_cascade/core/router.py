@@ -607,7 +607,11 @@ class Router:
                 calls.sort(key=self._call_order)
             shadow = self.shadow if shadowed is not None else None
             if shadow is None:
-                if not tab.idle:  # a router without ledger or budget: nothing to record or release
+                if tab.idle:  # a router without ledger or budget: nothing to record or release
+                    pass
+                elif tab.sync:  # nothing to wait for (no budget database): no coroutine
+                    tab.close_now(calls)
+                else:
                     await tab.close(calls)
             else:  # with observations, then the shadow calls
                 answered = result is not None
@@ -671,7 +675,7 @@ class Router:
         gate_first = self.meter.gate_first_tier
         for k, tier in enumerate(self.tiers):
             if k or gate_first:
-                reason = await tab.admit(k, calls)
+                reason = tab.admit_now(k, calls) if tab.sync else await tab.admit(k, calls)
                 if reason is not None:
                     observe.log.info("request %s: budget stops before tier %d: %s", request.request_id, k, reason)
                     if tab.policy == "raise" or best is None:

@@ -10,8 +10,8 @@ being committed there is a window in which a crash would forget a call that was 
 - once the writer has committed them to the database, the request ids are appended as *committed*.
 
 Each entry is one binary record: a kind byte, the payload's length and CRC-32, then the payload in :mod:`marshal`
-format (tuples of strings, numbers and None; about a microsecond to encode, several times faster than JSON, and it
-runs on the event loop once or twice per request). A reader accepts only those types, and a record whose CRC does not
+format, version 2 (tuples of strings, numbers and None; under a microsecond to encode, several times faster than JSON,
+and it runs on the event loop once or twice per request). A reader accepts only those types, and a record whose CRC does not
 match (the process died mid-copy) ends the file. Files of an older release (``*.jsonl``, one JSON object a line) are
 still replayed.
 
@@ -58,6 +58,11 @@ _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32
 # (llm_cascade.spend.spill), f: the real rows of a tier that ended (Journal.finished)
 _KINDS = (b"i", b"r", b"c", b"s", b"f")
 _SCALARS = (str, int, float, type(None))
+# The marshal version records are written in: 2, which has no back-references (version 3 added them), so writing a
+# request's rows does not look every value up in a table of the objects already written: a third faster than version
+# 4 (0.86 against 1.29 us for two rows), for about 40% more bytes. The reader takes every version's encoding of the
+# types it accepts, so files written by either version replay alike.
+_VERSION = 2
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _ZEROS = bytes(1 << 16)
 
@@ -264,7 +269,7 @@ class Journal:
     def intent(self, request_id: str, rows: Sequence[Row]) -> None:
         """Estimated rows of calls about to start: what is billed if the process dies before they are recorded."""
         entry: tuple[Any, ...] = (request_id, rows)
-        payload = marshal.dumps(entry, 4)
+        payload = marshal.dumps(entry, _VERSION)
         with self._lock:
             self._put(b"i", payload, request_id)
 
@@ -278,7 +283,7 @@ class Journal:
     def finished(self, request_id: str, rows: Sequence[Row]) -> None:
         """The real rows of a tier whose calls have all ended, the request going on: on replay they replace that
         tier's intent (its estimates), so a kill during a later tier bills the earlier ones at their real usage."""
-        payload = marshal.dumps((request_id, tuple(rows)), 4)
+        payload = marshal.dumps((request_id, tuple(rows)), _VERSION)
         with self._lock:
             self._put(b"f", payload, request_id)
 
@@ -286,7 +291,7 @@ class Journal:
         """The request's real rows, handed to the ledger's writer (replaces its intents). ``locked``: the caller
         holds the lock the journal was given."""
         entry: tuple[Any, ...] = (request_id, rows)
-        payload = marshal.dumps(entry, 4)
+        payload = marshal.dumps(entry, _VERSION)
         if locked:
             self._put(b"r", payload, request_id)
         else:
@@ -300,7 +305,7 @@ class Journal:
         ids = tuple([rid for rid in dict.fromkeys(request_ids) if rid in where])
         if not ids:
             return
-        payload = marshal.dumps(ids, 4)
+        payload = marshal.dumps(ids, _VERSION)
         with self._lock:
             self._put(b"c", payload, None)
             here, more = self._seg, self._more
@@ -324,7 +329,7 @@ class Journal:
             live = seg.live_cancels()
             if not live:
                 return True
-            self._put(b"c", marshal.dumps(tuple(dict.fromkeys(c[0] for c in live)), 4), None)
+            self._put(b"c", marshal.dumps(tuple(dict.fromkeys(c[0] for c in live)), _VERSION), None)
             here = self._seg
             if here is None:
                 return False

@@ -139,11 +139,16 @@ class Tab(Protocol):
     """One request's spend: what the router calls, in this order, for every request it routes."""
 
     request: Request
+    # Whether admit_now() and close_now() do all that admit() and close() do (no budget database to wait for): the
+    # router then calls them without a coroutine each.
+    sync: bool
 
     @property
     def policy(self) -> Policy: ...
 
     async def admit(self, tier: int, calls: Sequence[Call]) -> str | None: ...
+
+    def admit_now(self, tier: int, calls: Sequence[Call]) -> str | None: ...
 
     @property
     def idle(self) -> bool: ...
@@ -155,6 +160,8 @@ class Tab(Protocol):
     def child(self, meter: Meter) -> Tab: ...
 
     async def close(self, calls: Sequence[Call], write: Write | None = None) -> None: ...
+
+    def close_now(self, calls: Sequence[Call], write: Write | None = None) -> None: ...
 
 
 class Meter(Protocol):
@@ -194,6 +201,7 @@ class SpendMeter:
         self.journal: Journaled | None = ledger if isinstance(ledger, Journaled) and ledger.journaled else None
         self.holds: Holds | None = budget if isinstance(budget, Holds) else None
         self.settles: Settles | None = budget if isinstance(budget, Settles) and budget.local else None
+        self.sync = self.holds is None or self.settles is not None  # (Tab.sync)
         self.guard: Guard | None = None if self.holds is not None or budget is None else budget  # type: ignore[assignment]
         self.budget = budget
         self.estimator = estimator
@@ -404,13 +412,14 @@ class SpendTab:
     own meter's members but journals and records through the root tab: the nested calls are the parent request's
     calls, recorded once, with the parent's rows (the parent lists them in its result)."""
 
-    __slots__ = ("hold", "meter", "parent", "request")
+    __slots__ = ("hold", "meter", "parent", "request", "sync")
 
     def __init__(self, meter: SpendMeter, request: Request, hold: Claim | None, parent: SpendTab | None) -> None:
         self.meter = meter
         self.request = request
         self.hold = hold
         self.parent = parent
+        self.sync = meter.sync
 
     @property
     def policy(self) -> Policy:
@@ -419,15 +428,20 @@ class SpendTab:
     async def admit(self, tier: int, calls: Sequence[Call]) -> str | None:
         """None to run tier ``tier``; else the budget's reason to stop. A budget's claim covers what the request
         spent (``calls``) plus the tier's estimate until :meth:`close`."""
+        hold = self.hold
+        if hold is None or self.sync:
+            return self.admit_now(tier, calls)
+        meter, request = self.meter, self.request
+        return await hold.acheck(
+            request, tier, meter.models[tier], spent(calls), lambda exact: meter.estimate(request, tier, exact)
+        )
+
+    def admit_now(self, tier: int, calls: Sequence[Call]) -> str | None:
+        """:meth:`admit` where it waits for nothing (:attr:`sync`): a budget in memory, checked in pico-dollars."""
         meter = self.meter
         hold = self.hold
         if hold is not None:
-            request = self.request
-            if meter.settles is not None:  # in memory: no coroutine below this one, amounts in pico-dollars
-                return hold.admit(request, tier, meter.models[tier], spent_pusd(calls), meter.estimate_pusd)
-            return await hold.acheck(
-                request, tier, meter.models[tier], spent(calls), lambda exact: meter.estimate(request, tier, exact)
-            )
+            return hold.admit(self.request, tier, meter.models[tier], spent_pusd(calls), meter.estimate_pusd)
         guard = meter.guard
         if guard is not None:
             return guard.check(self.request, tier, meter.models[tier], spent(calls))
@@ -474,31 +488,47 @@ class SpendTab:
     async def close(self, calls: Sequence[Call], write: Write | None = None) -> None:
         """Record the request's calls (a root tab: rows to the ledger, by ``write`` when given, then running totals
         to the budget), then release the claim: counted twice for a moment, never not at all."""
-        meter = self.meter
-        hold = self.hold
+        if self.sync:
+            self.close_now(calls, write)
+            return
         try:
-            if self.parent is None and calls:
-                ledger = meter.ledger
-                metadata = self.request.metadata
-                if ledger is not None:
-                    if write is None:
-                        ledger.record(self.request.request_id, calls, dict(metadata))
-                    else:
-                        write(ledger)
-                settles = meter.settles
-                if settles is not None and hold is not None:  # running totals and release, in memory, at once
-                    settles.settle(hold, settles.clock(), calls, metadata)
-                    self.hold = None
-                    return
-                self._count(calls, metadata)
-            elif calls and not self._counted_above():  # a nested Router's calls: recorded by the root; a budget of
-                self._count(calls, self.request.metadata)  # its own (not one a tab above counts) still counts them
+            self._record(calls, write)
         finally:
             if self.hold is not None:
-                if meter.settles is not None:
-                    self.hold.release()
-                else:
-                    await self.hold.arelease()
+                await self.hold.arelease()
+
+    def close_now(self, calls: Sequence[Call], write: Write | None = None) -> None:
+        """:meth:`close` where it waits for nothing (:attr:`sync`): a budget in memory is told and released at
+        once, by one :meth:`Settles.settle`."""
+        hold = self.hold
+        try:
+            settles = self.meter.settles
+            if settles is not None and hold is not None and self.parent is None and calls:
+                self._store(calls, write)
+                settles.settle(hold, settles.clock(), calls, self.request.metadata)  # totals, then the release
+                self.hold = None
+                return
+            self._record(calls, write)
+        finally:
+            if self.hold is not None:
+                self.hold.release()
+
+    def _store(self, calls: Sequence[Call], write: Write | None) -> None:
+        """A root tab's rows to the ledger (by ``write`` when given)."""
+        ledger = self.meter.ledger
+        if ledger is not None:
+            if write is None:
+                ledger.record(self.request.request_id, calls, dict(self.request.metadata))
+            else:
+                write(ledger)
+
+    def _record(self, calls: Sequence[Call], write: Write | None) -> None:
+        """Rows to the ledger (at the root) and running totals to the budget, if it counts them here."""
+        if self.parent is None and calls:
+            self._store(calls, write)
+            self._count(calls, self.request.metadata)
+        elif calls and not self._counted_above():  # a nested Router's calls: recorded by the root; a budget of
+            self._count(calls, self.request.metadata)  # its own (not one a tab above counts) still counts them
 
     def _counted_above(self) -> bool:
         """Whether a tab above this one counts into the same budget (which then sees these calls once, there)."""
