@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..core.errors import ConfigError
@@ -81,9 +81,9 @@ DEFAULT_OUTPUT_TOKENS = 256
 UsageGuess = Callable[[Request, str], Usage]
 # A tier's expected cost, worked out only when a limit applies: exact (False: an upper bound will do, see _admit).
 Estimate = Callable[[bool], "Decimal | None"]
-# The same in pico-dollars (rounded up), of (request, tier, exact), as the router's request tab works it out
-# (llm_cascade.spend.meter: SpendMeter.estimate_pusd).
-PicoEstimate = Callable[[Request, int, bool], "int | None"]
+# The same in pico-dollars (rounded up), of (request, tier, exact, sizes), as the router's request tab works it out
+# (llm_cascade.spend.meter: SpendMeter.estimate_pusd); sizes: a (prompt tokens, output tokens) bound for every member.
+PicoEstimate = Callable[[Request, int, bool, "tuple[int, int] | None"], "int | None"]
 _ZERO = Decimal(0)
 _UNSEEN: Any = object()
 
@@ -323,8 +323,15 @@ class Budget:
             finally:
                 hold.release()
             return
-        priced, unknown = _priced(calls)
-        pusd = (to_pusd(priced) or 0) if priced else 0
+        priced = _ZERO
+        unknown = 0
+        for c in calls:  # (_priced, inline)
+            cost = c.cost_usd
+            if cost is not None:
+                priced += cost
+            elif c.outcome == "ok" or c.usage.total_tokens:
+                unknown += 1
+        pusd = int((priced * PICO).to_integral_value(ROUND_HALF_EVEN)) if priced else 0  # (to_pusd: as the ledger)
         period: tuple[int, ...] = ()
         if priced or unknown:  # the limits of the tags the hold claimed under, else resolved again
             period = hold.limits if hold._source is metadata else self._applying(metadata).period
@@ -370,14 +377,6 @@ class Budget:
         if hold is not None and index in hold.limits:
             held -= hold.claimed
         return spent, unknown, held
-
-    def bound(self, request: Request) -> tuple[int, int] | None:
-        """(prompt tokens, output tokens) that every member's call of ``request`` is expected to stay within, as the
-        first in-memory check estimates them (:meth:`usage_for` with ``exact=False``, whatever the model); None when
-        the estimate depends on the model (a ``usage=`` guess)."""
-        if self._usage is not None:
-            return None
-        return prompt_bound(request), self._expected_output(request)
 
     def _expected_output(self, request: Request) -> int:
         out = self.output_tokens
@@ -494,7 +493,7 @@ class Budget:
         """A check from a thread or a plain guard's caller, in USD (:meth:`check`, :meth:`Hold.check`)."""
         if self.counters is None:
 
-            def pico(request: Request, tier: int, exact: bool) -> int | None:
+            def pico(request: Request, tier: int, exact: bool, sizes: tuple[int, int] | None) -> int | None:
                 found = estimated(exact) if estimated is not None else self.estimate(request, models, exact)
                 return None if found is None else pusd_up(found)
 
@@ -534,7 +533,13 @@ class Budget:
         # does not fit is counted exactly and checked again (the same answer as an exact check).
         exact = self._usage is not None
         while True:
-            estimate = estimated(request, tier, exact)
+            sizes = None
+            if not exact:  # (usage_for with exact=False, for every member at once)
+                output = self.output_tokens
+                if output is None:
+                    output = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+                sizes = (prompt_bound(request), output)
+            estimate = estimated(request, tier, exact, sizes)
             if estimate is None and self.unknown_price == "refuse":
                 return f"budget: tier {tier} ({', '.join(models)}) has an unknown price, so it cannot be proven to fit"
             now = self.clock()

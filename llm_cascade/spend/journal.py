@@ -10,10 +10,10 @@ being committed there is a window in which a crash would forget a call that was 
 - once the writer has committed them to the database, the request ids are appended as *committed*.
 
 Each entry is one binary record: a kind byte, the payload's length and CRC-32, then the payload in :mod:`marshal`
-format, version 2 (tuples of strings, numbers and None; under a microsecond to encode, several times faster than JSON,
-and it runs on the event loop once or twice per request). A reader accepts only those types, and a record whose CRC does not
-match (the process died mid-copy) ends the file. Files of an older release (``*.jsonl``, one JSON object a line) are
-still replayed.
+format, version 2 (tuples of strings, numbers and None; under a microsecond to encode, several times faster than
+JSON, and it runs on the event loop once or twice per request). A reader accepts only those types (in any marshal
+version's encoding), and a record whose CRC does not match (the process died mid-copy) ends the file. Files of an
+older release (``*.jsonl``, one JSON object a line) are still replayed.
 
 The file is memory-mapped: an append is a copy into the page cache, with no system call, and what is copied belongs
 to the kernel the moment it is written, so it survives the death of the process (not a power cut: the journal is
@@ -275,7 +275,10 @@ class Journal:
 
     def stamp(self, request_id: str, now: float, intents: Intents) -> None:
         """:meth:`intent` of the rows ``(now, request_id, *rest)`` for each ``rest`` ``intents`` was made of."""
-        rid = _text(request_id)
+        if request_id.isascii() and len(request_id) < 256:  # (_text, inline)
+            rid = _SHORT_ASCII[len(request_id)] + request_id.encode()
+        else:
+            rid = _text(request_id)
         payload = _PAIR + rid + (b"g" + _F64(now) + rid).join(intents.pieces)
         with self._lock:
             self._put(b"i", payload, request_id)

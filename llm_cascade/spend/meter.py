@@ -82,7 +82,9 @@ class Guard(Protocol):
 
 
 Estimate = Callable[[bool], "Decimal | None"]  # a tier's expected cost: exact, or (False) an upper bound
-PicoEstimate = Callable[[Request, int, bool], "int | None"]  # a request's tier, in pico-dollars, rounded up
+# A request's tier in pico-dollars, rounded up: (request, tier, exact, sizes), where sizes is a (prompt tokens, output
+# tokens) bound that holds for every member (None: the estimate depends on the member)
+PicoEstimate = Callable[[Request, int, bool, "tuple[int, int] | None"], "int | None"]
 Write = Callable[[SpendSink], None]  # stores a request's rows in its own way (a shadowed request's observations)
 
 
@@ -125,12 +127,11 @@ class Holds(Protocol):
 class Settles(Holds, Protocol):
     """A budget whose checks may be answered in this process's memory (:class:`~llm_cascade.spend.budget.Budget`
     without shared counters: ``local``). Then the tab checks a tier synchronously in pico-dollars
-    (:meth:`Claim.admit`), estimating it from :meth:`bound` with its members' prices resolved once per tier, and ends
-    the request with one :meth:`settle` (running totals and release under one lock) instead of a coroutine each."""
+    (:meth:`Claim.admit`), which the budget estimates with :meth:`SpendMeter.estimate_pusd` (its members' prices
+    resolved once per tier), and ends the request with one :meth:`settle` (running totals and release under one
+    lock) instead of a coroutine each."""
 
     local: bool
-
-    def bound(self, request: Request) -> tuple[int, int] | None: ...
 
     def settle(self, hold: Any, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
 
@@ -265,6 +266,13 @@ class SpendMeter:
         cost: Decimal = found.cost(usage, seconds)
         return cost
 
+    def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
+        """The one precedence: ``known`` (the completion's own cost), the member's own price, the table (what a tab's
+        ``price`` is)."""
+        if known is not None:
+            return known
+        return self.cost(member, usage, seconds)
+
     def _first_cost(self, member: Backend, usage: Usage, seconds: float | None) -> Decimal | None:
         """:meth:`cost` of a backend whose price is not resolved yet, resolving a member's for the next calls."""
         key = id(member)
@@ -304,37 +312,32 @@ class SpendMeter:
             total += cost
         return total
 
-    def estimate_pusd(self, request: Request, tier: int, exact: bool = True) -> int | None:
-        """:meth:`estimate` in pico-dollars, rounded up. The first check of a tier (``exact=False``) asks the budget
-        for one (prompt tokens, output tokens) bound that holds for every member (:meth:`Settles.bound`): the tier's
-        cost is then ``prompt * A + output * B + F``, with A, B and F its members' prices summed once per tier (and
-        price table version), in integers: no Usage, no Decimal, no call per member on the event loop."""
-        settles = self.settles
-        if not exact and settles is not None:
-            sizes = settles.bound(request)
-            if sizes is not None:
-                linear = self._linear_of(tier)
-                if linear is not None:
-                    a, b, fee = linear
-                    if a < 0:
-                        return None  # a member without a price
-                    prompt, output = sizes
-                    return prompt * a + output * b + (fee if prompt > 0 or output > 0 else 0)
+    def estimate_pusd(
+        self, request: Request, tier: int, exact: bool = True, sizes: tuple[int, int] | None = None
+    ) -> int | None:
+        """:meth:`estimate` in pico-dollars, rounded up. Given ``sizes``, a (prompt tokens, output tokens) bound that
+        holds for every member (the budget's first check of a tier, ``exact=False``), the tier's cost is
+        ``prompt * A + output * B + F``, with A, B and F its members' prices summed once per tier (and price table
+        version), in integers: no Usage, no Decimal, no call per member on the event loop."""
+        if sizes is not None:
+            table = self._table
+            if table is not None and table.version != self._version:
+                self._fresh()
+            linear = self._linear.get(tier, _UNSEEN)
+            if linear is _UNSEEN:
+                linear = self._linear[tier] = self._linearize(tier)
+            if linear is not None:
+                a, b, fee = linear
+                if a < 0:
+                    return None  # a member without a price
+                prompt, output = sizes
+                return prompt * a + output * b + (fee if prompt > 0 or output > 0 else 0)  # type: ignore[no-any-return]
         total = self.estimate(request, tier, exact)
         return None if total is None else pusd_up(total)
 
-    def _linear_of(self, tier: int) -> tuple[int, int, int] | None:
+    def _linearize(self, tier: int) -> tuple[int, int, int] | None:
         """(A, B, F) of :meth:`estimate_pusd` for ``tier``; (-1, 0, 0) when a member has no price; None when a
         member's price is not a plain per-token one (:meth:`estimate` then prices each member)."""
-        table = self._table
-        if table is not None and table.version != self._version:
-            self._fresh()
-        found = self._linear.get(tier, _UNSEEN)
-        if found is _UNSEEN:
-            found = self._linear[tier] = self._linearize(tier)
-        return found  # type: ignore[no-any-return]
-
-    def _linearize(self, tier: int) -> tuple[int, int, int] | None:
         a = b = fee = 0
         for member in self.tiers[tier]:
             entry: object = self._own.get(id(member))
@@ -361,7 +364,8 @@ class SpendMeter:
         prompt tokens estimated, no output, outcome "cancelled". Built once per (tier, estimated usage) and reused
         (Calls are immutable, prompt sizes repeat)."""
         estimator = self.estimator
-        self._fresh()
+        if getattr(self.prices, "version", 0) != self._version:
+            self._fresh()
         usage: Usage | None = None
         size: object
         if self._counted:  # a TokenEstimator's estimate depends on the prompt's token count alone
@@ -412,7 +416,7 @@ class SpendTab:
     own meter's members but journals and records through the root tab: the nested calls are the parent request's
     calls, recorded once, with the parent's rows (the parent lists them in its result)."""
 
-    __slots__ = ("hold", "meter", "parent", "request", "sync")
+    __slots__ = ("hold", "idle", "meter", "parent", "price", "request", "sync")
 
     def __init__(self, meter: SpendMeter, request: Request, hold: Claim | None, parent: SpendTab | None) -> None:
         self.meter = meter
@@ -420,6 +424,10 @@ class SpendTab:
         self.hold = hold
         self.parent = parent
         self.sync = meter.sync
+        # Whether close() has nothing to do: no claim to release, no budget to tell, no ledger (at the root).
+        self.idle = hold is None and meter.holds is None and (parent is not None or meter.ledger is None)
+        # The one price precedence (SpendMeter.price): the completion's own cost, the member's own price, the table.
+        self.price = meter.price
 
     @property
     def policy(self) -> Policy:
@@ -447,16 +455,16 @@ class SpendTab:
             return guard.check(self.request, tier, meter.models[tier], spent(calls))
         return None
 
-    @property
-    def idle(self) -> bool:
-        """Whether :meth:`close` has nothing to do: no claim to release, no budget to tell, no ledger (at the root)."""
-        meter = self.meter
-        return self.hold is None and meter.holds is None and (self.parent is not None or meter.ledger is None)
-
     def intend(self, tier: int, calls: Sequence[Call]) -> None:
         """Journal tier ``tier``'s calls before they start (the root request's ledger, under its id), after the real
         rows of the tier before (in ``calls``): a kill from now on bills those at their real usage."""
-        if self.parent is None and self.meter.journal is None:
+        if self.parent is None:
+            journal = self.meter.journal
+            if journal is not None:
+                request = self.request
+                if tier:
+                    journal.finished(request.request_id, [c for c in calls if c.tier == tier - 1], request.metadata)
+                journal.intent(request.request_id, self.meter.intents(tier, request), request.metadata)
             return
         root = self._root()
         journal = root.meter.journal
@@ -465,12 +473,6 @@ class SpendTab:
             if tier:
                 journal.finished(rid, [c for c in calls if c.tier == tier - 1], metadata)
             journal.intent(rid, self.meter.intents(tier, self.request), metadata)
-
-    def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
-        """The one precedence: ``known`` (the completion's own cost), the member's own price, the table."""
-        if known is not None:
-            return known
-        return self.meter.cost(member, usage, seconds)
 
     def child(self, meter: Meter) -> Tab:
         """The tab of a nested Router (``meter``) routing this request: its own prices and budget claim, this
@@ -502,9 +504,14 @@ class SpendTab:
         once, by one :meth:`Settles.settle`."""
         hold = self.hold
         try:
-            settles = self.meter.settles
+            meter = self.meter
+            settles = meter.settles
             if settles is not None and hold is not None and self.parent is None and calls:
-                self._store(calls, write)
+                ledger = meter.ledger
+                if ledger is not None and write is None:
+                    ledger.record(self.request.request_id, calls, dict(self.request.metadata))
+                else:
+                    self._store(calls, write)
                 settles.settle(hold, settles.clock(), calls, self.request.metadata)  # totals, then the release
                 self.hold = None
                 return

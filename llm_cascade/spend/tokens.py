@@ -224,8 +224,16 @@ class TokenEstimator:
     def prompt_estimate(self, request: Request) -> int:
         """:meth:`prompt_tokens` when the prompt was counted already, else its length estimate (errs high), without
         tokenizing: for the calls journaled before a tier starts, which are billed only if the process dies."""
-        found = self._counter.cached(request.messages)
-        return found if found is not None else length_estimate(request.messages)
+        messages = request.messages
+        cache = self._counter._cache
+        if cache:  # (PromptCounter.cached and length_estimate, inline: this runs before every tier)
+            found = cache.get(_key(messages))
+            if found is not None:
+                return found
+        chars = 0
+        for m in messages:
+            chars += len(m.content)
+        return TOKENS_PER_REPLY + len(messages) * (TOKENS_PER_MESSAGE + 1) + -(-chars // CHARS_PER_TOKEN)
 
 
 def _key(messages: tuple[Message, ...]) -> tuple[int, int, int]:
