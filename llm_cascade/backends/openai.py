@@ -13,7 +13,8 @@ Completion; a stall between chunks fails after ``stream_idle_timeout`` seconds, 
 finish_reason is a retryable :class:`~llm_cascade.core.errors.StreamError` (rules in
 :mod:`llm_cascade.backends._stream`).
 
-``transport="http"`` sends the same call without the SDK, over one shared aiohttp pool per base URL
+``transport="http"`` sends the same call without the SDK, over one shared aiohttp pool per base URL (streamed calls
+over a leaner HTTP/1.1 client of their own, :mod:`llm_cascade.backends._wire`)
 (:class:`~llm_cascade.backends.http.HTTPBackend`, also reachable as ``openai-compatible:model``): about a fifth of the
 SDK's CPU per call, which is what bounds a tier of k members or a busy proxy. Answers, usage, errors, retries and
 stream billing are the same. Keep the SDK (the default) for api.openai.com and Azure-style endpoints where its
