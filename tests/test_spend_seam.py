@@ -91,6 +91,49 @@ async def test_a_nested_router_member_records_its_calls_once_under_the_outer_req
     ledger.close()
 
 
+@pytest.mark.parametrize("wrap", ["throttled", "breaker", "both"])
+async def test_a_nested_router_behind_wrappers_records_its_calls_once(tmp_path: Path, wrap: str) -> None:
+    """A rate limit or breaker around a nested cascade still acts, and its calls are still the outer request's,
+    recorded once (they were recorded twice: by the inner router's own tab and again as the outer request's calls),
+    and the outer router does not add a retry layer of its own around a cascade."""
+    from llm_cascade.resilience.limits import CircuitBreaker, CircuitBroken, RateLimit, Throttled
+
+    ledger = Ledger(tmp_path / "l.db", journal=tmp_path / "journal")
+    inner = Router([Tier([priced("a", "0.01"), priced("b", "0.02")])], ledger=ledger)
+    limit = RateLimit(concurrency=1)
+    breaker = CircuitBreaker(failures=3)
+    member: object = {
+        "throttled": lambda: Throttled(inner, limit),
+        "breaker": lambda: CircuitBroken(inner, breaker),
+        "both": lambda: CircuitBroken(Throttled(inner, limit), breaker),
+    }[wrap]()
+    outer = Router([Tier([member]), Tier([priced("top", "0.5")])], ledger=ledger)  # type: ignore[list-item]
+    assert outer.tiers[0].members[0] is member  # no retry layer around a cascade
+    seen = {"now": 0, "most": 0}
+    calls = inner.tiers[0].members[0]
+    real = calls.complete
+
+    async def counted(request: Request) -> Completion:  # how many of the inner cascade's requests run at once
+        seen["now"] += 1
+        seen["most"] = max(seen["most"], seen["now"])
+        try:
+            await asyncio.sleep(0.01)
+            return await real(request)
+        finally:
+            seen["now"] -= 1
+
+    calls.complete = counted  # type: ignore[method-assign]
+    results = await asyncio.gather(*(outer.route(f"q{i}") for i in range(3)))
+    assert seen["most"] == (3 if wrap == "breaker" else 1)  # the shared rate limit still holds the copies to one
+    assert [r.tier for r in results] == [0, 0, 0] and {r.cost_usd for r in results} == {Decimal("0.03")}
+    ledger.flush()
+    rows = ledger.rows()
+    assert sorted(r.model for r in rows) == sorted(["fake:a", "fake:b"] * 3)
+    assert {r.request_id for r in rows} == {r.request_id for r in results}
+    assert ledger.spend() == Decimal("0.09")
+    ledger.close()
+
+
 async def test_a_nested_router_under_the_same_budget_is_counted_once(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db", journal=False)
     budget = Budget(Limit("1", per="day"), ledger=ledger, prices=NO_TABLE, usage=lambda r, m: ONE_TOKEN)

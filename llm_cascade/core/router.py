@@ -97,8 +97,8 @@ class _DefaultRetry:
         self.policy = policy
 
     def wrap(self, backend: Backend) -> Backend:
-        if isinstance(backend, Retrying | Router):
-            return backend
+        if isinstance(backend, Retrying) or isinstance(innermost(backend), Router):
+            return backend  # a cascade, even behind a rate limit or breaker, retries its own members: one layer
         return Retrying(backend, self.policy)
 
 
@@ -370,6 +370,12 @@ class Router:
         # A member that is itself a Router (not behind a wrapper) routes with this request's tab: its calls are this
         # request's, journaled and recorded once, here (llm_cascade.spend.meter).
         self._nested = {id(m): m for t in built for m in t.members if isinstance(m, Router)}
+        # One behind wrappers (a rate limit, a breaker) too: the chain is copied per call with the router bound to the
+        # tab at its bottom, so the wrappers still act and the calls are still recorded once (never twice, as the
+        # wrapper's own Completion and again by the inner router's tab).
+        self._wrapped_nested = {
+            id(m): r for t in built for m in t.members if m is not (r := innermost(m)) and isinstance(r, Router)
+        }
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self._models = tuple(tuple(m.name for m in t.members) for t in built)  # what a budget check is told per tier
@@ -810,7 +816,12 @@ class Router:
             try:
                 limit = ttft.limit_for(self.tiers[k].first_token_timeout, backend) if k < len(self.tiers) else None
                 router = self._nested.get(id(backend))
-                pending = backend.complete(request) if router is None else router._complete_in(request, tab)
+                if router is not None:
+                    pending = router._complete_in(request, tab)
+                elif self._wrapped_nested and id(backend) in self._wrapped_nested:
+                    pending = _bound(backend, self._wrapped_nested[id(backend)], tab).complete(request)
+                else:
+                    pending = backend.complete(request)
                 completion = _checked(
                     await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
                 )
@@ -984,3 +995,26 @@ async def _close_member(member: Any, seen: set[int]) -> None:
     sync = getattr(member, "close", None)
     if callable(sync):
         sync()
+
+
+class _OnTab:
+    """A nested Router as the bottom of a wrapper chain, bound to one request's tab (see :func:`_bound`)."""
+
+    def __init__(self, router: Router, tab: Tab) -> None:
+        self.router, self.tab = router, tab
+        self.name: str = router.name
+        self.supports_logprobs = False
+
+    async def complete(self, request: Request) -> Completion:
+        return await self.router._complete_in(request, self.tab)
+
+
+def _bound(chain: Backend, router: Router, tab: Tab) -> Backend:
+    """A shallow copy of the wrapper ``chain`` over ``router`` whose bottom routes on ``tab``: the copies share the
+    wrappers' state (the rate limit's window, the breaker's count), and no state is passed through a ContextVar."""
+    top = link = copy.copy(chain)
+    while getattr(link, "inner", None) is not router:
+        link.inner = copy.copy(link.inner)  # type: ignore[attr-defined]  # a wrapper: innermost() found it by .inner
+        link = link.inner  # type: ignore[attr-defined]
+    link.inner = _OnTab(router, tab)  # type: ignore[attr-defined]
+    return top
