@@ -82,6 +82,8 @@ def test_gold_since_and_chosen_models_equal_row_by_row(ledger_url: str) -> None:
     _same(got.matrix, want)
     assert _counts(got) == _counts(runs) and got.gold_known >= 2 and got.gold_unmatched >= 1
     assert got.tags == runs.tags and got.prompts == runs.prompts and got.labels == runs.labels
+    again = got.to_runs()  # a Record per used request, for listing labels and asking a judge
+    assert again.records == runs.records and _counts(again) == _counts(runs) and again.tags == runs.tags
     plain = read_ledger_matrix(ledger_url, "bench:ref", min_share=0.1)  # the rare model now counts
     runs, want = _old(ledger_url, "bench:ref", min_share=0.1)
     _same(plain.matrix, want)

@@ -6,20 +6,21 @@ prices, its normalizer and a ``[shadow]`` section (so the cascade it deploys can
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.errors import ConfigError
 from .calibrate import Target
 from .calibrate import calibrate as calibrate_runs
 from .emit import LETTER, build_normalizer, checked, normalizer_spec, prices_toml, shadow_toml
-from .from_ledger import LedgerRuns, ledger_runs, read_gold, read_observations, suggest_labels
-from .ledger_columns import LedgerMatrix, read_grid
-from .records import RecordError, RunMatrix
+from .from_ledger import LedgerRuns, read_gold, suggest_labels
+from .ledger_columns import LedgerMatrix, ObservedGrid, read_grid
+from .records import RunMatrix
 
 DEFAULT_JUDGED = 200  # requests a judge labels when --suggest-labels does not say
 
@@ -63,20 +64,19 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         raise ConfigError("--out", "--suggest-labels writes its list to --out FILE (JSON lines)")
     if opts.normalizer is not None:
         normalizer_spec(opts.normalizer)  # a typo fails now, before any work
-    if opts.suggest is None and opts.judge is None:  # calibration alone: aggregated in the database, in batches
-        grid = read_grid(opts.url, opts.reference, since=opts.since, with_tags=opts.gold is not None, progress=progress)
-        spec = _spec(opts, grid.answers_seen)
-        gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
-        columns = grid.runs(gold=gold, models=opts.models)
-        return _calibrated(opts, target, columns, columns.matrix, spec, None, progress)
-    observations = read_observations(opts.url, since=opts.since)
-    spec = _spec(opts, [o.answer for o in observations if o.answer is not None])
+    # Aggregated in the database and read in batches (evals.ledger_columns); a Record per used request only where
+    # listing labels or asking a judge needs them.
+    tagged = opts.gold is not None or opts.suggest is not None or opts.judge is not None  # labels join by tags
+    grid = read_grid(opts.url, opts.reference, since=opts.since, with_tags=tagged, progress=progress)
+    spec = _spec(opts, grid.answers_seen)
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
-    reference = opts.reference or _recorded(observations)
-    runs = ledger_runs(observations, reference, gold=gold, models=opts.models)
+    columns = grid.runs(gold=gold, models=opts.models)
+    if opts.suggest is None and opts.judge is None:
+        return _calibrated(opts, target, columns, columns.matrix, spec, None, progress)
+    runs = columns.to_runs()
     judged: dict[str, Any] | None = None
     if opts.judge is not None:
-        runs, judged = _judged(opts, observations, runs, gold, spec)
+        columns, judged = _judged(opts, grid, runs, gold, spec)
     elif opts.suggest is not None:
         assert opts.out is not None
         asked = suggest_labels(runs, opts.suggest)
@@ -92,7 +92,7 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
         }
         _write(report, opts.json_out)
         return report
-    return _calibrated(opts, target, runs, RunMatrix.from_records(runs.records, runs.models), spec, judged, progress)
+    return _calibrated(opts, target, columns, columns.matrix, spec, judged, progress)
 
 
 def _spec(opts: Options, answers: Sequence[str]) -> str | dict[str, Any]:
@@ -145,8 +145,8 @@ def _calibrated(
 
 
 def _judged(
-    opts: Options, observations: Sequence[Any], runs: Any, gold: dict[tuple[str, str], str] | None, spec: Any
-) -> tuple[Any, dict[str, Any]]:
+    opts: Options, grid: ObservedGrid, runs: LedgerRuns, gold: dict[tuple[str, str], str] | None, spec: Any
+) -> tuple[LedgerMatrix, dict[str, Any]]:
     """The judge labels the requests ``--suggest-labels`` would list (``--out`` gets them with its answers); the runs
     are built again with those labels (a ``--gold`` label wins)."""
     from .judge import judge
@@ -163,25 +163,15 @@ def _judged(
         check=opts.judge_check,
     )
     labels = {("request_id", rid): answer for rid, answer in done.labels.items()}
-    again = ledger_runs(observations, runs.reference, gold={**labels, **(gold or {})}, models=opts.models)
-    for i, r in enumerate(again.records):
-        if r.id in done.labels and r.meta.get("label") == "gold":
-            again.records[i] = dataclasses.replace(r, meta={**r.meta, "label": "judge"})
-            again.judged += 1
+    again = grid.runs(gold={**labels, **(gold or {})}, models=opts.models)
+    by_judge = np.array([rid in done.labels for rid in again.matrix.ids], dtype=bool) & again.labelled
+    again.judged = int(by_judge.sum())
     again.judge = opts.judge
     if opts.out is not None:
         opts.out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{**a, "judge_answer": done.labels.get(a["request_id"])} for a in asked]
         opts.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return again, done.to_json()
-
-
-def _recorded(observations: Sequence[Any]) -> str:
-    from .audit import recorded_reference
-
-    if not observations:
-        raise RecordError("the ledger holds no observations: serve with a [shadow] section (or Router(shadow=...))")
-    return recorded_reference(observations)
 
 
 def _write(report: dict[str, Any], path: Path | None) -> None:

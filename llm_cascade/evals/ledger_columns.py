@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .from_ledger import _label_for, _model_name, fit_price, labels_text
-from .records import NO_ANSWER, RecordError, RunMatrix
+from .from_ledger import LedgerRuns, _label_for, _model_name, fit_price, labels_text
+from .records import NO_ANSWER, ModelRun, Record, RecordError, RunMatrix
 
 BATCH = 50_000  # aggregated (request, model) rows per fetch: a few MB of driver tuples at a time
 Progress = Callable[[str, int, int], None]
@@ -60,6 +60,7 @@ class LedgerMatrix:
     judge: str | None = None
     tags: dict[str, Mapping[str, str]] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
+    labelled: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per row: gold
 
     @property
     def used(self) -> int:
@@ -68,6 +69,39 @@ class LedgerMatrix:
     @property
     def labels(self) -> str:
         return labels_text(self.reference, self.gold_known, self.used, self.judged, self.judge)
+
+    def to_runs(self) -> LedgerRuns:
+        """The same requests as :class:`~llm_cascade.evals.from_ledger.LedgerRuns` (a Record per used request, not
+        per ledger row): what listing labels and asking a judge work on."""
+        m = self.matrix
+        vocab = m.vocab
+        answers, gold = m.answers.tolist(), m.gold.tolist()
+        cost, conf = _or_none(m.cost), _or_none(m.confidence)
+        tin, tout = self.tokens_in.tolist(), self.tokens_out.tolist()
+        records = []
+        for i, rid in enumerate(m.ids):
+            runs = {
+                name: ModelRun(
+                    answer=None if answers[i][j] < 0 else vocab[answers[i][j]],
+                    tokens_in=tin[i][j],
+                    tokens_out=tout[i][j],
+                    cost_usd=cost[i][j],
+                    confidence=conf[i][j],
+                )
+                for j, name in enumerate(m.models)
+            }
+            label = {"label": "gold" if self.labelled[i] else "reference"}
+            records.append(Record(rid, self.prompts.get(rid) or "", runs, vocab[gold[i]], label))
+        out = LedgerRuns(records, self.reference, list(self.models), self.requests)
+        out.no_reference, out.incomplete = self.no_reference, self.incomplete
+        out.gold_known, out.gold_unmatched, out.judged, out.judge = (
+            self.gold_known,
+            self.gold_unmatched,
+            self.judged,
+            self.judge,
+        )
+        out.tags, out.prompts = dict(self.tags), dict(self.prompts)
+        return out
 
     def prices(self, models: Sequence[str]) -> dict[str, dict[str, Any]]:
         """:func:`~llm_cascade.evals.from_ledger.fit_prices` on the columns: per model, prices that reproduce the
@@ -227,6 +261,7 @@ class ObservedGrid:
         out = LedgerMatrix(_empty(names), ref, names, n, self.tokens_in, self.tokens_out, self.answers_seen)
         out.incomplete = int(n - complete.sum())
         target = np.where(complete, answers[:, r], NO_ANSWER).astype(np.int32)
+        labelled = np.zeros(n, dtype=bool)
         tagged = self.tagged
         if gold:
             if tagged is None:
@@ -238,6 +273,7 @@ class ObservedGrid:
                 if label is None:
                     continue
                 out.gold_known += 1
+                labelled[i] = True
                 target[i] = codes.setdefault(label, len(codes))
                 matched.update({("request_id", rid), ("id", rid), ("id", tags.get("example", ""))})
                 matched.update(tags.items())
@@ -254,6 +290,7 @@ class ObservedGrid:
         cost, conf = self.cost[np.ix_(kept, take)], self.conf[np.ix_(kept, take)]
         out.matrix = _matrix(ids, names, tuple(codes), answers[kept], target[kept], cost, conf)
         out.tokens_in, out.tokens_out = self.tokens_in[np.ix_(kept, take)], self.tokens_out[np.ix_(kept, take)]
+        out.labelled = labelled[kept]
         if tagged is not None:
             for rid, i in zip(ids, kept.tolist(), strict=True):
                 tags, prompt = tagged[i]
@@ -283,7 +320,10 @@ def _read(
         reference = _recorded_reference(reader, query, where, params)
     # Tags and prompt travel only when asked for, and are kept only for the calls of a model the reference's name
     # may mean (it is resolved as _model_name resolves it once every model is known).
-    extra = ", tags, prompt" if with_tags else ""
+    mine = f"model = {ph} OR model LIKE {ph} OR model LIKE {ph}"  # a superset of what _model_name matches
+    extra = f", CASE WHEN {mine} THEN tags END, CASE WHEN {mine} THEN prompt END" if with_tags else ""
+    names = [reference, f"%:{reference}", f"%/{reference}"]
+    args = [*names, *names] if with_tags else []
     sql = (
         f"SELECT request_id, model, CASE WHEN outcome = 'ok' THEN answer END, confidence, tin, tout, attempts, "
         f"CASE WHEN unpriced > 0 THEN NULL WHEN attempts = 1 THEN cost_usd END, "
@@ -301,7 +341,7 @@ def _read(
     codes: dict[str, int] = {}
     ref_tags: dict[tuple[int, int], tuple[str, str | None]] = {}
     last_id: Any = None
-    for rows in batches(sql, params, batch):
+    for rows in batches(sql, [*args, *params], batch):
         cols = list(zip(*rows, strict=True))
         rid = np.array(cols[0], dtype=object)
         new = np.empty(len(rid), dtype=bool)
@@ -325,7 +365,7 @@ def _read(
         np.minimum.at(grid.first, row, np.array(cols[9], dtype=np.float64))
         if with_tags:
             for i, (m, tags, prompt) in enumerate(zip(cols[1], cols[10], cols[11], strict=True)):
-                if m == reference or m.partition(":")[2] == reference or m.rsplit("/", 1)[-1] == reference:
+                if tags is not None and (m == reference or reference in (m.partition(":")[2], m.rsplit("/", 1)[-1])):
                     ref_tags[(int(row[i]), int(j[i]))] = (tags, prompt)
         if progress is not None:
             progress("reading the ledger", len(ids), total)
@@ -409,6 +449,14 @@ def _costs(attempts: Sequence[Any], text: Sequence[Any], pusd: Sequence[Any]) ->
             out[i] = float(Decimal(int(pusd[i])) / Decimal(10**12))
     out[~np.isfinite(out)] = np.nan
     return out
+
+
+def _or_none(values: npt.NDArray[np.float64]) -> list[list[float | None]]:
+    """Nested lists with None where the array is NaN (unknown), as records hold them."""
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    result: list[list[float | None]] = out.tolist()
+    return result
 
 
 def _tags(text: str | None) -> dict[str, str]:
