@@ -72,6 +72,7 @@ def run(opts: Options, target: Target, progress: Callable[[str, int, int], None]
     gold = read_gold(opts.gold, build_normalizer(spec)) if opts.gold is not None else None
     columns = grid.runs(gold=gold, models=opts.models)
     if opts.suggest is None and opts.judge is None:
+        del grid  # only the matrix is needed from here: its memory goes back before the search
         return _calibrated(opts, target, columns, columns.matrix, spec, None, progress)
     runs = columns.to_runs()
     judged: dict[str, Any] | None = None

@@ -49,8 +49,8 @@ class LedgerMatrix:
     reference: str
     models: list[str]
     requests: int
-    tokens_in: npt.NDArray[np.int64]
-    tokens_out: npt.NDArray[np.int64]
+    tokens_in: npt.NDArray[np.int32]
+    tokens_out: npt.NDArray[np.int32]
     answers_seen: tuple[str, ...]
     no_reference: int = 0
     incomplete: int = 0
@@ -224,8 +224,8 @@ class ObservedGrid:
     present: npt.NDArray[np.bool_]
     conf: npt.NDArray[np.float64]
     cost: npt.NDArray[np.float64]
-    tokens_in: npt.NDArray[np.int64]
-    tokens_out: npt.NDArray[np.int64]
+    tokens_in: npt.NDArray[np.int32]
+    tokens_out: npt.NDArray[np.int32]
     codes: dict[str, int]
     tagged: dict[int, tuple[dict[str, str], str | None]] | None
 
@@ -359,8 +359,8 @@ def _read(
         )
         grid.present[row, j] = True
         grid.conf[row, j] = np.array(cols[3], dtype=np.float64)
-        grid.tin[row, j] = np.array(cols[4], dtype=np.int64)
-        grid.tout[row, j] = np.array(cols[5], dtype=np.int64)
+        grid.tin[row, j] = _tokens(cols[4])
+        grid.tout[row, j] = _tokens(cols[5])
         grid.cost[row, j] = _costs(cols[6], cols[7], cols[8])
         np.minimum.at(grid.first, row, np.array(cols[9], dtype=np.float64))
         if with_tags:
@@ -372,8 +372,7 @@ def _read(
     n, seen = len(ids), list(cols_of)
     # The ledger's order: by each request's first observed call, ties by request id (as Ledger.rows orders rows).
     order = np.lexsort((np.arange(n), grid.first[:n]))
-    k = len(seen)
-    answers, present, conf, cost, tin, tout = (a[order, :k] for a in grid.arrays())
+    answers, present, conf, cost, tin, tout = grid.take(order, len(seen))
     tagged: dict[int, tuple[dict[str, str], str | None]] | None = None
     if with_tags:
         ref_col = cols_of.get(_model_name(reference, seen))
@@ -406,6 +405,15 @@ class _Grid:
     def arrays(self) -> tuple[Any, ...]:
         return self.answers, self.present, self.conf, self.cost, self.tin, self.tout
 
+    def take(self, order: npt.NDArray[np.intp], k: int) -> list[Any]:
+        """The columns with their rows in ``order`` and the first ``k`` columns, each array let go once copied (the
+        peak is the grid and one column, not two grids)."""
+        out = []
+        for name in ("answers", "present", "conf", "cost", "tin", "tout"):
+            out.append(getattr(self, name)[order, :k])
+            setattr(self, name, None)
+        return out
+
 
 def _recorded_reference(
     reader: _Reader, query: Callable[..., list[tuple[Any, ...]]], where: str, params: Sequence[Any]
@@ -435,8 +443,8 @@ def _blank(n: int, k: int) -> tuple[Any, ...]:
         np.zeros((n, k), dtype=bool),
         np.full((n, k), np.nan),
         np.full((n, k), np.nan),
-        np.zeros((n, k), dtype=np.int64),
-        np.zeros((n, k), dtype=np.int64),
+        np.zeros((n, k), dtype=np.int32),  # tokens of one request's calls to one model (int32: 2 billion)
+        np.zeros((n, k), dtype=np.int32),
     )
 
 
@@ -449,6 +457,14 @@ def _costs(attempts: Sequence[Any], text: Sequence[Any], pusd: Sequence[Any]) ->
             out[i] = float(Decimal(int(pusd[i])) / Decimal(10**12))
     out[~np.isfinite(out)] = np.nan
     return out
+
+
+def _tokens(values: Sequence[Any]) -> npt.NDArray[np.int32]:
+    """Token sums as int32 (a request's calls to one model); a sum past 2**31 - 1 is an error, never wrapped."""
+    wide = np.array(values, dtype=np.int64)
+    if len(wide) and (wide.max() > np.iinfo(np.int32).max or wide.min() < 0):
+        raise RecordError(f"a token count out of range in the ledger: {int(wide.max())}")
+    return wide.astype(np.int32)
 
 
 def _or_none(values: npt.NDArray[np.float64]) -> list[list[float | None]]:
