@@ -58,9 +58,12 @@ def _counts(x: Any) -> tuple[Any, ...]:
 
 
 @pytest.mark.postgres
-def test_aggregated_in_the_database_equals_row_by_row(ledger_url: str) -> None:
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "cursor"])  # PostgreSQL: COPY + Arrow, or tuples
+def test_aggregated_in_the_database_equals_row_by_row(ledger_url: str, copy: bool) -> None:
     runs, want = _old(ledger_url, "bench:ref")
-    got = read_ledger_matrix(ledger_url, None)  # the reference the rows record
+    batches: list[tuple[str, int, int]] = []
+    got = read_ledger_matrix(ledger_url, None, copy=copy, batch=97, progress=lambda *a: batches.append(a))
+    assert len(batches) > 2 and batches[-1][1:] == (400, 400)  # requests split across batches are joined
     _same(got.matrix, want)
     assert _counts(got) == _counts(runs) and got.labels == runs.labels and got.used == len(runs.records)
     assert runs.incomplete > 0 and runs.no_reference > 0 and "bench:rare" not in got.models  # the data varies
@@ -71,14 +74,15 @@ def test_aggregated_in_the_database_equals_row_by_row(ledger_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_gold_since_and_chosen_models_equal_row_by_row(ledger_url: str) -> None:
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "cursor"])
+def test_gold_since_and_chosen_models_equal_row_by_row(ledger_url: str, copy: bool) -> None:
     obs = read_observations(ledger_url)
     since = sorted(o.ts for o in obs)[len(obs) // 3]
     gold = {("example", "q5"): "C", ("request_id", obs[-1].request_id): "B", ("example", "nope"): "A"}
     gold[("id", "q200")] = "D"
     models = ["ref", "bench:m01", "m03"]  # names after the provider resolve as the row-by-row path resolves them
     runs, want = _old(ledger_url, "ref", gold=gold, models=models, since=since)
-    got = read_ledger_matrix(ledger_url, "ref", gold=gold, models=models, since=since)
+    got = read_ledger_matrix(ledger_url, "ref", gold=gold, models=models, since=since, copy=copy)
     _same(got.matrix, want)
     assert _counts(got) == _counts(runs) and got.gold_known >= 2 and got.gold_unmatched >= 1
     assert got.tags == runs.tags and got.prompts == runs.prompts and got.labels == runs.labels

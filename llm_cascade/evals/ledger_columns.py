@@ -2,28 +2,31 @@
 
 :func:`~llm_cascade.evals.from_ledger.read_observations` pulls every ledger row into Python (a ``LedgerRow`` each,
 its tags parsed), folds retried attempts together, then groups by request: minutes and gigabytes on a ledger of
-millions of calls. Here the database does that folding: one window query picks each (request, model)'s answered
-attempt and sums its tokens and cost (:data:`_OBSERVED`), ordered by request, and the client reads the result a batch
-at a time (a server-side cursor on PostgreSQL, ``fetchmany`` on SQLite) straight into dense NumPy columns: one entry
-per (request, model), no Python object per row kept. The counts that choose the models (how many requests each model
-was observed on) are one ``GROUP BY``. All of it runs in one read transaction, so a ledger written to meanwhile is
-read as of one moment.
+millions of calls. Here the database does that folding: one window query (one sort) picks each (request, model)'s
+answered attempt and sums its tokens and cost, and the client reads the result a batch at a time straight into dense
+(request, model) NumPy columns. On PostgreSQL through psycopg the result streams by ``COPY ... TO STDOUT`` and Arrow's
+CSV reader parses it (no Python object per row at all; pyarrow, the ``columnar`` extra); without pyarrow or with
+another driver, a server-side cursor; on SQLite, ``fetchmany``. Only the reference's tags and prompt travel, and only
+when labels are joined. Which models to keep (observed on enough requests) is decided after the read, from the
+columns. All of it runs in one read transaction, so a ledger written to meanwhile is read as of one moment.
 
 The result is the very matrix ``RunMatrix.from_records(ledger_runs(read_observations(url), ...).records, models)``
-builds (same rows in the same order, same answer codes; the tests compare both paths on SQLite and PostgreSQL), with
-the counts :class:`~llm_cascade.evals.from_ledger.LedgerRuns` reports. One documented difference: the cost of a
-request's *retried* calls to one model is summed from the ledger's integer pico-dollar column (exact to 1e-12 USD,
-as the ledger's own totals are), where the row-by-row path sums the decimal strings.
+builds (same rows in the same order, same answer codes; the tests compare both paths on SQLite and PostgreSQL, COPY
+and cursor), with the counts :class:`~llm_cascade.evals.from_ledger.LedgerRuns` reports. One documented difference:
+the cost of a request's *retried* calls to one model is summed from the ledger's integer pico-dollar column (exact to
+1e-12 USD, as the ledger's own totals are), where the row-by-row path sums the decimal strings. Memory: the columns,
+about 29 bytes per (request, model), and one batch of the result.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +36,9 @@ from .records import NO_ANSWER, ModelRun, Record, RecordError, RunMatrix
 
 BATCH = 50_000  # aggregated (request, model) rows per fetch: a few MB of driver tuples at a time
 Progress = Callable[[str, int, int], None]
+Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+Batches = Callable[[str, Sequence[Any], int], Iterator[list[Any]]]
+ArrowBatches = Callable[[str, Sequence[Any], Sequence[str], Mapping[str, Any], int], Iterator[Any]]
 # One window over each (request, model)'s attempts, in one sort: row 1 is the attempt whose answer counts (the last
 # answered one, else the last one, as read_observations picks it); the sums run over the whole partition.
 _PICK = "PARTITION BY request_id, model ORDER BY CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END, ts DESC, seq DESC, id DESC"
@@ -133,7 +139,10 @@ class _Reader:
         return "json_extract(tags, '$.\"reference\"')"
 
     @contextmanager
-    def session(self) -> Iterator[tuple[Callable[..., list[tuple[Any, ...]]], Callable[..., Iterator[list[Any]]]]]:
+    def session(self, copy: bool = True) -> Iterator[tuple[Query, Batches, ArrowBatches | None]]:
+        """``(query, batches, arrow)`` in one read transaction. ``arrow``: on PostgreSQL through psycopg, with pyarrow
+        installed and ``copy``, the result streamed by ``COPY (...) TO STDOUT`` and parsed by Arrow's CSV reader in
+        blocks (no tuple per row on the client); else None, and ``batches`` fetches tuples from a server-side cursor."""
         if hasattr(self.store, "conn"):  # the stdlib sqlite3 store: its one connection, under its lock
             conn = self.store.conn
             with self.store.lock:
@@ -148,7 +157,7 @@ class _Reader:
                         while rows := cur.fetchmany(size):
                             yield rows
 
-                    yield query, batches
+                    yield query, batches, None
                 finally:
                     conn.execute("COMMIT")
             return
@@ -165,7 +174,66 @@ class _Reader:
                 for part in result.partitions(size):
                     yield list(part)
 
-            yield squery, sbatches
+            arrow: ArrowBatches | None = None
+            if copy and self.postgres and engine.dialect.driver == "psycopg" and _has_pyarrow():
+                raw = conn.connection.driver_connection
+
+                def arrow(
+                    sql: str, params: Sequence[Any], names: Sequence[str], types: Mapping[str, Any], block: int
+                ) -> Any:
+                    return _copy_batches(raw, sql, params, names, types, block)
+
+            yield squery, sbatches, arrow
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _CopyStream(io.RawIOBase):
+    """The bytes of a psycopg ``COPY ... TO STDOUT`` as a readable file (what Arrow's CSV reader reads)."""
+
+    def __init__(self, copy: Any) -> None:
+        self.copy = copy
+        self.chunk = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.chunk:
+            data = self.copy.read()
+            if not data:
+                return 0
+            self.chunk = memoryview(data)
+        n = min(len(buffer), len(self.chunk))
+        buffer[:n] = self.chunk[:n]
+        self.chunk = self.chunk[n:]
+        return n
+
+
+def _copy_batches(
+    raw: Any, sql: str, params: Sequence[Any], names: Sequence[str], types: Mapping[str, Any], block: int
+) -> Any:
+    """Arrow record batches of ``sql``'s result, streamed by COPY as CSV and parsed ``block`` bytes at a time (NULL:
+    an unquoted empty field; an empty string stays one)."""
+    import pyarrow.csv as pacsv
+
+    with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)", tuple(params)) as copy:
+        stream = io.BufferedReader(_CopyStream(copy), buffer_size=1 << 20)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False, block_size=block),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict(types), strings_can_be_null=True, quoted_strings_can_be_null=False
+            ),
+        )
+        yield from reader
 
 
 def read_ledger_matrix(
@@ -179,13 +247,16 @@ def read_ledger_matrix(
     with_tags: bool = False,
     progress: Progress | None = None,
     batch: int = BATCH,
+    copy: bool = True,
 ) -> LedgerMatrix:
     """The calibration matrix of the ledger at ``url``: what ``ledger_runs(read_observations(url, since=since),
     reference, gold=gold, models=models, min_share=min_share)`` then ``RunMatrix.from_records`` give, aggregated in
     the database (module doc). ``reference`` None: the one the ledger's rows record (``reference`` tag of the latest
     observation). ``with_tags`` (implied by ``gold``): keep each used request's tags and prompt (the reference's
-    call's), for joining labels and listing requests. ``progress(stage, done, total)`` per batch read."""
-    grid = read_grid(url, reference, since=since, with_tags=with_tags or bool(gold), progress=progress, batch=batch)
+    call's), for joining labels and listing requests. ``progress(stage, done, total)`` per batch read; ``copy``: see
+    :func:`read_grid`."""
+    tags = with_tags or bool(gold)
+    grid = read_grid(url, reference, since=since, with_tags=tags, progress=progress, batch=batch, copy=copy)
     return grid.runs(gold=gold, models=models, min_share=min_share)
 
 
@@ -197,16 +268,18 @@ def read_grid(
     with_tags: bool = False,
     progress: Progress | None = None,
     batch: int = BATCH,
+    copy: bool = True,
 ) -> ObservedGrid:
     """Every observation of the ledger at ``url`` as dense (request, model) columns, read once; :meth:`ObservedGrid.
-    runs` then makes calibration input of them (with labels joined, as often as labels change)."""
+    runs` then makes calibration input of them (with labels joined, as often as labels change). ``copy=False``: on
+    PostgreSQL, tuples from a server-side cursor rather than COPY parsed by Arrow (the path for other drivers)."""
     from ..spend.ledger import Ledger
 
     ledger = Ledger(url, journal=False)
     try:
         reader = _Reader(ledger)
-        with reader.session() as (query, batches):
-            return _read(reader, query, batches, reference, since, with_tags, progress, batch)
+        with reader.session(copy) as (query, batches, arrow):
+            return _read(reader, query, batches, arrow, reference, since, with_tags, progress, batch)
     finally:
         ledger.close()
 
@@ -302,8 +375,9 @@ class ObservedGrid:
 
 def _read(
     reader: _Reader,
-    query: Callable[..., list[tuple[Any, ...]]],
-    batches: Callable[..., Iterator[list[Any]]],
+    query: Query,
+    batches: Batches,
+    arrow: ArrowBatches | None,
     reference: str | None,
     since: float | None,
     with_tags: bool,
@@ -318,12 +392,12 @@ def _read(
         raise RecordError("the ledger holds no observations: serve with a [shadow] section (or Router(shadow=...))")
     if reference is None:
         reference = _recorded_reference(reader, query, where, params)
-    # Tags and prompt travel only when asked for, and are kept only for the calls of a model the reference's name
-    # may mean (it is resolved as _model_name resolves it once every model is known).
-    mine = f"model = {ph} OR model LIKE {ph} OR model LIKE {ph}"  # a superset of what _model_name matches
+    # Tags and prompt travel only when asked for, and only for the calls of a model the reference's name may mean
+    # (a superset of what _model_name matches; resolved exactly once every model is known).
+    mine = f"model = {ph} OR model LIKE {ph} OR model LIKE {ph}"
     extra = f", CASE WHEN {mine} THEN tags END, CASE WHEN {mine} THEN prompt END" if with_tags else ""
-    names = [reference, f"%:{reference}", f"%/{reference}"]
-    args = [*names, *names] if with_tags else []
+    like = [reference, f"%:{reference}", f"%/{reference}"]
+    args = [*like, *like] if with_tags else []
     sql = (
         f"SELECT request_id, model, CASE WHEN outcome = 'ok' THEN answer END, confidence, tin, tout, attempts, "
         f"CASE WHEN unpriced > 0 THEN NULL WHEN attempts = 1 THEN cost_usd END, "
@@ -335,40 +409,33 @@ def _read(
         f"SUM(cost_pusd) OVER {_ALL} AS pusd, MIN(ts) OVER {_ALL} AS first_ts "
         f"FROM {t} WHERE {where}) g WHERE pick = 1 ORDER BY request_id, model"
     )
-    cols_of: dict[str, int] = {}
+    state = _State(reference, with_tags)
     grid = _Grid(total)
-    ids: list[str] = []
-    codes: dict[str, int] = {}
-    ref_tags: dict[tuple[int, int], tuple[str, str | None]] = {}
-    last_id: Any = None
-    for rows in batches(sql, [*args, *params], batch):
-        cols = list(zip(*rows, strict=True))
-        rid = np.array(cols[0], dtype=object)
-        new = np.empty(len(rid), dtype=bool)
-        new[0] = rid[0] != last_id
-        new[1:] = rid[1:] != rid[:-1]
-        row = len(ids) - 1 + np.cumsum(new)
-        ids.extend(rid[new].tolist())
-        last_id = rid[-1]
-        if len(ids) > total:  # cannot happen within one snapshot; said rather than written out of bounds
+    if arrow is not None:
+        import pyarrow as pa
+
+        names = list(_COLUMNS) + (["tags", "prompt"] if with_tags else [])
+        types = dict(zip(names, _arrow_types(pa, len(names)), strict=True))
+        block = max(1 << 16, 200 * batch)  # bytes of CSV per batch: about ``batch`` rows
+        parts = arrow(sql, [*args, *params], names, types, block)
+        stream: Iterator[_Batch] = (state.arrow(b) for b in parts if b.num_rows)
+    else:
+        stream = (state.tuples(rows) for rows in batches(sql, [*args, *params], batch))
+    for b in stream:
+        if len(state.ids) > total:  # cannot happen within one snapshot; said rather than written out of bounds
             raise RecordError("the ledger changed while it was read: run again")
-        j = np.fromiter((cols_of.setdefault(m, len(cols_of)) for m in cols[1]), dtype=np.intp, count=len(rid))
-        grid.widen(len(cols_of))
-        grid.answers[row, j] = np.fromiter(
-            (NO_ANSWER if a is None else codes.setdefault(a, len(codes)) for a in cols[2]), np.int32, len(rid)
-        )
+        grid.widen(len(state.cols_of))
+        row, j = b.row, b.j
+        grid.answers[row, j] = b.answers
         grid.present[row, j] = True
-        grid.conf[row, j] = np.array(cols[3], dtype=np.float64)
-        grid.tin[row, j] = _tokens(cols[4])
-        grid.tout[row, j] = _tokens(cols[5])
-        grid.cost[row, j] = _costs(cols[6], cols[7], cols[8])
-        np.minimum.at(grid.first, row, np.array(cols[9], dtype=np.float64))
-        if with_tags:
-            for i, (m, tags, prompt) in enumerate(zip(cols[1], cols[10], cols[11], strict=True)):
-                if tags is not None and (m == reference or reference in (m.partition(":")[2], m.rsplit("/", 1)[-1])):
-                    ref_tags[(int(row[i]), int(j[i]))] = (tags, prompt)
+        grid.conf[row, j] = b.conf
+        grid.tin[row, j] = _tokens(b.tin)
+        grid.tout[row, j] = _tokens(b.tout)
+        grid.cost[row, j] = b.cost
+        np.minimum.at(grid.first, row, b.first)
         if progress is not None:
-            progress("reading the ledger", len(ids), total)
+            progress("reading the ledger", len(state.ids), total)
+    ids, cols_of = state.ids, state.cols_of
     n, seen = len(ids), list(cols_of)
     # The ledger's order: by each request's first observed call, ties by request id (as Ledger.rows orders rows).
     order = np.lexsort((np.arange(n), grid.first[:n]))
@@ -377,10 +444,115 @@ def _read(
     if with_tags:
         ref_col = cols_of.get(_model_name(reference, seen))
         at = order.argsort()  # a request's place after the reorder
-        tagged = {int(at[i]): (_tags(tg), pr) for (i, jj), (tg, pr) in ref_tags.items() if jj == ref_col}
+        tagged = {int(at[i]): (_tags(tg), pr) for (i, jj), (tg, pr) in state.tagged.items() if jj == ref_col}
     return ObservedGrid(
-        [ids[i] for i in order.tolist()], seen, reference, answers, present, conf, cost, tin, tout, codes, tagged
+        [ids[i] for i in order.tolist()], seen, reference, answers, present, conf, cost, tin, tout, state.codes, tagged
     )
+
+
+_COLUMNS = ("request_id", "model", "answer", "confidence", "tin", "tout", "attempts", "cost", "pusd", "first_ts")
+
+
+def _arrow_types(pa: Any, n: int) -> list[Any]:
+    """The Arrow type of each column of the aggregate query (costs parsed from their decimal text to the nearest
+    double, as ``float()`` parses it)."""
+    s, f, i = pa.string(), pa.float64(), pa.int64()
+    return [s, s, s, f, i, i, i, f, i, f, s, s][:n]
+
+
+class _Batch(NamedTuple):
+    """One batch of aggregated (request, model) observations as columns: ``row`` (the request's index in read
+    order) and ``j`` (the model's column) say where each goes."""
+
+    row: npt.NDArray[np.intp]
+    j: npt.NDArray[np.intp]
+    answers: npt.NDArray[np.int32]
+    conf: npt.NDArray[np.float64]
+    tin: Any
+    tout: Any
+    cost: npt.NDArray[np.float64]
+    first: npt.NDArray[np.float64]
+
+
+class _State:
+    """What converting batches keeps across them: request ids in read order, model columns, answer codes, and the
+    reference's tags and prompt per (request, model) when asked for."""
+
+    def __init__(self, reference: str, with_tags: bool) -> None:
+        self.reference, self.with_tags = reference, with_tags
+        self.ids: list[str] = []
+        self.last_id: Any = None
+        self.cols_of: dict[str, int] = {}
+        self.codes: dict[str, int] = {}
+        self.tagged: dict[tuple[int, int], tuple[str, str | None]] = {}
+
+    def _rows(self, new: npt.NDArray[np.bool_], fresh: list[str], last: str) -> npt.NDArray[np.intp]:
+        row: npt.NDArray[np.intp] = len(self.ids) - 1 + np.cumsum(new)
+        self.ids.extend(fresh)
+        self.last_id = last
+        return row
+
+    def _keep_tags(self, row: Any, j: Any, models: Sequence[str], tags: Sequence[Any], prompts: Sequence[Any]) -> None:
+        ref = self.reference
+        for i, (m, tg, pr) in enumerate(zip(models, tags, prompts, strict=True)):
+            if tg is not None and (m == ref or ref in (m.partition(":")[2], m.rsplit("/", 1)[-1])):
+                self.tagged[(int(row[i]), int(j[i]))] = (tg, pr)
+
+    def tuples(self, rows: list[Any]) -> _Batch:
+        """A batch of DBAPI tuples (a Python object per row, for this batch only)."""
+        cols = list(zip(*rows, strict=True))
+        rid = np.array(cols[0], dtype=object)
+        new = np.empty(len(rid), dtype=bool)
+        new[0] = rid[0] != self.last_id
+        new[1:] = rid[1:] != rid[:-1]
+        row = self._rows(new, rid[new].tolist(), rid[-1])
+        n = len(rid)
+        j = np.fromiter((self.cols_of.setdefault(m, len(self.cols_of)) for m in cols[1]), dtype=np.intp, count=n)
+        codes = self.codes
+        answers = np.fromiter(
+            (NO_ANSWER if a is None else codes.setdefault(a, len(codes)) for a in cols[2]), np.int32, n
+        )
+        if self.with_tags:
+            self._keep_tags(row, j, cols[1], cols[10], cols[11])
+        conf = np.array(cols[3], dtype=np.float64)
+        cost = _costs(cols[6], np.array(cols[7], dtype=np.float64), cols[8])
+        return _Batch(row, j, answers, conf, cols[4], cols[5], cost, np.array(cols[9], dtype=np.float64))
+
+    def arrow(self, batch: Any) -> _Batch:
+        """An Arrow record batch (from COPY): ids compared, models and answers coded by dictionary, all in columns."""
+        import pyarrow.compute as pc
+
+        rid = batch.column(0)
+        n = batch.num_rows
+        new = np.empty(n, dtype=bool)
+        new[0] = rid[0].as_py() != self.last_id
+        new[1:] = pc.not_equal(rid.slice(1), rid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        row = self._rows(new, rid.filter(new).to_pylist(), rid[n - 1].as_py())
+        j = _encode(batch.column(1), self.cols_of).astype(np.intp)
+        answers = _encode(batch.column(2), self.codes)
+        if self.with_tags:
+            tags = batch.column(10)
+            at = np.flatnonzero(tags.is_valid().to_numpy(zero_copy_only=False))
+            if len(at):
+                models, tags, prompts = (batch.column(c).take(at).to_pylist() for c in (1, 10, 11))
+                self._keep_tags(row[at], j[at], models, tags, prompts)
+        conf = batch.column(3).to_numpy(zero_copy_only=False).astype(np.float64)
+        text = batch.column(7).to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN
+        attempts = batch.column(6).to_numpy(zero_copy_only=False)
+        cost = _costs(attempts, text, batch.column(8).to_pylist() if (attempts > 1).any() else None)
+        first = batch.column(9).to_numpy(zero_copy_only=False).astype(np.float64)
+        tin = batch.column(4).to_numpy(zero_copy_only=False)
+        tout = batch.column(5).to_numpy(zero_copy_only=False)
+        return _Batch(row, j, answers, conf, tin, tout, cost, first)
+
+
+def _encode(column: Any, codes: dict[str, int]) -> npt.NDArray[np.int32]:
+    """An Arrow string column as codes into ``codes`` (first seen, first coded; shared across batches), -1 for null."""
+    enc = column.dictionary_encode()
+    table = np.array([codes.setdefault(v, len(codes)) for v in enc.dictionary.to_pylist()], dtype=np.int32)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    out: npt.NDArray[np.int32] = np.where(idx >= 0, table[np.maximum(idx, 0)] if len(table) else NO_ANSWER, NO_ANSWER)
+    return out.astype(np.int32)
 
 
 class _Grid:
@@ -448,12 +620,13 @@ def _blank(n: int, k: int) -> tuple[Any, ...]:
     )
 
 
-def _costs(attempts: Sequence[Any], text: Sequence[Any], pusd: Sequence[Any]) -> npt.NDArray[np.float64]:
-    """Each observation's cost in USD (NaN: unknown): a single call's exact decimal text, parsed as the row-by-row
-    path parses it; retried calls' sum from the pico-dollar column (rare, so a Python loop)."""
-    out = np.array(text, dtype=np.float64)  # None -> NaN; decimal text -> the nearest double, as float(Decimal) is
-    for i in np.flatnonzero(np.array(attempts, dtype=np.int64) > 1).tolist():
-        if pusd[i] is not None:
+def _costs(attempts: Any, single: npt.NDArray[np.float64], pusd: Sequence[Any] | None) -> npt.NDArray[np.float64]:
+    """Each observation's cost in USD (NaN: unknown): ``single``, a single call's exact decimal text parsed to the
+    nearest double (as the row-by-row path's ``float(Decimal)``); retried calls' sum from the pico-dollar column
+    ``pusd`` (rare, so a Python loop)."""
+    out = single.copy()
+    for i in np.flatnonzero(np.asarray(attempts, dtype=np.int64) > 1).tolist():
+        if pusd is not None and pusd[i] is not None:
             out[i] = float(Decimal(int(pusd[i])) / Decimal(10**12))
     out[~np.isfinite(out)] = np.nan
     return out
