@@ -12,7 +12,8 @@ import pytest
 
 from llm_cascade.core.deferral import Learned, features, fit, fit_with_hessian
 from llm_cascade.evals.calibrate import Target, calibrate
-from llm_cascade.evals.records import RunMatrix, load_records, split_records
+from llm_cascade.evals.records import NO_ANSWER, RunMatrix, load_records, split_records
+from llm_cascade.evals.search import group_means
 from llm_cascade.evals.simulate import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,3 +174,25 @@ def test_a_fit_given_a_poor_hessian_still_reaches_the_optimum() -> None:
     for scale in (1.0, 0.1, 100.0):
         w, b = fit(x, st.correct, rows=st.has_answer, start=(tuple(0.0 for _ in cold), 0.0), hessian=hess * scale)
         assert np.abs(np.subtract(w, cold)).max() < 1e-7 and abs(b - bias) < 1e-7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_means_equal_the_full_tier_facts_to_the_last_bit(seed: int) -> None:
+    """The bit-packed majority (ties, missing answers, two answers of two votes) and the left-to-right cost sums give
+    exactly what each group's full :meth:`Simulator.compute_stats` gives, for every group of 1-4 members."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    n, k = 1003, 6  # not a multiple of 64: the padding bits must not count
+    base = _synthetic(n, k, seed=seed)
+    answers = rng.integers(0, 3, (n, k)).astype(np.int32)  # three answers over six models: many ties and pairs
+    answers[rng.random((n, k)) < 0.25] = NO_ANSWER
+    correct = (answers == base.gold[:, None]) & (answers != NO_ANSWER)
+    cost = rng.random((n, k)) * rng.choice([1e-6, 1e-4, 1e-2], (n, k))
+    matrix = dataclasses.replace(base, answers=answers, correct=correct, cost=cost)
+    sim = Simulator(matrix)
+    groups = [g for r in (1, 2, 3, 4) for g in itertools.permutations(range(k), r) if r < 3 or g[0] < g[-1]]
+    cost_m, acc_m = group_means(sim, groups)
+    for g in groups:
+        st = sim.compute_stats(g)
+        assert (cost_m[g], acc_m[g]) == (float(np.mean(st.cost)), float(st.correct.mean())), g
