@@ -121,3 +121,22 @@ async def test_a_cancelled_request_releases_its_claim_at_once(tmp_path: Path) ->
     ledger.flush()
     assert [r.outcome for r in ledger.rows()] == ["cancelled"]
     ledger.close()
+
+
+def test_record_tallied_says_what_the_rows_will_store(tmp_path: Path) -> None:
+    """The sum a budget in memory adds (Ledger.record_tallied) is the stored rows' cost_pusd, and a billed call of
+    unknown price is counted as unknown, never as 0; a call that billed nothing is neither."""
+    from llm_cascade.core.types import Call
+
+    ledger = Ledger(tmp_path / "l.db", journal=False)
+    calls = [
+        Call("a", 0, "ok", Usage(10, 5), cost_usd=Decimal("0.0000123456789012345")),  # below a pico-dollar: rounded
+        Call("b", 0, "ok", Usage(10, 5), cost_usd=Decimal("0.25")),
+        Call("c", 0, "ok", Usage(10, 5)),  # billed, price unknown
+        Call("d", 0, "error", Usage()),  # refused before the model ran: not billed
+    ]
+    assert ledger.record_tallied("r1", calls, {"app": "x"}) == (12345679 + 250_000_000_000, 1)
+    ledger.flush()
+    assert sum(to_pusd(r.cost_usd) or 0 for r in ledger.rows()) == 12345679 + 250_000_000_000
+    assert ledger.record_tallied("r2", [], {}) == (0, 0)
+    ledger.close()

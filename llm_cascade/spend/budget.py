@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..core.errors import ConfigError
@@ -314,7 +314,14 @@ class Budget:
         with self._lock:
             self._count(ts, pusd, unknown, self._applying(metadata).period)
 
-    def settle(self, hold: Hold, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None:
+    def settle(
+        self,
+        hold: Hold,
+        ts: float,
+        calls: Sequence[Call],
+        metadata: Mapping[str, str],
+        tally: tuple[int, int] | None = None,
+    ) -> None:
         """:meth:`recorded`, then ``hold``'s release (:meth:`Hold.release`), in memory under one lock: the end of a
         request in one process (the router's tab calls it; with shared counters it calls both, in that order)."""
         if self.counters is not None:
@@ -323,17 +330,13 @@ class Budget:
             finally:
                 hold.release()
             return
-        priced = _ZERO
-        unknown = 0
-        for c in calls:  # (_priced, inline)
-            cost = c.cost_usd
-            if cost is not None:
-                priced += cost
-            elif c.outcome == "ok" or c.usage.total_tokens:
-                unknown += 1
-        pusd = int((priced * PICO).to_integral_value(ROUND_HALF_EVEN)) if priced else 0  # (to_pusd: as the ledger)
+        if tally is None:
+            priced, unknown = _priced(calls)
+            pusd = (to_pusd(priced) or 0) if priced else 0
+        else:
+            pusd, unknown = tally  # what the ledger's rows say (Ledger.record_tallied): nothing to price again
         period: tuple[int, ...] = ()
-        if priced or unknown:  # the limits of the tags the hold claimed under, else resolved again
+        if pusd or unknown:  # the limits of the tags the hold claimed under, else resolved again
             period = hold.limits if hold._source is metadata else self._applying(metadata).period
         with self._lock:
             try:

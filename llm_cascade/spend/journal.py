@@ -54,6 +54,7 @@ Row = tuple[Any, ...]
 SEGMENT_BYTES = 4 << 20
 MAX_FILE = 256 << 20  # a journal file past this size is no segment this library wrote: refused, not read
 _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32 of the payload
+_PACK_HEAD = _HEAD.pack_into
 # i: intents, r: recorded rows, c: committed ids, s: rows spilled while the database was down
 # (llm_cascade.spend.spill), f: the real rows of a tier that ended (Journal.finished)
 _KINDS = (b"i", b"r", b"c", b"s", b"f")
@@ -231,14 +232,15 @@ class Journal:
 
     def _put(self, kind: bytes, payload: bytes, rid: str | None) -> None:
         """Append one record; the caller holds the lock."""
-        line = _HEAD.pack(kind, len(payload), zlib.crc32(payload)) + payload
         seg = self._seg
         if seg is None:
             return
-        end = seg.pos + len(line)
+        size = len(payload)
+        need = _HEAD.size + size
+        end = seg.pos + need
         if end > seg.size:
             spare = self._spare
-            if spare is not None and spare.size >= len(line):  # the common case: prepare() made it ready
+            if spare is not None and spare.size >= need:  # the common case: prepare() made it ready
                 self._full.append(seg)
                 seg = self._seg = spare
                 self._spare = None
@@ -246,14 +248,18 @@ class Journal:
                 seg.reset()
             else:
                 try:
-                    fresh = self._segment(max(self.segment_bytes, 2 * len(line)), populate=False)
+                    fresh = self._segment(max(self.segment_bytes, 2 * need), populate=False)
                 except OSError as exc:  # no room anywhere: the rows still go to the database, undurably
                     self._stop(f"cannot create a segment: {exc}")
                     return
                 self._full.append(seg)
                 seg = self._seg = fresh
-            end = len(line)
-        seg.map[seg.pos : end] = line
+            end = need
+        # The header packed in place (no bytes made for it, nor for header + payload), then the payload: a process
+        # killed between the two leaves a header whose CRC does not match what follows, a torn last record.
+        pos = seg.pos
+        _PACK_HEAD(seg.map, pos, kind, size, zlib.crc32(payload))
+        seg.map[pos + _HEAD.size : end] = payload
         seg.pos = end
         if rid is not None:
             first = self._where.get(rid)

@@ -415,10 +415,18 @@ class Ledger:
         return tags
 
     def _rows(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float) -> list[Row]:
-        """One row per call (it runs on the event loop for every request: the cost cache is read inline, and values
-        already of the stored type are not converted again)."""
+        """One row per call."""
+        return self._tallied(request_id, calls, metadata, now)[0]
+
+    def _tallied(
+        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float
+    ) -> tuple[list[Row], int, int]:
+        """One row per call, with their pico-dollars summed and how many billed calls have no price (what a budget's
+        running totals add: :meth:`record_tallied`). It runs on the event loop for every request: values already of
+        the stored type are not converted again."""
         tags = self._tags(metadata) if metadata else "{}"
         rows: list[Row] = []
+        total = unknown = 0
         seq = 0
         for c in calls:
             usage = c.usage
@@ -428,8 +436,11 @@ class Ledger:
             # more than the conversion itself.
             if cost is None:
                 usd = pusd = None
+                if c.outcome == "ok" or usage.input_tokens + usage.output_tokens:
+                    unknown += 1  # billed, price unknown (never counted as 0)
             else:
                 usd, pusd = str(cost), int((cost * PICO).to_integral_value(ROUND_HALF_EVEN))
+                total += pusd
             latency = c.latency_s
             rows.append(
                 (
@@ -458,7 +469,7 @@ class Ledger:
                 )
             )
             seq += 1  # noqa: SIM113 (a counter is cheaper than enumerate's tuples, on the event loop)
-        return rows
+        return rows, total, unknown
 
     def _observed_rows(
         self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float, seen: Observed
@@ -531,6 +542,20 @@ class Ledger:
             rows = self._rows(request_id, calls, metadata, now)
         else:
             rows = self._observed_rows(request_id, calls, metadata, now, observed)
+        self._queue(request_id, rows, observed)
+
+    def record_tallied(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> tuple[int, int]:
+        """:meth:`record`, returning what it queued for a budget's running totals: the rows' pico-dollars summed and
+        how many billed calls have no price (the router's request tab hands them to
+        :meth:`~llm_cascade.spend.budget.Budget.settle`, which then counts exactly what the rows will say)."""
+        if not calls:
+            return 0, 0
+        rows, pusd, unknown = self._tallied(request_id, calls, metadata, self.clock())
+        self._queue(request_id, rows, None)
+        return pusd, unknown
+
+    def _queue(self, request_id: str, rows: list[Row], observed: Observed | None) -> None:
+        """Journal a request's rows and hand them to the writer (see :meth:`record`)."""
         with self._lock:
             if self._closed:
                 raise LedgerError(f"ledger {_redact(self.url)} is closed")

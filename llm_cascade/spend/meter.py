@@ -59,6 +59,17 @@ class SpendSink(Protocol):
 
 
 @runtime_checkable
+class Tallied(SpendSink, Protocol):
+    """A sink that says what it stored (:meth:`~llm_cascade.spend.ledger.Ledger.record_tallied`): the rows'
+    pico-dollars summed and the billed calls without a price, which a budget in memory then adds to its totals as
+    they are (:meth:`Settles.settle`), instead of pricing the calls again."""
+
+    def record_tallied(
+        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]
+    ) -> tuple[int, int]: ...
+
+
+@runtime_checkable
 class Journaled(SpendSink, Protocol):
     """A sink with a crash journal (:class:`~llm_cascade.spend.ledger.Ledger`): told the estimated calls of each tier
     before they start, so a crash cannot lose a billed call (see :mod:`llm_cascade.spend.journal`)."""
@@ -133,7 +144,14 @@ class Settles(Holds, Protocol):
 
     local: bool
 
-    def settle(self, hold: Any, ts: float, calls: Sequence[Call], metadata: Mapping[str, str]) -> None: ...
+    def settle(
+        self,
+        hold: Any,
+        ts: float,
+        calls: Sequence[Call],
+        metadata: Mapping[str, str],
+        tally: tuple[int, int] | None = None,
+    ) -> None: ...
 
 
 class Tab(Protocol):
@@ -200,6 +218,7 @@ class SpendMeter:
         self.prices = prices
         self.ledger = ledger
         self.journal: Journaled | None = ledger if isinstance(ledger, Journaled) and ledger.journaled else None
+        self.tallied: Tallied | None = ledger if isinstance(ledger, Tallied) else None
         self.holds: Holds | None = budget if isinstance(budget, Holds) else None
         self.settles: Settles | None = budget if isinstance(budget, Settles) and budget.local else None
         self.sync = self.holds is None or self.settles is not None  # (Tab.sync)
@@ -507,12 +526,14 @@ class SpendTab:
             meter = self.meter
             settles = meter.settles
             if settles is not None and hold is not None and self.parent is None and calls:
-                ledger = meter.ledger
-                if ledger is not None and write is None:
-                    ledger.record(self.request.request_id, calls, dict(self.request.metadata))
+                request = self.request
+                tallied = meter.tallied
+                tally = None
+                if tallied is not None and write is None:  # the rows' own pico-dollars, counted as they are
+                    tally = tallied.record_tallied(request.request_id, calls, dict(request.metadata))
                 else:
                     self._store(calls, write)
-                settles.settle(hold, settles.clock(), calls, self.request.metadata)  # totals, then the release
+                settles.settle(hold, settles.clock(), calls, request.metadata, tally)  # totals, then the release
                 self.hold = None
                 return
             self._record(calls, write)
