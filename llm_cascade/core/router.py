@@ -938,7 +938,7 @@ class Router:
     def _cost(self, backend: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
         """Price one call of ``backend`` as this router's tabs do (llm_cascade.spend.meter: the completion's own
         cost, the member's own price, the table)."""
-        return known if known is not None else self.meter.cost(backend, usage, seconds)
+        return self.meter.cost(backend, usage, seconds, known)
 
     def _call_order(self, call: Call) -> tuple[int, int, int]:
         return call.tier, self._position.get((call.tier, call.model), 0), call.attempt

@@ -61,6 +61,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..core.errors import ConfigError
@@ -86,6 +87,7 @@ Estimate = Callable[[bool], "Decimal | None"]
 PicoEstimate = Callable[[Request, int, bool, "tuple[int, int] | None"], "int | None"]
 _ZERO = Decimal(0)
 _UNSEEN: Any = object()
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
 
 
 def pusd_up(value: Decimal) -> int:
@@ -502,7 +504,7 @@ class Budget:
 
             return self._admit_local(request, tier, models, pusd_up(spent), pico, hold)
         scope = self._applying(request.metadata)
-        if not scope.indexed or (hold is not None and tier in hold.tiers):
+        if not scope.indexed or (hold is not None and hold.tiers >> tier & 1):
             return None
         estimate = estimated(True) if estimated is not None else self.estimate(request, models, True)
         if estimate is None and self.unknown_price == "refuse":
@@ -529,7 +531,7 @@ class Budget:
         scope = self._applying(request.metadata)
         if not scope.indexed:
             return None
-        if hold is not None and tier in hold.tiers:
+        if hold is not None and hold.tiers >> tier & 1:
             return None  # already allowed and claimed (the proxy's tier-0 check, then the router's)
         # A tier is first checked at an upper bound of its prompt tokens (its bytes), which costs no tokenizing on
         # the event loop: if even that fits, so does the exact count, and the claim errs high. Only a tier the bound
@@ -553,7 +555,9 @@ class Budget:
                     continue
                 if hold is not None:
                     if reason is None:
-                        hold.tiers.add(tier)  # allowed and claimed: not checked again (a refused tier is, every time)
+                        hold.tiers |= (
+                            1 << tier
+                        )  # allowed and claimed: not checked again (a refused tier is, every time)
                     if not hold.released:
                         # The request's claim: what it spent, plus the tier it may now run. A refused one stops here.
                         hold._claim(spent + (estimate or 0) if reason is None else spent, request.metadata, scope)
@@ -605,7 +609,7 @@ class Budget:
         on a thread (a reservation in the reserver thread's next batch), so no thread is held per request."""
         assert self.counters is not None
         scope = self._applying(request.metadata)
-        if not scope.indexed or tier in hold.tiers:
+        if not scope.indexed or hold.tiers >> tier & 1:
             return None
         estimate = estimated(True) if estimated is not None else self.estimate(request, models)
         if estimate is None and self.unknown_price == "refuse":
@@ -682,7 +686,7 @@ class Budget:
             else:
                 for scope, period, amount in taken:
                     hold.reserved[(scope, period)] = hold.reserved.get((scope, period), 0) + amount
-                hold.tiers.add(tier)
+                hold.tiers |= 1 << tier
                 hold.metadata = dict(metadata)
         return reason
 
@@ -788,11 +792,11 @@ class Hold:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.claimed = 0  # pico-dollars, rounded up (in memory; shared counters keep theirs in ``reserved``)
-        self.metadata: Mapping[str, str] = {}
+        self.metadata: Mapping[str, str] = _NO_TAGS
         self._source: Mapping[str, str] | None = None  # the mapping ``metadata`` was copied from
         self.taken = False
         self.released = False
-        self.tiers: set[int] = set()  # tiers already allowed (and claimed) for this request
+        self.tiers = 0  # the tiers already allowed (and claimed) for this request, as bits (1 << tier)
         self.limits: tuple[int, ...] = ()  # indices of the period limits its tags fall under (of its _Scope)
         self.reserved: dict[tuple[str, float], int] = {}  # shared counters: pico-dollars reserved per counter
         self._token: Token[Hold | None] | None = None
@@ -835,7 +839,7 @@ class Hold:
             budget._move(self, -self.claimed)
             self.claimed = 0
             self._source = metadata
-            self.metadata = dict(metadata) if metadata else {}
+            self.metadata = dict(metadata) if metadata else _NO_TAGS
             self.limits = scope.period
         delta = amount - self.claimed
         if delta:  # (_move, inline)

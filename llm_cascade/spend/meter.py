@@ -64,9 +64,9 @@ class Tallied(SpendSink, Protocol):
     pico-dollars summed and the billed calls without a price, which a budget in memory then adds to its totals as
     they are (:meth:`Settles.settle`), instead of pricing the calls again."""
 
-    def record_tallied(
-        self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]
-    ) -> tuple[int, int]: ...
+    def record_tallied(self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str]) -> tuple[int, int]:
+        """:meth:`SpendSink.record` (``metadata`` read before it returns, not kept), with what it stored."""
+        ...
 
 
 @runtime_checkable
@@ -267,8 +267,13 @@ class SpendMeter:
             self._priced = {}
             self._linear = {}
 
-    def cost(self, member: Backend, usage: Usage, seconds: float | None = None) -> Decimal | None:
-        """The member's own price, else the table's; None when neither knows."""
+    def cost(
+        self, member: Backend, usage: Usage, seconds: float | None = None, known: Decimal | None = None
+    ) -> Decimal | None:
+        """The one precedence (a tab's ``price``): ``known`` (the completion's own cost), the member's own price, the
+        table's; None when none knows."""
+        if known is not None:
+            return known
         table = self._table
         if table is not None and table.version != self._version:
             self._fresh()
@@ -284,13 +289,6 @@ class SpendMeter:
             return None
         cost: Decimal = found.cost(usage, seconds)
         return cost
-
-    def price(self, member: Backend, usage: Usage, seconds: float | None, known: Decimal | None) -> Decimal | None:
-        """The one precedence: ``known`` (the completion's own cost), the member's own price, the table (what a tab's
-        ``price`` is)."""
-        if known is not None:
-            return known
-        return self.cost(member, usage, seconds)
 
     def _first_cost(self, member: Backend, usage: Usage, seconds: float | None) -> Decimal | None:
         """:meth:`cost` of a backend whose price is not resolved yet, resolving a member's for the next calls."""
@@ -445,8 +443,8 @@ class SpendTab:
         self.sync = meter.sync
         # Whether close() has nothing to do: no claim to release, no budget to tell, no ledger (at the root).
         self.idle = hold is None and meter.holds is None and (parent is not None or meter.ledger is None)
-        # The one price precedence (SpendMeter.price): the completion's own cost, the member's own price, the table.
-        self.price = meter.price
+        # The one price precedence (SpendMeter.cost): the completion's own cost, the member's own price, the table.
+        self.price = meter.cost
 
     @property
     def policy(self) -> Policy:
@@ -530,7 +528,7 @@ class SpendTab:
                 tallied = meter.tallied
                 tally = None
                 if tallied is not None and write is None:  # the rows' own pico-dollars, counted as they are
-                    tally = tallied.record_tallied(request.request_id, calls, dict(request.metadata))
+                    tally = tallied.record_tallied(request.request_id, calls, request.metadata)
                 else:
                     self._store(calls, write)
                 settles.settle(hold, settles.clock(), calls, request.metadata, tally)  # totals, then the release
