@@ -528,7 +528,10 @@ class Budget:
     ) -> str | None:
         """The in-memory check of one process, in pico-dollars (``spent``: this request's spend so far, rounded up;
         ``estimated``: the tier's expected cost): the router's tab calls it for every tier (:meth:`Hold.admit`)."""
-        scope = self._applying(request.metadata)
+        metadata = request.metadata
+        scope = self._applicable.get(tuple(metadata.items())) if self._applicable_to is self.limits else None
+        if scope is None:  # a tag set not seen yet, or limits replaced
+            scope = self._applying(metadata)
         if not scope.indexed:
             return None
         if hold is not None and hold.tiers >> tier & 1:
@@ -862,12 +865,17 @@ class Hold:
         if self.released:
             return {}
         self.released = True
-        budget = self.budget
-        if self.claimed:
-            budget._move(self, -self.claimed)
+        claimed = self.claimed
+        if claimed:
+            budget = self.budget
+            held = budget._held
+            for i in self.limits:  # (_move, inline)
+                held[i] -= claimed
             self.claimed = 0
             budget._holds.discard(self)
-        reserved, self.reserved = self.reserved, {}
+        reserved = self.reserved
+        if reserved:
+            self.reserved = {}
         return reserved
 
     def _release(self) -> concurrent.futures.Future[None] | None:

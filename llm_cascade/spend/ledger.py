@@ -551,7 +551,17 @@ class Ledger:
         if not calls:
             return 0, 0
         rows, pusd, unknown = self._tallied(request_id, calls, metadata, self.clock())
-        self._queue(request_id, rows, None)
+        with self._lock:  # (_queue, inline: it runs for every request, on the event loop)
+            if self._closed:
+                raise LedgerError(f"ledger {_redact(self.url)} is closed")
+            if self._journal is not None:
+                self._journal.recorded(request_id, rows, locked=True)  # the journal shares _lock
+            wake = not self._pending
+            self._pending.extend(rows)
+            if not wake and len(self._pending) > self.max_backlog and not self._spill_wanted:
+                self._spill_wanted = wake = True
+        if wake:
+            self._signal.put(None)
         return pusd, unknown
 
     def _queue(self, request_id: str, rows: list[Row], observed: Observed | None) -> None:
