@@ -15,6 +15,7 @@
     and 64 in flight (``lean_calls_per_s_c64``), client and stub server pinned to separate cores.
 
     python benchmarks/overhead.py [--n 3000] [--http-n 1500] [--lean-cpu-n 2000] [--lean-calls 6000]
+    python benchmarks/overhead.py --layers   # (a) for the spend path one component at a time: p50 increments
 
 The last line is JSON: overhead_us_p50/p99 (the two-member agreeing tier), the other shapes, overhead_full_us_p50/p99
 (that tier with prices, the SQLite ledger, a budget and the retry layer), overhead_full_single_us_p50 (one member
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import platform
@@ -137,6 +139,70 @@ def full_stack_router(folder: str, members: int = 2, fixed: bool = False) -> Rou
         budget=budget,
         resilience=Resilience(retry=RetryPolicy()),
     )
+
+
+# The spend path one layer at a time (--layers): each shape adds one component to the one before it.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "bare": (),
+    "prices": ("prices",),
+    "ledger": ("prices", "ledger"),
+    "journal": ("prices", "ledger", "journal"),
+    "budget": ("prices", "ledger", "journal", "budget"),
+    "retry": ("prices", "ledger", "journal", "budget", "retry"),
+}
+
+
+def layered_router(folder: str, layers: tuple[str, ...], fixed: bool = False) -> Router:
+    """The two-member agreeing tier with the given spend components: a price table, the SQLite ledger (its writer
+    thread; with "journal" its crash journal too), a per-day budget, the retry layer (the bare router has the default
+    retry policy around its members, as full_stack_router's Resilience does)."""
+    from llm_cascade.resilience.limits import Resilience
+    from llm_cascade.resilience.retry import RetryPolicy
+    from llm_cascade.spend.budget import Budget, Limit
+    from llm_cascade.spend.ledger import Ledger
+    from llm_cascade.spend.pricing import PriceTable
+
+    entry = {"input": "0.15", "output": "0.6", "source": "benchmark", "as_of": "2026-01"}
+    prices = PriceTable({"a": entry, "b": entry}, fallback=None)
+    kwargs: dict[str, Any] = {}
+    if "prices" in layers:
+        kwargs["prices"] = prices
+    if "ledger" in layers:
+        path = os.path.join(folder, f"ledger-{'-'.join(layers)}.sqlite3")
+        kwargs["ledger"] = Ledger(path, journal=None if "journal" in layers else False)
+    if "budget" in layers:
+        kwargs["budget"] = Budget(Limit("1000000", per="day"), ledger=kwargs["ledger"], prices=prices)
+    if "retry" in layers:
+        kwargs["resilience"] = Resilience(retry=RetryPolicy())
+    members = [Varying("a", "B", fixed), Varying("b", "B", fixed)]
+    return Router([Tier(members, unanimous())], normalizer="choice", **kwargs)
+
+
+async def layer_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str, list[float]]:
+    """Per-request time of each LAYERS shape, in interleaved blocks as router_cost times its shapes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        routers = {name: layered_router(tmp, layers, fixed) for name, layers in LAYERS.items()}
+        prompt = Prompts(fixed)
+        for router in routers.values():
+            for _ in range(200):
+                await router.route(prompt())
+        out: dict[str, list[float]] = {name: [] for name in routers}
+        order = list(routers)
+        rng = random.Random(0)
+        gc.collect()
+        for _ in range(-(-n // block)):
+            rng.shuffle(order)
+            for name in order:
+                route, times = routers[name].route, out[name]
+                for _ in range(block):
+                    text = prompt()
+                    t0 = time.perf_counter_ns()
+                    await route(text)
+                    times.append((time.perf_counter_ns() - t0) / 1000)
+        for router in routers.values():
+            if router.ledger is not None:
+                await router.ledger.aclose()  # type: ignore[attr-defined]
+    return out
 
 
 async def router_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str, list[float]]:
@@ -253,7 +319,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--fixed", action="store_true", help="(a) one repeated prompt and fixed usage (earlier rounds' figures)"
     )
     parser.add_argument("--router-only", action="store_true", help="(a) alone: no HTTP client, no transports")
+    parser.add_argument(
+        "--layers", action="store_true", help="the spend path one component at a time (p50 increments), alone"
+    )
     args = parser.parse_args(argv)
+
+    if args.layers:
+        layered = asyncio.run(layer_cost(args.n, fixed=args.fixed))
+        p50 = {name: pct(values, 0.5) for name, values in layered.items()}
+        names = list(p50)
+        steps = {"bare_us_p50": round(p50["bare"], 1)}
+        for before, name in itertools.pairwise(names):
+            steps[f"{name}_us"] = round(p50[name] - p50[before], 1)
+        steps["spend_path_us_p50"] = round(p50[names[-1]] - p50["bare"], 1)
+        print(f"(a') the spend path one layer at a time, {args.n} requests each, interleaved (p50 increments, µs)")
+        print(json.dumps(steps))
+        return steps
 
     cost = asyncio.run(router_cost(args.n, fixed=args.fixed))
     kind = "one repeated prompt, fixed usage" if args.fixed else "a new prompt per request, varying usage"
