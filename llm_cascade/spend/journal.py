@@ -55,6 +55,8 @@ SEGMENT_BYTES = 4 << 20
 MAX_FILE = 256 << 20  # a journal file past this size is no segment this library wrote: refused, not read
 _HEAD = struct.Struct("<cII")  # kind (b"i", b"r", b"c"), payload length, CRC-32 of the payload
 _PACK_HEAD = _HEAD.pack_into
+_HEAD_SIZE = _HEAD.size
+_CRC = zlib.crc32
 # i: intents, r: recorded rows, c: committed ids, s: rows spilled while the database was down
 # (llm_cascade.spend.spill), f: the real rows of a tier that ended (Journal.finished)
 _KINDS = (b"i", b"r", b"c", b"s", b"f")
@@ -258,13 +260,15 @@ class Journal:
         # The header packed in place (no bytes made for it, nor for header + payload), then the payload: a process
         # killed between the two leaves a header whose CRC does not match what follows, a torn last record.
         pos = seg.pos
-        _PACK_HEAD(seg.map, pos, kind, size, zlib.crc32(payload))
-        seg.map[pos + _HEAD.size : end] = payload
+        target = seg.map
+        _PACK_HEAD(target, pos, kind, size, _CRC(payload))
+        target[pos + _HEAD_SIZE : end] = payload
         seg.pos = end
         if rid is not None:
-            first = self._where.get(rid)
+            where = self._where
+            first = where.get(rid)
             if first is None:
-                self._where[rid] = seg
+                where[rid] = seg
                 seg.open += 1
             elif first is not seg:
                 more = self._more.setdefault(rid, [])
@@ -285,7 +289,7 @@ class Journal:
             rid = _SHORT_ASCII[len(request_id)] + request_id.encode()
         else:
             rid = _text(request_id)
-        payload = _PAIR + rid + (b"g" + _F64(now) + rid).join(intents.pieces)
+        payload = _PAIR + rid + (_FLOAT(b"g", now) + rid).join(intents.pieces)
         with self._lock:
             self._put(b"i", payload, request_id)
 
@@ -415,7 +419,7 @@ class Journal:
 
 
 _I32 = struct.Struct("<i").pack
-_F64 = struct.Struct("<d").pack
+_FLOAT = struct.Struct("<cd").pack  # marshal: a float (b"g", then its 8 bytes)
 _PAIR = b")\x02"  # marshal: a tuple of two
 _SHORT_ASCII = [b"z" + bytes((n,)) for n in range(256)]  # marshal: the head of an ASCII string of n < 256 characters
 

@@ -381,7 +381,8 @@ class SpendMeter:
         prompt tokens estimated, no output, outcome "cancelled". Built once per (tier, estimated usage) and reused
         (Calls are immutable, prompt sizes repeat)."""
         estimator = self.estimator
-        if getattr(self.prices, "version", 0) != self._version:
+        table = self._table  # (a PriceTable's version read directly, any other table's with getattr)
+        if (table.version if table is not None else getattr(self.prices, "version", 0)) != self._version:
             self._fresh()
         usage: Usage | None = None
         size: object
