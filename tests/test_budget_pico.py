@@ -140,3 +140,46 @@ def test_record_tallied_says_what_the_rows_will_store(tmp_path: Path) -> None:
     assert sum(to_pusd(r.cost_usd) or 0 for r in ledger.rows()) == 12345679 + 250_000_000_000
     assert ledger.record_tallied("r2", [], {}) == (0, 0)
     ledger.close()
+
+
+def test_the_writer_works_out_cost_pusd_from_cost_usd(tmp_path: Path) -> None:
+    """Rows leave the event loop with cost_usd only; the writer thread (rowcheck.clean) stores its pico-dollars,
+    rounded half-even as to_pusd, and a cost of text that is no decimal is stored with its pico-dollars unknown."""
+    from llm_cascade.core.types import Call
+    from llm_cascade.spend.rowcheck import clean, problem
+
+    ledger = Ledger(tmp_path / "l.db", journal=False)
+    costs = [Decimal("0.25"), Decimal("0.0000123456789012345"), Decimal("1E-13"), Decimal("3E-12"), None]
+    calls = [Call(f"m{i}", 0, "ok", Usage(10, 5), cost_usd=c) for i, c in enumerate(costs)]
+    (row, *_) = ledger._rows("r1", calls, {}, 1.0)
+    assert row[10] == "0.25" and row[11] is None  # as built on the event loop
+    ledger.record("r1", calls, {})
+    ledger.flush()
+    stored = {r[0]: r[1] for r in ledger._store.query("SELECT model, cost_pusd FROM llm_cascade_calls", ())}
+    assert stored == {f"m{i}": to_pusd(c) for i, c in enumerate(costs)}
+    ledger.close()
+    base = (1.0, "r", 0, 0, "m", "ok", 1, 1, 0, 0)
+    tail = (0.1, None, "{}", 1, None, None, None, None, None, None)
+    assert clean((*base, "not a number", None, *tail))[11] is None
+    assert problem((*base, "0.5", None, *tail)) is None  # a journaled row as the ledger writes it
+    assert problem((*base, None, 5, *tail)) == "cost_usd and cost_pusd disagree"
+    assert problem((*base, "0.5", 7, *tail)) == "cost_pusd is not cost_usd in pico-dollars"
+
+
+def test_a_journaled_row_without_pico_dollars_replays_with_them(tmp_path: Path) -> None:
+    from llm_cascade.core.types import Call
+    from llm_cascade.spend.journal import Journal
+
+    folder = tmp_path / "journal"
+    ledger = Ledger(tmp_path / "l.db", journal=False)
+    call = Call("m", 0, "ok", Usage(10, 5), cost_usd=Decimal("0.000123"))
+    rows = ledger._rows("r1", [call], {"app": "x"}, 1.5e9)
+    ledger.close()
+    journal = Journal(folder)
+    journal.recorded("r1", rows)
+    journal.close(clean=False)  # as a process killed before the writer committed the row
+    with Ledger(tmp_path / "l.db", journal=folder) as reopened:
+        assert reopened.replayed == 1 and reopened.refused_replay == 0
+        (row,) = reopened.rows()
+        assert row.cost_usd == Decimal("0.000123")
+        assert reopened.spend() == Decimal("0.000123")  # summed from cost_pusd

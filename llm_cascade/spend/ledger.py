@@ -9,7 +9,9 @@ silently. A local journal (:mod:`llm_cascade.spend.journal`) makes each call dur
 -9``.
 
 Costs are stored twice: ``cost_usd`` as the exact decimal string, and ``cost_pusd`` as integer pico-dollars
-(1e-12 USD) so that sums in SQL (budgets, reports) stay exact on SQLite too, which has no decimal type.
+(1e-12 USD) so that sums in SQL (budgets, reports) stay exact on SQLite too, which has no decimal type. A row is
+built on the event loop with ``cost_usd`` only; its ``cost_pusd`` is worked out from that text by the writer thread
+(:func:`~llm_cascade.spend.rowcheck.clean`), as is a journaled row's when it is replayed.
 
 The default file is an embedded SQLite database in WAL mode (readers never block the writer). A URL such as
 ``postgresql+psycopg://user@host/db`` selects SQLAlchemy, for several processes sharing one budget.
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 PICO = Decimal("1e12")
+_ZERO = Decimal(0)
 _log = logging.getLogger("llm_cascade.spend.ledger")
 _URL = re.compile(
     r"^[A-Za-z][A-Za-z0-9+.\-]*:|^[A-Za-z]+\+[A-Za-z0-9_]+|^(postgres(ql)?|mysql|mariadb|sqlite|mssql|oracle)/"
@@ -423,10 +426,12 @@ class Ledger:
     ) -> tuple[list[Row], int, int]:
         """One row per call, with their pico-dollars summed and how many billed calls have no price (what a budget's
         running totals add: :meth:`record_tallied`). It runs on the event loop for every request: values already of
-        the stored type are not converted again."""
+        the stored type are not converted again, and ``cost_pusd`` is left to the writer thread (None here: a
+        Decimal's conversion to integer pico-dollars costs more than the rest of the row)."""
         tags = self._tags(metadata) if metadata else "{}"
         rows: list[Row] = []
-        total = unknown = 0
+        priced = _ZERO
+        unknown = 0
         seq = 0
         for c in calls:
             usage = c.usage
@@ -435,12 +440,12 @@ class Ledger:
             # and a cache keyed by the Decimal pays for its hash (not cached for a new Decimal: 0.5 us) on every miss,
             # more than the conversion itself.
             if cost is None:
-                usd = pusd = None
+                usd = None
                 if c.outcome == "ok" or usage.input_tokens + usage.output_tokens:
                     unknown += 1  # billed, price unknown (never counted as 0)
             else:
-                usd, pusd = str(cost), int((cost * PICO).to_integral_value(ROUND_HALF_EVEN))
-                total += pusd
+                usd = str(cost)
+                priced += cost
             latency = c.latency_s
             rows.append(
                 (
@@ -455,7 +460,7 @@ class Ledger:
                     usage.cached_tokens,
                     1 if usage.estimated else 0,
                     usd,
-                    pusd,
+                    None,  # cost_pusd: the writer's (rowcheck.clean)
                     latency if latency.__class__ is float else float(latency),
                     c.error,
                     tags,
@@ -469,7 +474,7 @@ class Ledger:
                 )
             )
             seq += 1  # noqa: SIM113 (a counter is cheaper than enumerate's tuples, on the event loop)
-        return rows, total, unknown
+        return rows, int((priced * PICO).to_integral_value(ROUND_HALF_EVEN)) if priced else 0, unknown
 
     def _observed_rows(
         self, request_id: str, calls: Sequence[Call], metadata: Mapping[str, str], now: float, seen: Observed

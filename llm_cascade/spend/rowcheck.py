@@ -5,14 +5,16 @@ a journal left by a dead process. Values the database refuses made whole batches
 (PostgreSQL text), a lone surrogate (SQLite's UTF-8 encoder), a token count of 2**31 (PostgreSQL ``INTEGER``), a NaN
 latency (SQLite stores it as NULL, against ``NOT NULL``). :func:`clean` makes every row storable, on the writer
 thread: text without NUL or lone surrogates and of bounded length, integers clamped to their column's range, floats
-finite. :func:`problem` says why a row read from a journal file is not one this library wrote (the journal's
-replay refuses it, rather than storing a crafted credit or a lockout).
+finite. It also works out ``cost_pusd`` (integer pico-dollars) from ``cost_usd`` where a row leaves it None, as the
+ledger's rows do: the conversion runs here, on the writer thread, not on the event loop that built the row.
+:func:`problem` says why a row read from a journal file is not one this library wrote (the journal's replay refuses
+it, rather than storing a crafted credit or a lockout).
 """
 
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 Row = tuple[Any, ...]
@@ -25,6 +27,7 @@ _BIG = 1.7e308  # finite floats lie within +-_BIG: a NaN or an infinity fails `-
 TEXT_CAPS = {1: 200, 4: 256, 5: 32, 10: 64, 13: 4000, 16: 64, 17: 4000, 19: 200, 20: 1 << 20, 21: 1 << 20}
 TAGS_CAP = 65536
 _INTS = (2, 3, 6, 7, 8, 15)
+_PICO = Decimal("1e12")
 OUTCOMES = frozenset({"ok", "error", "timeout", "cancelled", "skipped", "rate_limited", "filtered", "cache_hit"})
 
 
@@ -62,6 +65,20 @@ def _float(value: object) -> float:
     return 0.0
 
 
+def _pico(usd: object) -> int | None:
+    """``cost_usd`` in integer pico-dollars (rounded half-even, as the ledger's ``to_pusd``), within BIGINT; None
+    for no cost, or for text that is not a finite decimal (then stored as it is, its pico-dollars unknown)."""
+    if usd is None:
+        return None
+    try:
+        cost = Decimal(str(usd)[:64])
+    except (InvalidOperation, ValueError):
+        return None
+    if not cost.is_finite():
+        return None
+    return _int(int((cost * _PICO).to_integral_value(ROUND_HALF_EVEN)), INT64, -INT64)
+
+
 def _tags(value: object) -> str:
     s = text(value, TAGS_CAP + 1)
     if len(s) > TAGS_CAP:  # cut JSON is no JSON: say what was dropped instead
@@ -91,7 +108,7 @@ def clean(row: Row) -> Row:
         and 0 <= tcached <= INT32
         and 0 <= attempt <= INT32
         and (est == 0 or est == 1)
-        and (pusd is None or (pusd.__class__ is int and -INT64 <= pusd <= INT64))
+        and (pusd.__class__ is int and -INT64 <= pusd <= INT64 if pusd is not None else usd is None)
         and rid.__class__ is model.__class__ is outcome.__class__ is tags.__class__ is str
         and (usd is None or usd.__class__ is str)
         and (err is None or err.__class__ is str)
@@ -119,7 +136,7 @@ def clean(row: Row) -> Row:
         _int(tcached, INT32),
         1 if est else 0,
         None if usd is None else text(usd, TEXT_CAPS[10]),
-        None if pusd is None else _int(pusd, INT64, -INT64),
+        _pico(usd) if pusd is None else _int(pusd, INT64, -INT64),
         _float(lat),
         None if err is None else text(err, TEXT_CAPS[13]),
         _tags(tags),
@@ -181,7 +198,7 @@ def problem(row: object) -> str | None:
         return "a count outside its column's range"
     if not all(v is None or isinstance(v, str) for v in (err, finish)) or not isinstance(tags, str):
         return "error, finish reason or tags not text"
-    if (usd is None) != (pusd is None):
+    if usd is None and pusd is not None:
         return "cost_usd and cost_pusd disagree"
     if usd is not None:
         try:
@@ -190,7 +207,9 @@ def problem(row: object) -> str | None:
             return "cost_usd not a decimal"
         if not cost.is_finite() or cost < 0 or cost > 10**6:
             return f"cost_usd {usd[:40]!r} out of range"
-        if not isinstance(pusd, int) or abs(int((cost * 10**12).to_integral_value()) - pusd) > 1:
+        if pusd is not None and (  # None: worked out from cost_usd when stored (clean), as the ledger's rows leave it
+            not isinstance(pusd, int) or abs(int((cost * 10**12).to_integral_value()) - pusd) > 1
+        ):
             return "cost_pusd is not cost_usd in pico-dollars"
     try:
         parsed = json.loads(tags)
