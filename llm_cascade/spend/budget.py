@@ -26,9 +26,13 @@ Periods are calendar periods in UTC ("hour", "day", "week" from Monday, "month")
 
 Where "spent in the period" comes from, without SQL on the event loop:
 
-- one process (SQLite, or any ledger when ``shared=False``): running totals per limit in memory, seeded once from the
-  ledger when the Budget is built and advanced by every request a router records (the request's tab calls
-  :meth:`Budget.recorded`), so a check is a few dictionary lookups under a lock, whatever the ledger's size;
+- one process (SQLite, or any ledger when ``shared=False``): running totals per limit in memory, in integer
+  pico-dollars (the ledger's own ``cost_pusd`` unit), seeded once from the ledger when the Budget is built and
+  advanced by every request a router records (the request's tab calls :meth:`Budget.settle` with what the ledger
+  stored), so a check is a few dictionary lookups and integer additions under a lock, whatever the ledger's size. A
+  tier's first check estimates it from a bound on its prompt (its UTF-8 bytes) and its members' per-token prices
+  summed once per tier (:meth:`~llm_cascade.spend.meter.SpendMeter.estimate_pusd`); claims round up, limits down,
+  so rounding never lets a request through that the exact amounts would refuse;
 - several processes (a PostgreSQL ledger, or ``shared=True``): counters in the ledger's database, reserved atomically
   (:mod:`llm_cascade.spend.reservations`), so N processes with a limit that fits K escalations run exactly K. Those
   checks
@@ -39,9 +43,10 @@ recorded, so fifty requests in flight cannot all pass a check that none of them 
 request's tab (:mod:`llm_cascade.spend.meter`) opens one :class:`Hold` (:meth:`Budget.hold`); each tier it allows
 claims on that hold what the request has spent so far plus the tier's estimate, and the checks of every other request
 count it. The check and the claim run under one lock; a refused tier claims nothing and is checked again if asked
-again. The tab records a request's calls in the ``finally`` of ``route()``, advances the running totals
-(:meth:`Budget.recorded`) at once, before the rows reach the database, and releases the hold right after, whether the
-request answered, failed or was cancelled: counted twice for a moment, never not at all. The proxy opens the request's
+again. The tab records a request's calls in the ``finally`` of ``route()``, advances the running totals at once,
+before the rows reach the database, and releases the hold right after (in one process both in one
+:meth:`Budget.settle`, under one lock), whether the request answered, failed or was cancelled: counted twice for a
+moment, never not at all. The proxy opens the request's
 tab itself (``router.meter.open(request)``) for its tier-0 check and passes it to ``route(..., tab=tab)``; a tier
 already claimed is not claimed again. (Code of its own can still open a hold with ``with budget.hold():`` around a
 check and ``route()``, which takes it over.)

@@ -8,6 +8,10 @@
     tab.child(meter)                            # the tab of a nested Router: its calls are the parent's
     await tab.close(calls)                      # rows -> journal -> writer; running totals; release the hold
 
+Where nothing needs waiting for (no budget, or one answered in this process's memory: ``tab.sync``), the router calls
+``tab.admit_now`` and ``tab.close_now`` instead, without a coroutine each: this path runs for every request, and
+its cost over the bare router is measured in ``benchmarks/overhead.py`` (``--layers``: per component).
+
 Why one object instead of the router probing its components: every accounting bug of consequence lived on that seam
 (a member's price looked up by model name across cascades and written into a dict the budget shared, so the last
 router built priced everyone's estimates; a nested Router that skipped its ledger through a context variable, so a
