@@ -33,7 +33,9 @@ def test_parquet_matrix_equals_the_jsonl_matrix(tmp_path: Path) -> None:
         row["models"].setdefault("m2", None)
     path = tmp_path / "runs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    got, want = read_matrix(path), RunMatrix.from_records(records)
+    seen: list[tuple[str, int, int]] = []
+    got, want = read_matrix(path, progress=lambda *a: seen.append(a)), RunMatrix.from_records(records)
+    assert seen[-1] == ("reading runs.parquet", 3, 3)
     assert got.ids == want.ids and got.models == want.models
     assert [got.vocab[c] for c in got.gold.tolist() if c >= 0] == ["A", "D"]
     for field in ("present", "correct", "correct_known"):

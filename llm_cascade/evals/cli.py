@@ -178,10 +178,6 @@ def register(app: Any) -> None:
             if cal_file is None or test is None:
                 raise ConfigError("calibrate", "give CAL_FILE and --test FILE, or --from-ledger URL --reference MODEL")
             spec = normalizer_spec(normalizer or "exact")  # a typo fails now, not after the search
-            cal = load_matrix(cal_file)  # JSONL or Parquet, told by the content
-            test_m = load_matrix(test, cal.models)
-            names = models.split(",") if models else None
-            check_test_models(cal, test_m, names or cal.models)
             target = Target(
                 min_accuracy=min_accuracy,
                 budget_usd=budget,
@@ -193,6 +189,10 @@ def register(app: Any) -> None:
                 min_saving=min_saving,
             )
             with _phases(console) as progress:
+                cal = load_matrix(cal_file, progress=progress)  # JSONL or Parquet, told by the content
+                test_m = load_matrix(test, cal.models, progress=progress)
+                names = models.split(",") if models else None
+                check_test_models(cal, test_m, names or cal.models)
                 limit = None if max_memory is None else int(max_memory * 2**30)
                 chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit)
                 report = evaluate(

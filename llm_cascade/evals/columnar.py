@@ -12,7 +12,7 @@ every row as Python objects. Needs pyarrow (``pip install 'llm-cascade[columnar]
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..core.errors import MissingDependencyError
 from .records import NO_ANSWER, Record, RecordError, RunMatrix, blank_columns, iter_records, load_records, save_records
 
 BATCH_ROWS = 65536
+Progress = Callable[[str, int, int], None]
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 # The per-model fields of the recorded-run format (records.ModelRun), as Parquet columns.
@@ -46,8 +47,9 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def read_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMatrix:
-    """The dense matrix of a Parquet recorded-run file; ``models`` defaults to every model field, in file order."""
+def read_matrix(path: str | Path, models: Sequence[str] | None = None, progress: Progress | None = None) -> RunMatrix:
+    """The dense matrix of a Parquet recorded-run file; ``models`` defaults to every model field, in file order.
+    ``progress(stage, rows read, rows)`` after each batch."""
     pa, pq = _pyarrow()
     p = Path(path)
     if not p.is_file():
@@ -104,6 +106,8 @@ def read_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMat
                     col = run.field(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
                     out[at:b, j] = np.where(valid & np.isfinite(col), col, np.nan)
         at = b
+        if progress is not None:
+            progress(f"reading {p.name}", at, n)
     vocab = tuple(sorted(codes, key=codes.__getitem__))
     return RunMatrix(tuple(ids), tuple(names), vocab, answers, present, correct, known, cost, conf, gold)
 
@@ -132,12 +136,19 @@ def runs_format(path: str | Path) -> str:
     )
 
 
-def load_matrix(path: str | Path, models: Sequence[str] | None = None) -> RunMatrix:
+def load_matrix(path: str | Path, models: Sequence[str] | None = None, progress: Progress | None = None) -> RunMatrix:
     """The dense matrix of a recorded-run file in either format: Parquet read in batches (:func:`read_matrix`), JSONL
-    through its records."""
+    through its records (``progress`` then says only when the file starts and ends: its length in records is not
+    known before it is parsed)."""
     if runs_format(path) == "parquet":
-        return read_matrix(path, models)
-    return RunMatrix.from_records(load_records(path), models)
+        return read_matrix(path, models, progress)
+    stage = f"reading {Path(path).name}"
+    if progress is not None:
+        progress(stage, 0, 1)
+    matrix = RunMatrix.from_records(load_records(path), models)
+    if progress is not None:
+        progress(stage, 1, 1)
+    return matrix
 
 
 def load_runs(path: str | Path) -> list[Record]:
