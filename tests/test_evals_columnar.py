@@ -138,3 +138,23 @@ def test_cli_calibrate_on_parquet_equals_calibrate_on_jsonl(data_dir: Path, tmp_
     bad.write_text("a,b\n1,2\n")
     code, _, err = _cli("calibrate", str(bad), "--test", str(bad))
     assert code == 2 and "runs.csv" in err and "Traceback" not in err
+
+
+def test_split_of_parquet_is_the_records_split_without_records(tmp_path: Path) -> None:
+    """Parquet into Parquet is split as columns, into the very halves split_records draws from the same seed."""
+    from llm_cascade.evals.columnar import iter_parquet_records, split_file, write_parquet
+    from llm_cascade.evals.records import split_records
+
+    records = [
+        Record(f"r{i}", f"q{i}", {"m1": ModelRun("ABCD"[i % 4], cost_usd=1e-6 * i), "m2": ModelRun("A")}, "A")
+        for i in range(101)
+    ]
+    write_parquet(records, tmp_path / "all.parquet")
+    n = split_file(tmp_path / "all.parquet", tmp_path / "a.parquet", tmp_path / "b.parquet", 0.3, seed=7)
+    want = split_records(records, 0.3, seed=7)
+    assert n == (len(want[0]), len(want[1])) == (30, 71)
+    for part, expected in zip(("a", "b"), want, strict=True):
+        got = [r.to_json() for r in iter_parquet_records(tmp_path / f"{part}.parquet")]
+        assert got == [r.to_json() for r in expected]
+    with pytest.raises(RecordError, match="fraction"):
+        split_file(tmp_path / "all.parquet", tmp_path / "c.parquet", tmp_path / "d.parquet", 1.0, seed=7)

@@ -253,17 +253,16 @@ def register(app: Any) -> None:
         else as JSONL)."""
         from rich.console import Console
 
-        from .columnar import load_runs, save_runs
-        from .records import RecordError, split_records
+        from ..core.errors import MissingDependencyError
+        from .columnar import split_file
+        from .records import RecordError
 
         try:
-            a, b = split_records(load_runs(file), fraction, seed)
-            save_runs(a, out_a)
-            save_runs(b, out_b)
-        except RecordError as exc:
+            a, b = split_file(file, out_a, out_b, fraction, seed)
+        except (RecordError, MissingDependencyError) as exc:
             Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        print(json.dumps({"first": str(out_a), "n_first": len(a), "second": str(out_b), "n_second": len(b)}))
+        print(json.dumps({"first": str(out_a), "n_first": a, "second": str(out_b), "n_second": b}))
 
     @app.command()  # type: ignore[untyped-decorator]
     def convert(

@@ -308,3 +308,38 @@ def file_prices(path: str | Path, models: Sequence[str]) -> dict[str, dict[str, 
         if entry is not None:
             out[m] = entry
     return out
+
+
+def split_file(
+    source: str | Path, first: str | Path, second: str | Path, fraction: float, seed: int
+) -> tuple[int, int]:
+    """:func:`~llm_cascade.evals.records.split_records` on a file: the same seeded halves. Parquet into Parquet is
+    split as Arrow columns (no record objects; row groups of ``BATCH_ROWS``); anything else through records, each
+    part written as Parquet for a ``.parquet`` name, else JSONL. Returns the rows in each part."""
+    from .records import split_records
+
+    outs = (Path(first), Path(second))
+    if runs_format(source) != "parquet" or any(o.suffix != ".parquet" for o in outs):
+        a, b = split_records(load_runs(source), fraction, seed)
+        save_runs(a, first)
+        save_runs(b, second)
+        return len(a), len(b)
+    if not 0.0 < fraction < 1.0:
+        raise RecordError(f"split fraction must be in (0, 1), got {fraction!r}")
+    _, pq = _pyarrow()
+    table = pq.read_table(Path(source))
+    if table.num_rows == 0:
+        raise RecordError(f"{source}: no records")
+    order = np.random.default_rng(seed).permutation(table.num_rows)  # as split_records draws it
+    cut = round(table.num_rows * fraction)
+    sizes = []
+    for out, rows in zip(outs, (np.sort(order[:cut]), np.sort(order[cut:])), strict=True):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        try:
+            pq.write_table(table.take(rows), tmp, row_group_size=BATCH_ROWS)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        sizes.append(len(rows))
+    return sizes[0], sizes[1]
