@@ -22,6 +22,7 @@ from ..core.errors import MissingDependencyError
 from .records import NO_ANSWER, Record, RecordError, RunMatrix, blank_columns, iter_records, load_records, save_records
 
 BATCH_ROWS = 65536
+RECORD_ROWS = 8192  # rows per batch where each becomes a Python Record (converting): ~100 MB at 20 models
 Progress = Callable[[str, int, int], None]
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -175,7 +176,7 @@ def iter_parquet_records(path: str | Path) -> Iterator[Record]:
     p = Path(path)
     fh = pq.ParquetFile(p)
     at = 0
-    for batch in fh.iter_batches(batch_size=BATCH_ROWS):
+    for batch in fh.iter_batches(batch_size=RECORD_ROWS):
         for row in batch.to_pylist():
             at += 1
             models = {m: run for m, run in (row.get("models") or {}).items() if run is not None}
@@ -186,7 +187,8 @@ def iter_parquet_records(path: str | Path) -> Iterator[Record]:
 
 
 def write_parquet(records: Iterable[Record], path: str | Path, models: Sequence[str] | None = None) -> int:
-    """Write records as Parquet (:func:`read_matrix`'s layout), ``BATCH_ROWS`` rows per row group; returns how many.
+    """Write records as Parquet (:func:`read_matrix`'s layout), ``RECORD_ROWS`` rows per row group (the records
+    held at a time); returns how many.
 
     ``models`` names the model columns; by default every model of the records, in first-seen order, which needs a
     first pass over them (``records`` is then read twice if it is a re-iterable such as a list, or materialised once
@@ -233,7 +235,7 @@ def write_parquet(records: Iterable[Record], path: str | Path, models: Sequence[
                         "models": {m: _run_row(r, m) for m in names},
                     }
                 )
-                if len(rows) == BATCH_ROWS:
+                if len(rows) == RECORD_ROWS:
                     writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     n += len(rows)
                     rows = []
