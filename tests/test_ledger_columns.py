@@ -36,7 +36,31 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     else:
         url = bench._pg_database(request.getfixturevalue("pg_url"), f"cols_{uuid.uuid4().hex[:10]}")
     bench.populate(url, 400, 4, seed=3)
+    _odd_answers(url)
     return url
+
+
+def _odd_answers(url: str) -> None:
+    """Requests whose answers look like a CSV or SQL null ("null", "NA", "N/A", "", a quote, a comma, a newline): they
+    are answers all the same, on every path."""
+    from decimal import Decimal
+
+    from llm_cascade.core.types import Call, Usage
+    from llm_cascade.spend.ledger import Ledger, Observed
+
+    pool = ["bench:ref", *(f"bench:m{j:02d}" for j in range(4))]
+    odd = ["null", "NA", "N/A", "", 'say "A", or\nB', "NULL"]
+    ledger = Ledger(url, journal=False, clock=lambda: 1.8e9)
+    for i, answer in enumerate(odd):
+        rid = f"odd{i}"
+        for j, m in enumerate(pool):
+            call = Call(m, -1, "ok", Usage(10, 1), answer=odd[(i + j) % len(odd)] if j else answer,
+                        confidence=0.5, cost_usd=Decimal("0.000001"))  # fmt: skip
+            tags = {"shadow": "1", "reference": "bench:ref", "example": rid}
+            ledger.record(
+                rid, [call], tags, observed=Observed(f"d{rid}", prompt=f"p,{i}", store_text=True, shadow=True)
+            )
+    ledger.close()
 
 
 def _same(got: RunMatrix, want: RunMatrix) -> None:
@@ -63,11 +87,12 @@ def test_aggregated_in_the_database_equals_row_by_row(ledger_url: str, copy: boo
     runs, want = _old(ledger_url, "bench:ref")
     batches: list[tuple[str, int, int]] = []
     got = read_ledger_matrix(ledger_url, None, copy=copy, batch=97, progress=lambda *a: batches.append(a))
-    assert len(batches) > 2 and batches[-1][1:] == (400, 400)  # requests split across batches are joined
+    assert len(batches) > 2 and batches[-1][1:] == (406, 406)  # requests split across batches are joined
     _same(got.matrix, want)
     assert _counts(got) == _counts(runs) and got.labels == runs.labels and got.used == len(runs.records)
     assert runs.incomplete > 0 and runs.no_reference > 0 and "bench:rare" not in got.models  # the data varies
     assert np.isnan(got.matrix.cost).any()  # unpriced calls stay unknown
+    assert {"null", "NA", "N/A", "", "NULL"} <= set(got.matrix.vocab)
     used = list(got.models[:3])
     assert got.prices(used) == fit_prices(runs.records, used)
     assert set(got.answers_seen) == {o.answer for o in read_observations(ledger_url) if o.answer is not None}

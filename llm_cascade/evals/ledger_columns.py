@@ -230,7 +230,10 @@ def _copy_batches(
             read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False, block_size=block),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict(types), strings_can_be_null=True, quoted_strings_can_be_null=False
+                column_types=dict(types),
+                null_values=[""],  # only PostgreSQL's NULL: an answer "NA", "null" or "N/A" is that text
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
             ),
         )
         yield from reader
