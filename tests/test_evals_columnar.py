@@ -89,7 +89,10 @@ def test_the_format_is_told_by_content_and_anything_else_is_named(tmp_path: Path
 
     jsonl_named_parquet = tmp_path / "runs.parquet"
     jsonl_named_parquet.write_text(json.dumps(_varied()[0].to_json()) + "\n")
-    assert runs_format(jsonl_named_parquet) == "jsonl" and load_matrix(jsonl_named_parquet).n == 1
+    seen: list[tuple[str, int, int]] = []
+    assert runs_format(jsonl_named_parquet) == "jsonl"
+    assert load_matrix(jsonl_named_parquet, progress=lambda *a: seen.append(a)).n == 1
+    assert seen == [("reading runs.parquet", 1, 1)]
     parquet_named_jsonl = tmp_path / "runs.jsonl"
     write_parquet(_varied(), parquet_named_jsonl)
     assert runs_format(parquet_named_jsonl) == "parquet" and load_matrix(parquet_named_jsonl).n == 3

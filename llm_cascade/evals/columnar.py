@@ -139,17 +139,36 @@ def runs_format(path: str | Path) -> str:
 
 def load_matrix(path: str | Path, models: Sequence[str] | None = None, progress: Progress | None = None) -> RunMatrix:
     """The dense matrix of a recorded-run file in either format: Parquet read in batches (:func:`read_matrix`), JSONL
-    through its records (``progress`` then says only when the file starts and ends: its length in records is not
-    known before it is parsed)."""
+    through its records (with ``progress``, its lines are counted first: a pass over the bytes, seconds where parsing
+    takes minutes, so the bar has an ETA)."""
     if runs_format(path) == "parquet":
         return read_matrix(path, models, progress)
+    if progress is None:
+        return RunMatrix.from_records(load_records(path), models)
     stage = f"reading {Path(path).name}"
-    if progress is not None:
-        progress(stage, 0, 1)
-    matrix = RunMatrix.from_records(load_records(path), models)
-    if progress is not None:
-        progress(stage, 1, 1)
-    return matrix
+    total = _lines(Path(path))
+    records = []
+    for i, record in enumerate(iter_records(path), 1):
+        records.append(record)
+        if i % 4096 == 0:
+            progress(stage, min(i, total), total)
+    if not records:
+        raise RecordError(f"{path}: no records")
+    progress(stage, total, total)
+    return RunMatrix.from_records(records, models)
+
+
+def _lines(path: Path) -> int:
+    """Newlines in a (gzipped) text file, counted in blocks; at least 1."""
+    import gzip
+
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    n, last = 0, b"\n"
+    with opener(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return max(1, n + (last != b"\n"))
 
 
 def load_runs(path: str | Path) -> list[Record]:
