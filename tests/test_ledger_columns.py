@@ -135,7 +135,11 @@ def test_errors_name_what_is_missing(tmp_path: Path) -> None:
     assert len(seen) > 1 and seen[-1] == ("reading the ledger", 30, 30)
 
 
-def test_cli_from_ledger_reports_and_emits_what_the_row_by_row_path_does(tmp_path: Path) -> None:
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_cli_from_ledger_reports_and_emits_what_the_row_by_row_path_does(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
     """`calibrate --from-ledger --gold --emit` (aggregated in the database) against the same steps on the row-by-row
     runs: the same report and the same emitted config; the report says how many candidates were scored."""
     import json
@@ -148,8 +152,12 @@ def test_cli_from_ledger_reports_and_emits_what_the_row_by_row_path_does(tmp_pat
     from llm_cascade.evals.from_ledger import read_gold
     from llm_cascade.serve.cli import _app
 
-    url = str(tmp_path / "l.sqlite3")
-    _bench().populate(url, 400, 3, seed=5, unpriced=0.0)
+    bench = _bench()
+    if backend == "sqlite":
+        url = str(tmp_path / "l.sqlite3")
+    else:
+        url = bench._pg_database(request.getfixturevalue("pg_url"), f"cli_{uuid.uuid4().hex[:10]}")
+    bench.populate(url, 400, 3, seed=5, unpriced=0.0)
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps({"example": f"q{i}", "gold": "ABCD"[i % 4]}) + "\n" for i in range(0, 400, 9)))
     new_json, new_toml = tmp_path / "new.json", tmp_path / "new.toml"
