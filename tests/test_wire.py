@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +84,83 @@ async def test_a_malformed_response_is_a_protocol_error() -> None:
     bad_chunk = feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 1000, sse=True)
     with pytest.raises(_wire.ProtocolError, match="chunk size"):
         await bad_chunk.event()
+
+
+async def outcome(response: bytes, step: int) -> tuple[int, bytes] | str:
+    """(status, body) of a response fed ``step`` bytes at a time and the connection's close, or the ProtocolError's
+    text (the close ends a read that would wait for more)."""
+    conn = feed(response, step, sse=False)
+    conn.connection_lost(None)
+    try:
+        status = await conn.head()
+        return status, await conn.read()
+    except _wire.ProtocolError as exc:
+        return str(exc)
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+CHUNKED = OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+
+# Each of these was read as a well-formed answer by the hand-written parser that llhttp replaced (or, for the last
+# two, left the read waiting for a close): framings that two parsers can read two ways are how responses are smuggled.
+REFUSED = {
+    "Content-Length beside chunked": OK_HEAD
+    + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "a folded line that looks like a header": OK_HEAD + b"X-A: a\r\n Content-Length: 2\r\n\r\nok",
+    "a space before the colon": OK_HEAD + b"Content-Length : 2\r\n\r\nok",
+    "a signed Content-Length": OK_HEAD + b"Content-Length: +2\r\n\r\nok",
+    "a 0x chunk size": CHUNKED + b"0x2\r\nok\r\n0\r\n\r\n",
+    "an underscore in a chunk size": CHUNKED + b"1_0\r\n0123456789abcdef\r\n0\r\n\r\n",
+    "a space after a chunk size": CHUNKED + b"2 \r\nok\r\n0\r\n\r\n",
+    "a four-digit status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+    "a NUL in a header value": OK_HEAD + b"X-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "a negative chunk size": CHUNKED + b"-2\r\nok\r\n0\r\n\r\n",
+    "a chunk size past 64 bits": CHUNKED + b"100000000000000000\r\nok",
+}
+
+
+@pytest.mark.parametrize("step", [1, 1000])
+@pytest.mark.parametrize("name", list(REFUSED))
+async def test_an_ambiguous_framing_is_refused_however_it_arrives(name: str, step: int) -> None:
+    assert "malformed response" in str(await outcome(REFUSED[name], step))
+
+
+@pytest.mark.parametrize("step", [1, 1000])
+async def test_repeated_content_lengths_and_folded_headers_are_refused(step: int) -> None:
+    """The old parser refused these too, but only because the joined value ("2, 5") was no integer."""
+    for head in (b"Content-Length: 2\r\nContent-Length: 2\r\n", b"Content-Length: 2\r\nContent-Length: 5\r\n"):
+        assert "Duplicate Content-Length" in str(await outcome(OK_HEAD + head + b"\r\nokxyz", step))
+    assert "malformed response" in str(await outcome(OK_HEAD + b"X-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok", step))
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+async def test_chunk_extensions_trailers_and_an_early_hint_are_read_through(step: int) -> None:
+    body = CHUNKED + b'2;a=b;c="d e"\r\nok\r\n1;' + b"x" * 5000 + b"\r\n!\r\n0;last\r\nX-T: 1\r\nX-U: 2\r\n\r\n"
+    assert await outcome(body, step) == (200, b"ok!")
+    conn = feed(body, step, sse=False)
+    assert conn.headers == {"transfer-encoding": "chunked"}  # trailers are not headers
+    hinted = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK_HEAD + b"Content-Length: 2\r\n\r\nok"
+    assert await outcome(hinted, step) == (200, b"ok")  # the old parser answered 103 with an empty body
+
+
+async def test_bytes_after_the_end_or_between_requests_spend_the_connection() -> None:
+    """A response stands when more bytes follow its end, but the connection is not reused: those bytes would be read
+    as the next request's answer. Bytes that arrive while the connection sits idle in the pool close it likewise."""
+    whole = OK_HEAD + b"Content-Length: 2\r\n\r\nok"
+    conn = feed(whole + whole.replace(b"ok", b"no"), 1000, sse=False)
+    assert (await conn.head(), b"".join(conn._body), conn._keep) == (200, b"ok", False)
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    try:
+        _, idle = await loop.connect_accepted_socket(lambda: _wire.Connection((loop, ("http", "x", 80))), ours)
+        _wire._POOLS[(loop, ("http", "x", 80))] = deque()
+        idle.data_received(whole)
+        assert await idle.read() == b"ok" and not idle.closed  # pooled
+        idle.data_received(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        assert idle.closed
+    finally:
+        _wire._POOLS.pop((loop, ("http", "x", 80)), None)
+        theirs.close()
 
 
 def test_a_request_is_its_head_length_and_body() -> None:

@@ -1,18 +1,25 @@
 """HTTP/1.1 for the lean transport's streamed calls, on a bare asyncio protocol: one write per request, the response
-parsed where it arrives.
+parsed by llhttp (``httptools``) where it arrives.
 
 Why not aiohttp here: a streamed call's first token is on the proxy's critical path twice, once going out (the request
 must reach the model before it can start) and once coming back (the token must reach the client), and aiohttp spends
 about 0.15 ms of Python on each (a request object, a timer, a connector lookup, a writer task for the body; then a
 response object, a stream reader and a readline per SSE line): measured in ``benchmarks/stream_ttfb.py``, it was a third
 of the proxy's own time to first byte. Here a request is one ``transport.write`` of bytes built from a per-backend
-prefix, and :meth:`Connection.data_received` decodes the chunked body and splits it into server-sent events itself,
-waking the reader once per batch of events.
+prefix, and :meth:`Connection.data_received` hands the bytes to llhttp, whose body callback splits the decoded body
+into server-sent events, waking the reader once per batch of events.
+
+Why llhttp and not a parser of our own: framing is where HTTP clients go wrong dangerously (a folded header line read
+as a header of its own, ``0x10`` or ``1_0`` taken for a chunk size, a ``Content-Length`` beside chunked encoding), and
+llhttp is the strict parser that Node.js and uvicorn use, fuzzed and maintained for exactly that. What stays here is
+the small part llhttp leaves to its caller: where a body framed by the connection's close ends, 1xx responses skipped,
+a head's size bound, and SSE lines.
 
 What it speaks: HTTP/1.1 keep-alive (``http://`` and ``https://``), responses framed by ``Content-Length``, chunked
 encoding or the connection's close, no compression asked for (so none is sent). What it leaves out, as the aiohttp
 session it stands beside did too: proxies from the environment, cookies, redirects. Connections are pooled per event
-loop and origin; one whose response was read to its end goes back to the pool, any other is closed.
+loop and origin; one whose response was read to its end (and which llhttp says may be kept alive) goes back to the
+pool, any other is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TypeAlias
 from urllib.parse import urlsplit
+
+from ..core.errors import MissingDependencyError
+
+try:
+    import httptools
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(exc.name or "httptools", "http") from exc
 
 __all__ = ["Connection", "Origin", "ProtocolError", "close_loop_pools", "open_connection", "request_head"]
 
@@ -64,15 +78,19 @@ def request_head(method: str, origin: Origin, path: str, headers: Mapping[str, s
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
-_HEADERS, _BODY, _DONE = 0, 1, 2
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
+_IDLE, _HEADERS, _BODY, _DONE = 0, 1, 2, 3  # _IDLE: in the pool, no request in flight
+_MAX_HEAD = 65536  # llhttp bounds no head's size; a server that never ends its headers is refused here
 
 
 class Connection(asyncio.Protocol):
     """One keep-alive connection and the response being read on it.
 
     :meth:`send` writes a request; :meth:`head` waits for the status and headers; then either :meth:`read` (the
-    whole body) or :meth:`events` (one server-sent event's ``data`` at a time, None at the end of the body)."""
+    whole body) or :meth:`events` (one server-sent event's ``data`` at a time, None at the end of the body).
+
+    The response's framing (status line, headers, ``Content-Length``, chunked encoding with its extensions and
+    trailers) is llhttp's, through ``httptools``: the ``on_*`` methods are its callbacks. One parser lives as long as
+    the connection, since llhttp reads a keep-alive connection's responses one after another."""
 
     def __init__(self, where: _PoolKey | None = None) -> None:
         self._where = where  # the pool it goes back to when a response was read to its end
@@ -80,20 +98,19 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._parser = httptools.HttpResponseParser(self)
         self._reset(sse=False)
 
     def _reset(self, *, sse: bool) -> None:
         self._state = _HEADERS
-        self._buf = bytearray()  # bytes not parsed yet (headers, chunk framing)
+        self._head_bytes = 0  # bytes received while the head was not complete
         self.status = 0
         self.headers: dict[str, str] = {}
-        self._framing = _LENGTH
-        self._left = 0  # body bytes left: of the Content-Length, or of the current chunk
-        self._chunk_tail = False  # a chunk's data was read; its CRLF is next
-        self._keep = True
+        self._until_close = False  # framed by the connection's close (neither Content-Length nor chunked)
+        self._keep = False
         self._sse = sse
-        self._body: list[bytes] = []  # the whole body (read) or the SSE text not yet split into lines
-        self._line = bytearray()
+        self._body: list[bytes] = []  # the whole body (read)
+        self._line = bytearray()  # SSE text not split into lines yet
         self._data: list[bytes] = []  # the current event's data lines
         self._events: deque[bytes] = deque()
 
@@ -103,135 +120,75 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass asyncio's
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._feed(data)
-        except ProtocolError as exc:
-            self._fail(exc)
+        state = self._state
+        if state == _IDLE:  # nothing was asked: a server's farewell (408) or junk; either way the connection is spent
+            self._fail(ProtocolError("the server sent bytes that no request asked for"))
             return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the server switched protocols (101), which no request asked for"))
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__  # a callback's own error, if it was one of ours
+            self._fail(cause if isinstance(cause, ProtocolError) else ProtocolError(f"malformed response: {exc}"))
+            return
+        if self._state == _HEADERS:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD:
+                self._fail(ProtocolError(f"response headers longer than {_MAX_HEAD // 1024} KiB"))
+                return
         self._wake()
 
     def eof_received(self) -> bool | None:
-        if self._state == _BODY and self._framing == _UNTIL_CLOSE:
+        if self._state == _BODY and self._until_close:
             self._finish_body()
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._state == _BODY and self._framing == _UNTIL_CLOSE and exc is None:
+        if self._state == _BODY and self._until_close and exc is None:
             self._finish_body()
         self.closed = True
-        if self._state != _DONE and self._error is None:
+        if self._state not in (_DONE, _IDLE) and self._error is None:
             what = "before the response's headers" if self._state == _HEADERS else "mid-body"
             self._error = ProtocolError(f"the server closed the connection {what}: {exc or 'end of stream'}")
         self._wake()
 
-    # -- parsing -------------------------------------------------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        if self._state == _HEADERS:
-            self._buf += data
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > 65536:
-                    raise ProtocolError("response headers longer than 64 KiB")
-                return
-            self._parse_head(bytes(self._buf[:end]))
-            data = bytes(self._buf[end + 4 :])
-            self._buf.clear()
-            self._state = _BODY
-            if self._framing == _LENGTH and self._left == 0:
-                self._finish_body()
-                return
-        if self._state != _BODY or not data:
-            return
-        if self._framing == _CHUNKED:
-            self._dechunk(data)
-        elif self._framing == _LENGTH:
-            if len(data) > self._left:
-                raise ProtocolError("more body bytes than Content-Length")
-            self._left -= len(data)
-            self._take(data)
-            if self._left == 0:
-                self._finish_body()
-        else:
-            self._take(data)
+    # -- llhttp's callbacks --------------------------------------------------------------------------------------------
 
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        self.status = int(code)
+    def on_message_begin(self) -> None:
+        if self._state == _DONE:  # a second response to one request: the first stands, the connection is not reused
+            raise ProtocolError("bytes after the response's end")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state != _HEADERS:
+            return  # a chunked body's trailers: nothing a streamed answer needs
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
         headers = self.headers
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ProtocolError(f"malformed header line: {line[:80]!r}")
-            key = name.strip().lower()
-            value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        connection = headers.get("connection", "").lower()
-        self._keep = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._framing = _CHUNKED
-        elif "content-length" in headers:
-            try:
-                self._left = int(headers["content-length"])
-            except ValueError:
-                raise ProtocolError(f"bad Content-Length {headers['content-length'][:40]!r}") from None
-            self._framing = _LENGTH
-        elif self.status in (204, 304) or 100 <= self.status < 200:
-            self._left = 0
-            self._framing = _LENGTH
-        else:
-            self._framing = _UNTIL_CLOSE
-            self._keep = False
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
-    def _dechunk(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos = 0
-        while self._state == _BODY:
-            if self._left:
-                piece = bytes(buf[pos : pos + self._left])
-                pos += len(piece)
-                self._left -= len(piece)
-                self._take(piece)
-                if self._left:
-                    break
-                self._chunk_tail = True
-            if self._chunk_tail:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ProtocolError("a chunk does not end with CRLF")
-                pos += 2
-                self._chunk_tail = False
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                if len(buf) - pos > 4096:
-                    raise ProtocolError("chunk size line too long")
-                break
-            size_text = bytes(buf[pos:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:  # the last chunk; then trailers, if any, and a blank line
-                if buf.find(b"\r\n\r\n", end) < 0:
-                    break  # not all here yet: parsed again from the size line when more comes
-                pos = len(buf)
-                self._finish_body()
-                break
-            pos = end + 2
-            self._left = size
-        del buf[:pos]
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:  # 1xx (103 Early Hints, a 100 Continue nobody asked for): the answer follows it
+            self.headers = {}
+            return
+        if parser.get_http_version()[:2] != "1.":
+            raise ProtocolError(f"not an HTTP/1.x response: HTTP/{parser.get_http_version()}")
+        self.status = status
+        headers = self.headers
+        coding = headers.get("transfer-encoding", "").rpartition(",")[2].strip().lower()
+        self._until_close = "content-length" not in headers and coding != "chunked"
+        self._keep = parser.should_keep_alive()
+        self._state = _BODY
 
-    def _take(self, data: bytes) -> None:
+    def on_body(self, body: bytes) -> None:
         if not self._sse:
-            self._body.append(data)
+            self._body.append(body)
             return
         line = self._line
-        line += data
+        line += body
         start = 0
         while True:
             nl = line.find(b"\n", start)
@@ -249,10 +206,16 @@ class Connection(asyncio.Protocol):
                 self._data = []
         del line[:start]
 
+    def on_message_complete(self) -> None:
+        if self._state == _HEADERS:  # the end of a 1xx response
+            return
+        self._keep = self._parser.should_keep_alive()
+        self._finish_body()
+
     def _finish_body(self) -> None:
         if self._sse:
             if self._line:  # a last line without its newline
-                self._take(b"\n")
+                self.on_body(b"\n")
             if self._data:  # an event without its blank line still counts
                 self._events.append(b"\n".join(self._data))
                 self._data = []
@@ -321,6 +284,7 @@ class Connection(asyncio.Protocol):
         pool = _POOLS.get(self._where) if self._where is not None else None
         if self._state == _DONE and self._keep and not self.closed and pool is not None:
             self._reset(sse=False)
+            self._state = _IDLE
             pool.append(self)
         else:
             self.close()

@@ -51,8 +51,8 @@ TRANSPORTS: tuple[Transport, ...] = ("sdk", "http")
 
 
 def lean_available() -> bool:
-    """Whether the lean HTTP transport's packages (aiohttp, orjson) are installed, without importing them."""
-    return all(importlib.util.find_spec(name) is not None for name in ("aiohttp", "orjson"))
+    """Whether the lean HTTP transport's packages (aiohttp, orjson, httptools) are installed, without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("aiohttp", "orjson", "httptools"))
 
 
 class OpenAIBackend(AdapterOptions, LazyClient):
