@@ -1,6 +1,6 @@
 """Time to first byte of a streamed answer through the proxy, on a one-member tier, against the upstream's own.
 
-    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02] [--rounds 3] [--no-relay]
+    python benchmarks/stream_ttfb.py [--requests 300] [--slow 0.02] [--paced 0.02] [--rounds 3] [--no-relay]
 
 The upstream is the recorded-answer server (its own process), answering every prompt with a 40-word text after
 ``--slow`` seconds of silence (a slow first byte, as a model's prefill); the proxy (``llm-cascade serve``'s app on
@@ -9,6 +9,12 @@ sends ``stream: true`` requests in turn to the upstream, to the proxy and to a r
 each with a prompt of its own, and times each response's first line with answer text (httpx, one keep-alive
 connection each). A proxy that decided the answer first would show the whole answer's time; one that streams shows
 the upstream's first byte plus its own overhead.
+
+By default the upstream sends its 40 chunks in one burst, so the proxy re-encodes the other 39 while the client waits
+for a core to read the first: on a 2-core machine that is part of what the proxy's figure shows. ``--paced SECONDS``
+spaces the tokens as a model does (tens of ms apart): the upstream (then served by this script, the same recorded
+answers behind a send that sleeps) sends the role chunk and the first token together, then one chunk per interval.
+A paced request lasts about 40 x SECONDS, so pass fewer ``--requests``; the overhead is computed the same way.
 
 The relay (``--relay``: its own process, on uvloop like the proxy) forwards bytes between client and upstream and does
 nothing else: the proxy path's process count and wake-ups (client -> relay -> upstream and back) at no work of its
@@ -36,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 
@@ -121,14 +127,40 @@ def _relay(port: int, target: int) -> None:
         asyncio.run(serve())
 
 
+def _paced_upstream(port: int, slow: float, pace: float) -> None:
+    """The recorded-answer server with its stream's chunks ``pace`` seconds apart after the first token, until
+    killed (the role chunk and the first token leave together, as a model's do after its prefill)."""
+    from llm_cascade.testing.answers import AnswerBook
+    from llm_cascade.testing.server import RecordedAnswerApp, _make_server
+
+    app = RecordedAnswerApp(AnswerBook(default=TEXT), faults={"solo": f"slow:delay_s={slow}"})
+
+    async def paced(scope: Any, receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def spaced(message: Any) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                if sent >= 2:
+                    await asyncio.sleep(pace)
+                sent += 1
+            await send(message)
+
+        await app(scope, receive, spaced)
+
+    server, sock = _make_server(paced, "127.0.0.1", port)  # type: ignore[arg-type]  # any ASGI app will do
+    server.run(sockets=[sock])
+
+
 @contextlib.contextmanager
-def _servers(slow: float) -> Iterator[tuple[str, str, str]]:
+def _servers(slow: float, pace: float) -> Iterator[tuple[str, str, str]]:
     up_port, proxy_port, relay_port = _free_port(), _free_port(), _free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "llm_cascade.testing.server", "--port", str(up_port), "--default", TEXT,
-         "--fault", f"solo=slow:delay_s={slow}"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    if pace:
+        command = [sys.executable, __file__, "--upstream", str(up_port), str(slow), str(pace)]
+    else:
+        command = [sys.executable, "-m", "llm_cascade.testing.server", "--port", str(up_port), "--default", TEXT,
+                   "--fault", f"solo=slow:delay_s={slow}"]  # fmt: skip
+    upstream = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "cascade.toml"
         config.write_text(
@@ -188,17 +220,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--slow", type=float, default=0.02, help="upstream's silence before its answer, seconds")
+    parser.add_argument(
+        "--paced", type=float, default=0.0, metavar="SECONDS", help="upstream's interval between tokens (0: one burst)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-relay", action="store_true", help="time the upstream and the proxy only (alternately)")
     parser.add_argument("--relay", nargs=2, type=int, metavar=("PORT", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", nargs=3, type=float, metavar=("PORT", "SLOW", "PACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.relay:
         return _relay(*args.relay)
+    if args.upstream:
+        port, slow, pace = args.upstream
+        return _paced_upstream(int(port), slow, pace)
     with contextlib.ExitStack() as stack:
-        upstream, proxy, relay = stack.enter_context(_servers(args.slow))
+        upstream, proxy, relay = stack.enter_context(_servers(args.slow, args.paced))
         a, b, c = (stack.enter_context(httpx.Client(timeout=30)) for _ in range(3))
         paths = [(a, upstream), (b, proxy)] + ([] if args.no_relay else [(c, relay)])
-        for _ in range(20):  # warm-up: connections, the proxy's pool, tokenizer
+        for _ in range(5 if args.paced else 20):  # warm-up: connections, the proxy's pool, tokenizer
             for client, url in paths:
                 _ttfb(client, url, "solo")
         for _ in range(args.rounds):
@@ -215,6 +254,7 @@ def _report(args: argparse.Namespace, up: list[float], px: list[float], relay: l
     out = {
         "requests": args.requests,
         "upstream_slow_s": args.slow,
+        "upstream_paced_s": args.paced,
         "upstream_ttfb_ms_p50": round(statistics.median(up) * 1000, 3),
         "proxy_ttfb_ms_p50": round(statistics.median(px) * 1000, 3),
         "overhead_ms_p50": round((statistics.median(px) - statistics.median(up)) * 1000, 3),
