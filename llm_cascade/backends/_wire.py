@@ -120,8 +120,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass asyncio's
 
     def data_received(self, data: bytes) -> None:
-        state = self._state
-        if state == _IDLE:  # nothing was asked: a server's farewell (408) or junk; either way the connection is spent
+        if self._state == _IDLE:  # nothing was asked: a farewell (408) or junk; either way the connection is spent
             self._fail(ProtocolError("the server sent bytes that no request asked for"))
             return
         try:
@@ -146,7 +145,7 @@ class Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._state == _BODY and self._until_close and exc is None:
+        if self._state == _BODY and self._until_close and exc is None and self._error is None:
             self._finish_body()
         self.closed = True
         if self._state not in (_DONE, _IDLE) and self._error is None:
