@@ -67,7 +67,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from ..core.errors import ConfigError
 from ..core.types import Call, Request, Usage
@@ -472,7 +472,7 @@ class Budget:
         """The hold for the request about to run: the one opened by an enclosing ``with budget.hold():`` in this
         context that no request has taken yet (the proxy's tier-0 claim), else a new one. Release it after the
         request's calls are recorded; the router does."""
-        open_ = _open.get()
+        open_ = _open.get() if Hold.entered else None  # (no context variable to read until a hold was entered)
         if open_ is not None and open_.budget is self and not open_.taken:
             with self._lock:
                 if not open_.taken:
@@ -797,6 +797,10 @@ class Hold:
         "tiers",
     )
 
+    # Whether any hold was ever used as a context manager in this process: until then Budget.hold() has no open hold
+    # to look for (a context variable read less per request).
+    entered: ClassVar[bool] = False
+
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.claimed = 0  # pico-dollars, rounded up (in memory; shared counters keep theirs in ``reserved``)
@@ -903,6 +907,7 @@ class Hold:
             await asyncio.wrap_future(done)
 
     def __enter__(self) -> Hold:
+        Hold.entered = True
         self._token = _open.set(self)
         return self
 

@@ -373,7 +373,7 @@ class SpendMeter:
             scaled = entry._scaled
             if scaled is None or scaled[3] < -6:  # not plain decimals, or finer than a pico-dollar per token
                 return None
-            inp, _, out, exp, _ = scaled
+            inp, _, out, exp, _, _ = scaled
             unit = 10 ** (exp + 6)  # a price per 1M tokens at 10**exp USD is 10**(exp + 6) pico-dollars per token
             a += inp * unit
             b += out * unit

@@ -47,7 +47,9 @@ class PriceEntry:
     provider: str = ""
     aliases: tuple[str, ...] = field(default=())
     # The token prices as integers at one common exponent, for :meth:`cost`'s integer path (None: not applicable).
-    _scaled: tuple[int, int, int, int, bool] | None = field(default=None, init=False, repr=False, compare=False)
+    _scaled: tuple[int, int, int, int, bool, Decimal] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_scaled", _scaled(self))
@@ -59,17 +61,20 @@ class PriceEntry:
             # The same Decimal as the arithmetic below (value and exponent), from integer products: the token sums
             # are exact integers at the prices' common exponent, and a division by 10**6 only moves the point and
             # drops trailing zeros down to that exponent. A third of the Decimal version's time, on every call.
-            inp, cin, out, exp, fee = scaled
+            inp, cin, out, exp, fee, scale = scaled
             tokens = usage.input_tokens
             fresh = tokens if tokens > 0 else 0
             cached = usage.cached_tokens
-            cached = 0 if cached < 0 else (fresh if cached > fresh else cached)
             output = usage.output_tokens
             output = output if output > 0 else 0
-            n = (fresh - cached) * inp + cached * cin + output * out
+            if cached > 0:
+                cached = fresh if cached > fresh else cached
+                n = (fresh - cached) * inp + cached * cin + output * out
+            else:
+                n = fresh * inp + output * out
             if n < _EXACT:
                 if n % 10:  # most sums: no trailing zero to drop (a product by 10**e is scaleb(e), a third cheaper)
-                    total = Decimal(n) * _SCALE[exp - 6]
+                    total = Decimal(n) * scale
                 elif n:
                     shift = -6
                     while shift < 0 and not n % 10:
@@ -102,9 +107,10 @@ _ZEROS = {e: Decimal(0).scaleb(e) for e in range(-12, 1)}
 _SCALE = {e: Decimal(f"1E{e}") for e in range(-18, 1)}  # Decimal(n) * _SCALE[e]: n at exponent e, exactly (n < _EXACT)
 
 
-def _scaled(entry: PriceEntry) -> tuple[int, int, int, int, bool] | None:
-    """(input, cached input, output) as integers at their common exponent, that exponent, and whether the fee must
-    be added (a zero fee whose exponent cannot change the sum's is not): :meth:`PriceEntry.cost`'s integer path.
+def _scaled(entry: PriceEntry) -> tuple[int, int, int, int, bool, Decimal] | None:
+    """(input, cached input, output) as integers at their common exponent, that exponent, whether the fee must be
+    added (a zero fee whose exponent cannot change the sum's is not), and 10 ** (exponent - 6), the scale of a sum
+    per million tokens: :meth:`PriceEntry.cost`'s integer path.
     None for prices that are not plain finite decimals (the Decimal arithmetic then handles them)."""
     cached = entry.input if entry.cached_input is None else entry.cached_input
     prices = (entry.input, cached, entry.output)
@@ -117,7 +123,7 @@ def _scaled(entry: PriceEntry) -> tuple[int, int, int, int, bool] | None:
     ints = [int(p.scaleb(-exp)) for p in prices]
     fee = entry.per_request
     add = not (fee.is_zero() and int(fee.as_tuple().exponent) >= exp)
-    return ints[0], ints[1], ints[2], exp, add
+    return ints[0], ints[1], ints[2], exp, add, _SCALE[exp - 6]
 
 
 def _decimal(name: str, value: Any, model: str) -> Decimal:
