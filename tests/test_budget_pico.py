@@ -160,6 +160,7 @@ def test_the_writer_works_out_cost_pusd_from_cost_usd(tmp_path: Path) -> None:
     ledger.close()
     base = (1.0, "r", 0, 0, "m", "ok", 1, 1, 0, 0)
     tail = (0.1, None, "{}", 1, None, None, None, None, None, None)
+    assert clean((*base, "0.25", None, *tail)) == (*base, "0.25", 250_000_000_000, *tail)  # the rest as it was
     assert clean((*base, "not a number", None, *tail))[11] is None
     assert problem((*base, "0.5", None, *tail)) is None  # a journaled row as the ledger writes it
     assert problem((*base, None, 5, *tail)) == "cost_usd and cost_pusd disagree"

@@ -89,11 +89,15 @@ def _tags(value: object) -> str:
 def clean(row: Row) -> Row:
     """``row`` with every value storable in its column (raises ValueError only for a row of the wrong width).
 
-    The common row (plain ASCII text, counts in range) is checked in a few comparisons and returned as is."""
+    The common row (plain ASCII text, counts in range) is checked in a few comparisons and returned as is, with its
+    ``cost_pusd`` filled in when it has a cost without one (as the ledger builds its rows)."""
     if len(row) != COLUMNS:
         raise ValueError(f"a ledger row has {COLUMNS} values, this one {len(row)}")
     ts, rid, seq, tier, model, outcome, tin, tout, tcached, est, usd, pusd, lat, err, tags, attempt, finish = row[:BASE]
     answer, confidence, digest, prompt, said = row[BASE:]
+    if pusd is None and usd is not None:
+        pusd = _pico(usd)
+        row = (*row[:11], pusd, *row[12:])
     if (
         ts.__class__ is float
         and lat.__class__ is float
@@ -108,7 +112,7 @@ def clean(row: Row) -> Row:
         and 0 <= tcached <= INT32
         and 0 <= attempt <= INT32
         and (est == 0 or est == 1)
-        and (pusd.__class__ is int and -INT64 <= pusd <= INT64 if pusd is not None else usd is None)
+        and (pusd is None or (pusd.__class__ is int and -INT64 <= pusd <= INT64))
         and rid.__class__ is model.__class__ is outcome.__class__ is tags.__class__ is str
         and (usd is None or usd.__class__ is str)
         and (err is None or err.__class__ is str)
