@@ -88,7 +88,7 @@ models: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check llm_cascade tests examples benchmarks
-	$(VENV)/bin/ruff format --check llm_cascade tests examples benchmarks
+	$(VENV)/bin/ruff format --check llm_cascade tests examples benchmarks README.md docs
 	$(VENV)/bin/mypy llm_cascade
 
 bench: $(VENV)/.installed
