@@ -33,6 +33,15 @@ from .records import BoolArray, FloatArray, RunMatrix
 from .search import Decider, Fits, LearnedAt, Point, Pool, Resamples, Scan, group_means, one_blas_thread
 from .simulate import CACHE_BYTES, CascadeSpec, Simulator, TierSpec
 
+#: Runs of more rows than this are screened on a sample (see :func:`calibrate`); the recorded sets and the 100k-row
+#: benchmarks stay exhaustive.
+SCREEN_ABOVE = 200_000
+#: Rows in the screening sample.
+SCREEN_ROWS = 10_000
+#: Finalists per kind (cheapest meeting the target, frontier points) scored again on every row.
+FINALISTS = 20
+#: Rows (about) a screened run's fold fits train on (the held-out scores are still of every row).
+FIT_ROWS = 100_000
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 LEARNED_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 Progress = Callable[[str, int, int], None]
@@ -116,6 +125,7 @@ class Calibration:
     folds: int = 0
     pruned: int = 0
     limited: str = ""
+    screened: str = ""
 
 
 _Learned = LearnedAt  # a learned rule before its final fit (see llm_cascade.evals.search)
@@ -196,6 +206,9 @@ def calibrate(
     progress: Progress | None = None,
     prune: bool = True,
     max_memory: int | None = None,
+    screen_above: int | None = SCREEN_ABOVE,
+    screen_rows: int = SCREEN_ROWS,
+    finalists: int = FINALISTS,
 ) -> Calibration:
     """Search cascades on ``matrix`` (the calibration runs) for ``target``, judged on fold-held-out outcomes.
 
@@ -205,10 +218,27 @@ def calibrate(
     ``learned=False`` leaves the learned deferral rule out (the confidence-chain baseline uses only thresholds).
     ``prune=False`` scores every candidate, even those that provably cannot be chosen nor be on the frontier (the
     choice is the same; ``Calibration.pruned`` says how many were skipped).
+
+    Screening (runs of more than ``screen_above`` rows; None never screens): every candidate is scored on a seeded
+    sample of ``screen_rows`` rows (learned rules fitted on it), and only the finalists (the ``finalists`` cheapest
+    that meet the target there, with a noise allowance, the sample's frontier thinned to ``finalists`` points, every
+    single model) are fitted and scored again on every row; the choice among them follows the same rule, on every
+    row. Why: the search costs about rows x candidates (a million rows x twenty models would take most of an hour),
+    while the choice only needs exact figures for the few candidates near it. ``Calibration.screened`` says so.
     """
     with one_blas_thread():
         return _calibrate(
-            matrix, target, models, max_members, max_tiers, thresholds, learned, progress, prune, max_memory
+            matrix,
+            target,
+            models,
+            max_members,
+            max_tiers,
+            thresholds,
+            learned,
+            progress,
+            prune,
+            max_memory,
+            (screen_above, screen_rows, finalists),
         )
 
 
@@ -223,6 +253,7 @@ def _calibrate(
     progress: Progress | None,
     prune: bool,
     max_memory: int | None,
+    screening: tuple[int | None, int, int] = (None, 0, 0),
 ) -> Calibration:
     target = target or Target()
     if not 1 <= max_tiers <= 3:
@@ -256,32 +287,15 @@ def _calibrate(
     if target.min_accuracy is not None:
         floor, floor_model = target.min_accuracy, None
 
-    groups = [
-        tuple(sorted(g, key=order.index)) for r in range(1, max_members + 1) for g in itertools.combinations(names, r)
-    ]
-    col = {g: sim.members(g) for g in groups}
-    members = [col[g] for g in groups]
-    cost_m, acc_m = group_means(sim, members, progress)
-    cost_of, acc_of = {g: cost_m[col[g]] for g in groups}, {g: acc_m[col[g]] for g in groups}
-    # every single model is a candidate last tier (bug: a pair listing the best model first was always preferred,
-    # so the chosen last tier carried a paid passenger), plus the most accurate groups
-    lasts = list(dict.fromkeys([*[(m,) for m in order], *sorted(groups, key=lambda g: -acc_of[g])[: len(names)]]))
-    rules = {size: _rules(size, thresholds, learned) for size in range(1, max_members + 1)}
-    firsts = [(col[g], d) for g in groups for d in rules[len(g)]] if max_tiers >= 2 else []
-    pool = Pool(floor - target.margin, target.budget_usd)
-    scan = Scan(sim, search.fits, pool, prune and bool((np.nan_to_num(matrix.cost) >= 0).all()), progress)
-    scan.singles([col[g] for g in lasts], [cost_of[g] for g in lasts], [acc_of[g] for g in lasts])
-    if max_tiers >= 2:
-        scan.two_tiers(members, rules, cost_m)
-    if max_tiers == 3:
-        median = float(np.median(list(cost_of.values())))
-        scan.three_tiers(members, rules, cost_m, median)
-    cost_arr, acc_arr, _, desc = pool.arrays()
-    points: list[Point] = []
-    for c, a, (f0, f1, li) in zip(cost_arr.tolist(), acc_arr.tolist(), desc.tolist(), strict=True):
-        tiers = [firsts[i] for i in (f0, f1) if i >= 0]
-        points.append((c, a, (*tiers, (col[lasts[li]], Unanimous()))))
-    evaluated = pool.scored - len(lasts)
+    screen_above, screen_rows, finalists = screening
+    scan = _Scan(names, order, target, max_members, max_tiers, thresholds, learned, prune, progress)
+    screened = ""
+    if screen_above is not None and matrix.n > max(screen_above, screen_rows):
+        sim.shrink(cache_bytes // 4)  # the search runs on the sample: these caches serve the finalists only
+        search.fits.shrink(cache_bytes // 16)
+        points, evaluated, pruned, screened = _screen(search, scan, best, floor, screen_rows, finalists, cache_bytes)
+    else:
+        points, evaluated, pruned = scan.points(sim, search.fits, floor - target.margin)
 
     def spec(p: Point, exact: bool = True) -> CascadeSpec:
         tiers = (TierSpec(tuple(matrix.models[j] for j in g), search.final(g, d, exact)) for g, d in p[2])
@@ -302,9 +316,109 @@ def _calibrate(
     out = Calibration(
         cfg, chosen[1], chosen[0], floor, floor_model, evaluated, passed, excluded, frontier, verdict, reason, best, k
     )
-    out.pruned = scan.pruned
+    out.pruned = pruned
     out.limited = limited
+    out.screened = screened
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """The candidate search as asked (models, sizes, rules), on whichever rows it is given."""
+
+    names: list[str]
+    order: list[str]
+    target: Target
+    max_members: int
+    max_tiers: int
+    thresholds: Sequence[float]
+    learned: bool
+    prune: bool
+    progress: Progress | None
+
+    def points(self, sim: Simulator, fits: Fits, pool_floor: float) -> tuple[list[Point], int, int]:
+        """Every candidate scored on ``sim``'s rows (those that can matter above ``pool_floor``, see :class:`Pool`):
+        (points in enumeration order, how many were scored, how many were skipped as dominated)."""
+        names, order, target, max_members, progress = (
+            self.names,
+            self.order,
+            self.target,
+            self.max_members,
+            self.progress,
+        )
+        rules = {size: _rules(size, self.thresholds, self.learned) for size in range(1, max_members + 1)}
+        groups = [
+            tuple(sorted(g, key=order.index))
+            for r in range(1, max_members + 1)
+            for g in itertools.combinations(names, r)
+        ]
+        col = {g: sim.members(g) for g in groups}
+        members = [col[g] for g in groups]
+        cost_m, acc_m = group_means(sim, members, progress)
+        cost_of, acc_of = {g: cost_m[col[g]] for g in groups}, {g: acc_m[col[g]] for g in groups}
+        # every single model is a candidate last tier (bug: a pair listing the best model first was always
+        # preferred, so the chosen last tier carried a paid passenger), plus the most accurate groups
+        lasts = list(dict.fromkeys([*[(m,) for m in order], *sorted(groups, key=lambda g: -acc_of[g])[: len(names)]]))
+        firsts = [(col[g], d) for g in groups for d in rules[len(g)]] if self.max_tiers >= 2 else []
+        pool = Pool(pool_floor, target.budget_usd)
+        prune = self.prune and bool((np.nan_to_num(sim.m.cost) >= 0).all())
+        scan = Scan(sim, fits, pool, prune, progress)
+        scan.singles([col[g] for g in lasts], [cost_of[g] for g in lasts], [acc_of[g] for g in lasts])
+        if self.max_tiers >= 2:
+            scan.two_tiers(members, rules, cost_m)
+        if self.max_tiers == 3:
+            median = float(np.median(list(cost_of.values())))
+            scan.three_tiers(members, rules, cost_m, median)
+        cost_arr, acc_arr, _, desc = pool.arrays()
+        points: list[Point] = []
+        for c, a, (f0, f1, li) in zip(cost_arr.tolist(), acc_arr.tolist(), desc.tolist(), strict=True):
+            tiers = [firsts[i] for i in (f0, f1) if i >= 0]
+            points.append((c, a, (*tiers, (col[lasts[li]], Unanimous()))))
+        return points, pool.scored - len(lasts), scan.pruned
+
+
+def _screen(
+    search: _Search, scan: _Scan, best: str, floor: float, rows: int, finalists: int, cache_bytes: int
+) -> tuple[list[Point], int, int, str]:
+    """Candidates screened on a seeded sample of ``rows`` rows, the finalists scored again on every row.
+
+    The sample is uniform (seeded by the target's seed) and gets its own folds; the pool keeps what can matter
+    above the sample's floor less a noise allowance (twice the standard error of an accuracy on the sample), so a
+    candidate that meets the target on every row but falls just short on the sample stays a finalist. Finalists are
+    refitted and scored exactly on every row, their learned rules' fold fits started from the sample's."""
+    matrix, target = search.sim.m, scan.target
+    idx = np.sort(np.random.default_rng([target.seed, rows]).choice(matrix.n, size=rows, replace=False))
+    sub = Simulator(matrix.rows(idx), cache_bytes=cache_bytes)
+    sub_fold = (np.random.default_rng(target.seed).permutation(rows) % search.k).astype(np.intp)
+    sub_fits = Fits(sub, sub_fold, search.k, cache_bytes // 4)
+    sub_floor = floor if target.min_accuracy is not None else sub.score(CascadeSpec((TierSpec((best,)),)))[0]
+    noise = 2.0 * math.sqrt(max(sub_floor * (1.0 - sub_floor), 1.0 / rows) / rows)
+    pool_floor = sub_floor - target.margin - noise
+    points, evaluated, pruned = scan.points(sub, sub_fits, pool_floor)
+    picked = [p for p in points if len(p[2]) == 1]  # every single model: the rivals and the fallback
+    if target.budget_usd is None:
+        ok = [p for p in points if p[1] >= pool_floor - 1e-12]
+        picked += sorted(ok, key=lambda p: (p[0], -p[1]))[:finalists]
+    else:
+        within = [p for p in points if p[0] <= target.budget_usd * (1.0 + noise)]
+        picked += sorted(within, key=lambda p: (-p[1], p[0]))[:finalists]
+    front = _point_frontier(points)
+    at = sorted({round(i) for i in np.linspace(0, len(front) - 1, min(finalists, len(front))).tolist()})
+    picked += [front[i] for i in at]
+    keys = {p[2] for p in picked}
+    chosen = [p for p in points if p[2] in keys]  # in enumeration order, each once
+    search.fits.prior = sub_fits
+    if matrix.n > FIT_ROWS:
+        search.fits.thin = np.random.default_rng([target.seed, FIT_ROWS]).random(matrix.n) < FIT_ROWS / matrix.n
+    out: list[Point] = []
+    for i, p in enumerate(chosen):
+        correct, cost = search.outcome(p[2])
+        out.append((float(cost.mean()), float(correct.mean()), p[2]))
+        if scan.progress is not None:
+            scan.progress("finalists", i + 1, len(chosen))
+    search.fits.prior = None  # the sample's fits are let go with it
+    note = f"screened on {rows:,} of {matrix.n:,} rows (seeded sample); {len(out):,} finalists scored on all rows"
+    return out, evaluated, pruned, note
 
 
 def search_plan(n: int, models: int, max_members: int, bootstrap: int, max_memory: int) -> tuple[int, int]:
@@ -426,7 +540,7 @@ def _rivals(
     rivals: Sequence[tuple[tuple[int, ...], str]],
     target: Target,
     counts: Resamples | None,
-) -> tuple[FloatArray, FloatArray, list[str]]:
+) -> tuple[BoolArray, FloatArray, list[str]]:
     """What a cascade must match and undercut: (per-example correctness of each single model to match, as columns;
     the per-example cost to undercut; the contenders' names, costliest first).
 
@@ -435,15 +549,20 @@ def _rivals(
     to undercut is the cheapest contender's. Without rivals, only the best single is matched and undercut.
     """
     if not rivals:
-        return ref[0][:, None].astype(np.float64), ref[1], []
-    outcomes = [search.outcome(((g, Unanimous()),)) for g, _ in rivals]
-    ok = np.stack([o[0] for o in outcomes], axis=1).astype(np.float64)
+        return ref[0][:, None], ref[1], []
+    # each rival's correctness kept (a byte per example), its cost only as a mean: a million rows x twenty models
+    # would otherwise hold 160 MB of costs for one column of them
+    ok: BoolArray = np.empty((search.sim.m.n, len(rivals)), dtype=bool)
+    mean_cost = []
+    for j, (g, _) in enumerate(rivals):
+        ok[:, j], cost = search.outcome(((g, Unanimous()),))
+        mean_cost.append(float(cost.mean()))
     share = np.zeros(len(rivals))
     if counts is not None:
         share = np.bincount(counts.sums(ok).argmax(axis=1), minlength=len(rivals)) / counts.counts.shape[0]
     picked = [j for j in range(len(rivals)) if j == 0 or share[j] >= target.contender_share]
-    picked.sort(key=lambda j: -float(outcomes[j][1].mean()))
-    return ok, outcomes[picked[-1]][1], [rivals[j][1] for j in picked]
+    picked.sort(key=lambda j: -mean_cost[j])
+    return ok, search.outcome(((rivals[picked[-1]][0], Unanimous()),))[1], [rivals[j][1] for j in picked]
 
 
 def _reconsider(

@@ -95,6 +95,7 @@ def build(
         "configurations_evaluated": cal.evaluated,
         "configurations_pruned": cal.pruned,
         "search_limited": cal.limited,
+        "search_screened": cal.screened,
     }
     cost = report["cost_per_request_usd"]
     report["saving_x"] = ref_cost / cost if cost else None
@@ -139,7 +140,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     if "configurations_evaluated" in report:
         scored = f"- candidates scored: {report['configurations_evaluated']:,}"
         scored += f" ({report.get('configurations_pruned', 0):,} skipped as dominated)"
-        lines.append(scored + (f"; {report['search_limited']}" if report.get("search_limited") else ""))
+        lines.append(scored + "".join(f"; {report[k]}" for k in ("search_screened", "search_limited") if report.get(k)))
     judge = report.get("judge")
     if judge is not None:
         agreement = judge.get("agreement_with_gold")

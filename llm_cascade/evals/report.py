@@ -206,6 +206,7 @@ def evaluate(
             "configurations_evaluated": chosen.evaluated,
             "configurations_pruned": chosen.pruned,
             "search_limited": chosen.limited,
+            "search_screened": chosen.screened,
         },
         "cost_ratio": _num(cost_ratio),
         "cost_ratio_ci": ratio_ci,
@@ -297,7 +298,8 @@ def to_markdown(reports: Sequence[dict[str, Any]]) -> str:
         if "configurations_evaluated" in c:
             scored = f"Candidates scored: {c['configurations_evaluated']:,}"
             scored += f" ({c.get('configurations_pruned', 0):,} skipped as dominated)"
-            lines.append(scored + (f"; {c['search_limited']}." if c.get("search_limited") else "."))
+            scored += "".join(f"; {c[key]}" for key in ("search_screened", "search_limited") if c.get(key))
+            lines.append(scored + ".")
         if "skipped" in cc:
             conf_line = f"Confidence cascade baseline skipped: {cc['skipped']}."
         else:

@@ -96,6 +96,16 @@ class Fits:
         self._scores = _Lru(cache_bytes)
         self.fitted = 0
         self.warm = warm
+        #: fits of the same groups on a sample of these rows (screening): a fold fit starts from the sample's
+        self.prior: Fits | None = None
+        #: rows the fold fits (and the frontier's warm fits) may train on, when not every row (screening a large
+        #: run: a rule of a few dozen weights is fitted as well on a hundred thousand rows as on a million)
+        self.thin: BoolArray | None = None
+
+    def shrink(self, cache_bytes: int) -> None:
+        """Keep at most ``cache_bytes`` of held-out scores from now on."""
+        self._scores.limit = cache_bytes
+        self._scores.trim()
 
     def held_out(self, g: tuple[int, ...], st: TierStats | None = None) -> FloatArray:
         """Logit of P(correct) for each example, from the fit on the folds it is not in."""
@@ -111,12 +121,17 @@ class Fits:
             warm: tuple[tuple[float, ...], float] | None = None
             hessian: FloatArray | None = None
             large = self.warm and self.sim.m.n >= 8 * SEED_ROWS
-            if large:
+            prior = self.prior._folds.get(g) if self.prior is not None else None
+            if prior is not None:
+                warm = (tuple(float(v) for v in prior[-1][0]), prior[-1][1])
+            elif large:
                 # the first fold starts from a cold fit on every eighth example (ten cheap Newton steps) instead of
                 # cold: four full steps instead of ten to twelve, to the same optimum within the 1e-8 step tolerance
                 warm = fit(x, st.correct, rows=st.has_answer & self._eighth)
             for rows in self._rows:
                 train = ~rows & st.has_answer
+                if self.thin is not None:
+                    train &= self.thin
                 w, b, h = fit_with_hessian(x, st.correct, start=warm if self.warm else None, rows=train)
                 warm = (w, b)  # the folds share most of their rows: the next fit starts here
                 hessian = h if h is not None else hessian
@@ -150,7 +165,8 @@ class Fits:
                 self._final[g] = cached
             else:
                 start = (tuple(float(v) for v in weights[-1][0]), weights[-1][1])
-                cached = fit(features(st), st.correct, rows=st.has_answer, start=start, hessian=hessian)
+                rows = st.has_answer if self.thin is None else st.has_answer & self.thin
+                cached = fit(features(st), st.correct, rows=rows, start=start, hessian=hessian)
                 self._near[g] = cached
             self.fitted += 1
         return cached
@@ -265,11 +281,13 @@ class Resamples:
 
     def sums(self, x: np.ndarray[tuple[int, ...], np.dtype[np.generic]]) -> FloatArray:
         """Sum of ``x`` (examples, or examples x columns) over each resample: exact for integer or boolean ``x``."""
-        cols = np.asarray(x, dtype=np.float64)
+        exact = np.asarray(x).dtype.kind in "biu"  # integer sums: any grouping of the rows gives the same floats
+        step = CHUNK_ROWS // 8 if exact else CHUNK_ROWS  # exact: a smaller float copy of the counts at a time
+        cols = np.asarray(x)
         out: FloatArray = np.zeros((self.counts.shape[0], *cols.shape[1:]))
-        for a in range(0, self.n, CHUNK_ROWS):
-            b = min(self.n, a + CHUNK_ROWS)
-            out += self.counts[:, a:b].astype(np.float64) @ cols[a:b]
+        for a in range(0, self.n, step):
+            b = min(self.n, a + step)
+            out += self.counts[:, a:b].astype(np.float64) @ cols[a:b].astype(np.float64)
         return out
 
 
@@ -542,19 +560,19 @@ def group_means(
     acc: dict[tuple[int, ...], float] = {}
     small = sorted((g for g in groups if len(g) <= 3), key=lambda g: g[:2])
     used = sorted({j for g in small for j in g})
-    answered = {j: m.answers[:, j] != NO_ANSWER for j in used}
+    answered = {j: sim.answers[:, j] != NO_ANSWER for j in used}
     said = {j: _pack(answered[j]) for j in used}
-    right = {j: _pack(m.correct[:, j] & answered[j]) for j in used}
+    right = {j: _pack(sim.correct[:, j] & answered[j]) for j in used}
     agree: dict[tuple[int, int], Words] = {}
 
     def same(a: int, b: int) -> Words:
         key = (a, b) if a < b else (b, a)
         out = agree.get(key)
         if out is None:
-            out = agree[key] = _pack((m.answers[:, a] == m.answers[:, b]) & answered[a] & answered[b])
+            out = agree[key] = _pack((sim.answers[:, a] == sim.answers[:, b]) & answered[a] & answered[b])
         return out
 
-    columns = {j: np.ascontiguousarray(m.cost[:, j]) for j in used}
+    columns = {j: sim.cost[:, j] for j in used}  # column-major: contiguous views
     prefix: tuple[tuple[int, ...], FloatArray] | None = None
     total = np.empty(n)
     done = 0

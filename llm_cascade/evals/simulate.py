@@ -97,6 +97,10 @@ class _Lru(OrderedDict[Any, Any]):
     def put(self, key: Any, value: Any) -> None:
         self[key] = value
         self.used += int(value.nbytes)
+        self.trim()
+
+    def trim(self) -> None:
+        """Let go of the least recently used values until the cache is within its limit (all but the newest)."""
         while self.used > self.limit and len(self) > 1:
             _, old = self.popitem(last=False)
             self.used -= int(old.nbytes)
@@ -134,11 +138,28 @@ class Simulator:
     def __init__(self, matrix: RunMatrix, *, need_accuracy: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
         self.m = matrix
         self.need_accuracy = need_accuracy
-        self._conf0 = np.nan_to_num(matrix.confidence, nan=0.0)
-        self._surprise: FloatArray | None = None
+        # column-major: a tier reads a few columns of every row, each then one contiguous run (a row-major 1M x 20
+        # grid made every gather strided: 23-35 ms a column set at a million rows). Copies where the matrix is
+        # row-major (already column-major arrays are used as they are); the same values, so the same sums.
+        self.answers = np.asfortranarray(matrix.answers)
+        self.correct = np.asfortranarray(matrix.correct)
+        self.cost = np.asfortranarray(matrix.cost)
+        # confidences (unknown as 0) as a code per cell into their distinct values (a few thousand where they are
+        # rounded): two bytes a cell instead of eight for the confidence and eight more for its surprise
+        values, inverse = _distinct(np.nan_to_num(matrix.confidence, nan=0.0))
+        code = np.uint16 if values.size <= 1 << 16 else np.int64
+        self._conf_code = np.asfortranarray(inverse.astype(code, copy=False).reshape(matrix.confidence.shape))
+        self._conf_values = values
+        self._surprise_values: FloatArray | None = None
         self._stats = _Lru(cache_bytes // 2)
         self._masks = _Lru(cache_bytes // 2)
         self._checked: set[int] = set()
+
+    def shrink(self, cache_bytes: int) -> None:
+        """Keep at most ``cache_bytes`` in per-tier facts and masks from now on (least recently used let go)."""
+        for cache in (self._stats, self._masks):
+            cache.limit = cache_bytes // 2
+            cache.trim()
 
     # -- per-tier precomputation -----------------------------------------------------------------------------------
 
@@ -171,7 +192,7 @@ class Simulator:
     def compute_stats(self, members: tuple[int, ...]) -> TierStats:
         """A tier's facts, not cached: what a search that visits each group once asks for."""
         cols = list(members)
-        a = self.m.answers[:, cols]
+        a = self.answers[:, cols]
         n = a.shape[0]
         answered = a != NO_ANSWER
         same = (a[:, :, None] == a[:, None, :]) & answered[:, None, :]
@@ -184,23 +205,22 @@ class Simulator:
         has = votes > 0
         answer = np.where(has, a[rows, pos], NO_ANSWER).astype(np.int32)
         supporters = (a == answer[:, None]) & has[:, None]
-        conf = self._conf0[:, cols]
+        codes = self._conf_code[:, cols]
+        conf = _lookup(self._conf_values, codes)
         support = np.where(has, (conf * supporters).sum(axis=1) / np.maximum(supporters.sum(axis=1), 1), 0.0)
-        correct = self.m.correct[:, cols][rows, pos] & has
-        cost = self.m.cost[:, cols].sum(axis=1)
-        surprise = self._surprises()[:, cols]
+        correct = self.correct[:, cols][rows, pos] & has
+        cost = self.cost[:, cols].sum(axis=1)
+        surprise = _lookup(self._surprises(), codes)
         return TierStats(members, answer, pos, votes, support, correct, cost, has, supporters, answered, conf, surprise)
 
     def _surprises(self) -> FloatArray:
-        """:func:`llm_cascade.core.deferral.surprise` of every confidence, by the very ``math.log`` the Router calls
-        (numpy's log differs from it in the last bit on a fraction of values), once per distinct value."""
-        if self._surprise is None:
-            values, inverse = _distinct(self._conf0)
-            # max(1 - c, 1e-6) as in deferral.surprise, then the same math.log, mapped over distinct values only
-            doubt = np.maximum(1.0 - values, 1e-6).tolist()
-            logs = np.fromiter(map(math.log, doubt), dtype=np.float64, count=len(doubt))
-            self._surprise = (-logs)[inverse].reshape(self._conf0.shape)
-        return self._surprise
+        """:func:`llm_cascade.core.deferral.surprise` of every distinct confidence, by the very ``math.log`` the
+        Router calls (numpy's log differs from it in the last bit on a fraction of values)."""
+        if self._surprise_values is None:
+            # max(1 - c, 1e-6) as in deferral.surprise, then the same math.log
+            doubt = np.maximum(1.0 - self._conf_values, 1e-6).tolist()
+            self._surprise_values = -np.fromiter(map(math.log, doubt), dtype=np.float64, count=len(doubt))
+        return self._surprise_values
 
     def mask(self, members: tuple[int, ...], rule: Rule) -> BoolArray:
         key = (members, rule)
@@ -228,7 +248,7 @@ class Simulator:
         out = np.zeros(self.m.n, dtype=bool)
         for i in range(self.m.n):
             answers = tuple(None if c == NO_ANSWER else vocab[c] for c in self.m.answers[i, list(st.members)].tolist())
-            confs = tuple(float(self._conf0[i, j]) for j in st.members)
+            confs = tuple(float(self._conf_values[self._conf_code[i, j]]) for j in st.members)
             out[i] = rule.decide(TierVotes(names, answers, confs)).accepted
         return out
 
@@ -320,6 +340,13 @@ class Simulator:
                 correct = np.where(pending, best_correct, correct)
                 tier = np.where(pending, best_tier, tier)
         return SimResult(config, answer, correct, tier, visited, accepted, cost)
+
+
+def _lookup(values: FloatArray, codes: np.ndarray[tuple[int, ...], np.dtype[Any]]) -> FloatArray:
+    """``values[codes]``, column-major like the codes (what the learned rule's fit reads column by column)."""
+    out: FloatArray = np.empty(codes.shape, order="F")
+    np.take(values, codes, out=out)
+    return out
 
 
 def _distinct(x: FloatArray) -> tuple[FloatArray, np.ndarray[tuple[int, ...], np.dtype[np.intp]]]:
