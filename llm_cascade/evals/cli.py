@@ -128,6 +128,14 @@ def register(app: Any) -> None:
                 "rather than failing",
             ),
         ] = None,
+        screen_rows: Annotated[
+            int | None,
+            typer.Option(
+                "--screen-rows",
+                help="above 200,000 calibration rows, screen candidates on a seeded sample of this many rows and "
+                "score the finalists on every row (default 10,000; 0 scores every candidate on every row)",
+            ),
+        ] = None,
     ) -> None:
         """Search a cascade on CAL_FILE, report it on --test with 95% CIs against the best single model; or, with
         --from-ledger, on the traffic's shadowed requests (accuracy = fidelity to --reference unless --gold)."""
@@ -194,7 +202,10 @@ def register(app: Any) -> None:
                 names = models.split(",") if models else None
                 check_test_models(cal, test_m, names or cal.models)
                 limit = None if max_memory is None else int(max_memory * 2**30)
-                chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit)
+                screen: dict[str, Any] = {} if screen_rows is None else {"screen_rows": screen_rows}
+                if screen_rows == 0:
+                    screen = {"screen_above": None}
+                chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit, **screen)
                 report = evaluate(
                     cal,
                     test_m,
