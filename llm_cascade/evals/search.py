@@ -572,7 +572,7 @@ def group_means(
             out = agree[key] = _pack((sim.answers[:, a] == sim.answers[:, b]) & answered[a] & answered[b])
         return out
 
-    columns = {j: sim.cost[:, j] for j in used}  # column-major: contiguous views
+    columns = {j: np.ascontiguousarray(sim.cost[:, j]) for j in used}
     prefix: tuple[tuple[int, ...], FloatArray] | None = None
     total = np.empty(n)
     done = 0
