@@ -137,6 +137,12 @@ def test_cli_calibrate_on_parquet_equals_calibrate_on_jsonl(data_dir: Path, tmp_
     for key in ("cascade", "best_single", "n_test", "verdict", "cost_ratio"):
         assert rep_p[key] == rep_j[key], key
     assert cfg_p == cfg_j and "[prices" in cfg_p
+    assert rep_p["cascade"]["search_screened"] == ""  # a few hundred rows: never screened
+    js0 = tmp_path / "exhaustive.json"
+    args = ("calibrate", str(tmp_path / "cal.parquet"), "--test", str(tmp_path / "test.parquet"), "--json", str(js0))
+    code, _, err = _cli(*args, "--screen-rows", "0")
+    assert code == 0, err
+    assert json.loads(js0.read_text())["cascade"] == rep_p["cascade"]
     bad = tmp_path / "runs.csv"
     bad.write_text("a,b\n1,2\n")
     code, _, err = _cli("calibrate", str(bad), "--test", str(bad))

@@ -214,3 +214,4 @@ def test_screening_on_a_sample_chooses_what_the_exhaustive_search_chooses() -> N
     shared = [(exhaustive[cfg.describe()], a) for _, a, cfg in screened.frontier if cfg.describe() in exhaustive]
     assert len(shared) >= 10 and all(a == b for a, b in shared)
     assert calibrate(matrix, screen_above=20_000, screen_rows=8_000).screened == ""
+    assert calibrate(matrix, screen_above=8_000, screen_rows=0).screened == ""

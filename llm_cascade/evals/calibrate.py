@@ -219,12 +219,13 @@ def calibrate(
     ``prune=False`` scores every candidate, even those that provably cannot be chosen nor be on the frontier (the
     choice is the same; ``Calibration.pruned`` says how many were skipped).
 
-    Screening (runs of more than ``screen_above`` rows; None never screens): every candidate is scored on a seeded
-    sample of ``screen_rows`` rows (learned rules fitted on it), and only the finalists (the ``finalists`` cheapest
-    that meet the target there, with a noise allowance, the sample's frontier thinned to ``finalists`` points, every
-    single model) are fitted and scored again on every row; the choice among them follows the same rule, on every
-    row. Why: the search costs about rows x candidates (a million rows x twenty models would take most of an hour),
-    while the choice only needs exact figures for the few candidates near it. ``Calibration.screened`` says so.
+    Screening (runs of more than ``screen_above`` rows; None, or ``screen_rows=0``, never screens): every candidate
+    is scored on a seeded sample of ``screen_rows`` rows (learned rules fitted on it), and only the finalists (the
+    ``finalists`` cheapest that meet the target there, with a noise allowance, the sample's frontier thinned to
+    ``finalists`` points, every single model) are fitted and scored again on every row; the choice among them
+    follows the same rule, on every row. Why: the search costs about rows x candidates (a million rows x twenty
+    models would take most of an hour), while the choice only needs exact figures for the few candidates near it.
+    ``Calibration.screened`` says so.
     """
     with one_blas_thread():
         return _calibrate(
@@ -290,7 +291,7 @@ def _calibrate(
     screen_above, screen_rows, finalists = screening
     scan = _Scan(names, order, target, max_members, max_tiers, thresholds, learned, prune, progress)
     screened = ""
-    if screen_above is not None and matrix.n > max(screen_above, screen_rows):
+    if screen_above is not None and screen_rows > 0 and matrix.n > max(screen_above, screen_rows):
         sim.shrink(cache_bytes // 4)  # the search runs on the sample: these caches serve the finalists only
         search.fits.shrink(cache_bytes // 16)
         points, evaluated, pruned, screened = _screen(search, scan, best, floor, screen_rows, finalists, cache_bytes)

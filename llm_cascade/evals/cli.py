@@ -203,8 +203,6 @@ def register(app: Any) -> None:
                 check_test_models(cal, test_m, names or cal.models)
                 limit = None if max_memory is None else int(max_memory * 2**30)
                 screen: dict[str, Any] = {} if screen_rows is None else {"screen_rows": screen_rows}
-                if screen_rows == 0:
-                    screen = {"screen_above": None}
                 chosen = calibrate_runs(cal, target, models=names, progress=progress, max_memory=limit, **screen)
                 report = evaluate(
                     cal,
