@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -176,52 +174,12 @@ def child(cal_path: Path, test_path: Path) -> int:
     return 0
 
 
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def measure(cal_path: Path, test_path: Path, max_rss_gb: float, max_seconds: float) -> dict[str, Any]:
     """Run :func:`child` in a subprocess; wall seconds, its own peak RSS, and its JSON (or why it was stopped)."""
-    import tempfile
+    from _child import run_child  # benchmarks/: on the path when this file runs as a script
 
     cmd = [sys.executable, __file__, "--child", str(cal_path), str(test_path)]
-    with tempfile.TemporaryFile("w+") as out_fh, tempfile.TemporaryFile("w+") as err_fh:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out_fh, stderr=err_fh, text=True)
-        stopped = ""
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.2)
-            if _rss_kb(proc.pid) > max_rss_gb * 1024 * 1024:
-                stopped = f"stopped: RSS over {max_rss_gb:g} GB"
-            elif time.perf_counter() - start > max_seconds:
-                stopped = f"stopped: over {max_seconds:g} s"
-            if stopped:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-        proc.returncode = status
-        wall = time.perf_counter() - start
-        out_fh.seek(0)
-        err_fh.seek(0)
-        out_text, err_text = out_fh.read(), err_fh.read()
-    result: dict[str, Any] = {"seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
-    if stopped:
-        result["status"] = stopped
-    elif status != 0:
-        result["status"] = "failed: " + (err_text.strip().splitlines() or ["?"])[-1][:300]
-    else:
-        result["status"] = "ok"
-        result.update(json.loads(out_text.strip().splitlines()[-1]))
-    return result
+    return run_child(cmd, max_rss_gb, max_seconds, poll_s=0.2, digits=1)
 
 
 def main() -> int:

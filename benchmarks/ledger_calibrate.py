@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -121,48 +118,10 @@ def child(mode: str, url: str) -> int:
     return 0
 
 
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def measure(mode: str, url: str, max_rss_gb: float, max_seconds: float) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", mode, url]
-    with tempfile.TemporaryFile("w+") as out_fh, tempfile.TemporaryFile("w+") as err_fh:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out_fh, stderr=err_fh, text=True)
-        stopped = ""
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.1)
-            if _rss_kb(proc.pid) > max_rss_gb * 1024 * 1024:
-                stopped = f"stopped: RSS over {max_rss_gb:g} GB"
-            elif time.perf_counter() - start > max_seconds:
-                stopped = f"stopped: over {max_seconds:g} s"
-            if stopped:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-        wall = time.perf_counter() - start
-        out_fh.seek(0)
-        err_fh.seek(0)
-        out_text, err_text = out_fh.read(), err_fh.read()
-    result: dict[str, Any] = {"mode": mode, "seconds": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
-    if stopped:
-        result["status"] = stopped
-    elif status != 0:
-        result["status"] = "failed: " + (err_text.strip().splitlines() or ["?"])[-1][:300]
-    else:
-        result["status"] = "ok"
-        result.update(json.loads(out_text.strip().splitlines()[-1]))
-    return result
+    from _child import run_child  # benchmarks/: on the path when this file runs as a script
+
+    return {"mode": mode, **run_child([sys.executable, __file__, "--child", mode, url], max_rss_gb, max_seconds)}
 
 
 def main() -> int:
