@@ -178,27 +178,35 @@ def layered_router(folder: str, layers: tuple[str, ...], fixed: bool = False) ->
     return Router([Tier(members, unanimous())], normalizer="choice", **kwargs)
 
 
+async def interleaved(routers: dict[str, Router], prompt: Prompts, n: int, block: int) -> dict[str, list[float]]:
+    """Per-request microseconds of each router, ``n`` requests each, timed in interleaved blocks of ``block`` (the
+    routers in a new random order each round), so that a shared machine's changes of speed, which come and go over
+    seconds, hit every router alike instead of whichever one happened to run then."""
+    out: dict[str, list[float]] = {name: [] for name in routers}
+    order = list(routers)
+    rng = random.Random(0)
+    gc.collect()
+    for _ in range(-(-n // block)):
+        rng.shuffle(order)
+        for name in order:
+            route, times = routers[name].route, out[name]
+            for _ in range(block):
+                text = prompt()
+                t0 = time.perf_counter_ns()
+                await route(text)
+                times.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
 async def layer_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str, list[float]]:
-    """Per-request time of each LAYERS shape, in interleaved blocks as router_cost times its shapes."""
+    """Per-request time of each LAYERS shape, measured by :func:`interleaved`."""
     with tempfile.TemporaryDirectory() as tmp:
         routers = {name: layered_router(tmp, layers, fixed) for name, layers in LAYERS.items()}
         prompt = Prompts(fixed)
         for router in routers.values():
             for _ in range(200):
                 await router.route(prompt())
-        out: dict[str, list[float]] = {name: [] for name in routers}
-        order = list(routers)
-        rng = random.Random(0)
-        gc.collect()
-        for _ in range(-(-n // block)):
-            rng.shuffle(order)
-            for name in order:
-                route, times = routers[name].route, out[name]
-                for _ in range(block):
-                    text = prompt()
-                    t0 = time.perf_counter_ns()
-                    await route(text)
-                    times.append((time.perf_counter_ns() - t0) / 1000)
+        out = await interleaved(routers, prompt, n, block)
         for router in routers.values():
             if router.ledger is not None:
                 await router.ledger.aclose()  # type: ignore[attr-defined]
@@ -206,9 +214,7 @@ async def layer_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str,
 
 
 async def router_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str, list[float]]:
-    """Per-request time of every shape, bare and full-stack, measured in interleaved blocks of ``block`` requests
-    (shapes in a new random order each round), so that a shared machine's changes of speed, which come and go over
-    seconds, hit every shape alike instead of whichever one happened to run then."""
+    """Per-request time of every shape, bare and full-stack, measured by :func:`interleaved`."""
     with tempfile.TemporaryDirectory() as tmp:
         routers = {
             **bare_routers(fixed),
@@ -222,19 +228,7 @@ async def router_cost(n: int, block: int = 100, fixed: bool = False) -> dict[str
             assert name not in ("full", "full_single") or (result.cost_usd is not None and result.cost_usd > 0)
             for _ in range(200):
                 await router.route(prompt())
-        out: dict[str, list[float]] = {name: [] for name in routers}
-        order = list(routers)
-        rng = random.Random(0)
-        gc.collect()
-        for _ in range(-(-n // block)):
-            rng.shuffle(order)
-            for name in order:
-                route, times = routers[name].route, out[name]
-                for _ in range(block):
-                    text = prompt()
-                    t0 = time.perf_counter_ns()
-                    await route(text)
-                    times.append((time.perf_counter_ns() - t0) / 1000)
+        out = await interleaved(routers, prompt, n, block)
         for name, members in (("full", 2), ("full_single", 1)):
             ledger = routers[name].ledger
             await ledger.aflush()  # type: ignore[union-attr]
