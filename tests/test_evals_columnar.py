@@ -26,6 +26,21 @@ def _records() -> list[Record]:
     ]
 
 
+def test_runs_without_gold_or_with_a_model_that_never_answered_are_read(tmp_path: Path) -> None:
+    """An all-null column (no gold anywhere, a model whose every call failed) has an empty dictionary: it reads as
+    "no answer" (it raised IndexError)."""
+    from llm_cascade.evals.columnar import write_parquet
+
+    records = [
+        Record(str(i), "q", {"m1": ModelRun("A", cost_usd=1e-6), "m2": ModelRun(None, cost_usd=1e-6)}, None)
+        for i in range(3)
+    ]
+    write_parquet(records, tmp_path / "runs.parquet")
+    got, want = read_matrix(tmp_path / "runs.parquet"), RunMatrix.from_records(records)
+    assert got.gold.tolist() == want.gold.tolist() == [-1, -1, -1]
+    assert got.answers[:, 1].tolist() == [-1, -1, -1] and [got.vocab[c] for c in got.answers[:, 0]] == ["A"] * 3
+
+
 def test_parquet_matrix_equals_the_jsonl_matrix(tmp_path: Path) -> None:
     records = _records()
     rows = [r.to_json() for r in records]

@@ -48,6 +48,16 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
+def encode_strings(column: Any, codes: dict[str, int]) -> np.ndarray[tuple[int], np.dtype[np.int32]]:
+    """An Arrow string column as codes into ``codes`` (first seen, first coded; shared across columns and batches),
+    ``NO_ANSWER`` for null, also when every value is null (nothing to look up in an empty table)."""
+    enc = column.dictionary_encode()
+    table = np.array([codes.setdefault(str(v), len(codes)) for v in enc.dictionary.to_pylist()], dtype=np.int32)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    out = np.where(idx >= 0, table[np.maximum(idx, 0)] if len(table) else NO_ANSWER, NO_ANSWER)
+    return out.astype(np.int32)
+
+
 def read_matrix(path: str | Path, models: Sequence[str] | None = None, progress: Progress | None = None) -> RunMatrix:
     """The dense matrix of a Parquet recorded-run file; ``models`` defaults to every model field, in file order.
     ``progress(stage, rows read, rows)`` after each batch."""
@@ -71,21 +81,17 @@ def read_matrix(path: str | Path, models: Sequence[str] | None = None, progress:
     ids: list[str] = []
     codes: dict[str, int] = {}
 
-    def encode(column: Any) -> np.ndarray[tuple[int], np.dtype[np.int32]]:
-        """Answer codes shared across models and batches (first seen, first coded), -1 for null."""
-        enc = column.dictionary_encode()
-        table = np.array([codes.setdefault(str(v), len(codes)) for v in enc.dictionary.to_pylist()], dtype=np.int32)
-        idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-        out: np.ndarray[tuple[int], np.dtype[np.int32]] = np.where(idx >= 0, table[np.maximum(idx, 0)], NO_ANSWER)
-        return out
-
     at = 0
     has_gold = "gold" in schema.names
     columns = ["id", "models", *(["gold"] if has_gold else [])]
     for batch in fh.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         b = at + batch.num_rows
         ids += [str(v) for v in batch.column("id").to_pylist()]
-        g = encode(batch.column("gold")) if has_gold else np.full(batch.num_rows, NO_ANSWER, dtype=np.int32)
+        g = (
+            encode_strings(batch.column("gold"), codes)
+            if has_gold
+            else np.full(batch.num_rows, NO_ANSWER, dtype=np.int32)
+        )
         gold[at:b] = g
         runs = batch.column("models")
         for j, m in enumerate(names):
@@ -93,7 +99,11 @@ def read_matrix(path: str | Path, models: Sequence[str] | None = None, progress:
             fields = {f.name for f in run.type}
             valid = run.is_valid().to_numpy(zero_copy_only=False)
             present[at:b, j] = valid
-            a = encode(run.field("answer")) if "answer" in fields else np.full(batch.num_rows, NO_ANSWER, np.int32)
+            a = (
+                encode_strings(run.field("answer"), codes)
+                if "answer" in fields
+                else np.full(batch.num_rows, NO_ANSWER, np.int32)
+            )
             answers[at:b, j] = np.where(valid, a, NO_ANSWER)
             label = run.field("correct") if "correct" in fields else pa.nulls(batch.num_rows, pa.bool_())
             lab_known = label.is_valid().to_numpy(zero_copy_only=False) & valid

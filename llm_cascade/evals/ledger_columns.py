@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from .columnar import encode_strings
 from .from_ledger import LedgerRuns, _label_for, _model_name, fit_price, labels_text
 from .records import NO_ANSWER, ModelRun, Record, RecordError, RunMatrix
 
@@ -531,8 +532,8 @@ class _State:
         new[0] = rid[0].as_py() != self.last_id
         new[1:] = pc.not_equal(rid.slice(1), rid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
         row = self._rows(new, rid.filter(new).to_pylist(), rid[n - 1].as_py())
-        j = _encode(batch.column(1), self.cols_of).astype(np.intp)
-        answers = _encode(batch.column(2), self.codes)
+        j = encode_strings(batch.column(1), self.cols_of).astype(np.intp)
+        answers = encode_strings(batch.column(2), self.codes)
         if self.with_tags:
             tags = batch.column(10)
             at = np.flatnonzero(tags.is_valid().to_numpy(zero_copy_only=False))
@@ -547,15 +548,6 @@ class _State:
         tin = batch.column(4).to_numpy(zero_copy_only=False)
         tout = batch.column(5).to_numpy(zero_copy_only=False)
         return _Batch(row, j, answers, conf, tin, tout, cost, first)
-
-
-def _encode(column: Any, codes: dict[str, int]) -> npt.NDArray[np.int32]:
-    """An Arrow string column as codes into ``codes`` (first seen, first coded; shared across batches), -1 for null."""
-    enc = column.dictionary_encode()
-    table = np.array([codes.setdefault(v, len(codes)) for v in enc.dictionary.to_pylist()], dtype=np.int32)
-    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-    out: npt.NDArray[np.int32] = np.where(idx >= 0, table[np.maximum(idx, 0)] if len(table) else NO_ANSWER, NO_ANSWER)
-    return out.astype(np.int32)
 
 
 class _Grid:
