@@ -367,15 +367,11 @@ class Router:
                         f"a confidence rule needs log-probabilities, which {', '.join(blind)} cannot give",
                     )
         self.tiers: tuple[Tier, ...] = tuple(built)
-        # A member that is itself a Router (not behind a wrapper) routes with this request's tab: its calls are this
-        # request's, journaled and recorded once, here (llm_cascade.spend.meter).
-        self._nested = {id(m): m for t in built for m in t.members if isinstance(m, Router)}
-        # One behind wrappers (a rate limit, a breaker) too: the chain is copied per call with the router bound to the
-        # tab at its bottom, so the wrappers still act and the calls are still recorded once (never twice, as the
-        # wrapper's own Completion and again by the inner router's tab).
-        self._wrapped_nested = {
-            id(m): r for t in built for m in t.members if m is not (r := innermost(m)) and isinstance(r, Router)
-        }
+        # A member that is itself a Router, bare or behind wrappers (a rate limit, a breaker), routes with this
+        # request's tab: its calls are this request's, journaled and recorded once, here (llm_cascade.spend.meter),
+        # never twice (as the wrapper's own Completion and again by the inner router's tab). Behind wrappers the chain
+        # is copied per call with the router bound to the tab at its bottom, so the wrappers still act.
+        self._nested = {id(m): r for t in built for m in t.members if isinstance(r := innermost(m), Router)}
         # (tier, member) -> position, so a result lists its calls in tier order whatever order they finished in.
         self._position = {(k, m.name): i for k, t in enumerate(built) for i, m in enumerate(t.members)}
         self._models = tuple(tuple(m.name for m in t.members) for t in built)  # what a budget check is told per tier
@@ -816,12 +812,12 @@ class Router:
             try:
                 limit = ttft.limit_for(self.tiers[k].first_token_timeout, backend) if k < len(self.tiers) else None
                 router = self._nested.get(id(backend))
-                if router is not None:
-                    pending = router._complete_in(request, tab)
-                elif self._wrapped_nested and id(backend) in self._wrapped_nested:
-                    pending = _bound(backend, self._wrapped_nested[id(backend)], tab).complete(request)
-                else:
+                if router is None:
                     pending = backend.complete(request)
+                elif router is backend:
+                    pending = router._complete_in(request, tab)
+                else:
+                    pending = _bound(backend, router, tab).complete(request)
                 completion = _checked(
                     await (pending if limit is None else ttft.bounded(pending, limit, backend.name)), backend.name
                 )
